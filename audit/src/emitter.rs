@@ -1,0 +1,1 @@
+//! The emitter client (placeholder until implemented).

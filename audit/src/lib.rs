@@ -1,0 +1,20 @@
+//! The shared vocabulary of tally.
+//!
+//! Everything that crosses a process boundary is defined here: event-time
+//! [`Bucket`]s and their [`BucketWidth`], the [`Tier`]s that count records,
+//! the wire [`Message`]s that emitters send to the agent and the [`Reply`]s
+//! they get, and the [`emitter`] client that brokers and applications use to
+//! stream cumulative counts and lag samples.
+
+mod bucket;
+pub mod emitter;
+mod error;
+mod tier;
+mod topic;
+pub mod wire;
+
+pub use bucket::{Bucket, BucketWidth};
+pub use error::{Error, Reason, Result};
+pub use tier::{Tier, TierKind};
+pub use topic::{MAX_GROUP_LEN, MAX_TOPIC_LEN, validate_group, validate_topic};
+pub use wire::{CountEntry, Counts, Hello, Lag, LagSample, Message, Reply};

@@ -1,0 +1,682 @@
+//! The wire messages an emitter sends to the agent, and the agent's replies.
+//!
+//! Every message is a JSON object with `"v": 1` and a `"type"`. Decoding is
+//! strict: [`decode`] refuses anything the agent must not accept, with a
+//! [`Reason`] that names the kind of fault and a detail that names the value.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::topic::printable;
+use crate::{
+    Bucket, BucketWidth, Error, Reason, Result, Tier, TierKind, validate_group, validate_topic,
+};
+
+/// The wire version this build speaks.
+pub const VERSION: u64 = 1;
+/// The default limit on one message's size: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The largest count accepted: 2^53 − 1, the largest integer every JSON
+/// reader keeps exactly. Anything above it is an error, not a count.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
+/// The highest partition number accepted.
+pub const MAX_PARTITION: i32 = 1_000_000;
+/// The longest source id accepted.
+pub const MAX_SOURCE_LEN: usize = 255;
+
+/// A message from an emitter to the agent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Message {
+    /// Opens a session.
+    Hello(Hello),
+    /// Cumulative counts.
+    Counts(Counts),
+    /// Lag samples.
+    Lag(Lag),
+}
+
+impl Message {
+    /// The message's sequence number (`hello` has none).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Message::Hello(_) => None,
+            Message::Counts(c) => Some(c.seq),
+            Message::Lag(l) => Some(l.seq),
+        }
+    }
+
+    /// The message's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Counts(_) => "counts",
+            Message::Lag(_) => "lag",
+        }
+    }
+
+    /// The message as JSON text, with `"v": 1`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            v: u64,
+            #[serde(flatten)]
+            msg: &'a Message,
+        }
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(&Envelope {
+            v: VERSION,
+            msg: self,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Opens a session: who is sending, for which cluster, and at which width.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// A stable id of the emitter, e.g. `broker-local-1`.
+    pub source: String,
+    /// The Kafka cluster the counts are about.
+    pub cluster: String,
+    /// The kinds of tier this source reports.
+    pub tier_kinds: Vec<TierKind>,
+    /// The emitter's bucket width; it must equal the agent's.
+    pub bucket_width_ms: u64,
+    /// When the emitter process started; orders sessions of one source.
+    pub started_at_ms: i64,
+}
+
+/// Cumulative counts: each entry replaces the last value for its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Sequence number within the session, increasing.
+    pub seq: u64,
+    /// The counts.
+    pub counts: Vec<CountEntry>,
+}
+
+/// The cumulative count of one (tier, topic, partition, bucket).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct CountEntry {
+    /// The tier that counted.
+    pub tier: Tier,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The event-time bucket.
+    pub bucket: Bucket,
+    /// Records counted.
+    pub records: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Records that had no timestamp (bucketed by append time).
+    pub no_timestamp: u64,
+    /// For `group:` tiers: records deleted by retention before the group consumed them.
+    pub expired: u64,
+    /// For `group:` tiers: records before the group's first commit.
+    pub skipped: u64,
+}
+
+/// Consumer lag samples.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lag {
+    /// Sequence number within the session, increasing.
+    pub seq: u64,
+    /// When the samples were taken.
+    pub at_ms: i64,
+    /// One sample per (group, topic, partition).
+    pub partitions: Vec<LagSample>,
+}
+
+/// The lag of one group on one partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LagSample {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The group's committed offset (-1 when none).
+    pub committed: i64,
+    /// The log end offset.
+    pub end_offset: i64,
+    /// The log start offset.
+    pub start_offset: i64,
+    /// Records between the committed offset and the end.
+    pub lag_records: u64,
+    /// Now minus the timestamp of the first unconsumed record; 0 when caught up.
+    pub lag_seconds: f64,
+    /// When the group last committed on this partition (-1 when never).
+    pub commit_at_ms: i64,
+}
+
+/// The agent's answer to one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Reply {
+    /// The answer to a `hello`.
+    Welcome {
+        /// The agent's bucket width.
+        bucket_width_ms: u64,
+    },
+    /// The message with this `seq` was applied (and stored).
+    Ack {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+    /// The message was refused.
+    Error {
+        /// The refused message's `seq`, where it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// What was wrong, for a person.
+        error: String,
+        /// The category (see [`Reason`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl Reply {
+    /// An error reply for `err`, about the message with `seq`.
+    pub fn error(seq: Option<u64>, err: &Error) -> Reply {
+        Reply::Error {
+            seq,
+            error: err.detail.clone(),
+            reason: Some(err.reason.as_str().to_owned()),
+        }
+    }
+
+    /// The reply as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What [`decode`] checks a message against.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The agent's bucket width.
+    pub width: BucketWidth,
+    /// The largest message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Limits {
+    /// Limits with the given width and the default size limit.
+    pub fn new(width: BucketWidth) -> Self {
+        Limits {
+            width,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// A refused message: the error and, where it could be read, its `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The refused message's `seq`, where it could be read.
+    pub seq: Option<u64>,
+    /// Why it was refused.
+    pub error: Error,
+}
+
+impl Refused {
+    /// The reply that tells the emitter about this refusal.
+    pub fn reply(&self) -> Reply {
+        Reply::error(self.seq, &self.error)
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    v: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    seq: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawCounts {
+    seq: u64,
+    counts: Vec<RawCountEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawCountEntry {
+    tier: String,
+    topic: String,
+    partition: i64,
+    bucket: i64,
+    records: Number,
+    #[serde(default)]
+    bytes: Option<Number>,
+    #[serde(default)]
+    no_timestamp: Option<Number>,
+    #[serde(default)]
+    expired: Option<Number>,
+    #[serde(default)]
+    skipped: Option<Number>,
+}
+
+#[derive(Deserialize)]
+struct RawLag {
+    seq: u64,
+    at_ms: i64,
+    partitions: Vec<RawLagSample>,
+}
+
+#[derive(Deserialize)]
+struct RawLagSample {
+    group: String,
+    topic: String,
+    partition: i64,
+    committed: i64,
+    end_offset: i64,
+    start_offset: i64,
+    lag_records: Number,
+    lag_seconds: f64,
+    #[serde(default = "minus_one")]
+    commit_at_ms: i64,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+fn malformed(e: serde_json::Error) -> Error {
+    Error::new(Reason::Malformed, format!("malformed message: {e}"))
+}
+
+/// Decodes and checks one message.
+///
+/// A `hello` whose width differs from `limits.width` is refused with
+/// [`Reason::WidthMismatch`]; every bucket must be aligned to the width.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(Refused {
+            seq: None,
+            error: Error::new(
+                Reason::Oversize,
+                format!(
+                    "message of {} bytes is over the limit of {} bytes",
+                    bytes.len(),
+                    limits.max_message_bytes
+                ),
+            ),
+        });
+    }
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| Refused {
+        seq: None,
+        error: malformed(e),
+    })?;
+    let seq = head.seq.as_ref().and_then(serde_json::Value::as_u64);
+    let refuse = |error: Error| Refused { seq, error };
+    match &head.v {
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        Some(v) => {
+            return Err(refuse(Error::new(
+                Reason::Version,
+                format!("wire version \"{v}\" is not supported: expected {VERSION}"),
+            )));
+        }
+        None => {
+            return Err(refuse(Error::new(
+                Reason::Version,
+                format!("message has no \"v\": expected \"v\": {VERSION}"),
+            )));
+        }
+    }
+    let kind = head.kind.as_deref().unwrap_or("");
+    match kind {
+        "hello" => {
+            let hello: Hello = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_hello(&hello, limits.width).map_err(refuse)?;
+            Ok(Message::Hello(hello))
+        }
+        "counts" => {
+            let raw: RawCounts = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            let counts = raw
+                .counts
+                .into_iter()
+                .map(|e| check_count(e, limits.width))
+                .collect::<Result<Vec<_>>>()
+                .map_err(refuse)?;
+            Ok(Message::Counts(Counts {
+                seq: raw.seq,
+                counts,
+            }))
+        }
+        "lag" => {
+            let raw: RawLag = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            let partitions = raw
+                .partitions
+                .into_iter()
+                .map(check_lag)
+                .collect::<Result<Vec<_>>>()
+                .map_err(refuse)?;
+            Ok(Message::Lag(Lag {
+                seq: raw.seq,
+                at_ms: raw.at_ms,
+                partitions,
+            }))
+        }
+        other => Err(refuse(Error::new(
+            Reason::UnknownType,
+            format!(
+                "message type \"{}\" is not known: expected hello, counts or lag",
+                printable(other)
+            ),
+        ))),
+    }
+}
+
+fn check_hello(h: &Hello, width: BucketWidth) -> Result<()> {
+    if h.source.is_empty()
+        || h.source.len() > MAX_SOURCE_LEN
+        || h.source.chars().any(char::is_control)
+    {
+        return Err(Error::new(
+            Reason::BadField,
+            format!(
+                "source \"{}\" is not accepted: expected 1 to {MAX_SOURCE_LEN} bytes and no control characters",
+                printable(&h.source)
+            ),
+        ));
+    }
+    validate_topic(&h.cluster).map_err(|_| {
+        Error::new(
+            Reason::BadField,
+            format!(
+                "cluster \"{}\" is not accepted: expected 1 to 249 characters of [a-zA-Z0-9._-]",
+                printable(&h.cluster)
+            ),
+        )
+    })?;
+    if h.bucket_width_ms != width.ms() {
+        return Err(Error::new(
+            Reason::WidthMismatch,
+            format!(
+                "bucket width \"{}\" ms differs from the agent's {} ms: every emitter and the agent must use one width",
+                h.bucket_width_ms,
+                width.ms()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn count(field: &str, n: Option<&Number>) -> Result<u64> {
+    let Some(n) = n else { return Ok(0) };
+    match n.as_u64() {
+        Some(v) if v <= MAX_COUNT => Ok(v),
+        _ => Err(Error::new(
+            Reason::BadCount,
+            format!("{field} \"{n}\" is not a count: expected an integer from 0 to {MAX_COUNT}"),
+        )),
+    }
+}
+
+fn partition(p: i64) -> Result<i32> {
+    if (0..=i64::from(MAX_PARTITION)).contains(&p) {
+        Ok(p as i32)
+    } else {
+        Err(Error::new(
+            Reason::BadField,
+            format!("partition \"{p}\" is out of range: expected 0 to {MAX_PARTITION}"),
+        ))
+    }
+}
+
+fn check_count(e: RawCountEntry, width: BucketWidth) -> Result<CountEntry> {
+    let tier: Tier = e.tier.parse()?;
+    validate_topic(&e.topic)?;
+    Ok(CountEntry {
+        partition: partition(e.partition)?,
+        bucket: width.bucket_at(e.bucket)?,
+        records: count("records", Some(&e.records))?,
+        bytes: count("bytes", e.bytes.as_ref())?,
+        no_timestamp: count("no_timestamp", e.no_timestamp.as_ref())?,
+        expired: count("expired", e.expired.as_ref())?,
+        skipped: count("skipped", e.skipped.as_ref())?,
+        tier,
+        topic: e.topic,
+    })
+}
+
+fn check_lag(s: RawLagSample) -> Result<LagSample> {
+    validate_group(&s.group)?;
+    validate_topic(&s.topic)?;
+    for (name, v) in [
+        ("committed", s.committed),
+        ("end_offset", s.end_offset),
+        ("start_offset", s.start_offset),
+    ] {
+        if v < -1 {
+            return Err(Error::new(
+                Reason::BadField,
+                format!("{name} \"{v}\" is not an offset: expected -1 or more"),
+            ));
+        }
+    }
+    if !s.lag_seconds.is_finite() || s.lag_seconds < 0.0 || s.lag_seconds > 1e12 {
+        return Err(Error::new(
+            Reason::BadField,
+            format!(
+                "lag_seconds \"{}\" is not accepted: expected a finite number of seconds, 0 or more",
+                s.lag_seconds
+            ),
+        ));
+    }
+    Ok(LagSample {
+        partition: partition(s.partition)?,
+        lag_records: count("lag_records", Some(&s.lag_records))?,
+        group: s.group,
+        topic: s.topic,
+        committed: s.committed,
+        end_offset: s.end_offset,
+        start_offset: s.start_offset,
+        lag_seconds: s.lag_seconds,
+        commit_at_ms: s.commit_at_ms,
+    })
+}
+
+/// Splits a `POST /api/v1/ingest` body, a JSON array of messages, into the
+/// raw text of each element.
+pub fn split_batch(body: &[u8], limits: &Limits) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+    serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(body).map_err(|e| {
+        Error::new(
+            Reason::Malformed,
+            format!("malformed batch: expected a JSON array of messages whose first is a hello ({e})"),
+        )
+    })
+    .and_then(|items| {
+        if body.len() > limits.max_message_bytes.saturating_mul(16) {
+            Err(Error::new(
+                Reason::Oversize,
+                format!("batch of {} bytes is over the limit", body.len()),
+            ))
+        } else {
+            Ok(items)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits::new(BucketWidth::DEFAULT)
+    }
+
+    fn dec(v: serde_json::Value) -> Result<Message, Refused> {
+        decode(v.to_string().as_bytes(), &limits())
+    }
+
+    fn reason(v: serde_json::Value) -> Reason {
+        dec(v).unwrap_err().error.reason
+    }
+
+    fn counts_with(entry: serde_json::Value) -> serde_json::Value {
+        json!({"v": 1, "type": "counts", "seq": 7, "counts": [entry]})
+    }
+
+    fn entry() -> serde_json::Value {
+        json!({"tier": "group:billing", "topic": "orders", "partition": 2,
+               "bucket": 1_732_800_000_000_i64, "records": 400, "bytes": 40000,
+               "no_timestamp": 0, "expired": 3, "skipped": 1})
+    }
+
+    #[test]
+    fn hello_counts_and_lag_decode() {
+        let hello = dec(json!({"v":1,"type":"hello","source":"b1","cluster":"local",
+            "tier_kinds":["broker","group"],"bucket_width_ms":60000,"started_at_ms":5}))
+        .unwrap();
+        assert_eq!(hello.kind(), "hello");
+        let Message::Counts(c) = dec(counts_with(entry())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.seq, 7);
+        assert_eq!(c.counts[0].tier, Tier::Group("billing".into()));
+        assert_eq!(
+            (
+                c.counts[0].records,
+                c.counts[0].expired,
+                c.counts[0].skipped
+            ),
+            (400, 3, 1)
+        );
+        let Message::Lag(l) = dec(json!({"v":1,"type":"lag","seq":8,"at_ms":10,"partitions":[
+            {"group":"billing","topic":"orders","partition":0,"committed":100,"end_offset":150,
+             "start_offset":0,"lag_records":50,"lag_seconds":3.2,"commit_at_ms":9}]}))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.partitions[0].lag_records, 50);
+    }
+
+    #[test]
+    fn encoded_messages_decode_to_themselves() {
+        let msg = dec(counts_with(entry())).unwrap();
+        assert_eq!(decode(msg.to_json().as_bytes(), &limits()).unwrap(), msg);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_reason() {
+        assert_eq!(
+            decode(b"{not json", &limits()).unwrap_err().error.reason,
+            Reason::Malformed
+        );
+        assert_eq!(
+            decode(b"[1,2]", &limits()).unwrap_err().error.reason,
+            Reason::Malformed
+        );
+        assert_eq!(
+            reason(json!({"v":2,"type":"counts","seq":1,"counts":[]})),
+            Reason::Version
+        );
+        assert_eq!(
+            reason(json!({"type":"counts","seq":1,"counts":[]})),
+            Reason::Version
+        );
+        assert_eq!(reason(json!({"v":1,"type":"gossip"})), Reason::UnknownType);
+        assert_eq!(
+            reason(json!({"v":1,"type":"hello","source":"b","cluster":"local",
+            "tier_kinds":[],"bucket_width_ms":1000,"started_at_ms":0})),
+            Reason::WidthMismatch
+        );
+        let mut e = entry();
+        e["bucket"] = json!(1_732_800_000_001_i64);
+        assert_eq!(reason(counts_with(e)), Reason::UnalignedBucket);
+        let mut e = entry();
+        e["topic"] = json!("no spaces");
+        assert_eq!(reason(counts_with(e)), Reason::BadTopic);
+        let mut e = entry();
+        e["records"] = json!(-5);
+        assert_eq!(reason(counts_with(e)), Reason::BadCount);
+        let mut e = entry();
+        e["records"] = json!(1e30);
+        assert_eq!(reason(counts_with(e)), Reason::BadCount);
+        let mut e = entry();
+        e["records"] = json!(MAX_COUNT + 1);
+        assert_eq!(reason(counts_with(e)), Reason::BadCount);
+        let mut e = entry();
+        e["tier"] = json!("middle");
+        assert_eq!(reason(counts_with(e)), Reason::BadField);
+        let mut e = entry();
+        e["partition"] = json!(-1);
+        assert_eq!(reason(counts_with(e)), Reason::BadField);
+    }
+
+    #[test]
+    fn refusals_keep_the_seq_and_name_the_value() {
+        let mut e = entry();
+        e["records"] = json!(-5);
+        let refused = dec(counts_with(e)).unwrap_err();
+        assert_eq!(refused.seq, Some(7));
+        assert!(
+            refused.error.detail.contains("\"-5\""),
+            "{}",
+            refused.error.detail
+        );
+        let Reply::Error { seq, reason, .. } = refused.reply() else {
+            panic!()
+        };
+        assert_eq!((seq, reason.as_deref()), (Some(7), Some("bad_count")));
+    }
+
+    #[test]
+    fn oversize_is_refused_before_parsing() {
+        let limits = Limits {
+            width: BucketWidth::DEFAULT,
+            max_message_bytes: 64,
+        };
+        let big = counts_with(entry()).to_string();
+        assert_eq!(
+            decode(big.as_bytes(), &limits).unwrap_err().error.reason,
+            Reason::Oversize
+        );
+    }
+
+    #[test]
+    fn bad_lag_samples_are_refused() {
+        let lag =
+            |s: serde_json::Value| json!({"v":1,"type":"lag","seq":1,"at_ms":0,"partitions":[s]});
+        let good = json!({"group":"g","topic":"t","partition":0,"committed":1,"end_offset":2,
+            "start_offset":0,"lag_records":1,"lag_seconds":0.5,"commit_at_ms":1});
+        assert!(dec(lag(good.clone())).is_ok());
+        let mut s = good.clone();
+        s["lag_seconds"] = json!(-1.0);
+        assert_eq!(reason(lag(s)), Reason::BadField);
+        let mut s = good.clone();
+        s["committed"] = json!(-7);
+        assert_eq!(reason(lag(s)), Reason::BadField);
+        let mut s = good;
+        s["group"] = json!("");
+        assert_eq!(reason(lag(s)), Reason::BadField);
+    }
+
+    #[test]
+    fn replies_have_the_documented_shape() {
+        assert_eq!(
+            Reply::Welcome {
+                bucket_width_ms: 60000
+            }
+            .to_json(),
+            r#"{"type":"welcome","bucket_width_ms":60000}"#
+        );
+        assert_eq!(Reply::Ack { seq: 3 }.to_json(), r#"{"type":"ack","seq":3}"#);
+    }
+
+    #[test]
+    fn batches_split_into_elements() {
+        let items = split_batch(br#"[{"v":1},{"v":1,"type":"x"}]"#, &limits()).unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(split_batch(b"{}", &limits()).is_err());
+    }
+}
