@@ -9,12 +9,14 @@
 mod bucket;
 pub mod emitter;
 mod error;
+pub mod snapshot;
 mod tier;
 mod topic;
 pub mod wire;
 
 pub use bucket::{Bucket, BucketWidth};
 pub use error::{Error, Reason, Result};
+pub use snapshot::{BucketStatus, CommitPoint, GroupStatus, PartitionStatus, Snapshot};
 pub use tier::{Tier, TierKind};
 pub use topic::{MAX_GROUP_LEN, MAX_TOPIC_LEN, validate_group, validate_topic};
 pub use wire::{CountEntry, Counts, Hello, Lag, LagSample, Message, Reply};

@@ -1,0 +1,193 @@
+//! The agent's settings, as read from a TOML file and merged with flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tally_audit::BucketWidth;
+
+use crate::health::HealthConfig;
+use crate::ledger::LedgerConfig;
+use crate::{Error, Result};
+
+/// Every setting of `tally agent`. Field names are the config-file keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of the HTTP listener (API, ingest, metrics).
+    pub listen: SocketAddr,
+    /// Folder of the state database.
+    pub data_dir: PathBuf,
+    /// Alert rules file (YAML).
+    pub rules: Option<PathBuf>,
+    /// Width of the event-time buckets.
+    #[serde(with = "humantime_serde")]
+    pub bucket_width: Duration,
+    /// How long after a bucket ends it stays open; default 2 × width.
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+    /// How far back gauges, completeness and the bucket view reach.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long cells and closed-bucket history are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the books are evaluated into a new snapshot.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Commits per partition in the Burrow window.
+    pub health_window: usize,
+    /// Lag above zero with no commit for this long is `stop`, even on a quiet partition.
+    #[serde(with = "humantime_serde")]
+    pub stop_after: Duration,
+    /// Largest ingest message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most series one source may open.
+    pub max_series_per_source: usize,
+    /// Shared bearer token for ingest and the API.
+    pub token: Option<String>,
+    /// Also require the token on /metrics, /healthz and /readyz.
+    pub protect_metrics: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+            data_dir: PathBuf::from("./data/agent"),
+            rules: None,
+            bucket_width: Duration::from_millis(BucketWidth::DEFAULT.ms()),
+            grace: None,
+            window: Duration::from_secs(3600),
+            retention: Duration::from_secs(7 * 86_400),
+            tick: Duration::from_secs(1),
+            health_window: HealthConfig::default().window,
+            stop_after: Duration::from_millis(HealthConfig::default().stop_after_ms as u64),
+            max_message_bytes: tally_audit::wire::DEFAULT_MAX_MESSAGE_BYTES,
+            max_series_per_source: 100_000,
+            token: None,
+            protect_metrics: false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads a TOML config file; unknown keys and bad values are errors that name them.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(format!("config file \"{origin}\": {e}")))
+    }
+
+    /// The config as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The bucket width, checked.
+    pub fn width(&self) -> Result<BucketWidth> {
+        let ms = u64::try_from(self.bucket_width.as_millis()).unwrap_or(u64::MAX);
+        BucketWidth::new(ms).map_err(|e| Error::Config(format!("bucket_width: {e}")))
+    }
+
+    /// Checks every setting and derives the ledger's.
+    pub fn ledger(&self) -> Result<LedgerConfig> {
+        let width = self.width()?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut cfg = LedgerConfig::new(width);
+        if let Some(grace) = self.grace {
+            cfg.grace_ms = ms(grace);
+        }
+        cfg.window_ms = ms(self.window);
+        cfg.retention_ms = ms(self.retention);
+        if cfg.window_ms < width.ms() + cfg.grace_ms {
+            return Err(Error::Config(format!(
+                "window \"{}\" is shorter than one bucket plus grace ({} ms): no bucket would ever be judged",
+                humantime::format_duration(self.window),
+                width.ms() + cfg.grace_ms
+            )));
+        }
+        if cfg.retention_ms < cfg.window_ms {
+            return Err(Error::Config(format!(
+                "retention \"{}\" is shorter than the window \"{}\"",
+                humantime::format_duration(self.retention),
+                humantime::format_duration(self.window)
+            )));
+        }
+        if self.tick < Duration::from_millis(10) {
+            return Err(Error::Config(format!(
+                "tick \"{}\" is too short: expected 10ms or more",
+                humantime::format_duration(self.tick)
+            )));
+        }
+        if self.health_window < 2 {
+            return Err(Error::Config(format!(
+                "health_window \"{}\" is too small: expected 2 commits or more",
+                self.health_window
+            )));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "max_message_bytes \"{}\" is too small: expected 1024 or more",
+                self.max_message_bytes
+            )));
+        }
+        if let Some(t) = &self.token
+            && t.is_empty()
+        {
+            return Err(Error::Config(
+                "token is empty: leave it unset to disable authentication".into(),
+            ));
+        }
+        cfg.max_series_per_source = self.max_series_per_source;
+        cfg.health = HealthConfig {
+            window: self.health_window,
+            stop_after_ms: i64::try_from(ms(self.stop_after)).unwrap_or(i64::MAX),
+        };
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_valid() {
+        let cfg = AgentConfig::default();
+        assert!(cfg.listen.ip().is_loopback());
+        let ledger = cfg.ledger().unwrap();
+        assert_eq!(ledger.grace_ms, 120_000);
+    }
+
+    #[test]
+    fn file_keys_and_durations_parse() {
+        let cfg = AgentConfig::from_toml(
+            "listen = \"127.0.0.1:9999\"\nbucket_width = \"10s\"\nwindow = \"30m\"\ntoken = \"s3cret\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.ledger().unwrap().width.ms(), 10_000);
+        assert_eq!(
+            AgentConfig::from_toml(&cfg.to_toml(), "round trip").unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let err = AgentConfig::from_toml("lissen = \"x\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.toml") && err.contains("lissen"), "{err}");
+        let err = AgentConfig::from_toml("bucket_width = \"ten\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bucket_width") || err.contains("ten"), "{err}");
+        let cfg = AgentConfig::from_toml("bucket_width = \"10ms\"", "a.toml").unwrap();
+        let err = cfg.ledger().unwrap_err().to_string();
+        assert!(err.contains("\"10\""), "{err}");
+        let cfg = AgentConfig::from_toml("window = \"1s\"", "a.toml").unwrap();
+        assert!(cfg.ledger().unwrap_err().to_string().contains("window"));
+    }
+}

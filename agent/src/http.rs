@@ -1,0 +1,522 @@
+//! The agent's HTTP interface (§4 of the design): ingest over WebSocket and
+//! POST, the REST API and the stream feed over the latest snapshot, the
+//! Prometheus endpoint and the health checks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tally_audit::wire::{self, Refused};
+use tally_audit::{Message, Reason, Reply, Snapshot};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::ledger::Session;
+use crate::service::{Command, Outcome, Shared};
+
+type AppState = Arc<Shared>;
+
+/// The agent's routes.
+pub(crate) fn router(shared: AppState) -> Router {
+    let body_limit = shared.limits.max_message_bytes.saturating_mul(16);
+    let api = Router::new()
+        .route("/api/v1/ingest", get(ingest_ws).post(ingest_post))
+        .route("/api/v1/topics", get(topics))
+        .route("/api/v1/topics/{topic}/buckets", get(buckets))
+        .route("/api/v1/groups", get(groups))
+        .route("/api/v1/groups/{group}", get(group))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/stream", get(stream))
+        .route("/api/v1/snapshot", get(snapshot))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    let open = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let open = if shared.protect_metrics {
+        open.layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+    } else {
+        open
+    };
+    api.merge(open)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not found",
+                "no such endpoint; see GET /api/v1/…",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "detail": detail.into()})),
+    )
+        .into_response()
+}
+
+fn token_matches(expected: &str, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Compare in constant time so the token cannot be guessed byte by byte.
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn require_token(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &shared.token
+        && !token_matches(expected, request.headers())
+    {
+        shared.metrics.refused("", Reason::Unauthorized);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this agent requires \"Authorization: Bearer <token>\" (--token / TALLY_TOKEN)",
+        );
+    }
+    next.run(request).await
+}
+
+fn not_ready() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready",
+        "the agent is still loading its stored state",
+    )
+}
+
+async fn readyz(State(shared): State<AppState>) -> Response {
+    if shared.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        not_ready()
+    }
+}
+
+async fn metrics(State(shared): State<AppState>) -> Response {
+    let snap = shared.snapshot.borrow().clone();
+    let body = shared.metrics.render(&snap);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn snap(shared: &Shared) -> Arc<Snapshot> {
+    shared.snapshot.borrow().clone()
+}
+
+async fn snapshot(State(shared): State<AppState>) -> Response {
+    Json(&*snap(&shared)).into_response()
+}
+
+async fn topics(State(shared): State<AppState>) -> Response {
+    Json(json!({"topics": snap(&shared).topics})).into_response()
+}
+
+#[derive(Deserialize)]
+struct BucketQuery {
+    cluster: Option<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+async fn buckets(
+    State(shared): State<AppState>,
+    Path(topic): Path<String>,
+    Query(q): Query<BucketQuery>,
+) -> Response {
+    let s = snap(&shared);
+    let matching: Vec<_> = s
+        .buckets
+        .iter()
+        .filter(|b| b.topic == topic && q.cluster.as_ref().is_none_or(|c| *c == b.cluster))
+        .collect();
+    let view = match matching.as_slice() {
+        [] => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown topic",
+                format!(
+                    "topic \"{topic}\"{} has no counts in the window",
+                    q.cluster
+                        .as_ref()
+                        .map(|c| format!(" of cluster \"{c}\""))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        [one] => one,
+        many => {
+            let clusters: Vec<&str> = many.iter().map(|b| b.cluster.as_str()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ambiguous topic",
+                format!("topic \"{topic}\" exists in clusters {clusters:?}: add ?cluster="),
+            );
+        }
+    };
+    let buckets: Vec<_> = view
+        .buckets
+        .iter()
+        .filter(|b| q.from.is_none_or(|f| b.bucket >= f) && q.to.is_none_or(|t| b.bucket < t))
+        .collect();
+    Json(json!({"cluster": view.cluster, "topic": view.topic, "width_ms": view.width_ms, "buckets": buckets}))
+        .into_response()
+}
+
+async fn groups(State(shared): State<AppState>) -> Response {
+    Json(json!({"groups": snap(&shared).groups})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ClusterQuery {
+    cluster: Option<String>,
+}
+
+async fn group(
+    State(shared): State<AppState>,
+    Path(group): Path<String>,
+    Query(q): Query<ClusterQuery>,
+) -> Response {
+    let s = snap(&shared);
+    let found: Vec<_> = s
+        .groups
+        .iter()
+        .filter(|g| g.group == group && q.cluster.as_ref().is_none_or(|c| *c == g.cluster))
+        .collect();
+    match found.as_slice() {
+        [] => error(
+            StatusCode::NOT_FOUND,
+            "unknown group",
+            format!("group \"{group}\" has no lag samples"),
+        ),
+        [one] => Json(one).into_response(),
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "ambiguous group",
+            format!("group \"{group}\" exists in several clusters: add ?cluster="),
+        ),
+    }
+}
+
+async fn alerts(State(shared): State<AppState>) -> Response {
+    Json(json!({"alerts": snap(&shared).alerts})).into_response()
+}
+
+async fn sources(State(shared): State<AppState>) -> Response {
+    Json(json!({"sources": snap(&shared).sources})).into_response()
+}
+
+/// The sections of a snapshot that the stream sends when they change.
+fn sections(s: &Snapshot) -> Vec<(&'static str, Value)> {
+    vec![
+        ("topics", json!(s.topics)),
+        ("buckets", json!(s.buckets)),
+        ("groups", json!(s.groups)),
+        ("sources", json!(s.sources)),
+        ("alerts", json!(s.alerts)),
+    ]
+}
+
+async fn stream(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| feed(shared, socket))
+}
+
+async fn feed(shared: AppState, mut socket: WebSocket) {
+    let mut rx = shared.snapshot.clone();
+    let first = rx.borrow_and_update().clone();
+    let mut last = sections(&first);
+    let hello = json!({"type": "snapshot", "snapshot": &*first});
+    if socket
+        .send(WsMessage::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let s = rx.borrow_and_update().clone();
+                let now = sections(&s);
+                let mut update = serde_json::Map::new();
+                update.insert("type".into(), json!("update"));
+                update.insert("at_ms".into(), json!(s.at_ms));
+                for ((name, new), (_, old)) in now.iter().zip(&last) {
+                    if new != old {
+                        update.insert((*name).into(), new.clone());
+                    }
+                }
+                last = now;
+                if socket.send(WsMessage::Text(Value::Object(update).to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// One ingest session: the hello's session, and what its messages do.
+struct Ingest {
+    shared: AppState,
+    session: Option<Session>,
+    cluster: String,
+}
+
+enum Step {
+    /// Answer now.
+    Reply(Reply),
+    /// Answer when the ledger (and the store) are done.
+    Later(Option<u64>, oneshot::Receiver<Outcome>),
+}
+
+impl Ingest {
+    fn new(shared: AppState) -> Self {
+        Ingest {
+            shared,
+            session: None,
+            cluster: String::new(),
+        }
+    }
+
+    fn refuse(&self, refused: &Refused) -> Reply {
+        self.shared
+            .metrics
+            .refused(&self.cluster, refused.error.reason);
+        warn!(reason = %refused.error.reason, "ingest refused: {}", refused.error.detail);
+        let _ = self.shared.commands.try_send(Command::Refused {
+            session: self.session,
+        });
+        refused.reply()
+    }
+
+    async fn step(&mut self, bytes: &[u8]) -> Step {
+        let message = match wire::decode(bytes, &self.shared.limits) {
+            Ok(m) => m,
+            Err(refused) => return Step::Reply(self.refuse(&refused)),
+        };
+        match (message, self.session) {
+            (Message::Hello(hello), None) => {
+                let (tx, rx) = oneshot::channel();
+                let cluster = hello.cluster.clone();
+                if self
+                    .shared
+                    .commands
+                    .send(Command::Hello { hello, reply: tx })
+                    .await
+                    .is_err()
+                {
+                    return Step::Reply(self.refuse(&stopping()));
+                }
+                match rx.await {
+                    Ok(session) => {
+                        self.session = Some(session);
+                        self.cluster = cluster;
+                        Step::Reply(Reply::Welcome {
+                            bucket_width_ms: self.shared.limits.width.ms(),
+                        })
+                    }
+                    Err(_) => Step::Reply(self.refuse(&stopping())),
+                }
+            }
+            (Message::Hello(_), Some(_)) => Step::Reply(self.refuse(&Refused {
+                seq: None,
+                error: tally_audit::Error::new(
+                    Reason::Protocol,
+                    "a session is already open on this connection: send hello once",
+                ),
+            })),
+            (message, None) => Step::Reply(self.refuse(&Refused {
+                seq: message.seq(),
+                error: tally_audit::Error::new(
+                    Reason::Protocol,
+                    format!(
+                        "\"{}\" before hello: open the session with a hello first",
+                        message.kind()
+                    ),
+                ),
+            })),
+            (message, Some(session)) => {
+                let seq = message.seq();
+                let (tx, rx) = oneshot::channel();
+                let cmd = Command::Apply {
+                    session,
+                    message,
+                    done: tx,
+                };
+                if self.shared.commands.send(cmd).await.is_err() {
+                    return Step::Reply(self.refuse(&stopping()));
+                }
+                Step::Later(seq, rx)
+            }
+        }
+    }
+
+    fn close(self) {
+        if let Some(session) = self.session {
+            let _ = self.shared.commands.try_send(Command::Goodbye { session });
+        }
+    }
+}
+
+fn stopping() -> Refused {
+    Refused {
+        seq: None,
+        error: tally_audit::Error::new(Reason::Protocol, "the agent is stopping"),
+    }
+}
+
+/// Turns a finished message into its reply; `None` when it was not stored
+/// (the connection then closes so the emitter resends).
+fn settle(seq: Option<u64>, outcome: Result<Outcome, oneshot::error::RecvError>) -> Option<Reply> {
+    match outcome {
+        Ok(Ok(())) => Some(Reply::Ack {
+            seq: seq.unwrap_or(0),
+        }),
+        Ok(Err(e)) => Some(Reply::error(seq, &e)),
+        Err(_) => None,
+    }
+}
+
+async fn ingest_ws(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if !shared.ready.load(Ordering::Acquire) {
+        return not_ready();
+    }
+    // Frames a little over the limit still get an error reply; far larger
+    // ones end the connection, which bounds what one peer can make us hold.
+    let frame_limit = shared.limits.max_message_bytes.saturating_mul(4);
+    ws.max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .on_upgrade(move |socket| ingest_session(shared, socket))
+}
+
+const MAX_IN_FLIGHT: usize = 10_000;
+
+async fn ingest_session(shared: AppState, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let mut ingest = Ingest::new(shared);
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let Some((seq, outcome)) = done else { continue };
+                let Some(reply) = settle(seq, outcome) else { break };
+                if sink.send(WsMessage::Text(reply.to_json().into())).await.is_err() {
+                    break;
+                }
+            }
+            frame = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let bytes = match frame {
+                    Some(Ok(WsMessage::Text(t))) => t.as_bytes().to_vec(),
+                    Some(Ok(WsMessage::Binary(b))) => b.to_vec(),
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                    Some(Ok(WsMessage::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        debug!("ingest connection ended: {e}");
+                        break;
+                    }
+                };
+                match ingest.step(&bytes).await {
+                    Step::Reply(reply) => {
+                        if sink.send(WsMessage::Text(reply.to_json().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Step::Later(seq, rx) => in_flight.push(async move { (seq, rx.await) }),
+                }
+            }
+        }
+    }
+    // Let what was applied settle before the session closes.
+    while let Some((seq, outcome)) = in_flight.next().await {
+        if let Some(reply) = settle(seq, outcome) {
+            let _ = sink.send(WsMessage::Text(reply.to_json().into())).await;
+        }
+    }
+    ingest.close();
+}
+
+async fn ingest_post(State(shared): State<AppState>, body: axum::body::Bytes) -> Response {
+    if !shared.ready.load(Ordering::Acquire) {
+        return not_ready();
+    }
+    let items = match wire::split_batch(&body, &shared.limits) {
+        Ok(items) => items,
+        Err(e) => {
+            shared.metrics.refused("", e.reason);
+            return error(StatusCode::BAD_REQUEST, e.reason.as_str(), e.detail);
+        }
+    };
+    let mut ingest = Ingest::new(shared);
+    let mut replies = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 && ingest.session.is_none() {
+            replies.push(ingest.refuse(&Refused {
+                seq: None,
+                error: tally_audit::Error::new(
+                    Reason::Protocol,
+                    "the batch's first element must be an accepted hello",
+                ),
+            }));
+            continue;
+        }
+        let reply = match ingest.step(item.get().as_bytes()).await {
+            Step::Reply(r) => r,
+            Step::Later(seq, rx) => match settle(seq, rx.await) {
+                Some(r) => r,
+                None => {
+                    ingest.close();
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not stored",
+                        "the state database did not accept the batch; send it again",
+                    );
+                }
+            },
+        };
+        replies.push(reply);
+    }
+    ingest.close();
+    Json(replies).into_response()
+}

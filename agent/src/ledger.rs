@@ -1,0 +1,1092 @@
+//! The audit ledger: the last cumulative value per (source, tier, topic,
+//! partition, bucket), summed per (cluster, topic, tier, bucket), and each
+//! consumer group's lag and health.
+//!
+//! The ledger is plain data with no locks and no I/O; the agent's service
+//! owns it on one task, persists what [`Ledger::take_dirty`] hands out, and
+//! calls [`Ledger::evaluate`] on its tick.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use tally_audit::snapshot::{
+    BucketBooks, BucketTier, GroupHealth, PartitionLag, SourceInfo, TierBooks, TopicBooks,
+    TopicBuckets,
+};
+use tally_audit::{
+    BucketStatus, BucketWidth, CountEntry, Error as AuditError, GroupStatus, Hello, Lag, Reason,
+    Snapshot, Tier, TierKind,
+};
+
+use crate::health::{HealthConfig, PartitionHealth, group_status};
+use crate::store::{CellRow, HealthRow, HistoryRow, Loaded, SeriesRow, SourceRow, WriteBatch};
+use crate::{Error, Result};
+
+/// How the ledger judges buckets and what it keeps.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// The bucket width of the deployment.
+    pub width: BucketWidth,
+    /// How long after a bucket ends it stays `open`.
+    pub grace_ms: u64,
+    /// How far back gauges, completeness and the bucket view reach.
+    pub window_ms: u64,
+    /// How long cells and closed-bucket history are kept.
+    pub retention_ms: u64,
+    /// The most series (tier, topic, partition, or lag partition) one source may open.
+    pub max_series_per_source: usize,
+    /// Burrow-style health settings.
+    pub health: HealthConfig,
+}
+
+impl LedgerConfig {
+    /// Defaults for `width`: grace 2 × width, window 1 h, retention 7 days.
+    pub fn new(width: BucketWidth) -> Self {
+        LedgerConfig {
+            width,
+            grace_ms: 2 * width.ms(),
+            window_ms: 3_600_000,
+            retention_ms: 7 * 86_400_000,
+            max_series_per_source: 100_000,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// Identifies a source's open session; handed out by [`Ledger::hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Session {
+    source: u32,
+    epoch: i64,
+}
+
+impl Session {
+    /// The source's id within the ledger.
+    pub fn source_id(&self) -> u32 {
+        self.source
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    records: u64,
+    bytes: u64,
+    no_timestamp: u64,
+    expired: u64,
+    skipped: u64,
+}
+
+impl Counts {
+    fn of(e: &CountEntry) -> Self {
+        Counts {
+            records: e.records,
+            bytes: e.bytes,
+            no_timestamp: e.no_timestamp,
+            expired: e.expired,
+            skipped: e.skipped,
+        }
+    }
+
+    /// Replaces `old` by `new` in a sum.
+    fn swap(&mut self, old: &Counts, new: &Counts) {
+        fn step(sum: &mut u64, old: u64, new: u64) {
+            *sum = sum.wrapping_sub(old).wrapping_add(new);
+        }
+        step(&mut self.records, old.records, new.records);
+        step(&mut self.bytes, old.bytes, new.bytes);
+        step(&mut self.no_timestamp, old.no_timestamp, new.no_timestamp);
+        step(&mut self.expired, old.expired, new.expired);
+        step(&mut self.skipped, old.skipped, new.skipped);
+    }
+
+    fn add(&mut self, c: &Counts) {
+        self.swap(&Counts::default(), c);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct CellKey {
+    source: u32,
+    series: u32,
+    partition: i32,
+    bucket: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    epoch: i64,
+    seq: u64,
+    v: Counts,
+}
+
+const MESSAGE_TYPES: [&str; 3] = ["hello", "counts", "lag"];
+
+#[derive(Debug)]
+struct Source {
+    name: String,
+    cluster: String,
+    tier_kinds: Vec<TierKind>,
+    epoch: i64,
+    last_seen_ms: i64,
+    messages: [u64; 3],
+    errors: u64,
+    sessions: u32,
+    series: HashSet<(u32, i32)>,
+    lag_series: usize,
+}
+
+#[derive(Debug)]
+struct Series {
+    cluster: String,
+    topic: String,
+    tier: Tier,
+    /// Sum of the cells in memory.
+    live: Counts,
+    /// Sum of the cells already pruned by retention.
+    pruned: Counts,
+}
+
+#[derive(Debug)]
+struct Topic {
+    cluster: String,
+    topic: String,
+    series: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Closed {
+    status: BucketStatus,
+    unresolved_at_close: bool,
+}
+
+type HealthKey = (String, String, String, i32);
+
+#[derive(Debug)]
+struct LagEntry {
+    health: PartitionHealth,
+    last: tally_audit::LagSample,
+}
+
+/// The audit ledger. See the module documentation.
+#[derive(Debug)]
+pub struct Ledger {
+    cfg: LedgerConfig,
+    sources: Vec<Source>,
+    source_ids: HashMap<String, u32>,
+    series: Vec<Series>,
+    series_ids: HashMap<String, u32>,
+    topics: Vec<Topic>,
+    topic_ids: HashMap<(String, String), u32>,
+    cells: HashMap<CellKey, Cell>,
+    sums: BTreeMap<(u32, i64), Counts>,
+    closed: HashMap<(u32, i64), Closed>,
+    lag: BTreeMap<HealthKey, LagEntry>,
+    key_buf: String,
+    dirty_cells: Vec<CellKey>,
+    dirty_sources: HashSet<u32>,
+    dirty_series: HashSet<u32>,
+    dirty_history: Vec<HistoryRow>,
+    dirty_health: HashSet<HealthKey>,
+}
+
+/// What applying a message changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries whose value changed.
+    pub changed: usize,
+    /// Entries that repeated the stored value (a resend).
+    pub unchanged: usize,
+    /// Entries older than the stored value (by session and `seq`), ignored.
+    pub stale: usize,
+}
+
+fn refuse(reason: Reason, detail: String) -> Error {
+    Error::Audit(AuditError::new(reason, detail))
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new(cfg: LedgerConfig) -> Self {
+        Ledger {
+            cfg,
+            sources: Vec::new(),
+            source_ids: HashMap::new(),
+            series: Vec::new(),
+            series_ids: HashMap::new(),
+            topics: Vec::new(),
+            topic_ids: HashMap::new(),
+            cells: HashMap::new(),
+            sums: BTreeMap::new(),
+            closed: HashMap::new(),
+            lag: BTreeMap::new(),
+            key_buf: String::new(),
+            dirty_cells: Vec::new(),
+            dirty_sources: HashSet::new(),
+            dirty_series: HashSet::new(),
+            dirty_history: Vec::new(),
+            dirty_health: HashSet::new(),
+        }
+    }
+
+    /// The ledger's settings.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.cfg
+    }
+
+    /// Number of cells held.
+    pub fn cell_count(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Opens a session for the source of `hello`.
+    pub fn hello(&mut self, hello: &Hello, now_ms: i64) -> Session {
+        let id = match self.source_ids.get(&hello.source) {
+            Some(&id) => id,
+            None => {
+                let id = self.sources.len() as u32;
+                self.sources.push(Source {
+                    name: hello.source.clone(),
+                    cluster: hello.cluster.clone(),
+                    tier_kinds: Vec::new(),
+                    epoch: hello.started_at_ms,
+                    last_seen_ms: now_ms,
+                    messages: [0; 3],
+                    errors: 0,
+                    sessions: 0,
+                    series: HashSet::new(),
+                    lag_series: 0,
+                });
+                self.source_ids.insert(hello.source.clone(), id);
+                id
+            }
+        };
+        let src = &mut self.sources[id as usize];
+        src.cluster = hello.cluster.clone();
+        src.tier_kinds = hello.tier_kinds.clone();
+        src.epoch = src.epoch.max(hello.started_at_ms);
+        src.last_seen_ms = now_ms;
+        src.messages[0] += 1;
+        src.sessions += 1;
+        self.dirty_sources.insert(id);
+        Session {
+            source: id,
+            epoch: hello.started_at_ms,
+        }
+    }
+
+    /// Closes a session (the connection ended).
+    pub fn goodbye(&mut self, session: Session) {
+        if let Some(src) = self.sources.get_mut(session.source as usize) {
+            src.sessions = src.sessions.saturating_sub(1);
+        }
+    }
+
+    /// The cluster a session reports on.
+    pub fn cluster_of(&self, session: Session) -> Option<String> {
+        self.sources
+            .get(session.source as usize)
+            .map(|s| s.cluster.clone())
+    }
+
+    /// Counts a refused message against the session's source.
+    pub fn refused(&mut self, session: Option<Session>) {
+        if let Some(session) = session
+            && let Some(src) = self.sources.get_mut(session.source as usize)
+        {
+            src.errors += 1;
+            self.dirty_sources.insert(session.source);
+        }
+    }
+
+    fn series_id(&mut self, cluster: &str, topic: &str, tier: &Tier) -> u32 {
+        self.key_buf.clear();
+        let _ = write!(self.key_buf, "{cluster}\u{0}{topic}\u{0}{tier}");
+        if let Some(&id) = self.series_ids.get(self.key_buf.as_str()) {
+            return id;
+        }
+        let topic_id = self.topic_id(cluster, topic);
+        let id = self.series.len() as u32;
+        self.series.push(Series {
+            cluster: cluster.to_owned(),
+            topic: topic.to_owned(),
+            tier: tier.clone(),
+            live: Counts::default(),
+            pruned: Counts::default(),
+        });
+        self.topics[topic_id as usize].series.push(id);
+        self.series_ids.insert(self.key_buf.clone(), id);
+        self.dirty_series.insert(id);
+        id
+    }
+
+    fn topic_id(&mut self, cluster: &str, topic: &str) -> u32 {
+        let key = (cluster.to_owned(), topic.to_owned());
+        if let Some(&id) = self.topic_ids.get(&key) {
+            return id;
+        }
+        let id = self.topics.len() as u32;
+        self.topics.push(Topic {
+            cluster: cluster.to_owned(),
+            topic: topic.to_owned(),
+            series: Vec::new(),
+        });
+        self.topic_ids.insert(key, id);
+        id
+    }
+
+    /// Applies a `counts` message: each entry replaces the last value of its
+    /// key unless the stored one came from a later (session, `seq`).
+    ///
+    /// The message is applied whole or not at all: a tier kind the source did
+    /// not announce, or more series than the cardinality limit, refuses it.
+    pub fn apply_counts(
+        &mut self,
+        session: Session,
+        seq: u64,
+        entries: &[CountEntry],
+        now_ms: i64,
+    ) -> Result<Applied> {
+        let src = self
+            .sources
+            .get(session.source as usize)
+            .ok_or_else(|| refuse(Reason::Protocol, "counts before hello".into()))?;
+        let cluster = src.cluster.clone();
+        if let Some(e) = entries
+            .iter()
+            .find(|e| !src.tier_kinds.contains(&e.tier.kind()))
+        {
+            return Err(refuse(
+                Reason::BadField,
+                format!(
+                    "tier \"{}\" is not among the tier kinds this source announced in its hello ({:?})",
+                    e.tier, src.tier_kinds
+                ),
+            ));
+        }
+        let ids: Vec<u32> = entries
+            .iter()
+            .map(|e| self.series_id(&cluster, &e.topic, &e.tier))
+            .collect();
+        let src = &self.sources[session.source as usize];
+        let mut fresh: HashSet<(u32, i32)> = HashSet::new();
+        for (e, &id) in entries.iter().zip(&ids) {
+            if !src.series.contains(&(id, e.partition)) {
+                fresh.insert((id, e.partition));
+            }
+        }
+        let open = src.series.len() + src.lag_series;
+        if open + fresh.len() > self.cfg.max_series_per_source {
+            return Err(refuse(
+                Reason::Cardinality,
+                format!(
+                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
+                    src.name,
+                    open + fresh.len(),
+                    self.cfg.max_series_per_source
+                ),
+            ));
+        }
+        let oldest = self.oldest_kept_bucket(now_ms);
+        let src = &mut self.sources[session.source as usize];
+        src.series.extend(fresh);
+        src.last_seen_ms = now_ms;
+        src.messages[1] += 1;
+        self.dirty_sources.insert(session.source);
+
+        let mut applied = Applied::default();
+        for (e, &series) in entries.iter().zip(&ids) {
+            if e.bucket.start_ms() < oldest {
+                applied.stale += 1;
+                continue;
+            }
+            let key = CellKey {
+                source: session.source,
+                series,
+                partition: e.partition,
+                bucket: e.bucket.start_ms(),
+            };
+            let new = Counts::of(e);
+            let old = match self.cells.get_mut(&key) {
+                Some(cell) => {
+                    if (session.epoch, seq) < (cell.epoch, cell.seq) {
+                        applied.stale += 1;
+                        continue;
+                    }
+                    cell.epoch = session.epoch;
+                    cell.seq = seq;
+                    if cell.v == new {
+                        applied.unchanged += 1;
+                        continue;
+                    }
+                    std::mem::replace(&mut cell.v, new)
+                }
+                None => {
+                    self.cells.insert(
+                        key,
+                        Cell {
+                            epoch: session.epoch,
+                            seq,
+                            v: new,
+                        },
+                    );
+                    Counts::default()
+                }
+            };
+            applied.changed += 1;
+            self.sums
+                .entry((series, key.bucket))
+                .or_default()
+                .swap(&old, &new);
+            self.series[series as usize].live.swap(&old, &new);
+            self.dirty_cells.push(key);
+            self.dirty_series.insert(series);
+        }
+        Ok(applied)
+    }
+
+    /// Applies a `lag` message to each partition's health.
+    pub fn apply_lag(&mut self, session: Session, lag: &Lag, now_ms: i64) -> Result<()> {
+        let src = self
+            .sources
+            .get(session.source as usize)
+            .ok_or_else(|| refuse(Reason::Protocol, "lag before hello".into()))?;
+        let cluster = src.cluster.clone();
+        let fresh = lag
+            .partitions
+            .iter()
+            .filter(|s| {
+                !self.lag.contains_key(&(
+                    cluster.clone(),
+                    s.group.clone(),
+                    s.topic.clone(),
+                    s.partition,
+                ))
+            })
+            .count();
+        let open = src.series.len() + src.lag_series;
+        if open + fresh > self.cfg.max_series_per_source {
+            return Err(refuse(
+                Reason::Cardinality,
+                format!(
+                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
+                    src.name,
+                    open + fresh,
+                    self.cfg.max_series_per_source
+                ),
+            ));
+        }
+        let src = &mut self.sources[session.source as usize];
+        src.lag_series += fresh;
+        src.last_seen_ms = now_ms;
+        src.messages[2] += 1;
+        self.dirty_sources.insert(session.source);
+        for s in &lag.partitions {
+            let key = (
+                cluster.clone(),
+                s.group.clone(),
+                s.topic.clone(),
+                s.partition,
+            );
+            let entry = self.lag.entry(key.clone()).or_insert_with(|| LagEntry {
+                health: PartitionHealth::default(),
+                last: s.clone(),
+            });
+            entry.health.observe(s, &self.cfg.health);
+            entry.last = s.clone();
+            self.dirty_health.insert(key);
+        }
+        Ok(())
+    }
+
+    fn oldest_kept_bucket(&self, now_ms: i64) -> i64 {
+        let horizon = now_ms.saturating_sub(self.cfg.retention_ms as i64);
+        self.cfg.width.bucket_of(horizon).start_ms()
+    }
+
+    /// Drops cells and history older than the retention, keeping their sums
+    /// in each series' pruned totals. Returns the cells dropped.
+    pub fn prune(&mut self, now_ms: i64) -> usize {
+        let oldest = self.oldest_kept_bucket(now_ms);
+        let before = self.cells.len();
+        let mut dropped: Vec<(u32, Counts)> = Vec::new();
+        self.cells.retain(|k, c| {
+            if k.bucket < oldest {
+                dropped.push((k.series, c.v));
+                false
+            } else {
+                true
+            }
+        });
+        for (series, v) in dropped {
+            let s = &mut self.series[series as usize];
+            s.live.swap(&v, &Counts::default());
+            s.pruned.add(&v);
+            self.dirty_series.insert(series);
+        }
+        self.sums.retain(|(_, b), _| *b >= oldest);
+        self.closed.retain(|(_, b), _| *b >= oldest);
+        before - self.cells.len()
+    }
+
+    /// The oldest bucket that [`Ledger::prune`] keeps at `now_ms`.
+    pub fn prune_horizon(&self, now_ms: i64) -> i64 {
+        self.oldest_kept_bucket(now_ms)
+    }
+
+    /// Hands out every row changed since the last call, for the store.
+    pub fn take_dirty(&mut self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let mut keys = std::mem::take(&mut self.dirty_cells);
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            if let Some(c) = self.cells.get(&k) {
+                batch.cells.push(CellRow {
+                    source: k.source,
+                    series: k.series,
+                    partition: k.partition,
+                    bucket: k.bucket,
+                    epoch: c.epoch,
+                    seq: c.seq,
+                    records: c.v.records,
+                    bytes: c.v.bytes,
+                    no_timestamp: c.v.no_timestamp,
+                    expired: c.v.expired,
+                    skipped: c.v.skipped,
+                });
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_sources) {
+            let s = &self.sources[id as usize];
+            batch.sources.push(SourceRow {
+                id,
+                name: s.name.clone(),
+                cluster: s.cluster.clone(),
+                tier_kinds: serde_json::to_string(&s.tier_kinds).unwrap_or_default(),
+                epoch: s.epoch,
+                last_seen_ms: s.last_seen_ms,
+                messages: s.messages.iter().sum(),
+                errors: s.errors,
+            });
+            batch.kv.push((
+                format!("source/{id}/messages"),
+                serde_json::to_string(&s.messages).unwrap_or_default(),
+            ));
+        }
+        for id in std::mem::take(&mut self.dirty_series) {
+            let s = &self.series[id as usize];
+            batch.series.push(SeriesRow {
+                id,
+                cluster: s.cluster.clone(),
+                topic: s.topic.clone(),
+                tier: s.tier.to_string(),
+                pruned_records: s.pruned.records,
+                pruned_expired: s.pruned.expired,
+            });
+        }
+        batch.history = std::mem::take(&mut self.dirty_history);
+        for key in std::mem::take(&mut self.dirty_health) {
+            if let Some(e) = self.lag.get(&key) {
+                let state = serde_json::json!({"health": e.health, "last": e.last});
+                batch.health.push(HealthRow {
+                    cluster: key.0.clone(),
+                    group: key.1.clone(),
+                    topic: key.2.clone(),
+                    partition: key.3,
+                    state: state.to_string(),
+                });
+            }
+        }
+        batch
+    }
+
+    /// Rebuilds a ledger from what the store loaded.
+    pub fn restore(cfg: LedgerConfig, loaded: Loaded) -> Result<Self> {
+        let mut ledger = Ledger::new(cfg);
+        let kv: HashMap<String, String> = loaded.kv.into_iter().collect();
+        let mut sources = loaded.sources;
+        sources.sort_by_key(|s| s.id);
+        for (i, s) in sources.into_iter().enumerate() {
+            if s.id as usize != i {
+                return Err(Error::Config(format!(
+                    "state database holds source id \"{}\" out of sequence (expected {i})",
+                    s.id
+                )));
+            }
+            let messages = kv
+                .get(&format!("source/{}/messages", s.id))
+                .and_then(|m| serde_json::from_str(m).ok())
+                .unwrap_or([0, s.messages, 0]);
+            ledger.source_ids.insert(s.name.clone(), s.id);
+            ledger.sources.push(Source {
+                tier_kinds: serde_json::from_str(&s.tier_kinds).unwrap_or_default(),
+                name: s.name,
+                cluster: s.cluster,
+                epoch: s.epoch,
+                last_seen_ms: s.last_seen_ms,
+                messages,
+                errors: s.errors,
+                sessions: 0,
+                series: HashSet::new(),
+                lag_series: 0,
+            });
+        }
+        let mut series = loaded.series;
+        series.sort_by_key(|s| s.id);
+        for (i, s) in series.into_iter().enumerate() {
+            let tier: Tier = s.tier.parse()?;
+            let id = ledger.series_id(&s.cluster, &s.topic, &tier);
+            if id as usize != i || s.id != id {
+                return Err(Error::Config(format!(
+                    "state database holds series id \"{}\" out of sequence (expected {i})",
+                    s.id
+                )));
+            }
+            ledger.series[i].pruned.records = s.pruned_records;
+            ledger.series[i].pruned.expired = s.pruned_expired;
+        }
+        ledger.cells.reserve(loaded.cells.len());
+        for c in loaded.cells {
+            if c.source as usize >= ledger.sources.len() || c.series as usize >= ledger.series.len()
+            {
+                return Err(Error::Config(format!(
+                    "state database holds a cell of unknown source \"{}\" or series \"{}\"",
+                    c.source, c.series
+                )));
+            }
+            let key = CellKey {
+                source: c.source,
+                series: c.series,
+                partition: c.partition,
+                bucket: c.bucket,
+            };
+            let v = Counts {
+                records: c.records,
+                bytes: c.bytes,
+                no_timestamp: c.no_timestamp,
+                expired: c.expired,
+                skipped: c.skipped,
+            };
+            ledger.sums.entry((c.series, c.bucket)).or_default().add(&v);
+            ledger.series[c.series as usize].live.add(&v);
+            ledger.sources[c.source as usize]
+                .series
+                .insert((c.series, c.partition));
+            ledger.cells.insert(
+                key,
+                Cell {
+                    epoch: c.epoch,
+                    seq: c.seq,
+                    v,
+                },
+            );
+        }
+        for h in loaded.history {
+            if let Some(status) = BucketStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == h.status)
+            {
+                ledger.closed.insert(
+                    (h.series, h.bucket),
+                    Closed {
+                        status,
+                        unresolved_at_close: h.unresolved_at_close,
+                    },
+                );
+            }
+        }
+        for h in loaded.health {
+            #[derive(serde::Deserialize)]
+            struct State {
+                health: PartitionHealth,
+                last: tally_audit::LagSample,
+            }
+            if let Ok(state) = serde_json::from_str::<State>(&h.state) {
+                ledger.lag.insert(
+                    (h.cluster, h.group, h.topic, h.partition),
+                    LagEntry {
+                        health: state.health,
+                        last: state.last,
+                    },
+                );
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// Evaluates the books and the groups' health at `now_ms`.
+    pub fn evaluate(&mut self, now_ms: i64) -> Snapshot {
+        let width = self.cfg.width;
+        let window_start = width
+            .bucket_of(now_ms.saturating_sub(self.cfg.window_ms as i64))
+            .start_ms();
+        let mut topics = Vec::with_capacity(self.topics.len());
+        let mut buckets = Vec::with_capacity(self.topics.len());
+        let mut order: Vec<u32> = (0..self.topics.len() as u32).collect();
+        order.sort_by(|a, b| {
+            let (a, b) = (&self.topics[*a as usize], &self.topics[*b as usize]);
+            (&a.cluster, &a.topic).cmp(&(&b.cluster, &b.topic))
+        });
+        for tid in order {
+            let (books, view) = self.evaluate_topic(tid, window_start, now_ms);
+            topics.push(books);
+            buckets.push(view);
+        }
+        Snapshot {
+            at_ms: now_ms,
+            width_ms: width.ms(),
+            grace_ms: self.cfg.grace_ms,
+            window_ms: self.cfg.window_ms,
+            topics,
+            buckets,
+            groups: self.evaluate_groups(now_ms),
+            sources: self.source_infos(),
+            alerts: Vec::new(),
+        }
+    }
+
+    fn reference_of(&self, topic: &Topic) -> Option<u32> {
+        let find = |t: &Tier| {
+            topic
+                .series
+                .iter()
+                .copied()
+                .find(|&s| self.series[s as usize].tier == *t)
+        };
+        find(&Tier::Broker).or_else(|| find(&Tier::Produced))
+    }
+
+    fn evaluate_topic(
+        &mut self,
+        tid: u32,
+        window_start: i64,
+        now_ms: i64,
+    ) -> (TopicBooks, TopicBuckets) {
+        let topic = &self.topics[tid as usize];
+        let reference = self.reference_of(topic);
+        let width = self.cfg.width;
+        let series_ids = topic.series.clone();
+        let mut per_bucket: BTreeMap<i64, Vec<(u32, Counts)>> = BTreeMap::new();
+        for &s in &series_ids {
+            for (&(_, b), c) in self.sums.range((s, window_start)..=(s, i64::MAX)) {
+                per_bucket.entry(b).or_default().push((s, *c));
+            }
+        }
+        let mut books = TopicBooks {
+            cluster: topic.cluster.clone(),
+            topic: topic.topic.clone(),
+            reference: reference.map(|r| self.series[r as usize].tier.to_string()),
+            tiers: BTreeMap::new(),
+        };
+        struct Ratio {
+            num: u64,
+            den: u64,
+        }
+        let mut ratios: HashMap<u32, Ratio> = HashMap::new();
+        for &s in &series_ids {
+            let sr = &self.series[s as usize];
+            let is_group = sr.tier.kind() == TierKind::Group;
+            let mut tb = TierBooks {
+                records: sr.live.records + sr.pruned.records,
+                bytes: sr.live.bytes,
+                completeness: 1.0,
+                no_timestamp: sr.live.no_timestamp,
+                ..TierBooks::default()
+            };
+            if is_group {
+                tb.expired = Some(sr.live.expired + sr.pruned.expired);
+                tb.skipped = Some(sr.live.skipped);
+                let reference_total = reference.map_or(0, |r| self.series[r as usize].live.records);
+                let accounted = sr.live.records + sr.live.expired + sr.live.skipped;
+                tb.pending = Some(reference_total.saturating_sub(accounted));
+            }
+            books.tiers.insert(sr.tier.to_string(), tb);
+            ratios.insert(s, Ratio { num: 0, den: 0 });
+        }
+        let mut view = TopicBuckets {
+            cluster: books.cluster.clone(),
+            topic: books.topic.clone(),
+            width_ms: width.ms(),
+            buckets: Vec::with_capacity(per_bucket.len()),
+        };
+        for (bucket, present) in per_bucket {
+            let closed = now_ms
+                >= bucket
+                    .saturating_add(width.ms() as i64)
+                    .saturating_add(self.cfg.grace_ms as i64);
+            let reference_counts = reference.map(|r| {
+                present
+                    .iter()
+                    .find(|(s, _)| *s == r)
+                    .map(|(_, c)| *c)
+                    .unwrap_or_default()
+            });
+            let mut bb = BucketBooks {
+                bucket,
+                tiers: BTreeMap::new(),
+            };
+            for &s in &series_ids {
+                let Some(counts) = present.iter().find(|(p, _)| *p == s).map(|(_, c)| *c) else {
+                    continue;
+                };
+                let sr = &self.series[s as usize];
+                let prior = self.closed.get(&(s, bucket)).copied();
+                let j = judge(
+                    &sr.tier,
+                    Some(s) == reference,
+                    &counts,
+                    reference_counts.as_ref(),
+                    closed,
+                    prior.is_some_and(|p| p.unresolved_at_close),
+                );
+                if closed {
+                    let entry = Closed {
+                        status: j.status,
+                        unresolved_at_close: prior.map_or(
+                            matches!(j.status, BucketStatus::Pending | BucketStatus::Incomplete),
+                            |p| p.unresolved_at_close,
+                        ),
+                    };
+                    if prior != Some(entry) {
+                        self.closed.insert((s, bucket), entry);
+                        self.dirty_history.push(HistoryRow {
+                            series: s,
+                            bucket,
+                            status: j.status.as_str().to_owned(),
+                            unresolved_at_close: entry.unresolved_at_close,
+                            records: counts.records,
+                            reference: reference_counts.map_or(0, |r| r.records),
+                            pending: j.pending.unwrap_or(0),
+                            expired: counts.expired,
+                            skipped: counts.skipped,
+                            closed_at_ms: now_ms,
+                        });
+                    }
+                    if let Some(r) = ratios.get_mut(&s) {
+                        r.num += j.ratio.0;
+                        r.den += j.ratio.1;
+                    }
+                    if let Some(tb) = books.tiers.get_mut(&sr.tier.to_string()) {
+                        tb.missing += j.missing;
+                        tb.excess += j.excess;
+                    }
+                }
+                if let Some(tb) = books.tiers.get_mut(&sr.tier.to_string()) {
+                    *tb.buckets.entry(j.status).or_default() += 1;
+                }
+                let is_group = sr.tier.kind() == TierKind::Group;
+                bb.tiers.insert(
+                    sr.tier.to_string(),
+                    BucketTier {
+                        records: counts.records,
+                        status: j.status,
+                        missing: j.missing,
+                        excess: j.excess,
+                        pending: j.pending,
+                        expired: is_group.then_some(counts.expired),
+                        skipped: is_group.then_some(counts.skipped),
+                    },
+                );
+            }
+            view.buckets.push(bb);
+        }
+        for (s, r) in ratios {
+            if let Some(tb) = books
+                .tiers
+                .get_mut(&self.series[s as usize].tier.to_string())
+            {
+                tb.completeness = if r.den == 0 {
+                    1.0
+                } else {
+                    r.num as f64 / r.den as f64
+                };
+            }
+        }
+        (books, view)
+    }
+
+    fn evaluate_groups(&self, now_ms: i64) -> Vec<GroupHealth> {
+        let mut groups: Vec<GroupHealth> = Vec::new();
+        for ((cluster, group, topic, partition), e) in &self.lag {
+            let status = e.health.status(now_ms, &self.cfg.health);
+            let p = PartitionLag {
+                topic: topic.clone(),
+                partition: *partition,
+                committed: e.last.committed,
+                end_offset: e.last.end_offset,
+                start_offset: e.last.start_offset,
+                lag_records: e.last.lag_records,
+                lag_seconds: e.last.lag_seconds,
+                status,
+                commit_at_ms: e.last.commit_at_ms,
+                commits: e.health.commits().cloned().collect(),
+            };
+            match groups.last_mut() {
+                Some(g) if g.cluster == *cluster && g.group == *group => g.partitions.push(p),
+                _ => groups.push(GroupHealth {
+                    cluster: cluster.clone(),
+                    group: group.clone(),
+                    status: GroupStatus::Ok,
+                    lag_records: 0,
+                    max_lag_seconds: 0.0,
+                    partitions: vec![p],
+                }),
+            }
+        }
+        for g in &mut groups {
+            g.status = group_status(g.partitions.iter().map(|p| p.status));
+            g.lag_records = g.partitions.iter().map(|p| p.lag_records).sum();
+            g.max_lag_seconds = g
+                .partitions
+                .iter()
+                .map(|p| p.lag_seconds)
+                .fold(0.0, f64::max);
+        }
+        groups
+    }
+
+    fn source_infos(&self) -> Vec<SourceInfo> {
+        let mut out: Vec<SourceInfo> = self
+            .sources
+            .iter()
+            .map(|s| SourceInfo {
+                source: s.name.clone(),
+                cluster: s.cluster.clone(),
+                tier_kinds: s
+                    .tier_kinds
+                    .iter()
+                    .map(|k| {
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+                last_seen_ms: s.last_seen_ms,
+                messages: MESSAGE_TYPES
+                    .iter()
+                    .zip(s.messages)
+                    .map(|(t, n)| ((*t).to_owned(), n))
+                    .collect(),
+                errors: s.errors,
+                connected: s.sessions > 0,
+            })
+            .collect();
+        out.sort_by(|a, b| a.source.cmp(&b.source));
+        out
+    }
+
+    /// Buckets with a sum, for diagnostics and tests: (cluster, topic, tier, bucket) → records.
+    pub fn bucket_records(&self) -> BTreeSet<(String, String, String, i64, u64)> {
+        self.sums
+            .iter()
+            .map(|(&(s, b), c)| {
+                let sr = &self.series[s as usize];
+                (
+                    sr.cluster.clone(),
+                    sr.topic.clone(),
+                    sr.tier.to_string(),
+                    b,
+                    c.records,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The verdict on one tier in one bucket.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Judgement {
+    status: BucketStatus,
+    missing: u64,
+    excess: u64,
+    pending: Option<u64>,
+    /// Numerator and denominator of this bucket's share of completeness.
+    ratio: (u64, u64),
+}
+
+/// Judges one tier's counts in one bucket against the reference's.
+///
+/// Downstream tiers (groups, consumers, and `broker` where only `produced`
+/// is the reference) compare their count with the reference's; the
+/// `produced` tier, upstream of `broker`, is judged the other way round:
+/// fewer appended than produced is loss in produce, more is duplicates.
+fn judge(
+    tier: &Tier,
+    is_reference: bool,
+    counts: &Counts,
+    reference: Option<&Counts>,
+    closed: bool,
+    unresolved_at_close: bool,
+) -> Judgement {
+    let settle = |status: BucketStatus| {
+        if !closed {
+            BucketStatus::Open
+        } else if status == BucketStatus::Complete && unresolved_at_close {
+            BucketStatus::Late
+        } else {
+            status
+        }
+    };
+    let Some(reference) = reference.filter(|_| !is_reference) else {
+        return Judgement {
+            status: settle(BucketStatus::Complete),
+            missing: 0,
+            excess: 0,
+            pending: None,
+            ratio: (counts.records, counts.records),
+        };
+    };
+    match tier.kind() {
+        TierKind::Group => {
+            let accounted = counts.records + counts.expired + counts.skipped;
+            let pending = reference.records.saturating_sub(accounted);
+            let excess = accounted.saturating_sub(reference.records);
+            let status = if counts.expired > 0 {
+                BucketStatus::Incomplete
+            } else if pending > 0 {
+                BucketStatus::Pending
+            } else if excess > 0 {
+                BucketStatus::Excess
+            } else {
+                BucketStatus::Complete
+            };
+            Judgement {
+                status: settle(status),
+                missing: if closed { counts.expired } else { 0 },
+                excess: if closed { excess } else { 0 },
+                pending: Some(pending),
+                ratio: (
+                    counts.records,
+                    reference.records.saturating_sub(counts.skipped),
+                ),
+            }
+        }
+        kind => {
+            let (upstream, downstream) = if kind == TierKind::Produced {
+                (counts.records, reference.records)
+            } else {
+                (reference.records, counts.records)
+            };
+            let missing = upstream.saturating_sub(downstream);
+            let excess = downstream.saturating_sub(upstream);
+            let status = if missing > 0 {
+                BucketStatus::Incomplete
+            } else if excess > 0 {
+                BucketStatus::Excess
+            } else {
+                BucketStatus::Complete
+            };
+            Judgement {
+                status: settle(status),
+                missing,
+                excess,
+                pending: None,
+                ratio: (downstream, upstream),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

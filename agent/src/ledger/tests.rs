@@ -1,0 +1,468 @@
+use super::*;
+use tally_audit::LagSample;
+
+const W: u64 = 1_000;
+/// A bucket start well in the past of `NOW`, so that its grace is over.
+const B0: i64 = 100_000;
+const NOW_OPEN: i64 = B0 + 500;
+const NOW_CLOSED: i64 = B0 + 10_000;
+
+fn ledger() -> Ledger {
+    let mut cfg = LedgerConfig::new(BucketWidth::new(W).unwrap());
+    cfg.window_ms = 60_000;
+    Ledger::new(cfg)
+}
+
+fn hello(l: &mut Ledger, source: &str, started: i64) -> Session {
+    l.hello(
+        &Hello {
+            source: source.into(),
+            cluster: "local".into(),
+            tier_kinds: vec![
+                TierKind::Produced,
+                TierKind::Broker,
+                TierKind::Group,
+                TierKind::Consumer,
+            ],
+            bucket_width_ms: W,
+            started_at_ms: started,
+        },
+        0,
+    )
+}
+
+fn entry(tier: &str, partition: i32, bucket: i64, records: u64) -> CountEntry {
+    CountEntry {
+        tier: tier.parse().unwrap(),
+        topic: "orders".into(),
+        partition,
+        bucket: BucketWidth::new(W).unwrap().bucket_at(bucket).unwrap(),
+        records,
+        bytes: records * 100,
+        no_timestamp: 0,
+        expired: 0,
+        skipped: 0,
+    }
+}
+
+fn group(records: u64, expired: u64, skipped: u64) -> CountEntry {
+    CountEntry {
+        expired,
+        skipped,
+        ..entry("group:billing", 0, B0, records)
+    }
+}
+
+fn bucket_tier(snap: &Snapshot, tier: &str) -> BucketTier {
+    snap.buckets[0].buckets[0].tiers[tier].clone()
+}
+
+fn status_of(l: &mut Ledger, now: i64, tier: &str) -> BucketStatus {
+    bucket_tier(&l.evaluate(now), tier).status
+}
+
+#[test]
+fn a_bucket_within_grace_is_open() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), group(3, 0, 0)], 0)
+        .unwrap();
+    assert_eq!(status_of(&mut l, NOW_OPEN, "broker"), BucketStatus::Open);
+    assert_eq!(
+        status_of(&mut l, NOW_OPEN, "group:billing"),
+        BucketStatus::Open
+    );
+    // Grace is 2 × width after the bucket ends: open until B0 + 3 s.
+    assert_eq!(status_of(&mut l, B0 + 2_999, "broker"), BucketStatus::Open);
+    assert_eq!(
+        status_of(&mut l, B0 + 3_000, "broker"),
+        BucketStatus::Complete
+    );
+}
+
+#[test]
+fn group_statuses_follow_the_books() {
+    let cases = [
+        (group(10, 0, 0), BucketStatus::Complete, 0, 0, 0),
+        (group(7, 0, 0), BucketStatus::Pending, 0, 0, 3),
+        (group(7, 3, 0), BucketStatus::Incomplete, 3, 0, 0),
+        (group(6, 0, 4), BucketStatus::Complete, 0, 0, 0),
+        (group(12, 0, 0), BucketStatus::Excess, 0, 2, 0),
+    ];
+    for (g, status, missing, excess, pending) in cases {
+        let mut l = ledger();
+        let s = hello(&mut l, "b", 1);
+        l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), g.clone()], 0)
+            .unwrap();
+        let t = bucket_tier(&l.evaluate(NOW_CLOSED), "group:billing");
+        assert_eq!(
+            (t.status, t.missing, t.excess, t.pending),
+            (status, missing, excess, Some(pending)),
+            "{g:?}"
+        );
+        // The books balance: broker = consumed + pending + expired + skipped (without excess).
+        if excess == 0 {
+            assert_eq!(10, g.records + pending + g.expired + g.skipped);
+        }
+    }
+}
+
+#[test]
+fn client_tiers_compare_with_the_broker() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(
+        s,
+        1,
+        &[
+            entry("broker", 0, B0, 10),
+            entry("produced", 0, B0, 12),
+            entry("consumer:app", 0, B0, 9),
+            entry("consumer:dup", 0, B0, 11),
+        ],
+        0,
+    )
+    .unwrap();
+    let snap = l.evaluate(NOW_CLOSED);
+    let produced = bucket_tier(&snap, "produced");
+    assert_eq!(
+        (produced.status, produced.missing),
+        (BucketStatus::Incomplete, 2),
+        "lost in produce"
+    );
+    let app = bucket_tier(&snap, "consumer:app");
+    assert_eq!((app.status, app.missing), (BucketStatus::Incomplete, 1));
+    let dup = bucket_tier(&snap, "consumer:dup");
+    assert_eq!((dup.status, dup.excess), (BucketStatus::Excess, 1));
+    assert_eq!(bucket_tier(&snap, "broker").status, BucketStatus::Complete);
+    let books = &snap.topics[0];
+    assert_eq!(books.reference.as_deref(), Some("broker"));
+    assert!((books.tiers["produced"].completeness - 10.0 / 12.0).abs() < 1e-9);
+    assert!((books.tiers["consumer:app"].completeness - 0.9).abs() < 1e-9);
+}
+
+#[test]
+fn more_appended_than_produced_is_excess() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(
+        s,
+        1,
+        &[entry("broker", 0, B0, 10), entry("produced", 0, B0, 8)],
+        0,
+    )
+    .unwrap();
+    let t = bucket_tier(&l.evaluate(NOW_CLOSED), "produced");
+    assert_eq!((t.status, t.excess), (BucketStatus::Excess, 2));
+}
+
+#[test]
+fn pending_at_close_then_caught_up_is_late() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), group(4, 0, 0)], 0)
+        .unwrap();
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED, "group:billing"),
+        BucketStatus::Pending
+    );
+    l.apply_counts(s, 2, &[group(10, 0, 0)], 0).unwrap();
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED + 1, "group:billing"),
+        BucketStatus::Late
+    );
+    // A tier that was complete at close stays complete, never late.
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED + 2, "broker"),
+        BucketStatus::Complete
+    );
+}
+
+#[test]
+fn complete_at_close_is_not_late() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), group(10, 0, 0)], 0)
+        .unwrap();
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED, "group:billing"),
+        BucketStatus::Complete
+    );
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED + 1, "group:billing"),
+        BucketStatus::Complete
+    );
+}
+
+#[test]
+fn a_resend_does_not_double_count() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    let msg = [entry("broker", 0, B0, 10)];
+    assert_eq!(l.apply_counts(s, 1, &msg, 0).unwrap().changed, 1);
+    let again = l.apply_counts(s, 1, &msg, 0).unwrap();
+    assert_eq!((again.changed, again.unchanged), (0, 1));
+    // A resend after a reconnect carries a new seq and the same cumulative value.
+    l.apply_counts(s, 5, &msg, 0).unwrap();
+    assert_eq!(l.evaluate(NOW_CLOSED).topics[0].tiers["broker"].records, 10);
+}
+
+#[test]
+fn an_out_of_order_seq_is_ignored() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 9, &[entry("broker", 0, B0, 50)], 0)
+        .unwrap();
+    let stale = l
+        .apply_counts(s, 8, &[entry("broker", 0, B0, 40)], 0)
+        .unwrap();
+    assert_eq!(stale.stale, 1);
+    assert_eq!(l.evaluate(NOW_CLOSED).topics[0].tiers["broker"].records, 50);
+}
+
+#[test]
+fn a_restarted_emitter_supersedes_its_old_session() {
+    let mut l = ledger();
+    let old = hello(&mut l, "b", 1);
+    l.apply_counts(old, 900, &[entry("broker", 0, B0, 50)], 0)
+        .unwrap();
+    let new = hello(&mut l, "b", 2);
+    // seq starts again at 1 in the new process; the later session wins.
+    assert_eq!(
+        l.apply_counts(new, 1, &[entry("broker", 0, B0, 60)], 0)
+            .unwrap()
+            .changed,
+        1
+    );
+    assert_eq!(l.evaluate(NOW_CLOSED).topics[0].tiers["broker"].records, 60);
+}
+
+#[test]
+fn two_sources_of_one_tier_are_summed() {
+    let mut l = ledger();
+    let a = hello(&mut l, "app-1", 1);
+    let b = hello(&mut l, "app-2", 1);
+    l.apply_counts(a, 1, &[entry("produced", 0, B0, 4)], 0)
+        .unwrap();
+    l.apply_counts(b, 1, &[entry("produced", 0, B0, 6)], 0)
+        .unwrap();
+    l.apply_counts(b, 2, &[entry("produced", 0, B0, 7)], 0)
+        .unwrap();
+    let snap = l.evaluate(NOW_CLOSED);
+    assert_eq!(snap.topics[0].tiers["produced"].records, 11);
+    assert_eq!(snap.sources.len(), 2);
+}
+
+#[test]
+fn partitions_and_buckets_aggregate_per_topic_tier_bucket() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(
+        s,
+        1,
+        &[
+            entry("broker", 0, B0, 1),
+            entry("broker", 1, B0, 2),
+            entry("broker", 2, B0 + 1_000, 4),
+        ],
+        0,
+    )
+    .unwrap();
+    let snap = l.evaluate(NOW_CLOSED);
+    let buckets = &snap.buckets[0].buckets;
+    assert_eq!(buckets.len(), 2);
+    assert_eq!(
+        (buckets[0].bucket, buckets[0].tiers["broker"].records),
+        (B0, 3)
+    );
+    assert_eq!(
+        (buckets[1].bucket, buckets[1].tiers["broker"].records),
+        (B0 + 1_000, 4)
+    );
+    assert_eq!(snap.topics[0].tiers["broker"].records, 7);
+}
+
+#[test]
+fn too_many_series_are_refused_whole() {
+    let mut l = ledger();
+    l.cfg.max_series_per_source = 2;
+    let s = hello(&mut l, "b", 1);
+    let err = l
+        .apply_counts(
+            s,
+            1,
+            &[
+                entry("broker", 0, B0, 1),
+                entry("broker", 1, B0, 1),
+                entry("broker", 2, B0, 1),
+            ],
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Audit(ref e) if e.reason == Reason::Cardinality),
+        "{err}"
+    );
+    assert_eq!(l.cell_count(), 0, "nothing of a refused message is applied");
+    // New buckets of known series do not count against the limit.
+    l.apply_counts(
+        s,
+        2,
+        &[entry("broker", 0, B0, 1), entry("broker", 1, B0 + 1_000, 1)],
+        0,
+    )
+    .unwrap();
+    l.apply_counts(s, 3, &[entry("broker", 0, B0 + 2_000, 1)], 0)
+        .unwrap();
+}
+
+#[test]
+fn a_tier_the_source_did_not_announce_is_refused() {
+    let mut l = ledger();
+    let s = l.hello(
+        &Hello {
+            source: "app".into(),
+            cluster: "local".into(),
+            tier_kinds: vec![TierKind::Produced],
+            bucket_width_ms: W,
+            started_at_ms: 1,
+        },
+        0,
+    );
+    let err = l
+        .apply_counts(s, 1, &[entry("broker", 0, B0, 1)], 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("\"broker\""), "{err}");
+}
+
+#[test]
+fn buckets_older_than_retention_are_ignored_and_pruned() {
+    let mut l = ledger();
+    l.cfg.retention_ms = 5_000;
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10)], B0)
+        .unwrap();
+    assert_eq!(l.prune(B0 + 20_000), 1);
+    assert_eq!(l.cell_count(), 0);
+    // The cumulative total keeps what was pruned.
+    assert_eq!(
+        l.evaluate(B0 + 20_000).topics[0].tiers["broker"].records,
+        10
+    );
+    let late = l
+        .apply_counts(s, 2, &[entry("broker", 0, B0, 12)], B0 + 20_000)
+        .unwrap();
+    assert_eq!(late.stale, 1);
+}
+
+fn lag(group: &str, partition: i32, committed: i64, end: i64, commit_at_ms: i64) -> Lag {
+    Lag {
+        seq: 1,
+        at_ms: commit_at_ms,
+        partitions: vec![LagSample {
+            group: group.into(),
+            topic: "orders".into(),
+            partition,
+            committed,
+            end_offset: end,
+            start_offset: 0,
+            lag_records: (end - committed) as u64,
+            lag_seconds: if end > committed { 2.5 } else { 0.0 },
+            commit_at_ms,
+        }],
+    }
+}
+
+#[test]
+fn lag_rolls_up_per_group() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_lag(s, &lag("billing", 0, 100, 150, 1_000), 1_000)
+        .unwrap();
+    l.apply_lag(s, &lag("billing", 1, 10, 10, 1_000), 1_000)
+        .unwrap();
+    l.apply_lag(s, &lag("audit", 0, 5, 5, 1_000), 1_000)
+        .unwrap();
+    let snap = l.evaluate(2_000);
+    assert_eq!(snap.groups.len(), 2);
+    let billing = snap.groups.iter().find(|g| g.group == "billing").unwrap();
+    assert_eq!(billing.lag_records, 50);
+    assert_eq!(billing.max_lag_seconds, 2.5);
+    assert_eq!(billing.partitions.len(), 2);
+    assert_eq!(billing.status, GroupStatus::Ok);
+}
+
+/// Replays every batch into what a store would hold (upsert by key).
+fn persisted(batches: Vec<WriteBatch>) -> Loaded {
+    fn upsert<T, K: Ord>(rows: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+        let mut m = BTreeMap::new();
+        for r in rows {
+            m.insert(key(&r), r);
+        }
+        m.into_values().collect()
+    }
+    let mut all = WriteBatch::default();
+    for b in batches {
+        all.sources.extend(b.sources);
+        all.series.extend(b.series);
+        all.cells.extend(b.cells);
+        all.history.extend(b.history);
+        all.health.extend(b.health);
+        all.kv.extend(b.kv);
+    }
+    Loaded {
+        sources: upsert(all.sources, |r| r.id),
+        series: upsert(all.series, |r| r.id),
+        cells: upsert(all.cells, |r| (r.source, r.series, r.partition, r.bucket)),
+        history: upsert(all.history, |r| (r.series, r.bucket)),
+        health: upsert(all.health, |r| {
+            (
+                r.cluster.clone(),
+                r.group.clone(),
+                r.topic.clone(),
+                r.partition,
+            )
+        }),
+        kv: upsert(all.kv, |r| r.0.clone()),
+    }
+}
+
+#[test]
+fn a_restored_ledger_reports_the_same_books_and_still_ignores_resends() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    let mut batches = Vec::new();
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), group(4, 0, 0)], 0)
+        .unwrap();
+    l.apply_lag(s, &lag("billing", 0, 4, 10, 500), 500).unwrap();
+    batches.push(l.take_dirty());
+    let before = l.evaluate(NOW_CLOSED);
+    batches.push(l.take_dirty());
+    l.apply_counts(s, 2, &[group(10, 0, 0)], 0).unwrap();
+    batches.push(l.take_dirty());
+    let expected = l.evaluate(NOW_CLOSED + 1);
+    assert_eq!(
+        bucket_tier(&before, "group:billing").status,
+        BucketStatus::Pending
+    );
+
+    let mut restored = Ledger::restore(l.config().clone(), persisted(batches)).unwrap();
+    let mut after = restored.evaluate(NOW_CLOSED + 1);
+    let mut expected = expected;
+    for src in expected.sources.iter_mut().chain(after.sources.iter_mut()) {
+        src.connected = false;
+    }
+    assert_eq!(after, expected);
+    assert_eq!(
+        bucket_tier(&after, "group:billing").status,
+        BucketStatus::Late
+    );
+    // The old session's resend is recognised as already applied.
+    let s2 = hello(&mut restored, "b", 1);
+    let again = restored.apply_counts(s2, 2, &[group(10, 0, 0)], 0).unwrap();
+    assert_eq!((again.changed, again.unchanged), (0, 1));
+    assert_eq!(
+        restored.evaluate(NOW_CLOSED + 2).topics[0].tiers["group:billing"].records,
+        10
+    );
+}

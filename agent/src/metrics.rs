@@ -1,0 +1,373 @@
+//! The Prometheus exposition: series rendered from the latest snapshot, plus
+//! the agent's own live counters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tally_audit::{BucketStatus, GroupStatus, PartitionStatus, Reason, Snapshot};
+
+/// The agent's own counters, updated as things happen.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Refused ingest messages per reason.
+    pub ingest_errors: IntCounterVec,
+    /// Cells held by the ledger.
+    pub ledger_cells: IntGauge,
+    /// 1 once stored state is loaded.
+    pub ready: IntGauge,
+}
+
+impl AgentMetrics {
+    /// Registers the live counters.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let ingest_errors = IntCounterVec::new(
+            Opts::new(
+                "tally_ingest_errors_total",
+                "Ingest messages refused, per reason",
+            ),
+            &["cluster", "reason"],
+        )
+        .expect("static metric definition");
+        let ledger_cells = IntGauge::new(
+            "tally_ledger_cells",
+            "Cells (source, tier, topic, partition, bucket) held by the ledger",
+        )
+        .expect("static metric definition");
+        let ready = IntGauge::new(
+            "tally_agent_ready",
+            "1 once the agent has loaded its stored state",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(ingest_errors.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ledger_cells.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        for reason in Reason::ALL {
+            ingest_errors.with_label_values(&["", reason.as_str()]);
+        }
+        AgentMetrics {
+            registry,
+            ingest_errors,
+            ledger_cells,
+            ready,
+        }
+    }
+
+    /// Counts one refused message.
+    pub fn refused(&self, cluster: &str, reason: Reason) {
+        self.ingest_errors
+            .with_label_values(&[cluster, reason.as_str()])
+            .inc();
+    }
+
+    /// The text exposition of `snapshot` and the live counters.
+    pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
+        let mut families = snapshot_families(snapshot);
+        families.extend(self.registry.gather());
+        let mut out = Vec::with_capacity(families.iter().map(|f| f.get_metric().len() * 96).sum());
+        // Encoding plain in-memory families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        out
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Family {
+    mf: MetricFamily,
+}
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_owned());
+        mf.set_help(help.to_owned());
+        mf.set_field_type(kind);
+        Family { mf }
+    }
+
+    fn gauge(name: &str, help: &str) -> Self {
+        Self::new(name, help, MetricType::GAUGE)
+    }
+
+    fn counter(name: &str, help: &str) -> Self {
+        Self::new(name, help, MetricType::COUNTER)
+    }
+
+    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*k).to_owned());
+                    l.set_value((*v).to_owned());
+                    l
+                })
+                .collect(),
+        );
+        if self.mf.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.mf.mut_metric().push(m);
+    }
+}
+
+/// Builds every snapshot-derived family (§6 of the design).
+pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+    let mut records = Family::counter(
+        "tally_audit_records_total",
+        "Records counted per topic and tier",
+    );
+    let mut missing = Family::gauge(
+        "tally_audit_missing_records",
+        "Records missing in closed buckets of the window",
+    );
+    let mut excess = Family::gauge(
+        "tally_audit_excess_records",
+        "Duplicate records in closed buckets of the window",
+    );
+    let mut expired = Family::counter(
+        "tally_audit_expired_records_total",
+        "Records deleted by retention before the group consumed them",
+    );
+    let mut completeness = Family::gauge(
+        "tally_audit_completeness_ratio",
+        "Records of the tier over the reference tier's, in closed buckets of the window",
+    );
+    let mut pending = Family::gauge(
+        "tally_audit_pending_records",
+        "Reference records a group has not consumed yet",
+    );
+    let mut buckets = Family::gauge("tally_audit_buckets", "Buckets of the window per status");
+    for t in &s.topics {
+        for (tier, b) in &t.tiers {
+            let l = [
+                ("cluster", t.cluster.as_str()),
+                ("topic", t.topic.as_str()),
+                ("tier", tier.as_str()),
+            ];
+            records.push(&l, b.records as f64);
+            missing.push(&l, b.missing as f64);
+            excess.push(&l, b.excess as f64);
+            completeness.push(&l, b.completeness);
+            if let Some(p) = b.pending {
+                pending.push(&l, p as f64);
+            }
+            if let (Some(e), Some(group)) = (b.expired, tier.strip_prefix("group:")) {
+                expired.push(
+                    &[
+                        ("cluster", t.cluster.as_str()),
+                        ("topic", t.topic.as_str()),
+                        ("group", group),
+                    ],
+                    e as f64,
+                );
+            }
+            for status in BucketStatus::ALL {
+                let n = b.buckets.get(&status).copied().unwrap_or(0);
+                buckets.push(
+                    &[
+                        ("cluster", t.cluster.as_str()),
+                        ("topic", t.topic.as_str()),
+                        ("tier", tier.as_str()),
+                        ("status", status.as_str()),
+                    ],
+                    n as f64,
+                );
+            }
+        }
+    }
+
+    let mut lag = Family::gauge(
+        "tally_consumer_lag_records",
+        "Consumer lag in records per partition",
+    );
+    let mut lag_s = Family::gauge(
+        "tally_consumer_lag_seconds",
+        "Consumer lag in seconds per partition: now minus the timestamp of the first unconsumed record",
+    );
+    let mut committed = Family::gauge(
+        "tally_consumer_committed_offset",
+        "Committed offset per partition",
+    );
+    let mut group_lag = Family::gauge(
+        "tally_consumer_group_lag_records",
+        "Consumer lag in records per group",
+    );
+    let mut group_lag_s = Family::gauge(
+        "tally_consumer_group_max_lag_seconds",
+        "Largest lag in seconds of any partition of the group",
+    );
+    let mut group_status = Family::gauge(
+        "tally_consumer_group_status",
+        "1 for the group's current status (ok, warn, err), 0 for the others",
+    );
+    let mut part_status = Family::gauge(
+        "tally_consumer_partition_status",
+        "1 for the partition's current status (ok, warn, stop, stall, rewind), 0 for the others",
+    );
+    let mut offsets: BTreeMap<(&str, &str, i32), (i64, i64)> = BTreeMap::new();
+    for g in &s.groups {
+        let gl = [("cluster", g.cluster.as_str()), ("group", g.group.as_str())];
+        group_lag.push(&gl, g.lag_records as f64);
+        group_lag_s.push(&gl, g.max_lag_seconds);
+        for status in GroupStatus::ALL {
+            group_status.push(
+                &[
+                    ("cluster", g.cluster.as_str()),
+                    ("group", g.group.as_str()),
+                    ("status", status.as_str()),
+                ],
+                f64::from(u8::from(g.status == status)),
+            );
+        }
+        for p in &g.partitions {
+            let partition = p.partition.to_string();
+            let l = [
+                ("cluster", g.cluster.as_str()),
+                ("group", g.group.as_str()),
+                ("topic", p.topic.as_str()),
+                ("partition", partition.as_str()),
+            ];
+            lag.push(&l, p.lag_records as f64);
+            lag_s.push(&l, p.lag_seconds);
+            committed.push(&l, p.committed as f64);
+            for status in PartitionStatus::ALL {
+                part_status.push(
+                    &[
+                        ("cluster", g.cluster.as_str()),
+                        ("group", g.group.as_str()),
+                        ("topic", p.topic.as_str()),
+                        ("partition", partition.as_str()),
+                        ("status", status.as_str()),
+                    ],
+                    f64::from(u8::from(p.status == status)),
+                );
+            }
+            let e = offsets
+                .entry((g.cluster.as_str(), p.topic.as_str(), p.partition))
+                .or_insert((p.end_offset, p.start_offset));
+            e.0 = e.0.max(p.end_offset);
+            e.1 = e.1.max(p.start_offset);
+        }
+    }
+    let mut end = Family::gauge("tally_partition_end_offset", "Log end offset per partition");
+    let mut start = Family::gauge(
+        "tally_partition_start_offset",
+        "Log start offset per partition",
+    );
+    for ((cluster, topic, partition), (e, st)) in offsets {
+        let partition = partition.to_string();
+        let l = [
+            ("cluster", cluster),
+            ("topic", topic),
+            ("partition", partition.as_str()),
+        ];
+        end.push(&l, e as f64);
+        start.push(&l, st as f64);
+    }
+
+    let mut last_seen = Family::gauge(
+        "tally_source_last_seen_timestamp_seconds",
+        "When the source last sent a message",
+    );
+    let mut messages = Family::counter(
+        "tally_ingest_messages_total",
+        "Ingest messages accepted per source and type",
+    );
+    for src in &s.sources {
+        let l = [
+            ("cluster", src.cluster.as_str()),
+            ("source", src.source.as_str()),
+        ];
+        last_seen.push(&l, src.last_seen_ms as f64 / 1000.0);
+        for (kind, n) in &src.messages {
+            messages.push(
+                &[
+                    ("cluster", src.cluster.as_str()),
+                    ("source", src.source.as_str()),
+                    ("type", kind.as_str()),
+                ],
+                *n as f64,
+            );
+        }
+    }
+
+    let mut alerts = Family::gauge(
+        "tally_alerts",
+        "Alerts per name, severity and state (pending or firing)",
+    );
+    let mut alert_counts: BTreeMap<(&str, &str, &str, &str), u64> = BTreeMap::new();
+    for a in &s.alerts {
+        if a.state == "pending" || a.state == "firing" {
+            let cluster = a.labels.get("cluster").map_or("", String::as_str);
+            *alert_counts
+                .entry((
+                    cluster,
+                    a.alertname.as_str(),
+                    a.severity.as_str(),
+                    a.state.as_str(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    for ((cluster, name, severity, state), n) in alert_counts {
+        alerts.push(
+            &[
+                ("cluster", cluster),
+                ("alertname", name),
+                ("severity", severity),
+                ("state", state),
+            ],
+            n as f64,
+        );
+    }
+
+    [
+        records,
+        missing,
+        excess,
+        expired,
+        completeness,
+        pending,
+        buckets,
+        lag,
+        lag_s,
+        committed,
+        group_lag,
+        group_lag_s,
+        group_status,
+        part_status,
+        end,
+        start,
+        last_seen,
+        messages,
+        alerts,
+    ]
+    .into_iter()
+    .filter(|f| !f.mf.get_metric().is_empty())
+    .map(|f| f.mf)
+    .collect()
+}
+
+/// A shared handle on the metrics and the snapshot they render.
+pub type SharedMetrics = Arc<AgentMetrics>;

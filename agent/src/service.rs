@@ -1,0 +1,396 @@
+//! The running agent: the ledger task that applies messages and evaluates on
+//! its tick, the writer thread that commits to SQLite before anything is
+//! acknowledged, and the HTTP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_audit::wire::Limits;
+use tally_audit::{Hello, Message, Snapshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::AgentConfig;
+use crate::ledger::{Ledger, Session};
+use crate::metrics::AgentMetrics;
+use crate::store::{Store, WriteBatch};
+use crate::{Error, Result};
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The outcome of one message, sent once it is durable (or refused).
+pub(crate) type Outcome = std::result::Result<(), tally_audit::Error>;
+
+pub(crate) enum Command {
+    Hello {
+        hello: Hello,
+        reply: oneshot::Sender<Session>,
+    },
+    Apply {
+        session: Session,
+        message: Message,
+        done: oneshot::Sender<Outcome>,
+    },
+    Refused {
+        session: Option<Session>,
+    },
+    Goodbye {
+        session: Session,
+    },
+}
+
+/// What every connection and request handler shares.
+pub(crate) struct Shared {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) metrics: AgentMetrics,
+    pub(crate) limits: Limits,
+    pub(crate) token: Option<String>,
+    pub(crate) protect_metrics: bool,
+    pub(crate) ready: AtomicBool,
+}
+
+/// A running agent. Dropping it does not stop it; call [`RunningAgent::shutdown`].
+pub struct RunningAgent {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl RunningAgent {
+    /// The address the HTTP listener is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Waits until the agent stops (it stops on [`RunningAgent::shutdown`] or a fatal error).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+
+    /// Stops accepting, lets in-flight writes commit, and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.server.await;
+    }
+}
+
+struct Flush {
+    batch: WriteBatch,
+    acks: Vec<oneshot::Sender<Outcome>>,
+    prune_before: Option<i64>,
+}
+
+impl Flush {
+    fn absorb(&mut self, more: Flush) {
+        let b = more.batch;
+        self.batch.sources.extend(b.sources);
+        self.batch.series.extend(b.series);
+        self.batch.cells.extend(b.cells);
+        self.batch.history.extend(b.history);
+        self.batch.health.extend(b.health);
+        self.batch.health_deleted.extend(b.health_deleted);
+        self.batch.kv.extend(b.kv);
+        self.acks.extend(more.acks);
+        self.prune_before = more.prune_before.or(self.prune_before);
+    }
+}
+
+/// Starts the agent: binds the listener, loads stored state, and serves.
+///
+/// The listener answers `/healthz` at once and `/readyz` with 200 once the
+/// stored state is loaded; ingest waits for the load.
+pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
+    let ledger_cfg = cfg.ledger()?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Io {
+            what: format!("cannot listen on \"{}\"", cfg.listen),
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(|e| Error::Io {
+        what: "listener address".into(),
+        source: e,
+    })?;
+    let store = Store::open(&cfg.data_dir)?;
+    let (commands_tx, commands_rx) = mpsc::channel(4096);
+    let empty = Snapshot {
+        width_ms: ledger_cfg.width.ms(),
+        grace_ms: ledger_cfg.grace_ms,
+        window_ms: ledger_cfg.window_ms,
+        ..Snapshot::default()
+    };
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(empty));
+    let metrics = AgentMetrics::new();
+    let shared = Arc::new(Shared {
+        commands: commands_tx,
+        snapshot: snapshot_rx.clone(),
+        metrics: metrics.clone(),
+        limits: Limits {
+            width: ledger_cfg.width,
+            max_message_bytes: cfg.max_message_bytes,
+        },
+        token: cfg.token.clone(),
+        protect_metrics: cfg.protect_metrics,
+        ready: AtomicBool::new(false),
+    });
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let app = crate::http::router(shared.clone());
+    let tick = cfg.tick;
+    let loader_shared = shared.clone();
+    let server = tokio::spawn(async move {
+        let ledger_task = tokio::spawn(async move {
+            let started = Instant::now();
+            let loaded =
+                tokio::task::spawn_blocking(move || store.load().map(|l| (store, l))).await;
+            let (store, loaded) = match loaded {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    error!("cannot load stored state: {e}");
+                    return;
+                }
+                Err(e) => {
+                    error!("state loader failed: {e}");
+                    return;
+                }
+            };
+            let cells = loaded.cells.len();
+            let ledger = match Ledger::restore(ledger_cfg, loaded) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!("cannot restore stored state: {e}");
+                    return;
+                }
+            };
+            info!(
+                cells,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "stored state loaded"
+            );
+            run_ledger(ledger, store, commands_rx, snapshot_tx, loader_shared, tick).await;
+        });
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        if let Err(e) = serve.await {
+            error!("HTTP listener failed: {e}");
+        }
+        ledger_task.abort();
+        let _ = ledger_task.await;
+    });
+    info!(%addr, "agent listening");
+    Ok(RunningAgent {
+        addr,
+        stop: Some(stop_tx),
+        server,
+        snapshot: snapshot_rx,
+    })
+}
+
+async fn run_ledger(
+    mut ledger: Ledger,
+    store: Store,
+    mut commands: mpsc::Receiver<Command>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    shared: Arc<Shared>,
+    tick: Duration,
+) {
+    let (flush_tx, flush_rx) = mpsc::channel::<Flush>(8);
+    let writer = std::thread::Builder::new()
+        .name("tally-store".into())
+        .spawn(move || write_loop(store, flush_rx));
+    if let Err(e) = writer {
+        error!("cannot start the store writer: {e}");
+        return;
+    }
+    let publish = |ledger: &mut Ledger| {
+        let snap = ledger.evaluate(now_ms());
+        shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
+        snapshot.send_replace(Arc::new(snap));
+    };
+    publish(&mut ledger);
+    shared.ready.store(true, Ordering::Release);
+    shared.metrics.ready.set(1);
+
+    let mut acks: Vec<oneshot::Sender<Outcome>> = Vec::new();
+    let mut evaluate = tokio::time::interval(tick);
+    evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(Duration::from_millis(5));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                handle(&mut ledger, cmd, &mut acks, &shared);
+                // Drain what is queued so that one flush carries many messages.
+                while let Ok(cmd) = commands.try_recv() {
+                    handle(&mut ledger, cmd, &mut acks, &shared);
+                    if acks.len() >= 4096 {
+                        break;
+                    }
+                }
+            }
+            _ = flush.tick() => {
+                let batch = ledger.take_dirty();
+                if !batch.is_empty() || !acks.is_empty() {
+                    let f = Flush { batch, acks: std::mem::take(&mut acks), prune_before: None };
+                    if flush_tx.send(f).await.is_err() {
+                        error!("the store writer stopped; the agent stops acknowledging");
+                        break;
+                    }
+                }
+            }
+            _ = evaluate.tick() => publish(&mut ledger),
+            _ = prune.tick() => {
+                let dropped = ledger.prune(now_ms());
+                if dropped > 0 {
+                    info!(dropped, "pruned cells older than the retention");
+                    let horizon = ledger.prune_horizon(now_ms());
+                    let f = Flush { batch: ledger.take_dirty(), acks: Vec::new(), prune_before: Some(horizon) };
+                    let _ = flush_tx.send(f).await;
+                }
+            }
+        }
+    }
+    let batch = ledger.take_dirty();
+    let _ = flush_tx
+        .send(Flush {
+            batch,
+            acks: std::mem::take(&mut acks),
+            prune_before: None,
+        })
+        .await;
+}
+
+fn handle(
+    ledger: &mut Ledger,
+    cmd: Command,
+    acks: &mut Vec<oneshot::Sender<Outcome>>,
+    shared: &Shared,
+) {
+    let now = now_ms();
+    match cmd {
+        Command::Hello { hello, reply } => {
+            let session = ledger.hello(&hello, now);
+            let _ = reply.send(session);
+        }
+        Command::Apply {
+            session,
+            message,
+            done,
+        } => {
+            let result = match &message {
+                Message::Counts(c) => ledger
+                    .apply_counts(session, c.seq, &c.counts, now)
+                    .map(|_| ()),
+                Message::Lag(l) => ledger.apply_lag(session, l, now),
+                Message::Hello(_) => Err(Error::Audit(tally_audit::Error::new(
+                    tally_audit::Reason::Protocol,
+                    "a session is already open on this connection: send hello once",
+                ))),
+            };
+            match result {
+                Ok(()) => acks.push(done),
+                Err(e) => {
+                    let err = match e {
+                        Error::Audit(a) => a,
+                        other => tally_audit::Error::new(
+                            tally_audit::Reason::BadField,
+                            other.to_string(),
+                        ),
+                    };
+                    ledger.refused(Some(session));
+                    let cluster = ledger.cluster_of(session).unwrap_or_default();
+                    shared.metrics.refused(&cluster, err.reason);
+                    warn!(reason = %err.reason, "ingest refused: {}", err.detail);
+                    let _ = done.send(Err(err));
+                }
+            }
+        }
+        Command::Refused { session } => ledger.refused(session),
+        Command::Goodbye { session } => ledger.goodbye(session),
+    }
+}
+
+fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>) {
+    while let Some(mut f) = flushes.blocking_recv() {
+        // Merge what queued up meanwhile into one transaction.
+        while let Ok(more) = flushes.try_recv() {
+            f.absorb(more);
+        }
+        let result = store.write(&f.batch).and_then(|()| match f.prune_before {
+            Some(before) => store.prune_before(before).map(|_| ()),
+            None => Ok(()),
+        });
+        match result {
+            Ok(()) => {
+                for ack in f.acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Unacknowledged messages are resent by their emitters after
+                // the connection drops, so dropping the acks loses nothing.
+                error!("cannot write the state database: {e}");
+            }
+        }
+    }
+}
+
+/// Runs the agent until ctrl-c (or SIGTERM).
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let mut agent = start(cfg).await?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            agent.shutdown().await;
+        }
+        _ = agent.wait() => {}
+    }
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,1196 @@
+//! The agent's durable state: a plain row persister over SQLite.
+//!
+//! The ledger keeps its state in memory, maps its own interned ids to the rows
+//! defined here, and hands every row it changed to [`Store::write`] as one
+//! [`WriteBatch`] per group commit. The agent acknowledges the messages behind a
+//! batch only after `write` has returned, so after a kill -9 the restarted
+//! agent [`Store::load`]s at least everything it acknowledged, and the `seq` kept
+//! per cell makes a resent message count once.
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL`: a committed
+//! transaction is in the operating system's hands before `write` returns, which
+//! survives the death of the process (what tally promises) though not
+//! necessarily a power cut, and costs no fsync per commit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use crate::{Error, Result};
+
+/// The schema version this agent writes; a database of a higher version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The database's file name inside the data directory.
+pub const FILE_NAME: &str = "agent.db";
+
+/// How long a statement waits for a lock held by another connection, such as an
+/// operator's `sqlite3` shell, before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every table is STRICT so that a stray value of the wrong type is refused at
+/// write time instead of surfacing as a confusing error at the next start.
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE source (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    cluster      TEXT NOT NULL,
+    tier_kinds   TEXT NOT NULL,
+    epoch        INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    messages     INTEGER NOT NULL,
+    errors       INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE series (
+    id             INTEGER PRIMARY KEY,
+    cluster        TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    tier           TEXT NOT NULL,
+    pruned_records INTEGER NOT NULL,
+    pruned_expired INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE cell (
+    source       INTEGER NOT NULL,
+    series       INTEGER NOT NULL,
+    partition_no INTEGER NOT NULL,
+    bucket       INTEGER NOT NULL,
+    epoch        INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    records      INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    no_timestamp INTEGER NOT NULL,
+    expired      INTEGER NOT NULL,
+    skipped      INTEGER NOT NULL,
+    PRIMARY KEY (source, series, partition_no, bucket)
+) STRICT, WITHOUT ROWID;
+
+-- Pruning by age would otherwise scan every cell while the writer thread,
+-- and so every acknowledgement, waits.
+CREATE INDEX cell_bucket ON cell (bucket);
+
+CREATE TABLE history (
+    series              INTEGER NOT NULL,
+    bucket              INTEGER NOT NULL,
+    status              TEXT NOT NULL,
+    unresolved_at_close INTEGER NOT NULL,
+    records             INTEGER NOT NULL,
+    reference           INTEGER NOT NULL,
+    pending             INTEGER NOT NULL,
+    expired             INTEGER NOT NULL,
+    skipped             INTEGER NOT NULL,
+    closed_at_ms        INTEGER NOT NULL,
+    PRIMARY KEY (series, bucket)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX history_bucket ON history (bucket);
+
+CREATE TABLE health (
+    cluster        TEXT NOT NULL,
+    consumer_group TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    partition_no   INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    PRIMARY KEY (cluster, consumer_group, topic, partition_no)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE kv (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+const UPSERT_SOURCE: &str = "
+INSERT INTO source (id, name, cluster, tier_kinds, epoch, last_seen_ms, messages, errors)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (id) DO UPDATE SET
+    name = excluded.name, cluster = excluded.cluster, tier_kinds = excluded.tier_kinds,
+    epoch = excluded.epoch, last_seen_ms = excluded.last_seen_ms,
+    messages = excluded.messages, errors = excluded.errors";
+
+const UPSERT_SERIES: &str = "
+INSERT INTO series (id, cluster, topic, tier, pruned_records, pruned_expired)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (id) DO UPDATE SET
+    cluster = excluded.cluster, topic = excluded.topic, tier = excluded.tier,
+    pruned_records = excluded.pruned_records, pruned_expired = excluded.pruned_expired";
+
+const UPSERT_CELL: &str = "
+INSERT INTO cell (source, series, partition_no, bucket, epoch, seq,
+                  records, bytes, no_timestamp, expired, skipped)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+ON CONFLICT (source, series, partition_no, bucket) DO UPDATE SET
+    epoch = excluded.epoch, seq = excluded.seq, records = excluded.records,
+    bytes = excluded.bytes, no_timestamp = excluded.no_timestamp,
+    expired = excluded.expired, skipped = excluded.skipped";
+
+const UPSERT_HISTORY: &str = "
+INSERT INTO history (series, bucket, status, unresolved_at_close, records, reference,
+                     pending, expired, skipped, closed_at_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (series, bucket) DO UPDATE SET
+    status = excluded.status, unresolved_at_close = excluded.unresolved_at_close,
+    records = excluded.records, reference = excluded.reference, pending = excluded.pending,
+    expired = excluded.expired, skipped = excluded.skipped, closed_at_ms = excluded.closed_at_ms";
+
+const UPSERT_HEALTH: &str = "
+INSERT INTO health (cluster, consumer_group, topic, partition_no, state)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (cluster, consumer_group, topic, partition_no) DO UPDATE SET state = excluded.state";
+
+const DELETE_HEALTH: &str = "
+DELETE FROM health WHERE cluster = ?1 AND consumer_group = ?2 AND topic = ?3 AND partition_no = ?4";
+
+const UPSERT_KV: &str = "
+INSERT INTO kv (key, value) VALUES (?1, ?2)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// An emitter known to the agent, keyed by `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRow {
+    /// The ledger's interned id of the source.
+    pub id: u32,
+    /// The source name the emitter announced in its `hello`.
+    pub name: String,
+    /// The cluster the emitter reports for.
+    pub cluster: String,
+    /// The tier kinds it announced, as JSON.
+    pub tier_kinds: String,
+    /// The `started_at_ms` of its latest `hello`: a new value means a new emitter run.
+    pub epoch: i64,
+    /// When a message of it last arrived, epoch milliseconds.
+    pub last_seen_ms: i64,
+    /// Messages received from it.
+    pub messages: u64,
+    /// Messages of it that were refused.
+    pub errors: u64,
+}
+
+/// A counted series: one tier of one topic in one cluster, keyed by `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRow {
+    /// The ledger's interned id of the series.
+    pub id: u32,
+    /// The cluster of the topic.
+    pub cluster: String,
+    /// The topic.
+    pub topic: String,
+    /// The tier, as written on the wire (`broker`, `group:billing`, …).
+    pub tier: String,
+    /// Records of the cells already pruned, so that totals survive pruning.
+    pub pruned_records: u64,
+    /// Expired records of the cells already pruned.
+    pub pruned_expired: u64,
+}
+
+/// The latest cumulative count of one source for one series, partition and
+/// bucket, keyed by (`source`, `series`, `partition`, `bucket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellRow {
+    /// The [`SourceRow::id`] that counted.
+    pub source: u32,
+    /// The [`SeriesRow::id`] counted.
+    pub series: u32,
+    /// The topic partition.
+    pub partition: i32,
+    /// The bucket start, epoch milliseconds.
+    pub bucket: i64,
+    /// The source's epoch when it sent this count.
+    pub epoch: i64,
+    /// The `seq` of the message that carried this count; an older one is ignored.
+    pub seq: u64,
+    /// Records counted.
+    pub records: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Records that had no timestamp and were bucketed by append time.
+    pub no_timestamp: u64,
+    /// Records deleted by retention before the group consumed them.
+    pub expired: u64,
+    /// Records before the group's first commit.
+    pub skipped: u64,
+}
+
+/// The books of one series for one closed bucket, keyed by (`series`, `bucket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The [`SeriesRow::id`].
+    pub series: u32,
+    /// The bucket start, epoch milliseconds.
+    pub bucket: i64,
+    /// The bucket's status (`complete`, `pending`, `incomplete`, `excess`, `late`).
+    pub status: String,
+    /// Whether the bucket was pending or incomplete when its grace period ended.
+    pub unresolved_at_close: bool,
+    /// Records counted by the series.
+    pub records: u64,
+    /// Records counted by the reference tier.
+    pub reference: u64,
+    /// Records the group had not consumed yet.
+    pub pending: u64,
+    /// Records deleted by retention before the group consumed them.
+    pub expired: u64,
+    /// Records before the group's first commit.
+    pub skipped: u64,
+    /// When the bucket closed, epoch milliseconds.
+    pub closed_at_ms: i64,
+}
+
+/// The health window of one consumer group on one partition, keyed by
+/// (`cluster`, `group`, `topic`, `partition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRow {
+    /// The cluster.
+    pub cluster: String,
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The topic partition.
+    pub partition: i32,
+    /// The window's state, as JSON.
+    pub state: String,
+}
+
+/// Rows to store in one transaction. Every `Vec` is an upsert by its row's key,
+/// applied in order, so the last row for a key wins; `health_deleted` is applied
+/// after `health`, so a key in both ends up deleted.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// Sources to insert or replace.
+    pub sources: Vec<SourceRow>,
+    /// Series to insert or replace.
+    pub series: Vec<SeriesRow>,
+    /// Cells to insert or replace.
+    pub cells: Vec<CellRow>,
+    /// Closed-bucket history to insert or replace.
+    pub history: Vec<HistoryRow>,
+    /// Health windows to insert or replace.
+    pub health: Vec<HealthRow>,
+    /// Health windows to delete, by (cluster, group, topic, partition).
+    pub health_deleted: Vec<(String, String, String, i32)>,
+    /// Free-form settings of the ledger to insert or replace, by key.
+    pub kv: Vec<(String, String)>,
+}
+
+impl WriteBatch {
+    /// Whether the batch holds no row at all, so writing it would do nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of rows in the batch, deletions included.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+            + self.series.len()
+            + self.cells.len()
+            + self.history.len()
+            + self.health.len()
+            + self.health_deleted.len()
+            + self.kv.len()
+    }
+}
+
+/// Everything in the store, each table ordered by its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Every source, by id.
+    pub sources: Vec<SourceRow>,
+    /// Every series, by id.
+    pub series: Vec<SeriesRow>,
+    /// Every cell, by (source, series, partition, bucket).
+    pub cells: Vec<CellRow>,
+    /// Every closed-bucket history row, by (series, bucket).
+    pub history: Vec<HistoryRow>,
+    /// Every health window, by (cluster, group, topic, partition).
+    pub health: Vec<HealthRow>,
+    /// Every key and value, by key.
+    pub kv: Vec<(String, String)>,
+}
+
+/// The agent's state database, `agent.db` in the data directory.
+///
+/// One `Store` is the only writer; it is `Send` so that it can live on a
+/// dedicated writer thread.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+// The store lives on a dedicated writer thread; this stops compiling if it cannot.
+const _: fn() = || {
+    fn on_writer_thread<T: Send + 'static>() {}
+    on_writer_thread::<Store>();
+};
+
+impl Store {
+    /// Opens `dir/agent.db`, creating the directory and the database if they
+    /// are missing. Refuses a file that is not a tally agent database, and one
+    /// written with a newer schema version.
+    pub fn open(dir: &Path) -> Result<Store> {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if !meta.is_dir() {
+                return Err(Error::Io {
+                    what: format!("using '{}' as the agent's data directory", dir.display()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        "it is a file; give a directory, which is created if missing",
+                    ),
+                });
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            what: format!("creating the agent's data directory '{}'", dir.display()),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        // Without SQLITE_OPEN_URI, so that a directory whose name starts with
+        // `file:` is taken as a path.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|source| Error::Store {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = Store { conn, path };
+        store.configure().map_err(|source| store.error(source))?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads every row, each table ordered by its key, from one consistent
+    /// snapshot of the database.
+    pub fn load(&self) -> Result<Loaded> {
+        self.read_all().map_err(|source| self.error(source))
+    }
+
+    /// Writes the batch in one transaction: when this returns `Ok`, every row of
+    /// it has been committed, and otherwise none has.
+    pub fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                write_rows(&tx, batch)?;
+                tx.commit()
+            });
+        result.map_err(|source| self.error(source))
+    }
+
+    /// Deletes the cells and the history of every bucket that starts before
+    /// `bucket_ms`, in one transaction, and returns how many rows it deleted.
+    /// Sources, series, health and keys are left alone.
+    pub fn prune_before(&mut self, bucket_ms: i64) -> Result<u64> {
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                let cells = tx
+                    .prepare_cached("DELETE FROM cell WHERE bucket < ?1")?
+                    .execute([bucket_ms])?;
+                let history = tx
+                    .prepare_cached("DELETE FROM history WHERE bucket < ?1")?
+                    .execute([bucket_ms])?;
+                tx.commit()?;
+                Ok(cells + history)
+            });
+        let deleted = result.map_err(|source| self.error(source))?;
+        Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+    }
+
+    fn error(&self, source: rusqlite::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn configure(&mut self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // The first statement to read the file: a file that is not SQLite fails here.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                path = %self.path.display(),
+                journal_mode = %mode,
+                "the state database cannot use WAL mode here; commits will be slower"
+            );
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.set_prepared_statement_cache_capacity(32);
+        Ok(())
+    }
+
+    /// Creates the schema in an empty database, and refuses a database that is
+    /// not tally's or that a newer tally wrote.
+    fn check_schema(&mut self) -> Result<()> {
+        let Store { conn, path } = self;
+        let failed = |source| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let refuse = |problem| Error::StoreSchema {
+            path: path.clone(),
+            problem,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        match schema_version(&tx).map_err(failed)? {
+            SchemaFound::Empty => tx
+                .execute_batch(SCHEMA)
+                .and_then(|()| {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                        [SCHEMA_VERSION],
+                    )
+                })
+                .and_then(|_| tx.commit())
+                .map_err(failed),
+            SchemaFound::Version(version) if version == SCHEMA_VERSION => Ok(()),
+            SchemaFound::Version(version) if version > SCHEMA_VERSION => Err(refuse(format!(
+                "has schema version {version}, but this agent reads schema versions up to \
+                 {SCHEMA_VERSION}; run the newer tally that wrote it, or move the file aside \
+                 to start with empty state"
+            ))),
+            SchemaFound::Version(version) => Err(refuse(format!(
+                "has schema version {version}, which no tally release writes (this agent reads \
+                 1 to {SCHEMA_VERSION}); move the file aside to start with empty state"
+            ))),
+            SchemaFound::Foreign(tables) => Err(refuse(format!(
+                "holds {tables} table(s) but no tally schema version, so it is not a tally agent \
+                 database; move it aside or choose another data directory"
+            ))),
+        }
+    }
+
+    fn read_all(&self) -> rusqlite::Result<Loaded> {
+        // A read transaction, so that the tables come from one snapshot even if
+        // an operator's shell writes in between.
+        let tx = self.conn.unchecked_transaction()?;
+        let loaded = Loaded {
+            sources: read_table(
+                &tx,
+                "source",
+                "SELECT id, name, cluster, tier_kinds, epoch, last_seen_ms, messages, errors
+                 FROM source ORDER BY id",
+                |row| {
+                    Ok(SourceRow {
+                        id: int(row, 0, "source.id")?,
+                        name: row.get(1)?,
+                        cluster: row.get(2)?,
+                        tier_kinds: row.get(3)?,
+                        epoch: row.get(4)?,
+                        last_seen_ms: row.get(5)?,
+                        messages: int(row, 6, "source.messages")?,
+                        errors: int(row, 7, "source.errors")?,
+                    })
+                },
+            )?,
+            series: read_table(
+                &tx,
+                "series",
+                "SELECT id, cluster, topic, tier, pruned_records, pruned_expired
+                 FROM series ORDER BY id",
+                |row| {
+                    Ok(SeriesRow {
+                        id: int(row, 0, "series.id")?,
+                        cluster: row.get(1)?,
+                        topic: row.get(2)?,
+                        tier: row.get(3)?,
+                        pruned_records: int(row, 4, "series.pruned_records")?,
+                        pruned_expired: int(row, 5, "series.pruned_expired")?,
+                    })
+                },
+            )?,
+            cells: read_table(
+                &tx,
+                "cell",
+                "SELECT source, series, partition_no, bucket, epoch, seq,
+                        records, bytes, no_timestamp, expired, skipped
+                 FROM cell ORDER BY source, series, partition_no, bucket",
+                |row| {
+                    Ok(CellRow {
+                        source: int(row, 0, "cell.source")?,
+                        series: int(row, 1, "cell.series")?,
+                        partition: int(row, 2, "cell.partition_no")?,
+                        bucket: row.get(3)?,
+                        epoch: row.get(4)?,
+                        seq: int(row, 5, "cell.seq")?,
+                        records: int(row, 6, "cell.records")?,
+                        bytes: int(row, 7, "cell.bytes")?,
+                        no_timestamp: int(row, 8, "cell.no_timestamp")?,
+                        expired: int(row, 9, "cell.expired")?,
+                        skipped: int(row, 10, "cell.skipped")?,
+                    })
+                },
+            )?,
+            history: read_table(
+                &tx,
+                "history",
+                "SELECT series, bucket, status, unresolved_at_close, records, reference,
+                        pending, expired, skipped, closed_at_ms
+                 FROM history ORDER BY series, bucket",
+                |row| {
+                    Ok(HistoryRow {
+                        series: int(row, 0, "history.series")?,
+                        bucket: row.get(1)?,
+                        status: row.get(2)?,
+                        unresolved_at_close: flag(row, 3, "history.unresolved_at_close")?,
+                        records: int(row, 4, "history.records")?,
+                        reference: int(row, 5, "history.reference")?,
+                        pending: int(row, 6, "history.pending")?,
+                        expired: int(row, 7, "history.expired")?,
+                        skipped: int(row, 8, "history.skipped")?,
+                        closed_at_ms: row.get(9)?,
+                    })
+                },
+            )?,
+            health: read_table(
+                &tx,
+                "health",
+                "SELECT cluster, consumer_group, topic, partition_no, state
+                 FROM health ORDER BY cluster, consumer_group, topic, partition_no",
+                |row| {
+                    Ok(HealthRow {
+                        cluster: row.get(0)?,
+                        group: row.get(1)?,
+                        topic: row.get(2)?,
+                        partition: int(row, 3, "health.partition_no")?,
+                        state: row.get(4)?,
+                    })
+                },
+            )?,
+            kv: read_table(&tx, "kv", "SELECT key, value FROM kv ORDER BY key", |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?,
+        };
+        tx.commit()?;
+        Ok(loaded)
+    }
+}
+
+/// What [`Store::check_schema`] found in the file.
+enum SchemaFound {
+    /// No table at all: a new database.
+    Empty,
+    /// Tables, but no `meta` table or no version in it: another program's file.
+    Foreign(i64),
+    /// tally's schema of this version.
+    Version(i64),
+}
+
+fn schema_version(tx: &Transaction<'_>) -> rusqlite::Result<SchemaFound> {
+    let tables: i64 = tx.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |row| row.get(0),
+    )?;
+    if tables == 0 {
+        return Ok(SchemaFound::Empty);
+    }
+    let has_meta: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_meta {
+        return Ok(SchemaFound::Foreign(tables));
+    }
+    let version: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(version.map_or(SchemaFound::Foreign(tables), SchemaFound::Version))
+}
+
+fn write_rows(tx: &Transaction<'_>, batch: &WriteBatch) -> rusqlite::Result<()> {
+    if !batch.sources.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_SOURCE)?;
+        for s in &batch.sources {
+            upsert.execute(rusqlite::params![
+                s.id,
+                s.name,
+                s.cluster,
+                s.tier_kinds,
+                s.epoch,
+                s.last_seen_ms,
+                stored(s.messages, "source.messages")?,
+                stored(s.errors, "source.errors")?,
+            ])?;
+        }
+    }
+    if !batch.series.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_SERIES)?;
+        for s in &batch.series {
+            upsert.execute(rusqlite::params![
+                s.id,
+                s.cluster,
+                s.topic,
+                s.tier,
+                stored(s.pruned_records, "series.pruned_records")?,
+                stored(s.pruned_expired, "series.pruned_expired")?,
+            ])?;
+        }
+    }
+    if !batch.cells.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_CELL)?;
+        for c in &batch.cells {
+            upsert.execute(rusqlite::params![
+                c.source,
+                c.series,
+                c.partition,
+                c.bucket,
+                c.epoch,
+                stored(c.seq, "cell.seq")?,
+                stored(c.records, "cell.records")?,
+                stored(c.bytes, "cell.bytes")?,
+                stored(c.no_timestamp, "cell.no_timestamp")?,
+                stored(c.expired, "cell.expired")?,
+                stored(c.skipped, "cell.skipped")?,
+            ])?;
+        }
+    }
+    if !batch.history.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_HISTORY)?;
+        for h in &batch.history {
+            upsert.execute(rusqlite::params![
+                h.series,
+                h.bucket,
+                h.status,
+                h.unresolved_at_close,
+                stored(h.records, "history.records")?,
+                stored(h.reference, "history.reference")?,
+                stored(h.pending, "history.pending")?,
+                stored(h.expired, "history.expired")?,
+                stored(h.skipped, "history.skipped")?,
+                h.closed_at_ms,
+            ])?;
+        }
+    }
+    if !batch.health.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_HEALTH)?;
+        for h in &batch.health {
+            upsert.execute(rusqlite::params![
+                h.cluster,
+                h.group,
+                h.topic,
+                h.partition,
+                h.state
+            ])?;
+        }
+    }
+    if !batch.health_deleted.is_empty() {
+        let mut delete = tx.prepare_cached(DELETE_HEALTH)?;
+        for (cluster, group, topic, partition) in &batch.health_deleted {
+            delete.execute(rusqlite::params![cluster, group, topic, partition])?;
+        }
+    }
+    if !batch.kv.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_KV)?;
+        for (key, value) in &batch.kv {
+            upsert.execute([key, value])?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole table into a vector sized by a count first, since growing a
+/// million-row vector by doubling would copy it about twenty times.
+fn read_table<T>(
+    tx: &Transaction<'_>,
+    table: &str,
+    select: &str,
+    decode: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let count: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })?;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut select = tx.prepare_cached(select)?;
+    let mut rows = select.query([])?;
+    while let Some(row) = rows.next()? {
+        out.push(decode(row)?);
+    }
+    Ok(out)
+}
+
+/// Reads an integer column into a narrower or unsigned type, refusing a value
+/// that does not fit (a corrupt or hand-edited database) instead of wrapping it.
+fn int<T: TryFrom<i64>>(row: &Row<'_>, index: usize, column: &str) -> rusqlite::Result<T> {
+    let value: i64 = row.get(index)?;
+    T::try_from(value).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            Type::Integer,
+            format!(
+                "{column} holds {value}, outside the range of {}",
+                std::any::type_name::<T>()
+            )
+            .into(),
+        )
+    })
+}
+
+fn flag(row: &Row<'_>, index: usize, column: &str) -> rusqlite::Result<bool> {
+    match row.get::<_, i64>(index)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(rusqlite::Error::FromSqlConversionFailure(
+            index,
+            Type::Integer,
+            format!("{column} holds {value}, but only 0 and 1 are accepted").into(),
+        )),
+    }
+}
+
+/// SQLite integers are signed; a count above `i64::MAX` cannot come from a real
+/// stream, so it is refused rather than stored as a negative number.
+fn stored(value: u64, column: &str) -> rusqlite::Result<i64> {
+    i64::try_from(value).map_err(|_| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "{column} = {value} is above the largest storable count {}",
+                i64::MAX
+            )
+            .into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use tempfile::TempDir;
+
+    /// The largest value the ledger promises to store.
+    const BIG: u64 = 1 << 53;
+
+    fn source(id: u32, messages: u64) -> SourceRow {
+        SourceRow {
+            id,
+            name: format!("broker-{id}"),
+            cluster: "local".into(),
+            tier_kinds: r#"["broker","group"]"#.into(),
+            epoch: 1_732_800_000_123,
+            last_seen_ms: 1_732_800_060_000,
+            messages,
+            errors: 3,
+        }
+    }
+
+    fn series(id: u32, tier: &str) -> SeriesRow {
+        SeriesRow {
+            id,
+            cluster: "local".into(),
+            topic: "orders.v1".into(),
+            tier: tier.into(),
+            pruned_records: BIG,
+            pruned_expired: 7,
+        }
+    }
+
+    fn cell(source: u32, series: u32, partition: i32, bucket: i64, records: u64) -> CellRow {
+        CellRow {
+            source,
+            series,
+            partition,
+            bucket,
+            epoch: 1_732_800_000_123,
+            seq: 42,
+            records,
+            bytes: records.saturating_mul(100),
+            no_timestamp: 1,
+            expired: 2,
+            skipped: 3,
+        }
+    }
+
+    fn history(series: u32, bucket: i64, status: &str) -> HistoryRow {
+        HistoryRow {
+            series,
+            bucket,
+            status: status.into(),
+            unresolved_at_close: true,
+            records: 350,
+            reference: 400,
+            pending: 50,
+            expired: 0,
+            skipped: BIG,
+            closed_at_ms: bucket + 180_000,
+        }
+    }
+
+    fn health(group: &str, partition: i32, state: &str) -> HealthRow {
+        HealthRow {
+            cluster: "local".into(),
+            group: group.into(),
+            topic: "orders".into(),
+            partition,
+            state: state.into(),
+        }
+    }
+
+    /// A batch with every kind of row, in key order so that it equals what `load` returns.
+    fn every_kind() -> WriteBatch {
+        WriteBatch {
+            sources: vec![source(1, 10), source(2, BIG)],
+            series: vec![series(1, "broker"), series(2, "group:billing")],
+            cells: vec![
+                cell(1, 1, -1, 60_000, 5),
+                cell(1, 1, 0, -60_000, 0),
+                cell(1, 1, 0, 60_000, BIG),
+                cell(2, 2, i32::MAX, i64::MAX - 1, 9),
+            ],
+            history: vec![history(1, 0, "complete"), history(2, 0, "pending")],
+            health: vec![
+                health("billing", 0, r#"{"commits":[]}"#),
+                health("ünïcode-gröup", 3, "{}"),
+            ],
+            health_deleted: Vec::new(),
+            kv: vec![
+                ("bucket_width_ms".into(), "60000".into()),
+                ("z".into(), String::new()),
+            ],
+        }
+    }
+
+    fn loaded_from(batch: &WriteBatch) -> Loaded {
+        Loaded {
+            sources: batch.sources.clone(),
+            series: batch.series.clone(),
+            cells: batch.cells.clone(),
+            history: batch.history.clone(),
+            health: batch.health.clone(),
+            kv: batch.kv.clone(),
+        }
+    }
+
+    fn raw(store: &Store) -> Connection {
+        Connection::open(store.path()).expect("open the database directly")
+    }
+
+    #[test]
+    fn every_row_type_round_trips() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.path(), dir.path().join("agent.db"));
+        assert_eq!(store.load().unwrap(), Loaded::default());
+
+        let batch = every_kind();
+        assert_eq!(batch.len(), 14);
+        assert!(!batch.is_empty());
+        store.write(&batch).unwrap();
+        assert_eq!(store.load().unwrap(), loaded_from(&batch));
+
+        store.write(&WriteBatch::default()).unwrap();
+        assert_eq!(store.load().unwrap(), loaded_from(&batch));
+    }
+
+    #[test]
+    fn upsert_replaces_by_key_and_last_in_batch_wins() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+
+        let mut newer_cell = cell(1, 1, 0, 60_000, 77);
+        newer_cell.seq = 43;
+        let mut renamed = series(2, "group:billing");
+        renamed.pruned_records = 5;
+        let mut resolved = history(2, 0, "late");
+        resolved.pending = 0;
+        let update = WriteBatch {
+            sources: vec![source(1, 11), source(1, 12)],
+            series: vec![renamed.clone()],
+            cells: vec![cell(1, 1, 0, 60_000, 1), newer_cell.clone()],
+            history: vec![resolved.clone()],
+            health: vec![
+                health("billing", 0, "first"),
+                health("billing", 0, "second"),
+            ],
+            health_deleted: vec![("local".into(), "ünïcode-gröup".into(), "orders".into(), 3)],
+            kv: vec![("z".into(), "1".into()), ("z".into(), "2".into())],
+        };
+        store.write(&update).unwrap();
+
+        let mut expected = loaded_from(&every_kind());
+        expected.sources[0] = source(1, 12);
+        expected.series[1] = renamed;
+        expected.cells[2] = newer_cell;
+        expected.history[1] = resolved;
+        expected.health = vec![health("billing", 0, "second")];
+        expected.kv[1].1 = "2".into();
+        assert_eq!(store.load().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_key_upserted_and_deleted_in_one_batch_ends_deleted() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .write(&WriteBatch {
+                health: vec![health("billing", 0, "{}"), health("audit", 1, "{}")],
+                health_deleted: vec![("local".into(), "billing".into(), "orders".into(), 0)],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        assert_eq!(store.load().unwrap().health, vec![health("audit", 1, "{}")]);
+    }
+
+    #[test]
+    fn a_batch_that_fails_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut batch = every_kind();
+        batch.cells.push(cell(3, 3, 0, 0, u64::MAX));
+        let err = store.write(&batch).unwrap_err().to_string();
+        assert!(err.contains("cell.records"), "{err}");
+        assert!(err.contains(&store.path().display().to_string()), "{err}");
+        assert_eq!(store.load().unwrap(), Loaded::default());
+
+        // The store stays usable after a refused batch.
+        store.write(&every_kind()).unwrap();
+        assert_eq!(store.load().unwrap(), loaded_from(&every_kind()));
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_naming_file_and_column() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+        raw(&store)
+            .execute("UPDATE cell SET records = -5 WHERE source = 2", [])
+            .unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("cell.records holds -5"), "{err}");
+        assert!(err.contains(&store.path().display().to_string()), "{err}");
+
+        raw(&store)
+            .execute("UPDATE cell SET records = 1", [])
+            .unwrap();
+        raw(&store)
+            .execute("UPDATE history SET unresolved_at_close = 2", [])
+            .unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("history.unresolved_at_close holds 2"), "{err}");
+    }
+
+    #[test]
+    fn dropped_without_close_reopens_with_identical_state() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+        store
+            .write(&WriteBatch {
+                cells: vec![cell(1, 1, 0, 60_000, 99)],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let before = store.load().unwrap();
+        drop(store);
+
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.load().unwrap(), before);
+    }
+
+    /// The closest in-process stand-in for a kill -9: the connection is leaked,
+    /// so it never checkpoints or closes, and its files are copied as they lie
+    /// on disk to a place no live connection knows, where SQLite must recover
+    /// the commits from the write-ahead log.
+    #[test]
+    fn commits_survive_a_connection_that_never_closed() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+        let expected = store.load().unwrap();
+        std::mem::forget(store);
+
+        let wal = dir.path().join("agent.db-wal");
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 0,
+            "the commits are only in the log"
+        );
+        let copy = TempDir::new().unwrap();
+        for name in ["agent.db", "agent.db-wal", "agent.db-shm"] {
+            if dir.path().join(name).exists() {
+                std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+            }
+        }
+        let recovered = Store::open(copy.path()).unwrap();
+        assert_eq!(recovered.load().unwrap(), expected);
+    }
+
+    /// A real kill -9: this test runs itself as a child process that writes,
+    /// reports the commit, and is killed with SIGKILL while its store is open.
+    #[cfg(unix)]
+    #[test]
+    fn commits_survive_kill_9() {
+        const CHILD_DIR: &str = "TALLY_STORE_KILL_9_CHILD_DIR";
+        const COMMITTED: &str = "tally-store-batch-committed";
+        if let Some(dir) = std::env::var_os(CHILD_DIR) {
+            let mut store = Store::open(Path::new(&dir)).unwrap();
+            store.write(&every_kind()).unwrap();
+            println!("{COMMITTED}");
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+
+        let dir = TempDir::new().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::commits_survive_kill_9",
+                "--nocapture",
+            ])
+            .env(CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let committed = BufReader::new(stdout)
+            .lines()
+            .map_while(std::io::Result::ok)
+            .any(|line| line.contains(COMMITTED));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(committed, "the child process never committed");
+        let wal = dir.path().join("agent.db-wal");
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 0,
+            "the commits are only in the log"
+        );
+
+        let recovered = Store::open(dir.path()).unwrap();
+        assert_eq!(recovered.load().unwrap(), loaded_from(&every_kind()));
+    }
+
+    #[test]
+    fn prune_removes_only_older_buckets() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let batch = WriteBatch {
+            cells: vec![
+                cell(1, 1, 0, 0, 1),
+                cell(1, 1, 0, 60_000, 2),
+                cell(1, 1, 0, 120_000, 3),
+                cell(2, 1, 1, 60_000, 4),
+                cell(2, 1, 1, 180_000, 5),
+            ],
+            history: vec![
+                history(1, 0, "complete"),
+                history(1, 120_000, "complete"),
+                history(2, 119_999, "late"),
+            ],
+            ..every_kind()
+        };
+        store.write(&batch).unwrap();
+
+        assert_eq!(store.prune_before(120_000).unwrap(), 5);
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded.cells,
+            vec![cell(1, 1, 0, 120_000, 3), cell(2, 1, 1, 180_000, 5)]
+        );
+        assert_eq!(loaded.history, vec![history(1, 120_000, "complete")]);
+        assert_eq!(loaded.sources, batch.sources);
+        assert_eq!(loaded.series, batch.series);
+        assert_eq!(loaded.health, batch.health);
+        assert_eq!(loaded.kv, batch.kv);
+
+        assert_eq!(store.prune_before(120_000).unwrap(), 0);
+    }
+
+    #[test]
+    fn newer_schema_version_is_refused_naming_file_and_versions() {
+        let dir = TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = store.path().to_path_buf();
+        raw(&store)
+            .execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'", [])
+            .unwrap();
+        drop(store);
+
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::StoreSchema { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("'{}'", path.display())),
+            "{message}"
+        );
+        assert!(message.contains("schema version 7"), "{message}");
+        assert!(message.contains("up to 1"), "{message}");
+    }
+
+    #[test]
+    fn another_programs_database_is_refused() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("agent.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE cell (x); INSERT INTO cell VALUES (1);")
+            .unwrap();
+        let message = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("not a tally agent database"), "{message}");
+    }
+
+    #[test]
+    fn a_file_given_as_directory_is_an_error_naming_it() {
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join("state");
+        std::fs::write(&file, "not a directory").unwrap();
+        let message = Store::open(&file).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("'{}'", file.display())),
+            "{message}"
+        );
+        assert!(message.contains("is a file"), "{message}");
+
+        let below = file.join("agent");
+        let message = Store::open(&below).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("'{}'", below.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_an_error_naming_it() {
+        for garbage in [&b"hello"[..], &[0x5a; 8192][..]] {
+            let dir = TempDir::new().unwrap();
+            let path = dir.path().join("agent.db");
+            std::fs::write(&path, garbage).unwrap();
+            let message = Store::open(dir.path()).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("'{}'", path.display())),
+                "{message}"
+            );
+            assert!(message.contains("not a database"), "{message}");
+        }
+    }
+}

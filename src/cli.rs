@@ -1,0 +1,184 @@
+//! Flags, environment variables and config files, merged in one place:
+//! a flag (or its environment variable) wins over the config file, which wins
+//! over the built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tally_agent::config::AgentConfig;
+
+/// tally: end-to-end audit and consumer-lag monitoring for Kafka-style streams.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Log filter (e.g. info, debug, tally_agent=debug); RUST_LOG wins when set.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub(crate) log: String,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the agent: ingest, ledger, evaluation, HTTP API and /metrics.
+    Agent(AgentArgs),
+    /// Run the demo: an agent and a synthetic pipeline that shows every status.
+    Demo(DemoArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| {
+        format!("\"{s}\" is not a duration ({e}): expected e.g. 500ms, 10s, 5m, 1h, 7d")
+    })
+}
+
+/// Flags of `tally agent`. Each has an environment variable and a config-file key.
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// TOML config file; its keys are the flag names with underscores (see tally.example.toml).
+    #[arg(long, env = "TALLY_AGENT_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address of the HTTP listener (ingest, API, /metrics) [default: 127.0.0.1:9400].
+    #[arg(long, env = "TALLY_AGENT_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Folder of the state database [default: ./data/agent].
+    #[arg(long, env = "TALLY_AGENT_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Alert rules file (YAML).
+    #[arg(long, env = "TALLY_AGENT_RULES", value_name = "FILE")]
+    pub(crate) rules: Option<PathBuf>,
+    /// Width of the event-time buckets; every emitter must use the same [default: 60s].
+    #[arg(long, env = "TALLY_AGENT_BUCKET_WIDTH", value_name = "DURATION", value_parser = duration)]
+    pub(crate) bucket_width: Option<Duration>,
+    /// How long a bucket stays open after it ends [default: 2 × bucket width].
+    #[arg(long, env = "TALLY_AGENT_GRACE", value_name = "DURATION", value_parser = duration)]
+    pub(crate) grace: Option<Duration>,
+    /// How far back gauges, completeness and the bucket view reach [default: 1h].
+    #[arg(long, env = "TALLY_AGENT_WINDOW", value_name = "DURATION", value_parser = duration)]
+    pub(crate) window: Option<Duration>,
+    /// How long cells and closed-bucket history are kept [default: 7d].
+    #[arg(long, env = "TALLY_AGENT_RETENTION", value_name = "DURATION", value_parser = duration)]
+    pub(crate) retention: Option<Duration>,
+    /// How often the books are evaluated into a new snapshot [default: 1s].
+    #[arg(long, env = "TALLY_AGENT_TICK", value_name = "DURATION", value_parser = duration)]
+    pub(crate) tick: Option<Duration>,
+    /// Commits per partition in the group-health window [default: 10].
+    #[arg(long, env = "TALLY_AGENT_HEALTH_WINDOW", value_name = "N")]
+    pub(crate) health_window: Option<usize>,
+    /// Lag above zero with no commit for this long is `stop`, also on quiet topics [default: 5m].
+    #[arg(long, env = "TALLY_AGENT_STOP_AFTER", value_name = "DURATION", value_parser = duration)]
+    pub(crate) stop_after: Option<Duration>,
+    /// Largest ingest message in bytes [default: 1048576].
+    #[arg(long, env = "TALLY_AGENT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub(crate) max_message_bytes: Option<usize>,
+    /// Most series (tier, topic, partition) one source may open [default: 100000].
+    #[arg(long, env = "TALLY_AGENT_MAX_SERIES_PER_SOURCE", value_name = "N")]
+    pub(crate) max_series_per_source: Option<usize>,
+    /// Shared bearer token that ingest and the API require.
+    #[arg(
+        long,
+        env = "TALLY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+    /// Require the token on /metrics, /healthz and /readyz too.
+    #[arg(long, env = "TALLY_AGENT_PROTECT_METRICS")]
+    pub(crate) protect_metrics: bool,
+    /// Print the effective config (defaults, file, environment and flags merged) as TOML and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+}
+
+impl AgentArgs {
+    /// The effective config.
+    pub(crate) fn resolve(&self) -> anyhow::Result<AgentConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file \"{}\"", path.display()))?;
+                AgentConfig::from_toml(&text, &path.display().to_string())?
+            }
+            None => AgentConfig::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
+        }
+        take!(
+            listen,
+            data_dir,
+            bucket_width,
+            window,
+            retention,
+            tick,
+            health_window,
+            stop_after
+        );
+        take!(max_message_bytes, max_series_per_source);
+        if self.rules.is_some() {
+            cfg.rules = self.rules.clone();
+        }
+        if self.grace.is_some() {
+            cfg.grace = self.grace;
+        }
+        if self.token.is_some() {
+            cfg.token = self.token.clone();
+        }
+        cfg.protect_metrics |= self.protect_metrics;
+        cfg.ledger()?;
+        Ok(cfg)
+    }
+}
+
+/// Flags of `tally demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Address of the agent's HTTP listener.
+    #[arg(
+        long,
+        env = "TALLY_DEMO_AGENT_LISTEN",
+        default_value = "127.0.0.1:9400",
+        value_name = "ADDR"
+    )]
+    pub(crate) agent_listen: SocketAddr,
+    /// Folder for the demo's state [default: a temporary folder, removed at exit].
+    #[arg(long, env = "TALLY_DEMO_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Bucket width of the demo (short, so statuses change while you watch).
+    #[arg(long, env = "TALLY_DEMO_BUCKET_WIDTH", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub(crate) bucket_width: Duration,
+    /// Run headless: no live screen, a summary table at the end.
+    #[arg(long)]
+    pub(crate) no_tui: bool,
+    /// Stop on its own after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) duration: Option<u64>,
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Agent(args) => {
+            let cfg = args.resolve()?;
+            if args.print_config {
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            runtime.block_on(tally_agent::service::run(cfg))?;
+            Ok(())
+        }
+        Command::Demo(args) => runtime.block_on(crate::demo::run(args)),
+    }
+}
