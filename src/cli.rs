@@ -53,9 +53,6 @@ pub(crate) struct AgentArgs {
     /// Folder of the state database [default: ./data/agent].
     #[arg(long, env = "TALLY_AGENT_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Alert rules file (YAML).
-    #[arg(long, env = "TALLY_AGENT_RULES", value_name = "FILE")]
-    pub(crate) rules: Option<PathBuf>,
     /// Width of the event-time buckets; every emitter must use the same [default: 60s].
     #[arg(long, env = "TALLY_AGENT_BUCKET_WIDTH", value_name = "DURATION", value_parser = duration)]
     pub(crate) bucket_width: Option<Duration>,
@@ -124,9 +121,6 @@ impl AgentArgs {
             stop_after
         );
         take!(max_message_bytes, max_series_per_source);
-        if self.rules.is_some() {
-            cfg.rules = self.rules.clone();
-        }
         if self.grace.is_some() {
             cfg.grace = self.grace;
         }

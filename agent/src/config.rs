@@ -19,8 +19,6 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Folder of the state database.
     pub data_dir: PathBuf,
-    /// Alert rules file (YAML).
-    pub rules: Option<PathBuf>,
     /// Width of the event-time buckets.
     #[serde(with = "humantime_serde")]
     pub bucket_width: Duration,
@@ -56,7 +54,6 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
             data_dir: PathBuf::from("./data/agent"),
-            rules: None,
             bucket_width: Duration::from_millis(BucketWidth::DEFAULT.ms()),
             grace: None,
             window: Duration::from_secs(3600),

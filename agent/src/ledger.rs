@@ -767,6 +767,10 @@ impl Ledger {
         let width = self.cfg.width;
         let series_ids = topic.series.clone();
         let mut per_bucket: BTreeMap<i64, Vec<(u32, Counts)>> = BTreeMap::new();
+        let first_bucket: HashMap<u32, i64> = series_ids
+            .iter()
+            .filter_map(|&s| self.sums.range((s, i64::MIN)..=(s, i64::MAX)).next().map(|(&(_, b), _)| (s, b)))
+            .collect();
         for &s in &series_ids {
             for (&(_, b), c) in self.sums.range((s, window_start)..=(s, i64::MAX)) {
                 per_bucket.entry(b).or_default().push((s, *c));
@@ -826,8 +830,16 @@ impl Ledger {
                 tiers: BTreeMap::new(),
             };
             for &s in &series_ids {
-                let Some(counts) = present.iter().find(|(p, _)| *p == s).map(|(_, c)| *c) else {
-                    continue;
+                // A tier that counted nothing in a bucket the reference has
+                // is judged at zero, from its first bucket on.
+                let counts = match present.iter().find(|(p, _)| *p == s) {
+                    Some((_, c)) => *c,
+                    None if reference_counts.is_some_and(|r| r.records > 0)
+                        && first_bucket.get(&s).is_some_and(|f| *f <= bucket) =>
+                    {
+                        Counts::default()
+                    }
+                    None => continue,
                 };
                 let sr = &self.series[s as usize];
                 let prior = self.closed.get(&(s, bucket)).copied();

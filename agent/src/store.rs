@@ -32,6 +32,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every table is STRICT so that a stray value of the wrong type is refused at
 /// write time instead of surfacing as a confusing error at the next start.
+///
+/// Cells and history lead their primary key with the bucket: a commit touches
+/// the newest buckets of every source and series, and with the bucket first
+/// those rows sit together at the end of the tree instead of on one page per
+/// (source, series, partition) — which made a commit of 10,000 new cells ten
+/// times slower. Pruning by age is then a range delete on the key.
 const SCHEMA: &str = "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -70,12 +76,8 @@ CREATE TABLE cell (
     no_timestamp INTEGER NOT NULL,
     expired      INTEGER NOT NULL,
     skipped      INTEGER NOT NULL,
-    PRIMARY KEY (source, series, partition_no, bucket)
+    PRIMARY KEY (bucket, source, series, partition_no)
 ) STRICT, WITHOUT ROWID;
-
--- Pruning by age would otherwise scan every cell while the writer thread,
--- and so every acknowledgement, waits.
-CREATE INDEX cell_bucket ON cell (bucket);
 
 CREATE TABLE history (
     series              INTEGER NOT NULL,
@@ -88,10 +90,8 @@ CREATE TABLE history (
     expired             INTEGER NOT NULL,
     skipped             INTEGER NOT NULL,
     closed_at_ms        INTEGER NOT NULL,
-    PRIMARY KEY (series, bucket)
+    PRIMARY KEY (bucket, series)
 ) STRICT, WITHOUT ROWID;
-
-CREATE INDEX history_bucket ON history (bucket);
 
 CREATE TABLE health (
     cluster        TEXT NOT NULL,
@@ -127,7 +127,7 @@ const UPSERT_CELL: &str = "
 INSERT INTO cell (source, series, partition_no, bucket, epoch, seq,
                   records, bytes, no_timestamp, expired, skipped)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-ON CONFLICT (source, series, partition_no, bucket) DO UPDATE SET
+ON CONFLICT (bucket, source, series, partition_no) DO UPDATE SET
     epoch = excluded.epoch, seq = excluded.seq, records = excluded.records,
     bytes = excluded.bytes, no_timestamp = excluded.no_timestamp,
     expired = excluded.expired, skipped = excluded.skipped";
@@ -136,7 +136,7 @@ const UPSERT_HISTORY: &str = "
 INSERT INTO history (series, bucket, status, unresolved_at_close, records, reference,
                      pending, expired, skipped, closed_at_ms)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-ON CONFLICT (series, bucket) DO UPDATE SET
+ON CONFLICT (bucket, series) DO UPDATE SET
     status = excluded.status, unresolved_at_close = excluded.unresolved_at_close,
     records = excluded.records, reference = excluded.reference, pending = excluded.pending,
     expired = excluded.expired, skipped = excluded.skipped, closed_at_ms = excluded.closed_at_ms";
@@ -306,9 +306,9 @@ pub struct Loaded {
     pub sources: Vec<SourceRow>,
     /// Every series, by id.
     pub series: Vec<SeriesRow>,
-    /// Every cell, by (source, series, partition, bucket).
+    /// Every cell, by (bucket, source, series, partition).
     pub cells: Vec<CellRow>,
-    /// Every closed-bucket history row, by (series, bucket).
+    /// Every closed-bucket history row, by (bucket, series).
     pub history: Vec<HistoryRow>,
     /// Every health window, by (cluster, group, topic, partition).
     pub health: Vec<HealthRow>,
@@ -528,7 +528,7 @@ impl Store {
                 "cell",
                 "SELECT source, series, partition_no, bucket, epoch, seq,
                         records, bytes, no_timestamp, expired, skipped
-                 FROM cell ORDER BY source, series, partition_no, bucket",
+                 FROM cell ORDER BY bucket, source, series, partition_no",
                 |row| {
                     Ok(CellRow {
                         source: int(row, 0, "cell.source")?,
@@ -550,7 +550,7 @@ impl Store {
                 "history",
                 "SELECT series, bucket, status, unresolved_at_close, records, reference,
                         pending, expired, skipped, closed_at_ms
-                 FROM history ORDER BY series, bucket",
+                 FROM history ORDER BY bucket, series",
                 |row| {
                     Ok(HistoryRow {
                         series: int(row, 0, "history.series")?,
@@ -861,8 +861,8 @@ mod tests {
             sources: vec![source(1, 10), source(2, BIG)],
             series: vec![series(1, "broker"), series(2, "group:billing")],
             cells: vec![
-                cell(1, 1, -1, 60_000, 5),
                 cell(1, 1, 0, -60_000, 0),
+                cell(1, 1, -1, 60_000, 5),
                 cell(1, 1, 0, 60_000, BIG),
                 cell(2, 2, i32::MAX, i64::MAX - 1, 9),
             ],

@@ -1,0 +1,441 @@
+//! `tally agent` end to end: the built binary on loopback, fed over its real
+//! WebSocket and HTTP ingest, read through its API and /metrics, checked with
+//! promtool, killed with SIGKILL and restarted.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Agent, get, now_ms, request, require_tool};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const FLAGS: &[&str] = &["--bucket-width", "1s", "--grace", "1s", "--window", "10m", "--tick", "100ms"];
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(agent: &Agent, token: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}/api/v1/ingest", agent.addr).into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+async fn send(ws: &mut Socket, msg: &Value) {
+    ws.send(Ws::Text(msg.to_string().into())).await.unwrap();
+}
+
+async fn recv(ws: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply within 10 s")
+            .expect("connection open")
+            .expect("a frame");
+        if let Ws::Text(t) = frame {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn hello(source: &str, started: i64) -> Value {
+    json!({"v": 1, "type": "hello", "source": source, "cluster": "local",
+           "tier_kinds": ["broker", "group"], "bucket_width_ms": 1000, "started_at_ms": started})
+}
+
+/// A bucket a minute in the past: closed, inside the window.
+fn past_bucket() -> i64 {
+    (now_ms() - 60_000) / 1000 * 1000
+}
+
+fn count(tier: &str, partition: i32, bucket: i64, records: u64) -> Value {
+    json!({"tier": tier, "topic": "orders", "partition": partition, "bucket": bucket,
+           "records": records, "bytes": records * 100, "no_timestamp": 0, "expired": 0, "skipped": 0})
+}
+
+fn books(bucket: i64, seq: u64) -> Value {
+    json!({"v": 1, "type": "counts", "seq": seq, "counts": [
+        count("broker", 0, bucket, 400), count("broker", 1, bucket, 800),
+        count("group:billing", 0, bucket, 350), count("group:billing", 1, bucket, 800)]})
+}
+
+fn lag(seq: u64) -> Value {
+    json!({"v": 1, "type": "lag", "seq": seq, "at_ms": now_ms(), "partitions": [
+        {"group": "billing", "topic": "orders", "partition": 0, "committed": 350, "end_offset": 400,
+         "start_offset": 0, "lag_records": 50, "lag_seconds": 3.2, "commit_at_ms": now_ms()},
+        {"group": "billing", "topic": "orders", "partition": 1, "committed": 800, "end_offset": 800,
+         "start_offset": 0, "lag_records": 0, "lag_seconds": 0.0, "commit_at_ms": now_ms()}]})
+}
+
+/// The sum of the series `name` whose labels include every pair of `labels`
+/// (None when there is no such series).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .reduce(|a, b| a + b)
+}
+
+fn tier(topics: &Value, tier: &str) -> Value {
+    topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "orders")
+        .map(|t| t["tiers"][tier].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_counts_and_lag_then_serves_the_books() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    let mut ws = connect(&agent, None).await.unwrap();
+    send(&mut ws, &hello("broker-1", 1)).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "welcome", "bucket_width_ms": 1000}));
+    let bucket = past_bucket();
+    send(&mut ws, &books(bucket, 1)).await;
+    send(&mut ws, &lag(2)).await;
+    let mut acked = vec![recv(&mut ws).await["seq"].as_u64(), recv(&mut ws).await["seq"].as_u64()];
+    acked.sort();
+    assert_eq!(acked, vec![Some(1), Some(2)]);
+
+    let topics = agent.until(10, "the books", |a| {
+        let t = a.json("/api/v1/topics");
+        (tier(&t, "group:billing")["records"] == 1150).then_some(t)
+    });
+    let broker = tier(&topics, "broker");
+    assert_eq!((broker["records"].as_u64(), broker["missing"].as_u64()), (Some(1200), Some(0)));
+    let billing = tier(&topics, "group:billing");
+    assert_eq!(billing["pending"], 50);
+    assert_eq!(billing["expired"], 0);
+    assert!((billing["completeness"].as_f64().unwrap() - 1150.0 / 1200.0).abs() < 1e-9);
+
+    let buckets = agent.json("/api/v1/topics/orders/buckets?cluster=local");
+    assert_eq!(buckets["width_ms"], 1000);
+    let b = &buckets["buckets"][0];
+    assert_eq!(b["bucket"], bucket);
+    assert_eq!(b["tiers"]["broker"]["records"], 1200);
+    assert_eq!(b["tiers"]["broker"]["status"], "complete");
+    assert_eq!(b["tiers"]["group:billing"]["status"], "pending");
+    assert_eq!(b["tiers"]["group:billing"]["pending"], 50);
+    let (status, body) = get(agent.addr, "/api/v1/topics/nope/buckets", None);
+    assert_eq!(status, 404);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(err["detail"].as_str().unwrap().contains("\"nope\""), "{body}");
+
+    let groups = agent.json("/api/v1/groups");
+    let g = &groups["groups"][0];
+    assert_eq!((g["group"].as_str(), g["status"].as_str()), (Some("billing"), Some("ok")));
+    assert_eq!(g["lag_records"], 50);
+    assert_eq!(g["max_lag_seconds"], 3.2);
+    assert_eq!(g["partitions"][0]["end_offset"], 400);
+    assert_eq!(agent.json("/api/v1/groups/billing")["lag_records"], 50);
+    assert_eq!(get(agent.addr, "/api/v1/groups/nobody", None).0, 404);
+
+    let sources = agent.json("/api/v1/sources");
+    assert_eq!(sources["sources"][0]["source"], "broker-1");
+    assert_eq!(sources["sources"][0]["connected"], true);
+    assert_eq!(agent.json("/api/v1/alerts")["alerts"], json!([]));
+
+    let text = agent.metrics();
+    let m = |name, labels: &[(&str, &str)]| metric(&text, name, labels);
+    assert_eq!(m("tally_audit_records_total", &[("tier", "broker"), ("cluster", "local")]), Some(1200.0));
+    assert_eq!(m("tally_audit_records_total", &[("tier", "group:billing")]), Some(1150.0));
+    assert_eq!(m("tally_audit_missing_records", &[("tier", "group:billing")]), Some(0.0));
+    assert_eq!(
+        m("tally_audit_buckets", &[("tier", "group:billing"), ("status", "pending")]),
+        Some(1.0)
+    );
+    assert_eq!(m("tally_consumer_lag_records", &[("group", "billing"), ("partition", "0")]), Some(50.0));
+    assert_eq!(m("tally_consumer_lag_seconds", &[("group", "billing"), ("partition", "0")]), Some(3.2));
+    assert_eq!(m("tally_consumer_group_lag_records", &[("group", "billing")]), Some(50.0));
+    assert_eq!(m("tally_consumer_group_status", &[("group", "billing"), ("status", "ok")]), Some(1.0));
+    assert_eq!(m("tally_consumer_group_status", &[("group", "billing"), ("status", "err")]), Some(0.0));
+    assert_eq!(m("tally_partition_end_offset", &[("topic", "orders"), ("partition", "0")]), Some(400.0));
+    assert_eq!(m("tally_ingest_messages_total", &[("source", "broker-1"), ("type", "counts")]), Some(1.0));
+    assert!(m("tally_source_last_seen_timestamp_seconds", &[("source", "broker-1")]).unwrap() > 1.7e9);
+
+    if let Some(promtool) = require_tool("promtool") {
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &[FLAGS, &["--max-series-per-source", "4", "--max-message-bytes", "4096"]].concat(),
+    );
+    let mut ws = connect(&agent, None).await.unwrap();
+    // Before the hello, messages are refused but the connection stays.
+    send(&mut ws, &books(past_bucket(), 1)).await;
+    let r = recv(&mut ws).await;
+    assert_eq!((r["type"].as_str(), r["reason"].as_str()), (Some("error"), Some("protocol")));
+    send(&mut ws, &hello("b", 1)).await;
+    assert_eq!(recv(&mut ws).await["type"], "welcome");
+
+    let bucket = past_bucket();
+    let cases: Vec<(String, &str)> = vec![
+        ("{\"v\":1,\"type\":".into(), "malformed"),
+        (json!({"v": 2, "type": "counts", "seq": 3, "counts": []}).to_string(), "version"),
+        (json!({"v": 1, "type": "gossip", "seq": 4}).to_string(), "unknown_type"),
+        (
+            json!({"v": 1, "type": "counts", "seq": 5, "counts": [count("broker", 0, bucket + 1, 1)]}).to_string(),
+            "unaligned_bucket",
+        ),
+        (
+            json!({"v": 1, "type": "counts", "seq": 6, "counts": [{"tier": "broker", "topic": "orders",
+                "partition": 0, "bucket": bucket, "records": -3}]})
+            .to_string(),
+            "bad_count",
+        ),
+        (
+            json!({"v": 1, "type": "counts", "seq": 7, "counts": [{"tier": "broker", "topic": "orders",
+                "partition": 0, "bucket": bucket, "records": 1e300}]})
+            .to_string(),
+            "bad_count",
+        ),
+        (
+            json!({"v": 1, "type": "counts", "seq": 8, "counts": [count("broker", 0, bucket, 1)],
+                   "padding": "x".repeat(5000)})
+            .to_string(),
+            "oversize",
+        ),
+        (
+            json!({"v": 1, "type": "counts", "seq": 9, "counts": (0..5).map(|p| count("broker", p, bucket, 1)).collect::<Vec<_>>()})
+                .to_string(),
+            "cardinality",
+        ),
+    ];
+    for (text, reason) in &cases {
+        ws.send(Ws::Text(text.clone().into())).await.unwrap();
+        let r = recv(&mut ws).await;
+        assert_eq!(r["type"], "error", "{reason}: {r}");
+        assert_eq!(r["reason"], *reason, "{r}");
+        assert!(!r["error"].as_str().unwrap().is_empty());
+    }
+    // The refused seq is named where it could be read.
+    send(&mut ws, &json!({"v": 1, "type": "counts", "seq": 77, "counts": [count("broker", 0, bucket + 1, 1)]})).await;
+    assert_eq!(recv(&mut ws).await["seq"], 77);
+    // The same connection still takes a good message.
+    send(&mut ws, &json!({"v": 1, "type": "counts", "seq": 10, "counts": [count("broker", 0, bucket, 7)]})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "ack", "seq": 10}));
+
+    // A hello with another width is refused.
+    let mut other = connect(&agent, None).await.unwrap();
+    let mut h = hello("c", 1);
+    h["bucket_width_ms"] = json!(60000);
+    send(&mut other, &h).await;
+    let r = recv(&mut other).await;
+    assert_eq!(r["reason"], "width_mismatch");
+    assert!(r["error"].as_str().unwrap().contains("\"60000\""), "{r}");
+
+    let text = agent.until(5, "error counters", |a| {
+        let t = a.metrics();
+        (metric(&t, "tally_ingest_errors_total", &[("reason", "width_mismatch")]) == Some(1.0)).then_some(t)
+    });
+    for (reason, n) in [
+        ("malformed", 1.0),
+        ("version", 1.0),
+        ("unknown_type", 1.0),
+        ("unaligned_bucket", 2.0),
+        ("bad_count", 2.0),
+        ("oversize", 1.0),
+        ("cardinality", 1.0),
+        ("protocol", 1.0),
+    ] {
+        assert_eq!(metric(&text, "tally_ingest_errors_total", &[("reason", reason)]), Some(n), "{reason}");
+    }
+    agent.until(5, "the good message's count", |a| {
+        (tier(&a.json("/api/v1/topics"), "broker")["records"] == 7).then_some(())
+    });
+    assert!(agent.log().contains("ingest refused"), "refusals are logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keep_the_books_and_resends_do_not_double_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let bucket = past_bucket();
+    let agent = Agent::start(&data, FLAGS);
+    let mut ws = connect(&agent, None).await.unwrap();
+    send(&mut ws, &hello("broker-1", 1)).await;
+    recv(&mut ws).await;
+    send(&mut ws, &books(bucket, 1)).await;
+    send(&mut ws, &lag(2)).await;
+    recv(&mut ws).await;
+    recv(&mut ws).await;
+    let before = agent.until(10, "the books", |a| {
+        let t = a.json("/api/v1/topics");
+        (tier(&t, "group:billing")["records"] == 1150).then_some(t)
+    });
+    let buckets_before = agent.json("/api/v1/topics/orders/buckets");
+    agent.kill9();
+
+    let agent = Agent::start(&data, FLAGS);
+    let after = agent.json("/api/v1/topics");
+    assert_eq!(after, before);
+    let buckets_after = agent.until(5, "bucket view", |a| {
+        let b = a.json("/api/v1/topics/orders/buckets");
+        (b["buckets"] == buckets_before["buckets"]).then_some(b)
+    });
+    assert_eq!(buckets_after["buckets"][0]["tiers"]["group:billing"]["pending"], 50);
+    assert_eq!(agent.json("/api/v1/groups")["groups"][0]["lag_records"], 50);
+    let sources = agent.json("/api/v1/sources");
+    assert_eq!(sources["sources"][0]["messages"]["counts"], 1);
+
+    // The emitter did not see its ack before the kill, so it sends the same message again.
+    let mut ws = connect(&agent, None).await.unwrap();
+    send(&mut ws, &hello("broker-1", 1)).await;
+    recv(&mut ws).await;
+    send(&mut ws, &books(bucket, 1)).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "ack", "seq": 1}));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = agent.json("/api/v1/topics");
+    assert_eq!(tier(&t, "broker")["records"], 1200);
+    assert_eq!(tier(&t, "group:billing")["records"], 1150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_ingest_and_the_api_but_not_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), &[FLAGS, &["--token", "s3cret"]].concat());
+    let (status, body) = get(agent.addr, "/api/v1/topics", None);
+    assert_eq!(status, 401);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "unauthorized");
+    assert_eq!(get(agent.addr, "/api/v1/topics", Some("wrong")).0, 401);
+    assert_eq!(get(agent.addr, "/api/v1/topics", Some("s3cret")).0, 200);
+    assert_eq!(get(agent.addr, "/metrics", None).0, 200);
+    assert_eq!(get(agent.addr, "/healthz", None).0, 200);
+    assert_eq!(get(agent.addr, "/readyz", None).0, 200);
+    let refused = connect(&agent, None).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401),
+        "{refused:?}"
+    );
+    let mut ws = connect(&agent, Some("s3cret")).await.unwrap();
+    send(&mut ws, &hello("b", 1)).await;
+    assert_eq!(recv(&mut ws).await["type"], "welcome");
+    let post = json!([hello("p", 1)]).to_string();
+    assert_eq!(request(agent.addr, "POST", "/api/v1/ingest", None, Some(&post)).unwrap().0, 401);
+}
+
+#[test]
+fn post_ingest_answers_every_message_of_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    let bucket = past_bucket();
+    let batch = json!([hello("poster", 1), books(bucket, 1),
+        {"v": 1, "type": "counts", "seq": 2, "counts": [count("broker", 0, bucket + 3, 1)]}, lag(3)]);
+    let (status, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some(&batch.to_string())).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let replies: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(replies[0], json!({"type": "welcome", "bucket_width_ms": 1000}));
+    assert_eq!(replies[1], json!({"type": "ack", "seq": 1}));
+    assert_eq!((replies[2]["type"].as_str(), replies[2]["seq"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!(replies[3], json!({"type": "ack", "seq": 3}));
+    agent.until(5, "posted counts", |a| {
+        (tier(&a.json("/api/v1/topics"), "broker")["records"] == 1200).then_some(())
+    });
+    // A batch must open with a hello.
+    let (_, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some(&json!([books(bucket, 9)]).to_string())).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()[0]["reason"], "protocol");
+    let (status, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some("{not an array")).unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "malformed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sends_a_snapshot_then_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    let (mut feed, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/stream", agent.addr))
+        .await
+        .unwrap();
+    let first = recv(&mut feed).await;
+    assert_eq!(first["type"], "snapshot");
+    assert_eq!(first["snapshot"]["width_ms"], 1000);
+    assert_eq!(first["snapshot"]["topics"], json!([]));
+    let mut ws = connect(&agent, None).await.unwrap();
+    send(&mut ws, &hello("b", 1)).await;
+    recv(&mut ws).await;
+    send(&mut ws, &books(past_bucket(), 1)).await;
+    recv(&mut ws).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let u = recv(&mut feed).await;
+        assert_eq!(u["type"], "update");
+        if let Some(topics) = u.get("topics") {
+            assert_eq!(topics[0]["tiers"]["broker"]["records"], 1200);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no topics update");
+    }
+}
+
+#[test]
+fn a_broken_config_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nbuckt_width = \"10s\"\n").unwrap();
+    let out = common::tally().args(["agent", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("buckt_width") && err.contains("bad.toml"), "{err}");
+
+    let out = common::tally().args(["agent", "--bucket-width", "ten"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"ten\""));
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "bucket_width = \"10s\"\nwindow = \"30m\"\n").unwrap();
+    let out = common::tally()
+        .args(["agent", "--print-config", "--window", "2h", "--config"])
+        .arg(&good)
+        .env("TALLY_AGENT_LISTEN", "127.0.0.1:9555")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("bucket_width = \"10s\""), "{printed}");
+    assert!(printed.contains("window = \"2h\""), "flag wins over file: {printed}");
+    assert!(printed.contains("listen = \"127.0.0.1:9555\""), "env applies: {printed}");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = common::tally().args(["agent", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("agent_help", String::from_utf8_lossy(&out.stdout));
+    let out = common::tally().args(["demo", "--help"]).output().unwrap();
+    insta::assert_snapshot!("demo_help", String::from_utf8_lossy(&out.stdout));
+}
