@@ -14,11 +14,24 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const FLAGS: &[&str] = &["--bucket-width", "1s", "--grace", "1s", "--window", "10m", "--tick", "100ms"];
+const FLAGS: &[&str] = &[
+    "--bucket-width",
+    "1s",
+    "--grace",
+    "1s",
+    "--window",
+    "10m",
+    "--tick",
+    "100ms",
+];
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(agent: &Agent, token: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+async fn connect(
+    agent: &Agent,
+    token: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{}/api/v1/ingest", agent.addr).into_client_request()?;
     if let Some(t) = token {
         req.headers_mut()
@@ -81,9 +94,12 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
         })
         .reduce(|a, b| a + b)
 }
@@ -104,11 +120,17 @@ async fn streams_counts_and_lag_then_serves_the_books() {
     let agent = Agent::start(&dir.path().join("agent"), FLAGS);
     let mut ws = connect(&agent, None).await.unwrap();
     send(&mut ws, &hello("broker-1", 1)).await;
-    assert_eq!(recv(&mut ws).await, json!({"type": "welcome", "bucket_width_ms": 1000}));
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type": "welcome", "bucket_width_ms": 1000})
+    );
     let bucket = past_bucket();
     send(&mut ws, &books(bucket, 1)).await;
     send(&mut ws, &lag(2)).await;
-    let mut acked = vec![recv(&mut ws).await["seq"].as_u64(), recv(&mut ws).await["seq"].as_u64()];
+    let mut acked = vec![
+        recv(&mut ws).await["seq"].as_u64(),
+        recv(&mut ws).await["seq"].as_u64(),
+    ];
     acked.sort();
     assert_eq!(acked, vec![Some(1), Some(2)]);
 
@@ -117,7 +139,10 @@ async fn streams_counts_and_lag_then_serves_the_books() {
         (tier(&t, "group:billing")["records"] == 1150).then_some(t)
     });
     let broker = tier(&topics, "broker");
-    assert_eq!((broker["records"].as_u64(), broker["missing"].as_u64()), (Some(1200), Some(0)));
+    assert_eq!(
+        (broker["records"].as_u64(), broker["missing"].as_u64()),
+        (Some(1200), Some(0))
+    );
     let billing = tier(&topics, "group:billing");
     assert_eq!(billing["pending"], 50);
     assert_eq!(billing["expired"], 0);
@@ -134,11 +159,17 @@ async fn streams_counts_and_lag_then_serves_the_books() {
     let (status, body) = get(agent.addr, "/api/v1/topics/nope/buckets", None);
     assert_eq!(status, 404);
     let err: Value = serde_json::from_str(&body).unwrap();
-    assert!(err["detail"].as_str().unwrap().contains("\"nope\""), "{body}");
+    assert!(
+        err["detail"].as_str().unwrap().contains("\"nope\""),
+        "{body}"
+    );
 
     let groups = agent.json("/api/v1/groups");
     let g = &groups["groups"][0];
-    assert_eq!((g["group"].as_str(), g["status"].as_str()), (Some("billing"), Some("ok")));
+    assert_eq!(
+        (g["group"].as_str(), g["status"].as_str()),
+        (Some("billing"), Some("ok"))
+    );
     assert_eq!(g["lag_records"], 50);
     assert_eq!(g["max_lag_seconds"], 3.2);
     assert_eq!(g["partitions"][0]["end_offset"], 400);
@@ -152,21 +183,82 @@ async fn streams_counts_and_lag_then_serves_the_books() {
 
     let text = agent.metrics();
     let m = |name, labels: &[(&str, &str)]| metric(&text, name, labels);
-    assert_eq!(m("tally_audit_records_total", &[("tier", "broker"), ("cluster", "local")]), Some(1200.0));
-    assert_eq!(m("tally_audit_records_total", &[("tier", "group:billing")]), Some(1150.0));
-    assert_eq!(m("tally_audit_missing_records", &[("tier", "group:billing")]), Some(0.0));
     assert_eq!(
-        m("tally_audit_buckets", &[("tier", "group:billing"), ("status", "pending")]),
+        m(
+            "tally_audit_records_total",
+            &[("tier", "broker"), ("cluster", "local")]
+        ),
+        Some(1200.0)
+    );
+    assert_eq!(
+        m("tally_audit_records_total", &[("tier", "group:billing")]),
+        Some(1150.0)
+    );
+    assert_eq!(
+        m("tally_audit_missing_records", &[("tier", "group:billing")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m(
+            "tally_audit_buckets",
+            &[("tier", "group:billing"), ("status", "pending")]
+        ),
         Some(1.0)
     );
-    assert_eq!(m("tally_consumer_lag_records", &[("group", "billing"), ("partition", "0")]), Some(50.0));
-    assert_eq!(m("tally_consumer_lag_seconds", &[("group", "billing"), ("partition", "0")]), Some(3.2));
-    assert_eq!(m("tally_consumer_group_lag_records", &[("group", "billing")]), Some(50.0));
-    assert_eq!(m("tally_consumer_group_status", &[("group", "billing"), ("status", "ok")]), Some(1.0));
-    assert_eq!(m("tally_consumer_group_status", &[("group", "billing"), ("status", "err")]), Some(0.0));
-    assert_eq!(m("tally_partition_end_offset", &[("topic", "orders"), ("partition", "0")]), Some(400.0));
-    assert_eq!(m("tally_ingest_messages_total", &[("source", "broker-1"), ("type", "counts")]), Some(1.0));
-    assert!(m("tally_source_last_seen_timestamp_seconds", &[("source", "broker-1")]).unwrap() > 1.7e9);
+    assert_eq!(
+        m(
+            "tally_consumer_lag_records",
+            &[("group", "billing"), ("partition", "0")]
+        ),
+        Some(50.0)
+    );
+    assert_eq!(
+        m(
+            "tally_consumer_lag_seconds",
+            &[("group", "billing"), ("partition", "0")]
+        ),
+        Some(3.2)
+    );
+    assert_eq!(
+        m("tally_consumer_group_lag_records", &[("group", "billing")]),
+        Some(50.0)
+    );
+    assert_eq!(
+        m(
+            "tally_consumer_group_status",
+            &[("group", "billing"), ("status", "ok")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(
+            "tally_consumer_group_status",
+            &[("group", "billing"), ("status", "err")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m(
+            "tally_partition_end_offset",
+            &[("topic", "orders"), ("partition", "0")]
+        ),
+        Some(400.0)
+    );
+    assert_eq!(
+        m(
+            "tally_ingest_messages_total",
+            &[("source", "broker-1"), ("type", "counts")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        m(
+            "tally_source_last_seen_timestamp_seconds",
+            &[("source", "broker-1")]
+        )
+        .unwrap()
+            > 1.7e9
+    );
 
     if let Some(promtool) = require_tool("promtool") {
         let mut child = std::process::Command::new(promtool)
@@ -176,7 +268,12 @@ async fn streams_counts_and_lag_then_serves_the_books() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -192,13 +289,25 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(
         &dir.path().join("agent"),
-        &[FLAGS, &["--max-series-per-source", "4", "--max-message-bytes", "4096"]].concat(),
+        &[
+            FLAGS,
+            &[
+                "--max-series-per-source",
+                "4",
+                "--max-message-bytes",
+                "4096",
+            ],
+        ]
+        .concat(),
     );
     let mut ws = connect(&agent, None).await.unwrap();
     // Before the hello, messages are refused but the connection stays.
     send(&mut ws, &books(past_bucket(), 1)).await;
     let r = recv(&mut ws).await;
-    assert_eq!((r["type"].as_str(), r["reason"].as_str()), (Some("error"), Some("protocol")));
+    assert_eq!(
+        (r["type"].as_str(), r["reason"].as_str()),
+        (Some("error"), Some("protocol"))
+    );
     send(&mut ws, &hello("b", 1)).await;
     assert_eq!(recv(&mut ws).await["type"], "welcome");
 
@@ -246,7 +355,11 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     send(&mut ws, &json!({"v": 1, "type": "counts", "seq": 77, "counts": [count("broker", 0, bucket + 1, 1)]})).await;
     assert_eq!(recv(&mut ws).await["seq"], 77);
     // The same connection still takes a good message.
-    send(&mut ws, &json!({"v": 1, "type": "counts", "seq": 10, "counts": [count("broker", 0, bucket, 7)]})).await;
+    send(
+        &mut ws,
+        &json!({"v": 1, "type": "counts", "seq": 10, "counts": [count("broker", 0, bucket, 7)]}),
+    )
+    .await;
     assert_eq!(recv(&mut ws).await, json!({"type": "ack", "seq": 10}));
 
     // A hello with another width is refused.
@@ -260,7 +373,12 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
 
     let text = agent.until(5, "error counters", |a| {
         let t = a.metrics();
-        (metric(&t, "tally_ingest_errors_total", &[("reason", "width_mismatch")]) == Some(1.0)).then_some(t)
+        (metric(
+            &t,
+            "tally_ingest_errors_total",
+            &[("reason", "width_mismatch")],
+        ) == Some(1.0))
+        .then_some(t)
     });
     for (reason, n) in [
         ("malformed", 1.0),
@@ -272,12 +390,19 @@ async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
         ("cardinality", 1.0),
         ("protocol", 1.0),
     ] {
-        assert_eq!(metric(&text, "tally_ingest_errors_total", &[("reason", reason)]), Some(n), "{reason}");
+        assert_eq!(
+            metric(&text, "tally_ingest_errors_total", &[("reason", reason)]),
+            Some(n),
+            "{reason}"
+        );
     }
     agent.until(5, "the good message's count", |a| {
         (tier(&a.json("/api/v1/topics"), "broker")["records"] == 7).then_some(())
     });
-    assert!(agent.log().contains("ingest refused"), "refusals are logged");
+    assert!(
+        agent.log().contains("ingest refused"),
+        "refusals are logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +432,10 @@ async fn kill_9_and_restart_keep_the_books_and_resends_do_not_double_count() {
         let b = a.json("/api/v1/topics/orders/buckets");
         (b["buckets"] == buckets_before["buckets"]).then_some(b)
     });
-    assert_eq!(buckets_after["buckets"][0]["tiers"]["group:billing"]["pending"], 50);
+    assert_eq!(
+        buckets_after["buckets"][0]["tiers"]["group:billing"]["pending"],
+        50
+    );
     assert_eq!(agent.json("/api/v1/groups")["groups"][0]["lag_records"], 50);
     let sources = agent.json("/api/v1/sources");
     assert_eq!(sources["sources"][0]["messages"]["counts"], 1);
@@ -327,7 +455,10 @@ async fn kill_9_and_restart_keep_the_books_and_resends_do_not_double_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_ingest_and_the_api_but_not_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&dir.path().join("agent"), &[FLAGS, &["--token", "s3cret"]].concat());
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &[FLAGS, &["--token", "s3cret"]].concat(),
+    );
     let (status, body) = get(agent.addr, "/api/v1/topics", None);
     assert_eq!(status, 401);
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -346,7 +477,12 @@ async fn a_token_guards_ingest_and_the_api_but_not_metrics() {
     send(&mut ws, &hello("b", 1)).await;
     assert_eq!(recv(&mut ws).await["type"], "welcome");
     let post = json!([hello("p", 1)]).to_string();
-    assert_eq!(request(agent.addr, "POST", "/api/v1/ingest", None, Some(&post)).unwrap().0, 401);
+    assert_eq!(
+        request(agent.addr, "POST", "/api/v1/ingest", None, Some(&post))
+            .unwrap()
+            .0,
+        401
+    );
 }
 
 #[test]
@@ -356,31 +492,65 @@ fn post_ingest_answers_every_message_of_the_batch() {
     let bucket = past_bucket();
     let batch = json!([hello("poster", 1), books(bucket, 1),
         {"v": 1, "type": "counts", "seq": 2, "counts": [count("broker", 0, bucket + 3, 1)]}, lag(3)]);
-    let (status, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some(&batch.to_string())).unwrap();
+    let (status, body) = request(
+        agent.addr,
+        "POST",
+        "/api/v1/ingest",
+        None,
+        Some(&batch.to_string()),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(replies[0], json!({"type": "welcome", "bucket_width_ms": 1000}));
+    assert_eq!(
+        replies[0],
+        json!({"type": "welcome", "bucket_width_ms": 1000})
+    );
     assert_eq!(replies[1], json!({"type": "ack", "seq": 1}));
-    assert_eq!((replies[2]["type"].as_str(), replies[2]["seq"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!(
+        (replies[2]["type"].as_str(), replies[2]["seq"].as_u64()),
+        (Some("error"), Some(2))
+    );
     assert_eq!(replies[3], json!({"type": "ack", "seq": 3}));
     agent.until(5, "posted counts", |a| {
         (tier(&a.json("/api/v1/topics"), "broker")["records"] == 1200).then_some(())
     });
     // A batch must open with a hello.
-    let (_, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some(&json!([books(bucket, 9)]).to_string())).unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()[0]["reason"], "protocol");
-    let (status, body) = request(agent.addr, "POST", "/api/v1/ingest", None, Some("{not an array")).unwrap();
+    let (_, body) = request(
+        agent.addr,
+        "POST",
+        "/api/v1/ingest",
+        None,
+        Some(&json!([books(bucket, 9)]).to_string()),
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()[0]["reason"],
+        "protocol"
+    );
+    let (status, body) = request(
+        agent.addr,
+        "POST",
+        "/api/v1/ingest",
+        None,
+        Some("{not an array"),
+    )
+    .unwrap();
     assert_eq!(status, 400);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "malformed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "malformed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_a_snapshot_then_updates() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&dir.path().join("agent"), FLAGS);
-    let (mut feed, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/stream", agent.addr))
-        .await
-        .unwrap();
+    let (mut feed, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/stream", agent.addr))
+            .await
+            .unwrap();
     let first = recv(&mut feed).await;
     assert_eq!(first["type"], "snapshot");
     assert_eq!(first["snapshot"]["width_ms"], 1000);
@@ -407,12 +577,22 @@ fn a_broken_config_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nbuckt_width = \"10s\"\n").unwrap();
-    let out = common::tally().args(["agent", "--config"]).arg(&bad).output().unwrap();
+    let out = common::tally()
+        .args(["agent", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("buckt_width") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("buckt_width") && err.contains("bad.toml"),
+        "{err}"
+    );
 
-    let out = common::tally().args(["agent", "--bucket-width", "ten"]).output().unwrap();
+    let out = common::tally()
+        .args(["agent", "--bucket-width", "ten"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"ten\""));
 
@@ -424,11 +604,21 @@ fn a_broken_config_is_refused_with_the_key_named() {
         .env("TALLY_AGENT_LISTEN", "127.0.0.1:9555")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("bucket_width = \"10s\""), "{printed}");
-    assert!(printed.contains("window = \"2h\""), "flag wins over file: {printed}");
-    assert!(printed.contains("listen = \"127.0.0.1:9555\""), "env applies: {printed}");
+    assert!(
+        printed.contains("window = \"2h\""),
+        "flag wins over file: {printed}"
+    );
+    assert!(
+        printed.contains("listen = \"127.0.0.1:9555\""),
+        "env applies: {printed}"
+    );
 }
 
 #[test]

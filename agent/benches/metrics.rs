@@ -121,7 +121,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
             last_seen_ms: NOW,
             messages: BTreeMap::from([("counts".into(), 1_000), ("lag".into(), 1_000)]),
             errors: 0,
-        connected: true,
+            connected: true,
         }],
         alerts: Vec::new(),
     }

@@ -769,7 +769,12 @@ impl Ledger {
         let mut per_bucket: BTreeMap<i64, Vec<(u32, Counts)>> = BTreeMap::new();
         let first_bucket: HashMap<u32, i64> = series_ids
             .iter()
-            .filter_map(|&s| self.sums.range((s, i64::MIN)..=(s, i64::MAX)).next().map(|(&(_, b), _)| (s, b)))
+            .filter_map(|&s| {
+                self.sums
+                    .range((s, i64::MIN)..=(s, i64::MAX))
+                    .next()
+                    .map(|(&(_, b), _)| (s, b))
+            })
             .collect();
         for &s in &series_ids {
             for (&(_, b), c) in self.sums.range((s, window_start)..=(s, i64::MAX)) {

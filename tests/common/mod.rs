@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A free port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The `tally` binary under test.
@@ -125,7 +129,10 @@ pub fn request(
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
@@ -141,7 +148,10 @@ pub fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_owned()
@@ -162,7 +172,11 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-pub fn try_get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+pub fn try_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     request(addr, "GET", path, token, None)
 }
 
@@ -180,7 +194,9 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     });
     if found.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{name} is required under CI=true but is not installed (scripts/test installs it)");
+            panic!(
+                "{name} is required under CI=true but is not installed (scripts/test installs it)"
+            );
         }
         eprintln!("SKIPPED: {name} is not installed; run scripts/test to install it");
     }

@@ -474,15 +474,27 @@ fn a_group_that_consumed_nothing_of_a_bucket_is_pending_there() {
     l.apply_counts(
         s,
         1,
-        &[entry("broker", 0, B0, 10), entry("broker", 0, B0 + 1_000, 5), group(10, 0, 0)],
+        &[
+            entry("broker", 0, B0, 10),
+            entry("broker", 0, B0 + 1_000, 5),
+            group(10, 0, 0),
+        ],
         0,
     )
     .unwrap();
     let snap = l.evaluate(NOW_CLOSED);
     let second = &snap.buckets[0].buckets[1].tiers["group:billing"];
-    assert_eq!((second.status, second.records, second.pending), (BucketStatus::Pending, 0, Some(5)));
+    assert_eq!(
+        (second.status, second.records, second.pending),
+        (BucketStatus::Pending, 0, Some(5))
+    );
     // Before the tier's first bucket, nothing is judged.
-    l.apply_counts(s, 2, &[entry("broker", 0, B0 - 1_000, 3)], 0).unwrap();
+    l.apply_counts(s, 2, &[entry("broker", 0, B0 - 1_000, 3)], 0)
+        .unwrap();
     let snap = l.evaluate(NOW_CLOSED);
-    assert!(!snap.buckets[0].buckets[0].tiers.contains_key("group:billing"));
+    assert!(
+        !snap.buckets[0].buckets[0]
+            .tiers
+            .contains_key("group:billing")
+    );
 }

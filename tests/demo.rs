@@ -1,0 +1,127 @@
+//! `tally demo` end to end: within its first minutes it must show every group
+//! status and every bucket status through the agent's API, and print the
+//! books when it stops.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{free_port, get};
+use serde_json::Value;
+
+fn json(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
+    match common::try_get(addr, path, None) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_demo_shows_every_status_and_prints_the_books() {
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = common::tally()
+        .args([
+            "demo",
+            "--no-tui",
+            "--duration",
+            "150",
+            "--bucket-width",
+            "2s",
+            "--agent-listen",
+        ])
+        .arg(addr.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+
+    let set = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let want_groups = set(&["ok", "warn", "err"]);
+    let want_partitions = set(&["ok", "warn", "stop", "stall", "rewind"]);
+    let want_buckets = set(&[
+        "open",
+        "complete",
+        "pending",
+        "incomplete",
+        "excess",
+        "late",
+    ]);
+    let (mut groups, mut partitions, mut buckets) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut expired = 0;
+    let mut skipped = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && (groups != want_groups
+            || partitions != want_partitions
+            || buckets != want_buckets
+            || expired == 0)
+    {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(g) = json(addr, "/api/v1/groups") {
+            for group in g["groups"].as_array().unwrap() {
+                groups.insert(group["status"].as_str().unwrap().to_owned());
+                for p in group["partitions"].as_array().unwrap() {
+                    partitions.insert(p["status"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        if let Some(t) = json(addr, "/api/v1/topics") {
+            for topic in t["topics"].as_array().unwrap() {
+                for (_, tier) in topic["tiers"].as_object().unwrap() {
+                    expired = expired.max(tier["expired"].as_u64().unwrap_or(0));
+                    skipped = skipped.max(tier["skipped"].as_u64().unwrap_or(0));
+                }
+                let name = topic["topic"].as_str().unwrap();
+                if let Some(b) = json(addr, &format!("/api/v1/topics/{name}/buckets")) {
+                    for bucket in b["buckets"].as_array().unwrap() {
+                        for (_, tier) in bucket["tiers"].as_object().unwrap() {
+                            buckets.insert(tier["status"].as_str().unwrap().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(groups, want_groups, "group statuses seen");
+    assert_eq!(partitions, want_partitions, "partition statuses seen");
+    assert_eq!(buckets, want_buckets, "bucket statuses seen");
+    assert!(expired > 0, "a group lost records to retention");
+    assert!(skipped > 0, "a group that joined late skipped records");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "TOPIC",
+        "group:billing",
+        "produced",
+        "GROUP",
+        "legacy-export",
+        "fraud-check",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "summary lacks {needle}: {summary}"
+        );
+    }
+    // The agent stopped with the demo.
+    assert!(
+        common::try_get(addr, "/healthz", None).is_err() || get(addr, "/healthz", None).0 != 200
+    );
+}
