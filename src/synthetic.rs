@@ -124,13 +124,18 @@ struct Topic {
     lose_one_in: Option<u64>,
 }
 
+/// (tier, topic, partition, bucket).
+type CellKey = (Tier, &'static str, i32, i64);
+/// (records, expired, skipped).
+type Tallies = (u64, u64, u64);
+
 /// The simulated pipeline.
 pub(crate) struct Synthetic {
     width: BucketWidth,
     topics: Vec<Topic>,
     groups: Vec<Group>,
     second: u64,
-    sent: HashMap<(Tier, &'static str, i32, i64), (u64, u64, u64, u64)>,
+    sent: HashMap<CellKey, Tallies>,
     seed: u64,
 }
 
@@ -225,14 +230,14 @@ impl Synthetic {
 
     /// Hands the current cumulative counts and lag to the emitters.
     pub(crate) fn emit(&mut self, broker: &Emitter, producer: &Emitter, now_ms: i64) {
-        let mut counts: Vec<(Tier, &'static str, i32, i64, u64, u64, u64, u64)> = Vec::new();
+        let mut counts: Vec<(CellKey, Tallies)> = Vec::new();
         for t in &self.topics {
             for (pi, p) in t.partitions.iter().enumerate() {
                 for (&b, &n) in &p.appended {
-                    counts.push((Tier::Broker, t.name, pi as i32, b, n, 0, 0, 0));
+                    counts.push(((Tier::Broker, t.name, pi as i32, b), (n, 0, 0)));
                 }
                 for (&b, &n) in &p.produced {
-                    counts.push((Tier::Produced, t.name, pi as i32, b, n, 0, 0, 0));
+                    counts.push(((Tier::Produced, t.name, pi as i32, b), (n, 0, 0)));
                 }
             }
         }
@@ -246,14 +251,8 @@ impl Synthetic {
             for k in keys {
                 let get = |m: &HashMap<(usize, i64), u64>| m.get(&k).copied().unwrap_or(0);
                 counts.push((
-                    tier.clone(),
-                    g.topic,
-                    k.0 as i32,
-                    k.1,
-                    get(&g.consumed),
-                    get(&g.expired),
-                    get(&g.skipped),
-                    0,
+                    (tier.clone(), g.topic, k.0 as i32, k.1),
+                    (get(&g.consumed), get(&g.expired), get(&g.skipped)),
                 ));
             }
             // A client-side consumer of billing's records that processes a few twice.
@@ -261,28 +260,20 @@ impl Synthetic {
                 for (&(pi, b), &n) in &g.consumed {
                     let dup = u64::from(pi == 0 && (b / self.width.ms() as i64) % 3 == 0) * 2;
                     counts.push((
-                        Tier::Consumer("etl".into()),
-                        g.topic,
-                        pi as i32,
-                        b,
-                        n + dup,
-                        0,
-                        0,
-                        0,
+                        (Tier::Consumer("etl".into()), g.topic, pi as i32, b),
+                        (n + dup, 0, 0),
                     ));
                 }
             }
         }
         let horizon = now_ms - 3_600_000;
-        for (tier, topic, partition, bucket, records, expired, skipped, _) in counts {
-            if bucket < horizon {
+        for (key, tallies) in counts {
+            let (tier, topic, partition, bucket) = key.clone();
+            let (records, expired, skipped) = tallies;
+            if bucket < horizon || self.sent.get(&key) == Some(&tallies) {
                 continue;
             }
-            let key = (tier.clone(), topic, partition, bucket);
-            if self.sent.get(&key) == Some(&(records, expired, skipped, 0)) {
-                continue;
-            }
-            self.sent.insert(key, (records, expired, skipped, 0));
+            self.sent.insert(key, tallies);
             let entry = CountEntry {
                 bytes: records * 120,
                 tier: tier.clone(),

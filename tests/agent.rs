@@ -2,6 +2,8 @@
 //! WebSocket and HTTP ingest, read through its API and /metrics, checked with
 //! promtool, killed with SIGKILL and restarted.
 
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
 mod common;
 
 use std::io::Write as _;

@@ -2,6 +2,8 @@
 //! status and every bucket status through the agent's API, and print the
 //! books when it stops.
 
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
 mod common;
 
 use std::collections::BTreeSet;

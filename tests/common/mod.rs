@@ -1,7 +1,7 @@
 //! What the end-to-end tests share: starting the real `tally` binary on a
 //! free loopback port, a small HTTP client, and finding real tools.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
