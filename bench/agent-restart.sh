@@ -59,7 +59,7 @@ for run in $(seq 1 "$RUNS"); do
     cp -r "$work/seed" "$work/run"
     sync
     start=$(now_ms)
-    RUST_LOG=warn "$tally" agent --data-dir "$work/run" --listen "127.0.0.1:$PORT" \
+    RUST_LOG=info "$tally" agent --data-dir "$work/run" --listen "127.0.0.1:$PORT" \
         >"$work/agent-$run.log" 2>&1 &
     agent_pid=$!
     deadline=$((start + READY_TIMEOUT_S * 1000))

@@ -8,10 +8,9 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode};
 use tally_agent::store::{CellRow, Store, WriteBatch};
 use tempfile::TempDir;
 
@@ -50,30 +49,25 @@ fn cell(i: usize, seq: u64) -> CellRow {
 
 /// A data directory holding `STORED_CELLS` cells, written once per run in
 /// batches of `SETUP_BATCH`, as the agent would have written them.
-fn stored_million() -> &'static Path {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = TempDir::new().expect("temporary directory");
-        let mut store = Store::open(dir.path()).expect("open the store");
-        let started = Instant::now();
-        for first in (0..STORED_CELLS).step_by(SETUP_BATCH) {
-            let batch = WriteBatch {
-                cells: (first..first + SETUP_BATCH).map(|i| cell(i, 1)).collect(),
-                ..WriteBatch::default()
-            };
-            store.write(&batch).expect("write a setup batch");
-        }
-        eprintln!(
-            "setup: wrote {STORED_CELLS} cells in batches of {SETUP_BATCH} in {:.2?}",
-            started.elapsed()
-        );
-        dir
-    })
-    .path()
+fn stored_million() -> TempDir {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = Store::open(dir.path()).expect("open the store");
+    let started = Instant::now();
+    for first in (0..STORED_CELLS).step_by(SETUP_BATCH) {
+        let batch = WriteBatch {
+            cells: (first..first + SETUP_BATCH).map(|i| cell(i, 1)).collect(),
+            ..WriteBatch::default()
+        };
+        store.write(&batch).expect("write a setup batch");
+    }
+    eprintln!(
+        "setup: wrote {STORED_CELLS} cells in batches of {SETUP_BATCH} in {:.2?}",
+        started.elapsed()
+    );
+    dir
 }
 
-fn restart(c: &mut Criterion) {
-    let dir = stored_million();
+fn restart(c: &mut Criterion, dir: &Path) {
     let mut group = c.benchmark_group("store");
     group.sampling_mode(SamplingMode::Flat);
     group.measurement_time(Duration::from_secs(10));
@@ -88,8 +82,7 @@ fn restart(c: &mut Criterion) {
     group.finish();
 }
 
-fn commit(c: &mut Criterion) {
-    let dir = stored_million();
+fn commit(c: &mut Criterion, dir: &Path) {
     let mut store = Store::open(dir).expect("open the store");
     let mut group = c.benchmark_group("store");
     group.sampling_mode(SamplingMode::Flat);
@@ -110,7 +103,7 @@ fn commit(c: &mut Criterion) {
                 }
             },
             |batch| store.write(&batch).expect("commit"),
-            criterion::BatchSize::PerIteration,
+            BatchSize::PerIteration,
         )
     });
 
@@ -127,16 +120,22 @@ fn commit(c: &mut Criterion) {
                 }
             },
             |batch| store.write(&batch).expect("commit"),
-            criterion::BatchSize::PerIteration,
+            BatchSize::PerIteration,
         )
     });
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1));
+// A hand-written main instead of `criterion_main!`, so that the data directory
+// is removed when the run ends.
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    let dir = stored_million();
     // `restart` first: `commit` adds cells to the same directory.
-    targets = restart, commit
+    restart(&mut c, dir.path());
+    commit(&mut c, dir.path());
+    c.final_summary();
 }
-criterion_main!(benches);

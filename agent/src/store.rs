@@ -36,7 +36,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cells and history lead their primary key with the bucket: a commit touches
 /// the newest buckets of every source and series, and with the bucket first
 /// those rows sit together at the end of the tree instead of on one page per
-/// (source, series, partition) — which made a commit of 10,000 new cells ten
+/// (source, series, partition) — which made a commit of 10,000 new cells over ten
 /// times slower. Pruning by age is then a range delete on the key.
 const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -1068,7 +1068,6 @@ mod tests {
             ])
             .env(CHILD_DIR, dir.path())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

@@ -15,8 +15,24 @@ const SEEDS: &[&str] = &[
 
 /// Fragments that reach the decoder's edge cases when spliced in.
 const TOKENS: &[&str] = &[
-    "-1", "1e309", "18446744073709551616", "9007199254740992", "null", "\"\"", "[]", "{}", "\"\\u0000\"", "NaN",
-    "0.5", "\"group:\"", "\"..\"", ",", ":", "\"v\":2", "\"type\":\"x\"", "99999999999999999999999",
+    "-1",
+    "1e309",
+    "18446744073709551616",
+    "9007199254740992",
+    "null",
+    "\"\"",
+    "[]",
+    "{}",
+    "\"\\u0000\"",
+    "NaN",
+    "0.5",
+    "\"group:\"",
+    "\"..\"",
+    ",",
+    ":",
+    "\"v\":2",
+    "\"type\":\"x\"",
+    "99999999999999999999999",
 ];
 
 struct Rng(u64);
@@ -82,5 +98,8 @@ fn the_decoder_survives_mutated_messages() {
         let _ = split_batch(&input, &limits);
     }
     // Both paths were exercised, so the loop tested something.
-    assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
+    assert!(
+        accepted > 100 && refused > 100,
+        "accepted {accepted}, refused {refused}"
+    );
 }
