@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tally_agent::config::AgentConfig;
+use tally_broker::config::BrokerConfig;
 
 /// tally: end-to-end audit and consumer-lag monitoring for Kafka-style streams.
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the agent: ingest, ledger, evaluation, HTTP API and /metrics.
     Agent(AgentArgs),
+    /// Run the Kafka-compatible broker.
+    Broker(BrokerArgs),
     /// Run the demo: an agent and a synthetic pipeline that shows every status.
     Demo(DemoArgs),
 }
@@ -133,6 +136,122 @@ impl AgentArgs {
     }
 }
 
+/// Flags of `tally broker`. Each has an environment variable and a config-file key.
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// TOML config file; its keys are the flag names with underscores (see tally-broker.example.toml).
+    #[arg(long, env = "TALLY_BROKER_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address of the Kafka listener [default: 127.0.0.1:9092].
+    #[arg(long, env = "TALLY_BROKER_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// host:port that clients are told to connect to [default: the listen address].
+    #[arg(
+        long,
+        env = "TALLY_BROKER_ADVERTISED_LISTENER",
+        value_name = "HOST:PORT"
+    )]
+    pub(crate) advertised_listener: Option<String>,
+    /// Folder of the log and the broker's state [default: ./data/broker].
+    #[arg(long, env = "TALLY_BROKER_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the broker's own /metrics [default: 127.0.0.1:9401].
+    #[arg(long, env = "TALLY_BROKER_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Serve no /metrics.
+    #[arg(long, env = "TALLY_BROKER_NO_METRICS")]
+    pub(crate) no_metrics: bool,
+    /// Cluster name the broker reports under [default: local].
+    #[arg(long, env = "TALLY_BROKER_CLUSTER", value_name = "NAME")]
+    pub(crate) cluster: Option<String>,
+    /// This broker's node id [default: 0].
+    #[arg(long, env = "TALLY_BROKER_NODE_ID", value_name = "ID")]
+    pub(crate) node_id: Option<i32>,
+    /// Create topics on Metadata requests: true or false [default: true].
+    #[arg(long, env = "TALLY_BROKER_AUTO_CREATE_TOPICS", value_name = "BOOL")]
+    pub(crate) auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long, env = "TALLY_BROKER_DEFAULT_PARTITIONS", value_name = "N")]
+    pub(crate) default_partitions: Option<i32>,
+    /// Largest request frame in bytes [default: 104857600].
+    #[arg(long, env = "TALLY_BROKER_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub(crate) max_frame_bytes: Option<usize>,
+    /// Most client connections at once [default: 1024].
+    #[arg(long, env = "TALLY_BROKER_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// When appends reach the disk: always, interval:MS or never [default: interval:1000].
+    #[arg(long, env = "TALLY_BROKER_FSYNC", value_name = "POLICY")]
+    pub(crate) fsync: Option<String>,
+    /// Roll a segment at this size in bytes [default: 1073741824].
+    #[arg(long, env = "TALLY_BROKER_SEGMENT_BYTES", value_name = "BYTES")]
+    pub(crate) segment_bytes: Option<u64>,
+    /// Roll a segment this long after it was opened [default: 7d].
+    #[arg(long, env = "TALLY_BROKER_SEGMENT_TIME", value_name = "DURATION", value_parser = duration)]
+    pub(crate) segment_time: Option<Duration>,
+    /// Default retention by time for topics; `retention.ms` overrides it [default: 7d].
+    #[arg(long, env = "TALLY_BROKER_RETENTION", value_name = "DURATION", value_parser = duration)]
+    pub(crate) retention: Option<Duration>,
+    /// Default retention by size per partition; `retention.bytes` overrides it [default: unlimited].
+    #[arg(long, env = "TALLY_BROKER_RETENTION_BYTES", value_name = "BYTES")]
+    pub(crate) retention_bytes: Option<u64>,
+    /// How often retention and segment rolling are checked [default: 30s].
+    #[arg(long, env = "TALLY_BROKER_RETENTION_CHECK", value_name = "DURATION", value_parser = duration)]
+    pub(crate) retention_check: Option<Duration>,
+    /// Print the effective config as TOML and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+}
+
+impl BrokerArgs {
+    /// The effective config.
+    pub(crate) fn resolve(&self) -> anyhow::Result<BrokerConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file \"{}\"", path.display()))?;
+                BrokerConfig::from_toml(&text, &path.display().to_string())?
+            }
+            None => BrokerConfig::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
+        }
+        take!(
+            listen,
+            data_dir,
+            cluster,
+            node_id,
+            auto_create_topics,
+            default_partitions,
+            max_frame_bytes
+        );
+        take!(
+            max_connections,
+            fsync,
+            segment_bytes,
+            segment_time,
+            retention_check
+        );
+        if self.advertised_listener.is_some() {
+            cfg.advertised_listener = self.advertised_listener.clone();
+        }
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen;
+        }
+        if self.no_metrics {
+            cfg.metrics_listen = None;
+        }
+        if self.retention.is_some() {
+            cfg.retention = self.retention;
+        }
+        if self.retention_bytes.is_some() {
+            cfg.retention_bytes = self.retention_bytes;
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
 /// Flags of `tally demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -171,6 +290,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             runtime.block_on(tally_agent::service::run(cfg))?;
+            Ok(())
+        }
+        Command::Broker(args) => {
+            let cfg = args.resolve()?;
+            if args.print_config {
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            runtime.block_on(tally_broker::server::run(
+                cfg,
+                tally_agent::service::shutdown_signal(),
+            ))?;
             Ok(())
         }
         Command::Demo(args) => runtime.block_on(crate::demo::run(args)),

@@ -123,8 +123,10 @@ async fn readyz(State(shared): State<AppState>) -> Response {
 }
 
 async fn metrics(State(shared): State<AppState>) -> Response {
-    let snap = shared.snapshot.borrow().clone();
-    let body = shared.metrics.render(&snap);
+    let cached = shared.exposition.borrow().clone();
+    let mut body = Vec::with_capacity(cached.len() + 4096);
+    body.extend_from_slice(&cached);
+    body.extend_from_slice(&shared.metrics.render_live());
     (
         [(
             header::CONTENT_TYPE,

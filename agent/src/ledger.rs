@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use tally_audit::snapshot::{
     BucketBooks, BucketTier, GroupHealth, PartitionLag, SourceInfo, TierBooks, TopicBooks,
     TopicBuckets,
@@ -131,7 +132,7 @@ struct Source {
     messages: [u64; 3],
     errors: u64,
     sessions: u32,
-    series: HashSet<(u32, i32)>,
+    series: FxHashSet<(u32, i32)>,
     lag_series: usize,
 }
 
@@ -177,14 +178,14 @@ pub struct Ledger {
     series_ids: HashMap<String, u32>,
     topics: Vec<Topic>,
     topic_ids: HashMap<(String, String), u32>,
-    cells: HashMap<CellKey, Cell>,
+    cells: FxHashMap<CellKey, Cell>,
     sums: BTreeMap<(u32, i64), Counts>,
     closed: HashMap<(u32, i64), Closed>,
     lag: BTreeMap<HealthKey, LagEntry>,
     key_buf: String,
     dirty_cells: Vec<CellKey>,
     dirty_sources: HashSet<u32>,
-    dirty_series: HashSet<u32>,
+    dirty_series: FxHashSet<u32>,
     dirty_history: Vec<HistoryRow>,
     dirty_health: HashSet<HealthKey>,
 }
@@ -215,14 +216,14 @@ impl Ledger {
             series_ids: HashMap::new(),
             topics: Vec::new(),
             topic_ids: HashMap::new(),
-            cells: HashMap::new(),
+            cells: FxHashMap::default(),
             sums: BTreeMap::new(),
             closed: HashMap::new(),
             lag: BTreeMap::new(),
             key_buf: String::new(),
             dirty_cells: Vec::new(),
             dirty_sources: HashSet::new(),
-            dirty_series: HashSet::new(),
+            dirty_series: FxHashSet::default(),
             dirty_history: Vec::new(),
             dirty_health: HashSet::new(),
         }
@@ -253,7 +254,7 @@ impl Ledger {
                     messages: [0; 3],
                     errors: 0,
                     sessions: 0,
-                    series: HashSet::new(),
+                    series: FxHashSet::default(),
                     lag_series: 0,
                 });
                 self.source_ids.insert(hello.source.clone(), id);
@@ -363,16 +364,26 @@ impl Ledger {
                 ),
             ));
         }
-        let ids: Vec<u32> = entries
-            .iter()
-            .map(|e| self.series_id(&cluster, &e.topic, &e.tier))
-            .collect();
+        // Emitters group entries by topic and tier: look each run up once.
+        let mut ids: Vec<u32> = Vec::with_capacity(entries.len());
+        let mut last: Option<(&str, &Tier, u32)> = None;
+        for e in entries {
+            let id = match last {
+                Some((topic, tier, id)) if topic == e.topic && *tier == e.tier => id,
+                _ => self.series_id(&cluster, &e.topic, &e.tier),
+            };
+            last = Some((&e.topic, &e.tier, id));
+            ids.push(id);
+        }
         let src = &self.sources[session.source as usize];
-        let mut fresh: HashSet<(u32, i32)> = HashSet::new();
+        let mut fresh: FxHashSet<(u32, i32)> = FxHashSet::default();
+        let mut last = None;
         for (e, &id) in entries.iter().zip(&ids) {
-            if !src.series.contains(&(id, e.partition)) {
-                fresh.insert((id, e.partition));
+            let key = (id, e.partition);
+            if last != Some(key) && !src.series.contains(&key) {
+                fresh.insert(key);
             }
+            last = Some(key);
         }
         let open = src.series.len() + src.lag_series;
         if open + fresh.len() > self.cfg.max_series_per_source {
@@ -627,7 +638,7 @@ impl Ledger {
                 messages,
                 errors: s.errors,
                 sessions: 0,
-                series: HashSet::new(),
+                series: FxHashSet::default(),
                 lag_series: 0,
             });
         }
@@ -646,6 +657,7 @@ impl Ledger {
             ledger.series[i].pruned.expired = s.pruned_expired;
         }
         ledger.cells.reserve(loaded.cells.len());
+        let mut last_series = None;
         for c in loaded.cells {
             if c.source as usize >= ledger.sources.len() || c.series as usize >= ledger.series.len()
             {
@@ -669,9 +681,12 @@ impl Ledger {
             };
             ledger.sums.entry((c.series, c.bucket)).or_default().add(&v);
             ledger.series[c.series as usize].live.add(&v);
-            ledger.sources[c.source as usize]
-                .series
-                .insert((c.series, c.partition));
+            if last_series != Some((c.source, c.series, c.partition)) {
+                ledger.sources[c.source as usize]
+                    .series
+                    .insert((c.series, c.partition));
+                last_series = Some((c.source, c.series, c.partition));
+            }
             ledger.cells.insert(
                 key,
                 Cell {

@@ -2,11 +2,10 @@
 //! the agent's own live counters.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use tally_audit::{BucketStatus, GroupStatus, PartitionStatus, Reason, Snapshot};
+use tally_audit::{BucketStatus, GroupStatus, Reason, Snapshot};
 
 /// The agent's own counters, updated as things happen.
 #[derive(Clone)]
@@ -69,13 +68,28 @@ impl AgentMetrics {
 
     /// The text exposition of `snapshot` and the live counters.
     pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
-        let mut families = snapshot_families(snapshot);
-        families.extend(self.registry.gather());
-        let mut out = Vec::with_capacity(families.iter().map(|f| f.get_metric().len() * 96).sum());
-        // Encoding plain in-memory families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&families, &mut out);
+        let mut out = self.render_snapshot(snapshot);
+        out.extend(self.render_live());
         out
     }
+
+    /// The text exposition of the series derived from `snapshot`; the agent
+    /// renders it once per evaluation, not per scrape.
+    pub fn render_snapshot(&self, snapshot: &Snapshot) -> Vec<u8> {
+        encode(&snapshot_families(snapshot))
+    }
+
+    /// The text exposition of the live counters.
+    pub fn render_live(&self) -> Vec<u8> {
+        encode(&self.registry.gather())
+    }
+}
+
+fn encode(families: &[MetricFamily]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(families.iter().map(|f| f.get_metric().len() * 96).sum());
+    // Encoding plain in-memory families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(families, &mut out);
+    out
 }
 
 impl Default for AgentMetrics {
@@ -223,7 +237,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     );
     let mut part_status = Family::gauge(
         "tally_consumer_partition_status",
-        "1 for the partition's current status (ok, warn, stop, stall, rewind), 0 for the others",
+        "1 for the partition's current status (ok, warn, stop, stall, rewind); only the current status has a series",
     );
     let mut offsets: BTreeMap<(&str, &str, i32), (i64, i64)> = BTreeMap::new();
     for g in &s.groups {
@@ -251,18 +265,18 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             lag.push(&l, p.lag_records as f64);
             lag_s.push(&l, p.lag_seconds);
             committed.push(&l, p.committed as f64);
-            for status in PartitionStatus::ALL {
-                part_status.push(
-                    &[
-                        ("cluster", g.cluster.as_str()),
-                        ("group", g.group.as_str()),
-                        ("topic", p.topic.as_str()),
-                        ("partition", partition.as_str()),
-                        ("status", status.as_str()),
-                    ],
-                    f64::from(u8::from(p.status == status)),
-                );
-            }
+            // One series per partition, not five: at 100,000 partitions the
+            // one-hot form would be half of all series.
+            part_status.push(
+                &[
+                    ("cluster", g.cluster.as_str()),
+                    ("group", g.group.as_str()),
+                    ("topic", p.topic.as_str()),
+                    ("partition", partition.as_str()),
+                    ("status", p.status.as_str()),
+                ],
+                1.0,
+            );
             let e = offsets
                 .entry((g.cluster.as_str(), p.topic.as_str(), p.partition))
                 .or_insert((p.end_offset, p.start_offset));
@@ -368,6 +382,3 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     .map(|f| f.mf)
     .collect()
 }
-
-/// A shared handle on the metrics and the snapshot they render.
-pub type SharedMetrics = Arc<AgentMetrics>;

@@ -50,6 +50,8 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// The snapshot's Prometheus text, rendered once per evaluation.
+    pub(crate) exposition: watch::Sender<Arc<Vec<u8>>>,
     pub(crate) metrics: AgentMetrics,
     pub(crate) limits: Limits,
     pub(crate) token: Option<String>,
@@ -140,6 +142,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let shared = Arc::new(Shared {
         commands: commands_tx,
         snapshot: snapshot_rx.clone(),
+        exposition: watch::channel(Arc::new(Vec::new())).0,
         metrics: metrics.clone(),
         limits: Limits {
             width: ledger_cfg.width,
@@ -183,7 +186,15 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "stored state loaded"
             );
-            run_ledger(ledger, store, commands_rx, snapshot_tx, loader_shared, tick).await;
+            run_ledger(
+                ledger,
+                store,
+                commands_rx,
+                Arc::new(snapshot_tx),
+                loader_shared,
+                tick,
+            )
+            .await;
         });
         let serve = axum::serve(
             listener,
@@ -211,7 +222,7 @@ async fn run_ledger(
     mut ledger: Ledger,
     store: Store,
     mut commands: mpsc::Receiver<Command>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    snapshot: Arc<watch::Sender<Arc<Snapshot>>>,
     shared: Arc<Shared>,
     tick: Duration,
 ) {
@@ -223,10 +234,23 @@ async fn run_ledger(
         error!("cannot start the store writer: {e}");
         return;
     }
+    // Evaluation runs on this task; rendering the exposition runs beside it,
+    // and the snapshot and its text are published together, so the API and
+    // /metrics always show the same evaluation.
+    let rendering = Arc::new(AtomicBool::new(false));
     let publish = |ledger: &mut Ledger| {
-        let snap = ledger.evaluate(now_ms());
+        if rendering.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let snap = Arc::new(ledger.evaluate(now_ms()));
         shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
-        snapshot.send_replace(Arc::new(snap));
+        let (shared, snapshot, rendering) = (shared.clone(), snapshot.clone(), rendering.clone());
+        tokio::task::spawn_blocking(move || {
+            let text = shared.metrics.render_snapshot(&snap);
+            shared.exposition.send_replace(Arc::new(text));
+            snapshot.send_replace(snap);
+            rendering.store(false, Ordering::Release);
+        });
     };
     publish(&mut ledger);
     shared.ready.store(true, Ordering::Release);

@@ -337,16 +337,16 @@ impl Store {
     /// are missing. Refuses a file that is not a tally agent database, and one
     /// written with a newer schema version.
     pub fn open(dir: &Path) -> Result<Store> {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            if !meta.is_dir() {
-                return Err(Error::Io {
-                    what: format!("using '{}' as the agent's data directory", dir.display()),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotADirectory,
-                        "it is a file; give a directory, which is created if missing",
-                    ),
-                });
-            }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && !meta.is_dir()
+        {
+            return Err(Error::Io {
+                what: format!("using '{}' as the agent's data directory", dir.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "it is a file; give a directory, which is created if missing",
+                ),
+            });
         }
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             what: format!("creating the agent's data directory '{}'", dir.display()),

@@ -329,13 +329,12 @@ impl Emitter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut task) = task {
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+        if let Some(mut task) = task
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
-            {
-                task.abort();
-            }
+        {
+            task.abort();
         }
     }
 }
@@ -479,10 +478,10 @@ fn invalid_count(e: &CountEntry, width: BucketWidth) -> Option<String> {
     if let Err(err) = validate_topic(&e.topic) {
         return Some(err.detail);
     }
-    if let Tier::Group(name) | Tier::Consumer(name) = &e.tier {
-        if let Err(err) = validate_group(name) {
-            return Some(format!("tier \"{}\": {}", e.tier, err.detail));
-        }
+    if let Tier::Group(name) | Tier::Consumer(name) = &e.tier
+        && let Err(err) = validate_group(name)
+    {
+        return Some(format!("tier \"{}\": {}", e.tier, err.detail));
     }
     if let Err(err) = width.bucket_at(e.bucket.start_ms()) {
         return Some(err.detail);
@@ -649,10 +648,9 @@ impl State {
             payload: Payload::Counts(v),
             ..
         }) = self.in_flight.get_mut(&seq)
+            && v.pop_front().is_some()
         {
-            if v.pop_front().is_some() {
-                self.in_flight_entries -= 1;
-            }
+            self.in_flight_entries -= 1;
         }
     }
 

@@ -1,0 +1,125 @@
+//! Fetch (v4+): whole batches from each partition's log, honouring
+//! max_bytes, partition_max_bytes, min_bytes and max_wait_ms (long polling).
+//! Fetch sessions are not kept: the answer's session id is always 0, which
+//! tells clients to send full fetches.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+
+use crate::Error;
+use crate::server::Broker;
+
+fn read_all(
+    broker: &Broker,
+    request: &FetchRequest,
+    version: i16,
+) -> (Vec<FetchableTopicResponse>, usize) {
+    let mut budget = usize::try_from(request.max_bytes.max(0)).unwrap_or(usize::MAX);
+    let mut total = 0usize;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in &request.topics {
+        let topic = broker.topics.get(&t.topic.0);
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let answer = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_aborted_transactions(Some(Vec::new()));
+            let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
+                partitions.push(
+                    answer
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_records(Some(Bytes::new())),
+                );
+                continue;
+            };
+            let log = part.log.lock();
+            let (start, end) = (log.start_offset(), log.end_offset());
+            let answer = answer.with_high_watermark(end).with_last_stable_offset(end);
+            // log_start_offset exists from v5 on.
+            let answer = if version >= 5 {
+                answer.with_log_start_offset(start)
+            } else {
+                answer
+            };
+            let limit = usize::try_from(p.partition_max_bytes.max(0))
+                .unwrap_or(0)
+                .min(budget);
+            // Kafka returns at least one whole batch for the first partition
+            // with data, even past max_bytes, so a large batch never blocks a consumer.
+            let limit = if total == 0 { limit.max(1) } else { limit };
+            let records = if limit == 0 || p.fetch_offset == end {
+                Ok(Bytes::new())
+            } else {
+                log.read(p.fetch_offset, limit)
+            };
+            match records {
+                Ok(bytes) => {
+                    total += bytes.len();
+                    budget = budget.saturating_sub(bytes.len());
+                    partitions.push(answer.with_records(Some(bytes)));
+                }
+                Err(Error::OffsetOutOfRange { .. }) => partitions.push(
+                    answer
+                        .with_error_code(ResponseError::OffsetOutOfRange.code())
+                        .with_records(Some(Bytes::new())),
+                ),
+                Err(e) => {
+                    tracing::warn!(topic = %t.topic.0, partition = p.partition, "fetch failed: {e}");
+                    partitions.push(
+                        answer
+                            .with_error_code(ResponseError::KafkaStorageError.code())
+                            .with_records(Some(Bytes::new())),
+                    );
+                }
+            }
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (topics, total)
+}
+
+pub(super) async fn handle(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
+    let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
+    let wait = Duration::from_millis(
+        u64::try_from(request.max_wait_ms.max(0))
+            .unwrap_or(0)
+            .min(30_000),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut appended = broker.topics.subscribe();
+    let topics = loop {
+        appended.borrow_and_update();
+        let (topics, total) = read_all(broker, &request, version);
+        if total >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline {
+            break topics;
+        }
+        // Wait for an append anywhere, then read again.
+        if tokio::time::timeout_at(deadline, appended.changed())
+            .await
+            .is_err()
+        {
+            break read_all(broker, &request, version).0;
+        }
+    };
+    for t in &topics {
+        for p in &t.partitions {
+            if let Some(records) = &p.records {
+                broker.on_fetched(&t.topic.0, records);
+            }
+        }
+    }
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(topics)
+}

@@ -1,0 +1,158 @@
+//! Produce: validates each partition's v2 batches, checks idempotent
+//! producers' sequences, appends, and answers once the fsync policy is met
+//! (never for acks=0).
+
+use bytes::BytesMut;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use tracing::{debug, warn};
+
+use super::str_bytes;
+use crate::Error;
+use crate::batch::validate_batches;
+use crate::server::{Broker, now_ms};
+use crate::topics::{Partition, Refusal, Sequence};
+
+struct Outcome {
+    base_offset: i64,
+    log_append_time: i64,
+    log_start_offset: i64,
+}
+
+fn refusal_of(e: &Error) -> Refusal {
+    match e {
+        Error::CorruptBatch { .. } => Refusal::new(ResponseError::CorruptMessage, e.to_string()),
+        Error::UnsupportedMagic(_) | Error::InvalidBatch(_) => {
+            Refusal::new(ResponseError::InvalidRecord, e.to_string())
+        }
+        _ => Refusal::new(ResponseError::KafkaStorageError, e.to_string()),
+    }
+}
+
+async fn append(
+    broker: &Broker,
+    topic: &str,
+    part: &Partition,
+    records: &[u8],
+    acks: i16,
+) -> Result<Outcome, Refusal> {
+    let headers = validate_batches(records).map_err(|e| refusal_of(&e))?;
+    if headers.is_empty() {
+        return Err(Refusal::new(
+            ResponseError::InvalidRecord,
+            "the produce request holds no record batch",
+        ));
+    }
+    if headers.iter().any(|h| h.is_transactional()) {
+        return Err(Refusal::new(
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactional batches are not supported by this broker",
+        ));
+    }
+    let (outcome, sync) = {
+        let mut log = part.log.lock();
+        let mut producers = part.producers.lock();
+        // A producer sends one batch per partition per request; a retry of
+        // it is answered with the offset it got the first time.
+        for h in &headers {
+            if let Sequence::Duplicate(offset) = producers.check(h)? {
+                debug!(
+                    topic,
+                    producer = h.producer_id,
+                    seq = h.base_sequence,
+                    "duplicate batch acknowledged again"
+                );
+                return Ok(Outcome {
+                    base_offset: offset,
+                    log_append_time: -1,
+                    log_start_offset: log.start_offset(),
+                });
+            }
+        }
+        let mut bytes = BytesMut::from(records);
+        let appended = log
+            .append(&mut bytes, now_ms())
+            .map_err(|e| refusal_of(&e))?;
+        for h in &appended.headers {
+            producers.record(h);
+        }
+        broker.on_appended(topic, &appended);
+        (
+            Outcome {
+                base_offset: appended.base_offset,
+                log_append_time: appended.log_append_time,
+                log_start_offset: log.start_offset(),
+            },
+            log.sync_handle(),
+        )
+    };
+    broker.topics.notify_appended();
+    if acks != 0 {
+        broker
+            .flusher
+            .durable(sync)
+            .await
+            .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
+    }
+    Ok(outcome)
+}
+
+pub(super) async fn handle(
+    broker: &Broker,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for t in request.topic_data {
+        let name = t.name.0.to_string();
+        let topic = broker.topics.get(&name);
+        let mut partitions = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let answer = PartitionProduceResponse::default().with_index(p.index);
+            let part = topic.as_ref().and_then(|t| t.partition(p.index));
+            let result = match (part, &p.records) {
+                (None, _) => Err(Refusal::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic \"{name}\" partition {} does not exist", p.index),
+                )),
+                (Some(_), None) => Err(Refusal::new(
+                    ResponseError::InvalidRecord,
+                    "records are null",
+                )),
+                (Some(part), Some(records)) => {
+                    if ![-1, 0, 1].contains(&acks) {
+                        Err(Refusal::new(
+                            ResponseError::InvalidRequiredAcks,
+                            format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
+                        ))
+                    } else {
+                        append(broker, &name, part, records, acks).await
+                    }
+                }
+            };
+            partitions.push(match result {
+                Ok(o) => answer
+                    .with_base_offset(o.base_offset)
+                    .with_log_append_time_ms(o.log_append_time)
+                    .with_log_start_offset(if version >= 5 { o.log_start_offset } else { -1 }),
+                Err(r) => {
+                    warn!(topic = %name, partition = p.index, error = ?r.error, "produce refused: {}", r.message);
+                    answer
+                        .with_error_code(r.error.code())
+                        .with_error_message((version >= 8).then(|| str_bytes(&r.message)))
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1)
+                }
+            });
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}

@@ -1,0 +1,204 @@
+//! The broker's settings, as read from a TOML file and merged with flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{FsyncPolicy, LogConfig};
+use crate::{Error, Result};
+
+/// Every setting of `tally broker`. Field names are the config-file keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address of the Kafka listener.
+    pub listen: SocketAddr,
+    /// `host:port` clients are told to connect to (Metadata); default: the listen address.
+    pub advertised_listener: Option<String>,
+    /// Folder of the log, offsets and state.
+    pub data_dir: PathBuf,
+    /// Address of the broker's own /metrics; empty turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The cluster name audit counts are filed under.
+    pub cluster: String,
+    /// This broker's node id.
+    pub node_id: i32,
+    /// Create a topic when Metadata names one that does not exist.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, or of a CreateTopics asking for -1.
+    pub default_partitions: i32,
+    /// Largest request frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// When appended records reach the disk: `always`, `interval:MS` or `never`.
+    pub fsync: String,
+    /// Roll a segment at this size.
+    pub segment_bytes: u64,
+    /// Roll a segment this long after its first record.
+    #[serde(with = "humantime_serde")]
+    pub segment_time: Duration,
+    /// Delete segments older than this (default for topics; `retention.ms` overrides).
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Delete old segments beyond this size per partition (default for topics).
+    pub retention_bytes: Option<u64>,
+    /// How often retention and segment rolling are checked.
+    #[serde(with = "humantime_serde")]
+    pub retention_check: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_listener: None,
+            data_dir: PathBuf::from("./data/broker"),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
+            cluster: "local".into(),
+            node_id: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_frame_bytes: 100 * 1024 * 1024,
+            max_connections: 1024,
+            fsync: "interval:1000".into(),
+            segment_bytes: log.segment_bytes,
+            segment_time: Duration::from_millis(log.segment_ms as u64),
+            retention: Some(Duration::from_millis(log.retention_ms as u64)),
+            retention_bytes: None,
+            retention_check: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => s
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "fsync \"{s}\" is not a policy: expected always, never or interval:MS (e.g. interval:1000)"
+                    ))
+                }),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML config file; unknown keys and bad values are errors that name them.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(format!("config file \"{origin}\": {e}")))
+    }
+
+    /// The config as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The fsync policy, checked.
+    pub fn fsync_policy(&self) -> Result<FsyncPolicy> {
+        self.fsync.parse()
+    }
+
+    /// The log settings topics get by default.
+    pub fn log_defaults(&self) -> LogConfig {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: ms(self.segment_time),
+            retention_ms: self.retention.map_or(-1, ms),
+            retention_bytes: self
+                .retention_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            ..LogConfig::default()
+        }
+    }
+
+    /// Checks every setting.
+    pub fn check(&self) -> Result<()> {
+        self.fsync_policy()?;
+        if self.max_frame_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "max_frame_bytes \"{}\" is too small: expected 1024 or more",
+                self.max_frame_bytes
+            )));
+        }
+        if !(1..=10_000).contains(&self.default_partitions) {
+            return Err(Error::Config(format!(
+                "default_partitions \"{}\" is out of range: expected 1 to 10000",
+                self.default_partitions
+            )));
+        }
+        if self.segment_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "segment_bytes \"{}\" is too small: expected 1024 or more",
+                self.segment_bytes
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config(
+                "max_connections \"0\" would refuse every client".into(),
+            ));
+        }
+        tally_audit::validate_topic(&self.cluster).map_err(|_| {
+            Error::Config(format!(
+                "cluster \"{}\": expected 1 to 249 characters of [a-zA-Z0-9._-]",
+                self.cluster
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// The `(host, port)` clients are told to use.
+    pub fn advertised(&self) -> (String, i32) {
+        if let Some(a) = &self.advertised_listener
+            && let Some((host, port)) = a.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            return (host.to_owned(), port);
+        }
+        (self.listen.ip().to_string(), i32::from(self.listen.port()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            "always".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Always
+        );
+        assert_eq!("never".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
+        assert_eq!(
+            "interval:250".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Interval(Duration::from_millis(250))
+        );
+        let e = "sometimes".parse::<FsyncPolicy>().unwrap_err().to_string();
+        assert!(e.contains("\"sometimes\""), "{e}");
+        assert!("interval:0".parse::<FsyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_valid() {
+        let c = BrokerConfig::default();
+        c.check().unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.advertised(), ("127.0.0.1".to_owned(), 9092));
+        let round = BrokerConfig::from_toml(&c.to_toml(), "x").unwrap();
+        assert_eq!(round, c);
+    }
+}

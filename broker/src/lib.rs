@@ -1,0 +1,16 @@
+//! tally's broker: a single-node, Kafka-compatible broker whose log and group
+//! coordinator are instrumented to count records per topic and event-time
+//! bucket.
+
+mod api;
+pub mod batch;
+pub mod config;
+mod error;
+pub mod guard;
+pub mod log;
+mod metrics;
+pub mod server;
+pub mod topics;
+
+pub use api::SUPPORTED;
+pub use error::{Error, Result};

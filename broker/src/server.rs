@@ -1,0 +1,445 @@
+//! The running broker: the Kafka listener and its connections, the
+//! retention task, and the broker's own /metrics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::api::{self, supported};
+use crate::config::BrokerConfig;
+use crate::guard;
+use crate::log::{Appended, Flusher};
+use crate::metrics::BrokerMetrics;
+use crate::topics::{Topic, Topics};
+use crate::{Error, Result};
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Producer ids, handed out in blocks whose end is stored before use, so
+/// that no id is ever given twice, across restarts too.
+pub(crate) struct ProducerIds {
+    path: PathBuf,
+    state: Mutex<(i64, i64)>,
+}
+
+impl ProducerIds {
+    const BLOCK: i64 = 1_000;
+
+    fn open(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("producer_ids");
+        let stored = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<i64>().map_err(|e| {
+                Error::Config(format!("'{}' holds \"{}\": {e}", path.display(), s.trim()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "cannot read",
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok(ProducerIds {
+            path,
+            state: Mutex::new((stored, stored)),
+        })
+    }
+
+    pub(crate) fn next(&self) -> Result<i64> {
+        let mut s = self.state.lock();
+        if s.0 >= s.1 {
+            let limit = s.1 + Self::BLOCK;
+            let tmp = self.path.with_extension("tmp");
+            let io = |source| Error::Io {
+                what: "cannot write",
+                path: tmp.clone(),
+                source,
+            };
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut f, limit.to_string().as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &self.path).map_err(io)?;
+            s.1 = limit;
+        }
+        let id = s.0;
+        s.0 += 1;
+        Ok(id)
+    }
+}
+
+/// Everything the request handlers share.
+pub struct Broker {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) cluster_id: String,
+    pub(crate) topics: Topics,
+    pub(crate) flusher: Flusher,
+    pub(crate) producer_ids: ProducerIds,
+    pub(crate) metrics: BrokerMetrics,
+    _lock: std::fs::File,
+}
+
+impl Broker {
+    /// Opens the data folder (locking it against a second broker) and recovers the log.
+    pub fn open(cfg: BrokerConfig) -> Result<Broker> {
+        cfg.check()?;
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            what: "cannot create the data folder",
+            path: dir.clone(),
+            source,
+        })?;
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|source| Error::Io {
+            what: "cannot create",
+            path: lock_path.clone(),
+            source,
+        })?;
+        lock.try_lock().map_err(|_| {
+            Error::Config(format!(
+                "data folder '{}' is in use by another broker (locked: {})",
+                dir.display(),
+                lock_path.display()
+            ))
+        })?;
+        let id_path = dir.join("cluster_id");
+        let cluster_id = match std::fs::read_to_string(&id_path) {
+            Ok(id) => id.trim().to_owned(),
+            Err(_) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                std::fs::write(&id_path, &id).map_err(|source| Error::Io {
+                    what: "cannot write",
+                    path: id_path.clone(),
+                    source,
+                })?;
+                id
+            }
+        };
+        let started = Instant::now();
+        let topics = Topics::open(dir, cfg.log_defaults())?;
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "log recovered"
+        );
+        Ok(Broker {
+            flusher: Flusher::start(cfg.fsync_policy()?),
+            producer_ids: ProducerIds::open(dir)?,
+            metrics: BrokerMetrics::new(),
+            cluster_id,
+            topics,
+            cfg,
+            _lock: lock,
+        })
+    }
+
+    /// The topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    pub(crate) fn on_appended(&self, topic: &str, appended: &Appended) {
+        let records: i64 = appended
+            .headers
+            .iter()
+            .map(|h| i64::from(h.record_count))
+            .sum();
+        let bytes: usize = appended.headers.iter().map(|h| h.size()).sum();
+        self.metrics.appended(topic, records as u64, bytes as u64);
+    }
+
+    pub(crate) fn on_fetched(&self, topic: &str, records: &Bytes) {
+        if records.is_empty() {
+            return;
+        }
+        let count: u64 = crate::batch::validate_batches(records)
+            .map(|hs| hs.iter().map(|h| h.record_count.max(0) as u64).sum())
+            .unwrap_or(0);
+        self.metrics.fetched(topic, count, records.len() as u64);
+    }
+
+    pub(crate) fn on_topic_deleted(&self, topic: &Topic) {
+        self.metrics.forget_topic(&topic.name);
+    }
+
+    /// Rolls segments that are due and applies retention to every partition.
+    pub fn maintain(&self, now_ms: i64) {
+        for topic in self.topics.all() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let mut log = part.log.lock();
+                if let Err(e) = log.roll_if_due(now_ms) {
+                    warn!(topic = %topic.name, partition = p, "cannot roll the segment: {e}");
+                }
+                match log.enforce_retention(now_ms) {
+                    Ok(Some(start)) => {
+                        info!(topic = %topic.name, partition = p, start, "retention moved the log start")
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(topic = %topic.name, partition = p, "retention failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    broker: Arc<Broker>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// The Kafka listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The /metrics listener's address, when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The broker's state.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Waits until the broker stops.
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops accepting and returns once the listener is closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the broker and starts serving.
+pub async fn start(cfg: BrokerConfig) -> Result<RunningBroker> {
+    let listen = cfg.listen;
+    let metrics_listen = cfg.metrics_listen;
+    let broker = Arc::new(
+        tokio::task::spawn_blocking(move || Broker::open(cfg))
+            .await
+            .map_err(|e| Error::Config(format!("broker start-up failed: {e}")))??,
+    );
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: "cannot listen on",
+            path: PathBuf::from(listen.to_string()),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        what: "listener address",
+        path: PathBuf::from(listen.to_string()),
+        source,
+    })?;
+    let metrics_addr = match metrics_listen {
+        Some(m) => Some(crate::metrics::serve(m, broker.clone()).await?),
+        None => None,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, broker.clone(), stop_rx));
+    info!(%addr, "broker listening");
+    Ok(RunningBroker {
+        addr,
+        metrics_addr,
+        broker,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: oneshot::Receiver<()>) {
+    let slots = Arc::new(Semaphore::new(broker.cfg.max_connections));
+    let mut maintain = tokio::time::interval(broker.cfg.retention_check);
+    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = maintain.tick() => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.maintain(now_ms())).await;
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, limit = broker.cfg.max_connections, "connection refused: the broker is at its connection limit (max_connections)");
+                    drop(stream);
+                    continue;
+                };
+                let b = broker.clone();
+                tokio::spawn(async move {
+                    b.metrics.connections.inc();
+                    if let Err(e) = serve_connection(&b, stream, peer).await {
+                        debug!(%peer, "connection closed: {e}");
+                    }
+                    b.metrics.connections.dec();
+                    drop(slot);
+                });
+            }
+        }
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn response_frame(
+    correlation_id: i32,
+    header_version: i16,
+    body: &[u8],
+) -> Result<BytesMut, Closed> {
+    let mut header = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut header, header_version)
+        .map_err(|e| Closed::Protocol(format!("cannot encode a response header: {e}")))?;
+    let len = header.len() + body.len();
+    let mut frame = BytesMut::with_capacity(4 + len);
+    frame.put_i32(i32::try_from(len).map_err(|_| Closed::Protocol("response over 2 GiB".into()))?);
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(body);
+    Ok(frame)
+}
+
+fn holds_whole_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && {
+        let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        usize::try_from(len).is_ok_and(|n| buf.len() >= 4 + n)
+    }
+}
+
+async fn serve_connection(
+    broker: &Broker,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), Closed> {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut read = BufReader::with_capacity(64 * 1024, read);
+    let mut write = BufWriter::with_capacity(64 * 1024, write);
+    let max = broker.cfg.max_frame_bytes;
+    loop {
+        let len = match read.read_i32().await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let len = match usize::try_from(len) {
+            Ok(n) if (8..=max).contains(&n) => n,
+            _ => {
+                warn!(%peer, len, max, "closing the connection: request frame of {len} bytes is outside 8..={max} (max_frame_bytes)");
+                return Err(Closed::Protocol(format!("frame length {len}")));
+            }
+        };
+        let mut frame = vec![0u8; len];
+        read.read_exact(&mut frame).await?;
+        let frame = Bytes::from(frame);
+        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let Ok(key) = ApiKey::try_from(api_key) else {
+            warn!(%peer, api_key, "closing the connection: unknown API key {api_key}");
+            return Err(Closed::Protocol(format!("unknown api key {api_key}")));
+        };
+        if !supported(key, version) {
+            if key == ApiKey::ApiVersions {
+                let body = api::unsupported_api_versions();
+                write
+                    .write_all(&response_frame(correlation_id, 0, &body)?)
+                    .await?;
+                write.flush().await?;
+                continue;
+            }
+            warn!(%peer, api = ?key, version, "closing the connection: {key:?} v{version} is not served (see ApiVersions)");
+            return Err(Closed::Protocol(format!("{key:?} v{version} not served")));
+        }
+        let header_version = key.request_header_version(version);
+        let body = match guard::check_request_header(&frame, header_version) {
+            Ok(n) => {
+                let mut header = frame.slice(..n);
+                if let Err(e) = RequestHeader::decode(&mut header, header_version) {
+                    warn!(%peer, api = ?key, version, "closing the connection: bad request header: {e}");
+                    return Err(Closed::Protocol("bad header".into()));
+                }
+                frame.slice(n..)
+            }
+            Err(e) => {
+                warn!(%peer, api = ?key, version, "closing the connection: bad request header: {e}");
+                return Err(Closed::Protocol(e.to_string()));
+            }
+        };
+        if let Err(e) = guard::check_request_body(api_key, version, &body) {
+            warn!(%peer, api = ?key, version, "closing the connection: malformed request: {e}");
+            return Err(Closed::Protocol(e.to_string()));
+        }
+        let started = Instant::now();
+        let response = api::dispatch(broker, key, version, body).await;
+        broker.metrics.request(key, started.elapsed());
+        match response {
+            Ok(Some(body)) => {
+                let frame =
+                    response_frame(correlation_id, key.response_header_version(version), &body)?;
+                write.write_all(&frame).await?;
+                // Answers to pipelined requests that are already here go out in one flush.
+                if !holds_whole_frame(read.buffer()) {
+                    write.flush().await?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(%peer, api = ?key, version, "closing the connection: {}", e.0);
+                return Err(Closed::Protocol(e.0));
+            }
+        }
+    }
+}
+
+/// Runs the broker until ctrl-c or SIGTERM.
+pub async fn run(cfg: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut broker = start(cfg).await?;
+    tokio::select! {
+        _ = shutdown => {
+            info!("shutting down");
+            broker.shutdown().await;
+        }
+        _ = broker.wait() => error!("the broker's listener stopped"),
+    }
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! The broker's topics: their partitions' logs, their configs, and the
+//! idempotent producers' state, under `<data-dir>/topics/`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::batch::BatchHeader;
+use crate::log::{LogConfig, PartitionLog};
+use crate::{Error, Result};
+
+/// A Kafka error code with a message for the client and the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The Kafka error.
+    pub error: ResponseError,
+    /// What was wrong, naming the value.
+    pub message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(error: ResponseError, message: impl Into<String>) -> Self {
+        Refusal {
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+/// The configs a topic keeps, as Kafka names them.
+pub const TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "message.timestamp.type",
+];
+
+/// What `topic.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TopicMeta {
+    id: String,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+}
+
+/// One partition: its log and its producers.
+pub struct Partition {
+    /// The partition's log.
+    pub log: Mutex<PartitionLog>,
+    /// Idempotent producers' recent batches.
+    pub producers: Mutex<ProducerStates>,
+}
+
+/// A topic and its partitions.
+pub struct Topic {
+    /// The topic's name.
+    pub name: String,
+    /// The topic's id (Metadata v10+).
+    pub id: uuid::Uuid,
+    /// Explicitly set configs.
+    pub configs: BTreeMap<String, String>,
+    /// The log settings in force.
+    pub log_config: LogConfig,
+    /// The partitions, by index.
+    pub partitions: Vec<Arc<Partition>>,
+    dir: PathBuf,
+}
+
+impl Topic {
+    /// The partition with this index.
+    pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+}
+
+/// All topics of the broker.
+pub struct Topics {
+    dir: PathBuf,
+    defaults: LogConfig,
+    map: RwLock<BTreeMap<String, Arc<Topic>>>,
+    appended: watch::Sender<u64>,
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { what, path, source }
+}
+
+/// Parses the configs of a topic over `defaults`; an unknown key or a bad value is refused.
+pub fn log_config(
+    defaults: &LogConfig,
+    configs: &BTreeMap<String, String>,
+) -> Result<LogConfig, Refusal> {
+    let mut cfg = defaults.clone();
+    for (key, value) in configs {
+        let int = |v: &str| {
+            v.parse::<i64>().map_err(|_| {
+                Refusal::new(
+                    ResponseError::InvalidConfig,
+                    format!("config \"{key}\" = \"{v}\" is not an integer"),
+                )
+            })
+        };
+        match key.as_str() {
+            "retention.ms" => cfg.retention_ms = int(value)?,
+            "retention.bytes" => cfg.retention_bytes = int(value)?,
+            "segment.ms" => cfg.segment_ms = int(value)?.max(1),
+            "segment.bytes" => {
+                let n = int(value)?;
+                if n < 1024 {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidConfig,
+                        format!(
+                            "config \"segment.bytes\" = \"{value}\" is too small: expected 1024 or more"
+                        ),
+                    ));
+                }
+                cfg.segment_bytes = n as u64;
+            }
+            "message.timestamp.type" => match value.as_str() {
+                "CreateTime" => cfg.log_append_time = false,
+                "LogAppendTime" => cfg.log_append_time = true,
+                _ => {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidConfig,
+                        format!(
+                            "config \"message.timestamp.type\" = \"{value}\": expected CreateTime or LogAppendTime"
+                        ),
+                    ));
+                }
+            },
+            "cleanup.policy" => {
+                if value != "delete" {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidConfig,
+                        format!(
+                            "config \"cleanup.policy\" = \"{value}\": only \"delete\" is supported"
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                return Err(Refusal::new(
+                    ResponseError::InvalidConfig,
+                    format!("config \"{key}\" is not supported: expected one of {TOPIC_CONFIGS:?}"),
+                ));
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+impl Topics {
+    /// Opens (and recovers) every topic under `data_dir/topics`.
+    pub fn open(data_dir: &Path, defaults: LogConfig) -> Result<Topics> {
+        let dir = data_dir.join("topics");
+        std::fs::create_dir_all(&dir).map_err(io("cannot create the topics folder", &dir))?;
+        let mut map = BTreeMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(io("cannot read the topics folder", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io("cannot read the topics folder", &dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".deleted") {
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            let meta_path = path.join("topic.json");
+            let Ok(text) = std::fs::read_to_string(&meta_path) else {
+                warn!(path = %path.display(), "skipping a folder without topic.json");
+                continue;
+            };
+            let meta: TopicMeta = serde_json::from_str(&text)
+                .map_err(|e| Error::Config(format!("topic file '{}': {e}", meta_path.display())))?;
+            let log_config = log_config(&defaults, &meta.configs).map_err(|r| {
+                Error::Config(format!(
+                    "topic file '{}': {}",
+                    meta_path.display(),
+                    r.message
+                ))
+            })?;
+            let topic = open_topic(&path, &name, &meta, log_config)?;
+            map.insert(name, Arc::new(topic));
+        }
+        info!(topics = map.len(), "topics loaded");
+        Ok(Topics {
+            dir,
+            defaults,
+            map: RwLock::new(map),
+            appended: watch::channel(0).0,
+        })
+    }
+
+    /// The log settings of a topic created without configs.
+    pub fn defaults(&self) -> &LogConfig {
+        &self.defaults
+    }
+
+    /// The topic named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// The topic with this id.
+    pub fn by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
+        self.map.read().values().find(|t| t.id == id).cloned()
+    }
+
+    /// Every topic, by name.
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    /// Creates a topic; `validate_only` checks without creating.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, Refusal> {
+        tally_audit::validate_topic(name)
+            .map_err(|e| Refusal::new(ResponseError::InvalidTopicException, e.detail))?;
+        if !(1..=10_000).contains(&partitions) {
+            return Err(Refusal::new(
+                ResponseError::InvalidPartitions,
+                format!("partition count \"{partitions}\" is out of range: expected 1 to 10000"),
+            ));
+        }
+        let log_config = log_config(&self.defaults, &configs)?;
+        let mut map = self.map.write();
+        if map.contains_key(name) {
+            return Err(Refusal::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic \"{name}\" already exists"),
+            ));
+        }
+        // Kafka treats '.' and '_' as colliding in metric names.
+        let folded = name.replace('.', "_");
+        if let Some(other) = map.keys().find(|k| k.replace('.', "_") == folded) {
+            return Err(Refusal::new(
+                ResponseError::InvalidTopicException,
+                format!(
+                    "topic \"{name}\" collides with \"{other}\" ('.' and '_' are the same in metric names)"
+                ),
+            ));
+        }
+        let meta = TopicMeta {
+            id: uuid::Uuid::new_v4().to_string(),
+            partitions,
+            configs,
+        };
+        let path = self.dir.join(name);
+        let creating = || -> Result<Topic> {
+            std::fs::create_dir_all(&path).map_err(io("cannot create the topic folder", &path))?;
+            let tmp = path.join("topic.json.tmp");
+            let text =
+                serde_json::to_string_pretty(&meta).map_err(|e| Error::Config(e.to_string()))?;
+            std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
+            std::fs::rename(&tmp, path.join("topic.json")).map_err(io("cannot write", &tmp))?;
+            open_topic(&path, name, &meta, log_config.clone())
+        };
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: name.to_owned(),
+                id: uuid::Uuid::nil(),
+                configs: meta.configs,
+                log_config,
+                partitions: Vec::new(),
+                dir: path,
+            }));
+        }
+        let topic = creating().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&path);
+            Refusal::new(ResponseError::KafkaStorageError, e.to_string())
+        })?;
+        let topic = Arc::new(topic);
+        map.insert(name.to_owned(), topic.clone());
+        info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data.
+    pub fn delete(&self, name: &str) -> Result<Arc<Topic>, Refusal> {
+        let topic = self.map.write().remove(name).ok_or_else(|| {
+            Refusal::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            )
+        })?;
+        let gone = self
+            .dir
+            .join(format!("{name}.{}.deleted", topic.id.simple()));
+        if let Err(e) = std::fs::rename(&topic.dir, &gone) {
+            warn!(
+                topic = name,
+                "cannot move the deleted topic's folder aside: {e}"
+            );
+        } else {
+            std::thread::spawn(move || {
+                let _ = std::fs::remove_dir_all(&gone);
+            });
+        }
+        info!(topic = name, "topic deleted");
+        Ok(topic)
+    }
+
+    /// Wakes fetchers waiting for new records.
+    pub fn notify_appended(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever records are appended anywhere.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+}
+
+fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) -> Result<Topic> {
+    let id = uuid::Uuid::parse_str(&meta.id)
+        .map_err(|e| Error::Config(format!("topic \"{name}\" id: {e}")))?;
+    let mut partitions = Vec::with_capacity(meta.partitions.max(0) as usize);
+    for p in 0..meta.partitions {
+        let log = PartitionLog::open(&path.join(p.to_string()), log_config.clone())?;
+        let mut producers = ProducerStates::default();
+        producers.rebuild(&log.batches(log.start_offset())?);
+        partitions.push(Arc::new(Partition {
+            log: Mutex::new(log),
+            producers: Mutex::new(producers),
+        }));
+    }
+    Ok(Topic {
+        name: name.to_owned(),
+        id,
+        configs: meta.configs.clone(),
+        log_config,
+        partitions,
+        dir: path.to_path_buf(),
+    })
+}
+
+/// How many recent batches per producer are kept to recognise a retry.
+const DEDUP_BATCHES: usize = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Written {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    epoch: i16,
+    recent: VecDeque<Written>,
+}
+
+/// The verdict on an idempotent producer's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sequence {
+    /// Not an idempotent batch, or the next one in order: append it.
+    Append,
+    /// A retry of a batch already in the log, at this base offset.
+    Duplicate(i64),
+}
+
+/// Idempotent producers of one partition: producer id → epoch and recent batches.
+#[derive(Debug, Default)]
+pub struct ProducerStates {
+    producers: HashMap<i64, Producer>,
+}
+
+impl ProducerStates {
+    /// Rebuilds the state from the log's batch headers (after a restart).
+    pub fn rebuild(&mut self, batches: &[BatchHeader]) {
+        for b in batches {
+            self.record(b);
+        }
+    }
+
+    /// Checks a batch against the producer's state.
+    pub fn check(&self, b: &BatchHeader) -> Result<Sequence, Refusal> {
+        if b.producer_id < 0 || b.base_sequence < 0 {
+            return Ok(Sequence::Append);
+        }
+        let last_seq = b.base_sequence.wrapping_add(b.last_offset_delta);
+        let Some(p) = self.producers.get(&b.producer_id) else {
+            return if b.base_sequence == 0 {
+                Ok(Sequence::Append)
+            } else {
+                Err(Refusal::new(
+                    ResponseError::UnknownProducerId,
+                    format!(
+                        "producer {} is not known here and its batch starts at sequence {}",
+                        b.producer_id, b.base_sequence
+                    ),
+                ))
+            };
+        };
+        if b.producer_epoch < p.epoch {
+            return Err(Refusal::new(
+                ResponseError::InvalidProducerEpoch,
+                format!(
+                    "producer {} epoch {} is older than the current epoch {}",
+                    b.producer_id, b.producer_epoch, p.epoch
+                ),
+            ));
+        }
+        if b.producer_epoch > p.epoch {
+            return if b.base_sequence == 0 {
+                Ok(Sequence::Append)
+            } else {
+                Err(Refusal::new(
+                    ResponseError::OutOfOrderSequenceNumber,
+                    format!(
+                        "producer {} new epoch {} must start at sequence 0, not {}",
+                        b.producer_id, b.producer_epoch, b.base_sequence
+                    ),
+                ))
+            };
+        }
+        if let Some(w) = p
+            .recent
+            .iter()
+            .find(|w| w.first_seq == b.base_sequence && w.last_seq == last_seq)
+        {
+            return Ok(Sequence::Duplicate(w.base_offset));
+        }
+        let expected = p
+            .recent
+            .back()
+            .map_or(0, |w| w.last_seq.wrapping_add(1).max(0));
+        if b.base_sequence == expected || (expected == 0 && p.recent.is_empty()) {
+            Ok(Sequence::Append)
+        } else {
+            Err(Refusal::new(
+                ResponseError::OutOfOrderSequenceNumber,
+                format!(
+                    "producer {} sent sequence {} where {} was expected",
+                    b.producer_id, b.base_sequence, expected
+                ),
+            ))
+        }
+    }
+
+    /// Records a batch that was appended.
+    pub fn record(&mut self, b: &BatchHeader) {
+        if b.producer_id < 0 || b.base_sequence < 0 {
+            return;
+        }
+        let p = self.producers.entry(b.producer_id).or_default();
+        if b.producer_epoch != p.epoch {
+            p.epoch = b.producer_epoch;
+            p.recent.clear();
+        }
+        p.recent.push_back(Written {
+            first_seq: b.base_sequence,
+            last_seq: b.base_sequence.wrapping_add(b.last_offset_delta),
+            base_offset: b.base_offset,
+        });
+        while p.recent.len() > DEDUP_BATCHES {
+            p.recent.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, n: i32, offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: offset,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: n - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            record_count: n,
+        }
+    }
+
+    #[test]
+    fn idempotent_producers_are_deduplicated_and_ordered() {
+        let mut s = ProducerStates::default();
+        let b0 = header(7, 0, 0, 10, 0);
+        assert_eq!(s.check(&b0), Ok(Sequence::Append));
+        s.record(&b0);
+        let b1 = header(7, 0, 10, 5, 10);
+        assert_eq!(s.check(&b1), Ok(Sequence::Append));
+        s.record(&b1);
+        // A retry of either batch is recognised with its original offset.
+        assert_eq!(
+            s.check(&header(7, 0, 0, 10, -1)),
+            Ok(Sequence::Duplicate(0))
+        );
+        assert_eq!(
+            s.check(&header(7, 0, 10, 5, -1)),
+            Ok(Sequence::Duplicate(10))
+        );
+        // A gap is out of order.
+        let gap = s.check(&header(7, 0, 20, 1, -1)).unwrap_err();
+        assert_eq!(gap.error, ResponseError::OutOfOrderSequenceNumber);
+        assert!(gap.message.contains("15"), "{}", gap.message);
+        // An older epoch is fenced; a newer one starts again at 0.
+        assert_eq!(
+            s.check(&header(7, -1, 15, 1, -1)).unwrap_err().error,
+            ResponseError::InvalidProducerEpoch
+        );
+        assert_eq!(s.check(&header(7, 1, 0, 1, -1)), Ok(Sequence::Append));
+        // Unknown producers must start at 0; plain producers are not checked.
+        assert_eq!(
+            s.check(&header(8, 0, 3, 1, -1)).unwrap_err().error,
+            ResponseError::UnknownProducerId
+        );
+        assert_eq!(s.check(&header(-1, -1, -1, 3, -1)), Ok(Sequence::Append));
+    }
+
+    #[test]
+    fn topic_configs_are_checked() {
+        let d = LogConfig::default();
+        let ok: BTreeMap<String, String> = [
+            ("retention.ms".to_owned(), "1000".to_owned()),
+            (
+                "message.timestamp.type".to_owned(),
+                "LogAppendTime".to_owned(),
+            ),
+        ]
+        .into();
+        let cfg = log_config(&d, &ok).unwrap();
+        assert_eq!(cfg.retention_ms, 1000);
+        assert!(cfg.log_append_time);
+        for (k, v) in [
+            ("retention.ms", "soon"),
+            ("cleanup.policy", "compact"),
+            ("flush.ms", "1"),
+        ] {
+            let bad: BTreeMap<String, String> = [(k.to_owned(), v.to_owned())].into();
+            let r = log_config(&d, &bad).unwrap_err();
+            assert_eq!(r.error, ResponseError::InvalidConfig);
+            assert!(r.message.contains(k), "{}", r.message);
+        }
+    }
+}
