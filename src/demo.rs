@@ -60,7 +60,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         pipeline.step(now);
         pipeline.emit(&broker, &clients, now);
         seconds += 1;
-        if !args.no_tui && seconds % 2 == 0 {
+        if !args.no_tui && seconds.is_multiple_of(2) {
             // Until the terminal dashboard lands, redraw the summary in place.
             let mut out = std::io::stdout().lock();
             let _ = write!(
@@ -69,7 +69,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 summary::render(&agent.snapshot())
             );
             let _ = out.flush();
-        } else if args.no_tui && seconds % 10 == 0 {
+        } else if args.no_tui && seconds.is_multiple_of(10) {
             eprintln!("tally demo: {seconds}s");
         }
     }

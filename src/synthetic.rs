@@ -352,7 +352,7 @@ fn advance(g: &mut Group, pi: usize, p: &Partition, second: u64, rate: u64, now_
         (Behaviour::StallAfter(at), Some(c)) => Some(if second < at { p.end } else { c }),
         (Behaviour::StopAfter(at), Some(_)) => (second < at).then_some(p.end),
         (Behaviour::Rewinds { every, by }, Some(c)) => {
-            if second % every == 0 {
+            if second.is_multiple_of(every) {
                 let back = c.saturating_sub(by).max(p.start);
                 g.committed[pi] = Some(back);
                 g.commit_at_ms[pi] = now_ms;
