@@ -88,10 +88,11 @@ async fn append(
         )
     };
     broker.topics.notify_appended();
+    // Registering marks the segment dirty under every policy; only acks 1
+    // and -1 wait for the fsync.
+    let durable = broker.flusher.durable(sync);
     if acks != 0 {
-        broker
-            .flusher
-            .durable(sync)
+        durable
             .await
             .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
     }
