@@ -210,3 +210,19 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// A client the test needs that is not a program on PATH (a Python package
+/// in .venv, an npm package): `installed` says whether it was found. Under
+/// CI=true a missing one fails the test; elsewhere the test is skipped with a
+/// message (returns false).
+pub fn require_installed(what: &str, installed: bool) -> bool {
+    if !installed {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "{what} is required under CI=true but is not installed (scripts/test installs it)"
+            );
+        }
+        eprintln!("SKIPPED: {what} is not installed; run scripts/test to install it");
+    }
+    installed
+}

@@ -35,10 +35,11 @@ def record(topic, partition, key, value, headers, timestamp, offset):
     }
 
 
-def workload(n, partition, base_ts, tag):
+def workload(n, partition, base_ts, tag, null_header=True):
     """`n` records for one partition: keys, values and headers that exercise
     what a broker must keep byte for byte (binary, empty, null, duplicate
-    header names), with strictly rising explicit timestamps."""
+    header names), with strictly rising explicit timestamps. `null_header`
+    adds a header whose value is null, for clients that can send one."""
     out = []
     for i in range(n):
         key = f"{tag}-key-{i}".encode()
@@ -54,6 +55,8 @@ def workload(n, partition, base_ts, tag):
             headers.append(("dup", b"first"))
             headers.append(("dup", b"second"))
             headers.append(("empty", b""))
+            if null_header:
+                headers.append(("null", None))
         if i % 5 == 4:
             headers = []
         out.append(
