@@ -3,9 +3,11 @@
 //! bucket.
 
 mod api;
+pub mod audit;
 pub mod batch;
 pub mod config;
 mod error;
+pub mod groups;
 pub mod guard;
 pub mod log;
 mod metrics;

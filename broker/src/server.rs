@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, supported};
 use crate::config::BrokerConfig;
+use crate::groups::{Groups, GroupsConfig};
 use crate::guard;
 use crate::log::{Appended, Flusher};
 use crate::metrics::BrokerMetrics;
@@ -91,6 +92,7 @@ pub struct Broker {
     pub(crate) flusher: Flusher,
     pub(crate) producer_ids: ProducerIds,
     pub(crate) metrics: BrokerMetrics,
+    pub(crate) groups: Groups,
     _lock: std::fs::File,
 }
 
@@ -136,7 +138,9 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "log recovered"
         );
+        let groups = Groups::open(dir, GroupsConfig::default())?;
         Ok(Broker {
+            groups,
             flusher: Flusher::start(cfg.fsync_policy()?),
             producer_ids: ProducerIds::open(dir)?,
             metrics: BrokerMetrics::new(),
@@ -150,6 +154,11 @@ impl Broker {
     /// The topics.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// The consumer groups and their committed offsets.
+    pub fn groups(&self) -> &Groups {
+        &self.groups
     }
 
     pub(crate) fn on_appended(&self, topic: &str, appended: &Appended) {
@@ -174,6 +183,9 @@ impl Broker {
 
     pub(crate) fn on_topic_deleted(&self, topic: &Topic) {
         self.metrics.forget_topic(&topic.name);
+        if let Err(e) = self.groups.forget_topic(&topic.name) {
+            warn!(topic = %topic.name, "cannot remove the committed offsets of the deleted topic: {e}");
+        }
     }
 
     /// Rolls segments that are due and applies retention to every partition.
@@ -236,14 +248,9 @@ impl RunningBroker {
 }
 
 /// Opens the broker and starts serving.
-pub async fn start(cfg: BrokerConfig) -> Result<RunningBroker> {
+pub async fn start(mut cfg: BrokerConfig) -> Result<RunningBroker> {
     let listen = cfg.listen;
-    let metrics_listen = cfg.metrics_listen;
-    let broker = Arc::new(
-        tokio::task::spawn_blocking(move || Broker::open(cfg))
-            .await
-            .map_err(|e| Error::Config(format!("broker start-up failed: {e}")))??,
-    );
+    // Bind first, so that a listener on port 0 advertises the port it got.
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Io {
@@ -256,6 +263,13 @@ pub async fn start(cfg: BrokerConfig) -> Result<RunningBroker> {
         path: PathBuf::from(listen.to_string()),
         source,
     })?;
+    cfg.listen = addr;
+    let metrics_listen = cfg.metrics_listen;
+    let broker = Arc::new(
+        tokio::task::spawn_blocking(move || Broker::open(cfg))
+            .await
+            .map_err(|e| Error::Config(format!("broker start-up failed: {e}")))??,
+    );
     let metrics_addr = match metrics_listen {
         Some(m) => Some(crate::metrics::serve(m, broker.clone()).await?),
         None => None,
@@ -276,6 +290,19 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
     let slots = Arc::new(Semaphore::new(broker.cfg.max_connections));
     let mut maintain = tokio::time::interval(broker.cfg.retention_check);
     maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Session timeouts and rebalance deadlines, apart from retention, which
+    // may take long.
+    let groups_clock = {
+        let b = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(GROUPS_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                b.groups.tick(Instant::now());
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -309,7 +336,11 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
             }
         }
     }
+    groups_clock.abort();
 }
+
+/// How often group sessions and rebalance deadlines are checked.
+const GROUPS_TICK: Duration = Duration::from_millis(100);
 
 /// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]
@@ -391,14 +422,16 @@ async fn serve_connection(
             return Err(Closed::Protocol(format!("{key:?} v{version} not served")));
         }
         let header_version = key.request_header_version(version);
-        let body = match guard::check_request_header(&frame, header_version) {
+        let (body, client_id) = match guard::check_request_header(&frame, header_version) {
             Ok(n) => {
                 let mut header = frame.slice(..n);
-                if let Err(e) = RequestHeader::decode(&mut header, header_version) {
-                    warn!(%peer, api = ?key, version, "closing the connection: bad request header: {e}");
-                    return Err(Closed::Protocol("bad header".into()));
+                match RequestHeader::decode(&mut header, header_version) {
+                    Ok(h) => (frame.slice(n..), h.client_id),
+                    Err(e) => {
+                        warn!(%peer, api = ?key, version, "closing the connection: bad request header: {e}");
+                        return Err(Closed::Protocol("bad header".into()));
+                    }
                 }
-                frame.slice(n..)
             }
             Err(e) => {
                 warn!(%peer, api = ?key, version, "closing the connection: bad request header: {e}");
@@ -410,23 +443,25 @@ async fn serve_connection(
             return Err(Closed::Protocol(e.to_string()));
         }
         let started = Instant::now();
-        let response = api::dispatch(broker, key, version, body).await;
+        let caller = api::Caller { client_id, peer };
+        let response = api::dispatch(broker, key, version, body, &caller).await;
         broker.metrics.request(key, started.elapsed());
         match response {
             Ok(Some(body)) => {
                 let frame =
                     response_frame(correlation_id, key.response_header_version(version), &body)?;
                 write.write_all(&frame).await?;
-                // Answers to pipelined requests that are already here go out in one flush.
-                if !holds_whole_frame(read.buffer()) {
-                    write.flush().await?;
-                }
             }
             Ok(None) => {}
             Err(e) => {
                 warn!(%peer, api = ?key, version, "closing the connection: {}", e.0);
                 return Err(Closed::Protocol(e.0));
             }
+        }
+        // Answers to pipelined requests that are already here go out in one
+        // flush; nothing waits behind a request that needs no answer.
+        if !holds_whole_frame(read.buffer()) {
+            write.flush().await?;
         }
     }
 }

@@ -25,6 +25,11 @@ pub(super) fn handle(
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());
+            let partitions = if t.num_partitions == -1 {
+                    broker.cfg.default_partitions
+                } else {
+                    t.num_partitions
+                };
             let outcome = (|| {
                 if t.replication_factor != -1 && t.replication_factor != 1 {
                     return Err(Refusal::new(
@@ -41,11 +46,6 @@ pub(super) fn handle(
                         "manual replica assignments are not supported on a single broker",
                     ));
                 }
-                let partitions = if t.num_partitions == -1 {
-                    broker.cfg.default_partitions
-                } else {
-                    t.num_partitions
-                };
                 let mut configs = BTreeMap::new();
                 for c in &t.configs {
                     if let Some(v) = &c.value {
@@ -76,11 +76,7 @@ pub(super) fn handle(
                         .collect();
                     result
                         .with_topic_id(if version >= 7 { topic.id } else { uuid::Uuid::nil() })
-                        .with_num_partitions(if request.validate_only {
-                            t.num_partitions
-                        } else {
-                            topic.partitions.len() as i32
-                        })
+                        .with_num_partitions(partitions)
                         .with_replication_factor(1)
                         .with_configs(Some(configs))
                 }

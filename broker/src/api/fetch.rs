@@ -13,13 +13,15 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use crate::Error;
 use crate::server::Broker;
 
+/// The partitions' answers, the bytes read, and whether a partition failed.
 fn read_all(
     broker: &Broker,
     request: &FetchRequest,
     version: i16,
-) -> (Vec<FetchableTopicResponse>, usize) {
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut budget = usize::try_from(request.max_bytes.max(0)).unwrap_or(usize::MAX);
     let mut total = 0usize;
+    let mut failed = false;
     let mut topics = Vec::with_capacity(request.topics.len());
     for t in &request.topics {
         let topic = broker.topics.get(&t.topic.0);
@@ -29,6 +31,7 @@ fn read_all(
                 .with_partition_index(p.partition)
                 .with_aborted_transactions(Some(Vec::new()));
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
+                failed = true;
                 partitions.push(
                     answer
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
@@ -64,12 +67,16 @@ fn read_all(
                     budget = budget.saturating_sub(bytes.len());
                     partitions.push(answer.with_records(Some(bytes)));
                 }
-                Err(Error::OffsetOutOfRange { .. }) => partitions.push(
-                    answer
-                        .with_error_code(ResponseError::OffsetOutOfRange.code())
-                        .with_records(Some(Bytes::new())),
-                ),
+                Err(Error::OffsetOutOfRange { .. }) => {
+                    failed = true;
+                    partitions.push(
+                        answer
+                            .with_error_code(ResponseError::OffsetOutOfRange.code())
+                            .with_records(Some(Bytes::new())),
+                    );
+                }
                 Err(e) => {
+                    failed = true;
                     tracing::warn!(topic = %t.topic.0, partition = p.partition, "fetch failed: {e}");
                     partitions.push(
                         answer
@@ -86,7 +93,7 @@ fn read_all(
                 .with_partitions(partitions),
         );
     }
-    (topics, total)
+    (topics, total, failed)
 }
 
 pub(super) async fn handle(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
@@ -100,8 +107,10 @@ pub(super) async fn handle(broker: &Broker, request: FetchRequest, version: i16)
     let mut appended = broker.topics.subscribe();
     let topics = loop {
         appended.borrow_and_update();
-        let (topics, total) = read_all(broker, &request, version);
-        if total >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline {
+        let (topics, total, failed) = read_all(broker, &request, version);
+        // Like Kafka: answer at once when enough is there, when a partition
+        // failed, or when the client asked for no minimum.
+        if total >= min_bytes || failed || tokio::time::Instant::now() >= deadline {
             break topics;
         }
         // Wait for an append anywhere, then read again.

