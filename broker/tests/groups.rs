@@ -1171,8 +1171,11 @@ async fn every_advertised_version_of_the_group_apis_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_in(dir.path()).await;
     let mut c = Client::connect(broker.addr()).await.unwrap();
-    // Where the broker tells clients to find it (Metadata says the same).
-    let (host, port) = config(dir.path()).advertised();
+    // The coordinator is the broker itself, at the port it listens on.
+    let (host, port) = (
+        broker.addr().ip().to_string(),
+        i32::from(broker.addr().port()),
+    );
 
     for v in 0..=3 {
         let r = c

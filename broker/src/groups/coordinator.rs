@@ -183,10 +183,12 @@ struct Group {
     /// The initial delay of a group that was empty: more members may come.
     not_before: Option<Instant>,
     sync_deadline: Option<Instant>,
+    /// Since when the group has had no members.
+    emptied_at: Option<Instant>,
 }
 
 impl Group {
-    fn new(id: &str) -> Self {
+    fn new(id: &str, now: Instant) -> Self {
         Group {
             id: id.to_owned(),
             state: GroupState::Empty,
@@ -200,6 +202,7 @@ impl Group {
             rebalance_started: None,
             not_before: None,
             sync_deadline: None,
+            emptied_at: Some(now),
         }
     }
 
@@ -290,6 +293,7 @@ impl Group {
         if self.leader.is_none() {
             self.leader = Some(member.id.clone());
         }
+        self.emptied_at = None;
         if let Some(i) = &member.instance_id {
             self.statics.insert(i.clone(), member.id.clone());
         }
@@ -382,6 +386,7 @@ impl Group {
             self.state = GroupState::Empty;
             self.protocol = None;
             self.leader = None;
+            self.emptied_at = Some(now);
             return;
         }
         self.protocol = self.select_protocol();
@@ -543,7 +548,7 @@ impl Coordinator {
         let group = self
             .groups
             .entry(req.group_id.clone())
-            .or_insert_with(|| Group::new(&req.group_id));
+            .or_insert_with(|| Group::new(&req.group_id, now));
         if !group.accepts(&req) {
             return fail(ResponseError::InconsistentGroupProtocol);
         }
@@ -717,7 +722,7 @@ impl Coordinator {
         let Some(group) = self.groups.get_mut(group_id) else {
             if generation_id < 0 {
                 self.groups
-                    .insert(group_id.to_owned(), Group::new(group_id));
+                    .insert(group_id.to_owned(), Group::new(group_id, now));
                 return Ok(());
             }
             return Err(ResponseError::IllegalGeneration);
@@ -749,7 +754,7 @@ impl Coordinator {
     pub(crate) fn ensure_group(&mut self, group_id: &str) {
         self.groups
             .entry(group_id.to_owned())
-            .or_insert_with(|| Group::new(group_id));
+            .or_insert_with(|| Group::new(group_id, Instant::now()));
     }
 
     pub(crate) fn describe(&self, group_id: &str) -> Option<GroupSummary> {
@@ -789,6 +794,19 @@ impl Coordinator {
         for g in self.groups.values_mut() {
             g.tick(now, &self.config);
         }
+    }
+
+    /// Forgets groups that have been empty for `empty_group_retention` and
+    /// have no committed offsets, as Kafka's offsets cleanup does.
+    pub(crate) fn sweep(&mut self, now: Instant, has_offsets: impl Fn(&str) -> bool) {
+        let retention = self.config.empty_group_retention;
+        self.groups.retain(|id, g| {
+            let idle = g.state == GroupState::Empty
+                && g.members.is_empty()
+                && g.pending.is_empty()
+                && g.emptied_at.is_some_and(|t| now >= t + retention);
+            !idle || has_offsets(id)
+        });
     }
 }
 
@@ -1095,5 +1113,27 @@ mod tests {
         assert_eq!(summary.state, GroupState::Stable);
         assert_eq!(summary.members.len(), 1);
         assert_eq!(summary.members[0].assignment, Bytes::from_static(b"p0"));
+    }
+
+    #[test]
+    fn groups_empty_for_long_and_without_offsets_are_forgotten() {
+        let mut c = Coordinator::new(config());
+        let t = Instant::now();
+        let a = now_answer(c.join(join("gone", "", &[("range", b"")]), t));
+        c.leave(
+            "gone",
+            &[LeavingMember {
+                member_id: a.member_id,
+                instance_id: None,
+            }],
+            t,
+        );
+        c.ensure_group("kept");
+        let retention = config().empty_group_retention;
+        c.sweep(t + retention / 2, |_| false);
+        assert_eq!(c.list().len(), 2);
+        c.sweep(t + retention * 2, |g| g == "kept");
+        let left: Vec<String> = c.list().into_iter().map(|g| g.group).collect();
+        assert_eq!(left, vec!["kept".to_owned()]);
     }
 }

@@ -42,7 +42,8 @@ pub struct GroupsConfig {
     pub max_group_size: usize,
     /// Commits kept per (group, topic, partition) in memory.
     pub history_len: usize,
-    /// Largest metadata string an OffsetCommit may carry, in bytes.
+    /// Largest metadata string an OffsetCommit may carry, in bytes (at
+    /// most 512 KiB).
     pub max_metadata_bytes: usize,
     /// The offsets log is never compacted below this size.
     pub compact_min_bytes: u64,
@@ -50,6 +51,9 @@ pub struct GroupsConfig {
     pub compact_ratio: u64,
     /// An offsets log larger than this is loaded in the background.
     pub background_load_bytes: u64,
+    /// A group without members and without committed offsets is forgotten
+    /// after this long.
+    pub empty_group_retention: Duration,
 }
 
 impl Default for GroupsConfig {
@@ -64,6 +68,7 @@ impl Default for GroupsConfig {
             compact_min_bytes: 1 << 20,
             compact_ratio: 4,
             background_load_bytes: 8 << 20,
+            empty_group_retention: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -386,6 +391,23 @@ impl Groups {
             .store()
             .ok_or(ResponseError::CoordinatorLoadInProgress)?
             .clone();
+        // The log's record format bounds every string.
+        if group.is_empty() || group.len() > usize::from(i16::MAX as u16) {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        for (topic, _, c) in &commits {
+            if topic.len() > 249 {
+                return Err(ResponseError::InvalidTopicException);
+            }
+            let limit = self
+                .shared
+                .config
+                .max_metadata_bytes
+                .min(offsets::MAX_METADATA);
+            if c.metadata.as_ref().is_some_and(|m| m.len() > limit) {
+                return Err(ResponseError::OffsetMetadataTooLarge);
+            }
+        }
         let records: Vec<Record> = commits
             .into_iter()
             .map(|(topic, partition, c)| Record {
@@ -476,7 +498,11 @@ impl Groups {
     /// Expires members whose session ended and ends overdue rebalances;
     /// the broker calls it every 100 ms or so.
     pub fn tick(&self, now: Instant) {
-        self.shared.coordinator.lock().tick(now);
+        let mut c = self.shared.coordinator.lock();
+        c.tick(now);
+        if let Some(store) = self.store() {
+            c.sweep(now, |g| store.read(|o| o.groups.contains_key(g)));
+        }
     }
 
     /// The size of the offsets log in bytes (0 while loading).

@@ -26,6 +26,8 @@ const TOMBSTONE: u8 = 2;
 const FRAME: usize = 8;
 /// No record holds more than a group id, a topic and metadata.
 const MAX_BODY: usize = 1 << 20;
+/// The largest metadata a record may hold, whatever the settings say.
+pub(crate) const MAX_METADATA: usize = 512 * 1024;
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
