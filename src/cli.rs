@@ -167,6 +167,23 @@ pub(crate) struct BrokerArgs {
     /// This broker's node id [default: 0].
     #[arg(long, env = "TALLY_BROKER_NODE_ID", value_name = "ID")]
     pub(crate) node_id: Option<i32>,
+    /// The agent's ingest WebSocket URL; "" counts without sending [default: ws://127.0.0.1:9400/api/v1/ingest].
+    #[arg(long, env = "TALLY_BROKER_AGENT", value_name = "URL")]
+    pub(crate) agent: Option<String>,
+    /// Bearer token the agent requires.
+    #[arg(
+        long,
+        env = "TALLY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) agent_token: Option<String>,
+    /// Event-time bucket width; must equal the agent's [default: 60s].
+    #[arg(long, env = "TALLY_BROKER_BUCKET_WIDTH", value_name = "DURATION", value_parser = duration)]
+    pub(crate) bucket_width: Option<Duration>,
+    /// Do not count or report (only to measure what the instrumentation costs).
+    #[arg(long, env = "TALLY_BROKER_NO_INSTRUMENTATION")]
+    pub(crate) no_instrumentation: bool,
     /// Create topics on Metadata requests: true or false [default: true].
     #[arg(long, env = "TALLY_BROKER_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub(crate) auto_create_topics: Option<bool>,
@@ -230,8 +247,16 @@ impl BrokerArgs {
             fsync,
             segment_bytes,
             segment_time,
-            retention_check
+            retention_check,
+            agent,
+            bucket_width
         );
+        if self.agent_token.is_some() {
+            cfg.agent_token = self.agent_token.clone();
+        }
+        if self.no_instrumentation {
+            cfg.instrumentation = false;
+        }
         if self.advertised_listener.is_some() {
             cfg.advertised_listener = self.advertised_listener.clone();
         }

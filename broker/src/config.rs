@@ -26,6 +26,16 @@ pub struct BrokerConfig {
     pub cluster: String,
     /// This broker's node id.
     pub node_id: i32,
+    /// The agent's ingest WebSocket URL; empty counts without sending.
+    pub agent: String,
+    /// The bearer token the agent requires, if any.
+    pub agent_token: Option<String>,
+    /// The event-time bucket width; must equal the agent's.
+    #[serde(with = "humantime_serde")]
+    pub bucket_width: Duration,
+    /// Count records per bucket and stream them to the agent (off only to
+    /// measure what the counting costs).
+    pub instrumentation: bool,
     /// Create a topic when Metadata names one that does not exist.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic, or of a CreateTopics asking for -1.
@@ -61,6 +71,10 @@ impl Default for BrokerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
             cluster: "local".into(),
             node_id: 0,
+            agent: "ws://127.0.0.1:9400/api/v1/ingest".into(),
+            agent_token: None,
+            bucket_width: Duration::from_secs(60),
+            instrumentation: true,
             auto_create_topics: true,
             default_partitions: 1,
             max_frame_bytes: 100 * 1024 * 1024,
@@ -151,6 +165,15 @@ impl BrokerConfig {
                 "max_connections \"0\" would refuse every client".into(),
             ));
         }
+        self.width()?;
+        if !self.agent.is_empty()
+            && !(self.agent.starts_with("ws://") || self.agent.starts_with("wss://"))
+        {
+            return Err(Error::Config(format!(
+                "agent \"{}\" is not a WebSocket URL: expected ws://HOST:PORT/api/v1/ingest, or empty to send nothing",
+                self.agent
+            )));
+        }
         tally_audit::validate_topic(&self.cluster).map_err(|_| {
             Error::Config(format!(
                 "cluster \"{}\": expected 1 to 249 characters of [a-zA-Z0-9._-]",
@@ -158,6 +181,12 @@ impl BrokerConfig {
             ))
         })?;
         Ok(())
+    }
+
+    /// The bucket width, checked.
+    pub fn width(&self) -> Result<tally_audit::BucketWidth> {
+        let ms = u64::try_from(self.bucket_width.as_millis()).unwrap_or(u64::MAX);
+        tally_audit::BucketWidth::new(ms).map_err(|e| Error::Config(format!("bucket_width: {e}")))
     }
 
     /// The `(host, port)` clients are told to use.

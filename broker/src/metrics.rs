@@ -216,11 +216,75 @@ impl BrokerMetrics {
         let mut families = self.registry.gather();
         families.push(self.durations_family());
         families.push(Self::log_sizes(broker));
+        if let Some(stats) = broker.audit().and_then(|a| a.emitter_stats()) {
+            families.extend(emitter_families(&stats));
+        }
         families.retain(|f| !f.get_metric().is_empty());
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
+}
+
+fn plain(name: &str, help: &str, kind: MetricType, value: f64) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(name.into());
+    mf.set_help(help.into());
+    mf.set_field_type(kind);
+    let mut m = Metric::default();
+    if kind == MetricType::COUNTER {
+        let mut c = prometheus::proto::Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    mf.mut_metric().push(m);
+    mf
+}
+
+/// What the audit emitter buffered, resent and dropped.
+fn emitter_families(s: &tally_audit::emitter::EmitterStats) -> Vec<MetricFamily> {
+    vec![
+        plain(
+            "tally_broker_emitter_connected",
+            "1 while the audit emitter has a session with the agent",
+            MetricType::GAUGE,
+            f64::from(u8::from(s.connected)),
+        ),
+        plain(
+            "tally_broker_emitter_buffered_entries",
+            "Audit count entries waiting to be sent or acknowledged",
+            MetricType::GAUGE,
+            s.buffered as f64,
+        ),
+        plain(
+            "tally_broker_emitter_sent_messages_total",
+            "Audit messages sent to the agent",
+            MetricType::COUNTER,
+            s.sent_messages as f64,
+        ),
+        plain(
+            "tally_broker_emitter_resent_entries_total",
+            "Audit count entries sent again after a reconnect",
+            MetricType::COUNTER,
+            s.resent_entries as f64,
+        ),
+        plain(
+            "tally_broker_emitter_dropped_entries_total",
+            "Audit count entries dropped because the buffer was full",
+            MetricType::COUNTER,
+            s.dropped_entries as f64,
+        ),
+        plain(
+            "tally_broker_emitter_refused_entries_total",
+            "Audit count entries the agent refused",
+            MetricType::COUNTER,
+            s.refused_entries as f64,
+        ),
+    ]
 }
 
 /// Serves `GET /metrics` on `addr`; returns the bound address.

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, supported};
+use crate::audit::{AuditConfig, Instrumentation};
 use crate::config::BrokerConfig;
 use crate::groups::{Groups, GroupsConfig};
 use crate::guard;
@@ -93,6 +94,7 @@ pub struct Broker {
     pub(crate) producer_ids: ProducerIds,
     pub(crate) metrics: BrokerMetrics,
     pub(crate) groups: Groups,
+    pub(crate) audit: Option<Instrumentation>,
     _lock: std::fs::File,
 }
 
@@ -139,8 +141,21 @@ impl Broker {
             "log recovered"
         );
         let groups = Groups::open(dir, GroupsConfig::default())?;
+        let audit = if cfg.instrumentation {
+            let audit_cfg = AuditConfig {
+                width: cfg.width()?,
+                cluster: cfg.cluster.clone(),
+                source: format!("broker-{}-{}", cfg.cluster, cfg.node_id),
+                agent: (!cfg.agent.is_empty()).then(|| cfg.agent.clone()),
+                token: cfg.agent_token.clone(),
+            };
+            Some(Instrumentation::open(dir, audit_cfg, &topics)?)
+        } else {
+            None
+        };
         Ok(Broker {
             groups,
+            audit,
             flusher: Flusher::start(cfg.fsync_policy()?),
             producer_ids: ProducerIds::open(dir)?,
             metrics: BrokerMetrics::new(),
@@ -161,7 +176,22 @@ impl Broker {
         &self.groups
     }
 
-    pub(crate) fn on_appended(&self, topic: &str, appended: &Appended) {
+    /// The audit instrumentation, unless it is off.
+    pub fn audit(&self) -> Option<&Instrumentation> {
+        self.audit.as_ref()
+    }
+
+    /// Called under the partition's log lock, so the books see appends in offset order.
+    pub(crate) fn on_appended(
+        &self,
+        topic: &str,
+        partition: i32,
+        appended: &Appended,
+        bytes: &[u8],
+    ) {
+        if let Some(audit) = &self.audit {
+            audit.on_append(topic, partition, &appended.headers, bytes, now_ms());
+        }
         let records: i64 = appended
             .headers
             .iter()
@@ -182,9 +212,25 @@ impl Broker {
     }
 
     pub(crate) fn on_topic_deleted(&self, topic: &Topic) {
+        if let Some(audit) = &self.audit {
+            audit.on_topic_deleted(&topic.name);
+        }
         self.metrics.forget_topic(&topic.name);
         if let Err(e) = self.groups.forget_topic(&topic.name) {
             warn!(topic = %topic.name, "cannot remove the committed offsets of the deleted topic: {e}");
+        }
+    }
+
+    pub(crate) fn on_group_deleted(&self, group: &str) {
+        if let Some(audit) = &self.audit {
+            audit.on_group_deleted(group);
+        }
+    }
+
+    /// Counts what changed and sends it, with every group's lag, to the agent.
+    pub fn audit_tick(&self, now_ms: i64) {
+        if let Some(audit) = &self.audit {
+            audit.tick(now_ms, &self.topics, &self.groups);
         }
     }
 
@@ -196,7 +242,11 @@ impl Broker {
                 if let Err(e) = log.roll_if_due(now_ms) {
                     warn!(topic = %topic.name, partition = p, "cannot roll the segment: {e}");
                 }
-                match log.enforce_retention(now_ms) {
+                let retention = log.enforce_retention_with(now_ms, |new_start| match &self.audit {
+                    Some(audit) => audit.before_retention(&topic.name, p as i32, new_start),
+                    None => Ok(()),
+                });
+                match retention {
                     Ok(Some(start)) => {
                         info!(topic = %topic.name, partition = p, start, "retention moved the log start")
                     }
@@ -303,6 +353,21 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
             }
         })
     };
+    let audit_clock = {
+        let b = broker.clone();
+        if let Some(audit) = b.audit() {
+            audit.start_emitter();
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AUDIT_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let b = b.clone();
+                let _ = tokio::task::spawn_blocking(move || b.audit_tick(now_ms())).await;
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -337,10 +402,24 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
         }
     }
     groups_clock.abort();
+    audit_clock.abort();
+    if let Some(audit) = broker.audit() {
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            b.audit_tick(now_ms());
+            if let Some(a) = b.audit() {
+                a.store_all();
+            }
+        })
+        .await;
+        audit.flush(Duration::from_secs(2)).await;
+    }
 }
 
 /// How often group sessions and rebalance deadlines are checked.
 const GROUPS_TICK: Duration = Duration::from_millis(100);
+/// How often counts and lag go to the agent.
+const AUDIT_TICK: Duration = Duration::from_secs(1);
 
 /// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,9 @@ pub(super) async fn handle(broker: &Broker, request: DeleteGroupsRequest) -> Del
     let mut results = Vec::with_capacity(request.groups_names.len());
     for id in request.groups_names {
         let error = broker.groups.delete_group(&id.0).await.err();
+        if error.is_none() {
+            broker.on_group_deleted(&id.0);
+        }
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(id)

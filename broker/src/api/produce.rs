@@ -33,6 +33,7 @@ fn refusal_of(e: &Error) -> Refusal {
 async fn append(
     broker: &Broker,
     topic: &str,
+    partition: i32,
     part: &Partition,
     records: &[u8],
     acks: i16,
@@ -77,7 +78,7 @@ async fn append(
         for h in &appended.headers {
             producers.record(h);
         }
-        broker.on_appended(topic, &appended);
+        broker.on_appended(topic, partition, &appended, &bytes);
         (
             Outcome {
                 base_offset: appended.base_offset,
@@ -129,7 +130,7 @@ pub(super) async fn handle(
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        append(broker, &name, part, records, acks).await
+                        append(broker, &name, p.index, part, records, acks).await
                     }
                 }
             };

@@ -159,6 +159,15 @@ impl Instrumentation {
         *self.emitter.lock() = Some(Emitter::start(ec));
     }
 
+    /// Waits (bounded) until the agent has everything counted so far.
+    pub async fn flush(&self, timeout: std::time::Duration) -> bool {
+        let emitter = self.emitter.lock().clone();
+        match emitter {
+            Some(e) => e.flush(timeout).await,
+            None => true,
+        }
+    }
+
     /// The emitter's counters, when it runs.
     pub fn emitter_stats(&self) -> Option<EmitterStats> {
         self.emitter.lock().as_ref().map(Emitter::stats)

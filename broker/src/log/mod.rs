@@ -376,6 +376,17 @@ impl PartitionLog {
     /// offset is persisted before any file goes, so a restart cannot bring
     /// deleted records back. Returns the new start offset if it moved.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<Option<i64>> {
+        self.enforce_retention_with(now_ms, |_| Ok(()))
+    }
+
+    /// [`PartitionLog::enforce_retention`], calling `before(new_start)` once
+    /// the new start is known and before anything is deleted; an error from
+    /// it leaves the log as it was.
+    pub fn enforce_retention_with(
+        &mut self,
+        now_ms: i64,
+        before: impl FnOnce(i64) -> Result<()>,
+    ) -> Result<Option<i64>> {
         let sealed = self.segments.len() - 1;
         let mut doomed = 0;
         if self.cfg.retention_ms >= 0 {
@@ -398,6 +409,7 @@ impl PartitionLog {
             return Ok(None);
         }
         let new_start = self.segments[doomed].base().max(self.start_offset);
+        before(new_start)?;
         write_start_offset(&self.dir, new_start)?;
         self.start_offset = new_start;
         for segment in self.segments.drain(..doomed) {
