@@ -166,9 +166,8 @@ impl BrokerConfig {
             ));
         }
         self.width()?;
-        if !self.agent.is_empty()
-            && !(self.agent.starts_with("ws://") || self.agent.starts_with("wss://"))
-        {
+        let websocket = self.agent.starts_with("ws://") || self.agent.starts_with("wss://");
+        if !self.agent.is_empty() && !websocket {
             return Err(Error::Config(format!(
                 "agent \"{}\" is not a WebSocket URL: expected ws://HOST:PORT/api/v1/ingest, or empty to send nothing",
                 self.agent
