@@ -630,4 +630,7 @@ fn help_documents_every_flag() {
     insta::assert_snapshot!("agent_help", String::from_utf8_lossy(&out.stdout));
     let out = common::tally().args(["demo", "--help"]).output().unwrap();
     insta::assert_snapshot!("demo_help", String::from_utf8_lossy(&out.stdout));
+    let out = common::tally().args(["broker", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("broker_help", String::from_utf8_lossy(&out.stdout));
 }
