@@ -50,7 +50,16 @@ impl Broker {
         let addr = format!("127.0.0.1:{}", common::free_port());
         let log = dir.path().join("broker.log");
         let child = common::tally()
-            .args(["broker", "--listen", &addr, "--no-metrics", "--data-dir"])
+            // The data path alone: no agent to report to.
+            .args([
+                "broker",
+                "--listen",
+                &addr,
+                "--no-metrics",
+                "--agent",
+                "",
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .args(extra)
             .stdout(Stdio::null())

@@ -42,7 +42,14 @@ impl BrokerProcess {
             .unwrap();
         let stderr = File::options().create(true).append(true).open(log).unwrap();
         let child = common::tally()
-            .args(["broker", "--listen", &addr.to_string(), "--no-metrics"])
+            .args([
+                "broker",
+                "--listen",
+                &addr.to_string(),
+                "--no-metrics",
+                "--agent",
+                "",
+            ])
             .args(["--fsync", "always", "--auto-create-topics", "false"])
             // Small segments, so that kills also land around segment rolls
             // and recovery walks many sealed segments.
