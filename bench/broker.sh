@@ -107,6 +107,7 @@ trap cleanup EXIT
         "noida-db $("$site_packages/noida_db/noida-db" version 2>/dev/null | awk '{print $2}')," \
         "kcat $(kcat -V 2>&1 | sed -n 's/^Version \([^ ]*\) .*librdkafka \([^ ]*\) .*/\1 (librdkafka \2)/p')," \
         "confluent-kafka $("$venv/bin/python" -c 'import importlib.metadata as m, confluent_kafka as c; print(m.version("confluent-kafka"), "(librdkafka", c.libversion()[0] + ")")')"
+    echo "source: commit $(git rev-parse --short HEAD), $(git status --short -- broker src | wc -l) uncommitted files under broker/ and src/"
     echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$results.meta" >&2
 

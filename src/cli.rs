@@ -34,7 +34,7 @@ pub(crate) enum Command {
     Agent(AgentArgs),
     /// Run the Kafka-compatible broker.
     Broker(BrokerArgs),
-    /// Run the demo: an agent and a synthetic pipeline that shows every status.
+    /// Run the demo: broker, agent and a Kafka workload that shows every status.
     Demo(DemoArgs),
 }
 
@@ -280,6 +280,22 @@ impl BrokerArgs {
 /// Flags of `tally demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
+    /// Address of the broker's Kafka listener.
+    #[arg(
+        long,
+        env = "TALLY_DEMO_KAFKA_LISTEN",
+        default_value = "127.0.0.1:9092",
+        value_name = "ADDR"
+    )]
+    pub(crate) kafka_listen: SocketAddr,
+    /// Address of the broker's /metrics.
+    #[arg(
+        long,
+        env = "TALLY_DEMO_METRICS_LISTEN",
+        default_value = "127.0.0.1:9401",
+        value_name = "ADDR"
+    )]
+    pub(crate) metrics_listen: SocketAddr,
     /// Address of the agent's HTTP listener.
     #[arg(
         long,

@@ -1,4 +1,5 @@
-//! `tally demo`: an agent and a synthetic pipeline in one process.
+//! `tally demo`: the broker, the agent and a workload through the Kafka
+//! protocol, in one process.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -6,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tally_agent::config::AgentConfig;
 use tally_audit::BucketWidth;
+use tally_broker::config::BrokerConfig;
 
 use crate::cli::DemoArgs;
 use crate::summary;
-use crate::synthetic::{self, Synthetic};
+use crate::workload;
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let width_ms = u64::try_from(args.bucket_width.as_millis()).unwrap_or(u64::MAX);
@@ -25,7 +27,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let cfg = AgentConfig {
+    let agent_cfg = AgentConfig {
         listen: args.agent_listen,
         data_dir: data_dir.join("agent"),
         bucket_width: args.bucket_width,
@@ -34,15 +36,28 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop_after: Duration::from_secs(30),
         ..AgentConfig::default()
     };
-    let agent = tally_agent::service::start(cfg).await?;
-    let url = format!("ws://{}/api/v1/ingest", agent.addr());
+    let agent = tally_agent::service::start(agent_cfg).await?;
+    let ingest = format!("ws://{}/api/v1/ingest", agent.addr());
+    let broker_cfg = BrokerConfig {
+        listen: args.kafka_listen,
+        data_dir: data_dir.join("broker"),
+        metrics_listen: Some(args.metrics_listen),
+        agent: ingest.clone(),
+        bucket_width: args.bucket_width,
+        retention_check: Duration::from_secs(2),
+        ..BrokerConfig::default()
+    };
+    let broker = tally_broker::server::start(broker_cfg).await?;
+    let bootstrap = broker.addr().to_string();
     eprintln!(
-        "tally demo: agent on http://{} (try /api/v1/topics, /api/v1/groups, /metrics); data in {}",
+        "tally demo: Kafka on {bootstrap}, agent on http://{} (/api/v1/topics, /api/v1/groups, /metrics), broker metrics on http://{}/metrics; data in {}",
         agent.addr(),
+        broker
+            .metrics_addr()
+            .map_or_else(String::new, |a| a.to_string()),
         data_dir.display()
     );
-    let (broker, clients) = synthetic::emitters(&url, width, None);
-    let mut pipeline = Synthetic::new(width);
+    let pipeline = workload::start(&bootstrap, &ingest, width).await?;
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     let deadline = args
         .duration
@@ -56,9 +71,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
-        let now = tally_agent::service::now_ms();
-        pipeline.step(now);
-        pipeline.emit(&broker, &clients, now);
         seconds += 1;
         if !args.no_tui && seconds.is_multiple_of(2) {
             // Until the terminal dashboard lands, redraw the summary in place.
@@ -73,13 +85,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             eprintln!("tally demo: {seconds}s");
         }
     }
-    broker.flush(Duration::from_secs(3)).await;
-    clients.flush(Duration::from_secs(3)).await;
-    // One more evaluation so that the summary holds the last counts.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    println!("{}", summary::render(&agent.snapshot()));
+    pipeline.stop().await;
     broker.shutdown().await;
-    clients.shutdown().await;
+    // One more evaluation so that the summary holds the last counts.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    println!("{}", summary::render(&agent.snapshot()));
     agent.shutdown().await;
     Ok(())
 }

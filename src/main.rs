@@ -4,7 +4,7 @@
 mod cli;
 mod demo;
 mod summary;
-mod synthetic;
+mod workload;
 
 use clap::Parser;
 

@@ -1,6 +1,6 @@
-//! `tally demo` end to end: within its first minutes it must show every group
-//! status and every bucket status through the agent's API, and print the
-//! books when it stops.
+//! `tally demo` end to end: the broker, the agent and a librdkafka workload
+//! must show every group status and every bucket status through the agent's
+//! API within two minutes, and print the books when the demo stops.
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
@@ -24,6 +24,8 @@ fn json(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
 fn the_demo_shows_every_status_and_prints_the_books() {
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     let child = common::tally()
         .args([
             "demo",
@@ -35,6 +37,7 @@ fn the_demo_shows_every_status_and_prints_the_books() {
             "--agent-listen",
         ])
         .arg(addr.to_string())
+        .args(["--kafka-listen", &kafka, "--metrics-listen", &metrics])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -26,6 +26,7 @@ def figures(row):
         "mbps": records * row["size"] / 1e6 / seconds,
         "cpu_per_m": row["broker_cpu_s"] / (records / 1e6),
         "rss_mib": row["peak_rss_kib"] / 1024,
+        "client_cpu_per_m": row["client_cpu_s"] / (records / 1e6),
     }
 
 
@@ -62,8 +63,8 @@ def main(path):
 
     print(f"{count:,} records per run, median of {reps} runs.\n")
     print("| client | size | phase | broker | records/s | MB/s | broker CPU s / M records "
-          "| peak RSS MiB | failed runs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS MiB | client CPU s / M records | failed runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         for broker in brokers:
             key = cell + (broker,)
@@ -73,10 +74,12 @@ def main(path):
                 continue
             size = "100 B" if cell[1] == 100 else f"{cell[1]} B"
             if m is None:
-                print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | – | – | – | – | {nfail} |")
+                print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | – | – | – | – | – "
+                      f"| {nfail} |")
                 continue
             print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | {fmt_int(m['rps'])} "
-                  f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['rss_mib']:.0f} | {nfail} |")
+                  f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['rss_mib']:.0f} "
+                  f"| {m['client_cpu_per_m']:.2f} | {nfail} |")
 
     # Ratios of tally (interval fsync) to each peer. MB/s has the same ratio
     # as records/s, since every broker moves the same records.

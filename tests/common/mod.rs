@@ -226,3 +226,34 @@ pub fn require_installed(what: &str, installed: bool) -> bool {
     }
     installed
 }
+
+impl Agent {
+    /// Starts `tally agent` on `addr` (say, where a killed one listened, so
+    /// that emitters find it again) with `extra` flags, and waits for
+    /// /readyz. Its log is appended to the earlier one's.
+    pub fn start_at(addr: SocketAddr, data_dir: &Path, extra: &[&str]) -> Agent {
+        let log = data_dir.with_extension(format!("{}.log", addr.port()));
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = tally()
+            .args(["agent", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tally agent");
+        let mut agent = Agent {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+}

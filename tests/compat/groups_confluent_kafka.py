@@ -14,8 +14,9 @@ usage:
       "0:4,1:7") with commit(asynchronous=False), keeps polling EXTRA_MS more
       and reports what else arrived, then closes. Prints {"read", "extra",
       "committed", "mismatches"}.
-  groups_confluent_kafka.py committed BOOTSTRAP TOPIC GROUP
-      prints {"committed": {partition: offset}} as committed() returns them.
+  groups_confluent_kafka.py offsets BOOTSTRAP TOPIC GROUP
+      prints {"committed": {partition: offset}} as committed() returns them,
+      for the partitions of TOPIC that have a committed offset.
 """
 
 import sys
@@ -127,13 +128,14 @@ def consume(group, take, commit, extra_ms):
     emit({"read": read, "extra": extra, "committed": committed, "mismatches": mismatches})
 
 
-def committed(group):
+def offsets(group):
     c = consumer(group, "tally-compat-committed")
     answer = c.committed([TopicPartition(topic, p) for p in range(3)], timeout=20)
     c.close()
     emit(
         {
-            "committed": {tp.partition: tp.offset for tp in answer if not tp.error},
+            # OFFSET_INVALID (-1001) where the group committed nothing.
+            "committed": {tp.partition: tp.offset for tp in answer if not tp.error and tp.offset >= 0},
             "errors": [f"partition {tp.partition}: {tp.error}" for tp in answer if tp.error],
         }
     )
@@ -145,7 +147,7 @@ elif mode == "member":
     member(sys.argv[4], sys.argv[5])
 elif mode == "consume":
     consume(sys.argv[4], int(sys.argv[5]), parse_commits(sys.argv[6]), int(sys.argv[7]))
-elif mode == "committed":
-    committed(sys.argv[4])
+elif mode == "offsets":
+    offsets(sys.argv[4])
 else:
-    sys.exit(f"unknown mode {mode!r}: produce, member, consume or committed")
+    sys.exit(f"unknown mode {mode!r}: produce, member, consume or offsets")

@@ -17,6 +17,7 @@ usage:
 """
 
 import logging
+import os
 import sys
 import time
 
@@ -35,7 +36,8 @@ from groups_events import (
     parse_commits,
 )
 
-logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+# GROUPS_LOG_LEVEL=DEBUG shows the group protocol as kafka-python sees it.
+logging.basicConfig(stream=sys.stderr, level=os.environ.get("GROUPS_LOG_LEVEL", "WARNING"))
 mode, bootstrap, topic = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
@@ -50,6 +52,17 @@ def consumer(group, name):
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
+
+
+def subscribe(c):
+    # kafka-python 3.0.12 can lose a rebalance: when a leader that assigned
+    # before it knew the topic's partitions rejoins because they appeared,
+    # performing the assignment makes need_rejoin() false while the SyncGroup
+    # is in flight; if poll() times out then, the SyncGroup answer is never
+    # applied, heartbeats stay off and the session expires. Knowing the
+    # partitions before the first join avoids that rejoin.
+    c.partitions_for_topic(topic)
+    c.subscribe([topic])
 
 
 def produce(per_partition):
@@ -77,10 +90,10 @@ def member(group, name):
     commands = Commands()
     c = consumer(group, name)
     start = time.monotonic()
-    c.subscribe([topic])
+    subscribe(c)
     last = None
     while not commands.closing.is_set() and time.monotonic() < start + LIFETIME_S:
-        c.poll(timeout_ms=100)
+        c.poll(timeout_ms=300)
         now = sorted(tp.partition for tp in c.assignment() if tp.topic == topic)
         if now != last:
             emit({"assigned": now, "ms": int((time.monotonic() - start) * 1000)})
@@ -92,7 +105,7 @@ def member(group, name):
 def consume(group, take, commit, extra_ms):
     mismatches = []
     c = consumer(group, "tally-compat-consume")
-    c.subscribe([topic])
+    subscribe(c)
     read, extra = [], []
     deadline = time.monotonic() + 40
     while len(read) < take and time.monotonic() < deadline:

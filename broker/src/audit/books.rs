@@ -124,6 +124,16 @@ impl PartitionBooks {
             }
             self.dirty_broker.insert(bucket);
         }
+        // Every group has these records pending: its cells of these buckets
+        // exist from now on, even while it has consumed none of them.
+        let mut fresh: Vec<i64> = buckets.to_vec();
+        fresh.sort_unstable();
+        fresh.dedup();
+        for g in self.groups.keys() {
+            for b in &fresh {
+                self.dirty_groups.insert((g.clone(), *b));
+            }
+        }
     }
 
     /// Calls `f(bucket, records)` for the records with offsets in `[from, to)`.
@@ -180,7 +190,9 @@ impl PartitionBooks {
                         expired: BTreeMap::new(),
                     },
                 );
-                self.mark_group(group, 0, offset);
+                // All of the group's buckets, skipped or pending alike.
+                let end = self.end();
+                self.mark_group(group, 0, end);
             }
             Some(g) if offset > g.high => {
                 let from = g.high;
@@ -492,13 +504,16 @@ mod tests {
         let mut b = books();
         let first = b.take_dirty();
         assert_eq!(first, vec![(None, 0), (None, 60), (None, 120)]);
+        // A first commit names every bucket of the group, pending ones too.
         b.commit("g", 0);
+        let g = |bucket| (Some("g".to_owned()), bucket);
+        assert_eq!(b.take_dirty(), vec![g(0), g(60), g(120)]);
         b.commit("g", 11);
-        assert_eq!(
-            b.take_dirty(),
-            vec![(Some("g".into()), 0), (Some("g".into()), 60)]
-        );
+        assert_eq!(b.take_dirty(), vec![g(0), g(60)]);
         assert!(b.take_dirty().is_empty());
+        // New records are pending for every group in their bucket.
+        b.append(20, &[180], 10, &[]);
+        assert_eq!(b.take_dirty(), vec![(None, 180), g(180)]);
     }
 
     #[test]

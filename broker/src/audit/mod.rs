@@ -14,7 +14,7 @@ use tally_audit::{BucketWidth, CountEntry, LagSample, Tier, TierKind};
 use tracing::{info, warn};
 
 use self::books::{DurableBooks, PartitionBooks};
-use crate::batch::{BatchHeader, Compression, record_timestamps};
+use crate::batch::{BatchHeader, record_timestamps};
 use crate::groups::Groups;
 use crate::log::PartitionLog;
 use crate::topics::Topics;
@@ -67,10 +67,10 @@ fn state_path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
 
 /// The bucket of every record of one batch, and which had no timestamp.
 ///
-/// A LogAppendTime batch lies in the bucket of its append time; a compressed
-/// batch whose first and largest timestamps share a bucket is counted from
-/// its header alone (its records are not decompressed); any other batch has
-/// its records' timestamps read.
+/// A LogAppendTime batch lies in the bucket of its append time. Any other
+/// batch has its records' timestamps read: its header gives the first and
+/// the largest timestamp but not the smallest, and producers do write records
+/// older than a batch's first, so the header alone cannot place them.
 pub fn record_buckets(
     width: BucketWidth,
     header: &BatchHeader,
@@ -84,12 +84,6 @@ pub fn record_buckets(
     }
     if header.max_timestamp < 0 {
         return all(append_ms, true);
-    }
-    let compressed = !matches!(header.compression(), Ok(Compression::None));
-    let same_bucket = header.base_timestamp >= 0
-        && width.bucket_of(header.base_timestamp) == width.bucket_of(header.max_timestamp);
-    if compressed && same_bucket {
-        return all(header.max_timestamp, false);
     }
     match record_timestamps(batch) {
         Ok(ts) => {

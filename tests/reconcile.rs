@@ -1,0 +1,1393 @@
+//! End-to-end reconciliation: real clients (confluent-kafka, kafka-python,
+//! kafkajs) produce known records to `tally broker` and commit known offsets
+//! in consumer groups; the broker counts them and streams the counts to
+//! `tally agent`; and the agent's `/api/v1/topics/{topic}/buckets` must equal
+//! the ground truth the test computes from what the clients were told
+//! happened, bucket by bucket and tier by tier.
+//!
+//! The ground truth follows DESIGN §2: a record's bucket is its timestamp
+//! floored to the width (60 s here; every timestamp is about an hour old, so
+//! every bucket is closed). For a group on a partition, records before its
+//! first commit are `skipped`; records retention deleted while they were at
+//! or above its highest commit are `expired`; the other records below its
+//! highest commit (or the log start, if retention moved past it) are
+//! consumed (`records`); the rest are `pending`.
+//!
+//! Each test runs its own agent and broker on free ports with temporary data
+//! folders. The client scripts are `tests/compat/reconcile_*`; under CI=true
+//! a missing client fails the test (see tests/compat.rs).
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::Agent;
+
+/// The bucket width of every test, so that explicit timestamps pick buckets.
+const WIDTH_MS: i64 = 60_000;
+/// How long the agent may take to show what the clients did.
+const SETTLE: Duration = Duration::from_secs(20);
+/// How long one client run may take before it is killed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn bucket_of(ts: i64) -> i64 {
+    ts.div_euclid(WIDTH_MS) * WIDTH_MS
+}
+
+/// The start of the bucket an hour ago: buckets from here on are long closed
+/// (grace 2 min), yet well inside the agent's window (24 h).
+fn hour_ago() -> i64 {
+    bucket_of(common::now_ms() - 3_600_000)
+}
+
+/// A timestamp `secs` seconds into the `n`th bucket after `base`.
+fn at(base: i64, n: i64, secs: i64) -> i64 {
+    base + n * WIDTH_MS + secs * 1000
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")
+}
+
+// ---------------------------------------------------------------- processes
+
+fn agent_flags() -> [&'static str; 8] {
+    [
+        "--bucket-width",
+        "60s",
+        "--grace",
+        "2m",
+        "--tick",
+        "200ms",
+        "--window",
+        "24h",
+    ]
+}
+
+/// A `tally broker` reporting to an agent; killed when dropped. It can be
+/// killed with SIGKILL and restarted on the same data folder.
+struct Broker {
+    child: Option<Child>,
+    addr: String,
+    data: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Broker {
+    fn start(dir: &Path, agent: SocketAddr, extra: &[&str]) -> Broker {
+        let mut args: Vec<String> = [
+            "--no-metrics",
+            "--bucket-width",
+            "60s",
+            "--agent",
+            &format!("ws://{agent}/api/v1/ingest"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut broker = Broker {
+            child: None,
+            addr: String::new(),
+            data: dir.join("broker"),
+            log: dir.join("broker.log"),
+            args,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Starts the process on a fresh port and waits until it listens.
+    fn spawn(&mut self) {
+        self.addr = format!("127.0.0.1:{}", common::free_port());
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = common::tally()
+            .args(["broker", "--listen", &self.addr, "--data-dir"])
+            .arg(&self.data)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tally broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("broker exited with {status}: {}", self.log());
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not listening within 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        tail(&std::fs::read_to_string(&self.log).unwrap_or_default()).to_owned()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let start = s.len().saturating_sub(4000);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// Runs a client with `stdin` as its input, killed after `CLIENT_TIMEOUT`,
+/// and returns its JSON result, failing with everything it said when it
+/// exited with an error or listed mismatches.
+fn client(what: &str, cmd: &mut Command, stdin: &Value, broker: &Broker) -> Value {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let input = stdin.to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let status: ExitStatus = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {CLIENT_TIMEOUT:?}; stderr:\n{}",
+                tail(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let result: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no JSON result ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{}",
+            tail(&stderr)
+        )
+    });
+    let mismatches = result["mismatches"].as_array().cloned().unwrap_or_default();
+    assert!(
+        status.success() && mismatches.is_empty(),
+        "{what} exited with {status}: {mismatches:?}\nclient stderr:\n{}\nbroker log:\n{}",
+        tail(&stderr),
+        broker.log()
+    );
+    result
+}
+
+/// The real clients the tests drive.
+struct Clients {
+    python: PathBuf,
+    node: Option<PathBuf>,
+}
+
+impl Clients {
+    /// The Python clients, and kafkajs when `with_kafkajs`; None (the test
+    /// is skipped) where one is missing, except under CI=true, where that fails.
+    fn find(with_kafkajs: bool) -> Option<Clients> {
+        let python = std::env::var_os("TALLY_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+        let installed = Command::new(&python)
+            .args([
+                "-c",
+                "import confluent_kafka, kafka, lz4, snappy, zstandard",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !common::require_installed(
+            &format!(
+                "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
+                python.display()
+            ),
+            installed,
+        ) {
+            return None;
+        }
+        let mut node = None;
+        if with_kafkajs {
+            node = Some(common::require_tool("node")?);
+            let kafkajs = scripts().join("node_modules/kafkajs/package.json");
+            if !common::require_installed("kafkajs (npm ci in tests/compat)", kafkajs.is_file()) {
+                return None;
+            }
+        }
+        Some(Clients { python, node })
+    }
+
+    /// Produces `plan` (see reconcile_produce.py) with `which` client:
+    /// "confluent-kafka", "kafka-python" or "kafkajs".
+    fn produce(&self, which: &str, broker: &Broker, topic: &str, plan: &Value) -> Vec<Rec> {
+        let mut cmd = if which == "kafkajs" {
+            let mut c = Command::new(self.node.as_ref().expect("kafkajs was not asked for"));
+            c.arg(scripts().join("reconcile_produce.js"));
+            c
+        } else {
+            let mut c = Command::new(&self.python);
+            c.arg(scripts().join("reconcile_produce.py")).arg(which);
+            c
+        };
+        cmd.arg(&broker.addr).arg(topic);
+        let result = client(
+            &format!("{which} producing to {topic}"),
+            &mut cmd,
+            plan,
+            broker,
+        );
+        let records: Vec<Rec> = result["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Rec {
+                partition: r["partition"].as_i64().unwrap() as i32,
+                offset: r["offset"].as_i64().unwrap(),
+                ts: r["timestamp"].as_i64().unwrap(),
+            })
+            .collect();
+        let planned: usize = plan["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["timestamps"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(records.len(), planned, "{which}: records acknowledged");
+        let sent: Vec<i64> = plan["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["timestamps"].as_array().unwrap().iter())
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        let acknowledged: Vec<i64> = records.iter().map(|r| r.ts).collect();
+        assert_eq!(acknowledged, sent, "{which}: timestamps acknowledged");
+        records
+    }
+
+    fn group(&self, mode: &str, broker: &Broker, topic: &str, group: &str, args: &Value) -> Value {
+        client(
+            &format!("group {group} ({mode})"),
+            Command::new(&self.python)
+                .arg(scripts().join("reconcile_group.py"))
+                .args([mode, &broker.addr, topic, group]),
+            args,
+            broker,
+        )
+    }
+
+    /// Group `group` commits 0 on every partition of `targets`, then reads
+    /// and commits at each target offset in turn; the commits go into `truth`.
+    fn consume(&self, broker: &Broker, truth: &mut Truth, group: &str, targets: &[(i32, &[i64])]) {
+        let map: serde_json::Map<String, Value> = targets
+            .iter()
+            .map(|(p, t)| (p.to_string(), json!(t)))
+            .collect();
+        let result = self.group(
+            "consume",
+            broker,
+            &truth.topic,
+            group,
+            &json!({ "targets": map }),
+        );
+        // What the group read is what was produced, record by record.
+        for r in result["read"].as_array().unwrap() {
+            let (p, o) = (
+                r["partition"].as_i64().unwrap() as i32,
+                r["offset"].as_i64().unwrap(),
+            );
+            let produced = truth
+                .records
+                .iter()
+                .find(|x| x.partition == p && x.offset == o)
+                .unwrap_or_else(|| {
+                    panic!("group {group} read partition {p} offset {o}, never produced")
+                });
+            assert_eq!(
+                produced.ts,
+                r["timestamp"].as_i64().unwrap(),
+                "partition {p} offset {o}"
+            );
+        }
+        let read = result["read"].as_array().unwrap().len() as i64;
+        let want: i64 = targets
+            .iter()
+            .map(|(_, t)| t.last().copied().unwrap_or(0))
+            .sum();
+        assert_eq!(
+            read, want,
+            "group {group} read exactly up to its last targets"
+        );
+        truth.record_commits(group, &result["commits"]);
+    }
+
+    /// Group `group` commits each step's offsets in turn, pausing `pause_ms` after each.
+    fn commit(
+        &self,
+        broker: &Broker,
+        truth: &mut Truth,
+        group: &str,
+        steps: &[&[(i32, i64)]],
+        pause_ms: u64,
+    ) {
+        let steps: Vec<Value> = steps
+            .iter()
+            .map(|offsets| {
+                let map: serde_json::Map<String, Value> = offsets
+                    .iter()
+                    .map(|(p, o)| (p.to_string(), json!(o)))
+                    .collect();
+                json!({ "offsets": map, "pause_ms": pause_ms })
+            })
+            .collect();
+        let result = self.group(
+            "commit",
+            broker,
+            &truth.topic,
+            group,
+            &json!({ "steps": steps }),
+        );
+        truth.record_commits(group, &result["commits"]);
+    }
+}
+
+fn batch(partition: i32, codec: &str, timestamps: &[i64]) -> Value {
+    json!({ "partition": partition, "codec": codec, "timestamps": timestamps })
+}
+
+// ------------------------------------------------------------- ground truth
+
+/// One acknowledged record.
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    partition: i32,
+    offset: i64,
+    ts: i64,
+}
+
+/// A group's commits on one partition, in order, before and after the one
+/// retention pass that moved the log start (all "before" when none did).
+#[derive(Clone, Debug, Default)]
+struct Commits {
+    before: Vec<i64>,
+    after: Vec<i64>,
+}
+
+/// What the clients produced and committed, and where retention moved each
+/// partition's log start.
+struct Truth {
+    topic: String,
+    records: Vec<Rec>,
+    start: BTreeMap<i32, i64>,
+    groups: BTreeMap<String, BTreeMap<i32, Commits>>,
+}
+
+/// One tier's numbers in one bucket, as the agent shows them (`pending`,
+/// `expired` and `skipped` exist on group tiers only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cell {
+    records: u64,
+    pending: Option<u64>,
+    expired: Option<u64>,
+    skipped: Option<u64>,
+}
+
+/// bucket → tier → cell.
+type Books = BTreeMap<i64, BTreeMap<String, Cell>>;
+
+impl Truth {
+    fn new(topic: &str) -> Truth {
+        Truth {
+            topic: topic.to_owned(),
+            records: Vec::new(),
+            start: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+
+    fn record_commits(&mut self, group: &str, commits: &Value) {
+        let retained = !self.start.is_empty();
+        for c in commits.as_array().unwrap() {
+            let (p, o) = (c[0].as_i64().unwrap() as i32, c[1].as_i64().unwrap());
+            let commits = self
+                .groups
+                .entry(group.to_owned())
+                .or_default()
+                .entry(p)
+                .or_default();
+            if retained {
+                commits.after.push(o);
+            } else {
+                commits.before.push(o);
+            }
+        }
+    }
+
+    fn end(&self, partition: i32) -> i64 {
+        self.records
+            .iter()
+            .filter(|r| r.partition == partition)
+            .map(|r| r.offset + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn books(&self) -> Books {
+        let mut books = Books::new();
+        for r in &self.records {
+            let tiers = books.entry(bucket_of(r.ts)).or_default();
+            tiers
+                .entry("broker".to_owned())
+                .or_insert(Cell {
+                    records: 0,
+                    pending: None,
+                    expired: None,
+                    skipped: None,
+                })
+                .records += 1;
+        }
+        for (group, partitions) in &self.groups {
+            let tier = format!("group:{group}");
+            for tiers in books.values_mut() {
+                tiers.insert(
+                    tier.clone(),
+                    Cell {
+                        records: 0,
+                        pending: Some(0),
+                        expired: Some(0),
+                        skipped: Some(0),
+                    },
+                );
+            }
+            for r in &self.records {
+                let cell = books
+                    .get_mut(&bucket_of(r.ts))
+                    .unwrap()
+                    .get_mut(&tier)
+                    .unwrap();
+                let bump = |n: &mut Option<u64>| *n = Some(n.unwrap() + 1);
+                let Some(c) = partitions
+                    .get(&r.partition)
+                    .filter(|c| !c.before.is_empty() || !c.after.is_empty())
+                else {
+                    bump(&mut cell.pending);
+                    continue;
+                };
+                let all: Vec<i64> = c.before.iter().chain(&c.after).copied().collect();
+                let first = all[0];
+                let start = self.start.get(&r.partition).copied().unwrap_or(0);
+                let high_at_retention = c.before.iter().copied().max().unwrap_or(first);
+                let high = all.iter().copied().max().unwrap().max(start);
+                if r.offset < first {
+                    bump(&mut cell.skipped);
+                } else if r.offset >= high_at_retention && r.offset < start {
+                    bump(&mut cell.expired);
+                } else if r.offset < high {
+                    cell.records += 1;
+                } else {
+                    bump(&mut cell.pending);
+                }
+            }
+        }
+        books
+    }
+}
+
+// ------------------------------------------------------------ the agent view
+
+/// `/api/v1/topics/{topic}/buckets`, or None while the agent has no counts of it.
+fn view(agent: &Agent, topic: &str) -> Option<Value> {
+    let path = format!("/api/v1/topics/{topic}/buckets?cluster=local");
+    let (status, body) = common::try_get(agent.addr, &path, None).ok()?;
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "GET {path}: {body}");
+    Some(serde_json::from_str(&body).unwrap())
+}
+
+fn books_of(view: &Value) -> Books {
+    let mut books = Books::new();
+    for b in view["buckets"].as_array().unwrap() {
+        let tiers = books.entry(b["bucket"].as_i64().unwrap()).or_default();
+        for (tier, t) in b["tiers"].as_object().unwrap() {
+            tiers.insert(
+                tier.clone(),
+                Cell {
+                    records: t["records"].as_u64().unwrap(),
+                    pending: t.get("pending").and_then(Value::as_u64),
+                    expired: t.get("expired").and_then(Value::as_u64),
+                    skipped: t.get("skipped").and_then(Value::as_u64),
+                },
+            );
+        }
+    }
+    books
+}
+
+/// The cells where `got` and `want` differ, one line each.
+fn differences(got: &Books, want: &Books) -> String {
+    let buckets: BTreeSet<i64> = got.keys().chain(want.keys()).copied().collect();
+    let base = buckets.first().copied().unwrap_or(0);
+    let mut lines = Vec::new();
+    for b in buckets {
+        let (g, w) = (got.get(&b), want.get(&b));
+        let tiers: BTreeSet<&String> = g.into_iter().chain(w).flat_map(|t| t.keys()).collect();
+        for tier in tiers {
+            let (gc, wc) = (g.and_then(|t| t.get(tier)), w.and_then(|t| t.get(tier)));
+            if gc != wc {
+                lines.push(format!(
+                    "bucket {b} (+{} min) {tier}: agent {gc:?}, truth {wc:?}",
+                    (b - base) / WIDTH_MS
+                ));
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+/// Polls the agent until its books of `truth.topic` equal `truth`, and
+/// returns the view; fails after `SETTLE` with the differences.
+fn wait_for_truth(agent: &Agent, broker: &Broker, truth: &Truth) -> Value {
+    let want = truth.books();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let got = view(agent, &truth.topic);
+        if let Some(v) = &got
+            && books_of(v) == want
+        {
+            return got.unwrap();
+        }
+        if Instant::now() >= deadline {
+            let shown = got.as_ref().map(books_of).unwrap_or_default();
+            panic!(
+                "the agent's books of {} differ from the ground truth after {SETTLE:?}:\n{}\n\nagent log:\n{}\nbroker log:\n{}",
+                truth.topic,
+                differences(&shown, &want),
+                tail(&agent.log()),
+                broker.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every bucket's statuses follow from its numbers: `broker` is the
+/// reference and complete; a group tier is incomplete where records expired,
+/// pending where some wait, and otherwise complete (or late, when it was
+/// seen pending after its grace period ended).
+fn assert_statuses(view: &Value) {
+    for b in view["buckets"].as_array().unwrap() {
+        for (tier, t) in b["tiers"].as_object().unwrap() {
+            let status = t["status"].as_str().unwrap();
+            let allowed: &[&str] = if tier == "broker" {
+                &["complete"]
+            } else if t["expired"].as_u64().unwrap() > 0 {
+                &["incomplete"]
+            } else if t["pending"].as_u64().unwrap() > 0 {
+                &["pending"]
+            } else {
+                &["complete", "late"]
+            };
+            assert!(
+                allowed.contains(&status),
+                "bucket {} {tier}: status {status}, expected one of {allowed:?}: {t}",
+                b["bucket"]
+            );
+        }
+    }
+}
+
+/// broker = consumed + pending + expired + skipped, for every group and bucket.
+fn assert_balanced(view: &Value) {
+    for b in view["buckets"].as_array().unwrap() {
+        let tiers = b["tiers"].as_object().unwrap();
+        let broker = tiers["broker"]["records"].as_u64().unwrap();
+        for (tier, t) in tiers.iter().filter(|(n, _)| n.starts_with("group:")) {
+            let sum: u64 = ["records", "pending", "expired", "skipped"]
+                .iter()
+                .map(|k| t[*k].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                sum, broker,
+                "bucket {} {tier} does not balance: {t}",
+                b["bucket"]
+            );
+        }
+    }
+}
+
+fn group_total(view: &Value, group: &str, field: &str) -> u64 {
+    view["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["tiers"][format!("group:{group}")][field].as_u64())
+        .sum()
+}
+
+/// The broker's emitter as `/api/v1/sources` shows it.
+fn source(agent: &Agent) -> Value {
+    let sources = agent.json("/api/v1/sources");
+    sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "broker-local-0")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The group's partitions as `/api/v1/groups` shows them.
+fn group_partitions(agent: &Agent, group: &str) -> Vec<Value> {
+    agent.json("/api/v1/groups")["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group)
+        .map(|g| g["partitions"].as_array().unwrap().clone())
+        .unwrap_or_default()
+}
+
+/// Samples the view for `secs` seconds; every sample must equal `want`.
+fn assert_steady(agent: &Agent, topic: &str, want: &Books, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let got = view(agent, topic).map(|v| books_of(&v)).unwrap_or_default();
+        assert!(
+            got == *want,
+            "{what}: the books changed:\n{}\nagent log:\n{}",
+            differences(&got, want),
+            tail(&agent.log())
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+// --------------------------------------------------------- the log on disk
+
+/// A record batch as the broker's segment files hold it (Kafka's format).
+#[derive(Debug)]
+struct DiskBatch {
+    partition: i32,
+    base: i64,
+    count: i64,
+    codec: u16,
+    first_ts: i64,
+    max_ts: i64,
+}
+
+/// Every batch of `topic` in the broker's log files, read the way
+/// kafka-dump-log would: what the clients really sent, batch by batch.
+fn disk_batches(broker: &Broker, topic: &str) -> Vec<DiskBatch> {
+    let mut out = Vec::new();
+    let dir = broker.data.join("topics").join(topic);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(partition) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(entry.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let bytes = std::fs::read(&log).unwrap();
+            let i64_at = |at: usize| i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+            let i32_at = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            let mut at = 0;
+            while at + 61 <= bytes.len() {
+                let len = i32_at(at + 8) as usize;
+                out.push(DiskBatch {
+                    partition,
+                    base: i64_at(at),
+                    count: i64::from(i32_at(at + 57)),
+                    codec: u16::from_be_bytes([bytes[at + 21], bytes[at + 22]]) & 7,
+                    first_ts: i64_at(at + 27),
+                    max_ts: i64_at(at + 35),
+                });
+                at += 12 + len;
+            }
+        }
+    }
+    out
+}
+
+/// The timestamps of a batch's records, as they were produced.
+fn batch_timestamps(records: &[Rec], b: &DiskBatch) -> Vec<i64> {
+    let mut ts: Vec<(i64, i64)> = records
+        .iter()
+        .filter(|r| r.partition == b.partition && (b.base..b.base + b.count).contains(&r.offset))
+        .map(|r| (r.offset, r.ts))
+        .collect();
+    ts.sort();
+    assert_eq!(
+        ts.len() as i64,
+        b.count,
+        "batch {b:?} holds unknown records"
+    );
+    ts.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Whether a commit of some group on `truth.topic` fell strictly inside a batch.
+fn commit_inside_batch(truth: &Truth, batches: &[DiskBatch]) -> bool {
+    truth.groups.values().any(|partitions| {
+        partitions.iter().any(|(p, c)| {
+            c.before.iter().chain(&c.after).any(|o| {
+                batches
+                    .iter()
+                    .any(|b| b.partition == *p && b.base < *o && *o < b.base + b.count)
+            })
+        })
+    })
+}
+
+fn setup(with_kafkajs: bool) -> Option<(Clients, tempfile::TempDir, Agent)> {
+    let clients = Clients::find(with_kafkajs)?;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), &agent_flags());
+    Some((clients, dir, agent))
+}
+
+// -------------------------------------------------------------------- tests
+
+#[test]
+fn three_clients_codecs_and_straddling_batches_reconcile_exactly() {
+    let Some((clients, dir, agent)) = setup(true) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("orders");
+    let b = hour_ago();
+
+    // Batches inside one bucket and across bucket boundaries, in every
+    // codec, some with records older than the batch's first one.
+    let confluent = json!({
+        "create": {"partitions": 3},
+        "batches": [
+            batch(0, "none", &[at(b, 0, 1), at(b, 0, 2), at(b, 0, 3), at(b, 0, 4)]),
+            batch(0, "gzip", &[at(b, 0, 50), at(b, 1, 5), at(b, 0, 55), at(b, 1, 10), at(b, 0, 58)]),
+            batch(1, "zstd", &[at(b, 1, 40), at(b, 2, 1), at(b, 1, 50), at(b, 2, 2), at(b, 1, 30)]),
+            batch(1, "lz4", &[at(b, 1, 1), at(b, 1, 2), at(b, 1, 3)]),
+            batch(2, "snappy", &[at(b, 2, 10), at(b, 3, 5), at(b, 2, 20), at(b, 3, 10)]),
+            batch(2, "none", &[at(b, 3, 20), at(b, 2, 59), at(b, 3, 30)]),
+        ],
+    });
+    let kafka_python = json!({
+        "batches": [
+            batch(0, "lz4", &[at(b, 1, 20), at(b, 2, 5), at(b, 1, 25)]),
+            batch(1, "gzip", &[at(b, 2, 30), at(b, 2, 31), at(b, 2, 32), at(b, 2, 33)]),
+            batch(2, "zstd", &[at(b, 2, 45), at(b, 3, 40), at(b, 2, 46), at(b, 3, 41)]),
+            batch(2, "snappy", &[at(b, 0, 10), at(b, 0, 11), at(b, 0, 12)]),
+            batch(0, "none", &[at(b, 2, 1), at(b, 2, 2)]),
+        ],
+    });
+    let kafkajs = json!({
+        "batches": [
+            batch(0, "gzip", &[at(b, 3, 1), at(b, 2, 50), at(b, 3, 2), at(b, 3, 3)]),
+            batch(1, "none", &[at(b, 0, 40), at(b, 0, 41), at(b, 1, 1)]),
+            batch(2, "gzip", &[at(b, 0, 20), at(b, 0, 21), at(b, 0, 22), at(b, 0, 23), at(b, 0, 24)]),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("confluent-kafka", &broker, "orders", &confluent));
+    truth
+        .records
+        .extend(clients.produce("kafka-python", &broker, "orders", &kafka_python));
+    truth
+        .records
+        .extend(clients.produce("kafkajs", &broker, "orders", &kafkajs));
+    assert_eq!(
+        [truth.end(0), truth.end(1), truth.end(2)],
+        [18, 15, 19],
+        "offsets as planned"
+    );
+
+    // K = 25 records consumed, with commits on batch boundaries and inside
+    // batches (partition 0 at 6 is inside the gzip batch 4..9, partition 1
+    // at 2 inside the zstd batch 0..5, partition 2 at 9 inside the zstd
+    // batch 7..11); a second group consumes everything.
+    clients.consume(
+        &broker,
+        &mut truth,
+        "billing",
+        &[(0, &[4, 6, 10]), (1, &[2, 6]), (2, &[9])],
+    );
+    let ends: Vec<(i32, i64)> = (0..3).map(|p| (p, truth.end(p))).collect();
+    clients.commit(
+        &broker,
+        &mut truth,
+        "archive",
+        &[&[(0, 0), (1, 0), (2, 0)][..], &ends[..]],
+        0,
+    );
+
+    // The plan really produced what it meant to: every codec, compressed
+    // batches that straddle a bucket boundary, commits inside batches.
+    let batches = disk_batches(&broker, "orders");
+    let codecs: BTreeSet<u16> = batches.iter().map(|b| b.codec).collect();
+    assert_eq!(
+        codecs,
+        BTreeSet::from([0, 1, 2, 3, 4]),
+        "codecs on disk: {batches:?}"
+    );
+    let straddling = batches
+        .iter()
+        .filter(|d| d.codec != 0 && bucket_of(d.first_ts) != bucket_of(d.max_ts))
+        .count();
+    assert!(
+        straddling >= 4,
+        "compressed batches across a boundary: {batches:?}"
+    );
+    assert!(
+        batches.iter().any(|d| {
+            let ts = batch_timestamps(&truth.records, d);
+            ts.iter().any(|t| *t < ts[0]) && d.codec != 0
+        }),
+        "no compressed batch holds a record older than its first: {batches:?}"
+    );
+    assert!(
+        commit_inside_batch(&truth, &batches),
+        "no commit inside a batch"
+    );
+
+    let want = truth.books();
+    assert!(want.len() >= 4, "buckets: {want:?}");
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_eq!(
+        group_total(&view, "billing", "records"),
+        25,
+        "K records consumed"
+    );
+    assert_eq!(group_total(&view, "archive", "pending"), 0);
+    assert_statuses(&view);
+    assert_balanced(&view);
+}
+
+#[test]
+fn compressed_batches_with_a_record_older_than_their_first_are_counted_by_record() {
+    // A batch's header says the first and the largest timestamps; a record
+    // may still be older than the first (a negative timestamp delta), in an
+    // earlier bucket, while the first and the largest share one.
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("stragglers");
+    let b = hour_ago();
+    let confluent = json!({
+        "create": {"partitions": 2},
+        "batches": [
+            batch(0, "lz4", &[at(b, 1, 10), at(b, 1, 20), at(b, 0, 30), at(b, 1, 30)]),
+            batch(0, "zstd", &[at(b, 2, 5), at(b, 1, 50), at(b, 2, 6)]),
+        ],
+    });
+    let kafka_python = json!({
+        "batches": [
+            batch(1, "gzip", &[at(b, 1, 10), at(b, 0, 50), at(b, 1, 15)]),
+            batch(1, "snappy", &[at(b, 2, 1), at(b, 2, 2), at(b, 1, 59)]),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("confluent-kafka", &broker, "stragglers", &confluent));
+    truth
+        .records
+        .extend(clients.produce("kafka-python", &broker, "stragglers", &kafka_python));
+    clients.consume(&broker, &mut truth, "g", &[(0, &[2, 5]), (1, &[4])]);
+
+    let batches = disk_batches(&broker, "stragglers");
+    let fooling = batches
+        .iter()
+        .filter(|d| {
+            let ts = batch_timestamps(&truth.records, d);
+            d.codec != 0
+                && bucket_of(d.first_ts) == bucket_of(d.max_ts)
+                && ts.iter().any(|t| bucket_of(*t) < bucket_of(d.first_ts))
+        })
+        .count();
+    assert_eq!(
+        fooling, 4,
+        "compressed batches whose header spans one bucket but hold an older record: {batches:?}"
+    );
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_balanced(&view);
+}
+
+#[test]
+fn retention_expires_what_a_group_had_not_consumed() {
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &["--retention-check", "1s"]);
+    let mut truth = Truth::new("expiring");
+    // Every batch ends with a record that turns an hour old `AGES_OUT` from
+    // now; segments are judged by their newest record, so none can go
+    // before then, and every sealed one goes right after.
+    const AGES_OUT: i64 = 20_000;
+    let newest = common::now_ms() - 3_600_000 + AGES_OUT;
+    let m = bucket_of(newest);
+    let batches: Vec<Value> = (0..2)
+        .flat_map(|p| {
+            (0..6).map(move |n| {
+                batch(
+                    p,
+                    if n % 2 == 0 { "none" } else { "lz4" },
+                    &[at(m, -2, 3 * n + p as i64), at(m, -1, 3 * n + 1), newest],
+                )
+            })
+        })
+        .collect();
+    let plan = json!({
+        "create": {"partitions": 2, "configs": {"segment.bytes": "1024", "retention.ms": "3600000"}},
+        "value_bytes": 300,
+        "batches": batches,
+    });
+    truth
+        .records
+        .extend(clients.produce("confluent-kafka", &broker, "expiring", &plan));
+    // "slow" read 4 records of partition 0 (up to inside its second batch)
+    // and none of partition 1; "fast" read everything.
+    clients.commit(
+        &broker,
+        &mut truth,
+        "slow",
+        &[&[(0, 0), (1, 0)], &[(0, 4)]],
+        0,
+    );
+    clients.commit(
+        &broker,
+        &mut truth,
+        "fast",
+        &[&[(0, 0), (1, 0)], &[(0, 18), (1, 18)]],
+        0,
+    );
+    assert!(
+        common::now_ms() < newest + 3_600_000 - 1000,
+        "the commits took too long: retention may have run before them"
+    );
+
+    // Retention deletes every sealed segment once they age out.
+    let deadline = Instant::now() + Duration::from_secs(AGES_OUT as u64 / 1000 + 20);
+    let starts = loop {
+        let parts = group_partitions(&agent, "slow");
+        let starts: BTreeMap<i32, i64> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p["partition"].as_i64().unwrap() as i32,
+                    p["start_offset"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        if starts.len() == 2 && starts.values().all(|s| *s > 0) {
+            break starts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not move the log starts: {parts:?}\nbroker log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(starts[&0] > 4 && starts[&1] > 0, "log starts {starts:?}");
+    truth.start = starts.clone();
+    // The slow group goes on from the new start of partition 1.
+    clients.commit(&broker, &mut truth, "slow", &[&[(1, starts[&1] + 1)]], 0);
+
+    let view = wait_for_truth(&agent, &broker, &truth);
+    let deleted_unconsumed = (starts[&0] - 4) + starts[&1];
+    assert_eq!(
+        group_total(&view, "slow", "expired"),
+        deleted_unconsumed as u64
+    );
+    assert_eq!(group_total(&view, "fast", "expired"), 0);
+    assert_eq!(group_total(&view, "fast", "pending"), 0);
+    assert_balanced(&view);
+    assert_statuses(&view);
+}
+
+/// Two batches on each of two partitions, from bucket `round` to
+/// `round + 2`, compressed ones straddling a boundary; for the kill tests.
+fn durable_plan(b: i64, create: bool, round: i64) -> Value {
+    let mut plan = json!({
+        "batches": [
+            batch(0, "gzip", &[at(b, round, 50), at(b, round + 1, 5), at(b, round, 55), at(b, round + 1, 10)]),
+            batch(1, "none", &[at(b, round, 1), at(b, round, 2), at(b, round + 1, 3)]),
+            batch(0, "zstd", &[at(b, round + 1, 20), at(b, round + 1, 21)]),
+            batch(1, "snappy", &[at(b, round + 1, 30), at(b, round + 2, 1), at(b, round + 1, 31)]),
+        ],
+    });
+    if create {
+        plan["create"] = json!({"partitions": 2});
+    }
+    plan
+}
+
+#[test]
+fn broker_killed_and_restarted_leaves_the_books_identical() {
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let mut broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("durable");
+    let b = hour_ago();
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "durable",
+        &durable_plan(b, true, 0),
+    ));
+    clients.consume(&broker, &mut truth, "g", &[(0, &[2, 5]), (1, &[4])]);
+    let before = books_of(&wait_for_truth(&agent, &broker, &truth));
+
+    // kill -9 once everything was reported: the restarted broker rebuilds its
+    // books from the log and the committed offsets and resends them.
+    let counts_before = source(&agent)["messages"]["counts"].as_u64().unwrap();
+    broker.kill9();
+    broker.spawn();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = source(&agent);
+        if s["messages"]["hello"].as_u64() >= Some(2)
+            && s["messages"]["counts"].as_u64() > Some(counts_before)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted broker did not report: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_steady(&agent, "durable", &before, 3, "after the broker restarted");
+
+    // kill -9 right after a commit, before the broker could report it.
+    clients.commit(&broker, &mut truth, "g", &[&[(0, 6), (1, 5)]], 0);
+    broker.kill9();
+    broker.spawn();
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_steady(
+        &agent,
+        "durable",
+        &books_of(&view),
+        3,
+        "after the second restart",
+    );
+
+    // The restarted broker goes on counting.
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "durable",
+        &durable_plan(b, false, 2),
+    ));
+    clients.commit(&broker, &mut truth, "g", &[&[(0, 9)]], 0);
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_balanced(&view);
+}
+
+#[test]
+fn agent_killed_and_restarted_keeps_the_books_and_catches_up() {
+    let Some((clients, dir, mut agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("ledger");
+    let b = hour_ago();
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "ledger",
+        &durable_plan(b, true, 0),
+    ));
+    clients.consume(&broker, &mut truth, "g", &[(0, &[3]), (1, &[1, 5])]);
+    let before = books_of(&wait_for_truth(&agent, &broker, &truth));
+
+    // kill -9 and restart on the same address and state: the same books,
+    // from the first answer on and after the broker reconnected.
+    let (addr, data) = (agent.addr, agent.data_dir.clone());
+    agent.kill9();
+    agent = Agent::start_at(addr, &data, &agent_flags());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        if let Some(v) = view(&agent, "ledger") {
+            break books_of(&v);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent shows no books of ledger"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        first == before,
+        "the restarted agent lost books:\n{}",
+        differences(&first, &before)
+    );
+    let deadline = Instant::now() + SETTLE;
+    while source(&agent)["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not reconnect: {}",
+            source(&agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_steady(&agent, "ledger", &before, 3, "after the agent restarted");
+
+    // What happens while the agent is down reaches it once it is back.
+    agent.kill9();
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "ledger",
+        &durable_plan(b, false, 2),
+    ));
+    clients.commit(&broker, &mut truth, "g", &[&[(0, 7), (1, 8)]], 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    agent = Agent::start_at(addr, &data, &agent_flags());
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_balanced(&view);
+}
+
+#[test]
+fn a_group_that_rewinds_is_flagged_and_its_counts_never_fall() {
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("replays");
+    let b = hour_ago();
+    let plan = json!({
+        "create": {"partitions": 1},
+        "batches": [
+            batch(0, "gzip", &(0..10).map(|i| at(b, 0, 5 * i)).collect::<Vec<_>>()),
+            batch(0, "none", &(0..10).map(|i| at(b, 0, 50 + 2 * i)).collect::<Vec<_>>()),
+            batch(0, "snappy", &(0..10).map(|i| at(b, 1, 3 * i)).collect::<Vec<_>>()),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("kafka-python", &broker, "replays", &plan));
+
+    // Commits 1.3 s apart, so that each one reaches the agent (the broker
+    // samples lag once a second); meanwhile the consumed counts are watched.
+    let steps: &[&[(i32, i64)]] = &[
+        &[(0, 0)],
+        &[(0, 10)],
+        &[(0, 20)],
+        &[(0, 5)],
+        &[(0, 20)],
+        &[(0, 8)],
+    ];
+    let seen = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut seen: Vec<Books> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Some(v) = view(&agent, "replays") {
+                    seen.push(books_of(&v));
+                }
+                let done = seen.last().is_some_and(|b| {
+                    b.values()
+                        .any(|t| t.get("group:replay").is_some_and(|c| c.records > 0))
+                }) && group_partitions(&agent, "replay")
+                    .first()
+                    .is_some_and(|p| p["committed"] == 8);
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        clients.commit(&broker, &mut truth, "replay", steps, 1300);
+        watcher.join().unwrap()
+    });
+    assert!(
+        seen.len() >= 10,
+        "the books were seen only {} times",
+        seen.len()
+    );
+    for pair in seen.windows(2) {
+        for (bucket, tiers) in &pair[0] {
+            let (Some(was), Some(now)) = (
+                tiers.get("group:replay"),
+                pair[1].get(bucket).and_then(|t| t.get("group:replay")),
+            ) else {
+                continue;
+            };
+            assert!(
+                now.records >= was.records,
+                "bucket {bucket}: consumed fell from {} to {} on a rewind",
+                was.records,
+                now.records
+            );
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let groups = agent.json("/api/v1/groups");
+        let g = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == "replay")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if g["partitions"][0]["status"] == "rewind" {
+            assert_eq!(g["status"], "err", "{g}");
+            assert_eq!(g["partitions"][0]["committed"], 8, "{g}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group is not flagged as rewinding: {g}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Consumed stays at the highest commit: the first 20 records.
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_eq!(group_total(&view, "replay", "records"), 20);
+    assert_balanced(&view);
+}
+
+#[test]
+fn a_group_that_starts_late_skips_what_came_before() {
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("latecomers");
+    let b = hour_ago();
+    let first = json!({
+        "create": {"partitions": 2},
+        "batches": [
+            batch(0, "zstd", &[at(b, 0, 1), at(b, 0, 2), at(b, 1, 1), at(b, 0, 3), at(b, 1, 2), at(b, 1, 3)]),
+            batch(1, "none", &[at(b, 1, 10), at(b, 2, 10), at(b, 1, 11), at(b, 2, 11), at(b, 2, 12)]),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("kafka-python", &broker, "latecomers", &first));
+    // The group's first commit is at the end of the log.
+    clients.commit(&broker, &mut truth, "late", &[&[(0, 6), (1, 5)]], 0);
+    let more = json!({
+        "batches": [
+            batch(0, "gzip", &[at(b, 2, 20), at(b, 2, 21), at(b, 3, 1)]),
+            batch(1, "lz4", &[at(b, 2, 30), at(b, 3, 30), at(b, 2, 31), at(b, 3, 31)]),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("kafka-python", &broker, "latecomers", &more));
+    clients.commit(&broker, &mut truth, "late", &[&[(0, 9), (1, 7)]], 0);
+
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_eq!(
+        group_total(&view, "late", "skipped"),
+        11,
+        "records before the first commit"
+    );
+    assert_eq!(group_total(&view, "late", "records"), 5);
+    assert_eq!(group_total(&view, "late", "pending"), 2);
+    assert_balanced(&view);
+    assert_statuses(&view);
+}
+
+#[test]
+fn a_group_that_has_not_consumed_a_bucket_shows_it_pending() {
+    // Both groups committed offset 0 on every partition: everything after is
+    // theirs to consume. "idle" consumed nothing; "recent" consumed only
+    // partition 1, whose records are newer than partition 0's.
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut truth = Truth::new("backlog");
+    let b = hour_ago();
+    let plan = json!({
+        "create": {"partitions": 2},
+        "batches": [
+            batch(0, "none", &[at(b, 0, 1), at(b, 0, 2), at(b, 1, 1)]),
+            batch(1, "gzip", &[at(b, 1, 10), at(b, 2, 10), at(b, 1, 11), at(b, 2, 11)]),
+        ],
+    });
+    truth
+        .records
+        .extend(clients.produce("confluent-kafka", &broker, "backlog", &plan));
+    clients.commit(&broker, &mut truth, "idle", &[&[(0, 0), (1, 0)]], 0);
+    clients.commit(
+        &broker,
+        &mut truth,
+        "recent",
+        &[&[(0, 0), (1, 0)], &[(1, 4)]],
+        0,
+    );
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_eq!(group_total(&view, "idle", "pending"), 7);
+    assert_balanced(&view);
+}
