@@ -22,6 +22,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -187,33 +188,39 @@ impl Client {
     }
 }
 
-/// The Python with the pinned clients running `script`, or None (skip).
+/// The Python with the pinned clients, looked for once; None (skip) where
+/// it is missing.
+fn python() -> Option<&'static PathBuf> {
+    static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let path = std::env::var_os("TALLY_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join(".venv")
+                        .join("bin")
+                        .join("python")
+                });
+            let installed = Command::new(&path)
+                .args(["-c", "import confluent_kafka, kafka"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            let what = format!(
+                "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
+                path.display()
+            );
+            common::require_installed(&what, installed).then_some(path)
+        })
+        .as_ref()
+}
+
+/// That Python running `script`, or None (skip).
 fn python_script(script: &str) -> Option<Command> {
-    let path = std::env::var_os("TALLY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".venv")
-                .join("bin")
-                .join("python")
-        });
-    let installed = Command::new(&path)
-        .args(["-c", "import confluent_kafka, kafka"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !common::require_installed(
-        &format!(
-            "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
-            path.display()
-        ),
-        installed,
-    ) {
-        return None;
-    }
-    let mut cmd = Command::new(path);
-    cmd.current_dir(scripts()).arg(scripts().join(script));
+    let mut cmd = Command::new(python()?);
+    cmd.arg(scripts().join(script));
     Some(cmd)
 }
 
@@ -668,10 +675,9 @@ fn members_split_and_take_over(client: Client) {
 /// every record exactly once; one that commits an offset in the middle of
 /// what it read restarts exactly there.
 fn resumes_at_committed_offsets(client: Client) {
-    let Some(script) = client.script() else {
+    if client.script().is_none() {
         return;
-    };
-    drop(script);
+    }
     let broker = Broker::start(&[]);
     let topic = "ledger";
     let consume = |group: &str, take: usize, commit: &str, extra_ms: u64| {
