@@ -612,7 +612,7 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from what the store loaded.
-    pub fn restore(cfg: LedgerConfig, loaded: Loaded) -> Result<Self> {
+    pub fn restore(cfg: LedgerConfig, mut loaded: Loaded) -> Result<Self> {
         let mut ledger = Ledger::new(cfg);
         let kv: HashMap<String, String> = loaded.kv.into_iter().collect();
         let mut sources = loaded.sources;
@@ -656,46 +656,7 @@ impl Ledger {
             ledger.series[i].pruned.records = s.pruned_records;
             ledger.series[i].pruned.expired = s.pruned_expired;
         }
-        ledger.cells.reserve(loaded.cells.len());
-        let mut last_series = None;
-        for c in loaded.cells {
-            if c.source as usize >= ledger.sources.len() || c.series as usize >= ledger.series.len()
-            {
-                return Err(Error::Config(format!(
-                    "state database holds a cell of unknown source \"{}\" or series \"{}\"",
-                    c.source, c.series
-                )));
-            }
-            let key = CellKey {
-                source: c.source,
-                series: c.series,
-                partition: c.partition,
-                bucket: c.bucket,
-            };
-            let v = Counts {
-                records: c.records,
-                bytes: c.bytes,
-                no_timestamp: c.no_timestamp,
-                expired: c.expired,
-                skipped: c.skipped,
-            };
-            ledger.sums.entry((c.series, c.bucket)).or_default().add(&v);
-            ledger.series[c.series as usize].live.add(&v);
-            if last_series != Some((c.source, c.series, c.partition)) {
-                ledger.sources[c.source as usize]
-                    .series
-                    .insert((c.series, c.partition));
-                last_series = Some((c.source, c.series, c.partition));
-            }
-            ledger.cells.insert(
-                key,
-                Cell {
-                    epoch: c.epoch,
-                    seq: c.seq,
-                    v,
-                },
-            );
-        }
+        let cells = std::mem::take(&mut loaded.cells);
         for h in loaded.history {
             if let Some(status) = BucketStatus::ALL
                 .into_iter()
@@ -726,7 +687,53 @@ impl Ledger {
                 );
             }
         }
+        ledger.restore_cells(cells)?;
         Ok(ledger)
+    }
+
+    /// Adds stored cells to a ledger being restored (the store streams them
+    /// in chunks, so this runs while the rest are still being read).
+    pub fn restore_cells(&mut self, cells: Vec<CellRow>) -> Result<()> {
+        self.cells.reserve(cells.len());
+        let mut last_series = None;
+        for c in cells {
+            if c.source as usize >= self.sources.len() || c.series as usize >= self.series.len() {
+                return Err(Error::Config(format!(
+                    "state database holds a cell of unknown source \"{}\" or series \"{}\"",
+                    c.source, c.series
+                )));
+            }
+            let key = CellKey {
+                source: c.source,
+                series: c.series,
+                partition: c.partition,
+                bucket: c.bucket,
+            };
+            let v = Counts {
+                records: c.records,
+                bytes: c.bytes,
+                no_timestamp: c.no_timestamp,
+                expired: c.expired,
+                skipped: c.skipped,
+            };
+            self.sums.entry((c.series, c.bucket)).or_default().add(&v);
+            self.series[c.series as usize].live.add(&v);
+            if last_series != Some((c.source, c.series, c.partition)) {
+                self.sources[c.source as usize]
+                    .series
+                    .insert((c.series, c.partition));
+                last_series = Some((c.source, c.series, c.partition));
+            }
+            self.cells.insert(
+                key,
+                Cell {
+                    epoch: c.epoch,
+                    seq: c.seq,
+                    v,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Evaluates the books and the groups' health at `now_ms`.

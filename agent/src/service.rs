@@ -160,9 +160,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let server = tokio::spawn(async move {
         let ledger_task = tokio::spawn(async move {
             let started = Instant::now();
-            let loaded =
-                tokio::task::spawn_blocking(move || store.load().map(|l| (store, l))).await;
-            let (store, loaded) = match loaded {
+            let restored = tokio::task::spawn_blocking(move || restore(store, ledger_cfg)).await;
+            let (store, ledger) = match restored {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     error!("cannot load stored state: {e}");
@@ -173,14 +172,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                     return;
                 }
             };
-            let cells = loaded.cells.len();
-            let ledger = match Ledger::restore(ledger_cfg, loaded) {
-                Ok(l) => l,
-                Err(e) => {
-                    error!("cannot restore stored state: {e}");
-                    return;
-                }
-            };
+            let cells = ledger.cell_count();
             info!(
                 cells,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -216,6 +208,30 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         server,
         snapshot: snapshot_rx,
     })
+}
+
+/// Loads the stored state: one thread reads the cells in chunks while this
+/// one rebuilds the ledger from them.
+fn restore(store: Store, cfg: crate::ledger::LedgerConfig) -> Result<(Store, Ledger)> {
+    let meta = store.load_without_cells()?;
+    let mut ledger = Ledger::restore(cfg, meta)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::store::CellRow>>(4);
+    std::thread::scope(|scope| {
+        let path = store.path().to_path_buf();
+        let reader =
+            scope.spawn(move || Store::stream_cells(&path, 65_536, |chunk| tx.send(chunk).is_ok()));
+        let mut restored = Ok(());
+        for chunk in rx.iter() {
+            if restored.is_ok() {
+                restored = ledger.restore_cells(chunk);
+            }
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
+        read.and(restored)
+    })?;
+    Ok((store, ledger))
 }
 
 async fn run_ledger(

@@ -484,7 +484,52 @@ impl Store {
         }
     }
 
+    /// Everything but the cells, which [`Store::stream_cells`] reads.
+    pub fn load_without_cells(&self) -> Result<Loaded> {
+        self.read_tables(false).map_err(|source| self.error(source))
+    }
+
+    /// Reads every cell on a connection of its own, handing them to `sink` in
+    /// chunks of `chunk` rows, so that the caller can restore one chunk while
+    /// the next is read. `sink` returns false to stop early.
+    pub fn stream_cells(
+        path: &Path,
+        chunk: usize,
+        mut sink: impl FnMut(Vec<CellRow>) -> bool,
+    ) -> Result<()> {
+        let mut read = || -> rusqlite::Result<()> {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            let mut select = conn.prepare(CELLS_SELECT)?;
+            let mut rows = select.query([])?;
+            let mut out = Vec::with_capacity(chunk);
+            while let Some(row) = rows.next()? {
+                out.push(cell_row(row)?);
+                if out.len() >= chunk
+                    && !sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))
+                {
+                    return Ok(());
+                }
+            }
+            if !out.is_empty() {
+                sink(out);
+            }
+            Ok(())
+        };
+        read().map_err(|source| Error::Store {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     fn read_all(&self) -> rusqlite::Result<Loaded> {
+        self.read_tables(true)
+    }
+
+    fn read_tables(&self, with_cells: bool) -> rusqlite::Result<Loaded> {
         // A read transaction, so that the tables come from one snapshot even if
         // an operator's shell writes in between.
         let tx = self.conn.unchecked_transaction()?;
@@ -523,28 +568,11 @@ impl Store {
                     })
                 },
             )?,
-            cells: read_table(
-                &tx,
-                "cell",
-                "SELECT source, series, partition_no, bucket, epoch, seq,
-                        records, bytes, no_timestamp, expired, skipped
-                 FROM cell ORDER BY bucket, source, series, partition_no",
-                |row| {
-                    Ok(CellRow {
-                        source: int(row, 0, "cell.source")?,
-                        series: int(row, 1, "cell.series")?,
-                        partition: int(row, 2, "cell.partition_no")?,
-                        bucket: row.get(3)?,
-                        epoch: row.get(4)?,
-                        seq: int(row, 5, "cell.seq")?,
-                        records: int(row, 6, "cell.records")?,
-                        bytes: int(row, 7, "cell.bytes")?,
-                        no_timestamp: int(row, 8, "cell.no_timestamp")?,
-                        expired: int(row, 9, "cell.expired")?,
-                        skipped: int(row, 10, "cell.skipped")?,
-                    })
-                },
-            )?,
+            cells: if with_cells {
+                read_table(&tx, "cell", CELLS_SELECT, cell_row)?
+            } else {
+                Vec::new()
+            },
             history: read_table(
                 &tx,
                 "history",
@@ -716,6 +744,26 @@ fn write_rows(tx: &Transaction<'_>, batch: &WriteBatch) -> rusqlite::Result<()> 
         }
     }
     Ok(())
+}
+
+const CELLS_SELECT: &str = "SELECT source, series, partition_no, bucket, epoch, seq,
+        records, bytes, no_timestamp, expired, skipped
+ FROM cell ORDER BY bucket, source, series, partition_no";
+
+fn cell_row(row: &Row<'_>) -> rusqlite::Result<CellRow> {
+    Ok(CellRow {
+        source: int(row, 0, "cell.source")?,
+        series: int(row, 1, "cell.series")?,
+        partition: int(row, 2, "cell.partition_no")?,
+        bucket: row.get(3)?,
+        epoch: row.get(4)?,
+        seq: int(row, 5, "cell.seq")?,
+        records: int(row, 6, "cell.records")?,
+        bytes: int(row, 7, "cell.bytes")?,
+        no_timestamp: int(row, 8, "cell.no_timestamp")?,
+        expired: int(row, 9, "cell.expired")?,
+        skipped: int(row, 10, "cell.skipped")?,
+    })
 }
 
 /// Reads a whole table into a vector sized by a count first, since growing a
