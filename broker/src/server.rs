@@ -205,9 +205,8 @@ impl Broker {
         if records.is_empty() {
             return;
         }
-        let count: u64 = crate::batch::validate_batches(records)
-            .map(|hs| hs.iter().map(|h| h.record_count.max(0) as u64).sum())
-            .unwrap_or(0);
+        // Headers only: these are the log's own batches, already checked.
+        let count = crate::batch::count_records(records);
         self.metrics.fetched(topic, count, records.len() as u64);
     }
 
