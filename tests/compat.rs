@@ -15,212 +15,15 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
-/// How long one client run may take before it is killed.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+use common::{Broker, CLIENT_TIMEOUT, ClientRun, client_scripts as scripts, python};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scripts() -> PathBuf {
-    repo().join("tests").join("compat")
-}
-
-/// A running `tally broker`; killed when dropped, its data folder removed.
-struct Broker {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    /// Starts `tally broker` on a free port with `extra` flags and waits
-    /// until it accepts connections.
-    fn start(extra: &[&str]) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let log = dir.path().join("broker.log");
-        let child = common::tally()
-            // The data path alone: no agent to report to.
-            .args([
-                "broker",
-                "--listen",
-                &addr,
-                "--no-metrics",
-                "--agent",
-                "",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn tally broker");
-        let mut broker = Broker {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = broker.child.try_wait().unwrap() {
-                panic!("broker exited with {status}: {}", broker.log());
-            }
-            if TcpStream::connect(&broker.addr).is_ok() {
-                return broker;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not listening within 20 s: {}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The broker's warnings: a connection it closed or a request it
-    /// refused means a client met something it did not expect.
-    fn warnings(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn assert_no_warnings(&self) {
-        let warnings = self.warnings();
-        assert!(
-            warnings.is_empty(),
-            "the broker logged {} warnings:\n{}",
-            warnings.len(),
-            warnings.join("\n")
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one client run printed.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The JSON result on stdout.
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "the client printed no JSON result ({e}); exit {}\nstdout:\n{}\nstderr:\n{}",
-                self.status,
-                self.stdout,
-                tail(&self.stderr)
-            )
-        })
-    }
-}
-
-fn tail(s: &str) -> &str {
-    let start = s.len().saturating_sub(4000);
-    let start = (start..s.len())
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(s.len());
-    &s[start..]
-}
-
-/// Runs `cmd` with `stdin` as its input, killing it after `CLIENT_TIMEOUT`.
-fn run(cmd: &mut Command, stdin: &[u8]) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = input.write_all(&stdin);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {CLIENT_TIMEOUT:?}; stderr:\n{}",
-                tail(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    writer.join().unwrap();
-    Run {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-/// The Python with the pinned clients, or None (skip) where it is missing.
-fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("TALLY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv").join("bin").join("python"));
-    let installed = Command::new(&path)
-        .args([
-            "-c",
-            "import confluent_kafka, kafka, lz4, snappy, zstandard",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    common::require_installed(
-        &format!(
-            "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
-            path.display()
-        ),
-        installed,
-    )
-    .then_some(path)
+fn run(cmd: &mut Command, stdin: &[u8]) -> ClientRun {
+    common::run(cmd, stdin, CLIENT_TIMEOUT)
 }
 
 /// Runs one of the Python client scripts against `broker` and returns its
@@ -229,31 +32,11 @@ fn python_client(python: &Path, script: &str, broker: &Broker, args: &[&str]) ->
     let out = run(
         Command::new(python)
             .arg(scripts().join(script))
-            .arg(&broker.addr)
+            .arg(broker.addr())
             .args(args),
         b"",
     );
-    accept(script, &out, broker)
-}
-
-/// The JSON result of a client run that must have found no mismatch.
-fn accept(what: &str, out: &Run, broker: &Broker) -> Value {
-    let result = out.json();
-    let mismatches = result["mismatches"].as_array().cloned().unwrap_or_default();
-    assert!(
-        out.status.success() && mismatches.is_empty(),
-        "{what} exited with {} and found {} mismatches:\n{}\n\nclient stderr:\n{}\n\nbroker log:\n{}",
-        out.status,
-        mismatches.len(),
-        mismatches
-            .iter()
-            .map(|m| m.as_str().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        tail(&out.stderr),
-        tail(&broker.log())
-    );
-    result
+    out.accept(script, broker)
 }
 
 fn records(v: &Value) -> &Vec<Value> {
@@ -273,7 +56,7 @@ fn confluent_kafka_produces_every_codec_and_reads_back_exactly() {
         result["checks"]["partitions"]["got"],
         serde_json::json!([0, 1, 2])
     );
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 #[test]
@@ -288,28 +71,22 @@ fn kafka_python_produces_every_codec_and_reads_back_exactly() {
         result["checks"]["partitions_for_topic"]["got"],
         serde_json::json!([0, 1, 2])
     );
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 #[test]
 fn kafkajs_admin_and_idempotent_producer_write_what_confluent_kafka_reads() {
     let Some(python) = python() else { return };
-    let Some(node) = common::require_tool("node") else {
-        return;
-    };
-    let kafkajs = scripts().join("node_modules/kafkajs/package.json");
-    if !common::require_installed("kafkajs (npm ci in tests/compat)", kafkajs.is_file()) {
-        return;
-    }
+    let Some(node) = common::node() else { return };
     let broker = Broker::start(&["--fsync", "never"]);
     let out = run(
         Command::new(node)
             .arg(scripts().join("with_kafkajs.js"))
-            .arg(&broker.addr)
+            .arg(broker.addr())
             .arg("clicks"),
         b"",
     );
-    let produced = accept("with_kafkajs.js", &out, &broker);
+    let produced = out.accept("with_kafkajs.js", &broker);
     let sent = records(&produced["sent"]);
     assert_eq!(sent.len(), 36, "12 records per partition were acknowledged");
     // kafkajs reads only through consumer groups, which the broker does not
@@ -320,7 +97,7 @@ fn kafkajs_admin_and_idempotent_producer_write_what_confluent_kafka_reads() {
         sent,
         "records read back differ from those kafkajs sent"
     );
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 /// One kcat producer run: its flags, and the records it sends as
@@ -406,18 +183,12 @@ const KCAT_FORMAT: &str = "%t\\t%p\\t%o\\t%T\\t%K\\t%k\\t%S\\t%s\\t%h\\n";
 
 fn kcat(broker: &Broker, args: &[&str], stdin: &[u8]) -> String {
     let out = run(
-        Command::new("kcat")
-            .args(["-b", &broker.addr, "-m", "10"])
+        common::kcat()
+            .args(["-b", broker.addr(), "-m", "10"])
             .args(args),
         stdin,
     );
-    assert!(
-        out.status.success(),
-        "kcat {args:?} exited with {}: {}\nbroker log:\n{}",
-        out.status,
-        tail(&out.stderr),
-        tail(&broker.log())
-    );
+    out.assert_success(&format!("kcat {args:?}"), broker);
     out.stdout
 }
 
@@ -470,7 +241,7 @@ fn kcat_lists_produces_consumes_and_queries_by_time() {
     let listing: Value = serde_json::from_str(&kcat(&broker, &["-L", "-J"], b"")).unwrap();
     assert_eq!(
         listing["brokers"],
-        serde_json::json!([{"id": 0, "name": broker.addr}]),
+        serde_json::json!([{"id": 0, "name": broker.addr()}]),
         "{listing}"
     );
     let described = listing["topics"]
@@ -578,5 +349,5 @@ fn kcat_lists_produces_consumes_and_queries_by_time() {
         "-o {from_time}"
     );
 
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }

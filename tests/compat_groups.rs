@@ -18,136 +18,24 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::{Broker, CLIENT_TIMEOUT, ClientRun, client_scripts as scripts, tail};
+
 /// The session timeout every member asks for (`groups_events.py`,
 /// `groups_kafkajs.js`): what a killed member costs its group.
 const SESSION_TIMEOUT: Duration = Duration::from_millis(6_000);
-/// How long a one-shot client run may take before it is killed.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 /// A member's first assignment arrives within this long of subscribe():
 /// a broker that holds the first JoinGroup (one peer does, for
 /// kafka-python) never gets there.
 const FIRST_ASSIGNMENT: Duration = Duration::from_secs(5);
 const PARTITIONS: [i64; 3] = [0, 1, 2];
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("compat")
-}
-
-fn tail(s: &str) -> &str {
-    let start = s.len().saturating_sub(4000);
-    let start = (start..s.len())
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(s.len());
-    &s[start..]
-}
-
-/// A `tally broker` on a free port with its own data folder; killed when
-/// dropped.
-struct Broker {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-    extra: Vec<String>,
-}
-
-impl Broker {
-    fn start(extra: &[&str]) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let child = Self::spawn(&addr, dir.path(), &extra);
-        let mut broker = Broker {
-            child,
-            addr,
-            dir,
-            extra,
-        };
-        broker.wait_listening();
-        broker
-    }
-
-    fn spawn(addr: &str, dir: &Path, extra: &[String]) -> Child {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(dir.join("broker.log"))
-            .unwrap();
-        common::tally()
-            .args(["broker", "--listen", addr, "--no-metrics", "--agent", ""])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tally broker")
-    }
-
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("broker exited with {status}: {}", self.log());
-            }
-            if TcpStream::connect(&self.addr).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not listening within 20 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// kill -9, then the same broker again: same port, same data folder.
-    fn kill9_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.child = Self::spawn(&self.addr, self.dir.path(), &self.extra);
-        self.wait_listening();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
-    }
-
-    /// A connection the broker closed or a request it refused means a
-    /// client met something it did not expect.
-    fn assert_no_warnings(&self) {
-        let log = self.log();
-        let warnings: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .collect();
-        assert!(
-            warnings.is_empty(),
-            "the broker logged {} warnings:\n{}",
-            warnings.len(),
-            warnings.join("\n")
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The clients that join groups through their own scripts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,13 +53,7 @@ impl Client {
             Client::ConfluentKafka => python_script("groups_confluent_kafka.py"),
             Client::KafkaPython => python_script("groups_kafka_python.py"),
             Client::Kafkajs => {
-                let node = common::require_tool("node")?;
-                let kafkajs = scripts().join("node_modules/kafkajs/package.json");
-                if !common::require_installed("kafkajs (npm ci in tests/compat)", kafkajs.is_file())
-                {
-                    return None;
-                }
-                let mut cmd = Command::new(node);
+                let mut cmd = Command::new(common::node()?);
                 cmd.arg(scripts().join("groups_kafkajs.js"));
                 Some(cmd)
             }
@@ -188,89 +70,16 @@ impl Client {
     }
 }
 
-/// The Python with the pinned clients, looked for once; None (skip) where
-/// it is missing.
-fn python() -> Option<&'static PathBuf> {
-    static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let path = std::env::var_os("TALLY_PYTHON")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join(".venv")
-                        .join("bin")
-                        .join("python")
-                });
-            let installed = Command::new(&path)
-                .args(["-c", "import confluent_kafka, kafka"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            let what = format!(
-                "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
-                path.display()
-            );
-            common::require_installed(&what, installed).then_some(path)
-        })
-        .as_ref()
-}
-
 /// That Python running `script`, or None (skip).
 fn python_script(script: &str) -> Option<Command> {
-    let mut cmd = Command::new(python()?);
+    let mut cmd = Command::new(common::python()?);
     cmd.arg(scripts().join(script));
     Some(cmd)
 }
 
-/// What one one-shot run printed.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `cmd` to its end, killing it after `CLIENT_TIMEOUT`.
-fn run(cmd: &mut Command) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {CLIENT_TIMEOUT:?}; stderr:\n{}",
-                tail(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+fn run(cmd: &mut Command) -> ClientRun {
+    common::run(cmd, b"", CLIENT_TIMEOUT)
 }
 
 /// Runs `cmd` (a client script) with `args` against `broker`; its JSON
@@ -278,7 +87,7 @@ fn run(cmd: &mut Command) -> Run {
 /// mismatch.
 fn one_shot(mut cmd: Command, broker: &Broker, args: &[&str]) -> Value {
     let (mode, rest) = args.split_first().unwrap();
-    let out = run(cmd.arg(mode).arg(&broker.addr).args(rest));
+    let out = run(cmd.arg(mode).arg(broker.addr()).args(rest));
     let result: Option<Value> = out
         .stdout
         .lines()
@@ -385,16 +194,12 @@ impl<'a> Group<'a> {
     /// Starts a member named `name` (its client id); returns its index.
     fn join(&mut self, name: &str) -> usize {
         let i = self.members.len();
-        let stderr = self
-            .broker
-            .dir
-            .path()
-            .join(format!("{}-{name}.stderr", self.id));
+        let stderr = self.broker.dir().join(format!("{}-{name}.stderr", self.id));
         let mut child = self
             .client
             .script()
             .unwrap()
-            .args(["member", &self.broker.addr, &self.topic, &self.id, name])
+            .args(["member", self.broker.addr(), &self.topic, &self.id, name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).unwrap())
@@ -668,7 +473,7 @@ fn members_split_and_take_over(client: Client) {
 
     group.close(a);
     assert_described(&group, 0);
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 /// A consumer that commits what it processed, stops and restarts reads
@@ -768,7 +573,7 @@ fn resumes_at_committed_offsets(client: Client) {
         after, want,
         "{client:?}: the restart reads from each committed offset to the end, once"
     );
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 #[test]
@@ -816,30 +621,22 @@ fn kcat_balanced_consumer_consumes_and_commits() {
                 .into_iter()
                 .map(|(_, _, v)| v + "\n")
                 .collect();
-            let mut child = Command::new("kcat")
-                .args(["-b", &broker.addr, "-P", "-t", topic, "-p", &p.to_string()])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = common::run(
+                common::kcat().args(["-b", broker.addr(), "-P", "-t", topic, "-p", &p.to_string()]),
+                input.as_bytes(),
+                CLIENT_TIMEOUT,
+            );
             assert!(
                 out.status.success() && out.stderr.is_empty(),
                 "kcat -P -p {p}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                out.stderr
             );
         }
     };
     let consume = || {
-        let out = run(Command::new("kcat").args([
+        let out = run(common::kcat().args([
             "-b",
-            &broker.addr,
+            broker.addr(),
             "-G",
             "dashboard",
             topic,
@@ -853,13 +650,7 @@ fn kcat_balanced_consumer_consumes_and_commits() {
             "-X",
             "session.timeout.ms=6000",
         ]));
-        assert!(
-            out.status.success(),
-            "kcat -G exited with {}: {}\nbroker log:\n{}",
-            out.status,
-            tail(&out.stderr),
-            tail(&broker.log())
-        );
+        out.assert_success("kcat -G", &broker);
         let mut read: Vec<Record> = out
             .stdout
             .lines()
@@ -902,7 +693,7 @@ fn kcat_balanced_consumer_consumes_and_commits() {
         "the second kcat -G run of the group reads only the new records"
     );
     assert_eq!(committed(), BTreeMap::from([(0, 6), (1, 6), (2, 6)]));
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }
 
 /// Offsets acknowledged by a synchronous commit survive a kill -9 of the
@@ -929,7 +720,8 @@ fn confluent_kafka_commits_survive_kill_9_of_the_broker() {
         "commit(asynchronous=False) acknowledged: {committed}"
     );
 
-    broker.kill9_and_restart();
+    broker.kill9();
+    broker.restart();
 
     assert_eq!(
         fetch_offsets(client, &broker, topic, "settle"),
@@ -957,5 +749,5 @@ fn confluent_kafka_commits_survive_kill_9_of_the_broker() {
         read, want,
         "the group resumes at the offsets committed before the kill -9"
     );
-    broker.assert_no_warnings();
+    broker.assert_quiet();
 }

@@ -9,11 +9,8 @@ mod client;
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ListOffsetsRequest;
@@ -22,83 +19,25 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::{CreateTopicsRequest, FetchRequest};
 
 use client::{Client, batch, fetch_request, produce_request, records, topic_name};
+use common::Broker;
 
 const TOPIC: &str = "durable";
 const PARTITIONS: i32 = 3;
 const PRODUCERS: usize = 4;
 const CYCLES: usize = 10;
 
-/// `tally broker` as a child process, fsyncing before every acknowledgement.
-struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl BrokerProcess {
-    fn start(data_dir: &Path, log: &Path) -> BrokerProcess {
-        let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-            .parse()
-            .unwrap();
-        let stderr = File::options().create(true).append(true).open(log).unwrap();
-        let child = common::tally()
-            .args([
-                "broker",
-                "--listen",
-                &addr.to_string(),
-                "--no-metrics",
-                "--agent",
-                "",
-            ])
-            .args(["--fsync", "always", "--auto-create-topics", "false"])
-            // Small segments, so that kills also land around segment rolls
-            // and recovery walks many sealed segments.
-            .args(["--segment-bytes", "16384"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tally broker");
-        let mut broker = BrokerProcess {
-            child,
-            addr,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = broker.child.try_wait().unwrap() {
-                panic!("broker exited with {status}: {}", broker.log());
-            }
-            if TcpStream::connect(addr).is_ok() {
-                return broker;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not listening within 20 s: {}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tally broker` with no agent, fsyncing before every acknowledgement.
+fn start_broker() -> Broker {
+    Broker::start(&[
+        "--fsync",
+        "always",
+        "--auto-create-topics",
+        "false",
+        // Small segments, so that kills also land around segment rolls
+        // and recovery walks many sealed segments.
+        "--segment-bytes",
+        "16384",
+    ])
 }
 
 /// A batch the broker acknowledged: where it said the records are.
@@ -213,12 +152,8 @@ async fn check_log(addr: SocketAddr, acked: &[Acked], cycle: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("broker");
-    let log = dir.path().join("broker.log");
-
-    let mut broker = BrokerProcess::start(&data_dir, &log);
-    let mut c = Client::connect(broker.addr).await.unwrap();
+    let mut broker = start_broker();
+    let mut c = Client::connect(broker.socket_addr()).await.unwrap();
     let created = c
         .call(
             &CreateTopicsRequest::default().with_topics(vec![
@@ -237,7 +172,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     let mut acked: Vec<Acked> = Vec::new();
     for cycle in 0..CYCLES {
         let producers: Vec<_> = (0..PRODUCERS)
-            .map(|p| tokio::spawn(produce_until_killed(broker.addr, cycle, p)))
+            .map(|p| tokio::spawn(produce_until_killed(broker.socket_addr(), cycle, p)))
             .collect();
         // Kill at a different moment of the write path each cycle.
         let pause = 150 + (cycle * 37) % 200;
@@ -254,9 +189,9 @@ async fn kill_9_loses_nothing_acknowledged() {
             "cycle {cycle}: nothing was acknowledged in {pause} ms"
         );
 
-        broker = BrokerProcess::start(&data_dir, &log);
+        broker.restart();
         let acked_records: usize = acked.iter().map(|a| a.payloads.len()).sum();
-        let stored = check_log(broker.addr, &acked, cycle).await;
+        let stored = check_log(broker.socket_addr(), &acked, cycle).await;
         assert!(stored >= acked_records, "cycle {cycle}");
         eprintln!(
             "cycle {cycle}: {this_cycle} batches acknowledged, {acked_records} records acknowledged in all, {stored} in the log"

@@ -22,23 +22,18 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::Agent;
+use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts as scripts, tail};
 
 /// The bucket width of every test, so that explicit timestamps pick buckets.
 const WIDTH_MS: i64 = 60_000;
 /// How long the agent may take to show what the clients did.
 const SETTLE: Duration = Duration::from_secs(20);
-/// How long one client run may take before it is killed.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn bucket_of(ts: i64) -> i64 {
     ts.div_euclid(WIDTH_MS) * WIDTH_MS
@@ -53,10 +48,6 @@ fn hour_ago() -> i64 {
 /// A timestamp `secs` seconds into the `n`th bucket after `base`.
 fn at(base: i64, n: i64, secs: i64) -> i64 {
     base + n * WIDTH_MS + secs * 1000
-}
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")
 }
 
 // ---------------------------------------------------------------- processes
@@ -74,163 +65,20 @@ fn agent_flags() -> [&'static str; 8] {
     ]
 }
 
-/// A `tally broker` reporting to an agent; killed when dropped. It can be
-/// killed with SIGKILL and restarted on the same data folder.
-struct Broker {
-    child: Option<Child>,
-    addr: String,
-    data: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-}
-
-impl Broker {
-    fn start(dir: &Path, agent: SocketAddr, extra: &[&str]) -> Broker {
-        let mut args: Vec<String> = [
-            "--no-metrics",
-            "--bucket-width",
-            "60s",
-            "--agent",
-            &format!("ws://{agent}/api/v1/ingest"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
+/// A `tally broker` reporting to `agent`, in buckets of the tests' width.
+fn start_broker(agent: &Agent, extra: &[&str]) -> Broker {
+    let flags: Vec<&str> = ["--bucket-width", "60s"]
+        .into_iter()
+        .chain(extra.iter().copied())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut broker = Broker {
-            child: None,
-            addr: String::new(),
-            data: dir.join("broker"),
-            log: dir.join("broker.log"),
-            args,
-        };
-        broker.spawn();
-        broker
-    }
-
-    /// Starts the process on a fresh port and waits until it listens.
-    fn spawn(&mut self) {
-        self.addr = format!("127.0.0.1:{}", common::free_port());
-        let stderr = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = common::tally()
-            .args(["broker", "--listen", &self.addr, "--data-dir"])
-            .arg(&self.data)
-            .args(&self.args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tally broker");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("broker exited with {status}: {}", self.log());
-            }
-            if TcpStream::connect(&self.addr).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not listening within 20 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        tail(&std::fs::read_to_string(&self.log).unwrap_or_default()).to_owned()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn tail(s: &str) -> &str {
-    let start = s.len().saturating_sub(4000);
-    let start = (start..s.len())
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(s.len());
-    &s[start..]
+    Broker::reporting_to(agent.addr, &flags)
 }
 
 /// Runs a client with `stdin` as its input, killed after `CLIENT_TIMEOUT`,
 /// and returns its JSON result, failing with everything it said when it
 /// exited with an error or listed mismatches.
 fn client(what: &str, cmd: &mut Command, stdin: &Value, broker: &Broker) -> Value {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let input = stdin.to_string();
-    let mut pipe = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = pipe.write_all(input.as_bytes());
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let status: ExitStatus = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish within {CLIENT_TIMEOUT:?}; stderr:\n{}",
-                tail(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    writer.join().unwrap();
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let result: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON result ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{}",
-            tail(&stderr)
-        )
-    });
-    let mismatches = result["mismatches"].as_array().cloned().unwrap_or_default();
-    assert!(
-        status.success() && mismatches.is_empty(),
-        "{what} exited with {status}: {mismatches:?}\nclient stderr:\n{}\nbroker log:\n{}",
-        tail(&stderr),
-        broker.log()
-    );
-    result
+    common::run(cmd, stdin.to_string().as_bytes(), CLIENT_TIMEOUT).accept(what, broker)
 }
 
 /// The real clients the tests drive.
@@ -243,35 +91,12 @@ impl Clients {
     /// The Python clients, and kafkajs when `with_kafkajs`; None (the test
     /// is skipped) where one is missing, except under CI=true, where that fails.
     fn find(with_kafkajs: bool) -> Option<Clients> {
-        let python = std::env::var_os("TALLY_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-        let installed = Command::new(&python)
-            .args([
-                "-c",
-                "import confluent_kafka, kafka, lz4, snappy, zstandard",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !common::require_installed(
-            &format!(
-                "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
-                python.display()
-            ),
-            installed,
-        ) {
-            return None;
-        }
-        let mut node = None;
-        if with_kafkajs {
-            node = Some(common::require_tool("node")?);
-            let kafkajs = scripts().join("node_modules/kafkajs/package.json");
-            if !common::require_installed("kafkajs (npm ci in tests/compat)", kafkajs.is_file()) {
-                return None;
-            }
-        }
+        let python = common::python()?;
+        let node = if with_kafkajs {
+            Some(common::node()?)
+        } else {
+            None
+        };
         Some(Clients { python, node })
     }
 
@@ -287,7 +112,7 @@ impl Clients {
             c.arg(scripts().join("reconcile_produce.py")).arg(which);
             c
         };
-        cmd.arg(&broker.addr).arg(topic);
+        cmd.arg(broker.addr()).arg(topic);
         let result = client(
             &format!("{which} producing to {topic}"),
             &mut cmd,
@@ -328,7 +153,7 @@ impl Clients {
             &format!("group {group} ({mode})"),
             Command::new(&self.python)
                 .arg(scripts().join("reconcile_group.py"))
-                .args([mode, &broker.addr, topic, group]),
+                .args([mode, broker.addr(), topic, group]),
             args,
             broker,
         )
@@ -623,7 +448,7 @@ fn wait_for_truth(agent: &Agent, broker: &Broker, truth: &Truth) -> Value {
                 truth.topic,
                 differences(&shown, &want),
                 tail(&agent.log()),
-                broker.log()
+                tail(&broker.log())
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -739,7 +564,7 @@ struct DiskBatch {
 /// kafka-dump-log would: what the clients really sent, batch by batch.
 fn disk_batches(broker: &Broker, topic: &str) -> Vec<DiskBatch> {
     let mut out = Vec::new();
-    let dir = broker.data.join("topics").join(topic);
+    let dir = broker.data_dir().join("topics").join(topic);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let entry = entry.unwrap();
         let Ok(partition) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -802,6 +627,8 @@ fn commit_inside_batch(truth: &Truth, batches: &[DiskBatch]) -> bool {
     })
 }
 
+/// The clients and an agent; the agent's data lives in the returned folder,
+/// which the test keeps until its end.
 fn setup(with_kafkajs: bool) -> Option<(Clients, tempfile::TempDir, Agent)> {
     let clients = Clients::find(with_kafkajs)?;
     let dir = tempfile::tempdir().unwrap();
@@ -813,10 +640,10 @@ fn setup(with_kafkajs: bool) -> Option<(Clients, tempfile::TempDir, Agent)> {
 
 #[test]
 fn three_clients_codecs_and_straddling_batches_reconcile_exactly() {
-    let Some((clients, dir, agent)) = setup(true) else {
+    let Some((clients, _agent_dir, agent)) = setup(true) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("orders");
     let b = hour_ago();
 
@@ -930,10 +757,10 @@ fn compressed_batches_with_a_record_older_than_their_first_are_counted_by_record
     // A batch's header says the first and the largest timestamps; a record
     // may still be older than the first (a negative timestamp delta), in an
     // earlier bucket, while the first and the largest share one.
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("stragglers");
     let b = hour_ago();
     let confluent = json!({
@@ -977,10 +804,10 @@ fn compressed_batches_with_a_record_older_than_their_first_are_counted_by_record
 
 #[test]
 fn retention_expires_what_a_group_had_not_consumed() {
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &["--retention-check", "1s"]);
+    let broker = start_broker(&agent, &["--retention-check", "1s"]);
     let mut truth = Truth::new("expiring");
     // Every batch ends with a record that turns an hour old `AGES_OUT` from
     // now; segments are judged by their newest record, so none can go
@@ -1047,7 +874,7 @@ fn retention_expires_what_a_group_had_not_consumed() {
         assert!(
             Instant::now() < deadline,
             "retention did not move the log starts: {parts:?}\nbroker log:\n{}",
-            broker.log()
+            tail(&broker.log())
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -1087,10 +914,10 @@ fn durable_plan(b: i64, create: bool, round: i64) -> Value {
 
 #[test]
 fn broker_killed_and_restarted_leaves_the_books_identical() {
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let mut broker = Broker::start(dir.path(), agent.addr, &[]);
+    let mut broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("durable");
     let b = hour_ago();
     truth.records.extend(clients.produce(
@@ -1105,8 +932,7 @@ fn broker_killed_and_restarted_leaves_the_books_identical() {
     // kill -9 once everything was reported: the restarted broker rebuilds its
     // books from the log and the committed offsets and resends them.
     let counts_before = source(&agent)["messages"]["counts"].as_u64().unwrap();
-    broker.kill9();
-    broker.spawn();
+    broker.restart();
     let deadline = Instant::now() + SETTLE;
     loop {
         let s = source(&agent);
@@ -1125,8 +951,7 @@ fn broker_killed_and_restarted_leaves_the_books_identical() {
 
     // kill -9 right after a commit, before the broker could report it.
     clients.commit(&broker, &mut truth, "g", &[&[(0, 6), (1, 5)]], 0);
-    broker.kill9();
-    broker.spawn();
+    broker.restart();
     let view = wait_for_truth(&agent, &broker, &truth);
     assert_steady(
         &agent,
@@ -1150,10 +975,10 @@ fn broker_killed_and_restarted_leaves_the_books_identical() {
 
 #[test]
 fn agent_killed_and_restarted_keeps_the_books_and_catches_up() {
-    let Some((clients, dir, mut agent)) = setup(false) else {
+    let Some((clients, _agent_dir, mut agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("ledger");
     let b = hour_ago();
     truth.records.extend(clients.produce(
@@ -1214,10 +1039,10 @@ fn agent_killed_and_restarted_keeps_the_books_and_catches_up() {
 
 #[test]
 fn a_group_that_rewinds_is_flagged_and_its_counts_never_fall() {
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("replays");
     let b = hour_ago();
     let plan = json!({
@@ -1317,10 +1142,10 @@ fn a_group_that_rewinds_is_flagged_and_its_counts_never_fall() {
 
 #[test]
 fn a_group_that_starts_late_skips_what_came_before() {
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("latecomers");
     let b = hour_ago();
     let first = json!({
@@ -1363,10 +1188,10 @@ fn a_group_that_has_not_consumed_a_bucket_shows_it_pending() {
     // Both groups committed offset 0 on every partition: everything after is
     // theirs to consume. "idle" consumed nothing; "recent" consumed only
     // partition 1, whose records are newer than partition 0's.
-    let Some((clients, dir, agent)) = setup(false) else {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
         return;
     };
-    let broker = Broker::start(dir.path(), agent.addr, &[]);
+    let broker = start_broker(&agent, &[]);
     let mut truth = Truth::new("backlog");
     let b = hour_ago();
     let plan = json!({

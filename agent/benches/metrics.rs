@@ -155,6 +155,17 @@ fn render(c: &mut Criterion) {
         group.bench_function(format!("render_{name}"), |b| {
             b.iter(|| black_box(metrics.render(&snap)))
         });
+        // What a scrape costs: the text rendered once per evaluation is
+        // copied, and the few live counters are encoded.
+        let cached = metrics.render_snapshot(&snap);
+        group.bench_function(format!("scrape_{name}"), |b| {
+            b.iter(|| {
+                let mut body = Vec::with_capacity(cached.len() + 4096);
+                body.extend_from_slice(&cached);
+                body.extend_from_slice(&metrics.render_live());
+                black_box(body)
+            })
+        });
         // Building the families alone, to tell it apart from encoding them.
         group.bench_function(format!("families_{name}"), |b| {
             b.iter(|| black_box(snapshot_families(&snap)))

@@ -35,24 +35,7 @@ impl Agent {
     /// Starts `tally agent` on a free port with `extra` flags, and waits for /readyz.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = data_dir.with_extension(format!("{}.log", addr.port()));
-        let child = tally()
-            .args(["agent", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn tally agent");
-        let mut agent = Agent {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            log,
-        };
-        agent.wait_ready();
-        agent
+        Agent::start_at(addr, data_dir, extra)
     }
 
     fn wait_ready(&mut self) {
@@ -256,4 +239,312 @@ impl Agent {
         agent.wait_ready();
         agent
     }
+}
+
+/// How long one run of a real client may take before it is killed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The real-client scripts and their npm packages (`tests/compat`).
+pub fn client_scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("compat")
+}
+
+/// The last 4000 bytes of `s` (on a char boundary): enough of a log to see
+/// why something failed without burying the assertion.
+pub fn tail(s: &str) -> &str {
+    let start = s.len().saturating_sub(4000);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// A running `tally broker` on a free loopback port, its data folder and log
+/// in a folder of its own; killed when dropped. It can be killed with
+/// SIGKILL and restarted on the same port and data folder.
+pub struct Broker {
+    child: Option<Child>,
+    addr: String,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts `tally broker` with `extra` flags and no agent to report to
+    /// (the data path alone), and waits until it accepts connections.
+    pub fn start(extra: &[&str]) -> Broker {
+        Broker::with_flags(&["--no-metrics", "--agent", ""], extra)
+    }
+
+    /// Starts `tally broker` with `extra` flags, reporting to the agent at
+    /// `agent`, and waits until it accepts connections.
+    pub fn reporting_to(agent: SocketAddr, extra: &[&str]) -> Broker {
+        let ingest = format!("ws://{agent}/api/v1/ingest");
+        Broker::with_flags(&["--no-metrics", "--agent", &ingest], extra)
+    }
+
+    fn with_flags(flags: &[&str], extra: &[&str]) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            args: flags.iter().chain(extra).map(|s| (*s).to_owned()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the process again (kill -9 first, if it runs) on the same port
+    /// and data folder, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill9();
+        // Appended: a restarted broker's log follows the killed one's.
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = tally()
+            .args(["broker", "--listen", &self.addr, "--data-dir"])
+            .arg(self.data_dir())
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tally broker");
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("broker exited with {status}: {}", self.log());
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not listening within 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Where the broker listens, `127.0.0.1:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Where the broker listens.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr.parse().unwrap()
+    }
+
+    /// The broker's temporary folder (its data folder and log are in it):
+    /// other files of the test put here are removed with it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// What the broker logged so far, over all its restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A connection the broker closed or a request it refused means a
+    /// client met something it did not expect: no WARN or ERROR line.
+    pub fn assert_quiet(&self) {
+        let log = self.log();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        assert!(
+            warnings.is_empty(),
+            "the broker logged {} warnings:\n{}",
+            warnings.len(),
+            warnings.join("\n")
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What one run of a client printed.
+pub struct ClientRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientRun {
+    /// The JSON result on stdout.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "the client printed no JSON result ({e}); exit {}\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.stdout,
+                tail(&self.stderr)
+            )
+        })
+    }
+
+    /// Fails, with what the client and `broker` said, unless the run exited 0.
+    pub fn assert_success(&self, what: &str, broker: &Broker) {
+        assert!(
+            self.status.success(),
+            "{what} exited with {}: {}\nbroker log:\n{}",
+            self.status,
+            tail(&self.stderr),
+            tail(&broker.log())
+        );
+    }
+
+    /// The JSON result of a run that must have exited 0 with an empty list
+    /// of `mismatches`; fails with everything the client and `broker` said.
+    pub fn accept(&self, what: &str, broker: &Broker) -> serde_json::Value {
+        let result = self.json();
+        let mismatches = result["mismatches"].as_array().cloned().unwrap_or_default();
+        assert!(
+            self.status.success() && mismatches.is_empty(),
+            "{what} exited with {} and found {} mismatches:\n{}\n\nclient stderr:\n{}\n\nbroker log:\n{}",
+            self.status,
+            mismatches.len(),
+            mismatches
+                .iter()
+                .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            tail(&self.stderr),
+            tail(&broker.log())
+        );
+        result
+    }
+}
+
+/// Runs `cmd` with `stdin` as its input to its end, killing it (and failing)
+/// after `timeout`.
+pub fn run(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> ClientRun {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}; stderr:\n{}",
+                tail(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    ClientRun {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// The Python with the Kafka clients of `tests/compat/requirements.txt`
+/// (`TALLY_PYTHON`, else `.venv`), looked for once; None (skip) where it is
+/// missing, except under CI=true, where that fails.
+pub fn python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let path = std::env::var_os("TALLY_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join(".venv")
+                        .join("bin")
+                        .join("python")
+                });
+            let installed = Command::new(&path)
+                .args([
+                    "-c",
+                    "import confluent_kafka, kafka, lz4, snappy, zstandard",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            let what = format!(
+                "a Python with the Kafka clients of tests/compat/requirements.txt ({})",
+                path.display()
+            );
+            require_installed(&what, installed).then_some(path)
+        })
+        .clone()
+}
+
+/// Node with kafkajs installed in `tests/compat/node_modules`; None (skip)
+/// where either is missing, except under CI=true, where that fails.
+pub fn node() -> Option<PathBuf> {
+    let node = require_tool("node")?;
+    let kafkajs = client_scripts().join("node_modules/kafkajs/package.json");
+    require_installed("kafkajs (npm ci in tests/compat)", kafkajs.is_file()).then_some(node)
+}
+
+/// Debian's `kcat` with Debian's librdkafka: under `cargo test` the
+/// LD_LIBRARY_PATH cargo sets leads to the demo's source-built librdkafka
+/// (rdkafka-sys, built without zlib), which refuses `-z gzip`.
+pub fn kcat() -> Command {
+    let mut cmd = Command::new("kcat");
+    cmd.env_remove("LD_LIBRARY_PATH");
+    cmd
 }
