@@ -13,8 +13,12 @@
 # the repetitions, with the ratio of tally to each peer.
 #
 # tally runs twice: with --fsync interval:1000 (the default, compared to the
-# peers) and with --fsync always (reported on its own line). tansu runs with
-# in-memory storage; noida-db with its own data folder.
+# peers) and with --fsync always (reported on its own line), both with the
+# audit instrumentation counting but --agent "" (nothing is sent: an agent of
+# someone else's may listen on the default port). tansu runs with in-memory
+# storage; noida-db with its own data folder. Both consumers get
+# fetch.wait.max.ms=10 and a local queue large enough never to pause
+# fetching (see CONSUMER_SETTINGS in bench/broker/client.py).
 #
 # Usage: bench/broker.sh [COUNT] [REPS]        (defaults: 1000000 3)
 # Environment:

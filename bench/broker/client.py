@@ -25,20 +25,27 @@ PRODUCER_SETTINGS = {
     "enable.idempotence": "false",
 }
 
-# Shared with kcat -C as well. All the records are in the log before the
-# consumer starts, so the wait only matters for the last, empty fetch that
-# tells the consumer it has reached the end: a broker that honours the
-# default 500 ms long poll (tally does) would otherwise pay half a second
-# that a broker answering at once (noida-db does) does not.
+# Shared with kcat -C as well.
+# - fetch.wait.max.ms: all the records are in the log before the consumer
+#   starts, so the wait only matters for the last, empty fetch that tells the
+#   consumer it has reached the end: a broker that honours the default 500 ms
+#   long poll (tally does) would otherwise pay half a second that a broker
+#   answering at once (noida-db does) does not.
+# - queued.min.messages, queued.max.messages.kbytes: librdkafka stops fetching
+#   while its local queue holds 100,000 records or 64 MiB and resumes up to a
+#   second later; with the defaults both consumers spent most of their time in
+#   that pause (kcat: 1M records of 100 B in 1.3-2.0 s instead of 0.7 s),
+#   which measures the client, not the broker.
 CONSUMER_SETTINGS = {
     "fetch.wait.max.ms": "10",
+    "queued.min.messages": "10000000",
+    "queued.max.messages.kbytes": "2097151",
 }
 
-# confluent-kafka's librdkafka (2.4 and later) pauses fetching for
-# fetch.queue.backoff.ms (default 1 s) whenever its local queue holds
-# queued.min.messages; a Python loop drains that queue in a fraction of a
-# second and then waits, which caps the consumer at about 140,000 records/s
-# whatever the broker. kcat's librdkafka 2.0.2 has no such setting.
+# confluent-kafka's librdkafka (2.4 and later) names that pause
+# fetch.queue.backoff.ms (default 1 s); with it, the Python consumer was
+# capped at about 140,000 records/s whatever the broker. kcat's librdkafka
+# 2.0.2 does not know the setting.
 PYTHON_CONSUMER_SETTINGS = {
     "fetch.queue.backoff.ms": "1",
 }

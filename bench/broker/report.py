@@ -4,7 +4,9 @@ Usage: report.py RESULTS.jsonl
 
 Per (client, size, phase, broker): the median over the repetitions of
 records/s, MB/s (values only, 10^6 bytes), broker CPU seconds per million
-records and peak RSS. A repetition that failed is left out of the medians and
+records, peak RSS and the client's CPU per million records; the spread
+(max - min) / median of records/s; and how many runs had someone else's
+compiler or test run alive beside them. A repetition that failed is left out of the medians and
 counted in the `failed` column; its first error is listed under the tables.
 """
 
@@ -27,6 +29,7 @@ def figures(row):
         "cpu_per_m": row["broker_cpu_s"] / (records / 1e6),
         "rss_mib": row["peak_rss_kib"] / 1024,
         "client_cpu_per_m": row["client_cpu_s"] / (records / 1e6),
+        "busy": bool(row.get("busy")),
     }
 
 
@@ -56,6 +59,11 @@ def main(path):
     med = {}
     for key, values in ok.items():
         med[key] = {m: statistics.median(v[m] for v in values) for m in values[0]}
+        rps = [v["rps"] for v in values]
+        # How far apart the runs were, and how many ran beside someone
+        # else's compiler or test run.
+        med[key]["spread"] = (max(rps) - min(rps)) / med[key]["rps"]
+        med[key]["busy_runs"] = sum(1 for v in values if v["busy"])
 
     cells = sorted({k[:3] for k in list(ok) + list(failed)},
                    key=lambda c: (c[0], c[1], c[2] != "produce"))
@@ -63,8 +71,9 @@ def main(path):
 
     print(f"{count:,} records per run, median of {reps} runs.\n")
     print("| client | size | phase | broker | records/s | MB/s | broker CPU s / M records "
-          "| peak RSS MiB | client CPU s / M records | failed runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS MiB | client CPU s / M records | spread of records/s "
+          "| runs beside a build | failed runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         for broker in brokers:
             key = cell + (broker,)
@@ -74,12 +83,13 @@ def main(path):
                 continue
             size = "100 B" if cell[1] == 100 else f"{cell[1]} B"
             if m is None:
-                print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | – | – | – | – | – "
+                print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | – | – | – | – | – | – | – "
                       f"| {nfail} |")
                 continue
             print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | {fmt_int(m['rps'])} "
                   f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['rss_mib']:.0f} "
-                  f"| {m['client_cpu_per_m']:.2f} | {nfail} |")
+                  f"| {m['client_cpu_per_m']:.2f} | {m['spread']:.0%} | {m['busy_runs']} "
+                  f"| {nfail} |")
 
     # Ratios of tally (interval fsync) to each peer. MB/s has the same ratio
     # as records/s, since every broker moves the same records.
