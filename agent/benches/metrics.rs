@@ -124,6 +124,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
             connected: true,
         }],
         alerts: Vec::new(),
+        latency: Vec::new(),
     }
 }
 

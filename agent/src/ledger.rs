@@ -11,12 +11,12 @@ use std::fmt::Write as _;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tally_audit::snapshot::{
-    BucketBooks, BucketTier, GroupHealth, PartitionLag, SourceInfo, TierBooks, TopicBooks,
-    TopicBuckets,
+    BucketBooks, BucketTier, GroupHealth, LatencyBooks, PartitionLag, SourceInfo, TierBooks,
+    TopicBooks, TopicBuckets,
 };
 use tally_audit::{
-    BucketStatus, BucketWidth, CountEntry, Error as AuditError, GroupStatus, Hello, Lag, Reason,
-    Snapshot, Tier, TierKind,
+    BucketStatus, BucketWidth, CountEntry, Error as AuditError, GroupStatus, Hello, Lag, Latency,
+    LatencyHistogram, Reason, Snapshot, Tier, TierKind,
 };
 
 use crate::health::{HealthConfig, PartitionHealth, group_status};
@@ -120,7 +120,19 @@ struct Cell {
     v: Counts,
 }
 
-const MESSAGE_TYPES: [&str; 3] = ["hello", "counts", "lag"];
+const MESSAGE_TYPES: [&str; 4] = ["hello", "counts", "lag", "latency"];
+
+/// The last latency histogram of one (source, cluster, topic, tier).
+type LatencyKey = (u32, String, String, Tier);
+
+/// A source's last latency histogram, and the session and `seq` that sent it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LatencyCell {
+    epoch: i64,
+    seq: u64,
+    cluster: String,
+    histogram: LatencyHistogram,
+}
 
 #[derive(Debug)]
 struct Source {
@@ -129,11 +141,12 @@ struct Source {
     tier_kinds: Vec<TierKind>,
     epoch: i64,
     last_seen_ms: i64,
-    messages: [u64; 3],
+    messages: [u64; 4],
     errors: u64,
     sessions: u32,
     series: FxHashSet<(u32, i32)>,
     lag_series: usize,
+    latency_series: usize,
 }
 
 #[derive(Debug)]
@@ -182,12 +195,16 @@ pub struct Ledger {
     sums: BTreeMap<(u32, i64), Counts>,
     closed: HashMap<(u32, i64), Closed>,
     lag: BTreeMap<HealthKey, LagEntry>,
+    latency: BTreeMap<LatencyKey, LatencyCell>,
+    /// (source, cluster, topic, tier) already warned about for differing bounds.
+    latency_bounds_warned: HashSet<LatencyKey>,
     key_buf: String,
     dirty_cells: Vec<CellKey>,
     dirty_sources: HashSet<u32>,
     dirty_series: FxHashSet<u32>,
     dirty_history: Vec<HistoryRow>,
     dirty_health: HashSet<HealthKey>,
+    dirty_latency: BTreeSet<LatencyKey>,
 }
 
 /// What applying a message changed.
@@ -220,12 +237,15 @@ impl Ledger {
             sums: BTreeMap::new(),
             closed: HashMap::new(),
             lag: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            latency_bounds_warned: HashSet::new(),
             key_buf: String::new(),
             dirty_cells: Vec::new(),
             dirty_sources: HashSet::new(),
             dirty_series: FxHashSet::default(),
             dirty_history: Vec::new(),
             dirty_health: HashSet::new(),
+            dirty_latency: BTreeSet::new(),
         }
     }
 
@@ -251,11 +271,12 @@ impl Ledger {
                     tier_kinds: Vec::new(),
                     epoch: hello.started_at_ms,
                     last_seen_ms: now_ms,
-                    messages: [0; 3],
+                    messages: [0; 4],
                     errors: 0,
                     sessions: 0,
                     series: FxHashSet::default(),
                     lag_series: 0,
+                    latency_series: 0,
                 });
                 self.source_ids.insert(hello.source.clone(), id);
                 id
@@ -385,7 +406,7 @@ impl Ledger {
             }
             last = Some(key);
         }
-        let open = src.series.len() + src.lag_series;
+        let open = src.series.len() + src.lag_series + src.latency_series;
         if open + fresh.len() > self.cfg.max_series_per_source {
             return Err(refuse(
                 Reason::Cardinality,
@@ -474,7 +495,7 @@ impl Ledger {
                 ))
             })
             .count();
-        let open = src.series.len() + src.lag_series;
+        let open = src.series.len() + src.lag_series + src.latency_series;
         if open + fresh > self.cfg.max_series_per_source {
             return Err(refuse(
                 Reason::Cardinality,
@@ -507,6 +528,91 @@ impl Ledger {
             self.dirty_health.insert(key);
         }
         Ok(())
+    }
+
+    /// Applies a `latency` message: each histogram replaces the source's last
+    /// one of its (tier, topic), unless that came later (by session and `seq`).
+    pub fn apply_latency(
+        &mut self,
+        session: Session,
+        latency: &Latency,
+        now_ms: i64,
+    ) -> Result<Applied> {
+        let src = self
+            .sources
+            .get(session.source as usize)
+            .ok_or_else(|| refuse(Reason::Protocol, "latency before hello".into()))?;
+        let cluster = src.cluster.clone();
+        if let Some(h) = latency
+            .histograms
+            .iter()
+            .find(|h| !src.tier_kinds.contains(&h.tier.kind()))
+        {
+            return Err(refuse(
+                Reason::BadField,
+                format!(
+                    "tier \"{}\" is not among the tier kinds this source announced in its hello ({:?})",
+                    h.tier, src.tier_kinds
+                ),
+            ));
+        }
+        let key_of = |h: &LatencyHistogram| -> LatencyKey {
+            (
+                session.source,
+                cluster.clone(),
+                h.topic.clone(),
+                h.tier.clone(),
+            )
+        };
+        let fresh: BTreeSet<LatencyKey> = latency
+            .histograms
+            .iter()
+            .map(key_of)
+            .filter(|k| !self.latency.contains_key(k))
+            .collect();
+        let open = src.series.len() + src.lag_series + src.latency_series;
+        if open + fresh.len() > self.cfg.max_series_per_source {
+            return Err(refuse(
+                Reason::Cardinality,
+                format!(
+                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
+                    src.name,
+                    open + fresh.len(),
+                    self.cfg.max_series_per_source
+                ),
+            ));
+        }
+        let src = &mut self.sources[session.source as usize];
+        src.latency_series += fresh.len();
+        src.last_seen_ms = now_ms;
+        src.messages[3] += 1;
+        self.dirty_sources.insert(session.source);
+        let mut applied = Applied::default();
+        for h in &latency.histograms {
+            let key = key_of(h);
+            if let Some(cell) = self.latency.get(&key) {
+                if (session.epoch, latency.seq) < (cell.epoch, cell.seq) {
+                    applied.stale += 1;
+                    continue;
+                }
+                if cell.histogram == *h {
+                    applied.unchanged += 1;
+                    continue;
+                }
+            }
+            self.latency.insert(
+                key.clone(),
+                LatencyCell {
+                    epoch: session.epoch,
+                    seq: latency.seq,
+                    cluster: cluster.clone(),
+                    histogram: h.clone(),
+                },
+            );
+            self.dirty_latency.insert(key);
+            applied.changed += 1;
+        }
+        Ok(applied)
     }
 
     fn oldest_kept_bucket(&self, now_ms: i64) -> i64 {
@@ -595,6 +701,14 @@ impl Ledger {
                 pruned_expired: s.pruned.expired,
             });
         }
+        for key in std::mem::take(&mut self.dirty_latency) {
+            if let Some(cell) = self.latency.get(&key) {
+                batch.kv.push((
+                    latency_kv_key(&key),
+                    serde_json::to_string(cell).unwrap_or_default(),
+                ));
+            }
+        }
         batch.history = std::mem::take(&mut self.dirty_history);
         for key in std::mem::take(&mut self.dirty_health) {
             if let Some(e) = self.lag.get(&key) {
@@ -624,10 +738,17 @@ impl Ledger {
                     s.id
                 )));
             }
+            // Older stores kept three message types; a missing one counts from 0.
             let messages = kv
                 .get(&format!("source/{}/messages", s.id))
-                .and_then(|m| serde_json::from_str(m).ok())
-                .unwrap_or([0, s.messages, 0]);
+                .and_then(|m| serde_json::from_str::<Vec<u64>>(m).ok())
+                .map_or([0, s.messages, 0, 0], |stored| {
+                    let mut messages = [0; 4];
+                    for (slot, n) in messages.iter_mut().zip(stored) {
+                        *slot = n;
+                    }
+                    messages
+                });
             ledger.source_ids.insert(s.name.clone(), s.id);
             ledger.sources.push(Source {
                 tier_kinds: serde_json::from_str(&s.tier_kinds).unwrap_or_default(),
@@ -640,7 +761,32 @@ impl Ledger {
                 sessions: 0,
                 series: FxHashSet::default(),
                 lag_series: 0,
+                latency_series: 0,
             });
+        }
+        for (key, value) in &kv {
+            let Some(rest) = key.strip_prefix("latency/") else {
+                continue;
+            };
+            let source = rest.split('/').next().and_then(|id| id.parse::<u32>().ok());
+            let cell = serde_json::from_str::<LatencyCell>(value);
+            match (source, cell) {
+                (Some(source), Ok(cell)) if (source as usize) < ledger.sources.len() => {
+                    ledger.sources[source as usize].latency_series += 1;
+                    ledger.latency.insert(
+                        (
+                            source,
+                            cell.cluster.clone(),
+                            cell.histogram.topic.clone(),
+                            cell.histogram.tier.clone(),
+                        ),
+                        cell,
+                    );
+                }
+                _ => {
+                    tracing::warn!(key = %key, "ignored a stored latency histogram that cannot be read")
+                }
+            }
         }
         let mut series = loaded.series;
         series.sort_by_key(|s| s.id);
@@ -764,7 +910,56 @@ impl Ledger {
             groups: self.evaluate_groups(now_ms),
             sources: self.source_infos(),
             alerts: Vec::new(),
+            latency: self.latency_books(),
         }
+    }
+
+    /// Each (cluster, topic, tier)'s latency, summed over its sources. Sums
+    /// only make sense over equal bounds: the first source's bounds win, and
+    /// a source with other bounds is left out (and warned about once).
+    fn latency_books(&mut self) -> Vec<LatencyBooks> {
+        let mut books: BTreeMap<(&str, &str, &Tier), LatencyBooks> = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for (key, cell) in &self.latency {
+            let h = &cell.histogram;
+            let sum = books
+                .entry((key.1.as_str(), key.2.as_str(), &key.3))
+                .or_insert_with(|| LatencyBooks {
+                    cluster: key.1.clone(),
+                    topic: key.2.clone(),
+                    tier: key.3.to_string(),
+                    bounds_ms: h.bounds_ms.clone(),
+                    counts: vec![0; h.counts.len()],
+                    count: 0,
+                    sum_ms: 0,
+                });
+            if sum.bounds_ms != h.bounds_ms {
+                skipped.push(key);
+                continue;
+            }
+            for (total, n) in sum.counts.iter_mut().zip(&h.counts) {
+                *total = total.saturating_add(*n);
+            }
+            sum.count = sum.count.saturating_add(h.count);
+            sum.sum_ms = sum.sum_ms.saturating_add(h.sum_ms);
+        }
+        let out = books.into_values().collect();
+        for key in skipped {
+            if self.latency_bounds_warned.insert(key.clone()) {
+                let source = self
+                    .sources
+                    .get(key.0 as usize)
+                    .map_or("", |s| s.name.as_str());
+                tracing::warn!(
+                    source,
+                    cluster = %key.1,
+                    topic = %key.2,
+                    tier = %key.3,
+                    "left a latency histogram out of the sum: its bounds differ from another source's"
+                );
+            }
+        }
+        out
     }
 
     fn reference_of(&self, topic: &Topic) -> Option<u32> {
@@ -1050,6 +1245,11 @@ struct Judgement {
 /// is the reference) compare their count with the reference's; the
 /// `produced` tier, upstream of `broker`, is judged the other way round:
 /// fewer appended than produced is loss in produce, more is duplicates.
+/// The store's key of one latency histogram.
+fn latency_kv_key((source, cluster, topic, tier): &LatencyKey) -> String {
+    format!("latency/{source}/{cluster}/{topic}/{tier}")
+}
+
 fn judge(
     tier: &Tier,
     is_reference: bool,

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tally_audit::{BucketStatus, GroupStatus, Reason, Snapshot};
 
@@ -119,7 +121,11 @@ impl Family {
         Self::new(name, help, MetricType::COUNTER)
     }
 
-    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+    fn histogram(name: &str, help: &str) -> Self {
+        Self::new(name, help, MetricType::HISTOGRAM)
+    }
+
+    fn metric(labels: &[(&str, &str)]) -> Metric {
         let mut m = Metric::default();
         m.set_label(
             labels
@@ -132,6 +138,41 @@ impl Family {
                 })
                 .collect(),
         );
+        m
+    }
+
+    /// Adds one histogram of cumulative `counts` at `bounds` (in the
+    /// family's unit); the encoder adds the `+Inf` bucket from `count`.
+    fn push_histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        bounds: impl IntoIterator<Item = f64>,
+        counts: &[u64],
+        count: u64,
+        sum: f64,
+    ) {
+        let mut m = Self::metric(labels);
+        let mut h = Histogram::default();
+        h.set_bucket(
+            bounds
+                .into_iter()
+                .zip(counts)
+                .map(|(le, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(*n);
+                    b
+                })
+                .collect(),
+        );
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        m.set_histogram(h);
+        self.mf.mut_metric().push(m);
+    }
+
+    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Self::metric(labels);
         if self.mf.get_field_type() == MetricType::COUNTER {
             let mut c = Counter::default();
             c.set_value(value);
@@ -172,6 +213,23 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         "Reference records a group has not consumed yet",
     );
     let mut buckets = Family::gauge("tally_audit_buckets", "Buckets of the window per status");
+    let mut latency = Family::histogram(
+        "tally_audit_latency_seconds",
+        "Seconds from a record's timestamp to when the tier counted it (for a group: its commit)",
+    );
+    for l in &s.latency {
+        latency.push_histogram(
+            &[
+                ("cluster", l.cluster.as_str()),
+                ("topic", l.topic.as_str()),
+                ("tier", l.tier.as_str()),
+            ],
+            l.bounds_ms.iter().map(|&ms| ms as f64 / 1000.0),
+            &l.counts,
+            l.count,
+            l.sum_ms as f64 / 1000.0,
+        );
+    }
     for t in &s.topics {
         for (tier, b) in &t.tiers {
             let l = [
@@ -364,6 +422,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         completeness,
         pending,
         buckets,
+        latency,
         lag,
         lag_s,
         committed,

@@ -345,6 +345,7 @@ fn handle(
                     .apply_counts(session, c.seq, &c.counts, now)
                     .map(|_| ()),
                 Message::Lag(l) => ledger.apply_lag(session, l, now),
+                Message::Latency(l) => ledger.apply_latency(session, l, now).map(|_| ()),
                 Message::Hello(_) => Err(Error::Audit(tally_audit::Error::new(
                     tally_audit::Reason::Protocol,
                     "a session is already open on this connection: send hello once",

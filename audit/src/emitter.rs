@@ -29,10 +29,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 
-use crate::wire::{DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_PARTITION};
+use crate::wire::{DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_LATENCY_BOUNDS, MAX_PARTITION};
 use crate::{
-    Bucket, BucketWidth, CountEntry, Counts, Hello, Lag, LagSample, Message, Reply, Tier, TierKind,
-    validate_group, validate_topic,
+    Bucket, BucketWidth, CountEntry, Counts, Hello, Lag, LagSample, Latency, LatencyHistogram,
+    Message, Reply, Tier, TierKind, validate_group, validate_topic,
 };
 
 /// How often the overflow warning may be logged.
@@ -139,7 +139,7 @@ pub struct EmitterStats {
     pub connected: bool,
     /// Count entries held now: changed and not yet sent, or sent and not yet acknowledged.
     pub buffered: u64,
-    /// Messages sent (`counts` and `lag`), resends included.
+    /// Messages sent (`counts`, `lag` and `latency`), resends included.
     pub sent_messages: u64,
     /// Messages the agent acknowledged.
     pub acked_messages: u64,
@@ -147,7 +147,7 @@ pub struct EmitterStats {
     pub resent_entries: u64,
     /// Count entries dropped because the buffer was full.
     pub dropped_entries: u64,
-    /// Entries (counts and lag samples) the agent refused with an `error` reply.
+    /// Entries (counts, lag samples, latency histograms) the agent refused with an `error` reply.
     pub refused_entries: u64,
     /// Entries (counts and lag samples) refused before sending because the
     /// agent would refuse them (bad topic, unaligned bucket, …).
@@ -274,6 +274,41 @@ impl Emitter {
         }
     }
 
+    /// Records latency histograms; each replaces the last histogram of its
+    /// (tier, topic). They are cumulative since this emitter started, so a
+    /// histogram that is sent twice, or after a reconnect, never double counts.
+    pub fn record_latency(&self, histograms: Vec<LatencyHistogram>) {
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        state.version += 1;
+        let version = state.version;
+        for histogram in histograms {
+            if let Some(why) = invalid_latency(&histogram) {
+                state.note_invalid(&why);
+                continue;
+            }
+            let key = LatencyKey {
+                tier: histogram.tier.clone(),
+                topic: histogram.topic.clone(),
+            };
+            if state
+                .latency
+                .get(&key)
+                .is_some_and(|held| held.histogram == histogram)
+            {
+                continue;
+            }
+            state.latency.insert(
+                key,
+                LatencyHeld {
+                    histogram,
+                    version,
+                    dirty: true,
+                },
+            );
+        }
+    }
+
     /// What the emitter has done so far.
     pub fn stats(&self) -> EmitterStats {
         let state = self.handle.shared.lock();
@@ -382,9 +417,23 @@ struct LagHeld {
     dirty: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct LatencyKey {
+    tier: Tier,
+    topic: String,
+}
+
+#[derive(Clone, Debug)]
+struct LatencyHeld {
+    histogram: LatencyHistogram,
+    version: u64,
+    dirty: bool,
+}
+
 enum Payload {
     Counts(VecDeque<(CountKey, Held)>),
     Lag(Vec<(LagKey, u64)>),
+    Latency(Vec<(LatencyKey, u64)>),
 }
 
 struct InFlight {
@@ -397,6 +446,7 @@ struct State {
     in_flight: BTreeMap<u64, InFlight>,
     in_flight_entries: usize,
     lag: HashMap<LagKey, LagHeld>,
+    latency: HashMap<LatencyKey, LatencyHeld>,
     next_seq: u64,
     version: u64,
     stats: EmitterStats,
@@ -412,6 +462,7 @@ impl Default for State {
             in_flight: BTreeMap::new(),
             in_flight_entries: 0,
             lag: HashMap::new(),
+            latency: HashMap::new(),
             next_seq: 1,
             version: 0,
             stats: EmitterStats::default(),
@@ -547,6 +598,45 @@ fn invalid_lag(s: &LagSample) -> Option<String> {
     None
 }
 
+fn invalid_latency(h: &LatencyHistogram) -> Option<String> {
+    if let Err(err) = validate_topic(&h.topic) {
+        return Some(err.detail);
+    }
+    if h.bounds_ms.len() != h.counts.len() || h.bounds_ms.len() > MAX_LATENCY_BOUNDS {
+        return Some(format!(
+            "latency histogram with \"{}\" bounds and \"{}\" counts is not accepted: expected as many counts as bounds, at most {MAX_LATENCY_BOUNDS}",
+            h.bounds_ms.len(),
+            h.counts.len()
+        ));
+    }
+    if h.bounds_ms.windows(2).any(|w| w[0] >= w[1]) {
+        return Some(format!(
+            "latency bounds \"{:?}\" are not accepted: expected strictly ascending",
+            h.bounds_ms
+        ));
+    }
+    if h.counts.windows(2).any(|w| w[0] > w[1]) || h.counts.last().is_some_and(|&c| c > h.count) {
+        return Some(format!(
+            "latency counts \"{:?}\" are not accepted: expected cumulative, never decreasing, at most the total \"{}\"",
+            h.counts, h.count
+        ));
+    }
+    let largest = h
+        .bounds_ms
+        .iter()
+        .chain(&h.counts)
+        .chain([&h.count, &h.sum_ms])
+        .max()
+        .copied()
+        .unwrap_or(0);
+    if largest > MAX_COUNT {
+        return Some(format!(
+            "latency value \"{largest}\" is not accepted: expected an integer from 0 to {MAX_COUNT}"
+        ));
+    }
+    None
+}
+
 fn decimal_len(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
@@ -582,6 +672,13 @@ fn lag_sample_bytes(s: &LagSample) -> usize {
     FIXED + 2 * s.group.len() + s.topic.len()
 }
 
+/// An upper bound on the JSON size of one latency histogram.
+fn latency_histogram_bytes(h: &LatencyHistogram) -> usize {
+    const FIXED: usize = 100 + 2 * 20;
+    // Every number at most 20 characters and a comma.
+    FIXED + 2 * h.tier.to_string().len() + h.topic.len() + 21 * (h.bounds_ms.len() + h.counts.len())
+}
+
 impl State {
     fn note_invalid(&mut self, why: &str) {
         self.stats.invalid_entries += 1;
@@ -608,7 +705,7 @@ impl State {
                 .iter()
                 .filter_map(|(seq, f)| match &f.payload {
                     Payload::Counts(v) => v.front().map(|(k, _)| (k.bucket, *seq)),
-                    Payload::Lag(_) => None,
+                    Payload::Lag(_) | Payload::Latency(_) => None,
                 })
                 .min();
             match (dirty_oldest, flight_oldest) {
@@ -657,9 +754,14 @@ impl State {
     fn waiting_for(&self, target: u64) -> bool {
         self.dirty.values().any(|h| h.version <= target)
             || self.lag.values().any(|l| l.dirty && l.version <= target)
+            || self
+                .latency
+                .values()
+                .any(|l| l.dirty && l.version <= target)
             || self.in_flight.values().any(|f| match &f.payload {
                 Payload::Counts(v) => v.iter().any(|(_, h)| h.version <= target),
                 Payload::Lag(v) => v.iter().any(|(_, version)| *version <= target),
+                Payload::Latency(v) => v.iter().any(|(_, version)| *version <= target),
             })
     }
 
@@ -719,6 +821,47 @@ impl State {
                 at_ms,
                 partitions,
             }));
+        }
+        if self.latency.values().any(|l| l.dirty) {
+            let mut keys: Vec<&LatencyKey> = self
+                .latency
+                .iter()
+                .filter(|(_, l)| l.dirty)
+                .map(|(k, _)| k)
+                .collect();
+            keys.sort();
+            let mut size = 0;
+            let mut chosen = Vec::new();
+            for key in keys {
+                let Some(held) = self.latency.get(key) else {
+                    continue;
+                };
+                let bytes = latency_histogram_bytes(&held.histogram);
+                if !chosen.is_empty() && (chosen.len() >= max_batch || size + bytes > budget) {
+                    break;
+                }
+                size += bytes;
+                chosen.push(key.clone());
+            }
+            let mut histograms = Vec::with_capacity(chosen.len());
+            let mut sent = Vec::with_capacity(chosen.len());
+            for key in chosen {
+                if let Some(held) = self.latency.get_mut(&key) {
+                    held.dirty = false;
+                    histograms.push(held.histogram.clone());
+                    sent.push((key, held.version));
+                }
+            }
+            let seq = self.take_seq();
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    sent_at: Instant::now(),
+                    payload: Payload::Latency(sent),
+                },
+            );
+            self.stats.sent_messages += 1;
+            return Some(Message::Latency(Latency { seq, histograms }));
         }
         let counts_in_flight = self
             .in_flight
@@ -802,6 +945,14 @@ impl State {
                         for (key, version) in v {
                             if self.lag.get(&key).is_some_and(|l| l.version == version) {
                                 self.lag.remove(&key);
+                            }
+                        }
+                    }
+                    Some(Payload::Latency(v)) => {
+                        self.stats.refused_entries += v.len() as u64;
+                        for (key, version) in v {
+                            if self.latency.get(&key).is_some_and(|l| l.version == version) {
+                                self.latency.remove(&key);
                             }
                         }
                     }
@@ -903,6 +1054,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     state.stats.connected = true;
                     state.stats.connects += 1;
                     for held in state.lag.values_mut() {
+                        held.dirty = true;
+                    }
+                    for held in state.latency.values_mut() {
                         held.dirty = true;
                     }
                 }

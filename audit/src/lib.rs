@@ -19,4 +19,6 @@ pub use error::{Error, Reason, Result};
 pub use snapshot::{BucketStatus, CommitPoint, GroupStatus, PartitionStatus, Snapshot};
 pub use tier::{Tier, TierKind};
 pub use topic::{MAX_GROUP_LEN, MAX_TOPIC_LEN, validate_group, validate_topic};
-pub use wire::{CountEntry, Counts, Hello, Lag, LagSample, Message, Reply};
+pub use wire::{
+    CountEntry, Counts, Hello, Lag, LagSample, Latency, LatencyHistogram, Message, Reply,
+};

@@ -189,6 +189,29 @@ pub struct Snapshot {
     /// Alerts pending or firing, and recently resolved.
     #[serde(default)]
     pub alerts: Vec<AlertInfo>,
+    /// Per (cluster, topic, tier): end-to-end latency.
+    #[serde(default)]
+    pub latency: Vec<LatencyBooks>,
+}
+
+/// The end-to-end latency of one (cluster, topic, tier), summed over its
+/// sources: from a record's timestamp to when the tier counted it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyBooks {
+    /// The cluster.
+    pub cluster: String,
+    /// The topic.
+    pub topic: String,
+    /// The tier (`broker`, `group:billing`, …).
+    pub tier: String,
+    /// Upper bounds in milliseconds, strictly ascending.
+    pub bounds_ms: Vec<u64>,
+    /// `counts[i]`: observations of at most `bounds_ms[i]` (cumulative).
+    pub counts: Vec<u64>,
+    /// All observations.
+    pub count: u64,
+    /// The sum of all observations, in milliseconds.
+    pub sum_ms: u64,
 }
 
 /// The books of one topic.

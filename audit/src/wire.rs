@@ -23,6 +23,15 @@ pub const MAX_COUNT: u64 = (1 << 53) - 1;
 pub const MAX_PARTITION: i32 = 1_000_000;
 /// The longest source id accepted.
 pub const MAX_SOURCE_LEN: usize = 255;
+/// The most buckets one latency histogram may have.
+pub const MAX_LATENCY_BOUNDS: usize = 64;
+/// The upper bounds, in milliseconds, at which emitters report latency
+/// histograms: from 5 ms to an hour, so that both a healthy pipeline and a
+/// consumer that is hours behind land in a bucket of their own.
+pub const LATENCY_BOUNDS_MS: [u64; 18] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
+    600_000, 1_800_000, 3_600_000,
+];
 
 /// A message from an emitter to the agent.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -34,6 +43,8 @@ pub enum Message {
     Counts(Counts),
     /// Lag samples.
     Lag(Lag),
+    /// Cumulative latency histograms.
+    Latency(Latency),
 }
 
 impl Message {
@@ -43,6 +54,7 @@ impl Message {
             Message::Hello(_) => None,
             Message::Counts(c) => Some(c.seq),
             Message::Lag(l) => Some(l.seq),
+            Message::Latency(l) => Some(l.seq),
         }
     }
 
@@ -52,6 +64,7 @@ impl Message {
             Message::Hello(_) => "hello",
             Message::Counts(_) => "counts",
             Message::Lag(_) => "lag",
+            Message::Latency(_) => "latency",
         }
     }
 
@@ -151,6 +164,35 @@ pub struct LagSample {
     pub lag_seconds: f64,
     /// When the group last committed on this partition (-1 when never).
     pub commit_at_ms: i64,
+}
+
+/// Cumulative latency histograms: each replaces the last one for its
+/// (tier, topic).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    /// Sequence number within the session, increasing.
+    pub seq: u64,
+    /// One histogram per (tier, topic).
+    pub histograms: Vec<LatencyHistogram>,
+}
+
+/// The end-to-end latency of one (tier, topic) since the emitter started:
+/// how long after its timestamp each record was counted by the tier.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// The tier that counted.
+    pub tier: Tier,
+    /// The topic.
+    pub topic: String,
+    /// Upper bounds in milliseconds, strictly ascending.
+    pub bounds_ms: Vec<u64>,
+    /// `counts[i]`: observations of at most `bounds_ms[i]` (cumulative, as
+    /// Prometheus buckets are).
+    pub counts: Vec<u64>,
+    /// All observations, including those above the last bound.
+    pub count: u64,
+    /// The sum of all observations, in milliseconds.
+    pub sum_ms: u64,
 }
 
 /// The agent's answer to one message.
@@ -283,6 +325,22 @@ struct RawLagSample {
     commit_at_ms: i64,
 }
 
+#[derive(Deserialize)]
+struct RawLatency {
+    seq: u64,
+    histograms: Vec<RawLatencyHistogram>,
+}
+
+#[derive(Deserialize)]
+struct RawLatencyHistogram {
+    tier: String,
+    topic: String,
+    bounds_ms: Vec<Number>,
+    counts: Vec<Number>,
+    count: Number,
+    sum_ms: Number,
+}
+
 fn minus_one() -> i64 {
     -1
 }
@@ -364,10 +422,24 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
                 partitions,
             }))
         }
+        "latency" => {
+            let raw: RawLatency =
+                serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            let histograms = raw
+                .histograms
+                .into_iter()
+                .map(check_latency)
+                .collect::<Result<Vec<_>>>()
+                .map_err(refuse)?;
+            Ok(Message::Latency(Latency {
+                seq: raw.seq,
+                histograms,
+            }))
+        }
         other => Err(refuse(Error::new(
             Reason::UnknownType,
             format!(
-                "message type \"{}\" is not known: expected hello, counts or lag",
+                "message type \"{}\" is not known: expected hello, counts, lag or latency",
                 printable(other)
             ),
         ))),
@@ -481,6 +553,68 @@ fn check_lag(s: RawLagSample) -> Result<LagSample> {
         start_offset: s.start_offset,
         lag_seconds: s.lag_seconds,
         commit_at_ms: s.commit_at_ms,
+    })
+}
+
+fn check_latency(h: RawLatencyHistogram) -> Result<LatencyHistogram> {
+    let tier: Tier = h.tier.parse()?;
+    validate_topic(&h.topic)?;
+    let at = |what: &str| format!("latency of \"{}\" on \"{}\": {what}", tier, h.topic);
+    if h.bounds_ms.len() != h.counts.len() || h.bounds_ms.len() > MAX_LATENCY_BOUNDS {
+        return Err(Error::new(
+            Reason::BadField,
+            at(&format!(
+                "\"{}\" bounds and \"{}\" counts are not accepted: expected as many counts as bounds, at most {MAX_LATENCY_BOUNDS}",
+                h.bounds_ms.len(),
+                h.counts.len()
+            )),
+        ));
+    }
+    let bounds_ms = h
+        .bounds_ms
+        .iter()
+        .map(|b| count("bounds_ms", Some(b)))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(w) = bounds_ms.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(Error::new(
+            Reason::BadField,
+            at(&format!(
+                "bound \"{}\" after \"{}\" is not accepted: expected bounds_ms strictly ascending",
+                w[1], w[0]
+            )),
+        ));
+    }
+    let counts = h
+        .counts
+        .iter()
+        .map(|c| count("counts", Some(c)))
+        .collect::<Result<Vec<_>>>()?;
+    let total = count("count", Some(&h.count))?;
+    let sum_ms = count("sum_ms", Some(&h.sum_ms))?;
+    if let Some(w) = counts.windows(2).find(|w| w[0] > w[1]) {
+        return Err(Error::new(
+            Reason::BadCount,
+            at(&format!(
+                "count \"{}\" after \"{}\" is not accepted: expected cumulative counts, never decreasing",
+                w[1], w[0]
+            )),
+        ));
+    }
+    if let Some(c) = counts.last().filter(|&&c| c > total) {
+        return Err(Error::new(
+            Reason::BadCount,
+            at(&format!(
+                "bucket count \"{c}\" is over the total count \"{total}\": expected at most the total"
+            )),
+        ));
+    }
+    Ok(LatencyHistogram {
+        tier,
+        topic: h.topic,
+        bounds_ms,
+        counts,
+        count: total,
+        sum_ms,
     })
 }
 
@@ -659,6 +793,81 @@ mod tests {
         let mut s = good;
         s["group"] = json!("");
         assert_eq!(reason(lag(s)), Reason::BadField);
+    }
+
+    fn latency_with(h: serde_json::Value) -> serde_json::Value {
+        json!({"v": 1, "type": "latency", "seq": 9, "histograms": [h]})
+    }
+
+    fn histogram() -> serde_json::Value {
+        json!({"tier": "group:billing", "topic": "orders", "bounds_ms": [5, 10, 25],
+               "counts": [1, 4, 4], "count": 6, "sum_ms": 300})
+    }
+
+    #[test]
+    fn latency_decodes_and_round_trips() {
+        let msg = dec(latency_with(histogram())).unwrap();
+        let Message::Latency(l) = &msg else { panic!() };
+        assert_eq!((l.seq, msg.kind()), (9, "latency"));
+        let h = &l.histograms[0];
+        assert_eq!(h.tier, Tier::Group("billing".into()));
+        assert_eq!(
+            (
+                h.bounds_ms.as_slice(),
+                h.counts.as_slice(),
+                h.count,
+                h.sum_ms
+            ),
+            (&[5, 10, 25][..], &[1, 4, 4][..], 6, 300)
+        );
+        assert_eq!(decode(msg.to_json().as_bytes(), &limits()).unwrap(), msg);
+    }
+
+    #[test]
+    fn the_emitters_bounds_are_accepted() {
+        let n = LATENCY_BOUNDS_MS.len();
+        let mut h = histogram();
+        h["bounds_ms"] = json!(LATENCY_BOUNDS_MS);
+        h["counts"] = json!(vec![0; n]);
+        assert!(dec(latency_with(h)).is_ok());
+        assert!(n <= MAX_LATENCY_BOUNDS);
+    }
+
+    #[test]
+    fn bad_latency_histograms_are_refused_naming_the_value() {
+        let refused = |field: &str, v: serde_json::Value| {
+            let mut h = histogram();
+            h[field] = v;
+            dec(latency_with(h)).unwrap_err().error
+        };
+        let e = refused("topic", json!("no spaces"));
+        assert_eq!(e.reason, Reason::BadTopic);
+        assert_eq!(refused("tier", json!("middle")).reason, Reason::BadField);
+        let e = refused("bounds_ms", json!([5, 25, 10]));
+        assert_eq!(e.reason, Reason::BadField);
+        assert!(e.detail.contains("\"10\" after \"25\""), "{}", e.detail);
+        assert_eq!(
+            refused("bounds_ms", json!([5, 5, 10])).reason,
+            Reason::BadField
+        );
+        let e = refused("counts", json!([1, 4]));
+        assert_eq!(e.reason, Reason::BadField);
+        assert!(e.detail.contains("\"2\" counts"), "{}", e.detail);
+        let e = refused("counts", json!([3, 2, 4]));
+        assert_eq!(e.reason, Reason::BadCount);
+        assert!(e.detail.contains("\"2\" after \"3\""), "{}", e.detail);
+        let e = refused("counts", json!([1, 4, 7]));
+        assert_eq!(e.reason, Reason::BadCount);
+        assert!(e.detail.contains("\"7\""), "{}", e.detail);
+        let e = refused("sum_ms", json!(MAX_COUNT + 1));
+        assert_eq!(e.reason, Reason::BadCount);
+        assert!(e.detail.contains(&format!("\"{}\"", MAX_COUNT + 1)));
+        assert_eq!(refused("count", json!(-1)).reason, Reason::BadCount);
+        let many: Vec<u64> = (1..=65).collect();
+        let mut h = histogram();
+        h["bounds_ms"] = json!(many);
+        h["counts"] = json!(vec![0; 65]);
+        assert_eq!(reason(latency_with(h)), Reason::BadField);
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tally_audit::emitter::{Emitter, EmitterConfig};
+use tally_audit::wire::LATENCY_BOUNDS_MS;
 use tally_audit::wire::{Limits, decode};
-use tally_audit::{BucketWidth, CountEntry, LagSample, Message, Reply, Tier, TierKind};
+use tally_audit::{
+    BucketWidth, CountEntry, LagSample, LatencyHistogram, Message, Reply, Tier, TierKind,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
@@ -165,6 +168,15 @@ impl TestAgent {
         books.connections[conn]
             .received()
             .filter(|v| v["type"] == "lag")
+            .cloned()
+            .collect()
+    }
+
+    fn latency_on(&self, conn: usize) -> Vec<Value> {
+        let books = self.books.lock().expect("books");
+        books.connections[conn]
+            .received()
+            .filter(|v| v["type"] == "latency")
             .cloned()
             .collect()
     }
@@ -700,6 +712,99 @@ async fn lag_keeps_the_latest_sample_and_is_sent_again_after_a_reconnect() {
         again[0]["partitions"].as_array().expect("partitions").len(),
         2
     );
+}
+
+fn latency(tier: Tier, topic: &str, count: u64) -> LatencyHistogram {
+    // Every observation at 7 ms: above the first bound, within the second.
+    let counts = LATENCY_BOUNDS_MS
+        .iter()
+        .map(|&b| if b >= 10 { count } else { 0 })
+        .collect();
+    LatencyHistogram {
+        tier,
+        topic: topic.into(),
+        bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
+        counts,
+        count,
+        sum_ms: 7 * count,
+    }
+}
+
+#[tokio::test]
+async fn latency_keeps_the_latest_histogram_and_is_sent_again_after_a_reconnect() {
+    let agent = TestAgent::start(AgentOptions::default()).await;
+    let mut cfg = config(&agent.url());
+    cfg.flush_interval = Duration::from_secs(60);
+    let emitter = Emitter::start(cfg);
+    eventually("connected", || emitter.stats().connected).await;
+
+    emitter.record_latency(vec![latency(Tier::Broker, "orders", 3)]);
+    emitter.record_latency(vec![
+        latency(Tier::Broker, "orders", 5),
+        latency(Tier::Group("billing".into()), "orders", 2),
+    ]);
+    assert!(emitter.flush(LONG).await);
+    let first = agent.latency_on(0);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let sent: Vec<(&Value, &Value, &Value)> = first[0]["histograms"]
+        .as_array()
+        .expect("histograms")
+        .iter()
+        .map(|h| (&h["tier"], &h["count"], &h["sum_ms"]))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (&"broker".into(), &5.into(), &35.into()),
+            (&"group:billing".into(), &2.into(), &14.into())
+        ]
+    );
+
+    // An unchanged histogram is not sent again; a changed one is, alone.
+    emitter.record_latency(vec![
+        latency(Tier::Broker, "orders", 5),
+        latency(Tier::Group("billing".into()), "orders", 4),
+    ]);
+    assert!(emitter.flush(LONG).await);
+    let second = agent.latency_on(0);
+    assert_eq!(second.len(), 2, "{second:?}");
+    let histograms = second[1]["histograms"].as_array().expect("histograms");
+    assert_eq!(histograms.len(), 1, "{histograms:?}");
+    assert_eq!(histograms[0]["count"], 4);
+
+    agent.kick();
+    eventually("reconnected", || emitter.stats().connects == 2).await;
+    eventually("latency sent again", || {
+        agent.connections() == 2 && !agent.latency_on(1).is_empty()
+    })
+    .await;
+    let again = agent.latency_on(1);
+    let counts: Vec<&Value> = again[0]["histograms"]
+        .as_array()
+        .expect("histograms")
+        .iter()
+        .map(|h| &h["count"])
+        .collect();
+    assert_eq!(counts, [5, 4]);
+}
+
+#[tokio::test]
+async fn invalid_latency_histograms_are_not_sent() {
+    let agent = TestAgent::start(AgentOptions::default()).await;
+    let emitter = Emitter::start(config(&agent.url()));
+    let mut descending = latency(Tier::Broker, "orders", 3);
+    descending.counts[5] = 1;
+    emitter.record_latency(vec![descending, latency(Tier::Broker, "payments", 1)]);
+    assert!(emitter.flush(LONG).await);
+    assert_eq!(emitter.stats().invalid_entries, 1);
+    let sent = agent.latency_on(0);
+    let topics: Vec<&Value> = sent[0]["histograms"]
+        .as_array()
+        .expect("histograms")
+        .iter()
+        .map(|h| &h["topic"])
+        .collect();
+    assert_eq!(topics, ["payments"]);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 use super::*;
-use tally_audit::LagSample;
+use tally_audit::{LagSample, Latency, LatencyHistogram};
 
 const W: u64 = 1_000;
 /// A bucket start well in the past of `NOW`, so that its grace is over.
@@ -497,4 +497,161 @@ fn a_group_that_consumed_nothing_of_a_bucket_is_pending_there() {
             .tiers
             .contains_key("group:billing")
     );
+}
+
+fn histogram(
+    tier: &str,
+    bounds_ms: &[u64],
+    counts: &[u64],
+    count: u64,
+    sum_ms: u64,
+) -> LatencyHistogram {
+    LatencyHistogram {
+        tier: tier.parse().unwrap(),
+        topic: "orders".into(),
+        bounds_ms: bounds_ms.to_vec(),
+        counts: counts.to_vec(),
+        count,
+        sum_ms,
+    }
+}
+
+fn latency(seq: u64, histograms: Vec<LatencyHistogram>) -> Latency {
+    Latency { seq, histograms }
+}
+
+#[test]
+fn latency_keeps_the_last_histogram_per_source_and_sums_sources() {
+    let mut l = ledger();
+    let a = hello(&mut l, "a", 1);
+    let b = hello(&mut l, "b", 1);
+    let applied = l
+        .apply_latency(
+            a,
+            &latency(1, vec![histogram("broker", &[10, 100], &[1, 2], 3, 400)]),
+            0,
+        )
+        .unwrap();
+    assert_eq!(applied.changed, 1);
+    // A later cumulative value replaces the first; a resend changes nothing.
+    let newer = histogram("broker", &[10, 100], &[2, 4], 5, 600);
+    l.apply_latency(a, &latency(2, vec![newer.clone()]), 0)
+        .unwrap();
+    let again = l.apply_latency(a, &latency(2, vec![newer]), 0).unwrap();
+    assert_eq!(again.unchanged, 1);
+    // An older seq arriving late is ignored.
+    let old = l
+        .apply_latency(
+            a,
+            &latency(1, vec![histogram("broker", &[10, 100], &[9, 9], 9, 9)]),
+            0,
+        )
+        .unwrap();
+    assert_eq!(old.stale, 1);
+    l.apply_latency(
+        b,
+        &latency(1, vec![histogram("broker", &[10, 100], &[1, 1], 1, 7)]),
+        0,
+    )
+    .unwrap();
+    let snap = l.evaluate(NOW_OPEN);
+    assert_eq!(snap.latency.len(), 1, "{:?}", snap.latency);
+    let books = &snap.latency[0];
+    assert_eq!(
+        (
+            books.cluster.as_str(),
+            books.topic.as_str(),
+            books.tier.as_str()
+        ),
+        ("local", "orders", "broker")
+    );
+    assert_eq!(
+        (books.counts.as_slice(), books.count, books.sum_ms),
+        (&[3, 5][..], 6, 607)
+    );
+    assert_eq!(snap.sources[0].messages["latency"], 4);
+}
+
+#[test]
+fn latency_with_other_bounds_is_left_out_of_the_sum() {
+    let mut l = ledger();
+    let a = hello(&mut l, "a", 1);
+    let b = hello(&mut l, "b", 1);
+    l.apply_latency(
+        a,
+        &latency(
+            1,
+            vec![histogram("group:billing", &[10, 100], &[1, 2], 2, 50)],
+        ),
+        0,
+    )
+    .unwrap();
+    l.apply_latency(
+        b,
+        &latency(1, vec![histogram("group:billing", &[5, 50], &[1, 1], 1, 1)]),
+        0,
+    )
+    .unwrap();
+    let snap = l.evaluate(NOW_OPEN);
+    assert_eq!(snap.latency.len(), 1);
+    assert_eq!(snap.latency[0].bounds_ms, [10, 100]);
+    assert_eq!((snap.latency[0].count, snap.latency[0].sum_ms), (2, 50));
+}
+
+#[test]
+fn latency_of_an_unannounced_tier_is_refused() {
+    let mut l = ledger();
+    let s = l.hello(
+        &Hello {
+            source: "b".into(),
+            cluster: "local".into(),
+            tier_kinds: vec![TierKind::Broker],
+            bucket_width_ms: W,
+            started_at_ms: 1,
+        },
+        0,
+    );
+    let err = l
+        .apply_latency(
+            s,
+            &latency(1, vec![histogram("group:billing", &[10], &[1], 1, 1)]),
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("\"group:billing\""), "{err}");
+    assert!(l.evaluate(NOW_OPEN).latency.is_empty());
+}
+
+#[test]
+fn latency_survives_a_restore_and_still_ignores_stale_resends() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_latency(
+        s,
+        &latency(3, vec![histogram("broker", &[10, 100], &[2, 4], 5, 600)]),
+        0,
+    )
+    .unwrap();
+    let batches = vec![l.take_dirty()];
+    assert!(
+        batches[0]
+            .kv
+            .iter()
+            .any(|(k, _)| k == "latency/0/local/orders/broker"),
+        "{:?}",
+        batches[0].kv
+    );
+    let expected = l.evaluate(NOW_OPEN).latency;
+    let mut restored = Ledger::restore(l.config().clone(), persisted(batches)).unwrap();
+    assert_eq!(restored.evaluate(NOW_OPEN).latency, expected);
+    let s2 = hello(&mut restored, "b", 1);
+    let stale = restored
+        .apply_latency(
+            s2,
+            &latency(2, vec![histogram("broker", &[10, 100], &[0, 0], 0, 0)]),
+            0,
+        )
+        .unwrap();
+    assert_eq!(stale.stale, 1);
+    assert_eq!(restored.evaluate(NOW_OPEN).latency, expected);
 }

@@ -21,6 +21,39 @@ pub struct Run {
     pub count: u64,
     /// The bucket they fall in.
     pub bucket: i64,
+    /// The timestamp the first record was bucketed by (-1: unknown, as in
+    /// state files written before runs kept timestamps).
+    #[serde(default = "unknown_ts")]
+    pub first_ts: i64,
+    /// The timestamp the last record was bucketed by (-1: unknown).
+    #[serde(default = "unknown_ts")]
+    pub last_ts: i64,
+}
+
+fn unknown_ts() -> i64 {
+    -1
+}
+
+/// How many slices a covered stretch of one run is recorded in: a run lies in
+/// one bucket, so its timestamps differ by less than the bucket width, and a
+/// few interpolated points describe it well without a value per record.
+const LATENCY_SLICES: u64 = 8;
+
+impl Run {
+    /// The timestamp of the record at `offset`, interpolated between the
+    /// run's first and last (records of one batch are mostly in time order).
+    pub fn timestamp_at(&self, offset: i64) -> Option<i64> {
+        if self.first_ts < 0 || self.last_ts < 0 {
+            return None;
+        }
+        let span = self.count.saturating_sub(1) as i128;
+        if span == 0 {
+            return Some(self.first_ts);
+        }
+        let i = (offset - self.first).clamp(0, span as i64) as i128;
+        let ts = self.first_ts as i128 + (self.last_ts as i128 - self.first_ts as i128) * i / span;
+        Some(ts as i64)
+    }
 }
 
 /// The `broker` tier's count of one bucket.
@@ -87,13 +120,16 @@ impl PartitionBooks {
 
     /// Counts records appended at `first_offset` on: one bucket per record,
     /// in offset order, with the batch's bytes shared out by record and the
-    /// number of records that had no timestamp.
+    /// number of records that had no timestamp. `timestamps` holds the time
+    /// each record was bucketed by (-1 where unknown), kept per run for
+    /// [`PartitionBooks::latencies`].
     pub fn append(
         &mut self,
         first_offset: i64,
         buckets: &[i64],
         bytes: u64,
         no_timestamp: &[bool],
+        timestamps: &[i64],
     ) {
         if buckets.is_empty() {
             return;
@@ -107,12 +143,21 @@ impl PartitionBooks {
         let mut extra = bytes % n;
         for (i, &bucket) in buckets.iter().enumerate() {
             let offset = first_offset + i as i64;
+            let ts = timestamps.get(i).copied().filter(|t| *t >= 0).unwrap_or(-1);
             match self.runs.last_mut() {
-                Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => r.count += 1,
+                Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => {
+                    r.count += 1;
+                    if ts < 0 || r.first_ts < 0 {
+                        r.first_ts = -1;
+                    }
+                    r.last_ts = if r.first_ts < 0 { -1 } else { ts };
+                }
                 _ => self.runs.push(Run {
                     first: offset,
                     count: 1,
                     bucket,
+                    first_ts: ts,
+                    last_ts: ts,
                 }),
             }
             let t = self.broker.entry(bucket).or_default();
@@ -158,6 +203,41 @@ impl PartitionBooks {
         }
     }
 
+    /// Calls `f(latency_ms, records)` for the records with offsets in
+    /// `[from, to)` as seen at `at_ms`: `at_ms` minus each record's
+    /// timestamp, clamped at 0. Records of unknown timestamp are left out.
+    pub fn latencies(&self, from: i64, to: i64, at_ms: i64, mut f: impl FnMut(u64, u64)) {
+        if from >= to {
+            return;
+        }
+        let i = self
+            .runs
+            .partition_point(|r| r.first <= from)
+            .saturating_sub(1);
+        for r in &self.runs[i..] {
+            if r.first >= to {
+                break;
+            }
+            let lo = from.max(r.first);
+            let hi = to.min(r.first + r.count as i64);
+            if hi <= lo {
+                continue;
+            }
+            let n = (hi - lo) as u64;
+            let slices = n.min(LATENCY_SLICES);
+            let mut start = lo;
+            for k in 0..slices {
+                // Slices as even as whole records allow; each is recorded at its middle.
+                let len = (n * (k + 1) / slices - n * k / slices) as i64;
+                let Some(ts) = r.timestamp_at(start + (len - 1) / 2) else {
+                    break;
+                };
+                f(at_ms.saturating_sub(ts).max(0) as u64, len as u64);
+                start += len;
+            }
+        }
+    }
+
     /// The bucket of the record at `offset`, if the books know it.
     pub fn bucket_at(&self, offset: i64) -> Option<i64> {
         let i = self
@@ -178,7 +258,10 @@ impl PartitionBooks {
 
     /// Records a commit of `offset` by `group`. Counts only ever grow: a
     /// commit below the high-water mark (a rewind) changes nothing.
-    pub fn commit(&mut self, group: &str, offset: i64) {
+    ///
+    /// Returns the offsets `[from, to)` the commit newly covered, if any: the
+    /// records the group consumed with it (its first commit covers none).
+    pub fn commit(&mut self, group: &str, offset: i64) -> Option<(i64, i64)> {
         let offset = offset.clamp(0, self.end());
         match self.groups.get_mut(group) {
             None => {
@@ -193,15 +276,21 @@ impl PartitionBooks {
                 // All of the group's buckets, skipped or pending alike.
                 let end = self.end();
                 self.mark_group(group, 0, end);
+                self.settle_expiry(group);
+                None
             }
             Some(g) if offset > g.high => {
                 let from = g.high;
                 g.high = offset;
                 self.mark_group(group, from, offset);
+                self.settle_expiry(group);
+                Some((from, offset))
             }
-            Some(_) => {}
+            Some(_) => {
+                self.settle_expiry(group);
+                None
+            }
         }
-        self.settle_expiry(group);
     }
 
     /// Moves the log start offset (retention deleted what is below it).
@@ -368,7 +457,12 @@ impl PartitionBooks {
             let end = r.first + r.count as i64;
             let kept = (state.start.min(end) - r.first).max(0) as u64;
             if kept > 0 {
-                books.runs.push(Run { count: kept, ..*r });
+                let last_ts = r.timestamp_at(r.first + kept as i64 - 1).unwrap_or(-1);
+                books.runs.push(Run {
+                    count: kept,
+                    last_ts,
+                    ..*r
+                });
             }
         }
         books.broker = state.retired_tallies;
@@ -397,9 +491,9 @@ mod tests {
     /// 10 records in bucket 0, 5 in bucket 60, 5 in bucket 120 (offsets 0..20).
     fn books() -> PartitionBooks {
         let mut b = PartitionBooks::new();
-        b.append(0, &[0; 10], 1000, &[]);
-        b.append(10, &[60, 60, 60, 120, 60], 500, &[]);
-        b.append(15, &[120; 5], 500, &[]);
+        b.append(0, &[0; 10], 1000, &[], &[]);
+        b.append(10, &[60, 60, 60, 120, 60], 500, &[], &[]);
+        b.append(15, &[120; 5], 500, &[], &[]);
         b
     }
 
@@ -512,7 +606,7 @@ mod tests {
         assert_eq!(b.take_dirty(), vec![g(0), g(60)]);
         assert!(b.take_dirty().is_empty());
         // New records are pending for every group in their bucket.
-        b.append(20, &[180], 10, &[]);
+        b.append(20, &[180], 10, &[], &[]);
         assert_eq!(b.take_dirty(), vec![(None, 180), g(180)]);
     }
 
@@ -526,7 +620,7 @@ mod tests {
         let json = serde_json::to_string(&state).unwrap();
         let mut restored = PartitionBooks::restore(serde_json::from_str(&json).unwrap());
         // The log still holds offsets 12..20, as one batch spanning two buckets.
-        restored.append(12, &[60, 120, 60, 120, 120, 120, 120, 120], 800, &[]);
+        restored.append(12, &[60, 120, 60, 120, 120, 120, 120, 120], 800, &[], &[]);
         for bucket in [0, 60, 120] {
             assert_eq!(
                 restored.broker(bucket).records,
@@ -543,9 +637,87 @@ mod tests {
     }
 
     #[test]
+    fn run_timestamps_are_interpolated_by_offset() {
+        let mut b = PartitionBooks::new();
+        // Offsets 0..5 in one bucket, stamped 1000, 1010, …, 1040; offset 5 in the next.
+        b.append(0, &[0; 5], 50, &[], &[1000, 1010, 1020, 1030, 1040]);
+        b.append(5, &[60_000], 10, &[], &[60_000]);
+        let r = b.runs[0];
+        assert_eq!((r.first_ts, r.last_ts, r.count), (1000, 1040, 5));
+        assert_eq!(r.timestamp_at(2), Some(1020));
+        assert_eq!(r.timestamp_at(3), Some(1030));
+        // Seen at 61 000, each record is 61 000 − its timestamp old.
+        let mut seen = Vec::new();
+        b.latencies(1, 6, 61_000, |ms, n| seen.push((ms, n)));
+        let total: u64 = seen.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 5, "{seen:?}");
+        assert_eq!(
+            seen,
+            vec![
+                (59_990, 1),
+                (59_980, 1),
+                (59_970, 1),
+                (59_960, 1),
+                (1000, 1)
+            ]
+        );
+        // A timestamp from the future is clamped at 0.
+        let mut future = Vec::new();
+        b.latencies(5, 6, 59_000, |ms, n| future.push((ms, n)));
+        assert_eq!(future, vec![(0, 1)]);
+        // A run holding a record of unknown timestamp is left out.
+        b.append(6, &[60_000, 60_000], 10, &[], &[60_500, -1]);
+        let mut unknown = Vec::new();
+        b.latencies(5, 8, 70_000, |ms, n| unknown.push((ms, n)));
+        assert!(unknown.is_empty(), "{unknown:?}");
+    }
+
+    #[test]
+    fn a_long_run_is_recorded_in_a_few_slices_that_cover_it() {
+        let mut b = PartitionBooks::new();
+        let ts: Vec<i64> = (0..1000).map(|i| 10_000 + i * 10).collect();
+        b.append(0, &[0; 1000], 1000, &[], &ts);
+        let mut seen = Vec::new();
+        b.latencies(0, 1000, 30_000, |ms, n| seen.push((ms, n)));
+        assert_eq!(seen.len() as u64, LATENCY_SLICES);
+        assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 1000);
+        let mean = seen.iter().map(|(ms, n)| ms * n).sum::<u64>() / 1000;
+        // The exact mean is 30 000 − (10 000 + 4 995).
+        assert!((15_000..=15_010).contains(&mean), "{seen:?}");
+    }
+
+    #[test]
+    fn a_commit_returns_what_it_covered_for_group_latency() {
+        let mut b = PartitionBooks::new();
+        b.append(0, &[0; 4], 40, &[], &[100, 200, 300, 400]);
+        assert_eq!(b.commit("g", 1), None, "a first commit consumes nothing");
+        let covered = b.commit("g", 3);
+        assert_eq!(covered, Some((1, 3)));
+        let (from, to) = covered.unwrap();
+        let mut seen = Vec::new();
+        b.latencies(from, to, 1_000, |ms, n| seen.push((ms, n)));
+        assert_eq!(seen, vec![(800, 1), (700, 1)]);
+        assert_eq!(b.commit("g", 2), None, "a rewind covers nothing");
+        assert_eq!(b.commit("g", 3), None, "a repeat covers nothing");
+    }
+
+    #[test]
+    fn run_timestamps_survive_durable_state_and_old_state_reads_as_unknown() {
+        let mut b = PartitionBooks::new();
+        b.append(0, &[0; 4], 40, &[], &[100, 200, 300, 400]);
+        b.append(4, &[60_000; 2], 20, &[], &[60_000, 60_010]);
+        b.retain_from(2);
+        let restored = PartitionBooks::restore(b.durable_state());
+        let r = restored.runs[0];
+        assert_eq!((r.first, r.count, r.first_ts, r.last_ts), (0, 2, 100, 200));
+        let old: Run = serde_json::from_str(r#"{"first":0,"count":3,"bucket":0}"#).unwrap();
+        assert_eq!((old.first_ts, old.timestamp_at(1)), (-1, None));
+    }
+
+    #[test]
     fn records_without_timestamp_are_counted_apart() {
         let mut b = PartitionBooks::new();
-        b.append(0, &[60, 60, 60], 30, &[false, true, true]);
+        b.append(0, &[60, 60, 60], 30, &[false, true, true], &[]);
         assert_eq!(b.broker(60).no_timestamp, 2);
     }
 }

@@ -2,15 +2,24 @@
 //! event-time bucket of what the log holds and what each consumer group
 //! consumed, streamed with the groups' lag to the agent, and rebuilt from the
 //! log and the committed offsets after a restart.
+//!
+//! It also measures end-to-end latency per (topic, tier): for `broker`, from
+//! a record's timestamp to its append; for `group:<name>`, from a record's
+//! timestamp to the commit that covered it. Unlike the counts, latency
+//! histograms are not rebuilt: they restart from zero when the broker
+//! restarts, which is a new emitter session whose histograms replace the old
+//! session's at the agent (a counter reset to Prometheus).
 
 pub mod books;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tally_audit::emitter::{Emitter, EmitterConfig, EmitterStats};
-use tally_audit::{BucketWidth, CountEntry, LagSample, Tier, TierKind};
+use tally_audit::wire::{LATENCY_BOUNDS_MS, MAX_COUNT};
+use tally_audit::{BucketWidth, CountEntry, LagSample, LatencyHistogram, Tier, TierKind};
 use tracing::{info, warn};
 
 use self::books::{DurableBooks, PartitionBooks};
@@ -51,6 +60,50 @@ struct Partition {
     changed: bool,
 }
 
+/// The latency of one (topic, tier) since the broker started, in milliseconds.
+struct LatencyBook {
+    histogram: Histogram<u64>,
+    sum_ms: u64,
+    changed: bool,
+}
+
+impl LatencyBook {
+    fn new() -> Self {
+        LatencyBook {
+            // Auto-resizing, three significant figures: exact below 2 s,
+            // within 0.1 % above.
+            histogram: Histogram::new(3)
+                .unwrap_or_else(|_| unreachable!("3 significant figures are valid")),
+            sum_ms: 0,
+            changed: false,
+        }
+    }
+
+    fn record(&mut self, ms: u64, n: u64) {
+        if n == 0 || self.histogram.record_n(ms, n).is_err() {
+            return;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(ms.saturating_mul(n));
+        self.changed = true;
+    }
+
+    /// The wire's cumulative histogram at [`LATENCY_BOUNDS_MS`].
+    fn wire(&self, topic: &str, tier: &Tier) -> LatencyHistogram {
+        let count = self.histogram.len().min(MAX_COUNT);
+        LatencyHistogram {
+            tier: tier.clone(),
+            topic: topic.to_owned(),
+            bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
+            counts: LATENCY_BOUNDS_MS
+                .iter()
+                .map(|&b| self.histogram.count_between(0, b).min(count))
+                .collect(),
+            count,
+            sum_ms: self.sum_ms.min(MAX_COUNT),
+        }
+    }
+}
+
 /// The instrumentation of one broker.
 pub struct Instrumentation {
     cfg: AuditConfig,
@@ -58,6 +111,8 @@ pub struct Instrumentation {
     partitions: Mutex<BTreeMap<(String, i32), Partition>>,
     /// The last commit time seen per (group, topic, partition).
     seen: Mutex<HashMap<(String, String, i32), i64>>,
+    /// Per (topic, tier): latency since this process started.
+    latency: Mutex<BTreeMap<(String, Tier), LatencyBook>>,
     emitter: Mutex<Option<Emitter>>,
 }
 
@@ -65,7 +120,8 @@ fn state_path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
     dir.join(topic).join(format!("{partition}.json"))
 }
 
-/// The bucket of every record of one batch, and which had no timestamp.
+/// The bucket of every record of one batch, which had no timestamp, and the
+/// time each was bucketed by (its timestamp, or the append time).
 ///
 /// A LogAppendTime batch lies in the bucket of its append time. Any other
 /// batch has its records' timestamps read: its header gives the first and
@@ -76,9 +132,15 @@ pub fn record_buckets(
     header: &BatchHeader,
     batch: &[u8],
     append_ms: i64,
-) -> (Vec<i64>, Vec<bool>) {
+) -> (Vec<i64>, Vec<bool>, Vec<i64>) {
     let n = usize::try_from(header.record_count.max(0)).unwrap_or(0);
-    let all = |ts: i64, no_ts: bool| (vec![width.bucket_of(ts).start_ms(); n], vec![no_ts; n]);
+    let all = |ts: i64, no_ts: bool| {
+        (
+            vec![width.bucket_of(ts).start_ms(); n],
+            vec![no_ts; n],
+            vec![ts; n],
+        )
+    };
     if header.log_append_time() {
         return all(header.max_timestamp, false);
     }
@@ -88,15 +150,12 @@ pub fn record_buckets(
     match record_timestamps(batch) {
         Ok(ts) => {
             let no_ts: Vec<bool> = ts.iter().map(|t| *t < 0).collect();
-            let buckets = ts
+            let at: Vec<i64> = ts
                 .iter()
-                .map(|t| {
-                    width
-                        .bucket_of(if *t < 0 { append_ms } else { *t })
-                        .start_ms()
-                })
+                .map(|t| if *t < 0 { append_ms } else { *t })
                 .collect();
-            (buckets, no_ts)
+            let buckets = at.iter().map(|t| width.bucket_of(*t).start_ms()).collect();
+            (buckets, no_ts, at)
         }
         // The batch passed validation on append; should its records still not
         // read, count them where its header says rather than lose them.
@@ -135,6 +194,7 @@ impl Instrumentation {
             dir,
             partitions: Mutex::new(partitions),
             seen: Mutex::new(HashMap::new()),
+            latency: Mutex::new(BTreeMap::new()),
             emitter: Mutex::new(None),
         })
     }
@@ -179,17 +239,37 @@ impl Instrumentation {
         let mut parts = self.partitions.lock();
         let part = parts.entry((topic.to_owned(), partition)).or_default();
         let mut at = 0usize;
+        // (latency, records): runs of equal latency, recorded once each.
+        let mut observed: Vec<(u64, u64)> = Vec::new();
         for h in headers {
             let size = h.size();
             let batch = bytes.get(at..at + size).unwrap_or(&[]);
             at += size;
-            let (buckets, no_ts) = record_buckets(self.cfg.width, h, batch, now_ms);
+            let (buckets, no_ts, timestamps) = record_buckets(self.cfg.width, h, batch, now_ms);
             if no_ts.iter().any(|b| *b) {
                 part.append_times.insert(h.base_offset, now_ms);
                 part.changed = true;
             }
             part.books
-                .append(h.base_offset, &buckets, size as u64, &no_ts);
+                .append(h.base_offset, &buckets, size as u64, &no_ts, &timestamps);
+            for (ts, _) in timestamps.iter().zip(&no_ts).filter(|(_, no)| !**no) {
+                let ms = now_ms.saturating_sub(*ts).max(0) as u64;
+                match observed.last_mut() {
+                    Some((last, n)) if *last == ms => *n += 1,
+                    _ => observed.push((ms, 1)),
+                }
+            }
+        }
+        drop(parts);
+        if observed.is_empty() {
+            return;
+        }
+        let mut latency = self.latency.lock();
+        let book = latency
+            .entry((topic.to_owned(), Tier::Broker))
+            .or_insert_with(LatencyBook::new);
+        for (ms, n) in observed {
+            book.record(ms, n);
         }
     }
 
@@ -207,6 +287,7 @@ impl Instrumentation {
     /// Forgets a deleted topic.
     pub fn on_topic_deleted(&self, topic: &str) {
         self.partitions.lock().retain(|(t, _), _| t != topic);
+        self.latency.lock().retain(|(t, _), _| t != topic);
         let _ = std::fs::remove_dir_all(self.dir.join(topic));
     }
 
@@ -216,6 +297,9 @@ impl Instrumentation {
             part.books.forget_group(group);
             part.changed = true;
         }
+        self.latency
+            .lock()
+            .retain(|(_, tier), _| *tier != Tier::Group(group.to_owned()));
     }
 
     fn store(&self, topic: &str, partition: i32, part: &Partition, sync: bool) -> Result<()> {
@@ -264,12 +348,39 @@ impl Instrumentation {
             }
         }
         let lag = self.lag(now_ms, topics, groups);
+        let latency = self.changed_latency();
         if let Some(emitter) = self.emitter.lock().as_ref() {
             emitter.record_counts(counts);
             if !lag.is_empty() {
                 emitter.record_lag(now_ms, lag);
             }
+            if !latency.is_empty() {
+                emitter.record_latency(latency);
+            }
         }
+    }
+
+    /// The wire histograms of every (topic, tier) whose latency changed since
+    /// the last call.
+    fn changed_latency(&self) -> Vec<LatencyHistogram> {
+        let mut latency = self.latency.lock();
+        latency
+            .iter_mut()
+            .filter(|(_, book)| book.changed)
+            .map(|((topic, tier), book)| {
+                book.changed = false;
+                book.wire(topic, tier)
+            })
+            .collect()
+    }
+
+    /// The latency histogram of one (topic, tier) as it would be sent, for
+    /// tests and diagnostics.
+    pub fn latency(&self, topic: &str, tier: &Tier) -> Option<LatencyHistogram> {
+        self.latency
+            .lock()
+            .get(&(topic.to_owned(), tier.clone()))
+            .map(|book| book.wire(topic, tier))
     }
 
     fn entry(
@@ -315,10 +426,13 @@ impl Instrumentation {
     }
 
     /// Applies every commit the coordinator accepted since the last call,
-    /// including ones already superseded, so a brief high-water mark is not missed.
+    /// including ones already superseded, so a brief high-water mark is not
+    /// missed; each records the latency of the records it covered, as of
+    /// its commit time.
     fn sync_commits(&self, groups: &Groups) {
         let mut seen = self.seen.lock();
         let mut parts = self.partitions.lock();
+        let mut latency = self.latency.lock();
         for c in groups.all_committed() {
             let key = (c.group.clone(), c.topic.clone(), c.partition);
             let last = seen.get(&key).copied().unwrap_or(i64::MIN);
@@ -328,12 +442,26 @@ impl Instrumentation {
             let Some(part) = parts.get_mut(&(c.topic.clone(), c.partition)) else {
                 continue;
             };
+            let mut covered = Vec::new();
             for h in groups.history(&c.group, &c.topic, c.partition) {
-                if h.commit_time_ms > last {
-                    part.books.commit(&c.group, h.offset);
+                if h.commit_time_ms > last
+                    && let Some(range) = part.books.commit(&c.group, h.offset)
+                {
+                    covered.push((range, h.commit_time_ms));
                 }
             }
-            part.books.commit(&c.group, c.committed.offset);
+            if let Some(range) = part.books.commit(&c.group, c.committed.offset) {
+                covered.push((range, c.committed.commit_time_ms));
+            }
+            if !covered.is_empty() {
+                let book = latency
+                    .entry((c.topic.clone(), Tier::Group(c.group.clone())))
+                    .or_insert_with(LatencyBook::new);
+                for ((from, to), at_ms) in covered {
+                    part.books
+                        .latencies(from, to, at_ms, |ms, n| book.record(ms, n));
+                }
+            }
             part.changed = true;
             seen.insert(key, c.committed.commit_time_ms);
         }
@@ -432,8 +560,14 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
             .get(&h.base_offset)
             .copied()
             .unwrap_or(h.max_timestamp);
-        let (buckets, no_ts) = record_buckets(width, &h, &batch, append_ms);
-        books.append(h.base_offset, &buckets, h.size() as u64, &no_ts);
+        let (buckets, no_ts, timestamps) = record_buckets(width, &h, &batch, append_ms);
+        books.append(
+            h.base_offset,
+            &buckets,
+            h.size() as u64,
+            &no_ts,
+            &timestamps,
+        );
     }
     books.mark_all_dirty();
     Ok(Partition {
@@ -441,4 +575,37 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
         append_times: state.append_times,
         changed: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_book_becomes_the_wires_cumulative_histogram() {
+        let mut book = LatencyBook::new();
+        book.record(3, 2);
+        book.record(7, 1);
+        book.record(20_000, 1);
+        book.record(0, 0);
+        let h = book.wire("orders", &Tier::Broker);
+        assert_eq!(h.bounds_ms, LATENCY_BOUNDS_MS);
+        let at = |bound: u64| {
+            let i = LATENCY_BOUNDS_MS.iter().position(|b| *b == bound).unwrap();
+            h.counts[i]
+        };
+        assert_eq!(
+            (at(5), at(10), at(10_000), at(30_000), at(3_600_000)),
+            (2, 3, 3, 4, 4)
+        );
+        assert_eq!((h.count, h.sum_ms), (4, 20_013));
+        // What the broker sends, the agent accepts.
+        let text = tally_audit::Message::Latency(tally_audit::Latency {
+            seq: 1,
+            histograms: vec![h],
+        })
+        .to_json();
+        let limits = tally_audit::wire::Limits::new(BucketWidth::DEFAULT);
+        assert!(tally_audit::wire::decode(text.as_bytes(), &limits).is_ok());
+    }
 }
