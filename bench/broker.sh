@@ -27,6 +27,7 @@
 #   TALLY_PORT, TANSU_PORT, NOIDA_PORT   listeners on 127.0.0.1 (39092, 19092, 29092)
 #   PHASE_TIMEOUT   seconds one produce or consume may take (default 600)
 #   QUIET_WAIT      seconds to wait at most for no compiler or test run (default 900; 0 skips)
+#   QUIET_GATE      the same before each workload (default 120; 0 skips)
 #   KEEP=1          keep the work folder (broker logs, payload files)
 # Output: bench/out/broker/results-*.jsonl (one line per phase) and the
 # markdown tables on stdout.
@@ -42,6 +43,7 @@ TANSU_PORT=${TANSU_PORT:-19092}
 NOIDA_PORT=${NOIDA_PORT:-29092}
 PHASE_TIMEOUT=${PHASE_TIMEOUT:-600}
 QUIET_WAIT=${QUIET_WAIT:-900}
+QUIET_GATE=${QUIET_GATE:-120}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -117,13 +119,13 @@ trap cleanup EXIT
 
 # Bounded as a whole too: 4 phases' worth of timeout per workload at most.
 workloads=$(( REPS * $(tr ',' '\n' <<<"$SIZES" | wc -l) * $(tr ',' '\n' <<<"$CLIENTS" | wc -l) * $(tr ',' '\n' <<<"$BROKERS" | wc -l) ))
-timeout --signal=TERM --kill-after=30 $((workloads * (PHASE_TIMEOUT * 2 + 120))) \
+timeout --signal=TERM --kill-after=30 $((workloads * (PHASE_TIMEOUT * 2 + 120 + QUIET_GATE))) \
     "$venv/bin/python" "$root/bench/broker/run.py" \
     --count "$COUNT" --reps "$REPS" --brokers "$BROKERS" --clients "$CLIENTS" --sizes "$SIZES" \
     --tally "$tally" --python "$venv/bin/python" --site-packages "$site_packages" \
     --work "$work" --results "$results" \
     --tally-port "$TALLY_PORT" --tansu-port "$TANSU_PORT" --noida-port "$NOIDA_PORT" \
-    --phase-timeout "$PHASE_TIMEOUT"
+    --phase-timeout "$PHASE_TIMEOUT" --quiet-gate "$QUIET_GATE"
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results.meta" >&2
 echo "broker-bench: results in $results" >&2

@@ -173,6 +173,11 @@ def consume(bootstrap, topic, count, timeout_s=600):
     deadline = start + timeout_s
     progress = start
     last_offset = -1
+    # Timed from the first records to the last, as kcat -C is: the start
+    # (metadata, offset lookup) is left out, and so are the records that
+    # arrived with the first batch.
+    first_at = None
+    first_batch = 0
     while received < count and time.monotonic() < deadline:
         if time.monotonic() - progress > STALL_S:
             errors.append(f"no record for {STALL_S}s after {received}: gave up")
@@ -190,11 +195,15 @@ def consume(bootstrap, topic, count, timeout_s=600):
             last_offset = msg.offset()
         if received > before:
             progress = time.monotonic()
-    seconds = time.monotonic() - start
+            if first_at is None:
+                first_at, first_batch = progress, received
+    seconds = progress - first_at if first_at is not None else time.monotonic() - start
     consumer.close()
     return {
         "records": received,
+        "timed_records": received - first_batch,
         "seconds": seconds,
+        "seconds_from_assign": progress - start,
         "value_bytes": value_bytes,
         "last_offset": last_offset,
         # The first errors say why; the last says whether it gave up.

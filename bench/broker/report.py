@@ -23,9 +23,10 @@ BROKER_ORDER = (TALLY, TALLY_ALWAYS) + PEERS
 
 def figures(row):
     records, seconds = row["records"], row["seconds"]
+    timed = row.get("timed_records", records)
     return {
-        "rps": records / seconds,
-        "mbps": records * row["size"] / 1e6 / seconds,
+        "rps": timed / seconds,
+        "mbps": timed * row["size"] / 1e6 / seconds,
         "cpu_per_m": row["broker_cpu_s"] / (records / 1e6),
         "rss_mib": row["peak_rss_kib"] / 1024,
         "client_cpu_per_m": row["client_cpu_s"] / (records / 1e6),

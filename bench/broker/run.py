@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import shutil
+import selectors
 import signal
 import socket
 import subprocess
@@ -194,25 +195,56 @@ def kill_group(proc, grace=5.0):
             continue
 
 
-def run_client(argv, timeout, stdout_file=None):
-    """Runs one client to completion; returns (rc, stdout, stderr, seconds, cpu)."""
+def run_client(argv, timeout):
+    """Runs one client to completion.
+
+    Returns (rc, stdout, stderr, seconds, cpu, first): `first` is
+    (seconds from start to the first stdout bytes, those bytes), which lets
+    kcat -C be timed from its first record rather than from its start.
+    """
     cpu0 = children_cpu()
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    chunks = {out_fd: [], err_fd: []}
+    first = None
+    rc = None
     try:
-        out, err = proc.communicate(timeout=timeout)
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()  # this PID only: the client has no children
-        out, err = proc.communicate()
-        rc = "timeout"
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            deadline = start + timeout
+            open_fds = 2
+            while open_fds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    rc = "timeout"
+                    break
+                for key, _ in sel.select(timeout=min(left, 1.0)):
+                    data = os.read(key.fd, 1 << 16)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        open_fds -= 1
+                        continue
+                    if key.fileobj is proc.stdout and first is None:
+                        first = (time.monotonic() - start, data)
+                    chunks[key.fd].append(data)
+        if rc is None:
+            try:
+                rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
     finally:
-        if proc.poll() is None:  # interrupted (SIGTERM from the driver's timeout)
-            proc.kill()
+        if proc.poll() is None:  # timed out, or interrupted by SIGTERM
+            proc.kill()  # this PID only: the client has no children
             proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     seconds = time.monotonic() - start
-    return rc, out, err.decode(errors="replace"), seconds, children_cpu() - cpu0
+    out = b"".join(chunks[out_fd])
+    err = b"".join(chunks[err_fd])
+    return rc, out, err.decode(errors="replace"), seconds, children_cpu() - cpu0, first
 
 
 def start_broker(spec, data_dir, log_path, ready_timeout, python):
@@ -308,13 +340,26 @@ def parse_result(client, phase, rc, out, err, count, size):
     return records, "; ".join(problems)
 
 
+def settle(quiet_gate):
+    """Before a workload: the previous one's writes reach the disk, and no
+    one else's compiler or test run is alive (waiting at most `quiet_gate`
+    seconds for that). Returns how long it waited."""
+    os.sync()
+    start = time.monotonic()
+    while busy_processes() and time.monotonic() - start < quiet_gate:
+        time.sleep(2)
+    time.sleep(1)
+    return time.monotonic() - start
+
+
 def workload(args, spec, client, size, rep, emit):
+    waited = settle(args.quiet_gate)
     data_dir = os.path.join(args.work, f"{spec.name}-data")
     shutil.rmtree(data_dir, ignore_errors=True)
     os.makedirs(data_dir)
     log_path = os.path.join(args.work, f"{spec.name}-{client}-{size}-r{rep}.log")
     base = {"rep": rep, "broker": spec.name, "client": client, "size": size,
-            "count": args.count}
+            "count": args.count, "quiet_wait_s": round(waited, 1)}
     proc = log = None
     try:
         try:
@@ -323,7 +368,7 @@ def workload(args, spec, client, size, rep, emit):
             for phase in ("produce", "consume"):
                 emit({**base, "phase": phase, "error": f"broker did not start: {err}"})
             return
-        rc, out, err, _, _ = run_client(
+        rc, out, err, _, _, _ = run_client(
             [args.python, os.path.join(HERE, "client.py"), "create-topic", spec.bootstrap, TOPIC],
             timeout=60)
         created = ""
@@ -335,7 +380,7 @@ def workload(args, spec, client, size, rep, emit):
         if client == "kcat":
             # kcat retries a broker it cannot talk to until its message
             # timeout; find out in five seconds instead.
-            rc, out, err, _, _ = run_client(["kcat", "-b", spec.bootstrap, "-L", "-m", "5"], 30)
+            rc, out, err, _, _, _ = run_client(["kcat", "-b", spec.bootstrap, "-L", "-m", "5"], 30)
             if rc != 0:
                 error = "kcat cannot talk to this broker: " + " ".join(err.split())[:500]
                 for phase in ("produce", "consume"):
@@ -348,7 +393,7 @@ def workload(args, spec, client, size, rep, emit):
             cpu0 = cpu_seconds(proc.pid)
             load = load1()
             busy = busy_processes()
-            rc, out, err, seconds, client_cpu = run_client(argv, args.phase_timeout)
+            rc, out, err, seconds, client_cpu, first = run_client(argv, args.phase_timeout)
             busy = sorted(set(busy) | set(busy_processes()))
             cpu1 = cpu_seconds(proc.pid)
             hwm = peak_rss_kib(proc.pid)
@@ -357,16 +402,29 @@ def workload(args, spec, client, size, rep, emit):
             if not alive:
                 error = (error + "; " if error else "") + \
                     f"broker exited with {proc.returncode}: {tail(log_path)}"
+            # Records/s counts the records moved within `seconds`.
+            timed = records
             if client == "python" and rc == 0:
                 # The Python clients time themselves: the producer from the
                 # first produce() to the end of flush(), leaving out building
-                # its values; the consumer from assign() to the last record,
-                # leaving out the interpreter's start.
+                # its values; the consumer from its first records to its last
+                # (see consume() in client.py).
                 try:
-                    seconds = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
+                    result = json.loads(out.decode().strip().splitlines()[-1])
+                    seconds = result["seconds"]
+                    timed = result.get("timed_records", records)
                 except (ValueError, IndexError, KeyError):
                     pass
-            emit({**base, "phase": phase, "records": records, "seconds": seconds,
+            elif client == "kcat" and phase == "consume" and first is not None and not error:
+                # From kcat's first output to its exit, leaving out its
+                # start, the metadata and the offset lookup: librdkafka
+                # sometimes finds no leader yet when it looks the offset up
+                # and retries only 500 ms later, which would otherwise land
+                # on whichever broker it happens to hit.
+                seconds -= first[0]
+                timed = records - first[1].count(b"\n")
+            emit({**base, "phase": phase, "records": records, "timed_records": timed,
+                  "seconds": seconds,
                   "broker_cpu_s": cpu1 - cpu0, "peak_rss_kib": hwm,
                   "client_cpu_s": client_cpu, "load1": load, "busy": busy,
                   "topic_created": created or "yes", "error": error})
@@ -405,6 +463,7 @@ def main():
     parser.add_argument("--noida-port", type=int, default=29092)
     parser.add_argument("--phase-timeout", type=float, default=600)
     parser.add_argument("--ready-timeout", type=float, default=60)
+    parser.add_argument("--quiet-gate", type=float, default=120)
     args = parser.parse_args()
 
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -141,33 +141,50 @@ impl PartitionBooks {
         let n = buckets.len() as u64;
         let share = bytes / n;
         let mut extra = bytes % n;
-        for (i, &bucket) in buckets.iter().enumerate() {
+        let ts_at = |i: usize| timestamps.get(i).copied().filter(|t| *t >= 0).unwrap_or(-1);
+        // One step per stretch of records in one bucket, not per record: this
+        // runs on the produce path.
+        let mut i = 0;
+        while i < buckets.len() {
+            let bucket = buckets[i];
+            let j = buckets[i..]
+                .iter()
+                .position(|b| *b != bucket)
+                .map_or(buckets.len(), |k| i + k);
+            let len = (j - i) as u64;
             let offset = first_offset + i as i64;
-            let ts = timestamps.get(i).copied().filter(|t| *t >= 0).unwrap_or(-1);
+            let unknown = (i..j).any(|k| ts_at(k) < 0);
+            let (first_ts, last_ts) = if unknown {
+                (-1, -1)
+            } else {
+                (ts_at(i), ts_at(j - 1))
+            };
             match self.runs.last_mut() {
                 Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => {
-                    r.count += 1;
-                    if ts < 0 || r.first_ts < 0 {
+                    r.count += len;
+                    if unknown || r.first_ts < 0 {
                         r.first_ts = -1;
                     }
-                    r.last_ts = if r.first_ts < 0 { -1 } else { ts };
+                    r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
                 }
                 _ => self.runs.push(Run {
                     first: offset,
-                    count: 1,
+                    count: len,
                     bucket,
-                    first_ts: ts,
-                    last_ts: ts,
+                    first_ts,
+                    last_ts,
                 }),
             }
             let t = self.broker.entry(bucket).or_default();
-            t.records += 1;
-            t.bytes += share + u64::from(extra > 0);
-            extra = extra.saturating_sub(1);
-            if no_timestamp.get(i).copied().unwrap_or(false) {
-                t.no_timestamp += 1;
-            }
+            t.records += len;
+            let bonus = extra.min(len);
+            t.bytes += share * len + bonus;
+            extra -= bonus;
+            t.no_timestamp += (i..j)
+                .filter(|k| no_timestamp.get(*k).copied().unwrap_or(false))
+                .count() as u64;
             self.dirty_broker.insert(bucket);
+            i = j;
         }
         // Every group has these records pending: its cells of these buckets
         // exist from now on, even while it has consumed none of them.
