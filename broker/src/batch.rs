@@ -191,6 +191,27 @@ impl BatchHeader {
 /// and for uncompressed batches every record's framing. Empty input is
 /// refused: a produce with no batch has nothing to append.
 pub fn validate_batches(records: &[u8]) -> Result<Vec<BatchHeader>> {
+    validate(records, |_, _| {})
+}
+
+/// [`validate_batches`], also giving each uncompressed batch's record
+/// timestamps (base timestamp plus delta, read in the same walk that checks
+/// the records' framing); a compressed batch's list is empty.
+pub fn validate_batches_with_timestamps(
+    records: &[u8],
+) -> Result<(Vec<BatchHeader>, Vec<Vec<i64>>)> {
+    let mut timestamps: Vec<Vec<i64>> = Vec::new();
+    let headers = validate(records, |batch, ts| {
+        if timestamps.len() <= batch {
+            timestamps.resize_with(batch + 1, Vec::new);
+        }
+        timestamps[batch].push(ts);
+    })?;
+    timestamps.resize_with(headers.len(), Vec::new);
+    Ok((headers, timestamps))
+}
+
+fn validate(records: &[u8], mut each: impl FnMut(usize, i64)) -> Result<Vec<BatchHeader>> {
     if records.is_empty() {
         return Err(Error::InvalidBatch(
             "the records hold no batch: at least one is needed".to_string(),
@@ -218,7 +239,11 @@ pub fn validate_batches(records: &[u8]) -> Result<Vec<BatchHeader>> {
                     region.len()
                 )));
             }
-            visit_records(region, header.record_count, |_, _| {})?;
+            let batch_index = headers.len();
+            let base = header.base_timestamp;
+            visit_records(region, header.record_count, |_, delta| {
+                each(batch_index, base.saturating_add(delta))
+            })?;
         }
         headers.push(header);
         at += header.size();

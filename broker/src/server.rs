@@ -188,9 +188,17 @@ impl Broker {
         partition: i32,
         appended: &Appended,
         bytes: &[u8],
+        timestamps: &[Vec<i64>],
     ) {
         if let Some(audit) = &self.audit {
-            audit.on_append(topic, partition, &appended.headers, bytes, now_ms());
+            audit.on_append(
+                topic,
+                partition,
+                &appended.headers,
+                bytes,
+                timestamps,
+                now_ms(),
+            );
         }
         let records: i64 = appended
             .headers

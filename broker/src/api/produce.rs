@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::str_bytes;
 use crate::Error;
-use crate::batch::validate_batches;
+use crate::batch::validate_batches_with_timestamps;
 use crate::server::{Broker, now_ms};
 use crate::topics::{Partition, Refusal, Sequence};
 
@@ -38,7 +38,8 @@ async fn append(
     records: &[u8],
     acks: i16,
 ) -> Result<Outcome, Refusal> {
-    let headers = validate_batches(records).map_err(|e| refusal_of(&e))?;
+    let (headers, timestamps) =
+        validate_batches_with_timestamps(records).map_err(|e| refusal_of(&e))?;
     if headers.is_empty() {
         return Err(Refusal::new(
             ResponseError::InvalidRecord,
@@ -73,12 +74,12 @@ async fn append(
         }
         let mut bytes = BytesMut::from(records);
         let appended = log
-            .append(&mut bytes, now_ms())
+            .append_checked(&mut bytes, &headers, now_ms())
             .map_err(|e| refusal_of(&e))?;
         for h in &appended.headers {
             producers.record(h);
         }
-        broker.on_appended(topic, partition, &appended, &bytes);
+        broker.on_appended(topic, partition, &appended, &bytes, &timestamps);
         (
             Outcome {
                 base_offset: appended.base_offset,

@@ -198,6 +198,51 @@ impl PartitionBooks {
         }
     }
 
+    /// [`PartitionBooks::append`] for `n` records that all fall in `bucket`
+    /// and all have a timestamp (`timestamps`, in offset order).
+    pub fn append_uniform(
+        &mut self,
+        first_offset: i64,
+        n: u64,
+        bucket: i64,
+        bytes: u64,
+        timestamps: &[i64],
+    ) {
+        let buckets = [bucket];
+        if n == 0 {
+            return;
+        }
+        if self.runs.is_empty() && self.start < first_offset {
+            self.start = first_offset;
+        }
+        let (first_ts, last_ts) = (
+            timestamps.first().copied().unwrap_or(-1),
+            timestamps.last().copied().unwrap_or(-1),
+        );
+        match self.runs.last_mut() {
+            Some(r) if r.bucket == bucket && r.first + r.count as i64 == first_offset => {
+                r.count += n;
+                r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
+            }
+            _ => self.runs.push(Run {
+                first: first_offset,
+                count: n,
+                bucket,
+                first_ts,
+                last_ts,
+            }),
+        }
+        let t = self.broker.entry(bucket).or_default();
+        t.records += n;
+        t.bytes += bytes;
+        self.dirty_broker.insert(bucket);
+        for g in self.groups.keys() {
+            for b in &buckets {
+                self.dirty_groups.insert((g.clone(), *b));
+            }
+        }
+    }
+
     /// Calls `f(bucket, records)` for the records with offsets in `[from, to)`.
     pub fn each_between(&self, from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
         if from >= to {
@@ -729,6 +774,19 @@ mod tests {
         assert_eq!((r.first, r.count, r.first_ts, r.last_ts), (0, 2, 100, 200));
         let old: Run = serde_json::from_str(r#"{"first":0,"count":3,"bucket":0}"#).unwrap();
         assert_eq!((old.first_ts, old.timestamp_at(1)), (-1, None));
+    }
+
+    #[test]
+    fn a_uniform_batch_counts_like_record_by_record() {
+        let mut a = books();
+        let mut b = books();
+        a.commit("g", 5);
+        b.commit("g", 5);
+        a.append(20, &[180; 4], 40, &[], &[180_001, 180_002, 180_003, 180_004]);
+        b.append_uniform(20, 4, 180, 40, &[180_001, 180_002, 180_003, 180_004]);
+        assert_eq!(a.broker(180), b.broker(180));
+        assert_eq!(a.runs, b.runs);
+        assert_eq!(a.take_dirty(), b.take_dirty());
     }
 
     #[test]

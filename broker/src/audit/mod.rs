@@ -234,18 +234,55 @@ impl Instrumentation {
         partition: i32,
         headers: &[BatchHeader],
         bytes: &[u8],
+        known: &[Vec<i64>],
         now_ms: i64,
     ) {
+        let width = self.cfg.width;
+        let mut latency = self.latency.lock();
+        let book = match latency.get_mut(&(topic.to_owned(), Tier::Broker)) {
+            Some(b) => b,
+            None => latency
+                .entry((topic.to_owned(), Tier::Broker))
+                .or_insert_with(LatencyBook::new),
+        };
         let mut parts = self.partitions.lock();
-        let part = parts.entry((topic.to_owned(), partition)).or_default();
+        let key = (topic.to_owned(), partition);
+        let part = parts.entry(key).or_default();
         let mut at = 0usize;
-        // (latency, records): runs of equal latency, recorded once each.
-        let mut observed: Vec<(u64, u64)> = Vec::new();
-        for h in headers {
+        for (i, h) in headers.iter().enumerate() {
             let size = h.size();
             let batch = bytes.get(at..at + size).unwrap_or(&[]);
             at += size;
-            let (buckets, no_ts, timestamps) = record_buckets(self.cfg.width, h, batch, now_ms);
+            // The produce path read uncompressed records' timestamps while
+            // validating them; only compressed batches are read here.
+            let read_here;
+            let timestamps: &[i64] = match known.get(i) {
+                Some(ts) if !ts.is_empty() && !h.log_append_time() => ts,
+                _ => {
+                    read_here = record_timestamps(batch).unwrap_or_default();
+                    &read_here
+                }
+            };
+            let n = usize::try_from(h.record_count.max(0)).unwrap_or(0);
+            let (min, max) = timestamps
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+            let uniform = timestamps.len() == n
+                && min >= 0
+                && !h.log_append_time()
+                && h.max_timestamp >= 0
+                && width.bucket_of(min) == width.bucket_of(max);
+            if uniform {
+                // The common case: the whole batch in one bucket.
+                let bucket = width.bucket_of(min).start_ms();
+                part.books
+                    .append_uniform(h.base_offset, n as u64, bucket, size as u64, timestamps);
+                for ts in timestamps {
+                    book.record(now_ms.saturating_sub(*ts).max(0) as u64, 1);
+                }
+                continue;
+            }
+            let (buckets, no_ts, timestamps) = record_buckets(width, h, batch, now_ms);
             if no_ts.iter().any(|b| *b) {
                 part.append_times.insert(h.base_offset, now_ms);
                 part.changed = true;
@@ -253,23 +290,8 @@ impl Instrumentation {
             part.books
                 .append(h.base_offset, &buckets, size as u64, &no_ts, &timestamps);
             for (ts, _) in timestamps.iter().zip(&no_ts).filter(|(_, no)| !**no) {
-                let ms = now_ms.saturating_sub(*ts).max(0) as u64;
-                match observed.last_mut() {
-                    Some((last, n)) if *last == ms => *n += 1,
-                    _ => observed.push((ms, 1)),
-                }
+                book.record(now_ms.saturating_sub(*ts).max(0) as u64, 1);
             }
-        }
-        drop(parts);
-        if observed.is_empty() {
-            return;
-        }
-        let mut latency = self.latency.lock();
-        let book = latency
-            .entry((topic.to_owned(), Tier::Broker))
-            .or_insert_with(LatencyBook::new);
-        for (ms, n) in observed {
-            book.record(ms, n);
         }
     }
 

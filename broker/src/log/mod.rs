@@ -190,6 +190,18 @@ impl PartitionLog {
     /// Durability is a separate step: see [`Flusher::durable`].
     pub fn append(&mut self, records: &mut [u8], now_ms: i64) -> Result<Appended> {
         let headers = batch::validate_batches(records)?;
+        self.append_checked(records, &headers, now_ms)
+    }
+
+    /// [`PartitionLog::append`] for batches the caller already validated:
+    /// `headers` must be what [`batch::validate_batches`] returned for these
+    /// very bytes (the produce path validates once, before it takes the lock).
+    pub fn append_checked(
+        &mut self,
+        records: &mut [u8],
+        headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<Appended> {
         let total = records.len() as u64;
         let count: i64 = headers.iter().map(|h| i64::from(h.record_count)).sum();
         self.roll_for(total, count, now_ms)?;
@@ -198,7 +210,7 @@ impl PartitionLog {
         let mut next = base_offset;
         let mut at = 0;
         let mut written = Vec::with_capacity(headers.len());
-        for header in &headers {
+        for header in headers {
             let bytes = &mut records[at..at + header.size()];
             batch::set_base_offset(bytes, next);
             if self.cfg.log_append_time {
