@@ -9,8 +9,10 @@
 # (repetition, client, size, broker) gets a fresh broker with an empty data
 # folder. Figures per (broker, client, size, phase): records/s, MB/s of values
 # (10^6 bytes), broker CPU seconds per million records (utime+stime from
-# /proc/PID/stat), peak RSS (VmHWM, reset between the phases); medians over
-# the repetitions, with the ratio of tally to each peer.
+# /proc/PID/stat, from the phase's start until the broker is idle again, so
+# that work deferred past the acknowledgements counts), peak RSS (VmHWM,
+# reset between the phases); medians over the repetitions, with the ratio of
+# tally to each peer.
 #
 # tally runs twice: with --fsync interval:1000 (the default, compared to the
 # peers) and with --fsync always (reported on its own line), both with the

@@ -4,7 +4,8 @@ Usage: report.py RESULTS.jsonl
 
 Per (client, size, phase, broker): the median over the repetitions of
 records/s, MB/s (values only, 10^6 bytes), broker CPU seconds per million
-records, peak RSS and the client's CPU per million records; the spread
+records (until the broker is idle again, and the part of it while the client
+ran), peak RSS and the client's CPU per million records; the spread
 (max - min) / median of records/s; and how many runs had someone else's
 compiler or test run alive beside them. A repetition that failed is left out of the medians and
 counted in the `failed` column; its first error is listed under the tables.
@@ -28,6 +29,8 @@ def figures(row):
         "rps": timed / seconds,
         "mbps": timed * row["size"] / 1e6 / seconds,
         "cpu_per_m": row["broker_cpu_s"] / (records / 1e6),
+        "cpu_in_phase_per_m": row.get("broker_cpu_in_phase_s", row["broker_cpu_s"])
+        / (records / 1e6),
         "rss_mib": row["peak_rss_kib"] / 1024,
         "client_cpu_per_m": row["client_cpu_s"] / (records / 1e6),
         "busy": bool(row.get("busy")),
@@ -72,9 +75,9 @@ def main(path):
 
     print(f"{count:,} records per run, median of {reps} runs.\n")
     print("| client | size | phase | broker | records/s | MB/s | broker CPU s / M records "
-          "| peak RSS MiB | client CPU s / M records | spread of records/s "
-          "| runs beside a build | failed runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| of which while the client ran | peak RSS MiB | client CPU s / M records "
+          "| spread of records/s | runs beside a build | failed runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         for broker in brokers:
             key = cell + (broker,)
@@ -85,10 +88,11 @@ def main(path):
             size = "100 B" if cell[1] == 100 else f"{cell[1]} B"
             if m is None:
                 print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | – | – | – | – | – | – | – "
-                      f"| {nfail} |")
+                      f"| – | {nfail} |")
                 continue
             print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | {fmt_int(m['rps'])} "
-                  f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['rss_mib']:.0f} "
+                  f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['cpu_in_phase_per_m']:.2f} "
+                  f"| {m['rss_mib']:.0f} "
                   f"| {m['client_cpu_per_m']:.2f} | {m['spread']:.0%} | {m['busy_runs']} "
                   f"| {nfail} |")
 

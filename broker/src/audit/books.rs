@@ -782,7 +782,13 @@ mod tests {
         let mut b = books();
         a.commit("g", 5);
         b.commit("g", 5);
-        a.append(20, &[180; 4], 40, &[], &[180_001, 180_002, 180_003, 180_004]);
+        a.append(
+            20,
+            &[180; 4],
+            40,
+            &[],
+            &[180_001, 180_002, 180_003, 180_004],
+        );
         b.append_uniform(20, 4, 180, 40, &[180_001, 180_002, 180_003, 180_004]);
         assert_eq!(a.broker(180), b.broker(180));
         assert_eq!(a.runs, b.runs);
