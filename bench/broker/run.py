@@ -125,17 +125,18 @@ def cpu_seconds(root):
     return ticks / CLK_TCK
 
 
-def wait_idle(root, limit, window=0.5, busy_below=0.02):
-    """Waits until the tree uses less than `busy_below` CPU seconds in a
-    `window`, at most `limit` seconds; returns (seconds waited, CPU seconds
-    used by the tree so far)."""
+def wait_idle(root, limit, window=0.5, busy_below=0.02, quiet_for=2.0):
+    """Waits until the tree has used less than `busy_below` CPU seconds in
+    each `window` for `quiet_for` seconds in a row (noida-db starts writing
+    its log about half a second after the last request), at most `limit`
+    seconds; returns (seconds waited, CPU seconds used by the tree so far)."""
     start = time.monotonic()
     cpu = cpu_seconds(root)
-    while time.monotonic() - start < limit:
+    quiet = 0.0
+    while time.monotonic() - start < limit and quiet < quiet_for:
         time.sleep(window)
         now = cpu_seconds(root)
-        if now - cpu < busy_below:
-            return round(time.monotonic() - start, 1), now
+        quiet = quiet + window if now - cpu < busy_below else 0.0
         cpu = now
     return round(time.monotonic() - start, 1), cpu
 
