@@ -159,22 +159,7 @@ impl PartitionBooks {
             } else {
                 (ts_at(i), ts_at(j - 1))
             };
-            match self.runs.last_mut() {
-                Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => {
-                    r.count += len;
-                    if unknown || r.first_ts < 0 {
-                        r.first_ts = -1;
-                    }
-                    r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
-                }
-                _ => self.runs.push(Run {
-                    first: offset,
-                    count: len,
-                    bucket,
-                    first_ts,
-                    last_ts,
-                }),
-            }
+            self.extend_runs(offset, len, bucket, first_ts, last_ts);
             let t = self.broker.entry(bucket).or_default();
             t.records += len;
             let bonus = extra.min(len);
@@ -186,15 +171,41 @@ impl PartitionBooks {
             self.dirty_broker.insert(bucket);
             i = j;
         }
-        // Every group has these records pending: its cells of these buckets
-        // exist from now on, even while it has consumed none of them.
         let mut fresh: Vec<i64> = buckets.to_vec();
         fresh.sort_unstable();
         fresh.dedup();
+        self.mark_pending(&fresh);
+    }
+
+    /// Every group has new records of `buckets` pending: its cells of these
+    /// buckets exist from now on, even while it has consumed none of them.
+    fn mark_pending(&mut self, buckets: &[i64]) {
         for g in self.groups.keys() {
-            for b in &fresh {
+            for b in buckets {
                 self.dirty_groups.insert((g.clone(), *b));
             }
+        }
+    }
+
+    /// Adds `len` records at `offset` in `bucket` to the runs, extending the
+    /// last run where they continue it; `first_ts`/`last_ts` are -1 when any
+    /// record's timestamp is unknown.
+    fn extend_runs(&mut self, offset: i64, len: u64, bucket: i64, first_ts: i64, last_ts: i64) {
+        match self.runs.last_mut() {
+            Some(r) if r.bucket == bucket && r.first + r.count as i64 == offset => {
+                r.count += len;
+                if first_ts < 0 || r.first_ts < 0 {
+                    r.first_ts = -1;
+                }
+                r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
+            }
+            _ => self.runs.push(Run {
+                first: offset,
+                count: len,
+                bucket,
+                first_ts,
+                last_ts,
+            }),
         }
     }
 
@@ -208,60 +219,47 @@ impl PartitionBooks {
         bytes: u64,
         timestamps: &[i64],
     ) {
-        let buckets = [bucket];
         if n == 0 {
             return;
         }
         if self.runs.is_empty() && self.start < first_offset {
             self.start = first_offset;
         }
-        let (first_ts, last_ts) = (
-            timestamps.first().copied().unwrap_or(-1),
-            timestamps.last().copied().unwrap_or(-1),
-        );
-        match self.runs.last_mut() {
-            Some(r) if r.bucket == bucket && r.first + r.count as i64 == first_offset => {
-                r.count += n;
-                r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
-            }
-            _ => self.runs.push(Run {
-                first: first_offset,
-                count: n,
-                bucket,
-                first_ts,
-                last_ts,
-            }),
-        }
+        let first_ts = timestamps.first().copied().unwrap_or(-1);
+        let last_ts = timestamps.last().copied().unwrap_or(-1);
+        self.extend_runs(first_offset, n, bucket, first_ts, last_ts);
         let t = self.broker.entry(bucket).or_default();
         t.records += n;
         t.bytes += bytes;
         self.dirty_broker.insert(bucket);
-        for g in self.groups.keys() {
-            for b in &buckets {
-                self.dirty_groups.insert((g.clone(), *b));
-            }
-        }
+        self.mark_pending(&[bucket]);
+    }
+
+    /// The runs holding offsets in `[from, to)`, each with the part of it
+    /// inside the range as `(run, lo, hi)`.
+    fn runs_between(&self, from: i64, to: i64) -> impl Iterator<Item = (&Run, i64, i64)> {
+        // The last run starting at or before `from`.
+        let i = if from < to {
+            self.runs
+                .partition_point(|r| r.first <= from)
+                .saturating_sub(1)
+        } else {
+            self.runs.len()
+        };
+        self.runs[i..]
+            .iter()
+            .take_while(move |r| r.first < to)
+            .filter_map(move |r| {
+                let lo = from.max(r.first);
+                let hi = to.min(r.first + r.count as i64);
+                (hi > lo).then_some((r, lo, hi))
+            })
     }
 
     /// Calls `f(bucket, records)` for the records with offsets in `[from, to)`.
     pub fn each_between(&self, from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
-        if from >= to {
-            return;
-        }
-        // The last run starting at or before `from`.
-        let i = self
-            .runs
-            .partition_point(|r| r.first <= from)
-            .saturating_sub(1);
-        for r in &self.runs[i..] {
-            if r.first >= to {
-                break;
-            }
-            let lo = from.max(r.first);
-            let hi = to.min(r.first + r.count as i64);
-            if hi > lo {
-                f(r.bucket, (hi - lo) as u64);
-            }
+        for (r, lo, hi) in self.runs_between(from, to) {
+            f(r.bucket, (hi - lo) as u64);
         }
     }
 
@@ -269,22 +267,7 @@ impl PartitionBooks {
     /// `[from, to)` as seen at `at_ms`: `at_ms` minus each record's
     /// timestamp, clamped at 0. Records of unknown timestamp are left out.
     pub fn latencies(&self, from: i64, to: i64, at_ms: i64, mut f: impl FnMut(u64, u64)) {
-        if from >= to {
-            return;
-        }
-        let i = self
-            .runs
-            .partition_point(|r| r.first <= from)
-            .saturating_sub(1);
-        for r in &self.runs[i..] {
-            if r.first >= to {
-                break;
-            }
-            let lo = from.max(r.first);
-            let hi = to.min(r.first + r.count as i64);
-            if hi <= lo {
-                continue;
-            }
+        for (r, lo, hi) in self.runs_between(from, to) {
             let n = (hi - lo) as u64;
             let slices = n.min(LATENCY_SLICES);
             let mut start = lo;
