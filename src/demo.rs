@@ -63,10 +63,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut seconds = 0u64;
+    // One listener for the whole run, so that a signal arriving between two
+    // ticks is not lost.
+    let shutdown = tally_agent::service::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = every_second.tick() => {}
-            _ = tally_agent::service::shutdown_signal() => break,
+            _ = &mut shutdown => break,
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;

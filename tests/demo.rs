@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{free_port, get};
@@ -26,7 +25,11 @@ fn the_demo_shows_every_status_and_prints_the_books() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let kafka = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let child = common::tally()
+    // Files, not pipes: nothing here reads while the demo runs, and a full
+    // pipe would stall it.
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = common::tally()
         .args([
             "demo",
             "--no-tui",
@@ -38,8 +41,8 @@ fn the_demo_shows_every_status_and_prints_the_books() {
         ])
         .arg(addr.to_string())
         .args(["--kafka-listen", &kafka, "--metrics-listen", &metrics])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -100,18 +103,28 @@ fn the_demo_shows_every_status_and_prints_the_books() {
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
         .status();
-    let out = child.wait_with_output().unwrap();
+    let stopped_by = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > stopped_by {
+            let _ = child.kill();
+            panic!(
+                "the demo did not stop within 30 s of SIGTERM: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert_eq!(groups, want_groups, "group statuses seen");
     assert_eq!(partitions, want_partitions, "partition statuses seen");
     assert_eq!(buckets, want_buckets, "bucket statuses seen");
     assert!(expired > 0, "a group lost records to retention");
     assert!(skipped > 0, "a group that joined late skipped records");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(status.success(), "{stderr}");
+    let summary = std::fs::read_to_string(&out_path).unwrap();
     for needle in [
         "TOPIC",
         "group:billing",
