@@ -28,8 +28,10 @@
 #   CLIENTS   kcat,python (default: both);  SIZES  100,1024 (default)
 #   TALLY_PORT, TANSU_PORT, NOIDA_PORT   listeners on 127.0.0.1 (39092, 19092, 29092)
 #   PHASE_TIMEOUT   seconds one produce or consume may take (default 600)
-#   QUIET_WAIT      seconds to wait at most for no compiler or test run (default 900; 0 skips)
-#   QUIET_GATE      the same before each workload (default 120; 0 skips)
+#   QUIET_WAIT      seconds to wait at most, before the first workload, for the cores
+#                   to be idle for a minute (default 900; 0 skips)
+#   QUIET_GATE      seconds to wait at most before each workload until the cores are
+#                   idle (under a quarter of one core busy over 2 s; default 120)
 #   KEEP=1          keep the work folder (broker logs, payload files)
 # Output: bench/out/broker/results-*.jsonl (one line per phase) and the
 # markdown tables on stdout.
@@ -76,26 +78,31 @@ for port in "$TALLY_PORT" "$TANSU_PORT" "$NOIDA_PORT"; do
     fi
 done
 
-# Other people's compilers and test runs share the two cores: wait until none
-# has been seen for QUIET_FOR seconds, at most QUIET_WAIT seconds, and say so.
+# Other people's compilers and test runs share the two cores: wait until the
+# cores have been nearly idle (under a quarter of one core busy) for
+# QUIET_FOR seconds, at most QUIET_WAIT seconds, and say so.
 busy_processes() {
     # comm is the executable's name; pytest runs as python, so look at argv too.
     ps -eo pid=,comm=,args= | awk '$2 ~ /^(rustc|cargo|node|cc1|ld|clang)$/ || $0 ~ /[p]ytest/ {print}'
 }
+# Busy CPU ticks of all cores since boot.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 QUIET_FOR=60
 if ((QUIET_WAIT > 0)); then
     waited=0
     quiet=0
+    quarter_core=$(($(getconf CLK_TCK) * 5 / 4))   # ticks in 5 s at 0.25 cores
     while ((quiet < QUIET_FOR && waited < QUIET_WAIT)); do
-        if [[ -n "$(busy_processes)" ]]; then quiet=0; else quiet=$((quiet + 5)); fi
+        before=$(busy_ticks)
         sleep 5
         waited=$((waited + 5))
+        if (($(busy_ticks) - before < quarter_core)); then quiet=$((quiet + 5)); else quiet=0; fi
     done
     if ((quiet < QUIET_FOR)); then
-        echo "broker-bench: the machine did not become quiet within ${QUIET_WAIT}s; measuring anyway. Busy:" >&2
+        echo "broker-bench: the cores did not become idle within ${QUIET_WAIT}s; measuring anyway. Running:" >&2
         busy_processes | cut -c1-160 >&2
     else
-        echo "broker-bench: quiet for ${QUIET_FOR}s (waited ${waited}s)" >&2
+        echo "broker-bench: cores idle for ${QUIET_FOR}s (waited ${waited}s)" >&2
     fi
 fi
 

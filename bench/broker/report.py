@@ -6,8 +6,8 @@ Per (client, size, phase, broker): the median over the repetitions of
 records/s, MB/s (values only, 10^6 bytes), broker CPU seconds per million
 records (until the broker is idle again, and the part of it while the client
 ran), peak RSS and the client's CPU per million records; the spread
-(max - min) / median of records/s; and how many runs had someone else's
-compiler or test run alive beside them. A repetition that failed is left out of the medians and
+(max - min) / median of records/s; and the most CPU the rest of the machine
+used during one of the runs, in cores. A repetition that failed is left out of the medians and
 counted in the `failed` column; its first error is listed under the tables.
 """
 
@@ -34,6 +34,7 @@ def figures(row):
         "rss_mib": row["peak_rss_kib"] / 1024,
         "client_cpu_per_m": row["client_cpu_s"] / (records / 1e6),
         "busy": bool(row.get("busy")),
+        "others": row.get("others_cores", 0.0),
     }
 
 
@@ -68,6 +69,7 @@ def main(path):
         # else's compiler or test run.
         med[key]["spread"] = (max(rps) - min(rps)) / med[key]["rps"]
         med[key]["busy_runs"] = sum(1 for v in values if v["busy"])
+        med[key]["others_max"] = max(v["others"] for v in values)
 
     cells = sorted({k[:3] for k in list(ok) + list(failed)},
                    key=lambda c: (c[0], c[1], c[2] != "produce"))
@@ -76,7 +78,7 @@ def main(path):
     print(f"{count:,} records per run, median of {reps} runs.\n")
     print("| client | size | phase | broker | records/s | MB/s | broker CPU s / M records "
           "| of which while the client ran | peak RSS MiB | client CPU s / M records "
-          "| spread of records/s | runs beside a build | failed runs |")
+          "| spread of records/s | others' CPU, cores (max) | failed runs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         for broker in brokers:
@@ -93,7 +95,7 @@ def main(path):
             print(f"| {cell[0]} | {size} | {cell[2]} | {broker} | {fmt_int(m['rps'])} "
                   f"| {m['mbps']:.1f} | {m['cpu_per_m']:.2f} | {m['cpu_in_phase_per_m']:.2f} "
                   f"| {m['rss_mib']:.0f} "
-                  f"| {m['client_cpu_per_m']:.2f} | {m['spread']:.0%} | {m['busy_runs']} "
+                  f"| {m['client_cpu_per_m']:.2f} | {m['spread']:.0%} | {m['others_max']:.2f} "
                   f"| {nfail} |")
 
     # Ratios of tally (interval fsync) to each peer. MB/s has the same ratio

@@ -356,15 +356,27 @@ def parse_result(client, phase, rc, out, err, count, size):
     return records, "; ".join(problems)
 
 
-def settle(quiet_gate):
-    """Before a workload: the previous one's writes reach the disk, and no
-    one else's compiler or test run is alive (waiting at most `quiet_gate`
-    seconds for that). Returns how long it waited."""
+def system_busy_seconds():
+    """CPU seconds all cores have spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def settle(quiet_gate, window=2.0, quiet_below=0.25):
+    """Before a workload: the previous one's writes reach the disk, and the
+    other users of the machine are quiet, i.e. the cores were busy for less
+    than `quiet_below` of one core over `window` seconds (nothing of ours
+    runs now), waiting at most `quiet_gate` seconds. Returns how long it
+    waited."""
     os.sync()
     start = time.monotonic()
-    while busy_processes() and time.monotonic() - start < quiet_gate:
-        time.sleep(2)
-    time.sleep(1)
+    while time.monotonic() - start < quiet_gate:
+        before = system_busy_seconds()
+        time.sleep(window)
+        if system_busy_seconds() - before < quiet_below * window:
+            break
     return time.monotonic() - start
 
 
@@ -409,9 +421,13 @@ def workload(args, spec, client, size, rep, emit):
             cpu0 = cpu_seconds(proc.pid)
             load = load1()
             busy = busy_processes()
+            system0 = system_busy_seconds()
             rc, out, err, seconds, client_cpu, first = run_client(argv, args.phase_timeout)
+            system1 = system_busy_seconds()
             busy = sorted(set(busy) | set(busy_processes()))
             cpu1 = cpu_seconds(proc.pid)
+            # What the rest of the machine used meanwhile, in cores.
+            others = max(0.0, (system1 - system0) - (cpu1 - cpu0) - client_cpu) / seconds
             # Work a broker defers past the acknowledgement (noida-db writes
             # its whole log out as JSON after the producer is done) is
             # work for these records too: count until the broker is idle.
@@ -448,6 +464,7 @@ def workload(args, spec, client, size, rep, emit):
                   "broker_cpu_s": cpu2 - cpu0, "broker_cpu_in_phase_s": cpu1 - cpu0,
                   "idle_after_s": idle_after, "peak_rss_kib": hwm,
                   "client_cpu_s": client_cpu, "load1": load, "busy": busy,
+                  "others_cores": round(others, 2),
                   "topic_created": created or "yes", "error": error})
             if error:
                 if phase == "produce":
