@@ -191,7 +191,7 @@ impl BatchHeader {
 /// and for uncompressed batches every record's framing. Empty input is
 /// refused: a produce with no batch has nothing to append.
 pub fn validate_batches(records: &[u8]) -> Result<Vec<BatchHeader>> {
-    validate(records, |_, _| {})
+    validate(records, |_, _, _| {})
 }
 
 /// [`validate_batches`], also giving each uncompressed batch's record
@@ -201,9 +201,10 @@ pub fn validate_batches_with_timestamps(
     records: &[u8],
 ) -> Result<(Vec<BatchHeader>, Vec<Vec<i64>>)> {
     let mut timestamps: Vec<Vec<i64>> = Vec::new();
-    let headers = validate(records, |batch, ts| {
+    let headers = validate(records, |batch, count, ts| {
         if timestamps.len() <= batch {
-            timestamps.resize_with(batch + 1, Vec::new);
+            // `count` is bounded by the batch's size (checked before the walk).
+            timestamps.resize_with(batch + 1, || Vec::with_capacity(count));
         }
         timestamps[batch].push(ts);
     })?;
@@ -211,7 +212,7 @@ pub fn validate_batches_with_timestamps(
     Ok((headers, timestamps))
 }
 
-fn validate(records: &[u8], mut each: impl FnMut(usize, i64)) -> Result<Vec<BatchHeader>> {
+fn validate(records: &[u8], mut each: impl FnMut(usize, usize, i64)) -> Result<Vec<BatchHeader>> {
     if records.is_empty() {
         return Err(Error::InvalidBatch(
             "the records hold no batch: at least one is needed".to_string(),
@@ -241,8 +242,8 @@ fn validate(records: &[u8], mut each: impl FnMut(usize, i64)) -> Result<Vec<Batc
             }
             let batch_index = headers.len();
             let base = header.base_timestamp;
-            visit_records(region, header.record_count, |_, delta| {
-                each(batch_index, base.saturating_add(delta))
+            visit_records_in(region, header.record_count, |_, delta| {
+                each(batch_index, count, base.saturating_add(delta))
             })?;
         }
         headers.push(header);
@@ -331,7 +332,7 @@ pub(crate) fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i6
         ));
     };
     match header.compression()? {
-        Compression::None => visit_records(region, header.record_count, &mut push)?,
+        Compression::None => visit_records_in(region, header.record_count, &mut push)?,
         Compression::Gzip => visit_records(
             Capped::new(flate2::read::MultiGzDecoder::new(region)),
             header.record_count,
@@ -387,6 +388,139 @@ pub(crate) fn check_counts(header: &BatchHeader) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// [`visit_records`] over records held in memory (uncompressed batches, the
+/// produce path): the same checks and errors, but fields are skipped by
+/// moving an index instead of reading them through `io::Read`.
+fn visit_records_in(records: &[u8], count: i32, mut each: impl FnMut(i32, i64)) -> Result<()> {
+    let mut at = 0usize;
+    for index in 0..count {
+        let mut outer = Fields { bytes: records, at };
+        let length = outer.varint().map_err(|e| record_error(index, &e))?;
+        let length = usize::try_from(length).map_err(|_| {
+            Error::InvalidBatch(format!("record {index} has negative length '{length}'"))
+        })?;
+        let start = outer.at;
+        let end = start.saturating_add(length).min(records.len());
+        let mut body = Fields {
+            bytes: &records[..end],
+            at: start,
+        };
+        let parsed = (|| -> io::Result<(i32, i64)> {
+            body.skip(1)?;
+            let timestamp_delta = body.varlong()?;
+            let offset_delta = body.varint()?;
+            body.skip_field("key", true)?;
+            body.skip_field("value", true)?;
+            let headers = body.varint()?;
+            if headers < 0 {
+                return Err(io::Error::other(format!(
+                    "header count '{headers}' is negative"
+                )));
+            }
+            // Each header takes at least two bytes of the bounded body, so a
+            // huge count ends at the body's end, not in a long loop.
+            for _ in 0..headers {
+                body.skip_field("header key", false)?;
+                body.skip_field("header value", true)?;
+            }
+            Ok((offset_delta, timestamp_delta))
+        })();
+        let (offset_delta, timestamp_delta) = parsed.map_err(|e| record_error(index, &e))?;
+        if end - start < length {
+            // The declared length runs past the records, yet its fields fit.
+            return Err(record_error(index, &io::ErrorKind::UnexpectedEof.into()));
+        }
+        if body.at != end {
+            return Err(Error::InvalidBatch(format!(
+                "record {index} declares '{length}' bytes but its fields take {}",
+                body.at - start
+            )));
+        }
+        at = end;
+        each(offset_delta, timestamp_delta);
+    }
+    if at < records.len() {
+        return Err(Error::InvalidBatch(format!(
+            "bytes remain after the record count '{count}' is reached"
+        )));
+    }
+    Ok(())
+}
+
+/// A read position in record bytes, for [`visit_records_in`].
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Fields<'_> {
+    fn skip(&mut self, n: usize) -> io::Result<()> {
+        match self.at.checked_add(n) {
+            Some(end) if end <= self.bytes.len() => {
+                self.at = end;
+                Ok(())
+            }
+            _ => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    #[inline(always)]
+    fn unsigned_varint(&mut self, max_bytes: u32) -> io::Result<u64> {
+        // Most varints in a record (lengths and deltas under 64) are one byte.
+        if let Some(&byte) = self.bytes.get(self.at)
+            && byte & 0x80 == 0
+        {
+            self.at += 1;
+            return Ok(u64::from(byte));
+        }
+        self.long_unsigned_varint(max_bytes)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long_unsigned_varint(&mut self, max_bytes: u32) -> io::Result<u64> {
+        let mut value = 0u64;
+        for i in 0..max_bytes {
+            let Some(&byte) = self.bytes.get(self.at) else {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            };
+            self.at += 1;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(io::Error::other(format!(
+            "varint longer than {max_bytes} bytes"
+        )))
+    }
+
+    #[inline(always)]
+    fn varint(&mut self) -> io::Result<i32> {
+        let value = zigzag(self.unsigned_varint(5)?);
+        i32::try_from(value)
+            .map_err(|_| io::Error::other(format!("varint '{value}' exceeds 32 bits")))
+    }
+
+    fn varlong(&mut self) -> io::Result<i64> {
+        Ok(zigzag(self.unsigned_varint(10)?))
+    }
+
+    #[inline(always)]
+    fn skip_field(&mut self, what: &'static str, nullable: bool) -> io::Result<()> {
+        let length = self.varint()?;
+        if length == -1 && nullable {
+            return Ok(());
+        }
+        let Ok(length) = usize::try_from(length) else {
+            return Err(io::Error::other(format!(
+                "{what} length '{length}' is negative"
+            )));
+        };
+        self.skip(length)
+    }
 }
 
 /// Walks `count` records, handing each one's offset delta and timestamp delta

@@ -485,9 +485,16 @@ async fn serve_connection(
                 return Err(Closed::Protocol(format!("frame length {len}")));
             }
         };
-        let mut frame = vec![0u8; len];
-        read.read_exact(&mut frame).await?;
-        let frame = Bytes::from(frame);
+        // Read into spare capacity: zeroing a buffer that the socket then
+        // overwrites costs as much as a copy on the produce path.
+        let mut frame = BytesMut::with_capacity(len);
+        while frame.len() < len {
+            let want = (len - frame.len()) as u64;
+            if (&mut read).take(want).read_buf(&mut frame).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        let frame = frame.freeze();
         let api_key = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);

@@ -124,8 +124,8 @@ fn fill(log: &mut PartitionLog, batches: usize) -> Vec<Seen> {
             Codec::Lz4,
             Codec::Zstd,
         ][i % 5];
-        let mut batch = producer_batch(&format!("b{i}"), &timestamps, codec);
-        let appended = log.append(&mut batch, 50_000 + i as i64).unwrap();
+        let batch = producer_batch(&format!("b{i}"), &timestamps, codec);
+        let appended = log.append(&batch, 50_000 + i as i64).unwrap();
         for (k, &timestamp) in timestamps.iter().enumerate() {
             expected.push(Seen {
                 offset: appended.base_offset + k as i64,
@@ -172,17 +172,30 @@ fn appends_and_reads_round_trip_across_segment_rolls() {
 fn one_append_of_several_batches_gets_contiguous_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-    log.append(&mut producer_batch("a", &[1], Codec::None), 0)
+    log.append(&producer_batch("a", &[1], Codec::None), 0)
         .unwrap();
     let mut records = producer_batch("b", &[1, 2, 3], Codec::None);
     records.extend(producer_batch("c", &[4, 5], Codec::Zstd));
-    let appended = log.append(&mut records, 0).unwrap();
+    let appended = log.append(&records, 0).unwrap();
     assert_eq!((appended.base_offset, appended.last_offset), (1, 5));
     assert_eq!(appended.log_append_time, -1);
     let bases: Vec<i64> = appended.headers.iter().map(|h| h.base_offset).collect();
     assert_eq!(bases, [1, 4]);
-    // The bytes handed in are the bytes written.
-    assert_eq!(validate_batches(&records).unwrap(), appended.headers);
+    // The caller's bytes are left alone; the log holds them behind their new
+    // base offsets, and nothing else differs.
+    let sent: Vec<i64> = validate_batches(&records)
+        .unwrap()
+        .iter()
+        .map(|h| h.base_offset)
+        .collect();
+    assert_eq!(sent, [0, 0]);
+    let stored = log.read(1, 1 << 20).unwrap();
+    assert_eq!(validate_batches(&stored).unwrap(), appended.headers);
+    let mut expected = records.clone();
+    expected[..8].copy_from_slice(&1i64.to_be_bytes());
+    let second = appended.headers[0].size();
+    expected[second..second + 8].copy_from_slice(&4i64.to_be_bytes());
+    assert_eq!(&stored[..], &expected[..]);
     let values: Vec<String> = consume(&log, 0).into_iter().map(|r| r.value).collect();
     assert_eq!(values, ["a-0", "b-0", "b-1", "b-2", "c-0", "c-1"]);
 }
@@ -195,13 +208,13 @@ fn invalid_appends_change_nothing() {
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
     assert!(matches!(
-        log.append(&mut corrupt, 0),
+        log.append(&corrupt, 0),
         Err(Error::CorruptBatch { .. })
     ));
     let mut old = producer_batch("a", &[1], Codec::None);
     old[16] = 1;
     assert!(matches!(
-        log.append(&mut old, 0),
+        log.append(&old, 0),
         Err(Error::UnsupportedMagic(1))
     ));
     assert_eq!((log.end_offset(), log.size_bytes()), (0, 0));
@@ -211,9 +224,9 @@ fn invalid_appends_change_nothing() {
 fn a_read_from_the_middle_of_a_batch_returns_that_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-    log.append(&mut producer_batch("a", &[1, 2, 3, 4, 5], Codec::Lz4), 0)
+    log.append(&producer_batch("a", &[1, 2, 3, 4, 5], Codec::Lz4), 0)
         .unwrap();
-    log.append(&mut producer_batch("b", &[6, 7], Codec::None), 0)
+    log.append(&producer_batch("b", &[6, 7], Codec::None), 0)
         .unwrap();
     let fetched = decode(log.read(3, 1 << 20).unwrap());
     assert_eq!(
@@ -231,9 +244,9 @@ fn reads_honour_max_bytes_but_always_return_a_whole_first_batch() {
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     let mut sizes = Vec::new();
     for i in 0..4 {
-        let mut batch = producer_batch(&format!("b{i}"), &[1, 2], Codec::None);
+        let batch = producer_batch(&format!("b{i}"), &[1, 2], Codec::None);
         sizes.push(batch.len());
-        log.append(&mut batch, 0).unwrap();
+        log.append(&batch, 0).unwrap();
     }
     assert_eq!(
         log.read(0, 1).unwrap().len(),
@@ -305,8 +318,8 @@ fn offsets_are_found_by_timestamp_exactly_per_record() {
     let mut log = PartitionLog::open(dir.path(), small_segments()).unwrap();
     let mut expected = fill(&mut log, 40);
     // Producers' clocks disagree: an older batch after newer ones.
-    let mut late = producer_batch("late", &[1_050, 9_000, 1_060], Codec::Gzip);
-    let base = log.append(&mut late, 0).unwrap().base_offset;
+    let late = producer_batch("late", &[1_050, 9_000, 1_060], Codec::Gzip);
+    let base = log.append(&late, 0).unwrap().base_offset;
     for (k, ts) in [1_050, 9_000, 1_060].into_iter().enumerate() {
         expected.push(Seen {
             offset: base + k as i64,
@@ -345,7 +358,7 @@ fn log_append_time_stamps_every_record() {
     };
     let mut log = PartitionLog::open(dir.path(), cfg).unwrap();
     let appended = log
-        .append(&mut producer_batch("a", &[5, 6, 7], Codec::Snappy), 777_000)
+        .append(&producer_batch("a", &[5, 6, 7], Codec::Snappy), 777_000)
         .unwrap();
     assert_eq!(appended.log_append_time, 777_000);
     assert!(appended.headers[0].log_append_time());
@@ -405,7 +418,7 @@ fn retention_by_time_moves_the_start_offset_for_good() {
     let later = log.enforce_retention(1_000_000).unwrap().unwrap();
     assert_eq!(log.batches(0).unwrap()[0].base_offset, later);
     let appended = log
-        .append(&mut producer_batch("x", &[1], Codec::None), 0)
+        .append(&producer_batch("x", &[1], Codec::None), 0)
         .unwrap();
     assert_eq!(appended.base_offset, 120);
 }
@@ -455,7 +468,7 @@ fn a_torn_tail_is_cut_at_reopen_and_appends_continue_after_it() {
     assert_eq!(log.end_offset(), 27, "the torn tenth batch is gone");
     assert_eq!(consume(&log, 0), expected[..27]);
     let appended = log
-        .append(&mut producer_batch("after", &[1, 2], Codec::None), 0)
+        .append(&producer_batch("after", &[1, 2], Codec::None), 0)
         .unwrap();
     assert_eq!(appended.base_offset, 27);
     drop(log);
@@ -521,7 +534,7 @@ fn a_torn_first_batch_of_a_new_segment_leaves_it_empty() {
     assert_eq!(log.end_offset(), active_base);
     assert_eq!(consume(&log, 0), expected[..active_base as usize]);
     let appended = log
-        .append(&mut producer_batch("n", &[1], Codec::None), 0)
+        .append(&producer_batch("n", &[1], Codec::None), 0)
         .unwrap();
     assert_eq!(appended.base_offset, active_base);
 }
@@ -602,15 +615,15 @@ fn segments_roll_by_time() {
         !log.roll_if_due(1_000_000).unwrap(),
         "an empty segment never rolls"
     );
-    log.append(&mut producer_batch("a", &[1], Codec::None), 10_000)
+    log.append(&producer_batch("a", &[1], Codec::None), 10_000)
         .unwrap();
     assert!(!log.roll_if_due(10_999).unwrap());
     assert!(log.roll_if_due(11_000).unwrap());
     assert_eq!(files(dir.path(), "log").len(), 2);
     assert!(!log.roll_if_due(50_000).unwrap());
-    log.append(&mut producer_batch("b", &[1], Codec::None), 50_000)
+    log.append(&producer_batch("b", &[1], Codec::None), 50_000)
         .unwrap();
-    log.append(&mut producer_batch("c", &[1], Codec::None), 51_500)
+    log.append(&producer_batch("c", &[1], Codec::None), 51_500)
         .unwrap();
     assert_eq!(
         files(dir.path(), "log").len(),
@@ -670,7 +683,7 @@ async fn concurrent_producers_share_fsyncs() {
             tokio::spawn(async move {
                 let handle = {
                     let mut log = log.lock();
-                    log.append(&mut producer_batch(&format!("p{i}"), &[i], Codec::None), 0)
+                    log.append(&producer_batch(&format!("p{i}"), &[i], Codec::None), 0)
                         .unwrap();
                     log.sync_handle()
                 };
@@ -694,7 +707,7 @@ async fn concurrent_producers_share_fsyncs() {
     // Each durable() after a new append needs a new fsync, and gets one.
     let handle = {
         let mut log = log.lock();
-        log.append(&mut producer_batch("q", &[1], Codec::None), 0)
+        log.append(&producer_batch("q", &[1], Codec::None), 0)
             .unwrap();
         log.sync_handle()
     };
@@ -717,7 +730,7 @@ async fn concurrent_producers_without_a_barrier_all_complete() {
             tokio::spawn(async move {
                 let handle = {
                     let mut log = log.lock();
-                    log.append(&mut producer_batch(&format!("p{i}"), &[i], Codec::None), 0)
+                    log.append(&producer_batch(&format!("p{i}"), &[i], Codec::None), 0)
                         .unwrap();
                     log.sync_handle()
                 };
@@ -740,7 +753,7 @@ async fn interval_and_never_policies_answer_at_once() {
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     let never = Flusher::start(FsyncPolicy::Never);
     let interval = Flusher::start(FsyncPolicy::Interval(Duration::from_millis(50)));
-    log.append(&mut producer_batch("a", &[1], Codec::None), 0)
+    log.append(&producer_batch("a", &[1], Codec::None), 0)
         .unwrap();
     never.durable(log.sync_handle()).await.unwrap();
     interval.durable(log.sync_handle()).await.unwrap();
@@ -852,10 +865,10 @@ fn crash_child(dir: &Path) {
                             break;
                         }
                         let label = format!("t{task}n{n}");
-                        let mut batch = producer_batch(&label, &[n, n + 1, n + 2], Codec::None);
+                        let batch = producer_batch(&label, &[n, n + 1, n + 2], Codec::None);
                         let (appended, handle) = {
                             let mut log = log.lock();
-                            (log.append(&mut batch, 0).unwrap(), log.sync_handle())
+                            (log.append(&batch, 0).unwrap(), log.sync_handle())
                         };
                         flusher.durable(handle).await.unwrap();
                         let mut out = stdout.lock();

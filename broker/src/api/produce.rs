@@ -2,7 +2,6 @@
 //! producers' sequences, appends, and answers once the fsync policy is met
 //! (never for acks=0).
 
-use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -72,14 +71,13 @@ async fn append(
                 });
             }
         }
-        let mut bytes = BytesMut::from(records);
         let appended = log
-            .append_checked(&mut bytes, &headers, now_ms())
+            .append_checked(records, &headers, now_ms())
             .map_err(|e| refusal_of(&e))?;
         for h in &appended.headers {
             producers.record(h);
         }
-        broker.on_appended(topic, partition, &appended, &bytes, &timestamps);
+        broker.on_appended(topic, partition, &appended, records, &timestamps);
         (
             Outcome {
                 base_offset: appended.base_offset,

@@ -87,6 +87,29 @@ impl LatencyBook {
         self.changed = true;
     }
 
+    /// Records the latency of every timestamp, once per run of equal ones:
+    /// producers stamp many records of a batch with the same millisecond.
+    fn record_timestamps<'a>(
+        &mut self,
+        now_ms: i64,
+        timestamps: impl IntoIterator<Item = &'a i64>,
+    ) {
+        let mut run: Option<(i64, u64)> = None;
+        for &ts in timestamps {
+            match &mut run {
+                Some((at, n)) if *at == ts => *n += 1,
+                _ => {
+                    if let Some((at, n)) = run.replace((ts, 1)) {
+                        self.record(now_ms.saturating_sub(at).max(0) as u64, n);
+                    }
+                }
+            }
+        }
+        if let Some((at, n)) = run {
+            self.record(now_ms.saturating_sub(at).max(0) as u64, n);
+        }
+    }
+
     /// The wire's cumulative histogram at [`LATENCY_BOUNDS_MS`].
     fn wire(&self, topic: &str, tier: &Tier) -> LatencyHistogram {
         let count = self.histogram.len().min(MAX_COUNT);
@@ -277,9 +300,7 @@ impl Instrumentation {
                 let bucket = width.bucket_of(min).start_ms();
                 part.books
                     .append_uniform(h.base_offset, n as u64, bucket, size as u64, timestamps);
-                for ts in timestamps {
-                    book.record(now_ms.saturating_sub(*ts).max(0) as u64, 1);
-                }
+                book.record_timestamps(now_ms, timestamps);
                 continue;
             }
             let (buckets, no_ts, timestamps) = record_buckets(width, h, batch, now_ms);
@@ -289,9 +310,14 @@ impl Instrumentation {
             }
             part.books
                 .append(h.base_offset, &buckets, size as u64, &no_ts, &timestamps);
-            for (ts, _) in timestamps.iter().zip(&no_ts).filter(|(_, no)| !**no) {
-                book.record(now_ms.saturating_sub(*ts).max(0) as u64, 1);
-            }
+            book.record_timestamps(
+                now_ms,
+                timestamps
+                    .iter()
+                    .zip(&no_ts)
+                    .filter(|(_, no)| !**no)
+                    .map(|(ts, _)| ts),
+            );
         }
     }
 

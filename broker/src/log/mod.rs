@@ -8,6 +8,7 @@ mod flush;
 mod index;
 mod segment;
 
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -188,7 +189,7 @@ impl PartitionLog {
     /// stamps them with `now_ms` when the log uses LogAppendTime. All of them
     /// go to one segment, rolled first if they would not fit or it is due.
     /// Durability is a separate step: see [`Flusher::durable`].
-    pub fn append(&mut self, records: &mut [u8], now_ms: i64) -> Result<Appended> {
+    pub fn append(&mut self, records: &[u8], now_ms: i64) -> Result<Appended> {
         let headers = batch::validate_batches(records)?;
         self.append_checked(records, &headers, now_ms)
     }
@@ -196,9 +197,13 @@ impl PartitionLog {
     /// [`PartitionLog::append`] for batches the caller already validated:
     /// `headers` must be what [`batch::validate_batches`] returned for these
     /// very bytes (the produce path validates once, before it takes the lock).
+    ///
+    /// The caller's bytes are not copied: each batch goes to the segment
+    /// behind its new base offset in one vectored write. Only a LogAppendTime
+    /// log, which changes timestamps and so the CRC, stamps a copy.
     pub fn append_checked(
         &mut self,
-        records: &mut [u8],
+        records: &[u8],
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<Appended> {
@@ -208,20 +213,43 @@ impl PartitionLog {
 
         let base_offset = self.end_offset();
         let mut next = base_offset;
-        let mut at = 0;
         let mut written = Vec::with_capacity(headers.len());
-        for header in headers {
-            let bytes = &mut records[at..at + header.size()];
-            batch::set_base_offset(bytes, next);
-            if self.cfg.log_append_time {
+        if self.cfg.log_append_time {
+            let mut stamped = records.to_vec();
+            let mut at = 0;
+            for header in headers {
+                let bytes = &mut stamped[at..at + header.size()];
+                batch::set_base_offset(bytes, next);
                 batch::set_log_append_time(bytes, now_ms);
+                let header = BatchHeader::parse(bytes)?;
+                next = header.next_offset();
+                at += header.size();
+                written.push(header);
             }
-            let header = BatchHeader::parse(bytes)?;
-            next = header.next_offset();
-            at += header.size();
-            written.push(header);
+            self.active_mut()
+                .append(&[IoSlice::new(&stamped)], &written, now_ms)?;
+        } else {
+            let mut offsets = Vec::with_capacity(headers.len());
+            for header in headers {
+                let header = BatchHeader {
+                    base_offset: next,
+                    ..*header
+                };
+                next = header.next_offset();
+                offsets.push(header.base_offset.to_be_bytes());
+                written.push(header);
+            }
+            let mut parts = Vec::with_capacity(2 * headers.len());
+            let mut at = 0;
+            for (header, offset) in headers.iter().zip(&offsets) {
+                parts.push(IoSlice::new(offset));
+                parts.push(IoSlice::new(
+                    &records[at + offset.len()..at + header.size()],
+                ));
+                at += header.size();
+            }
+            self.active_mut().append(&parts, &written, now_ms)?;
         }
-        self.active_mut().append(records, &written, now_ms)?;
         Ok(Appended {
             base_offset,
             last_offset: next - 1,

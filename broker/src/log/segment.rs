@@ -2,6 +2,7 @@
 //! named by the segment's base offset, with its `.index` and `.timeindex`.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -524,15 +525,17 @@ impl Segment {
 
     /// Appends whole batches whose base offsets are already assigned
     /// (`headers` are theirs, in order) and indexes them.
+    /// The batches' bytes are the concatenation of `parts`.
     pub(crate) fn append(
         &mut self,
-        bytes: &[u8],
+        parts: &[IoSlice<'_>],
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<()> {
         let start = self.size;
+        let length: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.roll_from_ms.get_or_insert(now_ms);
-        if let Err(source) = self.log.file.write_all_at(bytes, start) {
+        if let Err(source) = write_all_vectored_at(&self.log.file, parts, start) {
             // Leave no partial batch behind for the next append to follow.
             let _ = self.log.file.set_len(start);
             return Err(Error::Io {
@@ -553,7 +556,7 @@ impl Segment {
             position += header.size() as u64;
             self.next_offset = header.next_offset();
         }
-        self.size = start + bytes.len() as u64;
+        self.size = start + length;
         self.log.written.store(self.size, Ordering::Release);
         Ok(())
     }
@@ -741,4 +744,25 @@ fn corrupt(log: &LogFile, position: u64, reason: &str) -> Error {
         "segment '{}' at byte {position}: {reason}",
         log.path.display()
     ))
+}
+/// `pwritev` until every byte of `parts` is at `offset` and after.
+fn write_all_vectored_at(
+    file: &File,
+    parts: &[IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    let mut owned: Vec<IoSlice<'_>> = parts.iter().filter(|p| !p.is_empty()).copied().collect();
+    let mut left = &mut owned[..];
+    while !left.is_empty() {
+        match rustix::io::pwritev(file, left, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut left, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
