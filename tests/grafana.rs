@@ -325,6 +325,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_demo() {
             .args(["--kafka-listen", &kafka, "--data-dir"])
             .arg(tmp.path().join("demo"))
             .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&demo_log).unwrap())
             .spawn()

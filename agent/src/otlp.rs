@@ -86,10 +86,14 @@ impl OtlpExport {
         let reader = PeriodicReader::builder(exporter)
             .with_interval(interval)
             .build();
+        // The latency histogram's bounds, set from the first snapshot that
+        // has one, before its instrument is created.
+        let bounds: Bounds = Arc::default();
+        let view_bounds = bounds.clone();
         let provider = SdkMeterProvider::builder()
             .with_resource(Resource::builder().with_service_name("tally-agent").build())
             .with_reader(reader)
-            .with_view(view)
+            .with_view(move |i: &Instrument| view(i, &view_bounds))
             .build();
         let source = Arc::new(Families {
             snapshots: snapshots.clone(),
@@ -97,7 +101,7 @@ impl OtlpExport {
             cache: Mutex::new(None),
         });
         let meter = provider.meter("tally-agent");
-        let replay = tokio::spawn(follow(meter, source, snapshots));
+        let replay = tokio::spawn(follow(meter, bounds, source, snapshots));
         info!(endpoint = %url, interval = ?interval, "pushing metrics over OTLP/HTTP");
         Ok(OtlpExport { provider, replay })
     }
@@ -115,11 +119,11 @@ impl OtlpExport {
 
 /// Every instrument may have many series; histograms keep no min and max,
 /// since their values are replayed from buckets, not measured.
-fn view(i: &Instrument) -> Option<Stream> {
+fn view(i: &Instrument, bounds: &Bounds) -> Option<Stream> {
     let builder = Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT);
     let builder = if i.kind() == InstrumentKind::Histogram {
         builder.with_aggregation(Aggregation::ExplicitBucketHistogram {
-            boundaries: LATENCY_BOUNDS
+            boundaries: bounds
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
@@ -131,16 +135,22 @@ fn view(i: &Instrument) -> Option<Stream> {
     builder.build().ok()
 }
 
-/// Bounds of the latency histogram instrument, set before it is created (a
-/// view cannot read the instrument's own advice).
-static LATENCY_BOUNDS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+/// Bounds of the histogram instrument, shared with the view, which cannot
+/// read the instrument's own.
+type Bounds = Arc<Mutex<Vec<f64>>>;
+
+/// A series' labels.
+type SeriesKey = Vec<(String, String)>;
+
+/// The families of one snapshot.
+type Cached = Option<(Arc<Snapshot>, Arc<Vec<MetricFamily>>)>;
 
 /// The families `/metrics` shows, computed once per snapshot however many
 /// instruments' callbacks ask.
 struct Families {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: AgentMetrics,
-    cache: Mutex<Option<(Arc<Snapshot>, Arc<Vec<MetricFamily>>)>>,
+    cache: Mutex<Cached>,
 }
 
 impl Families {
@@ -174,10 +184,8 @@ impl Families {
     }
 
     /// Every family: the snapshot's and the live ones.
-    fn all(&self) -> Vec<MetricFamily> {
-        let mut all = self.snapshot_families().as_ref().clone();
-        all.extend(self.metrics.live_families());
-        all
+    fn all(&self) -> (Arc<Vec<MetricFamily>>, Vec<MetricFamily>) {
+        (self.snapshot_families(), self.metrics.live_families())
     }
 }
 
@@ -192,19 +200,21 @@ fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
 /// replays every new snapshot's histogram increases.
 async fn follow(
     meter: Meter,
+    bounds: Bounds,
     source: Arc<Families>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
     let mut registered: HashSet<String> = HashSet::new();
     let mut histograms: HashMap<String, Replay> = HashMap::new();
     loop {
-        for family in source.all() {
+        let (snapshot, live) = source.all();
+        for family in snapshot.iter().chain(&live) {
             let name = family.name().to_owned();
             if family.get_field_type() == MetricType::HISTOGRAM {
                 let replay = histograms
                     .entry(name.clone())
-                    .or_insert_with(|| Replay::new(&meter, &family));
-                replay.record(&family);
+                    .or_insert_with(|| Replay::new(&meter, &bounds, family));
+                replay.record(family);
                 continue;
             }
             if !registered.insert(name.clone()) {
@@ -241,12 +251,13 @@ async fn follow(
 struct Replay {
     histogram: Histogram<f64>,
     bounds: Vec<f64>,
-    seen: HashMap<Vec<(String, String)>, (Vec<u64>, f64)>,
+    /// Per series: counts per bucket (the last above the last bound) and sum.
+    seen: HashMap<SeriesKey, (Vec<u64>, f64)>,
     warned: bool,
 }
 
 impl Replay {
-    fn new(meter: &Meter, family: &MetricFamily) -> Replay {
+    fn new(meter: &Meter, shared_bounds: &Bounds, family: &MetricFamily) -> Replay {
         let bounds: Vec<f64> = family
             .get_metric()
             .first()
@@ -259,9 +270,7 @@ impl Replay {
                     .collect()
             })
             .unwrap_or_default();
-        *LATENCY_BOUNDS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = bounds.clone();
+        *shared_bounds.lock().unwrap_or_else(PoisonError::into_inner) = bounds.clone();
         let histogram = meter
             .f64_histogram(family.name().to_owned())
             .with_description(family.help().to_owned())
@@ -286,7 +295,7 @@ impl Replay {
                 .map(|b| b.upper_bound())
                 .filter(|b| b.is_finite())
                 .collect();
-            let key: Vec<(String, String)> = m
+            let key: SeriesKey = m
                 .get_label()
                 .iter()
                 .map(|l| (l.name().to_owned(), l.value().to_owned()))
