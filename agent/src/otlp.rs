@@ -5,23 +5,30 @@
 //! [`crate::metrics::snapshot_families`] from the latest snapshot plus the
 //! agent's live counters, with the same names and labels (as attributes).
 //! Counters and gauges are observable instruments whose callbacks read those
-//! families when the SDK's periodic reader collects. OpenTelemetry has no
-//! observable histogram, so the latency histogram is a synchronous one with
-//! the snapshot's bounds, into which every new snapshot's increase is
-//! recorded, bucket by bucket; its cumulative counts are then the snapshot's.
+//! families when the SDK's periodic reader collects.
+//!
+//! OpenTelemetry has no observable histogram, and the SDK's histogram takes
+//! one measurement at a time, while the snapshot holds already aggregated
+//! buckets over millions of records. So the latency histogram joins the
+//! export at the HTTP client: [`HistogramClient`] decodes each protobuf
+//! request the SDK's exporter sends, adds the histogram of the very snapshot
+//! the callbacks read, and sends it on with the reqwest client.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
-use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as proto_common;
+use opentelemetry_proto::tonic::metrics::v1 as proto;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{
-    Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream,
-};
+use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
 use prometheus::proto::{MetricFamily, MetricType};
+use prost::Message as _;
 use tally_audit::Snapshot;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -59,11 +66,14 @@ pub fn endpoint(url: &str) -> Result<String> {
     Ok(out.to_string())
 }
 
+/// The instrumentation scope of everything the agent exports.
+const SCOPE: &str = "tally-agent";
+
 /// A running OTLP export; stop it with [`OtlpExport::shutdown`], which
 /// pushes once more.
 pub struct OtlpExport {
     provider: SdkMeterProvider,
-    replay: tokio::task::JoinHandle<()>,
+    register: tokio::task::JoinHandle<()>,
 }
 
 impl OtlpExport {
@@ -76,39 +86,39 @@ impl OtlpExport {
         metrics: AgentMetrics,
     ) -> Result<OtlpExport> {
         let url = endpoint(url)?;
+        let timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let source = Arc::new(Families {
+            snapshots,
+            metrics,
+            cache: Mutex::new(None),
+            collected: Mutex::new(None),
+        });
+        let client = HistogramClient::new(timeout, source.clone())?;
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(url.clone())
-            .with_timeout(interval.clamp(Duration::from_secs(1), Duration::from_secs(30)))
+            .with_timeout(timeout)
             .build()
             .map_err(|e| Error::Config(format!("otlp_endpoint \"{url}\": {e}")))?;
         let reader = PeriodicReader::builder(exporter)
             .with_interval(interval)
             .build();
-        // The latency histogram's bounds, set from the first snapshot that
-        // has one, before its instrument is created.
-        let bounds: Bounds = Arc::default();
-        let view_bounds = bounds.clone();
         let provider = SdkMeterProvider::builder()
-            .with_resource(Resource::builder().with_service_name("tally-agent").build())
+            .with_resource(Resource::builder().with_service_name(SCOPE).build())
             .with_reader(reader)
-            .with_view(move |i: &Instrument| view(i, &view_bounds))
+            .with_view(view)
             .build();
-        let source = Arc::new(Families {
-            snapshots: snapshots.clone(),
-            metrics,
-            cache: Mutex::new(None),
-        });
-        let meter = provider.meter("tally-agent");
-        let replay = tokio::spawn(follow(meter, bounds, source, snapshots));
+        let meter = provider.meter(SCOPE);
+        let register = tokio::spawn(register(meter, source, interval));
         info!(endpoint = %url, interval = ?interval, "pushing metrics over OTLP/HTTP");
-        Ok(OtlpExport { provider, replay })
+        Ok(OtlpExport { provider, register })
     }
 
-    /// Stops following snapshots, pushes what there is once more, and stops.
+    /// Stops registering new families, pushes what there is once more, and stops.
     pub async fn shutdown(self) {
-        self.replay.abort();
+        self.register.abort();
         let provider = self.provider;
         let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         if let Ok(Err(e)) = done {
@@ -117,30 +127,13 @@ impl OtlpExport {
     }
 }
 
-/// Every instrument may have many series; histograms keep no min and max,
-/// since their values are replayed from buckets, not measured.
-fn view(i: &Instrument, bounds: &Bounds) -> Option<Stream> {
-    let builder = Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT);
-    let builder = if i.kind() == InstrumentKind::Histogram {
-        builder.with_aggregation(Aggregation::ExplicitBucketHistogram {
-            boundaries: bounds
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            record_min_max: false,
-        })
-    } else {
-        builder
-    };
-    builder.build().ok()
+/// Every instrument may have many series.
+fn view(_: &Instrument) -> Option<Stream> {
+    Stream::builder()
+        .with_cardinality_limit(CARDINALITY_LIMIT)
+        .build()
+        .ok()
 }
-
-/// Bounds of the histogram instrument, shared with the view, which cannot
-/// read the instrument's own.
-type Bounds = Arc<Mutex<Vec<f64>>>;
-
-/// A series' labels.
-type SeriesKey = Vec<(String, String)>;
 
 /// The families of one snapshot.
 type Cached = Option<(Arc<Snapshot>, Arc<Vec<MetricFamily>>)>;
@@ -151,6 +144,9 @@ struct Families {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: AgentMetrics,
     cache: Mutex<Cached>,
+    /// What the callbacks of the latest collection read: the histogram sent
+    /// with them comes from the same snapshot.
+    collected: Mutex<Option<Arc<Vec<MetricFamily>>>>,
 }
 
 impl Families {
@@ -167,13 +163,22 @@ impl Families {
         families
     }
 
-    /// Calls `f` with each series of the family `name`: its attributes and value.
+    /// Calls `f` with each series of the family `name`: its attributes and
+    /// value. Collections call this.
     fn each(&self, name: &str, mut f: impl FnMut(&[KeyValue], f64)) {
         let snapshot = self.snapshot_families();
+        *self
+            .collected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(snapshot.clone());
         let live = self.metrics.live_families();
         for family in snapshot.iter().chain(&live).filter(|m| m.name() == name) {
             for m in family.get_metric() {
-                let attrs = attributes(m);
+                let attrs: Vec<KeyValue> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| KeyValue::new(l.name().to_owned(), l.value().to_owned()))
+                    .collect();
                 let value = match family.get_field_type() {
                     MetricType::COUNTER => m.get_counter().get_value(),
                     _ => m.get_gauge().get_value(),
@@ -183,216 +188,201 @@ impl Families {
         }
     }
 
-    /// Every family: the snapshot's and the live ones.
-    fn all(&self) -> (Arc<Vec<MetricFamily>>, Vec<MetricFamily>) {
-        (self.snapshot_families(), self.metrics.live_families())
+    /// The histogram families of the snapshot the last collection read.
+    fn collected_histograms(&self) -> Vec<MetricFamily> {
+        let collected = self
+            .collected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let families = collected.unwrap_or_else(|| self.snapshot_families());
+        families
+            .iter()
+            .filter(|f| f.get_field_type() == MetricType::HISTOGRAM)
+            .cloned()
+            .collect()
     }
 }
 
-fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
-    m.get_label()
-        .iter()
-        .map(|l| KeyValue::new(l.name().to_owned(), l.value().to_owned()))
-        .collect()
-}
-
-/// Registers an instrument for every family as it first appears, and
-/// replays every new snapshot's histogram increases.
-async fn follow(
-    meter: Meter,
-    bounds: Bounds,
-    source: Arc<Families>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-) {
+/// Registers an observable instrument for every counter and gauge family as
+/// it first appears (checked once per export interval).
+async fn register(meter: Meter, source: Arc<Families>, interval: Duration) {
     let mut registered: HashSet<String> = HashSet::new();
-    let mut histograms: HashMap<String, Replay> = HashMap::new();
+    let mut every = tokio::time::interval(interval.min(Duration::from_secs(1)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (snapshot, live) = source.all();
+        every.tick().await;
+        let snapshot = source.snapshot_families();
+        let live = source.metrics.live_families();
         for family in snapshot.iter().chain(&live) {
+            let kind = family.get_field_type();
+            if kind == MetricType::HISTOGRAM || registered.contains(family.name()) {
+                continue;
+            }
             let name = family.name().to_owned();
-            if family.get_field_type() == MetricType::HISTOGRAM {
-                let replay = histograms
-                    .entry(name.clone())
-                    .or_insert_with(|| Replay::new(&meter, &bounds, family));
-                replay.record(family);
-                continue;
-            }
-            if !registered.insert(name.clone()) {
-                continue;
-            }
+            registered.insert(name.clone());
             let help = family.help().to_owned();
             let src = source.clone();
             let n = name.clone();
-            match family.get_field_type() {
-                MetricType::COUNTER => {
-                    meter
-                        .f64_observable_counter(name)
-                        .with_description(help)
-                        .with_callback(move |o| src.each(&n, |a, v| o.observe(v, a)))
-                        .build();
-                }
-                _ => {
-                    meter
-                        .f64_observable_gauge(name)
-                        .with_description(help)
-                        .with_callback(move |o| src.each(&n, |a, v| o.observe(v, a)))
-                        .build();
-                }
+            if kind == MetricType::COUNTER {
+                meter
+                    .f64_observable_counter(name)
+                    .with_description(help)
+                    .with_callback(move |o| src.each(&n, |a, v| o.observe(v, a)))
+                    .build();
+            } else {
+                meter
+                    .f64_observable_gauge(name)
+                    .with_description(help)
+                    .with_callback(move |o| src.each(&n, |a, v| o.observe(v, a)))
+                    .build();
             }
         }
-        if snapshots.changed().await.is_err() {
-            return;
-        }
     }
 }
 
-/// A histogram family replayed into a synchronous histogram: per series, the
-/// per-bucket counts and the sum recorded so far.
-struct Replay {
-    histogram: Histogram<f64>,
-    bounds: Vec<f64>,
-    /// Per series: counts per bucket (the last above the last bound) and sum.
-    seen: HashMap<SeriesKey, (Vec<u64>, f64)>,
-    warned: bool,
+/// The exporter's HTTP client: adds the snapshot's histograms to each
+/// export request, then sends it with reqwest's blocking client (the
+/// periodic reader exports from a thread of its own).
+#[derive(Debug)]
+struct HistogramClient {
+    inner: reqwest::blocking::Client,
+    source: SourceRef,
+    start_ns: u64,
 }
 
-impl Replay {
-    fn new(meter: &Meter, shared_bounds: &Bounds, family: &MetricFamily) -> Replay {
-        let bounds: Vec<f64> = family
-            .get_metric()
-            .first()
-            .map(|m| {
-                m.get_histogram()
-                    .get_bucket()
-                    .iter()
-                    .map(|b| b.upper_bound())
-                    .filter(|b| b.is_finite())
-                    .collect()
-            })
-            .unwrap_or_default();
-        *shared_bounds.lock().unwrap_or_else(PoisonError::into_inner) = bounds.clone();
-        let histogram = meter
-            .f64_histogram(family.name().to_owned())
-            .with_description(family.help().to_owned())
-            .with_unit("s")
-            .with_boundaries(bounds.clone())
-            .build();
-        Replay {
-            histogram,
-            bounds,
-            seen: HashMap::new(),
-            warned: false,
-        }
+/// [`Families`] behind a Debug that the HTTP client trait asks for.
+struct SourceRef(Arc<Families>);
+
+impl std::fmt::Debug for SourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Families")
+    }
+}
+
+impl HistogramClient {
+    fn new(timeout: Duration, source: Arc<Families>) -> Result<Self> {
+        // A blocking client may not be built on an async runtime's thread.
+        let inner = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .build()
+        })
+        .join()
+        .map_err(|_| Error::Config("the thread building the OTLP HTTP client panicked".into()))?
+        .map_err(|e| Error::Config(format!("cannot build the OTLP HTTP client: {e}")))?;
+        Ok(HistogramClient {
+            inner,
+            source: SourceRef(source),
+            start_ns: unix_ns(SystemTime::now()),
+        })
     }
 
-    /// Records what each series of `family` gained since the last call.
-    fn record(&mut self, family: &MetricFamily) {
-        for m in family.get_metric() {
+    /// `body` with the histograms added; `body` itself where it does not
+    /// decode (then the SDK sent something this code does not know).
+    fn with_histograms(&self, body: &Bytes) -> Bytes {
+        let Ok(mut request) = ExportMetricsServiceRequest::decode(body.clone()) else {
+            return body.clone();
+        };
+        let histograms = self.source.0.collected_histograms();
+        if histograms.is_empty() {
+            return body.clone();
+        }
+        let now = unix_ns(SystemTime::now());
+        let metrics = histograms.iter().map(|f| histogram(f, self.start_ns, now));
+        let Some(resource) = request.resource_metrics.first_mut() else {
+            return body.clone();
+        };
+        match resource
+            .scope_metrics
+            .iter_mut()
+            .find(|s| s.scope.as_ref().is_some_and(|s| s.name == SCOPE))
+        {
+            Some(scope) => scope.metrics.extend(metrics),
+            None => resource.scope_metrics.push(proto::ScopeMetrics {
+                scope: Some(proto_common::InstrumentationScope {
+                    name: SCOPE.into(),
+                    ..Default::default()
+                }),
+                metrics: metrics.collect(),
+                ..Default::default()
+            }),
+        }
+        Bytes::from(request.encode_to_vec())
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for HistogramClient {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let (mut parts, body) = request.into_parts();
+        let body = self.with_histograms(&body);
+        parts.headers.remove("content-length");
+        self.inner
+            .send_bytes(Request::from_parts(parts, body))
+            .await
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A Prometheus histogram family as an OTLP cumulative explicit-bucket
+/// histogram: the same bounds, per-bucket counts (OTLP's are not
+/// cumulative), count and sum; no min and max, which the buckets do not know.
+fn histogram(family: &MetricFamily, start_ns: u64, now_ns: u64) -> proto::Metric {
+    let data_points = family
+        .get_metric()
+        .iter()
+        .map(|m| {
             let h = m.get_histogram();
-            let bounds: Vec<f64> = h
-                .get_bucket()
-                .iter()
-                .map(|b| b.upper_bound())
-                .filter(|b| b.is_finite())
-                .collect();
-            let key: SeriesKey = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name().to_owned(), l.value().to_owned()))
-                .collect();
-            if bounds != self.bounds {
-                self.warn_once(&key, "its bounds differ from the first series'");
-                continue;
-            }
-            // Per bucket, the last one above the last bound.
-            let mut counts = Vec::with_capacity(bounds.len() + 1);
+            let mut explicit_bounds = Vec::new();
+            let mut bucket_counts = Vec::new();
             let mut below = 0;
             for b in h.get_bucket() {
                 if b.upper_bound().is_finite() {
-                    counts.push(b.cumulative_count().saturating_sub(below));
+                    explicit_bounds.push(b.upper_bound());
+                    bucket_counts.push(b.cumulative_count().saturating_sub(below));
                     below = b.cumulative_count();
                 }
             }
-            counts.push(h.get_sample_count().saturating_sub(below));
-            let sum = h.get_sample_sum();
-            let (old_counts, old_sum) = self
-                .seen
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| (vec![0; counts.len()], 0.0));
-            if counts.iter().zip(&old_counts).any(|(new, old)| new < old) {
-                // The source started over: what was recorded cannot be taken
-                // back, so start counting from here.
-                self.warn_once(&key, "its counts went down (the source restarted)");
-                self.seen.insert(key, (counts, sum));
-                continue;
-            }
-            let added: Vec<u64> = counts.iter().zip(&old_counts).map(|(n, o)| n - o).collect();
-            if added.iter().any(|&n| n > 0) {
-                let attrs: Vec<KeyValue> = key
+            bucket_counts.push(h.get_sample_count().saturating_sub(below));
+            proto::HistogramDataPoint {
+                attributes: m
+                    .get_label()
                     .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                    .collect();
-                for (value, n) in spread(&self.bounds, &added, sum - old_sum) {
-                    for _ in 0..n {
-                        self.histogram.record(value, &attrs);
-                    }
-                }
+                    .map(|l| proto_common::KeyValue {
+                        key: l.name().to_owned(),
+                        value: Some(proto_common::AnyValue {
+                            value: Some(proto_common::any_value::Value::StringValue(
+                                l.value().to_owned(),
+                            )),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                start_time_unix_nano: start_ns,
+                time_unix_nano: now_ns,
+                count: h.get_sample_count(),
+                sum: Some(h.get_sample_sum()),
+                bucket_counts,
+                explicit_bounds,
+                ..Default::default()
             }
-            self.seen.insert(key, (counts, sum));
-        }
-    }
-
-    fn warn_once(&mut self, key: &[(String, String)], why: &str) {
-        if !self.warned {
-            self.warned = true;
-            warn!(series = ?key, "OTLP latency histogram: a series is left out: {why}");
-        }
-    }
-}
-
-/// Values to record, one per bucket with its count, such that each lies in
-/// its bucket (`(bounds[i-1], bounds[i]]`, the first from 0, the last above
-/// the last bound) and together they add up to `sum` wherever the buckets
-/// allow it: every value sits at the same fraction of its bucket's width,
-/// and the values above the last bound take what remains.
-fn spread(bounds: &[f64], counts: &[u64], sum: f64) -> Vec<(f64, u64)> {
-    let lower = |i: usize| if i == 0 { 0.0 } else { bounds[i - 1] };
-    let finite = bounds.len().min(counts.len());
-    let above = counts.get(finite).copied().unwrap_or(0);
-    let floor: f64 = (0..finite).map(|i| counts[i] as f64 * lower(i)).sum();
-    let width: f64 = (0..finite)
-        .map(|i| counts[i] as f64 * (bounds[i] - lower(i)))
-        .sum();
-    let top = bounds.last().copied().unwrap_or(0.0);
-    let fraction = if above > 0 {
-        // Leave room above the last bound: the values there must exceed it.
-        let room = sum - floor - above as f64 * top;
-        if width > 0.0 {
-            (room / 2.0 / width).clamp(1e-6, 1.0)
-        } else {
-            0.5
-        }
-    } else if width > 0.0 {
-        ((sum - floor) / width).clamp(1e-6, 1.0)
-    } else {
-        1.0
-    };
-    let mut out: Vec<(f64, u64)> = (0..finite)
-        .filter(|&i| counts[i] > 0)
-        .map(|i| (lower(i) + fraction * (bounds[i] - lower(i)), counts[i]))
+        })
         .collect();
-    if above > 0 {
-        let used = floor + fraction * width;
-        let each = (sum - used) / above as f64;
-        let value = if each > top {
-            each
-        } else {
-            top * (1.0 + 1e-9) + 1e-9
-        };
-        out.push((value, above));
+    proto::Metric {
+        name: family.name().to_owned(),
+        description: family.help().to_owned(),
+        unit: "s".into(),
+        data: Some(proto::metric::Data::Histogram(proto::Histogram {
+            data_points,
+            aggregation_temporality: proto::AggregationTemporality::Cumulative as i32,
+        })),
+        ..Default::default()
     }
-    out
 }
 
 #[cfg(test)]
@@ -416,38 +406,5 @@ mod tests {
         );
         let err = endpoint("collector:4318").unwrap_err().to_string();
         assert!(err.contains("\"collector:4318\""), "{err}");
-    }
-
-    fn bucket_of(bounds: &[f64], v: f64) -> usize {
-        bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len())
-    }
-
-    #[test]
-    fn spread_values_stay_in_their_buckets_and_add_up() {
-        let bounds = [0.005, 0.01, 0.1, 1.0, 10.0];
-        for (counts, sum) in [
-            (vec![3, 0, 2, 0, 1, 0], 0.01 + 0.15 + 5.0),
-            (vec![0, 0, 0, 0, 0, 4], 100.0),
-            (
-                vec![1, 1, 1, 1, 1, 2],
-                0.003 + 0.007 + 0.05 + 0.5 + 5.0 + 30.0,
-            ),
-            (vec![10, 0, 0, 0, 0, 0], 0.0),
-        ] {
-            let values = spread(&bounds, &counts, sum);
-            let mut got = vec![0u64; counts.len()];
-            let mut total = 0.0;
-            for (v, n) in &values {
-                got[bucket_of(&bounds, *v)] += n;
-                total += v * *n as f64;
-            }
-            assert_eq!(got, counts, "{values:?}");
-            if sum > 0.0 {
-                assert!(
-                    (total - sum).abs() <= 1e-9 * sum.max(1.0),
-                    "{total} vs {sum}"
-                );
-            }
-        }
     }
 }
