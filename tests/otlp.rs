@@ -373,3 +373,18 @@ fn a_bad_otlp_endpoint_is_refused_by_name() {
     );
     assert!(toml.contains("otlp_interval = \"5s\""), "{toml}");
 }
+
+#[test]
+fn an_absent_receiver_is_logged_and_the_agent_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &["--otlp-endpoint", &nobody, "--otlp-interval", "500ms"],
+    );
+    agent.until(20, "a logged push failure", |a| {
+        a.log().contains("OTLP push failed").then_some(())
+    });
+    assert_eq!(common::get(agent.addr, "/readyz", None).0, 200);
+    assert!(agent.metrics().contains("tally_agent_ready 1"));
+}

@@ -15,6 +15,7 @@
 //! the callbacks read, and sends it on with the reqwest client.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -249,6 +250,8 @@ struct HistogramClient {
     inner: reqwest::blocking::Client,
     source: SourceRef,
     start_ns: u64,
+    /// When a failed push was last logged, in seconds since the epoch.
+    warned_at: AtomicU64,
 }
 
 /// [`Families`] behind a Debug that the HTTP client trait asks for.
@@ -275,6 +278,7 @@ impl HistogramClient {
             inner,
             source: SourceRef(source),
             start_ns: unix_ns(SystemTime::now()),
+            warned_at: AtomicU64::new(0),
         })
     }
 
@@ -318,9 +322,29 @@ impl HttpClient for HistogramClient {
         let (mut parts, body) = request.into_parts();
         let body = self.with_histograms(&body);
         parts.headers.remove("content-length");
-        self.inner
+        let sent = self
+            .inner
             .send_bytes(Request::from_parts(parts, body))
-            .await
+            .await;
+        let failure = match &sent {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the receiver answered {}", r.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failure {
+            // Once a minute at most: a receiver that is away stays away a while.
+            let now = unix_ns(SystemTime::now()) / 1_000_000_000;
+            let last = self.warned_at.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .warned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                warn!("OTLP push failed: {why}");
+            }
+        }
+        sent
     }
 }
 
