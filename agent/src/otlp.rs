@@ -206,10 +206,11 @@ impl Families {
 }
 
 /// Registers an observable instrument for every counter and gauge family as
-/// it first appears (checked once per export interval).
+/// it first appears (checked once per export interval, so a new family is
+/// pushed from the next export or the one after).
 async fn register(meter: Meter, source: Arc<Families>, interval: Duration) {
     let mut registered: HashSet<String> = HashSet::new();
-    let mut every = tokio::time::interval(interval.min(Duration::from_secs(1)));
+    let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -207,12 +207,20 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     });
     info!(%addr, "agent listening");
     let otlp = match &cfg.otlp_endpoint {
-        Some(url) => Some(crate::otlp::OtlpExport::start(
-            url,
-            cfg.otlp_interval,
-            snapshot_rx.clone(),
-            metrics,
-        )?),
+        Some(url) => {
+            match crate::otlp::OtlpExport::start(
+                url,
+                cfg.otlp_interval,
+                snapshot_rx.clone(),
+                metrics,
+            ) {
+                Ok(export) => Some(export),
+                Err(e) => {
+                    server.abort();
+                    return Err(e);
+                }
+            }
+        }
         None => None,
     };
     Ok(RunningAgent {
