@@ -44,6 +44,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// A plain number of seconds, or a duration with its unit.
+fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => duration(s),
+    }
+}
+
 /// Flags of `tally agent`. Each has an environment variable and a config-file key.
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
@@ -94,6 +102,12 @@ pub(crate) struct AgentArgs {
     /// Require the token on /metrics, /healthz and /readyz too.
     #[arg(long, env = "TALLY_AGENT_PROTECT_METRICS")]
     pub(crate) protect_metrics: bool,
+    /// Push the metrics over OTLP/HTTP (protobuf) to this http URL; a URL without a path gets /v1/metrics [default: no push].
+    #[arg(long, env = "TALLY_AGENT_OTLP_ENDPOINT", value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
+    /// How often to push over OTLP: seconds, or a duration such as 500ms or 1m [default: 10s].
+    #[arg(long, env = "TALLY_AGENT_OTLP_INTERVAL", value_name = "SECS", value_parser = seconds_or_duration)]
+    pub(crate) otlp_interval: Option<Duration>,
     /// Print the effective config (defaults, file, environment and flags merged) as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -123,7 +137,10 @@ impl AgentArgs {
             health_window,
             stop_after
         );
-        take!(max_message_bytes, max_series_per_source);
+        take!(max_message_bytes, max_series_per_source, otlp_interval);
+        if self.otlp_endpoint.is_some() {
+            cfg.otlp_endpoint = self.otlp_endpoint.clone();
+        }
         if self.grace.is_some() {
             cfg.grace = self.grace;
         }

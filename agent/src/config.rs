@@ -47,6 +47,11 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Also require the token on /metrics, /healthz and /readyz.
     pub protect_metrics: bool,
+    /// OTLP/HTTP endpoint to push the metrics to (none: no push).
+    pub otlp_endpoint: Option<String>,
+    /// How often the metrics are pushed over OTLP.
+    #[serde(with = "humantime_serde")]
+    pub otlp_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +70,8 @@ impl Default for AgentConfig {
             max_series_per_source: 100_000,
             token: None,
             protect_metrics: false,
+            otlp_endpoint: None,
+            otlp_interval: Duration::from_secs(10),
         }
     }
 }
@@ -134,6 +141,15 @@ impl AgentConfig {
             return Err(Error::Config(
                 "token is empty: leave it unset to disable authentication".into(),
             ));
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            crate::otlp::endpoint(url)?;
+        }
+        if self.otlp_interval < Duration::from_millis(100) {
+            return Err(Error::Config(format!(
+                "otlp_interval \"{}\" is too short: expected 100ms or more",
+                humantime::format_duration(self.otlp_interval)
+            )));
         }
         cfg.max_series_per_source = self.max_series_per_source;
         cfg.health = HealthConfig {

@@ -9,6 +9,7 @@ pub mod health;
 mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod otlp;
 pub mod service;
 pub mod store;
 

@@ -83,7 +83,12 @@ impl AgentMetrics {
 
     /// The text exposition of the live counters.
     pub fn render_live(&self) -> Vec<u8> {
-        encode(&self.registry.gather())
+        encode(&self.live_families())
+    }
+
+    /// The live counters as families (the OTLP export reads them too).
+    pub fn live_families(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
     }
 }
 

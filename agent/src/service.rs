@@ -65,6 +65,7 @@ pub struct RunningAgent {
     stop: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    otlp: Option<crate::otlp::OtlpExport>,
 }
 
 impl RunningAgent {
@@ -89,6 +90,9 @@ impl RunningAgent {
             let _ = stop.send(());
         }
         let _ = self.server.await;
+        if let Some(otlp) = self.otlp.take() {
+            otlp.shutdown().await;
+        }
     }
 }
 
@@ -202,11 +206,29 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         let _ = ledger_task.await;
     });
     info!(%addr, "agent listening");
+    let otlp = match &cfg.otlp_endpoint {
+        Some(url) => {
+            match crate::otlp::OtlpExport::start(
+                url,
+                cfg.otlp_interval,
+                snapshot_rx.clone(),
+                metrics,
+            ) {
+                Ok(export) => Some(export),
+                Err(e) => {
+                    server.abort();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     Ok(RunningAgent {
         addr,
         stop: Some(stop_tx),
         server,
         snapshot: snapshot_rx,
+        otlp,
     })
 }
 
