@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tally_alerts::{NotifyConfig, RulesSource};
 use tally_audit::BucketWidth;
 
 use crate::health::HealthConfig;
@@ -47,6 +48,24 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Also require the token on /metrics, /healthz and /readyz.
     pub protect_metrics: bool,
+    /// Alert rules file (YAML, see alerts/examples/tally.rules.yaml); none: no alerts.
+    pub rules: Option<PathBuf>,
+    /// Alertmanager base URLs (`http://127.0.0.1:9093`) that alerts are sent to.
+    pub alertmanager_url: Vec<String>,
+    /// Webhook URLs that get a JSON POST when an alert fires or resolves.
+    pub webhook_url: Vec<String>,
+    /// The agent's URL as people reach it, for the alerts' generatorURL; default http://<listen>.
+    pub external_url: Option<String>,
+    /// How often firing alerts are sent to Alertmanager again.
+    #[serde(with = "humantime_serde")]
+    pub alert_resend_interval: Duration,
+    /// How long one notification request may take.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+    /// Rules as YAML text, used instead of `rules` (the demo's built-in
+    /// rules); not a config-file key.
+    #[serde(skip)]
+    pub rules_text: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +84,13 @@ impl Default for AgentConfig {
             max_series_per_source: 100_000,
             token: None,
             protect_metrics: false,
+            rules: None,
+            alertmanager_url: Vec::new(),
+            webhook_url: Vec::new(),
+            external_url: None,
+            alert_resend_interval: Duration::from_secs(60),
+            notify_timeout: Duration::from_secs(10),
+            rules_text: None,
         }
     }
 }
@@ -140,6 +166,37 @@ impl AgentConfig {
             window: self.health_window,
             stop_after_ms: i64::try_from(ms(self.stop_after)).unwrap_or(i64::MAX),
         };
+        Ok(cfg)
+    }
+}
+
+impl AgentConfig {
+    /// Where the alert rules come from, if anywhere.
+    pub fn rules_source(&self) -> Option<RulesSource> {
+        match (&self.rules_text, &self.rules) {
+            (Some(text), _) => Some(RulesSource::Text {
+                origin: "built-in rules".into(),
+                text: text.clone(),
+            }),
+            (None, Some(path)) => Some(RulesSource::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The notifiers' settings, checked; `listen` is the bound address, the
+    /// default of `external_url`.
+    pub fn notify(&self, listen: SocketAddr) -> Result<NotifyConfig> {
+        let cfg = NotifyConfig {
+            alertmanagers: self.alertmanager_url.clone(),
+            webhooks: self.webhook_url.clone(),
+            external_url: self
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            resend_interval: self.alert_resend_interval,
+            timeout: self.notify_timeout,
+        };
+        cfg.check()?;
         Ok(cfg)
     }
 }
