@@ -117,8 +117,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "TALLY_AGENT_EXTERNAL_URL", value_name = "URL")]
     pub(crate) external_url: Option<String>,
     /// How often firing alerts are sent to Alertmanager again [default: 1m].
-    #[arg(long, env = "TALLY_AGENT_ALERT_RESEND_INTERVAL", value_name = "DURATION", value_parser = duration)]
-    pub(crate) alert_resend_interval: Option<Duration>,
+    #[arg(long, env = "TALLY_AGENT_ALERT_RESEND", value_name = "DURATION", value_parser = duration)]
+    pub(crate) alert_resend: Option<Duration>,
     /// How long one notification request may take [default: 10s].
     #[arg(long, env = "TALLY_AGENT_NOTIFY_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     pub(crate) notify_timeout: Option<Duration>,
@@ -180,8 +180,8 @@ impl AgentArgs {
         if self.external_url.is_some() {
             cfg.external_url = self.external_url.clone();
         }
-        if let Some(d) = self.alert_resend_interval {
-            cfg.alert_resend_interval = d;
+        if let Some(d) = self.alert_resend {
+            cfg.alert_resend = d;
         }
         if let Some(d) = self.notify_timeout {
             cfg.notify_timeout = d;

@@ -58,7 +58,7 @@ pub struct AgentConfig {
     pub external_url: Option<String>,
     /// How often firing alerts are sent to Alertmanager again.
     #[serde(with = "humantime_serde")]
-    pub alert_resend_interval: Duration,
+    pub alert_resend: Duration,
     /// How long one notification request may take.
     #[serde(with = "humantime_serde")]
     pub notify_timeout: Duration,
@@ -88,7 +88,7 @@ impl Default for AgentConfig {
             alertmanager_url: Vec::new(),
             webhook_url: Vec::new(),
             external_url: None,
-            alert_resend_interval: Duration::from_secs(60),
+            alert_resend: Duration::from_secs(60),
             notify_timeout: Duration::from_secs(10),
             rules_text: None,
         }
@@ -193,7 +193,7 @@ impl AgentConfig {
                 .external_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{listen}")),
-            resend_interval: self.alert_resend_interval,
+            resend_interval: self.alert_resend,
             timeout: self.notify_timeout,
         };
         cfg.check()?;
