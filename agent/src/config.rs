@@ -229,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn alerting_keys_parse_and_urls_are_checked() {
+        let cfg = AgentConfig::from_toml(
+            "rules = \"r.yaml\"\nalertmanager_url = [\"http://127.0.0.1:9093\"]\nwebhook_url = [\"http://127.0.0.1:8080/hook\"]\nalert_resend = \"30s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(cfg.rules_source(), Some(RulesSource::File(p)) if p.as_os_str() == "r.yaml")
+        );
+        let notify = cfg.notify(cfg.listen).unwrap();
+        assert_eq!(notify.alertmanagers, ["http://127.0.0.1:9093"]);
+        assert_eq!(notify.external_url, "http://127.0.0.1:9400");
+        assert_eq!(notify.resend_interval, Duration::from_secs(30));
+        let bad = AgentConfig {
+            webhook_url: vec!["localhost:8080".into()],
+            ..AgentConfig::default()
+        };
+        let err = bad.notify(bad.listen).unwrap_err().to_string();
+        assert!(
+            err.contains("\"localhost:8080\"") && err.contains("http://"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_files_name_the_key() {
         let err = AgentConfig::from_toml("lissen = \"x\"", "a.toml")
             .unwrap_err()
