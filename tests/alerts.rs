@@ -521,6 +521,62 @@ fn a_webhook_that_is_down_does_not_stop_the_evaluation() {
 }
 
 #[test]
+fn a_webhook_that_never_answers_times_out_and_is_retried() {
+    // Accepts connections and holds them without a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging = format!("http://{}/hook", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(dir.path(), LAG_RULES);
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &[
+            FLAGS,
+            &[
+                "--rules",
+                rules.to_str().unwrap(),
+                "--webhook-url",
+                &hanging,
+                "--notify-timeout",
+                "500ms",
+            ],
+        ]
+        .concat(),
+    );
+    send_lag(agent.addr, 500, 1);
+    agent.until(20, "the lag alert to fire", |a| {
+        (!alerts_in(a, "TestConsumerLag", "firing").is_empty()).then_some(())
+    });
+    let retried = |a: &Agent| -> u64 {
+        let series = "tally_notifications_total{notifier=\"webhook\",result=\"retried\"} ";
+        a.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Each attempt gives up after the timeout and is tried again.
+    agent.until(20, "two timed-out attempts", |a| {
+        (retried(a) >= 2).then_some(())
+    });
+    assert!(
+        held.lock().unwrap().len() >= 2,
+        "the webhook was called again"
+    );
+    // Meanwhile the evaluation goes on.
+    send_lag(agent.addr, 0, 2);
+    agent.until(20, "the lag alert to resolve", |a| {
+        (!alerts_in(a, "TestConsumerLag", "resolved").is_empty()).then_some(())
+    });
+}
+
+#[test]
 fn alertmanager_gets_the_firing_lag_alert_and_then_its_resolution() {
     let Some(alertmanager) = require_tool("prometheus-alertmanager") else {
         return;

@@ -254,6 +254,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_parses() {
+        let text = include_str!("../../tally.example.toml");
+        let cfg = AgentConfig::from_toml(text, "tally.example.toml").unwrap();
+        cfg.ledger().unwrap();
+        cfg.notify(cfg.listen).unwrap();
+    }
+
+    #[test]
     fn bad_files_name_the_key() {
         let err = AgentConfig::from_toml("lissen = \"x\"", "a.toml")
             .unwrap_err()
