@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use tally_audit::Snapshot;
 
-use crate::rules::{Rule, RuleKind};
+use crate::rules::{Matchers, Rule, RuleKind};
 
 /// One alert a rule finds active in a snapshot: its labels (the kind's
 /// labels, not yet the rule's own) and the value that crossed the threshold.
@@ -23,6 +23,21 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether a group's tier (`group:<name>`) matches the `tier` selector.
+fn group_tier_matches(m: &Matchers, group: &str) -> bool {
+    m.tier.is_any() || m.tier.matches(&format!("group:{group}"))
+}
+
+/// Whether a tier matches the `tier` selector and, when one is given, the
+/// `group` selector (then only group tiers can match).
+fn tier_matches(m: &Matchers, tier: &str) -> bool {
+    m.tier.matches(tier)
+        && (m.group.is_any()
+            || tier
+                .strip_prefix("group:")
+                .is_some_and(|g| m.group.matches(g)))
+}
+
 /// The alerts `rule` finds active in `snapshot`.
 pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
     let m = &rule.matchers;
@@ -30,7 +45,10 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
     match &rule.kind {
         RuleKind::ConsumerLag { records, seconds } => {
             for g in &snapshot.groups {
-                if !m.cluster.matches(&g.cluster) || !m.group.matches(&g.group) {
+                if !m.cluster.matches(&g.cluster)
+                    || !m.group.matches(&g.group)
+                    || !group_tier_matches(m, &g.group)
+                {
                     continue;
                 }
                 // Per topic: records summed over partitions, seconds the largest.
@@ -68,6 +86,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                     m.topic.is_any() || g.partitions.iter().any(|p| m.topic.matches(&p.topic));
                 if m.cluster.matches(&g.cluster)
                     && m.group.matches(&g.group)
+                    && group_tier_matches(m, &g.group)
                     && topic_ok
                     && statuses.contains(&g.status)
                 {
@@ -89,7 +108,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                 }
                 for (tier, books) in &t.tiers {
                     let is_reference = t.reference.as_deref() == Some(tier.as_str());
-                    if !is_reference && m.tier.matches(tier) && books.completeness < *min_ratio {
+                    if !is_reference && tier_matches(m, tier) && books.completeness < *min_ratio {
                         out.push(Active {
                             labels: labels(&[
                                 ("cluster", &t.cluster),
@@ -112,6 +131,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                     for (tier, books) in &b.tiers {
                         if let Some(group) = tier.strip_prefix("group:")
                             && m.group.matches(group)
+                            && m.tier.matches(tier)
                         {
                             *per_group.entry(group).or_default() += books.expired.unwrap_or(0);
                         }
@@ -134,8 +154,10 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
         RuleKind::SourceSilent { after_ms } => {
             for s in &snapshot.sources {
                 let silent_ms = snapshot.at_ms.saturating_sub(s.last_seen_ms);
+                let tier_ok = m.tier.is_any() || s.tier_kinds.iter().any(|k| m.tier.matches(k));
                 if m.cluster.matches(&s.cluster)
                     && m.source.matches(&s.source)
+                    && tier_ok
                     && silent_ms > i64::try_from(*after_ms).unwrap_or(i64::MAX)
                 {
                     out.push(Active {
@@ -276,6 +298,10 @@ mod tests {
         );
         assert!(run("{name: L, kind: consumer_lag, records: 25, group: \"x*\"}").is_empty());
         assert!(run("{name: L, kind: consumer_lag, records: 500}").is_empty());
+        // A group is also its tier.
+        let a = run("{name: L, kind: consumer_lag, records: 25, tier: \"group:an*\"}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].labels["group"], "analytics");
     }
 
     #[test]
@@ -289,6 +315,11 @@ mod tests {
             (a[0].labels["tier"].as_str(), a[0].value),
             ("group:analytics", 0.7)
         );
+        let a = run("{name: C, kind: completeness, min_ratio: 0.99, group: \"bill*\"}");
+        assert!(a.is_empty(), "billing is complete: {a:?}");
+        let a =
+            run("{name: C, kind: completeness, min_ratio: 0.99, group: \"*\", tier: \"broker\"}");
+        assert!(a.is_empty(), "the reference is never judged: {a:?}");
         let a = run("{name: E, kind: expired}");
         assert_eq!(a.len(), 1);
         assert_eq!(
@@ -302,5 +333,10 @@ mod tests {
             ("broker-0", 400.0)
         );
         assert!(run("{name: Q, kind: source_silent, after: 10m}").is_empty());
+        assert!(run("{name: Q, kind: source_silent, after: 5m, tier: group}").is_empty());
+        assert_eq!(
+            run("{name: Q, kind: source_silent, after: 5m, tier: broker}").len(),
+            1
+        );
     }
 }

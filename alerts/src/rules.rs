@@ -83,12 +83,12 @@ impl RuleKind {
         }
     }
 
+    /// The selectors a kind takes. `group` and `tier` select the same thing
+    /// where a group is involved: group `billing` is tier `group:billing`.
     fn matchers(kind: &str) -> &'static [&'static str] {
         match kind {
-            "consumer_lag" | "group_status" => &["cluster", "topic", "group"],
-            "completeness" => &["cluster", "topic", "tier"],
-            "expired" => &["cluster", "topic", "group"],
-            _ => &["cluster", "source"],
+            "source_silent" => &["cluster", "tier", "source"],
+            _ => &["cluster", "topic", "group", "tier"],
         }
     }
 
@@ -655,8 +655,11 @@ rules:
             e.contains("rule \"#1\"") && e.contains("field \"name\""),
             "{e}"
         );
-        let e = err("rules:\n  - {name: C, kind: completeness, min_ratio: 0.9, group: x}\n");
-        assert!(e.contains("cannot select by group"), "{e}");
+        let e = err("rules:\n  - {name: S, kind: source_silent, after: 1m, topic: x}\n");
+        assert!(
+            e.contains("field \"topic\"") && e.contains("cannot select by topic"),
+            "{e}"
+        );
         let e = err("rules:\n  - {name: C, kind: completeness, min_ratio: 0.9, records: 3}\n");
         assert!(
             e.contains("field \"records\"") && e.contains("not a threshold"),
