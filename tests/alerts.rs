@@ -688,6 +688,11 @@ fn prometheus_with_tally_rules_fires_the_lag_alert_scraping_the_agent() {
     };
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    // Without --rules the agent has no rules to reload, and says how to give some.
+    let (status, body) =
+        request(agent.addr, "POST", "/api/v1/rules/reload", None, Some("")).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("--rules FILE"), "{body}");
     let target = agent.addr;
     let rules = prometheus_dir().join("tally.rules.yml");
     let prom = Server::start(
