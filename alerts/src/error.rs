@@ -40,6 +40,11 @@ pub enum Error {
         /// What is wrong and what is accepted.
         reason: String,
     },
+    /// A reload was asked of an agent that has no rules file.
+    #[error(
+        "no rules file to reload: start the agent with --rules FILE (or rules = \"FILE\" in its config file)"
+    )]
+    NoRulesFile,
     /// Stored alert state that cannot be read.
     #[error("stored alert state: {0}")]
     State(String),

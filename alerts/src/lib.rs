@@ -67,10 +67,7 @@ impl Alerting {
     /// Reads the rules again. On an error the rules in force stay.
     pub fn reload(&self) -> Result<Arc<RuleSet>> {
         let Some(source) = &self.source else {
-            return Err(Error::Syntax {
-                origin: "(none)".into(),
-                detail: "the agent runs without a rules file: start it with --rules FILE".into(),
-            });
+            return Err(Error::NoRulesFile);
         };
         match source.load() {
             Ok(set) => {
