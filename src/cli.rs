@@ -108,6 +108,34 @@ pub(crate) struct AgentArgs {
     /// How often to push over OTLP: seconds, or a duration such as 500ms or 1m [default: 10s].
     #[arg(long, env = "TALLY_AGENT_OTLP_INTERVAL", value_name = "SECS", value_parser = seconds_or_duration)]
     pub(crate) otlp_interval: Option<Duration>,
+    /// Alert rules file (YAML; see alerts/examples/tally.rules.yaml); reloaded on SIGHUP.
+    #[arg(long, env = "TALLY_AGENT_RULES", value_name = "FILE")]
+    pub(crate) rules: Option<PathBuf>,
+    /// Alertmanager base URL to send alerts to (repeat, or separate with commas).
+    #[arg(
+        long,
+        env = "TALLY_AGENT_ALERTMANAGER_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub(crate) alertmanager_url: Vec<String>,
+    /// Webhook URL that gets a JSON POST when an alert fires or resolves (repeat, or separate with commas).
+    #[arg(
+        long,
+        env = "TALLY_AGENT_WEBHOOK_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub(crate) webhook_url: Vec<String>,
+    /// The agent's URL as people reach it, for the alerts' generatorURL [default: http://<listen>].
+    #[arg(long, env = "TALLY_AGENT_EXTERNAL_URL", value_name = "URL")]
+    pub(crate) external_url: Option<String>,
+    /// How often firing alerts are sent to Alertmanager again [default: 1m].
+    #[arg(long, env = "TALLY_AGENT_ALERT_RESEND", value_name = "DURATION", value_parser = duration)]
+    pub(crate) alert_resend: Option<Duration>,
+    /// How long one notification request may take [default: 10s].
+    #[arg(long, env = "TALLY_AGENT_NOTIFY_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) notify_timeout: Option<Duration>,
     /// Print the effective config (defaults, file, environment and flags merged) as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -148,8 +176,33 @@ impl AgentArgs {
             cfg.token = self.token.clone();
         }
         cfg.protect_metrics |= self.protect_metrics;
+        self.resolve_alerting(&mut cfg);
         cfg.ledger()?;
+        cfg.notify(cfg.listen)?;
         Ok(cfg)
+    }
+}
+
+impl AgentArgs {
+    fn resolve_alerting(&self, cfg: &mut AgentConfig) {
+        if self.rules.is_some() {
+            cfg.rules = self.rules.clone();
+        }
+        if !self.alertmanager_url.is_empty() {
+            cfg.alertmanager_url = self.alertmanager_url.clone();
+        }
+        if !self.webhook_url.is_empty() {
+            cfg.webhook_url = self.webhook_url.clone();
+        }
+        if self.external_url.is_some() {
+            cfg.external_url = self.external_url.clone();
+        }
+        if let Some(d) = self.alert_resend {
+            cfg.alert_resend = d;
+        }
+        if let Some(d) = self.notify_timeout {
+            cfg.notify_timeout = d;
+        }
     }
 }
 

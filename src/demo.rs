@@ -34,6 +34,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         grace: Some(args.bucket_width * 2),
         window: Duration::from_secs(600).max(args.bucket_width * 10),
         stop_after: Duration::from_secs(30),
+        // The example rules, so that the demo's lagging, stalled and
+        // expiring groups fire alerts.
+        rules_text: Some(tally_alerts::EXAMPLE_RULES.to_owned()),
         ..AgentConfig::default()
     };
     let agent = tally_agent::service::start(agent_cfg).await?;

@@ -67,14 +67,37 @@ fn the_demo_shows_every_status_and_prints_the_books() {
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut expired = 0;
     let mut skipped = 0;
+    // The example rules fire on the lagging, stopped, stalled and expiring groups.
+    let want_firing = set(&[
+        "ConsumerLagHigh",
+        "ConsumerGroupUnhealthy",
+        "AuditIncomplete",
+        "RecordsExpiredUnconsumed",
+    ]);
+    let mut firing = BTreeSet::new();
+    let mut firing_metric = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline
         && (groups != want_groups
             || partitions != want_partitions
             || buckets != want_buckets
-            || expired == 0)
+            || expired == 0
+            || firing != want_firing
+            || !firing_metric)
     {
         std::thread::sleep(Duration::from_secs(1));
+        if let Some(a) = json(addr, "/api/v1/alerts") {
+            for alert in a["alerts"].as_array().unwrap() {
+                if alert["state"] == "firing" {
+                    firing.insert(alert["alertname"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        if let Ok((200, text)) = common::try_get(addr, "/metrics", None) {
+            firing_metric |= text
+                .lines()
+                .any(|l| l.starts_with("tally_alerts{") && l.contains("state=\"firing\""));
+        }
         if let Some(g) = json(addr, "/api/v1/groups") {
             for group in g["groups"].as_array().unwrap() {
                 groups.insert(group["status"].as_str().unwrap().to_owned());
@@ -122,6 +145,11 @@ fn the_demo_shows_every_status_and_prints_the_books() {
     assert_eq!(partitions, want_partitions, "partition statuses seen");
     assert_eq!(buckets, want_buckets, "bucket statuses seen");
     assert!(expired > 0, "a group lost records to retention");
+    assert_eq!(firing, want_firing, "alerts seen firing");
+    assert!(
+        firing_metric,
+        "tally_alerts{{state=\"firing\"}} on /metrics"
+    );
     assert!(skipped > 0, "a group that joined late skipped records");
     assert!(status.success(), "{stderr}");
     let summary = std::fs::read_to_string(&out_path).unwrap();

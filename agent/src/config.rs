@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tally_alerts::{NotifyConfig, RulesSource};
 use tally_audit::BucketWidth;
 
 use crate::health::HealthConfig;
@@ -52,6 +53,24 @@ pub struct AgentConfig {
     /// How often the metrics are pushed over OTLP.
     #[serde(with = "humantime_serde")]
     pub otlp_interval: Duration,
+    /// Alert rules file (YAML, see alerts/examples/tally.rules.yaml); none: no alerts.
+    pub rules: Option<PathBuf>,
+    /// Alertmanager base URLs (`http://127.0.0.1:9093`) that alerts are sent to.
+    pub alertmanager_url: Vec<String>,
+    /// Webhook URLs that get a JSON POST when an alert fires or resolves.
+    pub webhook_url: Vec<String>,
+    /// The agent's URL as people reach it, for the alerts' generatorURL; default http://<listen>.
+    pub external_url: Option<String>,
+    /// How often firing alerts are sent to Alertmanager again.
+    #[serde(with = "humantime_serde")]
+    pub alert_resend: Duration,
+    /// How long one notification request may take.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+    /// Rules as YAML text, used instead of `rules` (the demo's built-in
+    /// rules); not a config-file key.
+    #[serde(skip)]
+    pub rules_text: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -72,6 +91,13 @@ impl Default for AgentConfig {
             protect_metrics: false,
             otlp_endpoint: None,
             otlp_interval: Duration::from_secs(10),
+            rules: None,
+            alertmanager_url: Vec::new(),
+            webhook_url: Vec::new(),
+            external_url: None,
+            alert_resend: Duration::from_secs(60),
+            notify_timeout: Duration::from_secs(10),
+            rules_text: None,
         }
     }
 }
@@ -160,6 +186,37 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// Where the alert rules come from, if anywhere.
+    pub fn rules_source(&self) -> Option<RulesSource> {
+        match (&self.rules_text, &self.rules) {
+            (Some(text), _) => Some(RulesSource::Text {
+                origin: "built-in rules".into(),
+                text: text.clone(),
+            }),
+            (None, Some(path)) => Some(RulesSource::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The notifiers' settings, checked; `listen` is the bound address, the
+    /// default of `external_url`.
+    pub fn notify(&self, listen: SocketAddr) -> Result<NotifyConfig> {
+        let cfg = NotifyConfig {
+            alertmanagers: self.alertmanager_url.clone(),
+            webhooks: self.webhook_url.clone(),
+            external_url: self
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            resend_interval: self.alert_resend,
+            timeout: self.notify_timeout,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +242,39 @@ mod tests {
             AgentConfig::from_toml(&cfg.to_toml(), "round trip").unwrap(),
             cfg
         );
+    }
+
+    #[test]
+    fn alerting_keys_parse_and_urls_are_checked() {
+        let cfg = AgentConfig::from_toml(
+            "rules = \"r.yaml\"\nalertmanager_url = [\"http://127.0.0.1:9093\"]\nwebhook_url = [\"http://127.0.0.1:8080/hook\"]\nalert_resend = \"30s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(cfg.rules_source(), Some(RulesSource::File(p)) if p.as_os_str() == "r.yaml")
+        );
+        let notify = cfg.notify(cfg.listen).unwrap();
+        assert_eq!(notify.alertmanagers, ["http://127.0.0.1:9093"]);
+        assert_eq!(notify.external_url, "http://127.0.0.1:9400");
+        assert_eq!(notify.resend_interval, Duration::from_secs(30));
+        let bad = AgentConfig {
+            webhook_url: vec!["localhost:8080".into()],
+            ..AgentConfig::default()
+        };
+        let err = bad.notify(bad.listen).unwrap_err().to_string();
+        assert!(
+            err.contains("\"localhost:8080\"") && err.contains("http://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let text = include_str!("../../tally.example.toml");
+        let cfg = AgentConfig::from_toml(text, "tally.example.toml").unwrap();
+        cfg.ledger().unwrap();
+        cfg.notify(cfg.listen).unwrap();
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Error {
     /// A value refused by the audit vocabulary.
     #[error(transparent)]
     Audit(#[from] tally_audit::Error),
+    /// Alert rules or notifier settings that cannot work.
+    #[error(transparent)]
+    Alerts(#[from] tally_alerts::Error),
 }
 
 /// Result with the agent's [`Error`].

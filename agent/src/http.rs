@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
@@ -36,6 +36,8 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/api/v1/groups", get(groups))
         .route("/api/v1/groups/{group}", get(group))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/rules/reload", post(reload_rules))
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/snapshot", get(snapshot))
@@ -127,6 +129,7 @@ async fn metrics(State(shared): State<AppState>) -> Response {
     let mut body = Vec::with_capacity(cached.len() + 4096);
     body.extend_from_slice(&cached);
     body.extend_from_slice(&shared.metrics.render_live());
+    body.extend_from_slice(shared.alerting.render_metrics().as_bytes());
     (
         [(
             header::CONTENT_TYPE,
@@ -237,6 +240,45 @@ async fn group(
 
 async fn alerts(State(shared): State<AppState>) -> Response {
     Json(json!({"alerts": snap(&shared).alerts})).into_response()
+}
+
+/// The rules in force, as a summary.
+fn rules_view(set: &tally_alerts::RuleSet) -> Value {
+    let rules: Vec<Value> = set
+        .rules
+        .iter()
+        .map(|r| {
+            json!({"name": r.name, "kind": r.kind.name(), "severity": r.severity,
+                   "for_ms": r.for_ms, "labels": r.labels, "annotations": r.annotations})
+        })
+        .collect();
+    json!({"origin": set.origin, "rules": rules})
+}
+
+async fn rules(State(shared): State<AppState>) -> Response {
+    Json(rules_view(&shared.alerting.rules())).into_response()
+}
+
+/// Reads the rules file again; a bad file leaves the rules in force.
+async fn reload_rules(State(shared): State<AppState>) -> Response {
+    let alerting = shared.alerting.clone();
+    match tokio::task::spawn_blocking(move || alerting.reload()).await {
+        Ok(Ok(set)) => {
+            let mut view = rules_view(&set);
+            view["status"] = json!("reloaded");
+            Json(view).into_response()
+        }
+        Ok(Err(e)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rules not reloaded",
+            format!("{e}; the previous rules stay in force"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rules not reloaded",
+            format!("the reload failed: {e}"),
+        ),
+    }
 }
 
 async fn sources(State(shared): State<AppState>) -> Response {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tally_alerts::{Alerting, Evaluator};
 use tally_audit::wire::Limits;
 use tally_audit::{Hello, Message, Snapshot};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) token: Option<String>,
     pub(crate) protect_metrics: bool,
     pub(crate) ready: AtomicBool,
+    /// The alert rules in force and the notification counters.
+    pub(crate) alerting: Arc<Alerting>,
 }
 
 /// A running agent. Dropping it does not stop it; call [`RunningAgent::shutdown`].
@@ -123,6 +126,8 @@ impl Flush {
 /// stored state is loaded; ingest waits for the load.
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let ledger_cfg = cfg.ledger()?;
+    // A bad rules file stops the start, before anything listens.
+    let alerting = Alerting::new(cfg.rules_source())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Error::Io {
@@ -133,6 +138,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         what: "listener address".into(),
         source: e,
     })?;
+    let notify_cfg = cfg.notify(addr)?;
     let store = Store::open(&cfg.data_dir)?;
     let (commands_tx, commands_rx) = mpsc::channel(4096);
     let empty = Snapshot {
@@ -155,17 +161,19 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         token: cfg.token.clone(),
         protect_metrics: cfg.protect_metrics,
         ready: AtomicBool::new(false),
+        alerting: alerting.clone(),
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app = crate::http::router(shared.clone());
     let tick = cfg.tick;
     let loader_shared = shared.clone();
+    let loader_alerting = shared.alerting.clone();
     let server = tokio::spawn(async move {
         let ledger_task = tokio::spawn(async move {
             let started = Instant::now();
             let restored = tokio::task::spawn_blocking(move || restore(store, ledger_cfg)).await;
-            let (store, ledger) = match restored {
+            let (store, ledger, alert_state) = match restored {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     error!("cannot load stored state: {e}");
@@ -182,8 +190,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "stored state loaded"
             );
+            let evaluator = Evaluator::new(alerting, notify_cfg, alert_state.as_deref());
             run_ledger(
                 ledger,
+                evaluator,
                 store,
                 commands_rx,
                 Arc::new(snapshot_tx),
@@ -199,9 +209,11 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });
+        let reloads = tokio::spawn(reload_on_hangup(loader_alerting));
         if let Err(e) = serve.await {
             error!("HTTP listener failed: {e}");
         }
+        reloads.abort();
         ledger_task.abort();
         let _ = ledger_task.await;
     });
@@ -234,8 +246,16 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
 
 /// Loads the stored state: one thread reads the cells in chunks while this
 /// one rebuilds the ledger from them.
-fn restore(store: Store, cfg: crate::ledger::LedgerConfig) -> Result<(Store, Ledger)> {
+fn restore(
+    store: Store,
+    cfg: crate::ledger::LedgerConfig,
+) -> Result<(Store, Ledger, Option<String>)> {
     let meta = store.load_without_cells()?;
+    let alert_state = meta
+        .kv
+        .iter()
+        .find(|(k, _)| k == tally_alerts::STATE_KEY)
+        .map(|(_, v)| v.clone());
     let mut ledger = Ledger::restore(cfg, meta)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::store::CellRow>>(4);
     std::thread::scope(|scope| {
@@ -253,11 +273,34 @@ fn restore(store: Store, cfg: crate::ledger::LedgerConfig) -> Result<(Store, Led
             .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
         read.and(restored)
     })?;
-    Ok((store, ledger))
+    Ok((store, ledger, alert_state))
+}
+
+/// Reloads the alert rules on SIGHUP, where they come from a file.
+async fn reload_on_hangup(alerting: Arc<Alerting>) {
+    #[cfg(unix)]
+    {
+        if !matches!(alerting.source(), Some(tally_alerts::RulesSource::File(_))) {
+            return;
+        }
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP: reload the rules with POST /api/v1/rules/reload");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: reloading the alert rules");
+            // A failed reload keeps the rules in force and is logged.
+            let _ = alerting.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = alerting;
 }
 
 async fn run_ledger(
     mut ledger: Ledger,
+    mut evaluator: Evaluator,
     store: Store,
     mut commands: mpsc::Receiver<Command>,
     snapshot: Arc<watch::Sender<Arc<Snapshot>>>,
@@ -276,11 +319,14 @@ async fn run_ledger(
     // and the snapshot and its text are published together, so the API and
     // /metrics always show the same evaluation.
     let rendering = Arc::new(AtomicBool::new(false));
-    let publish = |ledger: &mut Ledger| {
+    let publish = |ledger: &mut Ledger, evaluator: &mut Evaluator| {
         if rendering.swap(true, Ordering::AcqRel) {
             return;
         }
-        let snap = Arc::new(ledger.evaluate(now_ms()));
+        let mut snap = ledger.evaluate(now_ms());
+        // The alerts are part of the same snapshot as the books they judge.
+        evaluator.evaluate(&mut snap);
+        let snap = Arc::new(snap);
         shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
         let (shared, snapshot, rendering) = (shared.clone(), snapshot.clone(), rendering.clone());
         tokio::task::spawn_blocking(move || {
@@ -290,7 +336,7 @@ async fn run_ledger(
             rendering.store(false, Ordering::Release);
         });
     };
-    publish(&mut ledger);
+    publish(&mut ledger, &mut evaluator);
     shared.ready.store(true, Ordering::Release);
     shared.metrics.ready.set(1);
 
@@ -314,7 +360,8 @@ async fn run_ledger(
                 }
             }
             _ = flush.tick() => {
-                let batch = ledger.take_dirty();
+                let mut batch = ledger.take_dirty();
+                take_alert_state(&mut evaluator, &mut batch);
                 if !batch.is_empty() || !acks.is_empty() {
                     let f = Flush { batch, acks: std::mem::take(&mut acks), prune_before: None };
                     if flush_tx.send(f).await.is_err() {
@@ -323,7 +370,7 @@ async fn run_ledger(
                     }
                 }
             }
-            _ = evaluate.tick() => publish(&mut ledger),
+            _ = evaluate.tick() => publish(&mut ledger, &mut evaluator),
             _ = prune.tick() => {
                 let dropped = ledger.prune(now_ms());
                 if dropped > 0 {
@@ -335,7 +382,8 @@ async fn run_ledger(
             }
         }
     }
-    let batch = ledger.take_dirty();
+    let mut batch = ledger.take_dirty();
+    take_alert_state(&mut evaluator, &mut batch);
     let _ = flush_tx
         .send(Flush {
             batch,
@@ -343,6 +391,14 @@ async fn run_ledger(
             prune_before: None,
         })
         .await;
+}
+
+/// Adds the alert states to the batch when they changed, so that a restarted
+/// agent knows what it already announced.
+fn take_alert_state(evaluator: &mut Evaluator, batch: &mut WriteBatch) {
+    if let Some(state) = evaluator.take_state() {
+        batch.kv.push((tally_alerts::STATE_KEY.to_owned(), state));
+    }
 }
 
 fn handle(

@@ -1,0 +1,342 @@
+//! What each rule finds active in a snapshot.
+
+use std::collections::BTreeMap;
+
+use tally_audit::Snapshot;
+
+use crate::rules::{Matchers, Rule, RuleKind};
+
+/// One alert a rule finds active in a snapshot: its labels (the kind's
+/// labels, not yet the rule's own) and the value that crossed the threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Active {
+    /// The kind's labels (`cluster`, `group`, `topic`, …).
+    pub labels: BTreeMap<String, String>,
+    /// The value that crossed the threshold.
+    pub value: f64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Whether a group's tier (`group:<name>`) matches the `tier` selector.
+fn group_tier_matches(m: &Matchers, group: &str) -> bool {
+    m.tier.is_any() || m.tier.matches(&format!("group:{group}"))
+}
+
+/// Whether a tier matches the `tier` selector and, when one is given, the
+/// `group` selector (then only group tiers can match).
+fn tier_matches(m: &Matchers, tier: &str) -> bool {
+    m.tier.matches(tier)
+        && (m.group.is_any()
+            || tier
+                .strip_prefix("group:")
+                .is_some_and(|g| m.group.matches(g)))
+}
+
+/// The alerts `rule` finds active in `snapshot`.
+pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
+    let m = &rule.matchers;
+    let mut out = Vec::new();
+    match &rule.kind {
+        RuleKind::ConsumerLag { records, seconds } => {
+            for g in &snapshot.groups {
+                if !m.cluster.matches(&g.cluster)
+                    || !m.group.matches(&g.group)
+                    || !group_tier_matches(m, &g.group)
+                {
+                    continue;
+                }
+                // Per topic: records summed over partitions, seconds the largest.
+                let mut per_topic: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+                for p in &g.partitions {
+                    if m.topic.matches(&p.topic) {
+                        let e = per_topic.entry(p.topic.as_str()).or_default();
+                        e.0 += p.lag_records;
+                        e.1 = e.1.max(p.lag_seconds);
+                    }
+                }
+                for (topic, (lag_records, lag_seconds)) in per_topic {
+                    let by_records = records.is_some_and(|r| lag_records > r);
+                    let by_seconds = seconds.is_some_and(|s| lag_seconds > s);
+                    if by_records || by_seconds {
+                        out.push(Active {
+                            labels: labels(&[
+                                ("cluster", &g.cluster),
+                                ("group", &g.group),
+                                ("topic", topic),
+                            ]),
+                            value: if by_records {
+                                lag_records as f64
+                            } else {
+                                lag_seconds
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        RuleKind::GroupStatus { statuses } => {
+            for g in &snapshot.groups {
+                let topic_ok =
+                    m.topic.is_any() || g.partitions.iter().any(|p| m.topic.matches(&p.topic));
+                if m.cluster.matches(&g.cluster)
+                    && m.group.matches(&g.group)
+                    && group_tier_matches(m, &g.group)
+                    && topic_ok
+                    && statuses.contains(&g.status)
+                {
+                    out.push(Active {
+                        labels: labels(&[
+                            ("cluster", &g.cluster),
+                            ("group", &g.group),
+                            ("status", g.status.as_str()),
+                        ]),
+                        value: 1.0,
+                    });
+                }
+            }
+        }
+        RuleKind::Completeness { min_ratio } => {
+            for t in &snapshot.topics {
+                if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
+                    continue;
+                }
+                for (tier, books) in &t.tiers {
+                    let is_reference = t.reference.as_deref() == Some(tier.as_str());
+                    if !is_reference && tier_matches(m, tier) && books.completeness < *min_ratio {
+                        out.push(Active {
+                            labels: labels(&[
+                                ("cluster", &t.cluster),
+                                ("topic", &t.topic),
+                                ("tier", tier),
+                            ]),
+                            value: books.completeness,
+                        });
+                    }
+                }
+            }
+        }
+        RuleKind::Expired { min_records } => {
+            for t in &snapshot.buckets {
+                if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
+                    continue;
+                }
+                let mut per_group: BTreeMap<&str, u64> = BTreeMap::new();
+                for b in &t.buckets {
+                    for (tier, books) in &b.tiers {
+                        if let Some(group) = tier.strip_prefix("group:")
+                            && m.group.matches(group)
+                            && m.tier.matches(tier)
+                        {
+                            *per_group.entry(group).or_default() += books.expired.unwrap_or(0);
+                        }
+                    }
+                }
+                for (group, expired) in per_group {
+                    if expired >= *min_records {
+                        out.push(Active {
+                            labels: labels(&[
+                                ("cluster", &t.cluster),
+                                ("topic", &t.topic),
+                                ("group", group),
+                            ]),
+                            value: expired as f64,
+                        });
+                    }
+                }
+            }
+        }
+        RuleKind::SourceSilent { after_ms } => {
+            for s in &snapshot.sources {
+                let silent_ms = snapshot.at_ms.saturating_sub(s.last_seen_ms);
+                let tier_ok = m.tier.is_any() || s.tier_kinds.iter().any(|k| m.tier.matches(k));
+                if m.cluster.matches(&s.cluster)
+                    && m.source.matches(&s.source)
+                    && tier_ok
+                    && silent_ms > i64::try_from(*after_ms).unwrap_or(i64::MAX)
+                {
+                    out.push(Active {
+                        labels: labels(&[("cluster", &s.cluster), ("source", &s.source)]),
+                        value: silent_ms as f64 / 1000.0,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSet;
+    use tally_audit::snapshot::{
+        BucketBooks, BucketStatus, BucketTier, GroupHealth, PartitionLag, SourceInfo, TierBooks,
+        TopicBooks, TopicBuckets,
+    };
+    use tally_audit::{GroupStatus, PartitionStatus};
+
+    fn partition(topic: &str, partition: i32, lag: u64, seconds: f64) -> PartitionLag {
+        PartitionLag {
+            topic: topic.into(),
+            partition,
+            committed: 0,
+            end_offset: lag as i64,
+            start_offset: 0,
+            lag_records: lag,
+            lag_seconds: seconds,
+            status: PartitionStatus::Ok,
+            commit_at_ms: 0,
+            commits: Vec::new(),
+        }
+    }
+
+    pub(crate) fn snapshot() -> Snapshot {
+        let tier = |records, completeness| TierBooks {
+            records,
+            completeness,
+            ..TierBooks::default()
+        };
+        let expired = |n| BucketTier {
+            records: 10,
+            status: BucketStatus::Incomplete,
+            missing: n,
+            excess: 0,
+            pending: Some(0),
+            expired: Some(n),
+            skipped: Some(0),
+        };
+        Snapshot {
+            at_ms: 1_000_000,
+            groups: vec![
+                GroupHealth {
+                    cluster: "local".into(),
+                    group: "billing".into(),
+                    status: GroupStatus::Ok,
+                    lag_records: 30,
+                    max_lag_seconds: 1.0,
+                    partitions: vec![
+                        partition("orders", 0, 10, 1.0),
+                        partition("orders", 1, 20, 0.5),
+                    ],
+                },
+                GroupHealth {
+                    cluster: "local".into(),
+                    group: "analytics".into(),
+                    status: GroupStatus::Err,
+                    lag_records: 500,
+                    max_lag_seconds: 90.0,
+                    partitions: vec![partition("orders", 0, 500, 90.0)],
+                },
+            ],
+            topics: vec![TopicBooks {
+                cluster: "local".into(),
+                topic: "orders".into(),
+                reference: Some("broker".into()),
+                tiers: [
+                    ("broker".to_owned(), tier(100, 1.0)),
+                    ("group:analytics".to_owned(), tier(70, 0.7)),
+                    ("group:billing".to_owned(), tier(100, 1.0)),
+                ]
+                .into(),
+            }],
+            buckets: vec![TopicBuckets {
+                cluster: "local".into(),
+                topic: "orders".into(),
+                width_ms: 1000,
+                buckets: vec![
+                    BucketBooks {
+                        bucket: 0,
+                        tiers: [("group:analytics".to_owned(), expired(3))].into(),
+                    },
+                    BucketBooks {
+                        bucket: 1000,
+                        tiers: [
+                            ("group:analytics".to_owned(), expired(4)),
+                            ("group:billing".to_owned(), expired(0)),
+                        ]
+                        .into(),
+                    },
+                ],
+            }],
+            sources: vec![SourceInfo {
+                source: "broker-0".into(),
+                cluster: "local".into(),
+                tier_kinds: vec!["broker".into()],
+                last_seen_ms: 1_000_000 - 400_000,
+                messages: BTreeMap::new(),
+                errors: 0,
+                connected: false,
+            }],
+            ..Snapshot::default()
+        }
+    }
+
+    fn run(yaml: &str) -> Vec<Active> {
+        let set = RuleSet::parse(&format!("rules:\n  - {yaml}\n"), "t").unwrap();
+        active(&set.rules[0], &snapshot())
+    }
+
+    #[test]
+    fn consumer_lag_sums_records_and_takes_the_largest_seconds() {
+        let a = run("{name: L, kind: consumer_lag, records: 25}");
+        let groups: Vec<_> = a
+            .iter()
+            .map(|a| (a.labels["group"].as_str(), a.value))
+            .collect();
+        assert_eq!(groups, [("billing", 30.0), ("analytics", 500.0)]);
+        let a = run("{name: L, kind: consumer_lag, seconds: 60}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].labels["group"].as_str(), a[0].value),
+            ("analytics", 90.0)
+        );
+        assert!(run("{name: L, kind: consumer_lag, records: 25, group: \"x*\"}").is_empty());
+        assert!(run("{name: L, kind: consumer_lag, records: 500}").is_empty());
+        // A group is also its tier.
+        let a = run("{name: L, kind: consumer_lag, records: 25, tier: \"group:an*\"}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].labels["group"], "analytics");
+    }
+
+    #[test]
+    fn group_status_completeness_expired_and_silence() {
+        let a = run("{name: S, kind: group_status, statuses: [err]}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].labels["status"], "err");
+        let a = run("{name: C, kind: completeness, min_ratio: 0.99}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].labels["tier"].as_str(), a[0].value),
+            ("group:analytics", 0.7)
+        );
+        let a = run("{name: C, kind: completeness, min_ratio: 0.99, group: \"bill*\"}");
+        assert!(a.is_empty(), "billing is complete: {a:?}");
+        let a =
+            run("{name: C, kind: completeness, min_ratio: 0.99, group: \"*\", tier: \"broker\"}");
+        assert!(a.is_empty(), "the reference is never judged: {a:?}");
+        let a = run("{name: E, kind: expired}");
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].labels["group"].as_str(), a[0].value),
+            ("analytics", 7.0)
+        );
+        assert!(run("{name: E, kind: expired, min_records: 8}").is_empty());
+        let a = run("{name: Q, kind: source_silent, after: 5m}");
+        assert_eq!(
+            (a[0].labels["source"].as_str(), a[0].value),
+            ("broker-0", 400.0)
+        );
+        assert!(run("{name: Q, kind: source_silent, after: 10m}").is_empty());
+        assert!(run("{name: Q, kind: source_silent, after: 5m, tier: group}").is_empty());
+        assert_eq!(
+            run("{name: Q, kind: source_silent, after: 5m, tier: broker}").len(),
+            1
+        );
+    }
+}
