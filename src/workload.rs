@@ -68,7 +68,9 @@ enum Behaviour {
     StallAfter(u64),
     /// Keeps up until `at` seconds, then stops committing.
     StopAfter(u64),
-    /// Keeps up, and every `every` seconds goes back `by` records and commits there.
+    /// Every `every` seconds goes back `by` records and commits there; reads
+    /// at 1.5 × the production rate, so that climbing back past where it was
+    /// takes a while and the agent's `rewind` lasts long enough to be seen.
     Rewinds { every: u64, by: i64 },
     /// Joins at `at` seconds, at the end of the log.
     JoinsAt(u64),
@@ -393,6 +395,7 @@ fn consume(
         // How much this group may read now.
         let share = match plan.behaviour {
             Behaviour::Slow(s) => Some(s),
+            Behaviour::Rewinds { .. } => Some(1.5),
             Behaviour::Bursty { slow } => {
                 if slow_until == 0 {
                     slow_until = now + slow;
