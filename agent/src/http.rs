@@ -266,7 +266,7 @@ async fn feed(shared: AppState, mut socket: WebSocket) {
                     return;
                 }
                 let now = rx.borrow_and_update().clone();
-                let update = FeedMessage::Update(Delta::between(&last, &now));
+                let update = FeedMessage::Update(Box::new(Delta::between(&last, &now)));
                 last = now;
                 if !send_feed(&mut socket, &update).await {
                     return;

@@ -59,7 +59,7 @@ pub enum FeedMessage {
         snapshot: Box<Snapshot>,
     },
     /// What changed since the previous frame.
-    Update(Delta),
+    Update(Box<Delta>),
 }
 
 /// Something with an identity inside its section.
@@ -235,7 +235,7 @@ fn merge<T: Keyed>(items: &mut Vec<T>, upsert: impl IntoIterator<Item = T>, remo
 }
 
 /// Puts `items` into the order of `order` (keys not in it go last, as they were).
-fn reorder<T: Keyed>(items: &mut Vec<T>, order: &[T::Key]) {
+fn reorder<T: Keyed>(items: &mut [T], order: &[T::Key]) {
     let rank: HashMap<&T::Key, usize> = order.iter().enumerate().map(|(i, k)| (k, i)).collect();
     items.sort_by_key(|t| rank.get(&t.key()).copied().unwrap_or(usize::MAX));
 }
@@ -650,7 +650,7 @@ mod tests {
                 let new = next(&mut rng, &agent, tick);
                 let delta = Delta::between(&agent, &new);
                 // Through JSON, as the feed sends it.
-                let text = serde_json::to_string(&FeedMessage::Update(delta)).unwrap();
+                let text = serde_json::to_string(&FeedMessage::Update(Box::new(delta))).unwrap();
                 let FeedMessage::Update(delta) = serde_json::from_str(&text).unwrap() else {
                     panic!("not an update: {text}");
                 };
@@ -676,7 +676,7 @@ mod tests {
         assert_eq!(d.topics.upsert.len(), 1);
         assert_eq!(d.topics.upsert[0].topic, "t2");
         assert!(d.topics.remove.is_empty() && d.topics.order.is_none());
-        let json = serde_json::to_value(FeedMessage::Update(d)).unwrap();
+        let json = serde_json::to_value(FeedMessage::Update(Box::new(d))).unwrap();
         assert_eq!(json["type"], "update");
         assert_eq!(json["at_ms"], 5);
         assert!(json.get("groups").is_none(), "{json}");
