@@ -207,10 +207,25 @@ pub(crate) fn sparkline<'a>(
 }
 
 fn header_line(state: &State) -> Line<'static> {
-    let mut spans = vec![
-        Span::styled(" tally dashboard ", bold()),
-        Span::raw(format!("│ {} │ ", state.agent)),
-    ];
+    // What matters most comes first, so a narrow screen cuts the least useful.
+    let mut spans = vec![Span::styled(" tally ", bold())];
+    if state.stale() {
+        spans.push(Span::styled(
+            " STALE ",
+            fg(state, Color::Red).add_modifier(Modifier::REVERSED | Modifier::BOLD),
+        ));
+        spans.push(Span::raw(" "));
+    }
+    if state.paused {
+        spans.push(Span::styled(
+            " PAUSED ",
+            fg(state, Color::Yellow).add_modifier(Modifier::REVERSED),
+        ));
+        spans.push(Span::raw(" "));
+    }
+    if let Some(s) = state.shown() {
+        spans.push(Span::raw(format!("data of {} UTC │ ", clock(s.at_ms))));
+    }
     let (text, style) = match &state.link {
         Link::Connected => ("● connected".to_owned(), fg(state, Color::Green)),
         Link::Connecting { attempt } => (
@@ -219,30 +234,14 @@ fn header_line(state: &State) -> Line<'static> {
         ),
         Link::Disconnected { error, retry_at_ms } => (
             format!(
-                "✕ disconnected: {error}; retry in {}",
+                "✕ disconnected, retry in {}: {error}",
                 span((retry_at_ms - state.now_ms).max(0))
             ),
             fg(state, Color::Red).add_modifier(Modifier::BOLD),
         ),
     };
     spans.push(Span::styled(text, style));
-    if let Some(s) = state.shown() {
-        spans.push(Span::raw(format!(" │ data of {} UTC", clock(s.at_ms))));
-    }
-    if state.stale() {
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(
-            " STALE ",
-            fg(state, Color::Red).add_modifier(Modifier::REVERSED | Modifier::BOLD),
-        ));
-    }
-    if state.paused {
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(
-            " PAUSED ",
-            fg(state, Color::Yellow).add_modifier(Modifier::REVERSED),
-        ));
-    }
+    spans.push(Span::raw(format!(" │ {}", state.agent)));
     Line::from(spans)
 }
 
@@ -325,4 +324,79 @@ fn help(_state: &State, frame: &mut Frame<'_>, area: Rect) {
         Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(" Keys ")),
         popup,
     );
+}
+
+/// A table column: its title, its narrowest width, whether it takes spare
+/// room, and how readily it is left out on a narrow screen (higher first).
+pub(crate) struct Column {
+    pub(crate) title: &'static str,
+    pub(crate) min: u16,
+    pub(crate) grow: bool,
+    pub(crate) drop: u8,
+}
+
+/// Shorthand for a [`Column`].
+pub(crate) const fn col(title: &'static str, min: u16, grow: bool, drop: u8) -> Column {
+    Column {
+        title,
+        min,
+        grow,
+        drop,
+    }
+}
+
+/// The columns that fit in `width`: the most droppable go first.
+pub(crate) fn fit(columns: &[Column], width: u16) -> Vec<usize> {
+    let mut kept: Vec<usize> = (0..columns.len()).collect();
+    let need =
+        |kept: &[usize]| -> u32 { kept.iter().map(|&i| u32::from(columns[i].min) + 1).sum() };
+    while need(&kept) > u32::from(width) && kept.len() > 1 {
+        let Some((pos, _)) = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| columns[**i].drop > 0)
+            .max_by_key(|(p, i)| (columns[**i].drop, *p))
+        else {
+            break;
+        };
+        kept.remove(pos);
+    }
+    kept
+}
+
+/// A table of the `kept` columns; each row gives a cell per column and
+/// whether it is selected.
+pub(crate) fn table<'a>(
+    columns: &[Column],
+    kept: &[usize],
+    rows: impl Iterator<Item = (Vec<ratatui::widgets::Cell<'a>>, bool)>,
+) -> ratatui::widgets::Table<'a> {
+    use ratatui::widgets::{Row, Table};
+    let rows: Vec<Row<'a>> = rows
+        .map(|(cells, is_selected)| {
+            let mut cells: Vec<Option<ratatui::widgets::Cell<'a>>> =
+                cells.into_iter().map(Some).collect();
+            let picked: Vec<_> = kept
+                .iter()
+                .filter_map(|&i| cells.get_mut(i).and_then(Option::take))
+                .collect();
+            let row = Row::new(picked);
+            if is_selected {
+                row.style(selected())
+            } else {
+                row
+            }
+        })
+        .collect();
+    let widths: Vec<Constraint> = kept
+        .iter()
+        .map(|&i| {
+            if columns[i].grow {
+                Constraint::Min(columns[i].min)
+            } else {
+                Constraint::Length(columns[i].min)
+            }
+        })
+        .collect();
+    Table::new(rows, widths).header(Row::new(kept.iter().map(|&i| columns[i].title)).style(bold()))
 }

@@ -38,7 +38,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
                     fg(state, Color::Green)
                 },
             ),
-            Span::raw("incomplete (records missing)"),
+            Span::raw("incomplete"),
         ]),
     ];
     let mut worst: Vec<_> = s.topics.iter().filter(|t| !topic_complete(t)).collect();

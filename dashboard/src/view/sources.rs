@@ -1,14 +1,24 @@
 //! Sources: the emitters, and when each was last seen.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::Color;
 use ratatui::text::Span;
-use ratatui::widgets::{Block, Borders, Cell, Row, Table};
+use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{bold, fg, scroll, selected, span};
+use super::{Column, col, fg, fit, scroll, span, table};
 use crate::state::State;
+
+const COLUMNS: [Column; 7] = [
+    col("SOURCE", 14, true, 0),
+    col("CLUSTER", 10, false, 3),
+    col("TIERS", 14, false, 4),
+    col("CONNECTED", 9, false, 0),
+    col("LAST SEEN", 12, false, 0),
+    col("MESSAGES", 16, true, 2),
+    col("ERRORS", 7, false, 1),
+];
 
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
@@ -16,6 +26,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
     let first = scroll(cursor, rows.len(), height);
+    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
     let visible = rows
         .iter()
         .enumerate()
@@ -29,7 +40,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
                 .map(|(k, v)| format!("{k}:{v}"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let row = Row::new([
+            let cells = vec![
                 Cell::from(x.source.clone()),
                 Cell::from(x.cluster.clone()),
                 Cell::from(x.tier_kinds.join(",")),
@@ -48,41 +59,12 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
                         fg(state, Color::Reset)
                     },
                 )),
-            ]);
-            if i == cursor {
-                row.style(selected())
-            } else {
-                row
-            }
+            ];
+            (cells, i == cursor)
         });
-    let table = Table::new(
-        visible,
-        [
-            Constraint::Fill(2),
-            Constraint::Length(10),
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Length(12),
-            Constraint::Fill(3),
-            Constraint::Length(7),
-        ],
-    )
-    .header(
-        Row::new([
-            "SOURCE",
-            "CLUSTER",
-            "TIERS",
-            "CONNECTED",
-            "LAST SEEN",
-            "MESSAGES",
-            "ERRORS",
-        ])
-        .style(bold()),
-    )
-    .block(Block::default().borders(Borders::ALL).title(format!(
-        " Sources: {}{} ",
-        rows.len(),
-        position(cursor, rows.len())
-    )));
-    frame.render_widget(table, area);
+    let widget =
+        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+            format!(" Sources: {}{} ", rows.len(), position(cursor, rows.len())),
+        ));
+    frame.render_widget(widget, area);
 }

@@ -1,25 +1,38 @@
 //! Topics: per topic and tier, the books and the completeness.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Row, Table};
+use ratatui::widgets::{Block, Borders, Cell};
 
-use super::{bold, bucket_style, completeness_style, opt, pct, scroll, selected};
+use super::{Column, bucket_style, col, completeness_style, fit, opt, pct, scroll, table};
 use crate::state::State;
+
+const COLUMNS: [Column; 9] = [
+    col("TOPIC", 12, true, 0),
+    col("TIER", 14, true, 0),
+    col("PRODUCED", 10, false, 3),
+    col("CONSUMED", 10, false, 1),
+    col("PENDING", 8, false, 2),
+    col("EXPIRED", 8, false, 4),
+    col("MISSING", 8, false, 5),
+    col("COMPLETE", 8, false, 0),
+    col("WORST", 10, false, 6),
+];
 
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let rows = &state.rows.topics;
     let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
     let first = scroll(cursor, rows.len(), height);
+    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
     let visible = rows
         .iter()
         .enumerate()
         .skip(first)
         .take(height)
         .map(|(i, r)| {
-            let row = Row::new([
+            let cells = vec![
                 Cell::from(r.topic.clone()),
                 Cell::from(r.tier.clone()),
                 Cell::from(r.produced.to_string()),
@@ -35,42 +48,17 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
                     || Span::raw("-"),
                     |w| Span::styled(w.as_str(), bucket_style(state, w)),
                 )),
-            ]);
-            if i == cursor {
-                row.style(selected())
-            } else {
-                row
-            }
+            ];
+            (cells, i == cursor)
         });
-    let header = Row::new([
-        "TOPIC", "TIER", "PRODUCED", "CONSUMED", "PENDING", "EXPIRED", "MISSING", "COMPLETE",
-        "WORST",
-    ])
-    .style(bold());
-    let table = Table::new(
-        visible,
-        [
-            Constraint::Fill(3),
-            Constraint::Fill(2),
-            Constraint::Length(10),
-            Constraint::Length(10),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(10),
-        ],
-    )
-    .header(header)
-    .block(
-        Block::default()
-            .borders(Borders::ALL)
-            .title(Line::from(format!(
+    let table =
+        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+            Line::from(format!(
                 " Topics × tiers: {} rows{} ",
                 rows.len(),
                 position(cursor, rows.len())
-            ))),
-    );
+            )),
+        ));
     frame.render_widget(table, area);
 }
 
