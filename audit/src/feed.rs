@@ -68,6 +68,10 @@ pub trait Keyed {
     type Key: Clone + Eq + Hash;
     /// This item's identity.
     fn key(&self) -> Self::Key;
+    /// Whether `other` has the same identity (without building keys).
+    fn same_key(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
 }
 
 /// Identity of a topic: (cluster, topic).
@@ -116,6 +120,9 @@ impl Keyed for TopicBooks {
             topic: self.topic.clone(),
         }
     }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.topic == other.topic
+    }
 }
 
 impl Keyed for TopicBuckets {
@@ -125,6 +132,9 @@ impl Keyed for TopicBuckets {
             cluster: self.cluster.clone(),
             topic: self.topic.clone(),
         }
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.topic == other.topic
     }
 }
 
@@ -143,12 +153,18 @@ impl Keyed for GroupHealth {
             group: self.group.clone(),
         }
     }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.group == other.group
+    }
 }
 
 impl Keyed for SourceInfo {
     type Key = String;
     fn key(&self) -> String {
         self.source.clone()
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.source == other.source
     }
 }
 
@@ -160,6 +176,9 @@ impl Keyed for AlertInfo {
             labels: self.labels.clone(),
         }
     }
+    fn same_key(&self, other: &Self) -> bool {
+        self.alertname == other.alertname && self.labels == other.labels
+    }
 }
 
 impl Keyed for LatencyBooks {
@@ -170,6 +189,9 @@ impl Keyed for LatencyBooks {
             topic: self.topic.clone(),
             tier: self.tier.clone(),
         }
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.topic == other.topic && self.tier == other.tier
     }
 }
 
@@ -208,6 +230,11 @@ impl<T, K> SectionDelta<T, K> {
     pub fn is_empty(&self) -> bool {
         self.upsert.is_empty() && self.remove.is_empty() && self.order.is_none()
     }
+}
+
+/// Whether both hold the same identities in the same places.
+fn same_keys<T: Keyed>(old: &[T], new: &[T]) -> bool {
+    old.len() == new.len() && old.iter().zip(new).all(|(o, n)| o.same_key(n))
 }
 
 /// Places `upsert` in `items` (in place where the key exists, else at the
@@ -257,6 +284,19 @@ fn order_after<T: Keyed>(old: &[T], new: &[T], removed: &HashSet<T::Key>) -> Opt
 impl<T: Keyed + Clone + PartialEq> SectionDelta<T, T::Key> {
     /// What turns `old` into `new`.
     pub fn between(old: &[T], new: &[T]) -> Self {
+        // Most ticks keep every item in its place: compare pairwise then.
+        if same_keys(old, new) {
+            return SectionDelta {
+                upsert: old
+                    .iter()
+                    .zip(new)
+                    .filter(|(o, n)| o != n)
+                    .map(|(_, n)| n.clone())
+                    .collect(),
+                remove: Vec::new(),
+                order: None,
+            };
+        }
         let before: HashMap<T::Key, &T> = old.iter().map(|t| (t.key(), t)).collect();
         let upsert = new
             .iter()
@@ -308,12 +348,33 @@ impl Keyed for TopicBucketsDelta {
             topic: self.topic.clone(),
         }
     }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.topic == other.topic
+    }
 }
 
 /// The changes to the buckets section: per topic, only the buckets that changed.
 pub type BucketsDelta = SectionDelta<TopicBucketsDelta, TopicKey>;
 
 fn buckets_between(old: &[TopicBuckets], new: &[TopicBuckets]) -> BucketsDelta {
+    if same_keys(old, new) {
+        let upsert = old
+            .iter()
+            .zip(new)
+            .filter(|(o, n)| o != n)
+            .map(|(o, n)| TopicBucketsDelta {
+                cluster: n.cluster.clone(),
+                topic: n.topic.clone(),
+                width_ms: n.width_ms,
+                buckets: SectionDelta::between(&o.buckets, &n.buckets),
+            })
+            .collect();
+        return SectionDelta {
+            upsert,
+            remove: Vec::new(),
+            order: None,
+        };
+    }
     let before: HashMap<TopicKey, &TopicBuckets> = old.iter().map(|t| (t.key(), t)).collect();
     let upsert = new
         .iter()
