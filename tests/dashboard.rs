@@ -255,3 +255,14 @@ fn a_bad_agent_url_is_refused_with_the_url_named() {
         "{err}"
     );
 }
+
+#[test]
+fn help_documents_every_flag() {
+    let out = common::tally().args(["dashboard", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--agent", "TALLY_DASHBOARD_AGENT", "--token", "TALLY_TOKEN", "--tick"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    insta::assert_snapshot!("dashboard_help", help);
+}
