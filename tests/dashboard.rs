@@ -258,11 +258,52 @@ fn a_bad_agent_url_is_refused_with_the_url_named() {
 
 #[test]
 fn help_documents_every_flag() {
-    let out = common::tally().args(["dashboard", "--help"]).output().unwrap();
+    let out = common::tally()
+        .args(["dashboard", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--agent", "TALLY_DASHBOARD_AGENT", "--token", "TALLY_TOKEN", "--tick"] {
+    for needle in [
+        "--agent",
+        "TALLY_DASHBOARD_AGENT",
+        "--token",
+        "TALLY_TOKEN",
+        "--tick",
+    ] {
         assert!(help.contains(needle), "{needle}: {help}");
     }
     insta::assert_snapshot!("dashboard_help", help);
+}
+
+#[test]
+fn the_demo_shows_the_dashboard_and_q_ends_it_with_the_books_printed() {
+    if require_tool("tmux").is_none() {
+        return;
+    }
+    let tmux = Tmux::start(160, 45);
+    tmux.wait_for(10, "the shell prompt", |s| s.contains("shell-ready$"));
+    let port = |_| format!("127.0.0.1:{}", common::free_port());
+    let (agent, kafka, metrics) = (port(0), port(1), port(2));
+    // The demo's log lines before the dashboard starts go to a file, so the
+    // screen holds only the dashboard and then the books.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    tmux.line(&format!(
+        "{} demo --bucket-width 2s --agent-listen {agent} --kafka-listen {kafka} --metrics-listen {metrics} 2>{}",
+        env!("CARGO_BIN_EXE_tally"),
+        log.path().display()
+    ));
+    let screen = tmux.wait_for(60, "the dashboard with the demo's topics and groups", |s| {
+        s.contains("● connected") && s.contains("Topics (3)") && s.contains("Groups (8)")
+    });
+    assert!(screen.contains(&format!("http://{agent}")), "{screen}");
+    tmux.keys(&["q"]);
+    let books = tmux.wait_for(30, "the books and the shell after q", |s| {
+        s.contains("TOPIC") && s.contains("GROUP") && s.trim_end().ends_with("shell-ready$")
+    });
+    assert!(!tmux.alternate_screen_on(), "{books}");
+    assert!(books.contains("group:billing"), "{books}");
+    // The demo's agent stopped with it.
+    let addr: std::net::SocketAddr = agent.parse().unwrap();
+    assert!(common::try_get(addr, "/healthz", None).is_err());
 }
