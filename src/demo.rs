@@ -1,6 +1,7 @@
 //! `tally demo`: the broker, the agent and a workload through the Kafka
 //! protocol, in one process.
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -64,7 +65,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // ticks is not lost.
     let shutdown = tally_agent::service::shutdown_signal();
     tokio::pin!(shutdown);
-    if args.no_tui {
+    // Without a terminal to draw on (output to a file or a pipe), run headless.
+    let tui = !args.no_tui && std::io::stdout().is_terminal();
+    let mut shown = Ok(());
+    if !tui {
         let mut every_second = tokio::time::interval(Duration::from_secs(1));
         let mut seconds = 0u64;
         loop {
@@ -94,9 +98,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         };
         let quiet = crate::QuietLog::new();
-        let shown = tally_dashboard::run_until(dashboard, stop).await;
+        shown = tally_dashboard::run_until(dashboard, stop).await;
         drop(quiet);
-        shown.context("the dashboard failed")?;
     }
     pipeline.stop().await;
     broker.shutdown().await;
@@ -104,5 +107,5 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     println!("{}", summary::render(&agent.snapshot()));
     agent.shutdown().await;
-    Ok(())
+    shown.context("the dashboard failed")
 }

@@ -257,6 +257,17 @@ fn a_bad_agent_url_is_refused_with_the_url_named() {
 }
 
 #[test]
+fn without_a_terminal_the_dashboard_says_so() {
+    let out = common::tally()
+        .args(["dashboard", "--agent", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a terminal"), "{err}");
+}
+
+#[test]
 fn help_documents_every_flag() {
     let out = common::tally()
         .args(["dashboard", "--help"])

@@ -11,6 +11,9 @@ pub enum Error {
         /// Why, and what is accepted.
         reason: String,
     },
+    /// Standard output is not a terminal (a file or a pipe).
+    #[error("the dashboard needs a terminal, and standard output is not one (a file or a pipe)")]
+    NotATerminal,
     /// The terminal could not be set up or drawn to.
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),

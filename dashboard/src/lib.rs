@@ -14,7 +14,7 @@ pub mod state;
 pub mod view;
 
 use std::future::Future;
-use std::io::Stdout;
+use std::io::{IsTerminal as _, Stdout};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ pub async fn run(cfg: DashboardConfig) -> Result<()> {
 /// terminal is restored on every way out: return, error, drop and panic.
 pub async fn run_until(cfg: DashboardConfig, stop: impl Future<Output = ()>) -> Result<()> {
     let url = conn::stream_url(&cfg.agent)?;
+    if !std::io::stdout().is_terminal() {
+        return Err(Error::NotATerminal);
+    }
     let (tx, mut rx) = mpsc::channel(256);
     let feed = tokio::spawn(conn::run(url, cfg.token.clone(), tx));
     let _abort = AbortOnDrop(feed);
