@@ -11,8 +11,8 @@ use tally_audit::{BucketStatus, GroupStatus, Snapshot};
 /// How many lag samples a group's sparkline keeps.
 pub const LAG_HISTORY: usize = 60;
 
-/// With no frame for this long, the data on screen is marked stale even
-/// while the connection looks open.
+/// With no frame for this long (or three of the agent's ticks, if longer),
+/// the data on screen is marked stale even while the connection looks open.
 pub const STALE_AFTER_MS: i64 = 5_000;
 
 /// The connection to the agent, as the user sees it.
@@ -186,6 +186,8 @@ pub struct State {
     pub frozen: Option<Snapshot>,
     /// Wall clock of the last frame received, epoch ms.
     pub last_frame_ms: Option<i64>,
+    /// The agent's tick, as seen between the last two frames, ms.
+    pub feed_interval_ms: i64,
     /// The wall clock now, epoch ms (set by the caller, so drawing is pure).
     pub now_ms: i64,
     /// Lag in records per group, oldest first.
@@ -224,6 +226,7 @@ impl State {
             live: None,
             frozen: None,
             last_frame_ms: None,
+            feed_interval_ms: 1_000,
             now_ms: 0,
             lag_history: HashMap::new(),
             tab: Tab::Overview,
@@ -254,9 +257,9 @@ impl State {
     pub fn stale(&self) -> bool {
         self.live.is_some()
             && (self.link != Link::Connected
-                || self
-                    .last_frame_ms
-                    .is_some_and(|t| self.now_ms - t > STALE_AFTER_MS))
+                || self.last_frame_ms.is_some_and(|t| {
+                    self.now_ms - t > STALE_AFTER_MS.max(self.feed_interval_ms.saturating_mul(3))
+                }))
     }
 
     /// Takes one frame of the feed. An update before any snapshot is
@@ -267,7 +270,12 @@ impl State {
         match message {
             FeedMessage::Snapshot { snapshot } => self.live = Some(*snapshot),
             FeedMessage::Update(delta) => match &mut self.live {
-                Some(s) => delta.apply(s),
+                Some(s) => {
+                    if delta.at_ms > s.at_ms {
+                        self.feed_interval_ms = delta.at_ms - s.at_ms;
+                    }
+                    delta.apply(s);
+                }
                 None => return,
             },
         }

@@ -66,6 +66,11 @@ fn a_silent_feed_is_stale_too() {
     assert!(!draw(&s, 120, 30).contains("STALE"));
     s.now_ms = AT + 6_000;
     assert!(draw(&s, 120, 30).contains("STALE"));
+    // An agent with a slow tick is given three of its ticks.
+    s.feed_interval_ms = 10_000;
+    assert!(!draw(&s, 120, 30).contains("STALE"));
+    s.now_ms = AT + 31_000;
+    assert!(draw(&s, 120, 30).contains("STALE"));
 }
 
 #[test]
