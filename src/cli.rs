@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Broker(BrokerArgs),
     /// Run the demo: broker, agent and a Kafka workload that shows every status.
     Demo(DemoArgs),
+    /// Watch an agent in the terminal: completeness, lag, alerts, sources.
+    Dashboard(DashboardArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -388,6 +390,42 @@ pub(crate) struct DemoArgs {
     pub(crate) duration: Option<u64>,
 }
 
+/// Flags of `tally dashboard`. Each has an environment variable.
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// The agent's base URL (http:// or ws://); the feed is its /api/v1/stream.
+    #[arg(
+        long,
+        env = "TALLY_DASHBOARD_AGENT",
+        default_value = "http://127.0.0.1:9400",
+        value_name = "URL"
+    )]
+    pub(crate) agent: String,
+    /// Bearer token the agent requires.
+    #[arg(
+        long,
+        env = "TALLY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+    /// How often the screen is redrawn when no data arrives (clocks, staleness).
+    #[arg(long, env = "TALLY_DASHBOARD_TICK", default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    pub(crate) tick: Duration,
+}
+
+impl DashboardArgs {
+    /// The dashboard's config; the URL is checked here so that a bad one is
+    /// refused before the terminal is taken over.
+    pub(crate) fn resolve(&self) -> anyhow::Result<tally_dashboard::DashboardConfig> {
+        tally_dashboard::conn::stream_url(&self.agent)?;
+        let mut cfg = tally_dashboard::DashboardConfig::new(self.agent.clone());
+        cfg.token = self.token.clone();
+        cfg.tick = self.tick.max(Duration::from_millis(50));
+        Ok(cfg)
+    }
+}
+
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -416,5 +454,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => runtime.block_on(crate::demo::run(args)),
+        Command::Dashboard(args) => {
+            let cfg = args.resolve()?;
+            let _quiet = crate::QuietLog::new();
+            runtime.block_on(tally_dashboard::run(cfg))?;
+            Ok(())
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `tally demo`: the broker, the agent and a workload through the Kafka
 //! protocol, in one process.
 
-use std::io::Write as _;
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -61,36 +61,48 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     let pipeline = workload::start(&bootstrap, &ingest, width).await?;
-    let mut every_second = tokio::time::interval(Duration::from_secs(1));
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let mut seconds = 0u64;
     // One listener for the whole run, so that a signal arriving between two
     // ticks is not lost.
     let shutdown = tally_agent::service::shutdown_signal();
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = every_second.tick() => {}
-            _ = &mut shutdown => break,
+    // Without a terminal to draw on (output to a file or a pipe), run headless.
+    let tui = !args.no_tui && std::io::stdout().is_terminal();
+    let mut shown = Ok(());
+    if !tui {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        let mut seconds = 0u64;
+        loop {
+            tokio::select! {
+                _ = every_second.tick() => {}
+                _ = &mut shutdown => break,
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break;
+            }
+            seconds += 1;
+            if seconds.is_multiple_of(10) {
+                eprintln!("tally demo: {seconds}s");
+            }
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break;
-        }
-        seconds += 1;
-        if !args.no_tui && seconds.is_multiple_of(2) {
-            // Until the terminal dashboard lands, redraw the summary in place.
-            let mut out = std::io::stdout().lock();
-            let _ = write!(
-                out,
-                "\x1b[2J\x1b[H{}\n(ctrl-c to stop)\n",
-                summary::render(&agent.snapshot())
-            );
-            let _ = out.flush();
-        } else if args.no_tui && seconds.is_multiple_of(10) {
-            eprintln!("tally demo: {seconds}s");
-        }
+    } else {
+        // The dashboard, on the demo's own agent, until `q` (or ctrl-c,
+        // which raw mode delivers as a key), a signal, or --duration.
+        let dashboard = tally_dashboard::DashboardConfig::new(format!("http://{}", agent.addr()));
+        let stop = async {
+            match deadline {
+                Some(d) => tokio::select! {
+                    _ = &mut shutdown => {}
+                    _ = tokio::time::sleep_until(d) => {}
+                },
+                None => (&mut shutdown).await,
+            }
+        };
+        let quiet = crate::QuietLog::new();
+        shown = tally_dashboard::run_until(dashboard, stop).await;
+        drop(quiet);
     }
     pipeline.stop().await;
     broker.shutdown().await;
@@ -98,5 +110,5 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     println!("{}", summary::render(&agent.snapshot()));
     agent.shutdown().await;
-    Ok(())
+    shown.context("the dashboard failed")
 }

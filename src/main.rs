@@ -42,6 +42,43 @@ fn init_logging(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .init();
+}
+
+/// Set while the dashboard owns the terminal: log lines would tear its
+/// screen, so they are dropped until it is gone.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Drops log lines while alive (the dashboard is on screen).
+pub(crate) struct QuietLog;
+
+impl QuietLog {
+    pub(crate) fn new() -> QuietLog {
+        QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+        QuietLog
+    }
+}
+
+impl Drop for QuietLog {
+    fn drop(&mut self) {
+        QUIET.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Standard error, unless a [`QuietLog`] is alive.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(buf.len())
+        } else {
+            std::io::stderr().write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

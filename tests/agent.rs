@@ -566,11 +566,42 @@ async fn the_stream_sends_a_snapshot_then_updates() {
     loop {
         let u = recv(&mut feed).await;
         assert_eq!(u["type"], "update");
+        assert!(u["at_ms"].as_i64().unwrap() > 0);
         if let Some(topics) = u.get("topics") {
-            assert_eq!(topics[0]["tiers"]["broker"]["records"], 1200);
+            // A delta: the new topic upserted whole, nothing removed.
+            assert_eq!(topics["upsert"][0]["topic"], "orders");
+            assert_eq!(topics["upsert"][0]["tiers"]["broker"]["records"], 1200);
+            assert!(topics.get("remove").is_none(), "{u}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no topics update");
+    }
+    // More counts for one tier: the next topics delta carries that topic
+    // again, and the buckets delta only the bucket that changed.
+    send(
+        &mut ws,
+        &json!({"v": 1, "type": "counts", "seq": 2, "counts": [
+        count("broker", 0, past_bucket() - 5000, 7)]}),
+    )
+    .await;
+    recv(&mut ws).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let u = recv(&mut feed).await;
+        if let Some(topics) = u.get("topics") {
+            assert_eq!(
+                topics["upsert"][0]["tiers"]["broker"]["records"], 1207,
+                "{u}"
+            );
+            let changed = &u["buckets"]["upsert"][0]["buckets"]["upsert"];
+            assert_eq!(changed.as_array().unwrap().len(), 1, "{u}");
+            assert_eq!(changed[0]["tiers"]["broker"]["records"], 7, "{u}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second topics update"
+        );
     }
 }
 

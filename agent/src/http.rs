@@ -16,6 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tally_audit::feed::{Delta, FeedMessage};
 use tally_audit::wire::{self, Refused};
 use tally_audit::{Message, Reason, Reply, Snapshot};
 use tokio::sync::oneshot;
@@ -285,31 +286,19 @@ async fn sources(State(shared): State<AppState>) -> Response {
     Json(json!({"sources": snap(&shared).sources})).into_response()
 }
 
-/// The sections of a snapshot that the stream sends when they change.
-fn sections(s: &Snapshot) -> Vec<(&'static str, Value)> {
-    vec![
-        ("topics", json!(s.topics)),
-        ("buckets", json!(s.buckets)),
-        ("groups", json!(s.groups)),
-        ("sources", json!(s.sources)),
-        ("alerts", json!(s.alerts)),
-    ]
-}
-
 async fn stream(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| feed(shared, socket))
 }
 
+/// The dashboard feed (format in `tally_audit::feed`): the whole snapshot,
+/// then per tick only the items that changed since the frame before.
 async fn feed(shared: AppState, mut socket: WebSocket) {
     let mut rx = shared.snapshot.clone();
-    let first = rx.borrow_and_update().clone();
-    let mut last = sections(&first);
-    let hello = json!({"type": "snapshot", "snapshot": &*first});
-    if socket
-        .send(WsMessage::Text(hello.to_string().into()))
-        .await
-        .is_err()
-    {
+    let mut last = rx.borrow_and_update().clone();
+    let hello = FeedMessage::Snapshot {
+        snapshot: Box::new((*last).clone()),
+    };
+    if !send_feed(&mut socket, &hello).await {
         return;
     }
     loop {
@@ -318,18 +307,10 @@ async fn feed(shared: AppState, mut socket: WebSocket) {
                 if changed.is_err() {
                     return;
                 }
-                let s = rx.borrow_and_update().clone();
-                let now = sections(&s);
-                let mut update = serde_json::Map::new();
-                update.insert("type".into(), json!("update"));
-                update.insert("at_ms".into(), json!(s.at_ms));
-                for ((name, new), (_, old)) in now.iter().zip(&last) {
-                    if new != old {
-                        update.insert((*name).into(), new.clone());
-                    }
-                }
+                let now = rx.borrow_and_update().clone();
+                let update = FeedMessage::Update(Box::new(Delta::between(&last, &now)));
                 last = now;
-                if socket.send(WsMessage::Text(Value::Object(update).to_string().into())).await.is_err() {
+                if !send_feed(&mut socket, &update).await {
                     return;
                 }
             }
@@ -339,6 +320,13 @@ async fn feed(shared: AppState, mut socket: WebSocket) {
             }
         }
     }
+}
+
+async fn send_feed(socket: &mut WebSocket, message: &FeedMessage) -> bool {
+    let Ok(text) = serde_json::to_string(message) else {
+        return false;
+    };
+    socket.send(WsMessage::Text(text.into())).await.is_ok()
 }
 
 /// One ingest session: the hello's session, and what its messages do.

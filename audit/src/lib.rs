@@ -9,6 +9,7 @@
 mod bucket;
 pub mod emitter;
 mod error;
+pub mod feed;
 pub mod snapshot;
 mod tier;
 mod topic;

@@ -1,0 +1,72 @@
+//! Topics: per topic and tier, the books and the completeness.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell};
+
+use super::{Column, bucket_style, col, completeness_style, fit, opt, pct, scroll, table};
+use crate::state::State;
+
+const COLUMNS: [Column; 9] = [
+    col("TOPIC", 12, true, 0),
+    col("TIER", 14, true, 0),
+    col("PRODUCED", 10, false, 3),
+    col("CONSUMED", 10, false, 1),
+    col("PENDING", 8, false, 2),
+    col("EXPIRED", 8, false, 4),
+    col("MISSING", 8, false, 5),
+    col("COMPLETE", 8, false, 0),
+    col("WORST", 10, false, 6),
+];
+
+pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
+    let rows = &state.rows.topics;
+    let height = usize::from(area.height.saturating_sub(3));
+    let cursor = state.selected();
+    let first = scroll(cursor, rows.len(), height);
+    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
+    let visible = rows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(|(i, r)| {
+            let cells = vec![
+                Cell::from(r.topic.clone()),
+                Cell::from(r.tier.clone()),
+                Cell::from(r.produced.to_string()),
+                Cell::from(r.consumed.to_string()),
+                Cell::from(opt(r.pending)),
+                Cell::from(opt(r.expired)),
+                Cell::from(r.missing.to_string()),
+                Cell::from(Span::styled(
+                    pct(r.completeness),
+                    completeness_style(state, r.completeness),
+                )),
+                Cell::from(r.worst.map_or_else(
+                    || Span::raw("-"),
+                    |w| Span::styled(w.as_str(), bucket_style(state, w)),
+                )),
+            ];
+            (cells, i == cursor)
+        });
+    let table =
+        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+            Line::from(format!(
+                " Topics × tiers: {} rows{} ",
+                rows.len(),
+                position(cursor, rows.len())
+            )),
+        ));
+    frame.render_widget(table, area);
+}
+
+/// ` (row 3 of 10)`, or nothing when there are no rows.
+pub(super) fn position(cursor: usize, len: usize) -> String {
+    if len == 0 {
+        String::new()
+    } else {
+        format!(", row {} of {len}", cursor + 1)
+    }
+}

@@ -1,0 +1,155 @@
+//! Every view drawn through ratatui's TestBackend over a fixed state, as
+//! insta snapshots: normal, empty, stale and on a narrow terminal.
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod fixture;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+use tally_dashboard::input::{Action, apply, handle_key};
+use tally_dashboard::state::{Link, State, Tab};
+
+use fixture::{AT, draw, state};
+
+fn on(tab: Tab) -> State {
+    let mut s = state();
+    apply(&mut s, Action::Tab(tab));
+    s
+}
+
+#[test]
+fn every_view_with_data() {
+    for tab in Tab::ALL {
+        let screen = draw(&on(tab), 120, 30);
+        insta::assert_snapshot!(format!("normal_{}", tab.title().to_lowercase()), screen);
+    }
+}
+
+#[test]
+fn every_view_before_any_data() {
+    for tab in Tab::ALL {
+        let mut s = State::new("http://127.0.0.1:9400", true);
+        s.set_link(Link::Connecting { attempt: 1 }, AT);
+        apply(&mut s, Action::Tab(tab));
+        insta::assert_snapshot!(
+            format!("empty_{}", tab.title().to_lowercase()),
+            draw(&s, 100, 16)
+        );
+    }
+}
+
+#[test]
+fn every_view_stale_after_the_agent_went_away() {
+    for tab in Tab::ALL {
+        let mut s = on(tab);
+        s.set_link(
+            Link::Disconnected {
+                error: "Connection refused (os error 111)".into(),
+                retry_at_ms: AT + 4_500,
+            },
+            AT + 500,
+        );
+        let screen = draw(&s, 120, 30);
+        assert!(screen.contains("STALE"), "{screen}");
+        // The last data stays on screen.
+        assert!(screen.contains("data of 13:20:00 UTC"), "{screen}");
+        insta::assert_snapshot!(format!("stale_{}", tab.title().to_lowercase()), screen);
+    }
+}
+
+#[test]
+fn a_silent_feed_is_stale_too() {
+    let mut s = state();
+    assert!(!draw(&s, 120, 30).contains("STALE"));
+    s.now_ms = AT + 6_000;
+    assert!(draw(&s, 120, 30).contains("STALE"));
+    // An agent with a slow tick is given three of its ticks.
+    s.feed_interval_ms = 10_000;
+    assert!(!draw(&s, 120, 30).contains("STALE"));
+    s.now_ms = AT + 31_000;
+    assert!(draw(&s, 120, 30).contains("STALE"));
+}
+
+#[test]
+fn every_view_on_a_narrow_terminal() {
+    for tab in Tab::ALL {
+        let screen = draw(&on(tab), 60, 20);
+        insta::assert_snapshot!(format!("narrow_{}", tab.title().to_lowercase()), screen);
+    }
+    let tiny = draw(&state(), 40, 10);
+    assert!(tiny.contains("Terminal too small: 40x10"), "{tiny}");
+    insta::assert_snapshot!("too_small", tiny);
+}
+
+#[test]
+fn drill_ins_and_help() {
+    let mut s = on(Tab::Buckets);
+    // payments (second by name: clicks, orders, payments) → third row;
+    // the incomplete bucket is five columns back from the newest.
+    handle_key(&mut s, KeyEvent::from(KeyCode::Down));
+    handle_key(&mut s, KeyEvent::from(KeyCode::Down));
+    for _ in 0..4 {
+        handle_key(&mut s, KeyEvent::from(KeyCode::Left));
+    }
+    handle_key(&mut s, KeyEvent::from(KeyCode::Enter));
+    let screen = draw(&s, 120, 30);
+    assert!(
+        screen.contains("payments / bucket 13:19:10 UTC"),
+        "{screen}"
+    );
+    assert!(screen.contains("incomplete"), "{screen}");
+    insta::assert_snapshot!("drill_bucket", screen);
+
+    let mut s = on(Tab::Groups);
+    handle_key(&mut s, KeyEvent::from(KeyCode::Enter));
+    insta::assert_snapshot!("drill_group", draw(&s, 120, 30));
+
+    let mut s = state();
+    handle_key(&mut s, KeyEvent::from(KeyCode::Char('?')));
+    insta::assert_snapshot!("help", draw(&s, 120, 30));
+}
+
+fn colours(s: &State, w: u16, h: u16) -> Vec<Color> {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal
+        .draw(|f| tally_dashboard::view::render(s, f))
+        .unwrap();
+    terminal
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .flat_map(|c| [c.fg, c.bg])
+        .filter(|c| *c != Color::Reset)
+        .collect()
+}
+
+#[test]
+fn colours_come_from_the_16_colour_palette_and_none_under_no_color() {
+    for tab in Tab::ALL {
+        let s = on(tab);
+        let used = colours(&s, 120, 30);
+        assert!(
+            used.iter()
+                .all(|c| !matches!(c, Color::Rgb(..) | Color::Indexed(_))),
+            "{tab:?}: {used:?}"
+        );
+        let mut mono = s.clone();
+        mono.color = false;
+        assert_eq!(colours(&mono, 120, 30), Vec::<Color>::new(), "{tab:?}");
+    }
+    // Colour says what is wrong: the incomplete topic's books are red.
+    assert!(colours(&on(Tab::Topics), 120, 30).contains(&Color::Red));
+}
+
+#[test]
+fn monochrome_heatmap_tells_statuses_apart_by_letter() {
+    let mut s = on(Tab::Buckets);
+    s.color = false;
+    let screen = draw(&s, 120, 30);
+    let payments = screen.lines().find(|l| l.contains("payments")).unwrap();
+    assert!(payments.contains("= X = + p ."), "{payments}");
+}
