@@ -130,7 +130,6 @@ async fn metrics(State(shared): State<AppState>) -> Response {
     let mut body = Vec::with_capacity(cached.len() + 4096);
     body.extend_from_slice(&cached);
     body.extend_from_slice(&shared.metrics.render_live());
-    body.extend_from_slice(shared.alerting.render_metrics().as_bytes());
     (
         [(
             header::CONTENT_TYPE,

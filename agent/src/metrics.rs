@@ -2,11 +2,15 @@
 //! the agent's own live counters.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tally_alerts::Alerting;
+use tally_alerts::notify::{NOTIFIERS, RESULTS};
 use tally_audit::{BucketStatus, GroupStatus, Reason, Snapshot};
 
 /// The agent's own counters, updated as things happen.
@@ -89,6 +93,61 @@ impl AgentMetrics {
     /// The live counters as families (the OTLP export reads them too).
     pub fn live_families(&self) -> Vec<MetricFamily> {
         self.registry.gather()
+    }
+
+    /// Adds the alert engine's series (`tally_notifications_total`,
+    /// `tally_alert_rules`) to the live ones, read when they are gathered.
+    pub fn register_alerting(&self, alerting: Arc<Alerting>) {
+        let collector = AlertingCollector {
+            alerting,
+            notifications: IntCounterVec::new(
+                Opts::new(
+                    "tally_notifications_total",
+                    "Alert notifications per notifier and result (sent, retried, failed, dropped)",
+                ),
+                &["notifier", "result"],
+            )
+            .expect("valid metric"),
+            rules: IntGauge::new("tally_alert_rules", "Alert rules in force")
+                .expect("valid metric"),
+        };
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::warn!("the alerting metrics are not registered: {e}");
+        }
+    }
+}
+
+/// The alert engine's series, brought up to date from its own counters each
+/// time the registry is gathered (a scrape of `/metrics`, an OTLP export).
+struct AlertingCollector {
+    alerting: Arc<Alerting>,
+    notifications: IntCounterVec,
+    rules: IntGauge,
+}
+
+impl Collector for AlertingCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.notifications.desc();
+        d.extend(self.rules.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let stats = self.alerting.stats();
+        for notifier in NOTIFIERS {
+            for result in RESULTS {
+                let counter = self.notifications.with_label_values(&[notifier, result]);
+                let (now, shown) = (stats.get(notifier, result), counter.get());
+                if now > shown {
+                    counter.inc_by(now - shown);
+                }
+            }
+        }
+        self.rules
+            .set(i64::try_from(self.alerting.rules().rules.len()).unwrap_or(i64::MAX));
+        let mut out = self.notifications.collect();
+        out.extend(self.rules.collect());
+        out
     }
 }
 

@@ -149,6 +149,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(empty));
     let metrics = AgentMetrics::new();
+    metrics.register_alerting(alerting.clone());
     let shared = Arc::new(Shared {
         commands: commands_tx,
         snapshot: snapshot_rx.clone(),

@@ -87,16 +87,6 @@ impl Alerting {
     pub fn stats(&self) -> &Arc<NotifyStats> {
         &self.stats
     }
-
-    /// The alerting series of `/metrics`: notifications and rules in force.
-    pub fn render_metrics(&self) -> String {
-        let mut out = self.stats.render();
-        out.push_str(&format!(
-            "# HELP tally_alert_rules Alert rules in force\n# TYPE tally_alert_rules gauge\ntally_alert_rules {}\n",
-            self.rules().rules.len()
-        ));
-        out
-    }
 }
 
 /// The evaluation side: the alert book and the notifiers.
