@@ -108,10 +108,17 @@ impl Drop for Tmux {
     }
 }
 
+/// One past bucket for every post of a test run, so that a later post
+/// replaces the counts of an earlier one instead of adding a bucket.
+fn bucket() -> i64 {
+    static BUCKET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BUCKET.get_or_init(|| (now_ms() - 60_000) / 1000 * 1000)
+}
+
 /// Posts one ingest batch: `broker` counted `produced` records of orders in
 /// one past bucket, group billing `consumed` of them, and the lag between.
 fn post(agent: &Agent, seq: u64, produced: u64, consumed: u64) {
-    let bucket = (now_ms() - 60_000) / 1000 * 1000;
+    let bucket = bucket();
     let count = |tier: &str, records: u64| {
         json!({"tier": tier, "topic": "orders", "partition": 0, "bucket": bucket,
                "records": records, "bytes": records * 100, "no_timestamp": 0, "expired": 0, "skipped": 0})
