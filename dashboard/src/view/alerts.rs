@@ -7,7 +7,7 @@ use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{Column, bold, col, fg, fit, scroll, span, table};
+use super::{Column, bold, col, fg, span, table, window};
 use crate::state::State;
 
 const COLUMNS: [Column; 7] = [
@@ -23,45 +23,38 @@ const COLUMNS: [Column; 7] = [
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.alerts;
-    let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
-    let first = scroll(cursor, rows.len(), height);
-    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
-    let visible = rows
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(height)
-        .map(|(i, &a)| {
-            let a = &s.alerts[a];
-            let state_style = match a.state.as_str() {
-                "firing" => fg(state, Color::Red).patch(bold()),
-                "pending" => fg(state, Color::Yellow),
-                _ => fg(state, Color::Green),
-            };
-            let severity_style = match a.severity.as_str() {
-                "critical" | "page" | "error" => fg(state, Color::Red).patch(bold()),
-                "warning" | "warn" => fg(state, Color::Yellow),
-                _ => fg(state, Color::Reset),
-            };
-            let labels = a
-                .labels
-                .iter()
-                .filter(|(k, _)| k.as_str() != "alertname")
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let cells = vec![
-                Cell::from(Span::styled(a.state.clone(), state_style)),
-                Cell::from(Span::styled(a.severity.clone(), severity_style)),
-                Cell::from(a.alertname.clone()),
-                Cell::from(labels),
-                Cell::from(span(s.at_ms - a.since_ms)),
-                Cell::from(format!("{}", a.value)),
-                Cell::from(a.annotations.get("summary").cloned().unwrap_or_default()),
-            ];
-            (cells, i == cursor)
-        });
+    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let visible = shown.map(|(selected, &a)| {
+        let a = &s.alerts[a];
+        let state_style = match a.state.as_str() {
+            "firing" => fg(state, Color::Red).patch(bold()),
+            "pending" => fg(state, Color::Yellow),
+            _ => fg(state, Color::Green),
+        };
+        let severity_style = match a.severity.as_str() {
+            "critical" | "page" | "error" => fg(state, Color::Red).patch(bold()),
+            "warning" | "warn" => fg(state, Color::Yellow),
+            _ => fg(state, Color::Reset),
+        };
+        let labels = a
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "alertname")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cells = vec![
+            Cell::from(Span::styled(a.state.clone(), state_style)),
+            Cell::from(Span::styled(a.severity.clone(), severity_style)),
+            Cell::from(a.alertname.clone()),
+            Cell::from(labels),
+            Cell::from(span(s.at_ms - a.since_ms)),
+            Cell::from(format!("{}", a.value)),
+            Cell::from(a.annotations.get("summary").cloned().unwrap_or_default()),
+        ];
+        (cells, selected)
+    });
     let firing = s.alerts.iter().filter(|a| a.state == "firing").count();
     let pending = s.alerts.iter().filter(|a| a.state == "pending").count();
     let widget = table(&COLUMNS, &kept, visible).block(

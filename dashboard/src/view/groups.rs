@@ -8,9 +8,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear};
 use tally_audit::feed::Keyed;
 
 use super::topics::position;
-use super::{
-    Column, centered, col, fit, group_style, partition_style, scroll, span, sparkline, table,
-};
+use super::{Column, centered, col, group_style, partition_style, span, sparkline, table, window};
 use crate::state::State;
 
 const HISTORY: u16 = 30;
@@ -39,35 +37,28 @@ const PARTITION_COLUMNS: [Column; 9] = [
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.groups;
-    let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
-    let first = scroll(cursor, rows.len(), height);
-    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
-    let visible = rows
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(height)
-        .map(|(i, &g)| {
-            let g = &s.groups[g];
-            let history = state
-                .lag_history
-                .get(&g.key())
-                .map(|h| sparkline(h.iter(), usize::from(HISTORY)))
-                .unwrap_or_default();
-            let cells = vec![
-                Cell::from(g.group.clone()),
-                Cell::from(Span::styled(
-                    g.status.as_str(),
-                    group_style(state, g.status),
-                )),
-                Cell::from(g.lag_records.to_string()),
-                Cell::from(format!("{:.1}", g.max_lag_seconds)),
-                Cell::from(g.partitions.len().to_string()),
-                Cell::from(history),
-            ];
-            (cells, i == cursor)
-        });
+    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let visible = shown.map(|(selected, &g)| {
+        let g = &s.groups[g];
+        let history = state
+            .lag_history
+            .get(&g.key())
+            .map(|h| sparkline(h.iter(), usize::from(HISTORY)))
+            .unwrap_or_default();
+        let cells = vec![
+            Cell::from(g.group.clone()),
+            Cell::from(Span::styled(
+                g.status.as_str(),
+                group_style(state, g.status),
+            )),
+            Cell::from(g.lag_records.to_string()),
+            Cell::from(format!("{:.1}", g.max_lag_seconds)),
+            Cell::from(g.partitions.len().to_string()),
+            Cell::from(history),
+        ];
+        (cells, selected)
+    });
     let table_widget =
         table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             format!(" Groups: {}{} ", rows.len(), position(cursor, rows.len())),
@@ -76,36 +67,28 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     if let Some((g, cursor)) = state.drilled_group() {
         let inner = area.height.saturating_sub(2);
         let popup = centered(area, area.width.saturating_sub(4), inner);
-        let height = usize::from(popup.height.saturating_sub(3));
-        let first = scroll(cursor, g.partitions.len(), height);
-        let kept = fit(&PARTITION_COLUMNS, popup.width.saturating_sub(2));
-        let rows = g
-            .partitions
-            .iter()
-            .enumerate()
-            .skip(first)
-            .take(height)
-            .map(|(i, p)| {
-                let cells = vec![
-                    Cell::from(p.topic.clone()),
-                    Cell::from(p.partition.to_string()),
-                    Cell::from(Span::styled(
-                        p.status.as_str(),
-                        partition_style(state, p.status),
-                    )),
-                    Cell::from(p.committed.to_string()),
-                    Cell::from(p.end_offset.to_string()),
-                    Cell::from(p.start_offset.to_string()),
-                    Cell::from(p.lag_records.to_string()),
-                    Cell::from(format!("{:.1}", p.lag_seconds)),
-                    Cell::from(if p.commit_at_ms < 0 {
-                        "never".to_owned()
-                    } else {
-                        format!("{} ago", span(s.at_ms - p.commit_at_ms))
-                    }),
-                ];
-                (cells, i == cursor)
-            });
+        let (kept, shown) = window(&g.partitions, cursor, &PARTITION_COLUMNS, popup);
+        let rows = shown.map(|(selected, p)| {
+            let cells = vec![
+                Cell::from(p.topic.clone()),
+                Cell::from(p.partition.to_string()),
+                Cell::from(Span::styled(
+                    p.status.as_str(),
+                    partition_style(state, p.status),
+                )),
+                Cell::from(p.committed.to_string()),
+                Cell::from(p.end_offset.to_string()),
+                Cell::from(p.start_offset.to_string()),
+                Cell::from(p.lag_records.to_string()),
+                Cell::from(format!("{:.1}", p.lag_seconds)),
+                Cell::from(if p.commit_at_ms < 0 {
+                    "never".to_owned()
+                } else {
+                    format!("{} ago", span(s.at_ms - p.commit_at_ms))
+                }),
+            ];
+            (cells, selected)
+        });
         frame.render_widget(Clear, popup);
         frame.render_widget(
             table(&PARTITION_COLUMNS, &kept, rows).block(

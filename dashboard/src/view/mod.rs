@@ -158,6 +158,27 @@ pub(crate) fn scroll(cursor: usize, len: usize, height: usize) -> usize {
     cursor.saturating_sub(height - 1).min(len - height)
 }
 
+/// The part of a table that shows in `area` (a bordered block with a header
+/// line): the columns that fit, and the rows from the one scrolled to, each
+/// with its index and whether it is under the cursor.
+pub(crate) fn window<'r, T>(
+    rows: &'r [T],
+    cursor: usize,
+    columns: &[Column],
+    area: Rect,
+) -> (Vec<usize>, impl Iterator<Item = (bool, &'r T)>) {
+    let height = usize::from(area.height.saturating_sub(3));
+    let first = scroll(cursor, rows.len(), height);
+    let kept = fit(columns, area.width.saturating_sub(2));
+    let shown = rows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(move |(i, row)| (i == cursor, row));
+    (kept, shown)
+}
+
 /// A percentage with one decimal.
 pub(crate) fn pct(r: f64) -> String {
     format!("{:.1}%", r * 100.0)

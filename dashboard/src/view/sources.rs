@@ -7,7 +7,7 @@ use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{Column, col, fg, fit, scroll, span, table};
+use super::{Column, col, fg, span, table, window};
 use crate::state::State;
 
 const COLUMNS: [Column; 7] = [
@@ -23,45 +23,38 @@ const COLUMNS: [Column; 7] = [
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.sources;
-    let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
-    let first = scroll(cursor, rows.len(), height);
-    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
-    let visible = rows
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(height)
-        .map(|(i, &x)| {
-            let x = &s.sources[x];
-            let messages = x
-                .messages
-                .iter()
-                .map(|(k, v)| format!("{k}:{v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let cells = vec![
-                Cell::from(x.source.clone()),
-                Cell::from(x.cluster.clone()),
-                Cell::from(x.tier_kinds.join(",")),
-                Cell::from(if x.connected {
-                    Span::styled("● yes", fg(state, Color::Green))
+    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let visible = shown.map(|(selected, &x)| {
+        let x = &s.sources[x];
+        let messages = x
+            .messages
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cells = vec![
+            Cell::from(x.source.clone()),
+            Cell::from(x.cluster.clone()),
+            Cell::from(x.tier_kinds.join(",")),
+            Cell::from(if x.connected {
+                Span::styled("● yes", fg(state, Color::Green))
+            } else {
+                Span::styled("○ no", fg(state, Color::Yellow))
+            }),
+            Cell::from(format!("{} ago", span(s.at_ms - x.last_seen_ms))),
+            Cell::from(messages),
+            Cell::from(Span::styled(
+                x.errors.to_string(),
+                if x.errors > 0 {
+                    fg(state, Color::Red)
                 } else {
-                    Span::styled("○ no", fg(state, Color::Yellow))
-                }),
-                Cell::from(format!("{} ago", span(s.at_ms - x.last_seen_ms))),
-                Cell::from(messages),
-                Cell::from(Span::styled(
-                    x.errors.to_string(),
-                    if x.errors > 0 {
-                        fg(state, Color::Red)
-                    } else {
-                        fg(state, Color::Reset)
-                    },
-                )),
-            ];
-            (cells, i == cursor)
-        });
+                    fg(state, Color::Reset)
+                },
+            )),
+        ];
+        (cells, selected)
+    });
     let widget =
         table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             format!(" Sources: {}{} ", rows.len(), position(cursor, rows.len())),

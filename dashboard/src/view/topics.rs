@@ -5,7 +5,7 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell};
 
-use super::{Column, bucket_style, col, completeness_style, fit, opt, pct, scroll, table};
+use super::{Column, bucket_style, col, completeness_style, opt, pct, table, window};
 use crate::state::State;
 
 const COLUMNS: [Column; 9] = [
@@ -22,35 +22,28 @@ const COLUMNS: [Column; 9] = [
 
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let rows = &state.rows.topics;
-    let height = usize::from(area.height.saturating_sub(3));
     let cursor = state.selected();
-    let first = scroll(cursor, rows.len(), height);
-    let kept = fit(&COLUMNS, area.width.saturating_sub(2));
-    let visible = rows
-        .iter()
-        .enumerate()
-        .skip(first)
-        .take(height)
-        .map(|(i, r)| {
-            let cells = vec![
-                Cell::from(r.topic.clone()),
-                Cell::from(r.tier.clone()),
-                Cell::from(r.produced.to_string()),
-                Cell::from(r.consumed.to_string()),
-                Cell::from(opt(r.pending)),
-                Cell::from(opt(r.expired)),
-                Cell::from(r.missing.to_string()),
-                Cell::from(Span::styled(
-                    pct(r.completeness),
-                    completeness_style(state, r.completeness),
-                )),
-                Cell::from(r.worst.map_or_else(
-                    || Span::raw("-"),
-                    |w| Span::styled(w.as_str(), bucket_style(state, w)),
-                )),
-            ];
-            (cells, i == cursor)
-        });
+    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let visible = shown.map(|(selected, r)| {
+        let cells = vec![
+            Cell::from(r.topic.clone()),
+            Cell::from(r.tier.clone()),
+            Cell::from(r.produced.to_string()),
+            Cell::from(r.consumed.to_string()),
+            Cell::from(opt(r.pending)),
+            Cell::from(opt(r.expired)),
+            Cell::from(r.missing.to_string()),
+            Cell::from(Span::styled(
+                pct(r.completeness),
+                completeness_style(state, r.completeness),
+            )),
+            Cell::from(r.worst.map_or_else(
+                || Span::raw("-"),
+                |w| Span::styled(w.as_str(), bucket_style(state, w)),
+            )),
+        ];
+        (cells, selected)
+    });
     let table =
         table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             Line::from(format!(
