@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Agent, get, now_ms, request, require_tool};
+use common::{Agent, get, now_ms, post_ingest, request, require_tool};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -420,6 +420,11 @@ async fn kill_9_and_restart_keep_the_books_and_resends_do_not_double_count() {
     send(&mut ws, &lag(2)).await;
     recv(&mut ws).await;
     recv(&mut ws).await;
+    // Snapshots are evaluated on the agent's tick: wait for one that holds the
+    // lag too (the last message), so that nothing acknowledged is still to come.
+    agent.until(10, "the lag", |a| {
+        (a.json("/api/v1/groups")["groups"][0]["lag_records"] == 50).then_some(())
+    });
     let before = agent.until(10, "the books", |a| {
         let t = a.json("/api/v1/topics");
         (tier(&t, "group:billing")["records"] == 1150).then_some(t)
@@ -494,14 +499,7 @@ fn post_ingest_answers_every_message_of_the_batch() {
     let bucket = past_bucket();
     let batch = json!([hello("poster", 1), books(bucket, 1),
         {"v": 1, "type": "counts", "seq": 2, "counts": [count("broker", 0, bucket + 3, 1)]}, lag(3)]);
-    let (status, body) = request(
-        agent.addr,
-        "POST",
-        "/api/v1/ingest",
-        None,
-        Some(&batch.to_string()),
-    )
-    .unwrap();
+    let (status, body) = post_ingest(agent.addr, &batch);
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -518,14 +516,7 @@ fn post_ingest_answers_every_message_of_the_batch() {
         (tier(&a.json("/api/v1/topics"), "broker")["records"] == 1200).then_some(())
     });
     // A batch must open with a hello.
-    let (_, body) = request(
-        agent.addr,
-        "POST",
-        "/api/v1/ingest",
-        None,
-        Some(&json!([books(bucket, 9)]).to_string()),
-    )
-    .unwrap();
+    let (_, body) = post_ingest(agent.addr, &json!([books(bucket, 9)]));
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()[0]["reason"],
         "protocol"

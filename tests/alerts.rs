@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, free_port, get, now_ms, request, require_tool, tally};
+use common::{Agent, free_port, get, now_ms, post_ingest, request, require_tool, tally};
 use serde_json::{Value, json};
 
 /// The agent's flags for alert tests: short buckets and a short tick.
@@ -57,14 +57,7 @@ fn send_lag(agent: SocketAddr, lag: u64, seq: u64) {
              "end_offset": 1000 + lag as i64, "start_offset": 0, "lag_records": lag,
              "lag_seconds": if lag > 0 { 5.0 } else { 0.0 }, "commit_at_ms": now_ms()}]}
     ]);
-    let (status, body) = request(
-        agent,
-        "POST",
-        "/api/v1/ingest",
-        None,
-        Some(&batch.to_string()),
-    )
-    .unwrap();
+    let (status, body) = post_ingest(agent, &batch);
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(replies[1]["type"], "ack", "{body}");

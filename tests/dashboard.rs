@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Agent, now_ms, request, require_tool};
+use common::{Agent, now_ms, post_ingest, require_tool};
 use serde_json::{Value, json};
 
 const FLAGS: &[&str] = &[
@@ -133,14 +133,7 @@ fn post(agent: &Agent, seq: u64, produced: u64, consumed: u64) {
              "end_offset": produced, "start_offset": 0, "lag_records": lag,
              "lag_seconds": 2.5, "commit_at_ms": now_ms()}]}
     ]);
-    let (status, body) = request(
-        agent.addr,
-        "POST",
-        "/api/v1/ingest",
-        None,
-        Some(&batch.to_string()),
-    )
-    .unwrap();
+    let (status, body) = post_ingest(agent.addr, &batch);
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
     for r in replies.as_array().unwrap() {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, now_ms, request};
+use common::{Agent, now_ms, post_ingest};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -224,14 +224,7 @@ fn otlp_export_carries_the_same_values_as_metrics() {
              "counts": [0, 1, 4], "count": 4, "sum_ms": 2201}]},
         {"v": 1, "type": "counts", "seq": 4, "counts": [unaligned]}
     ]);
-    let (status, body) = request(
-        agent.addr,
-        "POST",
-        "/api/v1/ingest",
-        None,
-        Some(&batch.to_string()),
-    )
-    .unwrap();
+    let (status, body) = post_ingest(agent.addr, &batch);
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("\"error\""),

@@ -97,6 +97,19 @@ impl Drop for Agent {
     }
 }
 
+/// POSTs `batch` (a JSON array that opens with a hello) to the agent's
+/// ingest; returns status and body.
+pub fn post_ingest(addr: SocketAddr, batch: &serde_json::Value) -> (u16, String) {
+    request(
+        addr,
+        "POST",
+        "/api/v1/ingest",
+        None,
+        Some(&batch.to_string()),
+    )
+    .expect("the agent answers the ingest POST")
+}
+
 /// One HTTP/1.1 request over a fresh connection; returns status and body.
 pub fn request(
     addr: SocketAddr,
