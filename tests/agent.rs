@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Agent, get, now_ms, post_ingest, request, require_tool};
+use common::{Agent, get, now_ms, post_ingest, request};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -262,28 +260,7 @@ async fn streams_counts_and_lag_then_serves_the_books() {
             > 1.7e9
     );
 
-    if let Some(promtool) = require_tool("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::promtool_check_metrics(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

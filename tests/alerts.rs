@@ -471,27 +471,42 @@ fn webhook_gets_firing_then_resolved_and_a_restart_announces_nothing_again() {
     assert_eq!(hook.bodies().len(), 2, "{:?}", hook.bodies());
 }
 
-#[test]
-fn a_webhook_that_is_down_does_not_stop_the_evaluation() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = write_rules(dir.path(), LAG_RULES);
-    // A port where nothing listens.
-    let dead = format!("http://127.0.0.1:{}/hook", free_port());
-    let agent = Agent::start(
-        &dir.path().join("agent"),
+/// An agent with the lag rules that notifies `url`, each attempt under `timeout`.
+fn with_webhook(dir: &Path, rules: &Path, url: &str, timeout: &str) -> Agent {
+    Agent::start(
+        &dir.join("agent"),
         &[
             FLAGS,
             &[
                 "--rules",
                 rules.to_str().unwrap(),
                 "--webhook-url",
-                &dead,
+                url,
                 "--notify-timeout",
-                "1s",
+                timeout,
             ],
         ]
         .concat(),
-    );
+    )
+}
+
+/// Webhook notifications retried so far, from the agent's /metrics.
+fn webhook_retries(a: &Agent) -> u64 {
+    let series = "tally_notifications_total{notifier=\"webhook\",result=\"retried\"} ";
+    a.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_webhook_that_is_down_does_not_stop_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(dir.path(), LAG_RULES);
+    // A port where nothing listens.
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let agent = with_webhook(dir.path(), &rules, &dead, "1s");
     send_lag(agent.addr, 500, 1);
     agent.until(20, "the lag alert to fire", |a| {
         (!alerts_in(a, "TestConsumerLag", "firing").is_empty()).then_some(())
@@ -502,14 +517,7 @@ fn a_webhook_that_is_down_does_not_stop_the_evaluation() {
     });
     // The failed POSTs were retried, and counted.
     agent.until(20, "a retried notification", |a| {
-        let series = "tally_notifications_total{notifier=\"webhook\",result=\"retried\"} ";
-        let metrics = a.metrics();
-        let retried: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        (retried >= 1).then_some(())
+        (webhook_retries(a) >= 1).then_some(())
     });
 }
 
@@ -527,36 +535,14 @@ fn a_webhook_that_never_answers_times_out_and_is_retried() {
     });
     let dir = tempfile::tempdir().unwrap();
     let rules = write_rules(dir.path(), LAG_RULES);
-    let agent = Agent::start(
-        &dir.path().join("agent"),
-        &[
-            FLAGS,
-            &[
-                "--rules",
-                rules.to_str().unwrap(),
-                "--webhook-url",
-                &hanging,
-                "--notify-timeout",
-                "500ms",
-            ],
-        ]
-        .concat(),
-    );
+    let agent = with_webhook(dir.path(), &rules, &hanging, "500ms");
     send_lag(agent.addr, 500, 1);
     agent.until(20, "the lag alert to fire", |a| {
         (!alerts_in(a, "TestConsumerLag", "firing").is_empty()).then_some(())
     });
-    let retried = |a: &Agent| -> u64 {
-        let series = "tally_notifications_total{notifier=\"webhook\",result=\"retried\"} ";
-        a.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
     // Each attempt gives up after the timeout and is tried again.
     agent.until(20, "two timed-out attempts", |a| {
-        (retried(a) >= 2).then_some(())
+        (webhook_retries(a) >= 2).then_some(())
     });
     assert!(
         held.lock().unwrap().len() >= 2,

@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts, now_ms, require_tool};
+use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts, now_ms};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -111,28 +109,7 @@ async fn latency_becomes_a_prometheus_histogram_that_survives_kill_9() {
     });
     check_histogram(&text);
 
-    if let Some(promtool) = require_tool("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::promtool_check_metrics(&text);
 
     // The ack means it was stored: a kill -9 does not lose it.
     drop(ws);

@@ -149,6 +149,24 @@ struct Source {
     latency_series: usize,
 }
 
+impl Source {
+    /// Refuses a message that would take this source over `limit` series.
+    fn admit(&self, fresh: usize, limit: usize) -> Result<()> {
+        let open = self.series.len() + self.lag_series + self.latency_series;
+        if open + fresh > limit {
+            return Err(refuse(
+                Reason::Cardinality,
+                format!(
+                    "source \"{}\" would open {} series, over the limit of {limit} per source (--max-series-per-source)",
+                    self.name,
+                    open + fresh,
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct Series {
     cluster: String,
@@ -406,18 +424,7 @@ impl Ledger {
             }
             last = Some(key);
         }
-        let open = src.series.len() + src.lag_series + src.latency_series;
-        if open + fresh.len() > self.cfg.max_series_per_source {
-            return Err(refuse(
-                Reason::Cardinality,
-                format!(
-                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
-                    src.name,
-                    open + fresh.len(),
-                    self.cfg.max_series_per_source
-                ),
-            ));
-        }
+        src.admit(fresh.len(), self.cfg.max_series_per_source)?;
         let oldest = self.oldest_kept_bucket(now_ms);
         let src = &mut self.sources[session.source as usize];
         src.series.extend(fresh);
@@ -495,18 +502,7 @@ impl Ledger {
                 ))
             })
             .count();
-        let open = src.series.len() + src.lag_series + src.latency_series;
-        if open + fresh > self.cfg.max_series_per_source {
-            return Err(refuse(
-                Reason::Cardinality,
-                format!(
-                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
-                    src.name,
-                    open + fresh,
-                    self.cfg.max_series_per_source
-                ),
-            ));
-        }
+        src.admit(fresh, self.cfg.max_series_per_source)?;
         let src = &mut self.sources[session.source as usize];
         src.lag_series += fresh;
         src.last_seen_ms = now_ms;
@@ -570,18 +566,7 @@ impl Ledger {
             .map(key_of)
             .filter(|k| !self.latency.contains_key(k))
             .collect();
-        let open = src.series.len() + src.lag_series + src.latency_series;
-        if open + fresh.len() > self.cfg.max_series_per_source {
-            return Err(refuse(
-                Reason::Cardinality,
-                format!(
-                    "source \"{}\" would open {} series, over the limit of {} per source (--max-series-per-source)",
-                    src.name,
-                    open + fresh.len(),
-                    self.cfg.max_series_per_source
-                ),
-            ));
-        }
+        src.admit(fresh.len(), self.cfg.max_series_per_source)?;
         let src = &mut self.sources[session.source as usize];
         src.latency_series += fresh.len();
         src.last_seen_ms = now_ms;

@@ -430,6 +430,27 @@ struct LatencyHeld {
     dirty: bool,
 }
 
+/// The first of `keys` and as many after it as fit one message: at most
+/// `max_batch` entries and `budget` bytes, as `bytes` counts each.
+fn fitting<K: Clone>(
+    keys: &[&K],
+    max_batch: usize,
+    budget: usize,
+    bytes: impl Fn(&K) -> usize,
+) -> Vec<K> {
+    let mut size = 0;
+    let mut chosen = Vec::new();
+    for key in keys {
+        let b = bytes(key);
+        if !chosen.is_empty() && (chosen.len() >= max_batch || size + b > budget) {
+            break;
+        }
+        size += b;
+        chosen.push((*key).clone());
+    }
+    chosen
+}
+
 enum Payload {
     Counts(VecDeque<(CountKey, Held)>),
     Lag(Vec<(LagKey, u64)>),
@@ -765,9 +786,19 @@ impl State {
             })
     }
 
-    fn take_seq(&mut self) -> u64 {
+    /// Gives `payload` the next sequence number and holds it in flight until
+    /// the agent answers.
+    fn launch(&mut self, payload: Payload) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                sent_at: Instant::now(),
+                payload,
+            },
+        );
+        self.stats.sent_messages += 1;
         seq
     }
 
@@ -785,19 +816,9 @@ impl State {
             keys.sort_by(|a, b| {
                 (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
             });
-            let mut size = 0;
-            let mut chosen = Vec::new();
-            for key in keys {
-                let Some(held) = self.lag.get(key) else {
-                    continue;
-                };
-                let bytes = lag_sample_bytes(&held.sample);
-                if !chosen.is_empty() && (chosen.len() >= max_batch || size + bytes > budget) {
-                    break;
-                }
-                size += bytes;
-                chosen.push(key.clone());
-            }
+            let chosen = fitting(&keys, max_batch, budget, |k| {
+                self.lag.get(k).map_or(0, |h| lag_sample_bytes(&h.sample))
+            });
             let mut partitions = Vec::with_capacity(chosen.len());
             let mut sent = Vec::with_capacity(chosen.len());
             for key in chosen {
@@ -807,15 +828,7 @@ impl State {
                     sent.push((key, held.version));
                 }
             }
-            let seq = self.take_seq();
-            self.in_flight.insert(
-                seq,
-                InFlight {
-                    sent_at: Instant::now(),
-                    payload: Payload::Lag(sent),
-                },
-            );
-            self.stats.sent_messages += 1;
+            let seq = self.launch(Payload::Lag(sent));
             return Some(Message::Lag(Lag {
                 seq,
                 at_ms,
@@ -830,19 +843,11 @@ impl State {
                 .map(|(k, _)| k)
                 .collect();
             keys.sort();
-            let mut size = 0;
-            let mut chosen = Vec::new();
-            for key in keys {
-                let Some(held) = self.latency.get(key) else {
-                    continue;
-                };
-                let bytes = latency_histogram_bytes(&held.histogram);
-                if !chosen.is_empty() && (chosen.len() >= max_batch || size + bytes > budget) {
-                    break;
-                }
-                size += bytes;
-                chosen.push(key.clone());
-            }
+            let chosen = fitting(&keys, max_batch, budget, |k| {
+                self.latency
+                    .get(k)
+                    .map_or(0, |h| latency_histogram_bytes(&h.histogram))
+            });
             let mut histograms = Vec::with_capacity(chosen.len());
             let mut sent = Vec::with_capacity(chosen.len());
             for key in chosen {
@@ -852,15 +857,7 @@ impl State {
                     sent.push((key, held.version));
                 }
             }
-            let seq = self.take_seq();
-            self.in_flight.insert(
-                seq,
-                InFlight {
-                    sent_at: Instant::now(),
-                    payload: Payload::Latency(sent),
-                },
-            );
-            self.stats.sent_messages += 1;
+            let seq = self.launch(Payload::Latency(sent));
             return Some(Message::Latency(Latency { seq, histograms }));
         }
         let counts_in_flight = self
@@ -890,15 +887,7 @@ impl State {
         }
         let counts = batch.iter().map(|(k, h)| join_entry(k, &h.tally)).collect();
         self.in_flight_entries += batch.len();
-        let seq = self.take_seq();
-        self.in_flight.insert(
-            seq,
-            InFlight {
-                sent_at: Instant::now(),
-                payload: Payload::Counts(batch),
-            },
-        );
-        self.stats.sent_messages += 1;
+        let seq = self.launch(Payload::Counts(batch));
         Some(Message::Counts(Counts { seq, counts }))
     }
 

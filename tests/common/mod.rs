@@ -180,6 +180,34 @@ pub fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     try_get(addr, path, token).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
+/// `promtool check metrics` over an exposition (when promtool is there; under
+/// CI=true its absence fails the test): the text must be valid for Prometheus.
+pub fn promtool_check_metrics(text: &str) {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real tool the test needs. Under CI=true a missing tool fails the test;
 /// elsewhere the test is skipped with a message (returns None).
 pub fn require_tool(name: &str) -> Option<PathBuf> {
