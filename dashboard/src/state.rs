@@ -147,6 +147,9 @@ pub struct TopicRow {
     pub pending: Option<u64>,
     /// Records lost to retention (group tiers).
     pub expired: Option<u64>,
+    /// Records before the group started reading (group tiers): outside its
+    /// books, which is why consumed + pending can be less than produced.
+    pub skipped: Option<u64>,
     /// Lost records in closed buckets.
     pub missing: u64,
     /// This tier's records over the reference's, closed buckets of the window.
@@ -356,6 +359,7 @@ impl State {
                     consumed: b.records,
                     pending: b.pending,
                     expired: b.expired,
+                    skipped: b.skipped,
                     missing: b.missing,
                     completeness: b.completeness,
                     worst: worst_status(b.buckets.iter().map(|(s, n)| (*s, *n))),

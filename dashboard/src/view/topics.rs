@@ -8,13 +8,14 @@ use ratatui::widgets::{Block, Borders, Cell};
 use super::{Column, bucket_style, col, completeness_style, opt, pct, table, window};
 use crate::state::State;
 
-const COLUMNS: [Column; 9] = [
+const COLUMNS: [Column; 10] = [
     col("TOPIC", 12, true, 0),
     col("TIER", 14, true, 0),
     col("PRODUCED", 10, false, 3),
     col("CONSUMED", 10, false, 1),
     col("PENDING", 8, false, 2),
     col("EXPIRED", 8, false, 4),
+    col("SKIPPED", 8, false, 4),
     col("MISSING", 8, false, 5),
     col("COMPLETE", 8, false, 0),
     col("WORST", 10, false, 6),
@@ -32,6 +33,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(r.consumed.to_string()),
             Cell::from(opt(r.pending)),
             Cell::from(opt(r.expired)),
+            Cell::from(opt(r.skipped)),
             Cell::from(r.missing.to_string()),
             Cell::from(Span::styled(
                 pct(r.completeness),
