@@ -633,3 +633,18 @@ fn help_documents_every_flag() {
     assert!(out.status.success());
     insta::assert_snapshot!("broker_help", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let log = agent.until(10, "a log line", |a| {
+        let log = a.log();
+        log.contains("listening").then_some(log)
+    });
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
+    assert!(log.contains(" INFO "), "plain level names: {log}");
+}
