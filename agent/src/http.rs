@@ -384,8 +384,11 @@ impl Ingest {
                     Ok(session) => {
                         self.session = Some(session);
                         self.cluster = cluster;
+                        let range = self.shared.accept_range();
                         Step::Reply(Reply::Welcome {
                             bucket_width_ms: self.shared.limits.width.ms(),
+                            accept_from_ms: Some(range.from_ms),
+                            accept_to_ms: Some(range.to_ms),
                         })
                     }
                     Err(_) => Step::Reply(self.refuse(&stopping())),

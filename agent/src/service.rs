@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tally_alerts::{Alerting, Evaluator};
-use tally_audit::wire::Limits;
+use tally_audit::wire::{AcceptRange, Limits};
 use tally_audit::{Hello, Message, Snapshot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -47,6 +47,13 @@ pub(crate) enum Command {
     },
 }
 
+impl Shared {
+    /// The range of buckets accepted now.
+    pub(crate) fn accept_range(&self) -> AcceptRange {
+        AcceptRange::at(now_ms(), self.limits.width, self.retention_ms, self.grace_ms)
+    }
+}
+
 /// What every connection and request handler shares.
 pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
@@ -55,6 +62,10 @@ pub(crate) struct Shared {
     pub(crate) exposition: watch::Sender<Arc<Vec<u8>>>,
     pub(crate) metrics: AgentMetrics,
     pub(crate) limits: Limits,
+    /// Retention and grace, in milliseconds: what the accepted range of
+    /// buckets given in each `welcome` is made of.
+    pub(crate) retention_ms: u64,
+    pub(crate) grace_ms: u64,
     pub(crate) token: Option<String>,
     pub(crate) protect_metrics: bool,
     pub(crate) ready: AtomicBool,
@@ -159,6 +170,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
             width: ledger_cfg.width,
             max_message_bytes: cfg.max_message_bytes,
         },
+        retention_ms: ledger_cfg.retention_ms,
+        grace_ms: ledger_cfg.grace_ms,
         token: cfg.token.clone(),
         protect_metrics: cfg.protect_metrics,
         ready: AtomicBool::new(false),

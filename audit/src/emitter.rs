@@ -29,7 +29,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 
-use crate::wire::{DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_LATENCY_BOUNDS, MAX_PARTITION};
+use crate::wire::{
+    AcceptRange, DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_LATENCY_BOUNDS, MAX_PARTITION,
+};
 use crate::{
     Bucket, BucketWidth, CountEntry, Counts, Hello, Lag, LagSample, Latency, LatencyHistogram,
     Message, Reply, Tier, TierKind, validate_group, validate_topic,
@@ -152,6 +154,10 @@ pub struct EmitterStats {
     /// Entries (counts and lag samples) refused before sending because the
     /// agent would refuse them (bad topic, unaligned bucket, …).
     pub invalid_entries: u64,
+    /// Count entries dropped before sending because their bucket lies outside
+    /// the range the agent accepts (its `welcome`'s `accept_from_ms` to
+    /// `accept_to_ms`, moved along with the clock).
+    pub out_of_range_entries: u64,
     /// `error` replies received.
     pub error_replies: u64,
     /// Sessions opened (welcome received).
@@ -474,6 +480,10 @@ struct State {
     dropped_since_warning: u64,
     last_drop_warning: Option<Instant>,
     last_invalid_warning: Option<Instant>,
+    last_range_warning: Option<Instant>,
+    /// The range of buckets the agent accepts, as its last `welcome` gave it,
+    /// and when that arrived.
+    accept: Option<(AcceptRange, Instant)>,
 }
 
 impl Default for State {
@@ -490,6 +500,8 @@ impl Default for State {
             dropped_since_warning: 0,
             last_drop_warning: None,
             last_invalid_warning: None,
+            last_range_warning: None,
+            accept: None,
         }
     }
 }
@@ -868,12 +880,19 @@ impl State {
         if self.dirty.is_empty() || counts_in_flight >= cfg.max_in_flight.max(1) {
             return None;
         }
+        let accept = self.accept_now();
         let mut size = 0;
         let mut batch = VecDeque::new();
+        let mut out_of_range = 0u64;
         while batch.len() < max_batch {
             let Some(entry) = self.dirty.first_entry() else {
                 break;
             };
+            if accept.is_some_and(|r| !r.contains(entry.key().bucket)) {
+                entry.remove();
+                out_of_range += 1;
+                continue;
+            }
             let bytes = count_entry_bytes(entry.key(), &entry.get().tally);
             if !batch.is_empty() && size + bytes > budget {
                 break;
@@ -885,10 +904,45 @@ impl State {
             }
             batch.push_back((key, held));
         }
+        self.note_out_of_range(out_of_range, accept);
+        if batch.is_empty() {
+            return None;
+        }
         let counts = batch.iter().map(|(k, h)| join_entry(k, &h.tally)).collect();
         self.in_flight_entries += batch.len();
         let seq = self.launch(Payload::Counts(batch));
         Some(Message::Counts(Counts { seq, counts }))
+    }
+
+    /// The range of buckets the agent accepts now: the one its welcome gave,
+    /// moved on by the time since.
+    fn accept_now(&self) -> Option<AcceptRange> {
+        self.accept.map(|(range, at)| {
+            let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+            range.shifted(elapsed)
+        })
+    }
+
+    fn note_out_of_range(&mut self, dropped: u64, accept: Option<AcceptRange>) {
+        if dropped == 0 {
+            return;
+        }
+        self.stats.out_of_range_entries += dropped;
+        let now = Instant::now();
+        if self
+            .last_range_warning
+            .is_none_or(|t| now.duration_since(t) >= DROP_WARNING_EVERY)
+        {
+            self.last_range_warning = Some(now);
+            let (from_ms, to_ms) = accept.map_or((0, 0), |r| (r.from_ms, r.to_ms));
+            tracing::warn!(
+                dropped,
+                dropped_total = self.stats.out_of_range_entries,
+                accept_from_ms = from_ms,
+                accept_to_ms = to_ms,
+                "emitter dropped count entries whose bucket the agent does not accept (older than its retention, or too far ahead)"
+            );
+        }
     }
 
     fn on_reply(&mut self, text: &str) {
@@ -1035,11 +1089,12 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             opened = open_session(&shared) => opened,
         };
         match opened {
-            Ok(ws) => {
+            Ok((ws, accept)) => {
                 failures = 0;
                 let began = Instant::now();
                 {
                     let mut state = shared.lock();
+                    state.accept = accept.map(|range| (range, Instant::now()));
                     state.stats.connected = true;
                     state.stats.connects += 1;
                     for held in state.lag.values_mut() {
@@ -1090,8 +1145,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Connects, says hello and waits for the welcome.
-async fn open_session(shared: &Shared) -> Result<Socket, String> {
+/// Connects, says hello and waits for the welcome; returns the socket and
+/// the range of buckets the agent accepts, where it says.
+async fn open_session(shared: &Shared) -> Result<(Socket, Option<AcceptRange>), String> {
     let cfg = &shared.cfg;
     let mut request = cfg.url.as_str().into_client_request().map_err(|e| {
         format!(
@@ -1143,10 +1199,14 @@ async fn open_session(shared: &Shared) -> Result<Socket, String> {
             Some(Ok(_)) => continue,
         };
         match serde_json::from_str::<Reply>(&text) {
-            Ok(Reply::Welcome { bucket_width_ms }) if bucket_width_ms == cfg.width.ms() => {
-                return Ok(ws);
+            Ok(reply @ Reply::Welcome { bucket_width_ms, .. })
+                if bucket_width_ms == cfg.width.ms() =>
+            {
+                return Ok((ws, AcceptRange::of_welcome(&reply)));
             }
-            Ok(Reply::Welcome { bucket_width_ms }) => {
+            Ok(Reply::Welcome {
+                bucket_width_ms, ..
+            }) => {
                 let _ = ws.close(None).await;
                 return Err(format!(
                     "the agent's bucket width \"{bucket_width_ms}\" ms differs from this emitter's {} ms: every emitter and the agent must use one width",
@@ -1173,6 +1233,8 @@ async fn open_session(shared: &Shared) -> Result<Socket, String> {
 async fn send_due(shared: &Shared, ws: &mut Socket) -> Result<(), String> {
     loop {
         let Some(message) = shared.lock().next_message(&shared.cfg) else {
+            // Entries dropped as out of range are no longer waited for.
+            shared.progress.notify_waiters();
             return Ok(());
         };
         let text = message.to_json();
@@ -1318,6 +1380,49 @@ mod tests {
         assert_eq!(state.dirty[&k].tally.records, 9);
         assert!(!state.dirty[&k].resend);
         assert_eq!(state.in_flight_entries, 0);
+    }
+
+    #[test]
+    fn entries_outside_the_agents_range_are_dropped_and_counted() {
+        let cfg = EmitterConfig::new("ws://x", "s", "c", vec![], BucketWidth::DEFAULT);
+        let mut state = State::default();
+        state.accept = Some((
+            AcceptRange {
+                from_ms: 600_000,
+                to_ms: 1_200_000,
+            },
+            Instant::now(),
+        ));
+        for b in [0, 600_000, 900_000, 1_200_000, 3_600_000] {
+            let (k, t) = split_entry(entry(b, 1));
+            state.dirty.insert(
+                k,
+                Held {
+                    tally: t,
+                    version: 1,
+                    resend: false,
+                },
+            );
+        }
+        let Some(Message::Counts(c)) = state.next_message(&cfg) else {
+            panic!("nothing to send")
+        };
+        let sent: Vec<i64> = c.counts.iter().map(|e| e.bucket.start_ms()).collect();
+        assert_eq!(sent, [600_000, 900_000, 1_200_000]);
+        assert_eq!(state.stats.out_of_range_entries, 2);
+        assert!(state.dirty.is_empty());
+        // Nothing in range left: no empty message.
+        let (k, t) = split_entry(entry(0, 2));
+        state.dirty.insert(
+            k,
+            Held {
+                tally: t,
+                version: 2,
+                resend: false,
+            },
+        );
+        assert!(state.next_message(&cfg).is_none());
+        assert_eq!(state.stats.out_of_range_entries, 3);
     }
 
     #[test]

@@ -30,11 +30,15 @@ pub enum Reason {
     Protocol,
     /// A missing or wrong bearer token.
     Unauthorized,
+    /// A count entry whose bucket lies outside the range the agent accepts
+    /// (the `welcome`'s `accept_from_ms` to `accept_to_ms`); the entry is
+    /// dropped on its own and the rest of its message applied.
+    BucketOutOfRange,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-register metric labels).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Malformed,
         Reason::Version,
         Reason::UnknownType,
@@ -47,6 +51,7 @@ impl Reason {
         Reason::Cardinality,
         Reason::Protocol,
         Reason::Unauthorized,
+        Reason::BucketOutOfRange,
     ];
 
     /// The stable token for this reason, e.g. `"unaligned_bucket"`.
@@ -64,6 +69,7 @@ impl Reason {
             Reason::Cardinality => "cardinality",
             Reason::Protocol => "protocol",
             Reason::Unauthorized => "unauthorized",
+            Reason::BucketOutOfRange => "bucket_out_of_range",
         }
     }
 }

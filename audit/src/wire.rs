@@ -19,6 +19,12 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// The largest count accepted: 2^53 − 1, the largest integer every JSON
 /// reader keeps exactly. Anything above it is an error, not a count.
 pub const MAX_COUNT: u64 = (1 << 53) - 1;
+/// The largest `seq` accepted: the agent stores it as a signed 64-bit
+/// integer, so anything above `i64::MAX` is refused at decode.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+/// How far ahead of the agent's clock a bucket is accepted at least: an
+/// hour, as Kafka accepts timestamps up to an hour ahead.
+pub const MIN_AHEAD_MS: u64 = 3_600_000;
 /// The highest partition number accepted.
 pub const MAX_PARTITION: i32 = 1_000_000;
 /// The longest source id accepted.
@@ -203,6 +209,13 @@ pub enum Reply {
     Welcome {
         /// The agent's bucket width.
         bucket_width_ms: u64,
+        /// The oldest bucket start the agent accepts now (absent from agents
+        /// that do not say: then every bucket is sent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accept_from_ms: Option<i64>,
+        /// The newest bucket start the agent accepts now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accept_to_ms: Option<i64>,
     },
     /// The message with this `seq` was applied (and stored).
     Ack {
@@ -235,6 +248,60 @@ impl Reply {
     /// The reply as JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The buckets the agent accepts at one moment: from now − retention (the
+/// oldest bucket it keeps) to now + max(grace, 1 h). An entry outside it is
+/// dropped on its own, as `bucket_out_of_range`; emitters filter by it before
+/// sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptRange {
+    /// The oldest bucket start accepted.
+    pub from_ms: i64,
+    /// The newest bucket start accepted.
+    pub to_ms: i64,
+}
+
+impl AcceptRange {
+    /// The range at `now_ms` for an agent keeping `retention_ms` with a grace
+    /// period of `grace_ms`.
+    pub fn at(now_ms: i64, width: BucketWidth, retention_ms: u64, grace_ms: u64) -> Self {
+        let back = i64::try_from(retention_ms).unwrap_or(i64::MAX);
+        let ahead = i64::try_from(grace_ms.max(MIN_AHEAD_MS)).unwrap_or(i64::MAX);
+        AcceptRange {
+            from_ms: width.bucket_of(now_ms.saturating_sub(back)).start_ms(),
+            to_ms: now_ms.saturating_add(ahead),
+        }
+    }
+
+    /// Whether `bucket` is accepted.
+    pub fn contains(&self, bucket: Bucket) -> bool {
+        (self.from_ms..=self.to_ms).contains(&bucket.start_ms())
+    }
+
+    /// The same range `by_ms` later (an emitter moves the range it was given
+    /// along its own clock).
+    pub fn shifted(&self, by_ms: i64) -> Self {
+        AcceptRange {
+            from_ms: self.from_ms.saturating_add(by_ms),
+            to_ms: self.to_ms.saturating_add(by_ms),
+        }
+    }
+
+    /// The range a `welcome` carries, where it carries one.
+    pub fn of_welcome(reply: &Reply) -> Option<Self> {
+        match reply {
+            Reply::Welcome {
+                accept_from_ms: Some(from_ms),
+                accept_to_ms: Some(to_ms),
+                ..
+            } if from_ms <= to_ms => Some(AcceptRange {
+                from_ms: *from_ms,
+                to_ms: *to_ms,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -397,6 +464,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
         }
         "counts" => {
             let raw: RawCounts = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_seq(raw.seq).map_err(refuse)?;
             let counts = raw
                 .counts
                 .into_iter()
@@ -410,6 +478,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
         }
         "lag" => {
             let raw: RawLag = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_seq(raw.seq).map_err(refuse)?;
             let partitions = raw
                 .partitions
                 .into_iter()
@@ -425,6 +494,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
         "latency" => {
             let raw: RawLatency =
                 serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_seq(raw.seq).map_err(refuse)?;
             let histograms = raw
                 .histograms
                 .into_iter()
@@ -444,6 +514,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
             ),
         ))),
     }
+}
+
+/// A `seq` the agent can store: SQLite integers are signed 64-bit.
+fn check_seq(seq: u64) -> Result<()> {
+    if seq > MAX_SEQ {
+        return Err(Error::new(
+            Reason::BadField,
+            format!("seq \"{seq}\" is out of range: expected an integer from 0 to {MAX_SEQ}"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_hello(h: &Hello, width: BucketWidth) -> Result<()> {
@@ -874,12 +955,72 @@ mod tests {
     fn replies_have_the_documented_shape() {
         assert_eq!(
             Reply::Welcome {
-                bucket_width_ms: 60000
+                bucket_width_ms: 60000,
+                accept_from_ms: None,
+                accept_to_ms: None,
             }
             .to_json(),
             r#"{"type":"welcome","bucket_width_ms":60000}"#
         );
+        let welcome = Reply::Welcome {
+            bucket_width_ms: 60000,
+            accept_from_ms: Some(1),
+            accept_to_ms: Some(2),
+        };
+        assert_eq!(
+            welcome.to_json(),
+            r#"{"type":"welcome","bucket_width_ms":60000,"accept_from_ms":1,"accept_to_ms":2}"#
+        );
+        assert_eq!(
+            AcceptRange::of_welcome(&welcome),
+            Some(AcceptRange { from_ms: 1, to_ms: 2 })
+        );
         assert_eq!(Reply::Ack { seq: 3 }.to_json(), r#"{"type":"ack","seq":3}"#);
+    }
+
+    #[test]
+    fn an_old_welcome_without_a_range_still_decodes() {
+        let old: Reply =
+            serde_json::from_str(r#"{"type":"welcome","bucket_width_ms":60000}"#).unwrap();
+        assert_eq!(AcceptRange::of_welcome(&old), None);
+    }
+
+    #[test]
+    fn a_seq_storage_cannot_hold_is_refused_naming_it() {
+        for kind in ["counts", "lag", "latency"] {
+            let mut msg = match kind {
+                "counts" => counts_with(entry()),
+                "lag" => json!({"v":1,"type":"lag","seq":1,"at_ms":0,"partitions":[]}),
+                _ => latency_with(histogram()),
+            };
+            msg["seq"] = json!(u64::MAX);
+            let refused = dec(msg.clone()).unwrap_err();
+            assert_eq!(refused.error.reason, Reason::BadField, "{kind}");
+            assert!(
+                refused.error.detail.contains(&format!("\"{}\"", u64::MAX)),
+                "{}",
+                refused.error.detail
+            );
+            assert_eq!(refused.seq, Some(u64::MAX));
+            msg["seq"] = json!(MAX_SEQ);
+            assert!(dec(msg).is_ok(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn the_accept_range_reaches_back_the_retention_and_an_hour_ahead() {
+        let w = BucketWidth::DEFAULT;
+        let now = 1_732_800_030_000;
+        let r = AcceptRange::at(now, w, 86_400_000, 120_000);
+        assert_eq!(r.from_ms, 1_732_713_600_000);
+        assert_eq!(r.to_ms, now + 3_600_000);
+        assert!(r.contains(w.bucket_of(now - 86_400_000)));
+        assert!(!r.contains(w.bucket_of(now - 86_400_000 - 60_000)));
+        assert!(r.contains(w.bucket_of(now + 3_540_000)));
+        assert!(!r.contains(w.bucket_of(now + 3_600_000 + 60_000)));
+        let long_grace = AcceptRange::at(now, w, 86_400_000, 7_200_000);
+        assert_eq!(long_grace.to_ms, now + 7_200_000);
+        assert_eq!(r.shifted(60_000).from_ms, r.from_ms + 60_000);
     }
 
     #[test]

@@ -81,6 +81,8 @@ struct TestAgent {
 struct AgentOptions {
     width_ms: u64,
     welcome_delay: Duration,
+    /// The `accept_from_ms` and `accept_to_ms` the welcome carries.
+    accept: Option<(i64, i64)>,
     script: Script,
 }
 
@@ -89,6 +91,7 @@ impl Default for AgentOptions {
         AgentOptions {
             width_ms: WIDTH_MS,
             welcome_delay: Duration::ZERO,
+            accept: None,
             script: Arc::new(|_, _, _| Action::Ack),
         }
     }
@@ -236,7 +239,12 @@ async fn serve_connection(
             () = tokio::time::sleep_until(welcome_at.unwrap_or(far)), if welcome_at.is_some() => {
                 welcome_at = None;
                 books.lock().expect("books").connections[conn].events.push(Event::WelcomeSent);
-                let welcome = Reply::Welcome { bucket_width_ms: options.width_ms }.to_json();
+                let welcome = Reply::Welcome {
+                    bucket_width_ms: options.width_ms,
+                    accept_from_ms: options.accept.map(|a| a.0),
+                    accept_to_ms: options.accept.map(|a| a.1),
+                }
+                .to_json();
                 if tx.send(Frame::text(welcome)).await.is_err() {
                     return;
                 }
@@ -416,6 +424,32 @@ async fn hello_comes_first_and_counts_follow_the_welcome() {
     assert!(stats.connected);
     assert_eq!((stats.connects, stats.buffered), (1, 0));
     assert_eq!(stats.acked_messages, stats.sent_messages);
+}
+
+#[tokio::test]
+async fn buckets_outside_the_agents_range_are_not_sent() {
+    // The range the welcome gives moves with the clock; these buckets are
+    // days away from either end of it.
+    let agent = TestAgent::start(AgentOptions {
+        accept: Some((10_000, 20_000)),
+        ..AgentOptions::default()
+    })
+    .await;
+    let emitter = Emitter::start(config(&agent.url()));
+    eventually("connected", || emitter.stats().connected).await;
+    emitter.record_counts([
+        count("orders", 0, 5, 1),
+        count("orders", 0, 12, 2),
+        count("orders", 0, 18, 3),
+        count("orders", 0, 200_000_000, 4),
+    ]);
+    assert!(emitter.flush(LONG).await, "{:?}", emitter.stats());
+    assert_eq!(agent.latest("orders", 0, 5_000), None);
+    assert_eq!(agent.latest("orders", 0, 12_000), Some(2));
+    assert_eq!(agent.latest("orders", 0, 18_000), Some(3));
+    assert_eq!(agent.latest("orders", 0, 200_000_000_000), None);
+    let stats = emitter.stats();
+    assert_eq!((stats.out_of_range_entries, stats.buffered), (2, 0));
 }
 
 #[tokio::test]
