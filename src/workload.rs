@@ -354,7 +354,11 @@ fn consume(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // A client id per group, as applications have: the broker ties a fetch
+    // to its group by client id and host, and where groups share both it
+    // cannot tell where a group started reading.
     let consumer: BaseConsumer = client(bootstrap)
+        .set("client.id", format!("tally-demo-{}", plan.name))
         .set("group.id", plan.name)
         .set("enable.auto.commit", "false")
         .set(
@@ -385,9 +389,6 @@ fn consume(
     let mut paused = false;
     let mut slow_until = 0u64;
     let mut last_rewind = 0u64;
-    // A group that reads from the beginning commits there at once, so none of
-    // what it reads counts as skipped.
-    let mut started_at_zero = false;
     while !stop.load(Ordering::Acquire) {
         let now = secs();
         let dt = last_tick.elapsed().as_secs_f64();
@@ -451,9 +452,6 @@ fn consume(
             // Out of budget: a poll would read, so wait instead.
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !started_at_zero && late_start.is_none() {
-            started_at_zero = commit_start(&consumer);
-        }
         if last_commit.elapsed() >= Duration::from_millis(1000) {
             last_commit = Instant::now();
             let stopped = matches!(plan.behaviour, Behaviour::StopAfter(at) if now >= at);
@@ -472,30 +470,6 @@ fn consume(
         tallies.flush(width, reporter);
     }
     Ok(())
-}
-
-/// Commits offset 0 on every assigned partition that has no commit yet;
-/// true once the group has an assignment.
-fn commit_start(consumer: &BaseConsumer) -> bool {
-    let Ok(assigned) = consumer.assignment() else {
-        return false;
-    };
-    if assigned.count() == 0 {
-        return false;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for e in assigned.elements() {
-        if matches!(
-            committed_offset(consumer, e.topic(), e.partition()),
-            Ok(None)
-        ) {
-            let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(0));
-        }
-    }
-    if tpl.count() > 0 {
-        let _ = consumer.commit(&tpl, CommitMode::Sync);
-    }
-    true
 }
 
 /// Commits where the consumer stands (the same offsets again when it reads

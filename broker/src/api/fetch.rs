@@ -10,6 +10,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
+use super::Caller;
 use crate::Error;
 use crate::server::Broker;
 
@@ -96,7 +97,18 @@ fn read_all(
     (topics, total, failed)
 }
 
-pub(super) async fn handle(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    request: FetchRequest,
+    version: i16,
+    caller: &Caller,
+) -> FetchResponse {
+    // Before anything is read: a group's start is on disk before it gets a record.
+    let client_id = caller.client_id.as_deref().unwrap_or_default();
+    broker
+        .groups
+        .tie_fetch(client_id, caller.peer.ip(), &request)
+        .await;
     let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
     let wait = Duration::from_millis(
         u64::try_from(request.max_wait_ms.max(0))

@@ -120,7 +120,7 @@ pub(crate) async fn dispatch(
             }
         }
         ApiKey::Fetch => encode(
-            &fetch::handle(broker, decode::<FetchRequest>(b, v)?, v).await,
+            &fetch::handle(broker, decode::<FetchRequest>(b, v)?, v, caller).await,
             v,
         )?,
         ApiKey::ListOffsets => encode(

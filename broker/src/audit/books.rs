@@ -2,11 +2,17 @@
 //! record falls in, and, for each consumer group, which of those records it
 //! consumed, skipped or lost to retention.
 //!
-//! Every record below a group's high-water mark (its highest committed
-//! offset) is exactly one of `skipped` (before the group's first commit),
-//! `expired` (deleted by retention before the group got to it) or
-//! `consumed`; every record at or above it is pending. So per bucket,
-//! `broker = consumed + pending + expired + skipped` holds by construction.
+//! A group's books on a partition begin at its first commit there, and
+//! start at the offset it began reading from: its first fetch tied to it
+//! (DESIGN §2), or, where no fetch was tied, the log start (committing K
+//! asserts that everything from the log start to K was processed). Every
+//! record below that start is `skipped`, including records retention
+//! deleted before the group's first commit. Every record from the start to
+//! the group's high-water mark (its highest committed offset) is exactly one
+//! of `expired` (deleted by retention after the first commit, before the
+//! group got to it) or `consumed`; every record at or above it is pending.
+//! So per bucket, `broker = consumed + pending + expired + skipped` holds by
+//! construction, and no count ever falls.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -70,7 +76,9 @@ pub struct Tally {
 /// A group's books on one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupBooks {
-    /// The offset of the group's first commit: records before it are skipped.
+    /// Where the group's books start: records before it are skipped. Set
+    /// at the group's first commit (see the module documentation); books
+    /// written before that rule hold the first commit's offset here.
     pub first: i64,
     /// The highest offset the group committed (or that retention moved it to).
     pub high: i64,
@@ -85,7 +93,7 @@ pub struct GroupTally {
     pub consumed: u64,
     /// Records deleted by retention before the group consumed them.
     pub expired: u64,
-    /// Records before the group's first commit.
+    /// Records before the offset the group started from.
     pub skipped: u64,
 }
 
@@ -301,28 +309,46 @@ impl PartitionBooks {
         }
     }
 
+    /// Whether `group` has committed on this partition.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
     /// Records a commit of `offset` by `group`. Counts only ever grow: a
     /// commit below the high-water mark (a rewind) changes nothing.
     ///
+    /// `fetched_from` matters at the group's first commit only: the offset
+    /// of its first fetch tied to it, if any. The group's books start there
+    /// (within the log start and the commit), or at the log start where no
+    /// fetch was tied.
+    ///
     /// Returns the offsets `[from, to)` the commit newly covered, if any: the
-    /// records the group consumed with it (its first commit covers none).
-    pub fn commit(&mut self, group: &str, offset: i64) -> Option<(i64, i64)> {
+    /// records the group consumed with it.
+    pub fn commit(
+        &mut self,
+        group: &str,
+        offset: i64,
+        fetched_from: Option<i64>,
+    ) -> Option<(i64, i64)> {
         let offset = offset.clamp(0, self.end());
         match self.groups.get_mut(group) {
             None => {
+                // Nothing below the log start can be consumed any more: a
+                // first commit below it starts at it.
+                let high = offset.max(self.start);
+                let first = fetched_from.map_or(self.start, |f| f.clamp(self.start, high));
                 self.groups.insert(
                     group.to_owned(),
                     GroupBooks {
-                        first: offset,
-                        high: offset,
+                        first,
+                        high,
                         expired: BTreeMap::new(),
                     },
                 );
                 // All of the group's buckets, skipped or pending alike.
                 let end = self.end();
                 self.mark_group(group, 0, end);
-                self.settle_expiry(group);
-                None
+                (high > first).then_some((first, high))
             }
             Some(g) if offset > g.high => {
                 let from = g.high;
@@ -578,8 +604,8 @@ mod tests {
     #[test]
     fn a_commit_mid_batch_counts_exactly() {
         let mut b = books();
-        b.commit("g", 0);
-        b.commit("g", 12);
+        b.commit("g", 0, None);
+        b.commit("g", 12, None);
         assert_eq!(b.group("g", 0).consumed, 10);
         assert_eq!(b.group("g", 60).consumed, 2);
         assert_eq!(b.group("g", 120).consumed, 0);
@@ -589,36 +615,59 @@ mod tests {
     #[test]
     fn a_rewind_never_decreases_counts() {
         let mut b = books();
-        b.commit("g", 0);
-        b.commit("g", 15);
-        b.commit("g", 3);
+        b.commit("g", 0, None);
+        b.commit("g", 15, None);
+        b.commit("g", 3, None);
         assert_eq!(b.group("g", 0).consumed, 10);
         assert_eq!(b.group("g", 60).consumed, 4);
-        b.commit("g", 16);
+        b.commit("g", 16, None);
         assert_eq!(b.group("g", 120).consumed, 2);
         balance(&b, "g", 16);
     }
 
     #[test]
-    fn a_late_group_skips_what_came_before_its_first_commit() {
+    fn a_late_group_skips_what_came_before_its_first_fetch() {
         let mut b = books();
-        b.commit("late", 12);
+        // It started reading at 12 (`latest`) and committed there.
+        b.commit("late", 12, Some(12));
         let t = b.group("late", 0);
         assert_eq!((t.skipped, t.consumed), (10, 0));
         assert_eq!(b.group("late", 60).skipped, 2);
-        b.commit("late", 20);
+        b.commit("late", 20, None);
         assert_eq!(b.group("late", 60).consumed, 2);
         assert_eq!(b.group("late", 120).consumed, 6);
         balance(&b, "late", 20);
+        // Started at 5, first committed at 12: 5 skipped, 7 consumed.
+        b.commit("mid", 12, Some(5));
+        let t = b.group("mid", 0);
+        assert_eq!((t.skipped, t.consumed), (5, 5));
+        assert_eq!(b.group("mid", 60).consumed, 2);
+        balance(&b, "mid", 12);
+    }
+
+    #[test]
+    fn a_first_commit_without_a_tied_fetch_consumed_everything_from_the_log_start() {
+        let mut b = books();
+        // An admin tool, or a consumer that assigns itself, commits K once.
+        assert_eq!(b.commit("admin", 12, None), Some((0, 12)));
+        let t = b.group("admin", 0);
+        assert_eq!((t.skipped, t.consumed), (0, 10));
+        assert_eq!(b.group("admin", 60).consumed, 2);
+        balance(&b, "admin", 12);
+        // A fetch offset outside [log start, K] is held inside it.
+        b.commit("ahead", 12, Some(19));
+        assert_eq!(b.group("ahead", 0).skipped, 10);
+        assert_eq!(b.group("ahead", 60).skipped, 2);
+        balance(&b, "ahead", 12);
     }
 
     #[test]
     fn retention_expires_what_a_group_had_not_consumed() {
         let mut b = books();
-        b.commit("slow", 0);
-        b.commit("slow", 4);
-        b.commit("fast", 0);
-        b.commit("fast", 20);
+        b.commit("slow", 0, None);
+        b.commit("slow", 4, None);
+        b.commit("fast", 0, None);
+        b.commit("fast", 20, None);
         b.retain_from(12);
         let t = b.group("slow", 0);
         assert_eq!((t.consumed, t.expired), (4, 6));
@@ -627,15 +676,25 @@ mod tests {
         balance(&b, "slow", 12);
         balance(&b, "fast", 20);
         // The slow group continues from the new start.
-        b.commit("slow", 14);
+        b.commit("slow", 14, None);
         assert_eq!(b.group("slow", 60).consumed, 1);
         assert_eq!(b.group("slow", 120).consumed, 1);
         balance(&b, "slow", 14);
-        // A group whose first commit is below the start skips nothing it could have read.
-        b.commit("new", 5);
+        // What retention deleted before a group's first commit is skipped,
+        // not expired: the group did not exist for it.
+        b.commit("new", 5, None);
         let t = b.group("new", 0);
-        assert_eq!((t.skipped, t.expired), (5, 5));
+        assert_eq!((t.skipped, t.expired, t.consumed), (10, 0, 0));
+        assert_eq!(b.group("new", 60).skipped, 2);
         balance(&b, "new", 12);
+        // A group that fetched from 3 before retention and first commits
+        // after it starts at the log start.
+        b.commit("early", 14, Some(3));
+        let t = b.group("early", 0);
+        assert_eq!((t.skipped, t.expired, t.consumed), (10, 0, 0));
+        assert_eq!(b.group("early", 60).consumed, 1);
+        assert_eq!(b.group("early", 120).consumed, 1);
+        balance(&b, "early", 14);
     }
 
     #[test]
@@ -644,10 +703,10 @@ mod tests {
         let first = b.take_dirty();
         assert_eq!(first, vec![(None, 0), (None, 60), (None, 120)]);
         // A first commit names every bucket of the group, pending ones too.
-        b.commit("g", 0);
+        b.commit("g", 0, None);
         let g = |bucket| (Some("g".to_owned()), bucket);
         assert_eq!(b.take_dirty(), vec![g(0), g(60), g(120)]);
-        b.commit("g", 11);
+        b.commit("g", 11, None);
         assert_eq!(b.take_dirty(), vec![g(0), g(60)]);
         assert!(b.take_dirty().is_empty());
         // New records are pending for every group in their bucket.
@@ -658,8 +717,8 @@ mod tests {
     #[test]
     fn durable_state_and_the_live_log_restore_the_same_books() {
         let mut b = books();
-        b.commit("g", 0);
-        b.commit("g", 3);
+        b.commit("g", 0, None);
+        b.commit("g", 3, None);
         b.retain_from(12);
         let state = b.durable_state();
         let json = serde_json::to_string(&state).unwrap();
@@ -735,15 +794,19 @@ mod tests {
     fn a_commit_returns_what_it_covered_for_group_latency() {
         let mut b = PartitionBooks::new();
         b.append(0, &[0; 4], 40, &[], &[100, 200, 300, 400]);
-        assert_eq!(b.commit("g", 1), None, "a first commit consumes nothing");
-        let covered = b.commit("g", 3);
+        assert_eq!(
+            b.commit("g", 1, Some(1)),
+            None,
+            "a first commit where the group began reading consumes nothing"
+        );
+        let covered = b.commit("g", 3, None);
         assert_eq!(covered, Some((1, 3)));
         let (from, to) = covered.unwrap();
         let mut seen = Vec::new();
         b.latencies(from, to, 1_000, |ms, n| seen.push((ms, n)));
         assert_eq!(seen, vec![(800, 1), (700, 1)]);
-        assert_eq!(b.commit("g", 2), None, "a rewind covers nothing");
-        assert_eq!(b.commit("g", 3), None, "a repeat covers nothing");
+        assert_eq!(b.commit("g", 2, None), None, "a rewind covers nothing");
+        assert_eq!(b.commit("g", 3, None), None, "a repeat covers nothing");
     }
 
     #[test]
@@ -763,8 +826,8 @@ mod tests {
     fn a_uniform_batch_counts_like_record_by_record() {
         let mut a = books();
         let mut b = books();
-        a.commit("g", 5);
-        b.commit("g", 5);
+        a.commit("g", 5, None);
+        b.commit("g", 5, None);
         a.append(
             20,
             &[180; 4],
@@ -776,6 +839,246 @@ mod tests {
         assert_eq!(a.broker(180), b.broker(180));
         assert_eq!(a.runs, b.runs);
         assert_eq!(a.take_dirty(), b.take_dirty());
+    }
+
+    /// A seeded generator for the property test (splitmix64).
+    struct Seeded(u64);
+
+    impl Seeded {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// A number in `[lo, hi]`.
+        fn between(&mut self, lo: i64, hi: i64) -> i64 {
+            lo + (self.next() % (hi - lo + 1) as u64) as i64
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Is {
+        Pending,
+        Consumed,
+        Expired,
+        Skipped,
+    }
+
+    /// What the books must say, record by record: DESIGN §2 stated once
+    /// more, the slow way.
+    #[derive(Default)]
+    struct Oracle {
+        buckets: Vec<i64>,
+        start: i64,
+        groups: BTreeMap<String, OracleGroup>,
+    }
+
+    /// A group's first tied fetch, and once it committed, its high-water
+    /// mark and what each record is to it.
+    type OracleGroup = (Option<i64>, Option<(i64, Vec<Is>)>);
+
+    impl Oracle {
+        fn end(&self) -> i64 {
+            self.buckets.len() as i64
+        }
+
+        fn append(&mut self, buckets: &[i64]) {
+            self.buckets.extend_from_slice(buckets);
+            for (_, state) in self.groups.values_mut() {
+                if let Some((_, is)) = state {
+                    is.resize(self.buckets.len(), Is::Pending);
+                }
+            }
+        }
+
+        fn fetch(&mut self, group: &str, offset: i64) {
+            let g = self.groups.entry(group.to_owned()).or_default();
+            if g.1.is_none() && g.0.is_none() {
+                g.0 = Some(offset);
+            }
+        }
+
+        fn commit(&mut self, group: &str, offset: i64) {
+            let offset = offset.clamp(0, self.end());
+            let (start, end) = (self.start, self.end());
+            let g = self.groups.entry(group.to_owned()).or_default();
+            match &mut g.1 {
+                None => {
+                    let high = offset.max(start);
+                    let first = g.0.map_or(start, |f| f.clamp(start, high));
+                    let is = (0..end)
+                        .map(|o| match o {
+                            o if o < first => Is::Skipped,
+                            o if o < high => Is::Consumed,
+                            _ => Is::Pending,
+                        })
+                        .collect();
+                    g.1 = Some((high, is));
+                }
+                Some((high, is)) => {
+                    for o in *high..offset {
+                        is[o as usize] = Is::Consumed;
+                    }
+                    *high = offset.max(*high);
+                }
+            }
+        }
+
+        fn retain_from(&mut self, start: i64) {
+            if start <= self.start {
+                return;
+            }
+            self.start = start;
+            for (_, state) in self.groups.values_mut() {
+                if let Some((high, is)) = state {
+                    for o in *high..start {
+                        is[o as usize] = Is::Expired;
+                    }
+                    *high = start.max(*high);
+                }
+            }
+        }
+
+        fn count(&self, group: &str, bucket: i64, what: Is) -> u64 {
+            let Some((_, Some((_, is)))) = self.groups.get(group) else {
+                return 0;
+            };
+            is.iter()
+                .zip(&self.buckets)
+                .filter(|(i, b)| **i == what && **b == bucket)
+                .count() as u64
+        }
+    }
+
+    /// Random appends (buckets going back in time too), fetches, commits
+    /// forward and back, retention and restarts: every group's books match
+    /// the oracle, balance per bucket, and never fall.
+    #[test]
+    fn books_balance_and_never_fall_under_random_histories() {
+        const GROUPS: [&str; 3] = ["a", "b", "c"];
+        for seed in 0..200u64 {
+            let mut rng = Seeded(seed);
+            let mut books = PartitionBooks::new();
+            let mut oracle = Oracle::default();
+            let mut last: BTreeMap<(&str, i64), GroupTally> = BTreeMap::new();
+            for step in 0..120 {
+                let end = oracle.end();
+                let what = rng.next() % 100;
+                let group = GROUPS[(rng.next() % 3) as usize];
+                let op = match what {
+                    0..=34 => {
+                        let n = rng.between(1, 12) as usize;
+                        let newest = rng.between(0, 10);
+                        // Mostly one bucket, sometimes older ones mixed in.
+                        let buckets: Vec<i64> = (0..n)
+                            .map(|_| {
+                                if rng.next().is_multiple_of(4) {
+                                    rng.between(0, newest) * 60
+                                } else {
+                                    newest * 60
+                                }
+                            })
+                            .collect();
+                        let bytes = rng.next() % 5_000;
+                        if buckets.iter().all(|b| *b == buckets[0]) && rng.next().is_multiple_of(2)
+                        {
+                            books.append_uniform(end, n as u64, buckets[0], bytes, &[]);
+                        } else {
+                            books.append(end, &buckets, bytes, &[], &[]);
+                        }
+                        oracle.append(&buckets);
+                        format!("append {buckets:?}")
+                    }
+                    35..=49 => {
+                        let offset = rng.between(oracle.start, end);
+                        oracle.fetch(group, offset);
+                        format!("{group} fetches at {offset}")
+                    }
+                    50..=84 => {
+                        let offset = rng.between(0, end + 2);
+                        let fetched = match &oracle.groups.get(group) {
+                            Some((f, None)) => *f,
+                            _ => None,
+                        };
+                        books.commit(group, offset, fetched);
+                        oracle.commit(group, offset);
+                        format!("{group} commits {offset}")
+                    }
+                    85..=93 => {
+                        let start = rng.between(oracle.start, end);
+                        books.retain_from(start);
+                        oracle.retain_from(start);
+                        format!("retention to {start}")
+                    }
+                    _ => {
+                        let json = serde_json::to_string(&books.durable_state()).unwrap();
+                        let mut restored =
+                            PartitionBooks::restore(serde_json::from_str(&json).unwrap());
+                        restored.retain_from(oracle.start);
+                        // The log's live records, in batches of any size.
+                        let mut at = oracle.start;
+                        while at < end {
+                            let n = rng.between(1, end - at);
+                            let batch = &oracle.buckets[at as usize..(at + n) as usize];
+                            restored.append(at, batch, 100, &[], &[]);
+                            at += n;
+                        }
+                        books = restored;
+                        "restart".to_owned()
+                    }
+                };
+                let ctx = || format!("seed {seed}, step {step} ({op})");
+                assert_eq!(books.end(), oracle.end(), "{}", ctx());
+                let buckets: BTreeSet<i64> = oracle.buckets.iter().copied().collect();
+                for &bucket in &buckets {
+                    let records = oracle.buckets.iter().filter(|b| **b == bucket).count() as u64;
+                    assert_eq!(books.broker(bucket).records, records, "{}", ctx());
+                    for group in GROUPS {
+                        if !books.has_group(group) {
+                            continue;
+                        }
+                        let t = books.group(group, bucket);
+                        let want = GroupTally {
+                            consumed: oracle.count(group, bucket, Is::Consumed),
+                            expired: oracle.count(group, bucket, Is::Expired),
+                            skipped: oracle.count(group, bucket, Is::Skipped),
+                        };
+                        assert_eq!(t, want, "group {group}, bucket {bucket}: {}", ctx());
+                        let high = books.groups[group].high;
+                        let mut pending = 0;
+                        books.each_between(high, books.end(), |b, n| {
+                            if b == bucket {
+                                pending += n;
+                            }
+                        });
+                        assert_eq!(
+                            pending,
+                            oracle.count(group, bucket, Is::Pending),
+                            "{}",
+                            ctx()
+                        );
+                        assert_eq!(
+                            records,
+                            t.consumed + pending + t.expired + t.skipped,
+                            "group {group}, bucket {bucket}: {}",
+                            ctx()
+                        );
+                        if let Some(was) = last.insert((group, bucket), t) {
+                            assert!(
+                                t.consumed >= was.consumed
+                                    && t.expired >= was.expired
+                                    && t.skipped >= was.skipped,
+                                "group {group}, bucket {bucket} fell from {was:?} to {t:?}: {}",
+                                ctx()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -496,14 +496,23 @@ impl Instrumentation {
                 continue;
             };
             let mut covered = Vec::new();
+            // Where the group started, for its first commit here.
+            let fetched_from = if part.books.has_group(&c.group) {
+                None
+            } else {
+                groups.start_of(&c.group, &c.topic, c.partition)
+            };
             for h in groups.history(&c.group, &c.topic, c.partition) {
                 if h.commit_time_ms > last
-                    && let Some(range) = part.books.commit(&c.group, h.offset)
+                    && let Some(range) = part.books.commit(&c.group, h.offset, fetched_from)
                 {
                     covered.push((range, h.commit_time_ms));
                 }
             }
-            if let Some(range) = part.books.commit(&c.group, c.committed.offset) {
+            if let Some(range) = part
+                .books
+                .commit(&c.group, c.committed.offset, fetched_from)
+            {
                 covered.push((range, c.committed.commit_time_ms));
             }
             if !covered.is_empty() {

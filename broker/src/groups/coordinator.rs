@@ -7,12 +7,14 @@
 //! periodic [`Coordinator::tick`], completes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 
+use super::ties::{Assigned, Ties, assigned_partitions, host_ip};
 use super::{GroupListing, GroupState, GroupSummary, GroupsConfig, MemberSummary};
 
 /// An answer now, or one to wait for.
@@ -185,6 +187,9 @@ struct Group {
     sync_deadline: Option<Instant>,
     /// Since when the group has had no members.
     emptied_at: Option<Instant>,
+    /// Members, their client ids, hosts or assignments changed since the
+    /// group was last put in the fetch ties.
+    ties_dirty: bool,
 }
 
 impl Group {
@@ -203,7 +208,37 @@ impl Group {
             not_before: None,
             sync_deadline: None,
             emptied_at: Some(now),
+            ties_dirty: false,
         }
+    }
+
+    /// Every partition a member of this `consumer` group was assigned, with
+    /// the member's client id and host: what ties a Fetch to the group.
+    fn assigned(&self) -> Vec<Assigned> {
+        if self.protocol_type.as_deref() != Some("consumer") {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for m in self.members.values() {
+            let Some(host) = host_ip(&m.client_host) else {
+                continue;
+            };
+            let Some(topics) = assigned_partitions(&m.assignment) else {
+                tracing::debug!(group = %self.id, member = %m.id, "assignment not in the consumer protocol's format: no fetch is tied to it");
+                continue;
+            };
+            for (topic, partitions) in topics {
+                for partition in partitions {
+                    out.push(Assigned {
+                        client_id: m.client_id.clone(),
+                        host,
+                        topic: topic.clone(),
+                        partition,
+                    });
+                }
+            }
+        }
+        out
     }
 
     fn is_fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
@@ -294,6 +329,7 @@ impl Group {
             self.leader = Some(member.id.clone());
         }
         self.emptied_at = None;
+        self.ties_dirty = true;
         if let Some(i) = &member.instance_id {
             self.statics.insert(i.clone(), member.id.clone());
         }
@@ -303,6 +339,7 @@ impl Group {
     /// Takes a member out without starting a rebalance.
     fn detach_member(&mut self, id: &str) -> Option<Member> {
         let mut m = self.members.remove(id)?;
+        self.ties_dirty = true;
         if let Some(i) = &m.instance_id
             && self.statics.get(i).is_some_and(|s| s == id)
         {
@@ -338,6 +375,7 @@ impl Group {
 
     fn prepare_rebalance(&mut self, now: Instant) {
         if self.state == GroupState::CompletingRebalance {
+            self.ties_dirty = true;
             for m in self.members.values_mut() {
                 m.assignment = Bytes::new();
                 m.answer_sync(SyncOutcome::failed(ResponseError::RebalanceInProgress));
@@ -510,6 +548,7 @@ pub(crate) struct Coordinator {
     config: GroupsConfig,
     groups: HashMap<String, Group>,
     next_seq: u64,
+    ties: Arc<Ties>,
 }
 
 impl Coordinator {
@@ -518,6 +557,22 @@ impl Coordinator {
             config,
             groups: HashMap::new(),
             next_seq: 0,
+            ties: Arc::new(Ties::default()),
+        }
+    }
+
+    /// The fetch ties this coordinator keeps current.
+    pub(crate) fn ties(&self) -> Arc<Ties> {
+        self.ties.clone()
+    }
+
+    /// Puts a group whose members or assignments changed back in the ties.
+    fn publish(&mut self, group_id: &str) {
+        if let Some(g) = self.groups.get_mut(group_id)
+            && g.ties_dirty
+        {
+            g.ties_dirty = false;
+            self.ties.set(group_id, g.assigned());
         }
     }
 
@@ -527,6 +582,13 @@ impl Coordinator {
     }
 
     pub(crate) fn join(&mut self, req: JoinRequest, now: Instant) -> Reply<JoinOutcome> {
+        let group_id = req.group_id.clone();
+        let reply = self.join_group(req, now);
+        self.publish(&group_id);
+        reply
+    }
+
+    fn join_group(&mut self, req: JoinRequest, now: Instant) -> Reply<JoinOutcome> {
         let fail = |e| Reply::Now(JoinOutcome::failed(e, &req.member_id));
         if req.group_id.is_empty() {
             return fail(ResponseError::InvalidGroupId);
@@ -570,6 +632,13 @@ impl Coordinator {
     }
 
     pub(crate) fn sync(&mut self, req: SyncRequest, now: Instant) -> Reply<SyncOutcome> {
+        let group_id = req.group_id.clone();
+        let reply = self.sync_group(req, now);
+        self.publish(&group_id);
+        reply
+    }
+
+    fn sync_group(&mut self, req: SyncRequest, now: Instant) -> Reply<SyncOutcome> {
         let fail = |e| Reply::Now(SyncOutcome::failed(e));
         let Some(group) = self.groups.get_mut(&req.group_id) else {
             return fail(ResponseError::UnknownMemberId);
@@ -626,6 +695,7 @@ impl Coordinator {
                     }
                     group.state = GroupState::Stable;
                     group.sync_deadline = None;
+                    group.ties_dirty = true;
                     for m in group.members.values_mut() {
                         let a = answer(m.assignment.clone());
                         m.answer_sync(a);
@@ -668,6 +738,17 @@ impl Coordinator {
 
     /// Takes members out; one answer per member, in order.
     pub(crate) fn leave(
+        &mut self,
+        group_id: &str,
+        leaving: &[LeavingMember],
+        now: Instant,
+    ) -> Vec<Option<ResponseError>> {
+        let answers = self.leave_group(group_id, leaving, now);
+        self.publish(group_id);
+        answers
+    }
+
+    fn leave_group(
         &mut self,
         group_id: &str,
         leaving: &[LeavingMember],
@@ -784,6 +865,7 @@ impl Coordinator {
             }
             Some(_) => {
                 self.groups.remove(group_id);
+                self.ties.forget(group_id);
                 Ok(())
             }
         }
@@ -793,20 +875,38 @@ impl Coordinator {
     pub(crate) fn tick(&mut self, now: Instant) {
         for g in self.groups.values_mut() {
             g.tick(now, &self.config);
+            if g.ties_dirty {
+                g.ties_dirty = false;
+                self.ties.set(&g.id, g.assigned());
+            }
         }
     }
 
     /// Forgets groups that have been empty for `empty_group_retention` and
     /// have no committed offsets, as Kafka's offsets cleanup does.
-    pub(crate) fn sweep(&mut self, now: Instant, has_offsets: impl Fn(&str) -> bool) {
+    /// Returns the groups forgotten.
+    pub(crate) fn sweep(
+        &mut self,
+        now: Instant,
+        has_offsets: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let retention = self.config.empty_group_retention;
+        let mut gone = Vec::new();
         self.groups.retain(|id, g| {
             let idle = g.state == GroupState::Empty
                 && g.members.is_empty()
                 && g.pending.is_empty()
                 && g.emptied_at.is_some_and(|t| now >= t + retention);
-            !idle || has_offsets(id)
+            let keep = !idle || has_offsets(id);
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
         });
+        for id in &gone {
+            self.ties.forget(id);
+        }
+        gone
     }
 }
 
@@ -892,6 +992,7 @@ fn replace_static(
     now: Instant,
     config: &GroupsConfig,
 ) -> Reply<JoinOutcome> {
+    group.ties_dirty = true;
     let Some(mut old) = group.members.remove(old_id) else {
         return Reply::Now(JoinOutcome::failed(
             ResponseError::UnknownMemberId,
@@ -952,6 +1053,9 @@ fn join_known(
         return fail(ResponseError::UnknownMemberId);
     };
     let unchanged = member.protocols == req.protocols;
+    if member.client_id != req.client_id || member.client_host != req.client_host {
+        group.ties_dirty = true;
+    }
     member.client_id = req.client_id.clone();
     member.client_host = req.client_host.clone();
     member.session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);

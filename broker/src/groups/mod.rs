@@ -1,6 +1,7 @@
 //! Consumer groups: the coordinator of Kafka's classic group protocol and
 //! the durable committed offsets, with each partition's recent commit
-//! history for the audit.
+//! history for the audit, and where each group started reading a partition
+//! (its first tied fetch, [`Groups::start_of`]).
 //!
 //! Offsets live in `<data-dir>/groups/offsets.log`. A small log is read
 //! before the broker serves; a large one is read in the background, and
@@ -9,7 +10,10 @@
 
 mod coordinator;
 mod offsets;
+mod starts;
+mod ties;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,14 +21,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::FetchRequest;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub(crate) use coordinator::{
     Coordinator, JoinOutcome, JoinRequest, LeavingMember, SyncOutcome, SyncRequest,
 };
 use offsets::{Compaction, OffsetStore, Record};
+use starts::Starts;
+use ties::Ties;
 
 use crate::Result;
 
@@ -198,6 +205,10 @@ struct Shared {
     load_failed: AtomicBool,
     loaded: watch::Sender<bool>,
     commits: watch::Sender<u64>,
+    /// The coordinator's index of which group a fetch belongs to.
+    ties: Arc<Ties>,
+    /// Where groups started on partitions, from their first tied fetch.
+    starts: Arc<Starts>,
 }
 
 impl Shared {
@@ -237,8 +248,12 @@ impl Groups {
         };
         let history_len = config.history_len;
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let coordinator = Coordinator::new(config.clone());
+        let ties = coordinator.ties();
         let shared = Arc::new(Shared {
-            coordinator: Mutex::new(Coordinator::new(config.clone())),
+            coordinator: Mutex::new(coordinator),
+            ties,
+            starts: Arc::new(Starts::load(Starts::path_in(data_dir))),
             config,
             store: OnceLock::new(),
             purges: Mutex::new(Vec::new()),
@@ -365,6 +380,53 @@ impl Groups {
         })
     }
 
+    /// Where `group` started reading a partition it had not committed on:
+    /// the offset of its first fetch there that was tied to it (DESIGN §2),
+    /// if any was.
+    pub fn start_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        self.shared.starts.get(group, topic, partition)
+    }
+
+    /// Ties a Fetch from `client_id` at `host` to the groups whose members
+    /// were assigned its partitions, and records the fetch offset as the
+    /// group's start where the group has neither a start nor a commit
+    /// there yet. A new start is on disk before this returns, so before
+    /// the fetch is answered. Where every tie is settled it costs one
+    /// lookup per partition.
+    pub(crate) async fn tie_fetch(&self, client_id: &str, host: IpAddr, request: &FetchRequest) {
+        let Some(store) = self.store() else {
+            return;
+        };
+        let starts = &self.shared.starts;
+        let mut recorded = false;
+        let fetched = request.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (&*t.topic.0, p.partition, p.fetch_offset))
+        });
+        self.shared.ties.open_ties(client_id, host, fetched, |tie| {
+            let key = (tie.topic.clone(), tie.partition);
+            let committed = store.read(|o| {
+                o.groups
+                    .get(&*tie.group)
+                    .is_some_and(|parts| parts.contains_key(&key))
+            });
+            if !committed && starts.record(&tie.group, &tie.topic, tie.partition, tie.offset) {
+                debug!(group = %tie.group, topic = %tie.topic, partition = tie.partition, offset = tie.offset, "the group starts where its first fetch did");
+                recorded = true;
+            }
+            true
+        });
+        if recorded {
+            let starts = starts.clone();
+            match tokio::task::spawn_blocking(move || starts.persist()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot store the groups' start offsets: {e}"),
+                Err(e) => warn!("the start offsets writer failed: {e}"),
+            }
+        }
+    }
+
     /// A counter that moves on every accepted commit: the audit waits on it.
     pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
         self.shared.commits.subscribe()
@@ -439,6 +501,9 @@ impl Groups {
 
     /// Removes every group's offsets of a deleted topic (fsynced).
     pub fn forget_topic(&self, topic: &str) -> Result<()> {
+        if self.shared.starts.remove(|_, t| t == topic) {
+            self.shared.starts.persist()?;
+        }
         let purges = self.shared.purges.lock();
         let Some(store) = self.store() else {
             let mut purges = purges;
@@ -475,13 +540,19 @@ impl Groups {
             Err(e) => return Err(e),
         }
         let name = group.to_owned();
-        let removed = tokio::task::spawn_blocking(move || store.remove(|g, _, _| g == name))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::Error::Config(format!(
-                    "the offsets writer failed: {e}"
-                )))
-            });
+        let starts = self.shared.starts.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            if starts.remove(|g, _| g == name) {
+                starts.persist()?;
+            }
+            store.remove(|g, _, _| g == name)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::Error::Config(format!(
+                "the offsets writer failed: {e}"
+            )))
+        });
         match removed {
             Ok(_) => {
                 info!(group, "group deleted");
@@ -501,7 +572,14 @@ impl Groups {
         let mut c = self.shared.coordinator.lock();
         c.tick(now);
         if let Some(store) = self.store() {
-            c.sweep(now, |g| store.read(|o| o.groups.contains_key(g)));
+            let gone = c.sweep(now, |g| store.read(|o| o.groups.contains_key(g)));
+            if !gone.is_empty() {
+                // Written with the next start; a group without offsets that
+                // comes back later is a new group.
+                self.shared
+                    .starts
+                    .remove(|g, _| gone.iter().any(|x| x == g));
+            }
         }
     }
 
