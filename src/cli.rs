@@ -268,6 +268,22 @@ pub(crate) struct BrokerArgs {
     /// Most client connections at once [default: 1024].
     #[arg(long, env = "TALLY_BROKER_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
+    /// Longest a request may take to arrive, first byte to last; also how long a new connection may stay silent [default: 30s].
+    #[arg(long, env = "TALLY_BROKER_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) request_timeout: Option<Duration>,
+    /// Close a connection that sends no request for this long (Kafka's connections.max.idle.ms) [default: 10m].
+    #[arg(long, env = "TALLY_BROKER_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Most record bytes in one Fetch response (Kafka's fetch.max.bytes); the first batch is returned whole even past it [default: 57671680].
+    #[arg(long, env = "TALLY_BROKER_FETCH_MAX_BYTES", value_name = "BYTES")]
+    pub(crate) fetch_max_bytes: Option<usize>,
+    /// Most bytes the compressed batches of one Produce request may decompress to [default: 268435456].
+    #[arg(
+        long,
+        env = "TALLY_BROKER_MAX_DECOMPRESSED_BYTES",
+        value_name = "BYTES"
+    )]
+    pub(crate) max_decompressed_bytes: Option<u64>,
     /// When appends reach the disk: always, interval:MS or never [default: interval:1000].
     #[arg(long, env = "TALLY_BROKER_FSYNC", value_name = "POLICY")]
     pub(crate) fsync: Option<String>,
@@ -322,6 +338,12 @@ impl BrokerArgs {
             retention_check,
             agent,
             bucket_width
+        );
+        take!(
+            request_timeout,
+            idle_timeout,
+            fetch_max_bytes,
+            max_decompressed_bytes
         );
         if self.agent_token.is_some() {
             cfg.agent_token = self.agent_token.clone();

@@ -7,6 +7,7 @@
 //! produces) before anything is sized from it, so hostile input costs at most
 //! its own size plus [`MAX_UNCOMPRESSED_BATCH_BYTES`] of decompression work.
 
+use std::cell::Cell;
 use std::io::{self, Read};
 
 use crate::{Error, Result};
@@ -19,6 +20,35 @@ pub const BATCH_OVERHEAD: usize = 61;
 /// batches are far smaller (a request is 1 MiB by default); the cap keeps a
 /// decompression bomb from running away with memory or time.
 pub const MAX_UNCOMPRESSED_BATCH_BYTES: u64 = 128 << 20;
+
+/// Why a batch's records could not be read within a decompression budget.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// The batch is not a valid v2 batch, or its records do not match its
+    /// header (count, offsets, framing).
+    #[error(transparent)]
+    Invalid(#[from] Error),
+    /// The records decompress to more bytes than the caller allows.
+    #[error(
+        "records decompress to more than '{limit}' bytes: at most {limit} may be decompressed \
+         (per batch at most {MAX_UNCOMPRESSED_BATCH_BYTES}; per request max_decompressed_bytes)"
+    )]
+    TooLarge {
+        /// The bytes that were allowed.
+        limit: u64,
+    },
+}
+
+/// A Produce's batches, checked down to their last record.
+#[derive(Debug, Default)]
+pub struct CheckedBatches {
+    /// Every batch's header, in order.
+    pub headers: Vec<BatchHeader>,
+    /// Every batch's record timestamps (base timestamp plus delta), in record order.
+    pub timestamps: Vec<Vec<i64>>,
+    /// Bytes the compressed batches' records decompressed to.
+    pub decompressed_bytes: u64,
+}
 
 /// The base offset and batch length fields, which `batch_length` does not count.
 const LOG_OVERHEAD: usize = 12;
@@ -212,6 +242,78 @@ pub fn validate_batches_with_timestamps(
     Ok((headers, timestamps))
 }
 
+/// Whether any batch in `records` is compressed, from the headers alone: a
+/// cheap look that tells whether checking them needs decompression.
+pub fn any_compressed(mut records: &[u8]) -> bool {
+    while let Ok(h) = BatchHeader::parse(records) {
+        if h.attributes & 0x7 != 0 {
+            return true;
+        }
+        match records.get(h.size()..) {
+            Some(rest) if !rest.is_empty() => records = rest,
+            _ => break,
+        }
+    }
+    false
+}
+
+/// Checks a Produce's `records` as [`validate_batches_with_timestamps`]
+/// does, and also reads every record of every compressed batch, so that a
+/// batch is accepted only when it holds exactly the records its header
+/// declares, at consecutive offset deltas. The compressed batches together
+/// may decompress to at most `max_decompressed` bytes, and each to at most
+/// [`MAX_UNCOMPRESSED_BATCH_BYTES`]; past that the answer is
+/// [`RecordsError::TooLarge`]. Memory follows the records really read, never
+/// a count from the header.
+pub fn check_produced(
+    records: &[u8],
+    max_decompressed: u64,
+) -> Result<CheckedBatches, RecordsError> {
+    let (headers, mut timestamps) = validate_batches_with_timestamps(records)?;
+    let mut decompressed = 0u64;
+    let mut at = 0usize;
+    for (header, ts) in headers.iter().zip(&mut timestamps) {
+        let batch = &records[at..at + header.size()];
+        at += header.size();
+        if header.compression()? == Compression::None {
+            continue;
+        }
+        let limit = max_decompressed
+            .saturating_sub(decompressed)
+            .min(MAX_UNCOMPRESSED_BATCH_BYTES);
+        let mut read = Vec::new();
+        let used = walk_batch(batch, header, limit, |index, offset_delta, timestamp| {
+            if offset_delta != index {
+                return Err(offset_error(index, offset_delta));
+            }
+            read.push(timestamp);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            RecordsError::TooLarge { .. } if limit < MAX_UNCOMPRESSED_BATCH_BYTES => {
+                RecordsError::TooLarge {
+                    limit: max_decompressed,
+                }
+            }
+            other => other,
+        })?;
+        decompressed += used;
+        *ts = read;
+    }
+    Ok(CheckedBatches {
+        headers,
+        timestamps,
+        decompressed_bytes: decompressed,
+    })
+}
+
+fn offset_error(index: i32, offset_delta: i32) -> Error {
+    Error::InvalidBatch(format!(
+        "record {index} has offset delta '{offset_delta}': the records of a batch have \
+         consecutive offset deltas from 0, so {index} is expected"
+    ))
+}
+
 fn validate(records: &[u8], mut each: impl FnMut(usize, usize, i64)) -> Result<Vec<BatchHeader>> {
     if records.is_empty() {
         return Err(Error::InvalidBatch(
@@ -242,9 +344,18 @@ fn validate(records: &[u8], mut each: impl FnMut(usize, usize, i64)) -> Result<V
             }
             let batch_index = headers.len();
             let base = header.base_timestamp;
-            visit_records_in(region, header.record_count, |_, delta| {
+            let mut index = 0i32;
+            let mut misplaced = None;
+            visit_records_in(region, header.record_count, |offset_delta, delta| {
+                if offset_delta != index && misplaced.is_none() {
+                    misplaced = Some(offset_error(index, offset_delta));
+                }
+                index += 1;
                 each(batch_index, count, base.saturating_add(delta))
             })?;
+            if let Some(e) = misplaced {
+                return Err(e);
+            }
         }
         headers.push(header);
         at += header.size();
@@ -297,66 +408,138 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 /// record order: base timestamp plus the record's delta, or the batch's max
 /// timestamp for every record of a LogAppendTime batch. Decompresses where
 /// needed, up to [`MAX_UNCOMPRESSED_BATCH_BYTES`].
+///
+/// The list holds the records really read, never sized from the header's
+/// count, and a header whose count differs from its records is an error.
 pub fn record_timestamps(batch: &[u8]) -> Result<Vec<i64>> {
-    Ok(record_offsets_and_timestamps(batch)?
-        .into_iter()
-        .map(|(_, timestamp)| timestamp)
-        .collect())
+    let header = BatchHeader::parse(batch)?;
+    let mut out = Vec::new();
+    walk_batch(batch, &header, MAX_UNCOMPRESSED_BATCH_BYTES, |_, _, ts| {
+        out.push(ts);
+        Ok(())
+    })
+    .map_err(plain)?;
+    Ok(out)
+}
+
+fn plain(e: RecordsError) -> Error {
+    match e {
+        RecordsError::Invalid(e) => e,
+        too_large => Error::InvalidBatch(too_large.to_string()),
+    }
 }
 
 /// (offset, timestamp) of every record of the batch at the start of `batch`.
 pub(crate) fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
     let header = BatchHeader::parse(batch)?;
+    let mut out = Vec::new();
+    walk_batch(
+        batch,
+        &header,
+        MAX_UNCOMPRESSED_BATCH_BYTES,
+        |_, offset_delta, timestamp| {
+            out.push((
+                header.base_offset.saturating_add(i64::from(offset_delta)),
+                timestamp,
+            ));
+            Ok(())
+        },
+    )
+    .map_err(plain)?;
+    Ok(out)
+}
+
+/// The number of records the batch at the start of `batch` really holds,
+/// read record by record (decompressing, up to `max_decompressed` bytes):
+/// for callers that must not size anything from the header's count. An
+/// error when the records do not match the header.
+pub fn verified_record_count(batch: &[u8], max_decompressed: u64) -> Result<u64, RecordsError> {
+    let header = BatchHeader::parse(batch)?;
+    let mut n = 0u64;
+    walk_batch(batch, &header, max_decompressed, |_, _, _| {
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Walks every record of one batch (decompressing at most `limit` bytes),
+/// handing `each` the record's index, offset delta and timestamp (the
+/// batch's max timestamp for LogAppendTime). Returns the bytes decompressed.
+/// Nothing is sized from the header's record count: a count larger than the
+/// records ends in an error once the records run out.
+fn walk_batch(
+    batch: &[u8],
+    header: &BatchHeader,
+    limit: u64,
+    mut each: impl FnMut(i32, i32, i64) -> Result<()>,
+) -> Result<u64, RecordsError> {
     let Some(whole) = batch.get(..header.size()) else {
         return Err(Error::InvalidBatch(format!(
             "batch declares '{}' bytes but only {} are present",
             header.size(),
             batch.len()
-        )));
+        ))
+        .into());
     };
-    check_counts(&header)?;
-    let region = &whole[BATCH_OVERHEAD..];
-    // Capacity from the wire is capped: the vector grows with records
-    // actually decoded, never with what the header claims.
-    let mut out = Vec::with_capacity(usize::try_from(header.record_count).unwrap_or(0).min(4096));
+    check_counts(header)?;
+    let region = whole.get(BATCH_OVERHEAD..).unwrap_or_default();
     let append_time = header.log_append_time();
+    let mut index = 0i32;
+    let mut failed = None;
     let mut push = |offset_delta: i32, timestamp_delta: i64| {
         let timestamp = if append_time {
             header.max_timestamp
         } else {
             header.base_timestamp.saturating_add(timestamp_delta)
         };
-        out.push((
-            header.base_offset.saturating_add(i64::from(offset_delta)),
-            timestamp,
-        ));
+        if failed.is_none()
+            && let Err(e) = each(index, offset_delta, timestamp)
+        {
+            failed = Some(e);
+        }
+        index = index.saturating_add(1);
     };
-    match header.compression()? {
-        Compression::None => visit_records_in(region, header.record_count, &mut push)?,
-        Compression::Gzip => visit_records(
-            Capped::new(flate2::read::MultiGzDecoder::new(region)),
-            header.record_count,
-            &mut push,
-        )?,
-        Compression::Snappy => visit_records(
-            Capped::new(XerialSnappy::new(region)),
-            header.record_count,
-            &mut push,
-        )?,
-        Compression::Lz4 => {
-            let decoder = lz4::Decoder::new(region).map_err(|e| records_error(&e))?;
-            visit_records(Capped::new(decoder), header.record_count, &mut push)?
+    let count = header.record_count;
+    let snappy_over = Cell::new(false);
+    let used = match header.compression()? {
+        Compression::None => {
+            visit_records_in(region, count, &mut push)?;
+            0
         }
-        Compression::Zstd => {
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(region).map_err(|e| records_error(&e))?;
-            decoder
-                .window_log_max(ZSTD_WINDOW_LOG_MAX)
-                .map_err(|e| records_error(&e))?;
-            visit_records(Capped::new(decoder), header.record_count, &mut push)?
+        codec => {
+            let inner: Box<dyn Read + '_> = match codec {
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(region)),
+                Compression::Snappy => {
+                    let mut snappy = XerialSnappy::with_budget(region, limit);
+                    snappy.over = Some(&snappy_over);
+                    Box::new(snappy)
+                }
+                Compression::Lz4 => {
+                    Box::new(lz4::Decoder::new(region).map_err(|e| records_error(&e))?)
+                }
+                _ => {
+                    let mut decoder = zstd::stream::read::Decoder::with_buffer(region)
+                        .map_err(|e| records_error(&e))?;
+                    decoder
+                        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                        .map_err(|e| records_error(&e))?;
+                    Box::new(decoder)
+                }
+            };
+            let mut reader = Capped::with_limit(inner, limit);
+            let walked = visit_records(&mut reader, count, &mut push);
+            if reader.exceeded || snappy_over.get() {
+                return Err(RecordsError::TooLarge { limit });
+            }
+            walked?;
+            limit - reader.left
         }
+    };
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(used),
     }
-    Ok(out)
 }
 
 /// Checks the CRC of a whole batch whose header is `header`.
@@ -396,6 +579,9 @@ pub(crate) fn check_counts(header: &BatchHeader) -> Result<()> {
 fn visit_records_in(records: &[u8], count: i32, mut each: impl FnMut(i32, i64)) -> Result<()> {
     let mut at = 0usize;
     for index in 0..count {
+        if at == records.len() {
+            return Err(too_few(count, index));
+        }
         let mut outer = Fields { bytes: records, at };
         let length = outer.varint().map_err(|e| record_error(index, &e))?;
         let length = usize::try_from(length).map_err(|_| {
@@ -442,11 +628,23 @@ fn visit_records_in(records: &[u8], count: i32, mut each: impl FnMut(i32, i64)) 
         each(offset_delta, timestamp_delta);
     }
     if at < records.len() {
-        return Err(Error::InvalidBatch(format!(
-            "bytes remain after the record count '{count}' is reached"
-        )));
+        return Err(too_many(count));
     }
     Ok(())
+}
+
+fn too_few(count: i32, found: i32) -> Error {
+    Error::InvalidBatch(format!(
+        "record count '{count}' is more than the {found} records the batch holds: \
+         the count must equal the records"
+    ))
+}
+
+fn too_many(count: i32) -> Error {
+    Error::InvalidBatch(format!(
+        "record count '{count}' is less than the records the batch holds: \
+         the count must equal the records"
+    ))
 }
 
 /// A read position in record bytes, for [`visit_records_in`].
@@ -531,7 +729,12 @@ fn visit_records<R: Read>(
     mut each: impl FnMut(i32, i64),
 ) -> Result<()> {
     for index in 0..count {
-        let length = read_varint(&mut records).map_err(|e| record_error(index, &e))?;
+        let mut first = [0u8; 1];
+        if records.read(&mut first).map_err(|e| records_error(&e))? == 0 {
+            return Err(too_few(count, index));
+        }
+        let length = read_varint(&mut (&first[..]).chain(&mut records))
+            .map_err(|e| record_error(index, &e))?;
         let length = u64::try_from(length).map_err(|_| {
             Error::InvalidBatch(format!("record {index} has negative length '{length}'"))
         })?;
@@ -569,9 +772,7 @@ fn visit_records<R: Read>(
     let mut trailing = [0u8; 1];
     match records.read(&mut trailing) {
         Ok(0) => Ok(()),
-        Ok(_) => Err(Error::InvalidBatch(format!(
-            "bytes remain after the record count '{count}' is reached"
-        ))),
+        Ok(_) => Err(too_many(count)),
         Err(e) => Err(records_error(&e)),
     }
 }
@@ -645,15 +846,17 @@ fn read_unsigned_varint(r: &mut impl Read, max_bytes: u32) -> io::Result<u64> {
 struct Capped<R> {
     inner: R,
     left: u64,
+    /// Whether the inner reader went past the limit.
+    exceeded: bool,
 }
 
 impl<R: Read> Capped<R> {
-    fn new(inner: R) -> Self {
-        Self::with_limit(inner, MAX_UNCOMPRESSED_BATCH_BYTES)
-    }
-
     fn with_limit(inner: R, left: u64) -> Self {
-        Capped { inner, left }
+        Capped {
+            inner,
+            left,
+            exceeded: false,
+        }
     }
 }
 
@@ -666,7 +869,10 @@ impl<R: Read> Read for Capped<R> {
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(too_large()),
+                _ => {
+                    self.exceeded = true;
+                    Err(too_large())
+                }
             };
         }
         let want = buf
@@ -679,9 +885,7 @@ impl<R: Read> Read for Capped<R> {
 }
 
 fn too_large() -> io::Error {
-    io::Error::other(format!(
-        "records decompress to more than {MAX_UNCOMPRESSED_BATCH_BYTES} bytes"
-    ))
+    io::Error::other("records decompress to more than allowed")
 }
 
 /// Snappy as Kafka's Java clients write it: xerial's framing (a 16-byte
@@ -695,10 +899,17 @@ struct XerialSnappy<'a> {
     block: Vec<u8>,
     at: usize,
     budget: u64,
+    /// Set when a block would go past the budget.
+    over: Option<&'a Cell<bool>>,
 }
 
 impl<'a> XerialSnappy<'a> {
+    #[cfg(test)]
     fn new(input: &'a [u8]) -> Self {
+        Self::with_budget(input, MAX_UNCOMPRESSED_BATCH_BYTES)
+    }
+
+    fn with_budget(input: &'a [u8], budget: u64) -> Self {
         let framed = input.starts_with(XERIAL_SNAPPY_MAGIC) && input.len() >= XERIAL_SNAPPY_HEADER;
         XerialSnappy {
             input: if framed {
@@ -710,7 +921,8 @@ impl<'a> XerialSnappy<'a> {
             started: false,
             block: Vec::new(),
             at: 0,
-            budget: MAX_UNCOMPRESSED_BATCH_BYTES,
+            budget,
+            over: None,
         }
     }
 
@@ -740,6 +952,9 @@ impl<'a> XerialSnappy<'a> {
         self.started = true;
         let length = snap::raw::decompress_len(compressed).map_err(io::Error::other)?;
         if length as u64 > self.budget {
+            if let Some(over) = self.over {
+                over.set(true);
+            }
             return Err(too_large());
         }
         self.budget -= length as u64;
@@ -1074,6 +1289,99 @@ mod tests {
                 let _ = record_timestamps(&bad);
             }
         }
+    }
+
+    /// Sets the record count (and last offset delta, so that they agree) of
+    /// the batch in `b`, and fixes its CRC: a producer that lies consistently.
+    fn claim_records(b: &mut [u8], count: i32) {
+        b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn a_record_count_that_differs_from_the_records_is_refused_for_every_codec() {
+        for (codec, _) in CODECS {
+            let good = encode(&[1, 2, 3], codec);
+            let checked = check_produced(&good, 1 << 20).unwrap();
+            assert_eq!(checked.timestamps, [vec![1, 2, 3]], "{codec:?}");
+            for claim in [20_000_000, 4, 2, 1] {
+                let mut lying = good.clone();
+                claim_records(&mut lying, claim);
+                let err = check_produced(&lying, 1 << 20).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("record count '{claim}'")),
+                    "{codec:?} claiming {claim}: {err}"
+                );
+                assert!(record_timestamps(&lying).is_err(), "{codec:?} {claim}");
+                assert!(verified_record_count(&lying, 1 << 20).is_err());
+            }
+            assert_eq!(verified_record_count(&good, 1 << 20).unwrap(), 3);
+        }
+    }
+
+    /// `header` (a batch's first 61 bytes) over `region` as its records,
+    /// with the batch length and CRC fixed.
+    fn rebatch(header: &[u8], region: &[u8]) -> Vec<u8> {
+        let mut b = header[..BATCH_OVERHEAD].to_vec();
+        b.extend_from_slice(region);
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn records_out_of_offset_order_are_refused() {
+        // Three records whose second claims offset delta 2 (0, 2, 2).
+        let plain = encode(&[5, 5, 5], Codec::None);
+        let mut region = plain[BATCH_OVERHEAD..].to_vec();
+        let first_len = usize::from(region[0] / 2) + 1;
+        // length, attributes, timestamp delta (0), then the offset delta.
+        let at = first_len + 3;
+        assert_eq!(region[at], 2, "zigzag of offset delta 1");
+        region[at] = 4;
+        let bad = rebatch(&plain, &region);
+        let err = check_produced(&bad, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("offset delta '2'"), "{err}");
+        let zstd_header = encode(&[5, 5, 5], Codec::Zstd);
+        let bad = rebatch(&zstd_header, &zstd::encode_all(&region[..], 1).unwrap());
+        let err = check_produced(&bad, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("offset delta '2'"), "zstd: {err}");
+        let good = rebatch(
+            &zstd_header,
+            &zstd::encode_all(&plain[BATCH_OVERHEAD..], 1).unwrap(),
+        );
+        check_produced(&good, 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn what_a_request_may_decompress_is_capped_across_its_batches() {
+        let big: Vec<i64> = (0..2_000).collect();
+        for (codec, _) in CODECS.into_iter().skip(1) {
+            let one = encode(&big, codec);
+            let need = check_produced(&one, u64::MAX).unwrap().decompressed_bytes;
+            assert!(need > 20_000, "{codec:?}: {need}");
+            let mut two = one.clone();
+            two.extend(&one);
+            assert_eq!(
+                check_produced(&two, 2 * need).unwrap().decompressed_bytes,
+                2 * need
+            );
+            let err = check_produced(&two, 2 * need - 1).unwrap_err();
+            assert!(
+                matches!(err, RecordsError::TooLarge { limit } if limit == 2 * need - 1),
+                "{codec:?}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("'{}'", 2 * need - 1)));
+        }
+        // Uncompressed batches decompress nothing.
+        let plain = encode(&big, Codec::None);
+        assert_eq!(check_produced(&plain, 1024).unwrap().decompressed_bytes, 0);
+        assert!(!any_compressed(&plain));
+        assert!(any_compressed(&encode(&big, Codec::Zstd)));
     }
 
     #[test]

@@ -42,8 +42,27 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     /// Largest request frame, in bytes.
     pub max_frame_bytes: usize,
-    /// Most client connections at once.
+    /// Most client connections at once. At the limit, a new connection takes
+    /// the place of the one that has gone longest without completing a
+    /// request (and has none in progress), so silent sockets cannot fill it.
     pub max_connections: usize,
+    /// The longest a request may take to arrive, from its first byte to its
+    /// last; also how long a new connection may stay silent before its first
+    /// request. A connection over it is closed.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Close a connection that sends no request for this long (Kafka's
+    /// `connections.max.idle.ms`).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The most record bytes in one Fetch response (Kafka's
+    /// `fetch.max.bytes`); the first batch of the first partition with data
+    /// is returned whole even past it.
+    pub fetch_max_bytes: usize,
+    /// The most bytes the compressed batches of one Produce request may
+    /// decompress to (each batch at most 128 MiB); a partition over it is
+    /// refused with MESSAGE_TOO_LARGE and nothing of it is appended.
+    pub max_decompressed_bytes: u64,
     /// When appended records reach the disk: `always`, `interval:MS` or `never`.
     pub fsync: String,
     /// Roll a segment at this size.
@@ -79,6 +98,10 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             max_frame_bytes: 100 * 1024 * 1024,
             max_connections: 1024,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_decompressed_bytes: 256 * 1024 * 1024,
             fsync: "interval:1000".into(),
             segment_bytes: log.segment_bytes,
             segment_time: Duration::from_millis(log.segment_ms as u64),
@@ -165,6 +188,29 @@ impl BrokerConfig {
                 "max_connections \"0\" would refuse every client".into(),
             ));
         }
+        for (key, value) in [
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!(
+                    "{key} \"{value:?}\" would close every connection: expected a duration of at least 1ms (e.g. 30s)"
+                )));
+            }
+        }
+        if !(1..=i32::MAX as usize).contains(&self.fetch_max_bytes) {
+            return Err(Error::Config(format!(
+                "fetch_max_bytes \"{}\" is out of range: expected 1 to {} (default 57671680, 55 MiB)",
+                self.fetch_max_bytes,
+                i32::MAX
+            )));
+        }
+        if self.max_decompressed_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "max_decompressed_bytes \"{}\" is too small: expected 1024 or more (default 268435456, 256 MiB)",
+                self.max_decompressed_bytes
+            )));
+        }
         self.width()?;
         let websocket = self.agent.starts_with("ws://") || self.agent.starts_with("wss://");
         if !self.agent.is_empty() && !websocket {
@@ -228,5 +274,31 @@ mod tests {
         assert_eq!(c.advertised(), ("127.0.0.1".to_owned(), 9092));
         let round = BrokerConfig::from_toml(&c.to_toml(), "x").unwrap();
         assert_eq!(round, c);
+        assert_eq!(c.fetch_max_bytes, 57_671_680, "Kafka's fetch.max.bytes");
+        assert_eq!(c.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_example_config_holds_the_defaults() {
+        let text = include_str!("../../tally-broker.example.toml");
+        let c = BrokerConfig::from_toml(text, "tally-broker.example.toml").unwrap();
+        assert_eq!(c, BrokerConfig::default());
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_named() {
+        let bad = |tune: fn(&mut BrokerConfig)| {
+            let mut c = BrokerConfig::default();
+            tune(&mut c);
+            c.check().unwrap_err().to_string()
+        };
+        let e = bad(|c| c.fetch_max_bytes = 0);
+        assert!(e.contains("fetch_max_bytes \"0\""), "{e}");
+        let e = bad(|c| c.max_decompressed_bytes = 10);
+        assert!(e.contains("max_decompressed_bytes \"10\""), "{e}");
+        let e = bad(|c| c.idle_timeout = Duration::ZERO);
+        assert!(e.contains("idle_timeout \"0ns\""), "{e}");
+        let e = bad(|c| c.request_timeout = Duration::ZERO);
+        assert!(e.contains("request_timeout"), "{e}");
     }
 }

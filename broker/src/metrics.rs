@@ -35,6 +35,7 @@ pub(crate) struct BrokerMetrics {
     records_out: IntCounterVec,
     /// Open client connections.
     pub(crate) connections: IntGauge,
+    connections_closed: IntCounterVec,
 }
 
 fn api_name(key: ApiKey) -> &'static str {
@@ -98,6 +99,12 @@ impl BrokerMetrics {
             "Records fetched, per topic",
             &["topic"],
         );
+        let connections_closed = vec(
+            "tally_broker_connections_closed_total",
+            "Connections the broker closed or refused to protect the others, per reason: \
+             idle, request_timeout, evicted (room made at max_connections), refused",
+            &["reason"],
+        );
         let connections = IntGauge::new("tally_broker_connections", "Open client connections")
             .expect("static metric definition");
         registry
@@ -112,7 +119,13 @@ impl BrokerMetrics {
             records_in,
             records_out,
             connections,
+            connections_closed,
         }
+    }
+
+    /// A connection closed (or refused) by the broker, for `reason`.
+    pub(crate) fn connection_closed(&self, reason: &str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn request(&self, key: ApiKey, took: Duration) {

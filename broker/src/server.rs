@@ -1,18 +1,20 @@
 //! The running broker: the Kafka listener and its connections, the
 //! retention task, and the broker's own /metrics.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, supported};
@@ -95,6 +97,10 @@ pub struct Broker {
     pub(crate) metrics: BrokerMetrics,
     pub(crate) groups: Groups,
     pub(crate) audit: Option<Instrumentation>,
+    /// Permits for checking produced batches off the async workers
+    /// (decompression): one per core, so a flood of compressed batches queues
+    /// instead of taking every thread.
+    pub(crate) checks: Arc<Semaphore>,
     _lock: std::fs::File,
 }
 
@@ -159,6 +165,9 @@ impl Broker {
             flusher: Flusher::start(cfg.fsync_policy()?),
             producer_ids: ProducerIds::open(dir)?,
             metrics: BrokerMetrics::new(),
+            checks: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             cluster_id,
             topics,
             cfg,
@@ -343,8 +352,82 @@ pub async fn start(mut cfg: BrokerConfig) -> Result<RunningBroker> {
     })
 }
 
+/// One client connection, as the connection limit sees it.
+struct Connection {
+    /// When it last completed a request, or was accepted.
+    last_done: Mutex<Instant>,
+    /// Whether a request of it is being handled.
+    busy: AtomicBool,
+    /// Told to close, to make room for a new connection.
+    close: Notify,
+}
+
+/// The open client connections. At the limit, a new connection takes the
+/// place of the one that has gone longest without completing a request and
+/// has none being handled: silent or trickling sockets, which complete
+/// nothing, give way first, and a client is refused only when every
+/// connection is busy.
+struct Connections {
+    limit: usize,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+/// What admitting a connection did.
+enum Admitted {
+    /// There was room.
+    Room(u64, Arc<Connection>),
+    /// Another connection was told to close to make room.
+    Evicted(u64, Arc<Connection>),
+    /// Every connection is busy.
+    Full,
+}
+
+impl Connections {
+    fn new(limit: usize) -> Self {
+        Connections {
+            limit,
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admit(&self) -> Admitted {
+        let mut open = self.open.lock();
+        let mut evicted = false;
+        if open.len() >= self.limit {
+            let victim = open
+                .iter()
+                .filter(|(_, c)| !c.busy.load(Ordering::Acquire))
+                .min_by_key(|(_, c)| *c.last_done.lock())
+                .map(|(id, _)| *id);
+            let Some(victim) = victim.and_then(|id| open.remove(&id)) else {
+                return Admitted::Full;
+            };
+            victim.close.notify_one();
+            evicted = true;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection {
+            last_done: Mutex::new(Instant::now()),
+            busy: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        open.insert(id, conn.clone());
+        if evicted {
+            Admitted::Evicted(id, conn)
+        } else {
+            Admitted::Room(id, conn)
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        self.open.lock().remove(&id);
+    }
+}
+
 async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: oneshot::Receiver<()>) {
-    let slots = Arc::new(Semaphore::new(broker.cfg.max_connections));
+    let connections = Arc::new(Connections::new(broker.cfg.max_connections));
     let mut maintain = tokio::time::interval(broker.cfg.retention_check);
     maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Session timeouts and rebalance deadlines, apart from retention, which
@@ -391,19 +474,34 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    warn!(%peer, limit = broker.cfg.max_connections, "connection refused: the broker is at its connection limit (max_connections)");
-                    drop(stream);
-                    continue;
+                let (id, conn) = match connections.admit() {
+                    Admitted::Room(id, conn) => (id, conn),
+                    Admitted::Evicted(id, conn) => {
+                        broker.metrics.connection_closed("evicted");
+                        debug!(%peer, limit = broker.cfg.max_connections, "at the connection limit: the connection longest without a completed request makes room");
+                        (id, conn)
+                    }
+                    Admitted::Full => {
+                        broker.metrics.connection_closed("refused");
+                        warn!(%peer, limit = broker.cfg.max_connections, "connection refused: the broker is at its connection limit (max_connections) and every connection has a request in progress");
+                        drop(stream);
+                        continue;
+                    }
                 };
                 let b = broker.clone();
+                let connections = connections.clone();
                 tokio::spawn(async move {
                     b.metrics.connections.inc();
-                    if let Err(e) = serve_connection(&b, stream, peer).await {
+                    if let Err(e) = serve_connection(&b, stream, peer, &conn).await {
+                        match &e {
+                            Closed::Idle(_) => b.metrics.connection_closed("idle"),
+                            Closed::Slow(_) => b.metrics.connection_closed("request_timeout"),
+                            _ => {}
+                        }
                         debug!(%peer, "connection closed: {e}");
                     }
                     b.metrics.connections.dec();
-                    drop(slot);
+                    connections.leave(id);
                 });
             }
         }
@@ -435,6 +533,12 @@ enum Closed {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
+    #[error("no request for {0:?} (idle_timeout, or request_timeout before the first)")]
+    Idle(Duration),
+    #[error("a request took longer than {0:?} to arrive (request_timeout)")]
+    Slow(Duration),
+    #[error("closed to make room at the connection limit (max_connections)")]
+    Evicted,
 }
 
 fn response_frame(
@@ -462,39 +566,89 @@ fn holds_whole_frame(buf: &[u8]) -> bool {
     }
 }
 
+/// Reads the rest of a request frame whose first byte was `first`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    read: &mut R,
+    first: u8,
+    max: usize,
+    peer: SocketAddr,
+) -> Result<Bytes, Closed> {
+    let mut size = [first, 0, 0, 0];
+    read.read_exact(&mut size[1..]).await?;
+    let len = i32::from_be_bytes(size);
+    let len = match usize::try_from(len) {
+        Ok(n) if (8..=max).contains(&n) => n,
+        _ => {
+            warn!(%peer, len, max, "closing the connection: request frame of {len} bytes is outside 8..={max} (max_frame_bytes)");
+            return Err(Closed::Protocol(format!("frame length {len}")));
+        }
+    };
+    // Read into spare capacity: zeroing a buffer that the socket then
+    // overwrites costs as much as a copy on the produce path.
+    let mut frame = BytesMut::with_capacity(len);
+    while frame.len() < len {
+        let want = (len - frame.len()) as u64;
+        if (&mut *read).take(want).read_buf(&mut frame).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(frame.freeze())
+}
+
+/// Runs `io` unless the connection is told to close first or `limit` passes.
+async fn bounded<T>(
+    conn: &Connection,
+    limit: Duration,
+    timed_out: Closed,
+    io: impl std::future::Future<Output = Result<T, Closed>>,
+) -> Result<T, Closed> {
+    tokio::select! {
+        biased;
+        _ = conn.close.notified() => Err(Closed::Evicted),
+        done = tokio::time::timeout(limit, io) => done.unwrap_or(Err(timed_out)),
+    }
+}
+
 async fn serve_connection(
     broker: &Broker,
     stream: TcpStream,
     peer: SocketAddr,
+    conn: &Connection,
 ) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let mut write = BufWriter::with_capacity(64 * 1024, write);
     let max = broker.cfg.max_frame_bytes;
+    let request_timeout = broker.cfg.request_timeout;
+    // Answers can be large (a whole Fetch); a client reading them slowly is
+    // not idle, so writing is bounded by the idle timeout, not the request's.
+    let write_timeout = broker.cfg.idle_timeout.max(request_timeout);
+    let mut served = false;
     loop {
-        let len = match read.read_i32().await {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+        // A client sends its first request at once (ApiVersions); a socket
+        // that stays silent is closed after the request timeout.
+        let idle = if served {
+            broker.cfg.idle_timeout
+        } else {
+            request_timeout.min(broker.cfg.idle_timeout)
         };
-        let len = match usize::try_from(len) {
-            Ok(n) if (8..=max).contains(&n) => n,
-            _ => {
-                warn!(%peer, len, max, "closing the connection: request frame of {len} bytes is outside 8..={max} (max_frame_bytes)");
-                return Err(Closed::Protocol(format!("frame length {len}")));
+        let first = bounded(conn, idle, Closed::Idle(idle), async {
+            match read.read_u8().await {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(e) => Err(e.into()),
             }
-        };
-        // Read into spare capacity: zeroing a buffer that the socket then
-        // overwrites costs as much as a copy on the produce path.
-        let mut frame = BytesMut::with_capacity(len);
-        while frame.len() < len {
-            let want = (len - frame.len()) as u64;
-            if (&mut read).take(want).read_buf(&mut frame).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-            }
-        }
-        let frame = frame.freeze();
+        })
+        .await?;
+        let Some(first) = first else { return Ok(()) };
+        let frame = bounded(
+            conn,
+            request_timeout,
+            Closed::Slow(request_timeout),
+            read_frame(&mut read, first, max, peer),
+        )
+        .await?;
         let api_key = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -505,10 +659,12 @@ async fn serve_connection(
         if !supported(key, version) {
             if key == ApiKey::ApiVersions {
                 let body = api::unsupported_api_versions();
-                write
-                    .write_all(&response_frame(correlation_id, 0, &body)?)
-                    .await?;
-                write.flush().await?;
+                let frame = response_frame(correlation_id, 0, &body)?;
+                bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
+                    write.write_all(&frame).await?;
+                    Ok(write.flush().await?)
+                })
+                .await?;
                 continue;
             }
             warn!(%peer, api = ?key, version, "closing the connection: {key:?} v{version} is not served (see ApiVersions)");
@@ -537,13 +693,19 @@ async fn serve_connection(
         }
         let started = Instant::now();
         let caller = api::Caller { client_id, peer };
+        conn.busy.store(true, Ordering::Release);
         let response = api::dispatch(broker, key, version, body, &caller).await;
+        conn.busy.store(false, Ordering::Release);
         broker.metrics.request(key, started.elapsed());
         match response {
             Ok(Some(body)) => {
                 let frame =
                     response_frame(correlation_id, key.response_header_version(version), &body)?;
-                write.write_all(&frame).await?;
+                drop(body);
+                bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
+                    Ok(write.write_all(&frame).await?)
+                })
+                .await?;
             }
             Ok(None) => {}
             Err(e) => {
@@ -554,8 +716,13 @@ async fn serve_connection(
         // Answers to pipelined requests that are already here go out in one
         // flush; nothing waits behind a request that needs no answer.
         if !holds_whole_frame(read.buffer()) {
-            write.flush().await?;
+            bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
+                Ok(write.flush().await?)
+            })
+            .await?;
         }
+        *conn.last_done.lock() = Instant::now();
+        served = true;
     }
 }
 

@@ -3,6 +3,7 @@
 //! Fetch sessions are not kept: the answer's session id is always 0, which
 //! tells clients to send full fetches.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,19 +16,41 @@ use crate::Error;
 use crate::server::Broker;
 
 /// The partitions' answers, the bytes read, and whether a partition failed.
+///
+/// The whole response holds at most the smaller of the request's max_bytes
+/// and the broker's fetch_max_bytes, each partition at most its
+/// partition_max_bytes, except that the first batch of the first partition
+/// with data is returned whole (Kafka's rule: a batch larger than every limit
+/// can still be fetched). A partition listed more than once is answered once,
+/// as first asked, and a topic listed more than once is one topic in the answer.
 fn read_all(
     broker: &Broker,
     request: &FetchRequest,
     version: i16,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
-    let mut budget = usize::try_from(request.max_bytes.max(0)).unwrap_or(usize::MAX);
+    let mut budget = usize::try_from(request.max_bytes.max(0))
+        .unwrap_or(usize::MAX)
+        .min(broker.cfg.fetch_max_bytes);
     let mut total = 0usize;
     let mut failed = false;
-    let mut topics = Vec::with_capacity(request.topics.len());
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    let mut topic_at: HashMap<&str, usize> = HashMap::new();
+    let mut answered: HashSet<(&str, i32)> = HashSet::new();
     for t in &request.topics {
+        let at = *topic_at.entry(&t.topic.0).or_insert_with(|| {
+            topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(t.topic.clone())
+                    .with_topic_id(t.topic_id),
+            );
+            topics.len() - 1
+        });
         let topic = broker.topics.get(&t.topic.0);
-        let mut partitions = Vec::with_capacity(t.partitions.len());
+        let partitions = &mut topics[at].partitions;
         for p in &t.partitions {
+            if !answered.insert((&t.topic.0, p.partition)) {
+                continue;
+            }
             let answer = PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_aborted_transactions(Some(Vec::new()));
@@ -56,7 +79,8 @@ fn read_all(
                 .min(budget);
             // Kafka returns at least one whole batch for the first partition
             // with data, even past max_bytes, so a large batch never blocks a consumer.
-            let limit = if total == 0 { limit.max(1) } else { limit };
+            let first = total == 0;
+            let limit = if first { limit.max(1) } else { limit };
             let records = if limit == 0 || p.fetch_offset == end {
                 Ok(Bytes::new())
             } else {
@@ -64,6 +88,13 @@ fn read_all(
             };
             match records {
                 Ok(bytes) => {
+                    // Past the first partition with data, a batch that does
+                    // not fit what is left waits for the next fetch.
+                    let bytes = if !first && bytes.len() > limit {
+                        Bytes::new()
+                    } else {
+                        bytes
+                    };
                     total += bytes.len();
                     budget = budget.saturating_sub(bytes.len());
                     partitions.push(answer.with_records(Some(bytes)));
@@ -87,12 +118,6 @@ fn read_all(
                 }
             }
         }
-        topics.push(
-            FetchableTopicResponse::default()
-                .with_topic(t.topic.clone())
-                .with_topic_id(t.topic_id)
-                .with_partitions(partitions),
-        );
     }
     (topics, total, failed)
 }

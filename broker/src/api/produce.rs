@@ -8,8 +8,10 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tracing::{debug, warn};
 
 use super::str_bytes;
+use bytes::Bytes;
+
 use crate::Error;
-use crate::batch::validate_batches_with_timestamps;
+use crate::batch::{self, CheckedBatches, RecordsError};
 use crate::server::{Broker, now_ms};
 use crate::topics::{Partition, Refusal, Sequence};
 
@@ -29,20 +31,66 @@ fn refusal_of(e: &Error) -> Refusal {
     }
 }
 
+/// Requests this small whose batches are all uncompressed are checked on the
+/// async worker; anything else goes to the bounded checking pool.
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
+/// Checks every batch down to its last record, decompressing within
+/// `budget` (what is left of the request's max_decompressed_bytes), off the
+/// async workers when that can take long, so that one client's batches never
+/// stall the others'.
+async fn check(broker: &Broker, records: &Bytes, budget: u64) -> Result<CheckedBatches, Refusal> {
+    let checked = if records.len() <= INLINE_CHECK_BYTES && !batch::any_compressed(records) {
+        batch::check_produced(records, budget)
+    } else {
+        let permit = broker
+            .checks
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
+        let records = records.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            batch::check_produced(&records, budget)
+        })
+        .await
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?
+    };
+    checked.map_err(|e| match e {
+        RecordsError::Invalid(e) => refusal_of(&e),
+        too_large @ RecordsError::TooLarge { .. } => {
+            Refusal::new(ResponseError::MessageTooLarge, too_large.to_string())
+        }
+    })
+}
+
 async fn append(
     broker: &Broker,
     topic: &str,
     partition: i32,
     part: &Partition,
-    records: &[u8],
+    records: &Bytes,
     acks: i16,
+    budget: &mut u64,
 ) -> Result<Outcome, Refusal> {
-    let (headers, timestamps) =
-        validate_batches_with_timestamps(records).map_err(|e| refusal_of(&e))?;
+    let CheckedBatches {
+        headers,
+        timestamps,
+        decompressed_bytes,
+    } = check(broker, records, *budget).await?;
+    *budget = budget.saturating_sub(decompressed_bytes);
     if headers.is_empty() {
         return Err(Refusal::new(
             ResponseError::InvalidRecord,
             "the produce request holds no record batch",
+        ));
+    }
+    // Kafka's rule: only the broker writes control records (transaction markers).
+    if headers.iter().any(|h| h.is_control()) {
+        return Err(Refusal::new(
+            ResponseError::InvalidRecord,
+            "a control batch (attribute bit 0x20) was sent: only the broker writes control records",
         ));
     }
     if headers.iter().any(|h| h.is_transactional()) {
@@ -105,6 +153,8 @@ pub(super) async fn handle(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
+    // What the whole request may decompress, over all its partitions.
+    let mut budget = broker.cfg.max_decompressed_bytes;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for t in request.topic_data {
         let name = t.name.0.to_string();
@@ -129,7 +179,7 @@ pub(super) async fn handle(
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        append(broker, &name, p.index, part, records, acks).await
+                        append(broker, &name, p.index, part, records, acks, &mut budget).await
                     }
                 }
             };
