@@ -137,7 +137,7 @@ impl Workload {
     fn ledger(&self, buckets: usize) -> (Ledger, Session, u64) {
         let now = now_after(buckets);
         let mut ledger = Ledger::new(LedgerConfig::new(width()));
-        let session = ledger.hello(&self.hello(), now);
+        let session = ledger.hello(&self.hello(), now).expect("hello");
         let mut seq = 0;
         for b in 0..buckets {
             for part in 0..MESSAGES_PER_BUCKET {
@@ -165,7 +165,7 @@ fn report_memory_per_cell() {
     let now = now_after(MILLION_BUCKETS);
     let region = Region::new(GLOBAL);
     let mut ledger = Ledger::new(LedgerConfig::new(width()));
-    let session = ledger.hello(&work.hello(), now);
+    let session = ledger.hello(&work.hello(), now).expect("hello");
     let mut seq = 0;
     let mut next_report = 100_000;
     println!("memory: live heap bytes held by the ledger, per cell");
@@ -295,7 +295,7 @@ fn ingest(c: &mut Criterion) {
             // the first too.
             let now = now_after(iters as usize / MESSAGES_PER_BUCKET + 1);
             let mut ledger = Ledger::new(LedgerConfig::new(width()));
-            let session = ledger.hello(&work.hello(), now);
+            let session = ledger.hello(&work.hello(), now).expect("hello");
             let mut spent = Duration::ZERO;
             for i in 0..iters as usize {
                 let msg = work.message(i / MESSAGES_PER_BUCKET, i % MESSAGES_PER_BUCKET);

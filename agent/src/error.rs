@@ -43,3 +43,59 @@ pub enum Error {
 
 /// Result with the agent's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The most characters of a value that an error message quotes.
+const SHOWN_CHARS: usize = 200;
+
+/// A value as an error message quotes it: at most 200 characters, with an
+/// ellipsis and the full length where it was longer, and control, bidi and
+/// other invisible formatting characters escaped (`\u{202e}`), so that what
+/// a client sent can neither flood a reply or a log nor reorder its text.
+pub(crate) fn shown(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(SHOWN_CHARS) + 16);
+    let mut count = 0usize;
+    for c in value.chars() {
+        count += 1;
+        if count > SHOWN_CHARS {
+            continue;
+        }
+        if invisible(c) {
+            out.extend(c.escape_unicode());
+        } else if c == '"' || c == '\\' {
+            out.push('\\');
+            out.push(c);
+        } else {
+            out.push(c);
+        }
+    }
+    if count > SHOWN_CHARS {
+        out.push_str(&format!("… ({count} characters)"));
+    }
+    out
+}
+
+/// Characters that must not reach a reply or a log as they are: controls,
+/// bidirectional overrides and isolates, and zero-width or separator marks.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn shown_values_are_bounded_and_escaped() {
+        assert_eq!(shown("orders"), "orders");
+        assert_eq!(shown("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
+        assert_eq!(shown("say \"hi\""), "say \\\"hi\\\"");
+        let long = shown(&"x".repeat(8_000));
+        assert!(long.starts_with(&"x".repeat(200)));
+        assert!(long.ends_with("… (8000 characters)"), "{long}");
+        assert!(long.chars().count() < 230);
+        assert_eq!(shown("ümlaut"), "ümlaut");
+    }
+}

@@ -381,7 +381,8 @@ impl Ingest {
                     return Step::Reply(self.refuse(&stopping()));
                 }
                 match rx.await {
-                    Ok(session) => {
+                    Ok(Err(error)) => Step::Reply(self.refuse(&Refused { seq: None, error })),
+                    Ok(Ok(session)) => {
                         self.session = Some(session);
                         self.cluster = cluster;
                         let range = self.shared.accept_range();

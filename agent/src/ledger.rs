@@ -14,13 +14,16 @@ use tally_audit::snapshot::{
     BucketBooks, BucketTier, GroupHealth, LatencyBooks, PartitionLag, SourceInfo, TierBooks,
     TopicBooks, TopicBuckets,
 };
+use tally_audit::wire::AcceptRange;
 use tally_audit::{
     BucketStatus, BucketWidth, CountEntry, Error as AuditError, GroupStatus, Hello, Lag, Latency,
     LatencyHistogram, Reason, Snapshot, Tier, TierKind,
 };
 
 use crate::health::{HealthConfig, PartitionHealth, group_status};
-use crate::store::{CellRow, HealthRow, HistoryRow, Loaded, SeriesRow, SourceRow, WriteBatch};
+use crate::store::{
+    CellRow, HealthRow, HistoryRow, Loaded, SeriesRow, Skipped, SourceRow, WriteBatch,
+};
 use crate::{Error, Result};
 
 /// How the ledger judges buckets and what it keeps.
@@ -36,6 +39,8 @@ pub struct LedgerConfig {
     pub retention_ms: u64,
     /// The most series (tier, topic, partition, or lag partition) one source may open.
     pub max_series_per_source: usize,
+    /// The most series all sources together may open.
+    pub max_series: usize,
     /// Burrow-style health settings.
     pub health: HealthConfig,
 }
@@ -49,10 +54,18 @@ impl LedgerConfig {
             window_ms: 3_600_000,
             retention_ms: 7 * 86_400_000,
             max_series_per_source: 100_000,
+            max_series: DEFAULT_MAX_SERIES,
             health: HealthConfig::default(),
         }
     }
 }
+
+/// The default of [`LedgerConfig::max_series`].
+pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
+
+/// The most sources (distinct `hello` source ids) the ledger keeps: every
+/// source costs memory and a stored row for as long as the agent runs.
+pub const MAX_SOURCES: usize = 10_000;
 
 /// Identifies a source's open session; handed out by [`Ledger::hello`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -150,15 +163,40 @@ struct Source {
 }
 
 impl Source {
+    /// Holds the id of a stored source that could not be read.
+    fn placeholder() -> Self {
+        Source {
+            name: String::new(),
+            cluster: String::new(),
+            tier_kinds: Vec::new(),
+            epoch: 0,
+            last_seen_ms: 0,
+            messages: [0; 4],
+            errors: 0,
+            sessions: 0,
+            series: FxHashSet::default(),
+            lag_series: 0,
+            latency_series: 0,
+        }
+    }
+
+    fn is_placeholder(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    fn open_series(&self) -> usize {
+        self.series.len() + self.lag_series + self.latency_series
+    }
+
     /// Refuses a message that would take this source over `limit` series.
     fn admit(&self, fresh: usize, limit: usize) -> Result<()> {
-        let open = self.series.len() + self.lag_series + self.latency_series;
+        let open = self.open_series();
         if open + fresh > limit {
             return Err(refuse(
                 Reason::Cardinality,
                 format!(
                     "source \"{}\" would open {} series, over the limit of {limit} per source (--max-series-per-source)",
-                    self.name,
+                    crate::error::shown(&self.name),
                     open + fresh,
                 ),
             ));
@@ -176,6 +214,24 @@ struct Series {
     live: Counts,
     /// Sum of the cells already pruned by retention.
     pruned: Counts,
+}
+
+impl Series {
+    /// Holds the id of a stored series that could not be read; it belongs to
+    /// no topic, so it is never shown.
+    fn placeholder() -> Self {
+        Series {
+            cluster: String::new(),
+            topic: String::new(),
+            tier: Tier::Broker,
+            live: Counts::default(),
+            pruned: Counts::default(),
+        }
+    }
+
+    fn is_placeholder(&self) -> bool {
+        self.topic.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -210,6 +266,10 @@ pub struct Ledger {
     topics: Vec<Topic>,
     topic_ids: HashMap<(String, String), u32>,
     cells: FxHashMap<CellKey, Cell>,
+    /// Series open over all sources (what [`LedgerConfig::max_series`] bounds).
+    open_series: usize,
+    /// What [`Ledger::restore`] left out.
+    restore_skipped: Skipped,
     sums: BTreeMap<(u32, i64), Counts>,
     closed: HashMap<(u32, i64), Closed>,
     lag: BTreeMap<HealthKey, LagEntry>,
@@ -234,6 +294,9 @@ pub struct Applied {
     pub unchanged: usize,
     /// Entries older than the stored value (by session and `seq`), ignored.
     pub stale: usize,
+    /// Entries whose bucket lies outside the accepted range (see
+    /// [`Ledger::accept_range`]), dropped on their own.
+    pub out_of_range: usize,
 }
 
 fn refuse(reason: Reason, detail: String) -> Error {
@@ -252,6 +315,8 @@ impl Ledger {
             topics: Vec::new(),
             topic_ids: HashMap::new(),
             cells: FxHashMap::default(),
+            open_series: 0,
+            restore_skipped: Skipped::default(),
             sums: BTreeMap::new(),
             closed: HashMap::new(),
             lag: BTreeMap::new(),
@@ -277,10 +342,37 @@ impl Ledger {
         self.cells.len()
     }
 
-    /// Opens a session for the source of `hello`.
-    pub fn hello(&mut self, hello: &Hello, now_ms: i64) -> Session {
+    /// What [`Ledger::restore`] and [`Ledger::restore_cells`] left out
+    /// because it could not be read or used, with what the store's lenient
+    /// readers left out.
+    pub fn restore_skipped(&self) -> &Skipped {
+        &self.restore_skipped
+    }
+
+    /// Adds what the store's readers left out to [`Ledger::restore_skipped`].
+    pub fn note_unread(&mut self, unread: Skipped) {
+        self.restore_skipped.absorb(unread);
+    }
+
+    /// Series open over all sources (counts, lag and latency).
+    pub fn open_series(&self) -> usize {
+        self.open_series
+    }
+
+    /// Opens a session for the source of `hello`; a new source beyond
+    /// [`MAX_SOURCES`] is refused (`cardinality`).
+    pub fn hello(&mut self, hello: &Hello, now_ms: i64) -> Result<Session> {
         let id = match self.source_ids.get(&hello.source) {
             Some(&id) => id,
+            None if self.sources.len() >= MAX_SOURCES => {
+                return Err(refuse(
+                    Reason::Cardinality,
+                    format!(
+                        "source \"{}\" would be one more than the {MAX_SOURCES} sources this agent keeps: reuse a source id per emitter",
+                        crate::error::shown(&hello.source)
+                    ),
+                ));
+            }
             None => {
                 let id = self.sources.len() as u32;
                 self.sources.push(Source {
@@ -308,10 +400,46 @@ impl Ledger {
         src.messages[0] += 1;
         src.sessions += 1;
         self.dirty_sources.insert(id);
-        Session {
+        Ok(Session {
             source: id,
             epoch: hello.started_at_ms,
+        })
+    }
+
+    /// The range of buckets accepted at `now_ms`: from the oldest bucket the
+    /// retention keeps to max(grace, 1 h) ahead (DESIGN §5).
+    pub fn accept_range(&self, now_ms: i64) -> AcceptRange {
+        AcceptRange::at(
+            now_ms,
+            self.cfg.width,
+            self.cfg.retention_ms,
+            self.cfg.grace_ms,
+        )
+    }
+
+    /// Refuses `fresh` new series of `source` over either limit: the
+    /// source's own, or the one over all sources.
+    fn admit(&self, source: &Source, fresh: usize) -> Result<()> {
+        source.admit(fresh, self.cfg.max_series_per_source)?;
+        if fresh > 0 && self.open_series + fresh > self.cfg.max_series {
+            return Err(refuse(
+                Reason::Cardinality,
+                format!(
+                    "source \"{}\" would take the agent to {} series, over the limit of {} across all sources (--max-series)",
+                    crate::error::shown(&source.name),
+                    self.open_series + fresh,
+                    self.cfg.max_series
+                ),
+            ));
         }
+        Ok(())
+    }
+
+    /// The id of a series already interned, without creating it.
+    fn known_series(&mut self, cluster: &str, topic: &str, tier: &Tier) -> Option<u32> {
+        self.key_buf.clear();
+        let _ = write!(self.key_buf, "{cluster}\u{0}{topic}\u{0}{tier}");
+        self.series_ids.get(self.key_buf.as_str()).copied()
     }
 
     /// Closes a session (the connection ended).
@@ -403,41 +531,64 @@ impl Ledger {
                 ),
             ));
         }
-        // Emitters group entries by topic and tier: look each run up once.
-        let mut ids: Vec<u32> = Vec::with_capacity(entries.len());
-        let mut last: Option<(&str, &Tier, u32)> = None;
-        for e in entries {
+        // An entry outside the accepted range is dropped on its own.
+        let range = self.accept_range(now_ms);
+        let kept: Vec<&CountEntry> = entries
+            .iter()
+            .filter(|e| range.contains(e.bucket))
+            .collect();
+        let mut applied = Applied {
+            out_of_range: entries.len() - kept.len(),
+            ..Applied::default()
+        };
+        // Look series up without creating any, so that a refused message
+        // leaves nothing behind. Emitters group entries by topic and tier:
+        // look each run up once.
+        let mut ids: Vec<Option<u32>> = Vec::with_capacity(kept.len());
+        let mut last: Option<(&str, &Tier, Option<u32>)> = None;
+        for e in &kept {
             let id = match last {
                 Some((topic, tier, id)) if topic == e.topic && *tier == e.tier => id,
-                _ => self.series_id(&cluster, &e.topic, &e.tier),
+                _ => self.known_series(&cluster, &e.topic, &e.tier),
             };
             last = Some((&e.topic, &e.tier, id));
             ids.push(id);
         }
         let src = &self.sources[session.source as usize];
         let mut fresh: FxHashSet<(u32, i32)> = FxHashSet::default();
-        let mut last = None;
-        for (e, &id) in entries.iter().zip(&ids) {
-            let key = (id, e.partition);
-            if last != Some(key) && !src.series.contains(&key) {
-                fresh.insert(key);
+        let mut fresh_new: FxHashSet<(&str, &Tier, i32)> = FxHashSet::default();
+        for (e, id) in kept.iter().zip(&ids) {
+            match id {
+                Some(id) if !src.series.contains(&(*id, e.partition)) => {
+                    fresh.insert((*id, e.partition));
+                }
+                Some(_) => {}
+                None => {
+                    fresh_new.insert((&e.topic, &e.tier, e.partition));
+                }
             }
-            last = Some(key);
+            // Far more distinct series than allowed: stop counting early.
+            if fresh.len() + fresh_new.len() > self.cfg.max_series_per_source {
+                break;
+            }
         }
-        src.admit(fresh.len(), self.cfg.max_series_per_source)?;
-        let oldest = self.oldest_kept_bucket(now_ms);
+        self.admit(src, fresh.len() + fresh_new.len())?;
+        drop(fresh_new);
+        let ids: Vec<u32> = kept
+            .iter()
+            .zip(ids)
+            .map(|(e, id)| id.unwrap_or_else(|| self.series_id(&cluster, &e.topic, &e.tier)))
+            .collect();
         let src = &mut self.sources[session.source as usize];
-        src.series.extend(fresh);
+        let before = src.series.len();
+        src.series
+            .extend(ids.iter().zip(&kept).map(|(&id, e)| (id, e.partition)));
+        self.open_series += src.series.len() - before;
         src.last_seen_ms = now_ms;
         src.messages[1] += 1;
         self.dirty_sources.insert(session.source);
 
-        let mut applied = Applied::default();
-        for (e, &series) in entries.iter().zip(&ids) {
-            if e.bucket.start_ms() < oldest {
-                applied.stale += 1;
-                continue;
-            }
+        for (e, &series) in kept.into_iter().zip(&ids) {
             let key = CellKey {
                 source: session.source,
                 series,
@@ -502,7 +653,8 @@ impl Ledger {
                 ))
             })
             .count();
-        src.admit(fresh, self.cfg.max_series_per_source)?;
+        self.admit(src, fresh)?;
+        self.open_series += fresh;
         let src = &mut self.sources[session.source as usize];
         src.lag_series += fresh;
         src.last_seen_ms = now_ms;
@@ -566,7 +718,8 @@ impl Ledger {
             .map(key_of)
             .filter(|k| !self.latency.contains_key(k))
             .collect();
-        src.admit(fresh.len(), self.cfg.max_series_per_source)?;
+        self.admit(src, fresh.len())?;
+        self.open_series += fresh.len();
         let src = &mut self.sources[session.source as usize];
         src.latency_series += fresh.len();
         src.last_seen_ms = now_ms;
@@ -637,6 +790,32 @@ impl Ledger {
 
     /// Hands out every row changed since the last call, for the store.
     pub fn take_dirty(&mut self) -> WriteBatch {
+        let mut batch = self.take_message_rows();
+        for id in std::mem::take(&mut self.dirty_sources) {
+            let s = &self.sources[id as usize];
+            batch.sources.push(SourceRow {
+                id,
+                name: s.name.clone(),
+                cluster: s.cluster.clone(),
+                tier_kinds: serde_json::to_string(&s.tier_kinds).unwrap_or_default(),
+                epoch: s.epoch,
+                last_seen_ms: s.last_seen_ms,
+                messages: s.messages.iter().sum(),
+                errors: s.errors,
+            });
+            batch.kv.push((
+                format!("source/{id}/messages"),
+                serde_json::to_string(&s.messages).unwrap_or_default(),
+            ));
+        }
+        batch.history = std::mem::take(&mut self.dirty_history);
+        batch
+    }
+
+    /// Hands out the rows a message changes (cells, series, latency, health),
+    /// so that each message is stored, or refused, on its own; the sources'
+    /// rows and the history wait for [`Ledger::take_dirty`].
+    pub fn take_message_rows(&mut self) -> WriteBatch {
         let mut batch = WriteBatch::default();
         let mut keys = std::mem::take(&mut self.dirty_cells);
         keys.sort_unstable();
@@ -658,23 +837,6 @@ impl Ledger {
                 });
             }
         }
-        for id in std::mem::take(&mut self.dirty_sources) {
-            let s = &self.sources[id as usize];
-            batch.sources.push(SourceRow {
-                id,
-                name: s.name.clone(),
-                cluster: s.cluster.clone(),
-                tier_kinds: serde_json::to_string(&s.tier_kinds).unwrap_or_default(),
-                epoch: s.epoch,
-                last_seen_ms: s.last_seen_ms,
-                messages: s.messages.iter().sum(),
-                errors: s.errors,
-            });
-            batch.kv.push((
-                format!("source/{id}/messages"),
-                serde_json::to_string(&s.messages).unwrap_or_default(),
-            ));
-        }
         for id in std::mem::take(&mut self.dirty_series) {
             let s = &self.series[id as usize];
             batch.series.push(SeriesRow {
@@ -694,7 +856,6 @@ impl Ledger {
                 ));
             }
         }
-        batch.history = std::mem::take(&mut self.dirty_history);
         for key in std::mem::take(&mut self.dirty_health) {
             if let Some(e) = self.lag.get(&key) {
                 let state = serde_json::json!({"health": e.health, "last": e.last});
@@ -711,17 +872,45 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from what the store loaded.
+    ///
+    /// What cannot be used (a gap or a repeat in the ids, a tier that does
+    /// not parse, a cell of an unknown source or series) is left out and
+    /// counted in [`Ledger::restore_skipped`], so that the agent starts with
+    /// what it can read instead of not at all.
     pub fn restore(cfg: LedgerConfig, mut loaded: Loaded) -> Result<Self> {
         let mut ledger = Ledger::new(cfg);
+        ledger.restore_skipped = std::mem::take(&mut loaded.skipped);
         let kv: HashMap<String, String> = loaded.kv.into_iter().collect();
         let mut sources = loaded.sources;
         sources.sort_by_key(|s| s.id);
-        for (i, s) in sources.into_iter().enumerate() {
-            if s.id as usize != i {
-                return Err(Error::Config(format!(
-                    "state database holds source id \"{}\" out of sequence (expected {i})",
-                    s.id
-                )));
+        sources.dedup_by_key(|s| s.id);
+        for s in sources {
+            if s.id as usize > MAX_SOURCES.max(ledger.sources.len()) * 2 {
+                let id = s.id;
+                ledger
+                    .restore_skipped
+                    .note(|| format!("source id \"{id}\" is out of range"));
+                continue;
+            }
+            // A source row that was never stored leaves a gap: keep its id
+            // taken, by a source no one can open again.
+            while ledger.sources.len() < s.id as usize {
+                let gap = ledger.sources.len();
+                ledger
+                    .restore_skipped
+                    .note(|| format!("source id \"{gap}\" is missing"));
+                ledger.sources.push(Source::placeholder());
+            }
+            if ledger.source_ids.contains_key(&s.name) {
+                let (id, name) = (s.id, s.name.clone());
+                ledger.restore_skipped.note(|| {
+                    format!(
+                        "source id \"{id}\" repeats the name \"{}\"",
+                        crate::error::shown(&name)
+                    )
+                });
+                ledger.sources.push(Source::placeholder());
+                continue;
             }
             // Older stores kept three message types; a missing one counts from 0.
             let messages = kv
@@ -756,8 +945,14 @@ impl Ledger {
             let source = rest.split('/').next().and_then(|id| id.parse::<u32>().ok());
             let cell = serde_json::from_str::<LatencyCell>(value);
             match (source, cell) {
-                (Some(source), Ok(cell)) if (source as usize) < ledger.sources.len() => {
+                (Some(source), Ok(cell))
+                    if ledger
+                        .sources
+                        .get(source as usize)
+                        .is_some_and(|s| !s.is_placeholder()) =>
+                {
                     ledger.sources[source as usize].latency_series += 1;
+                    ledger.open_series += 1;
                     ledger.latency.insert(
                         (
                             source,
@@ -775,18 +970,47 @@ impl Ledger {
         }
         let mut series = loaded.series;
         series.sort_by_key(|s| s.id);
-        for (i, s) in series.into_iter().enumerate() {
-            let tier: Tier = s.tier.parse()?;
-            let id = ledger.series_id(&s.cluster, &s.topic, &tier);
-            if id as usize != i || s.id != id {
-                return Err(Error::Config(format!(
-                    "state database holds series id \"{}\" out of sequence (expected {i})",
-                    s.id
-                )));
+        series.dedup_by_key(|s| s.id);
+        let limit = ledger.cfg.max_series.max(series.len()).saturating_mul(2);
+        for s in series {
+            if s.id as usize > limit {
+                let id = s.id;
+                ledger
+                    .restore_skipped
+                    .note(|| format!("series id \"{id}\" is out of range"));
+                continue;
             }
-            ledger.series[i].pruned.records = s.pruned_records;
-            ledger.series[i].pruned.expired = s.pruned_expired;
+            while ledger.series.len() < s.id as usize {
+                let gap = ledger.series.len();
+                ledger
+                    .restore_skipped
+                    .note(|| format!("series id \"{gap}\" is missing"));
+                ledger.series.push(Series::placeholder());
+            }
+            let tier = s.tier.parse::<Tier>();
+            let known = tier
+                .as_ref()
+                .ok()
+                .and_then(|t| ledger.known_series(&s.cluster, &s.topic, t));
+            match tier {
+                Ok(tier) if known.is_none() => {
+                    let id = ledger.series_id(&s.cluster, &s.topic, &tier);
+                    ledger.series[id as usize].pruned.records = s.pruned_records;
+                    ledger.series[id as usize].pruned.expired = s.pruned_expired;
+                }
+                _ => {
+                    let id = s.id;
+                    ledger.restore_skipped.note(|| {
+                        format!(
+                            "series id \"{id}\" has a tier that does not parse or repeats another series"
+                        )
+                    });
+                    ledger.series.push(Series::placeholder());
+                }
+            }
         }
+        // Series interned while restoring are stored already.
+        ledger.dirty_series.clear();
         let cells = std::mem::take(&mut loaded.cells);
         for h in loaded.history {
             if let Some(status) = BucketStatus::ALL
@@ -808,31 +1032,55 @@ impl Ledger {
                 health: PartitionHealth,
                 last: tally_audit::LagSample,
             }
-            if let Ok(state) = serde_json::from_str::<State>(&h.state) {
-                ledger.lag.insert(
-                    (h.cluster, h.group, h.topic, h.partition),
-                    LagEntry {
-                        health: state.health,
-                        last: state.last,
-                    },
-                );
+            match serde_json::from_str::<State>(&h.state) {
+                Ok(state) => {
+                    ledger.lag.insert(
+                        (h.cluster, h.group, h.topic, h.partition),
+                        LagEntry {
+                            health: state.health,
+                            last: state.last,
+                        },
+                    );
+                }
+                Err(e) => ledger.restore_skipped.note(|| {
+                    format!(
+                        "the health of group \"{}\" on \"{}\" {}: {e}",
+                        crate::error::shown(&h.group),
+                        crate::error::shown(&h.topic),
+                        h.partition
+                    )
+                }),
             }
         }
+        ledger.open_series += ledger.lag.len();
         ledger.restore_cells(cells)?;
         Ok(ledger)
     }
 
     /// Adds stored cells to a ledger being restored (the store streams them
-    /// in chunks, so this runs while the rest are still being read).
+    /// in chunks, so this runs while the rest are still being read). A cell
+    /// of an unknown source or series is left out and counted in
+    /// [`Ledger::restore_skipped`].
     pub fn restore_cells(&mut self, cells: Vec<CellRow>) -> Result<()> {
         self.cells.reserve(cells.len());
         let mut last_series = None;
         for c in cells {
-            if c.source as usize >= self.sources.len() || c.series as usize >= self.series.len() {
-                return Err(Error::Config(format!(
-                    "state database holds a cell of unknown source \"{}\" or series \"{}\"",
-                    c.source, c.series
-                )));
+            let known = self
+                .sources
+                .get(c.source as usize)
+                .is_some_and(|s| !s.is_placeholder())
+                && self
+                    .series
+                    .get(c.series as usize)
+                    .is_some_and(|s| !s.is_placeholder());
+            if !known {
+                self.restore_skipped.note(|| {
+                    format!(
+                        "a cell of unknown source \"{}\" or series \"{}\"",
+                        c.source, c.series
+                    )
+                });
+                continue;
             }
             let key = CellKey {
                 source: c.source,
@@ -850,9 +1098,12 @@ impl Ledger {
             self.sums.entry((c.series, c.bucket)).or_default().add(&v);
             self.series[c.series as usize].live.add(&v);
             if last_series != Some((c.source, c.series, c.partition)) {
-                self.sources[c.source as usize]
+                if self.sources[c.source as usize]
                     .series
-                    .insert((c.series, c.partition));
+                    .insert((c.series, c.partition))
+                {
+                    self.open_series += 1;
+                }
                 last_series = Some((c.source, c.series, c.partition));
             }
             self.cells.insert(
@@ -1168,6 +1419,7 @@ impl Ledger {
         let mut out: Vec<SourceInfo> = self
             .sources
             .iter()
+            .filter(|s| !s.is_placeholder())
             .map(|s| SourceInfo {
                 source: s.name.clone(),
                 cluster: s.cluster.clone(),

@@ -23,6 +23,14 @@ pub struct AgentMetrics {
     pub ledger_cells: IntGauge,
     /// 1 once stored state is loaded.
     pub ready: IntGauge,
+    /// Stored rows left out at the last start because they could not be read.
+    pub store_rows_skipped: IntGauge,
+    /// HTTP requests answered with an error status, per status code.
+    pub http_errors: IntCounterVec,
+    /// Connections open now.
+    pub connections: IntGauge,
+    /// Connections closed by the agent: a header or a hello not sent in time.
+    pub connections_timed_out: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -47,10 +55,43 @@ impl AgentMetrics {
             "1 once the agent has loaded its stored state",
         )
         .expect("static metric definition");
+        let store_rows_skipped = IntGauge::new(
+            "tally_store_rows_skipped",
+            "Stored rows left out at start because they could not be read or used",
+        )
+        .expect("static metric definition");
+        let http_errors = IntCounterVec::new(
+            Opts::new(
+                "tally_http_errors_total",
+                "HTTP requests answered with an error, per status code",
+            ),
+            &["code"],
+        )
+        .expect("static metric definition");
+        let connections = IntGauge::new(
+            "tally_http_connections",
+            "HTTP and WebSocket connections open now",
+        )
+        .expect("static metric definition");
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "tally_http_connections_timed_out_total",
+                "Connections closed because a request header (header) or an ingest hello (hello) did not arrive in time",
+            ),
+            &["phase"],
+        )
+        .expect("static metric definition");
+        for phase in ["header", "hello"] {
+            connections_timed_out.with_label_values(&[phase]);
+        }
         for c in [
             Box::new(ingest_errors.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ledger_cells.clone()),
             Box::new(ready.clone()),
+            Box::new(store_rows_skipped.clone()),
+            Box::new(http_errors.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_timed_out.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -62,14 +103,23 @@ impl AgentMetrics {
             ingest_errors,
             ledger_cells,
             ready,
+            store_rows_skipped,
+            http_errors,
+            connections,
+            connections_timed_out,
         }
     }
 
     /// Counts one refused message.
     pub fn refused(&self, cluster: &str, reason: Reason) {
+        self.refused_entries(cluster, reason, 1);
+    }
+
+    /// Counts `n` refusals of one reason (entries dropped on their own).
+    pub fn refused_entries(&self, cluster: &str, reason: Reason, n: u64) {
         self.ingest_errors
             .with_label_values(&[cluster, reason.as_str()])
-            .inc();
+            .inc_by(n);
     }
 
     /// The text exposition of `snapshot` and the live counters.

@@ -11,7 +11,7 @@ use tally_alerts::{Alerting, Evaluator};
 use tally_audit::wire::{AcceptRange, Limits};
 use tally_audit::{Hello, Message, Snapshot};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
 use crate::ledger::{Ledger, Session};
@@ -32,7 +32,7 @@ pub(crate) type Outcome = std::result::Result<(), tally_audit::Error>;
 pub(crate) enum Command {
     Hello {
         hello: Hello,
-        reply: oneshot::Sender<Session>,
+        reply: oneshot::Sender<std::result::Result<Session, tally_audit::Error>>,
     },
     Apply {
         session: Session,
@@ -50,7 +50,12 @@ pub(crate) enum Command {
 impl Shared {
     /// The range of buckets accepted now.
     pub(crate) fn accept_range(&self) -> AcceptRange {
-        AcceptRange::at(now_ms(), self.limits.width, self.retention_ms, self.grace_ms)
+        AcceptRange::at(
+            now_ms(),
+            self.limits.width,
+            self.retention_ms,
+            self.grace_ms,
+        )
     }
 }
 
@@ -110,23 +115,23 @@ impl RunningAgent {
     }
 }
 
-struct Flush {
+/// The rows one message changed, and who waits for them to be stored; or
+/// (with no ack) rows of no message: sources, history, alert state.
+struct Piece {
     batch: WriteBatch,
-    acks: Vec<oneshot::Sender<Outcome>>,
+    ack: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Pieces to store in one transaction, each under a savepoint of its own, so
+/// that a piece that cannot be stored fails alone.
+struct Flush {
+    pieces: Vec<Piece>,
     prune_before: Option<i64>,
 }
 
 impl Flush {
     fn absorb(&mut self, more: Flush) {
-        let b = more.batch;
-        self.batch.sources.extend(b.sources);
-        self.batch.series.extend(b.series);
-        self.batch.cells.extend(b.cells);
-        self.batch.history.extend(b.history);
-        self.batch.health.extend(b.health);
-        self.batch.health_deleted.extend(b.health_deleted);
-        self.batch.kv.extend(b.kv);
-        self.acks.extend(more.acks);
+        self.pieces.extend(more.pieces);
         self.prune_before = more.prune_before.or(self.prune_before);
     }
 }
@@ -199,6 +204,18 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 }
             };
             let cells = ledger.cell_count();
+            let skipped = ledger.restore_skipped();
+            loader_shared
+                .metrics
+                .store_rows_skipped
+                .set(i64::try_from(skipped.rows).unwrap_or(i64::MAX));
+            if skipped.rows > 0 {
+                warn!(
+                    rows = skipped.rows,
+                    first = ?skipped.examples,
+                    "left out stored rows that cannot be read or used; the rest is loaded"
+                );
+            }
             info!(
                 cells,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -272,6 +289,7 @@ fn restore(
         .map(|(_, v)| v.clone());
     let mut ledger = Ledger::restore(cfg, meta)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::store::CellRow>>(4);
+    let mut unread = crate::store::Skipped::default();
     std::thread::scope(|scope| {
         let path = store.path().to_path_buf();
         let reader =
@@ -285,8 +303,10 @@ fn restore(
         let read = reader
             .join()
             .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
-        read.and(restored)
+        unread = read?;
+        restored
     })?;
+    ledger.note_unread(unread);
     Ok((store, ledger, alert_state))
 }
 
@@ -354,7 +374,7 @@ async fn run_ledger(
     shared.ready.store(true, Ordering::Release);
     shared.metrics.ready.set(1);
 
-    let mut acks: Vec<oneshot::Sender<Outcome>> = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
     let mut evaluate = tokio::time::interval(tick);
     evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(Duration::from_millis(5));
@@ -364,11 +384,11 @@ async fn run_ledger(
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle(&mut ledger, cmd, &mut acks, &shared);
+                handle(&mut ledger, cmd, &mut pieces, &shared);
                 // Drain what is queued so that one flush carries many messages.
                 while let Ok(cmd) = commands.try_recv() {
-                    handle(&mut ledger, cmd, &mut acks, &shared);
-                    if acks.len() >= 4096 {
+                    handle(&mut ledger, cmd, &mut pieces, &shared);
+                    if pieces.len() >= 4096 {
                         break;
                     }
                 }
@@ -376,8 +396,11 @@ async fn run_ledger(
             _ = flush.tick() => {
                 let mut batch = ledger.take_dirty();
                 take_alert_state(&mut evaluator, &mut batch);
-                if !batch.is_empty() || !acks.is_empty() {
-                    let f = Flush { batch, acks: std::mem::take(&mut acks), prune_before: None };
+                if !batch.is_empty() {
+                    pieces.push(Piece { batch, ack: None });
+                }
+                if !pieces.is_empty() {
+                    let f = Flush { pieces: std::mem::take(&mut pieces), prune_before: None };
                     if flush_tx.send(f).await.is_err() {
                         error!("the store writer stopped; the agent stops acknowledging");
                         break;
@@ -390,7 +413,8 @@ async fn run_ledger(
                 if dropped > 0 {
                     info!(dropped, "pruned cells older than the retention");
                     let horizon = ledger.prune_horizon(now_ms());
-                    let f = Flush { batch: ledger.take_dirty(), acks: Vec::new(), prune_before: Some(horizon) };
+                    let piece = Piece { batch: ledger.take_dirty(), ack: None };
+                    let f = Flush { pieces: vec![piece], prune_before: Some(horizon) };
                     let _ = flush_tx.send(f).await;
                 }
             }
@@ -398,10 +422,10 @@ async fn run_ledger(
     }
     let mut batch = ledger.take_dirty();
     take_alert_state(&mut evaluator, &mut batch);
+    pieces.push(Piece { batch, ack: None });
     let _ = flush_tx
         .send(Flush {
-            batch,
-            acks: std::mem::take(&mut acks),
+            pieces,
             prune_before: None,
         })
         .await;
@@ -415,16 +439,14 @@ fn take_alert_state(evaluator: &mut Evaluator, batch: &mut WriteBatch) {
     }
 }
 
-fn handle(
-    ledger: &mut Ledger,
-    cmd: Command,
-    acks: &mut Vec<oneshot::Sender<Outcome>>,
-    shared: &Shared,
-) {
+fn handle(ledger: &mut Ledger, cmd: Command, pieces: &mut Vec<Piece>, shared: &Shared) {
     let now = now_ms();
     match cmd {
         Command::Hello { hello, reply } => {
-            let session = ledger.hello(&hello, now);
+            let session = ledger.hello(&hello, now).map_err(|e| match e {
+                Error::Audit(a) => a,
+                other => tally_audit::Error::new(tally_audit::Reason::BadField, other.to_string()),
+            });
             let _ = reply.send(session);
         }
         Command::Apply {
@@ -435,16 +457,33 @@ fn handle(
             let result = match &message {
                 Message::Counts(c) => ledger
                     .apply_counts(session, c.seq, &c.counts, now)
-                    .map(|_| ()),
-                Message::Lag(l) => ledger.apply_lag(session, l, now),
-                Message::Latency(l) => ledger.apply_latency(session, l, now).map(|_| ()),
+                    .map(|applied| applied.out_of_range),
+                Message::Lag(l) => ledger.apply_lag(session, l, now).map(|()| 0),
+                Message::Latency(l) => ledger.apply_latency(session, l, now).map(|_| 0),
                 Message::Hello(_) => Err(Error::Audit(tally_audit::Error::new(
                     tally_audit::Reason::Protocol,
                     "a session is already open on this connection: send hello once",
                 ))),
             };
             match result {
-                Ok(()) => acks.push(done),
+                Ok(out_of_range) => {
+                    if out_of_range > 0 {
+                        let cluster = ledger.cluster_of(session).unwrap_or_default();
+                        shared.metrics.refused_entries(
+                            &cluster,
+                            tally_audit::Reason::BucketOutOfRange,
+                            out_of_range as u64,
+                        );
+                        debug!(
+                            out_of_range,
+                            "dropped count entries whose bucket is outside the accepted range"
+                        );
+                    }
+                    pieces.push(Piece {
+                        batch: ledger.take_message_rows(),
+                        ack: Some(done),
+                    });
+                }
                 Err(e) => {
                     let err = match e {
                         Error::Audit(a) => a,
@@ -472,21 +511,45 @@ fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>) {
         while let Ok(more) = flushes.try_recv() {
             f.absorb(more);
         }
-        let result = store.write(&f.batch).and_then(|()| match f.prune_before {
-            Some(before) => store.prune_before(before).map(|_| ()),
-            None => Ok(()),
-        });
-        match result {
-            Ok(()) => {
-                for ack in f.acks {
-                    let _ = ack.send(Ok(()));
+        write_flush(&mut store, f);
+    }
+}
+
+/// Stores one flush and answers its messages: each that was stored gets its
+/// ack, one whose rows cannot be stored gets an error of its own, and when
+/// the transaction fails as a whole no one gets an answer (their emitters
+/// resend after the connection drops, so nothing acknowledged is lost).
+fn write_flush(store: &mut Store, f: Flush) {
+    let batches: Vec<&WriteBatch> = f.pieces.iter().map(|p| &p.batch).collect();
+    let result = store.write_each(&batches).and_then(|outcomes| {
+        if let Some(before) = f.prune_before {
+            store.prune_before(before)?;
+        }
+        Ok(outcomes)
+    });
+    match result {
+        Ok(outcomes) => {
+            for (piece, outcome) in f.pieces.into_iter().zip(outcomes) {
+                match (piece.ack, outcome) {
+                    (Some(ack), Ok(())) => {
+                        let _ = ack.send(Ok(()));
+                    }
+                    (Some(ack), Err(e)) => {
+                        error!("a message's rows cannot be stored, it is refused alone: {e}");
+                        let _ = ack.send(Err(tally_audit::Error::new(
+                            tally_audit::Reason::BadField,
+                            format!("not stored: {e}"),
+                        )));
+                    }
+                    (None, Err(e)) => error!("rows of no message cannot be stored: {e}"),
+                    (None, Ok(())) => {}
                 }
             }
-            Err(e) => {
-                // Unacknowledged messages are resent by their emitters after
-                // the connection drops, so dropping the acks loses nothing.
-                error!("cannot write the state database: {e}");
-            }
+        }
+        Err(e) => {
+            // Unacknowledged messages are resent by their emitters after
+            // the connection drops, so dropping the acks loses nothing.
+            error!("cannot write the state database: {e}");
         }
     }
 }
@@ -525,5 +588,82 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CellRow, SourceRow};
+
+    fn cell(source: u32, seq: u64) -> CellRow {
+        CellRow {
+            source,
+            series: 0,
+            partition: 0,
+            bucket: 60_000,
+            epoch: 1,
+            seq,
+            records: 5,
+            bytes: 0,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+        }
+    }
+
+    fn piece(batch: WriteBatch) -> (Piece, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Piece {
+                batch,
+                ack: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_stored_does_not_cost_the_others_their_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let cells = |c| WriteBatch {
+            cells: vec![c],
+            ..WriteBatch::default()
+        };
+        let (first, first_rx) = piece(cells(cell(0, 1)));
+        let (bad, mut bad_rx) = piece(cells(cell(1, u64::MAX)));
+        let (last, mut last_rx) = piece(cells(cell(2, 3)));
+        let sources = Piece {
+            batch: WriteBatch {
+                sources: vec![SourceRow {
+                    id: 0,
+                    name: "a".into(),
+                    cluster: "local".into(),
+                    tier_kinds: "[]".into(),
+                    epoch: 1,
+                    last_seen_ms: 1,
+                    messages: 1,
+                    errors: 0,
+                }],
+                ..WriteBatch::default()
+            },
+            ack: None,
+        };
+        write_flush(
+            &mut store,
+            Flush {
+                pieces: vec![first, bad, last, sources],
+                prune_before: None,
+            },
+        );
+        assert_eq!(first_rx.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(last_rx.try_recv().unwrap(), Ok(()));
+        let refused = bad_rx.try_recv().unwrap().unwrap_err();
+        assert!(refused.detail.contains("cell.seq"), "{}", refused.detail);
+        let loaded = store.load().unwrap();
+        let stored: Vec<u32> = loaded.cells.iter().map(|c| c.source).collect();
+        assert_eq!(stored, [0, 2]);
+        assert_eq!(loaded.sources.len(), 1);
     }
 }

@@ -314,6 +314,38 @@ pub struct Loaded {
     pub health: Vec<HealthRow>,
     /// Every key and value, by key.
     pub kv: Vec<(String, String)>,
+    /// Rows left out because they could not be read (only the lenient
+    /// readers used to restore the agent skip rows; [`Store::load`] fails).
+    pub skipped: Skipped,
+}
+
+/// Rows a lenient read left out, and what was wrong with the first few.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// How many rows were left out.
+    pub rows: u64,
+    /// What was wrong with the first [`Skipped::EXAMPLES`] of them.
+    pub examples: Vec<String>,
+}
+
+impl Skipped {
+    /// How many examples are kept.
+    pub const EXAMPLES: usize = 10;
+
+    /// Notes one row left out.
+    pub fn note(&mut self, what: impl FnOnce() -> String) {
+        self.rows += 1;
+        if self.examples.len() < Self::EXAMPLES {
+            self.examples.push(what());
+        }
+    }
+
+    /// Adds what another read left out.
+    pub fn absorb(&mut self, other: Skipped) {
+        self.rows += other.rows;
+        let room = Self::EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
+    }
 }
 
 /// The agent's state database, `agent.db` in the data directory.
@@ -393,6 +425,45 @@ impl Store {
                 tx.commit()
             });
         result.map_err(|source| self.error(source))
+    }
+
+    /// Writes each batch in one transaction, each under a savepoint of its
+    /// own: a batch holding a row that cannot be stored (a value out of range
+    /// or of the wrong type) is rolled back alone and its error returned in
+    /// its place, and the others commit. `Err` when the transaction itself
+    /// fails (the disk, a lock): then nothing is committed.
+    pub fn write_each(
+        &mut self,
+        batches: &[&WriteBatch],
+    ) -> Result<Vec<std::result::Result<(), String>>> {
+        let path = self.path.clone();
+        let failed = |source| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if batch.is_empty() {
+                outcomes.push(Ok(()));
+                continue;
+            }
+            let savepoint = tx.savepoint().map_err(failed)?;
+            match write_rows(&savepoint, batch) {
+                Ok(()) => {
+                    savepoint.commit().map_err(failed)?;
+                    outcomes.push(Ok(()));
+                }
+                // Dropping the savepoint rolls this batch back alone.
+                Err(e) if is_row_fault(&e) => outcomes.push(Err(e.to_string())),
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        tx.commit().map_err(failed)?;
+        Ok(outcomes)
     }
 
     /// Deletes the cells and the history of every bucket that starts before
@@ -484,19 +555,24 @@ impl Store {
         }
     }
 
-    /// Everything but the cells, which [`Store::stream_cells`] reads.
+    /// Everything but the cells, which [`Store::stream_cells`] reads. A row
+    /// that cannot be read is left out and noted in [`Loaded::skipped`], so
+    /// that one bad row does not keep the agent from starting.
     pub fn load_without_cells(&self) -> Result<Loaded> {
-        self.read_tables(false).map_err(|source| self.error(source))
+        self.read_tables(false, true)
+            .map_err(|source| self.error(source))
     }
 
     /// Reads every cell on a connection of its own, handing them to `sink` in
     /// chunks of `chunk` rows, so that the caller can restore one chunk while
-    /// the next is read. `sink` returns false to stop early.
+    /// the next is read. `sink` returns false to stop early. A cell that
+    /// cannot be read is left out; what was left out is returned.
     pub fn stream_cells(
         path: &Path,
         chunk: usize,
         mut sink: impl FnMut(Vec<CellRow>) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Skipped> {
+        let mut skipped = Skipped::default();
         let mut read = || -> rusqlite::Result<()> {
             let conn = Connection::open_with_flags(
                 path,
@@ -507,7 +583,13 @@ impl Store {
             let mut rows = select.query([])?;
             let mut out = Vec::with_capacity(chunk);
             while let Some(row) = rows.next()? {
-                out.push(cell_row(row)?);
+                match cell_row(row) {
+                    Ok(cell) => out.push(cell),
+                    Err(e) => {
+                        skipped.note(|| format!("a cell: {e}"));
+                        continue;
+                    }
+                }
                 if out.len() >= chunk
                     && !sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))
                 {
@@ -522,24 +604,28 @@ impl Store {
         read().map_err(|source| Error::Store {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        Ok(skipped)
     }
 
     fn read_all(&self) -> rusqlite::Result<Loaded> {
-        self.read_tables(true)
+        self.read_tables(true, false)
     }
 
-    fn read_tables(&self, with_cells: bool) -> rusqlite::Result<Loaded> {
+    /// Reads the tables; `lenient` leaves out (and notes) rows that cannot
+    /// be read instead of failing.
+    fn read_tables(&self, with_cells: bool, lenient: bool) -> rusqlite::Result<Loaded> {
         // A read transaction, so that the tables come from one snapshot even if
         // an operator's shell writes in between.
         let tx = self.conn.unchecked_transaction()?;
+        let mut skipped = lenient.then(Skipped::default);
         let loaded = Loaded {
             sources: read_table(
                 &tx,
                 "source",
                 "SELECT id, name, cluster, tier_kinds, epoch, last_seen_ms, messages, errors
                  FROM source ORDER BY id",
-                |row| {
+                &|row| {
                     Ok(SourceRow {
                         id: int(row, 0, "source.id")?,
                         name: row.get(1)?,
@@ -551,13 +637,14 @@ impl Store {
                         errors: int(row, 7, "source.errors")?,
                     })
                 },
+                &mut skipped,
             )?,
             series: read_table(
                 &tx,
                 "series",
                 "SELECT id, cluster, topic, tier, pruned_records, pruned_expired
                  FROM series ORDER BY id",
-                |row| {
+                &|row| {
                     Ok(SeriesRow {
                         id: int(row, 0, "series.id")?,
                         cluster: row.get(1)?,
@@ -567,9 +654,10 @@ impl Store {
                         pruned_expired: int(row, 5, "series.pruned_expired")?,
                     })
                 },
+                &mut skipped,
             )?,
             cells: if with_cells {
-                read_table(&tx, "cell", CELLS_SELECT, cell_row)?
+                read_table(&tx, "cell", CELLS_SELECT, &cell_row, &mut skipped)?
             } else {
                 Vec::new()
             },
@@ -579,7 +667,7 @@ impl Store {
                 "SELECT series, bucket, status, unresolved_at_close, records, reference,
                         pending, expired, skipped, closed_at_ms
                  FROM history ORDER BY bucket, series",
-                |row| {
+                &|row| {
                     Ok(HistoryRow {
                         series: int(row, 0, "history.series")?,
                         bucket: row.get(1)?,
@@ -593,13 +681,14 @@ impl Store {
                         closed_at_ms: row.get(9)?,
                     })
                 },
+                &mut skipped,
             )?,
             health: read_table(
                 &tx,
                 "health",
                 "SELECT cluster, consumer_group, topic, partition_no, state
                  FROM health ORDER BY cluster, consumer_group, topic, partition_no",
-                |row| {
+                &|row| {
                     Ok(HealthRow {
                         cluster: row.get(0)?,
                         group: row.get(1)?,
@@ -608,13 +697,22 @@ impl Store {
                         state: row.get(4)?,
                     })
                 },
+                &mut skipped,
             )?,
-            kv: read_table(&tx, "kv", "SELECT key, value FROM kv ORDER BY key", |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?,
+            kv: read_table(
+                &tx,
+                "kv",
+                "SELECT key, value FROM kv ORDER BY key",
+                &|row| Ok((row.get(0)?, row.get(1)?)),
+                &mut skipped,
+            )?,
+            skipped: Skipped::default(),
         };
         tx.commit()?;
-        Ok(loaded)
+        Ok(Loaded {
+            skipped: skipped.unwrap_or_default(),
+            ..loaded
+        })
     }
 }
 
@@ -655,7 +753,22 @@ fn schema_version(tx: &Transaction<'_>) -> rusqlite::Result<SchemaFound> {
     Ok(version.map_or(SchemaFound::Foreign(tables), SchemaFound::Version))
 }
 
-fn write_rows(tx: &Transaction<'_>, batch: &WriteBatch) -> rusqlite::Result<()> {
+/// Whether `e` is the fault of the rows written (a value that cannot be
+/// stored), not of the database: then only their batch is refused.
+fn is_row_fault(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::ToSqlConversionFailure(_) => true,
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            rusqlite::ErrorCode::ConstraintViolation
+                | rusqlite::ErrorCode::TypeMismatch
+                | rusqlite::ErrorCode::TooBig
+        ),
+        _ => false,
+    }
+}
+
+fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
     if !batch.sources.is_empty() {
         let mut upsert = tx.prepare_cached(UPSERT_SOURCE)?;
         for s in &batch.sources {
@@ -772,7 +885,8 @@ fn read_table<T>(
     tx: &Transaction<'_>,
     table: &str,
     select: &str,
-    decode: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    decode: &dyn Fn(&Row<'_>) -> rusqlite::Result<T>,
+    skipped: &mut Option<Skipped>,
 ) -> rusqlite::Result<Vec<T>> {
     let count: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
         row.get(0)
@@ -781,7 +895,11 @@ fn read_table<T>(
     let mut select = tx.prepare_cached(select)?;
     let mut rows = select.query([])?;
     while let Some(row) = rows.next()? {
-        out.push(decode(row)?);
+        match (decode(row), skipped.as_mut()) {
+            (Ok(v), _) => out.push(v),
+            (Err(e), Some(skipped)) => skipped.note(|| format!("a row of {table}: {e}")),
+            (Err(e), None) => return Err(e),
+        }
     }
     Ok(out)
 }
@@ -935,6 +1053,7 @@ mod tests {
             history: batch.history.clone(),
             health: batch.health.clone(),
             kv: batch.kv.clone(),
+            skipped: Skipped::default(),
         }
     }
 
@@ -1023,6 +1142,75 @@ mod tests {
         // The store stays usable after a refused batch.
         store.write(&every_kind()).unwrap();
         assert_eq!(store.load().unwrap(), loaded_from(&every_kind()));
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_stored_fails_alone_among_many() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let good = every_kind();
+        let bad = WriteBatch {
+            sources: vec![source(7, 1)],
+            cells: vec![CellRow {
+                seq: u64::MAX,
+                ..cell(7, 1, 0, 0, 1)
+            }],
+            ..WriteBatch::default()
+        };
+        let later = WriteBatch {
+            cells: vec![cell(1, 1, 0, 120_000, 5)],
+            ..WriteBatch::default()
+        };
+        let outcomes = store
+            .write_each(&[&good, &bad, &WriteBatch::default(), &later])
+            .unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok() && outcomes[3].is_ok());
+        let err = outcomes[1].as_ref().unwrap_err();
+        assert!(err.contains("cell.seq"), "{err}");
+        let loaded = store.load().unwrap();
+        assert!(
+            loaded.sources.iter().all(|s| s.id != 7),
+            "the bad batch left nothing"
+        );
+        let mut expected = every_kind();
+        expected.cells.push(cell(1, 1, 0, 120_000, 5));
+        expected
+            .cells
+            .sort_by_key(|c| (c.bucket, c.source, c.series, c.partition));
+        assert_eq!(loaded.cells, expected.cells);
+    }
+
+    #[test]
+    fn the_lenient_readers_skip_unreadable_rows_and_say_so() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+        raw(&store)
+            .execute("UPDATE cell SET records = -5 WHERE source = 2", [])
+            .unwrap();
+        raw(&store)
+            .execute("UPDATE source SET messages = -1 WHERE id = 1", [])
+            .unwrap();
+        // The strict reader still refuses, naming the column.
+        assert!(store.load().is_err());
+        let meta = store.load_without_cells().unwrap();
+        assert_eq!(meta.skipped.rows, 1);
+        assert!(meta.skipped.examples[0].contains("source.messages holds -1"));
+        assert_eq!(meta.sources.len(), every_kind().sources.len() - 1);
+        let mut cells = Vec::new();
+        let skipped = Store::stream_cells(store.path(), 2, |chunk| {
+            cells.extend(chunk);
+            true
+        })
+        .unwrap();
+        let bad = every_kind().cells.iter().filter(|c| c.source == 2).count() as u64;
+        assert!(bad > 0);
+        assert_eq!(skipped.rows, bad);
+        assert!(
+            skipped.examples[0].contains("cell.records holds -5"),
+            "{skipped:?}"
+        );
+        assert_eq!(cells.len() as u64, every_kind().cells.len() as u64 - bad);
     }
 
     #[test]

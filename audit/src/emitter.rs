@@ -1199,9 +1199,11 @@ async fn open_session(shared: &Shared) -> Result<(Socket, Option<AcceptRange>), 
             Some(Ok(_)) => continue,
         };
         match serde_json::from_str::<Reply>(&text) {
-            Ok(reply @ Reply::Welcome { bucket_width_ms, .. })
-                if bucket_width_ms == cfg.width.ms() =>
-            {
+            Ok(
+                reply @ Reply::Welcome {
+                    bucket_width_ms, ..
+                },
+            ) if bucket_width_ms == cfg.width.ms() => {
                 return Ok((ws, AcceptRange::of_welcome(&reply)));
             }
             Ok(Reply::Welcome {
@@ -1385,14 +1387,16 @@ mod tests {
     #[test]
     fn entries_outside_the_agents_range_are_dropped_and_counted() {
         let cfg = EmitterConfig::new("ws://x", "s", "c", vec![], BucketWidth::DEFAULT);
-        let mut state = State::default();
-        state.accept = Some((
-            AcceptRange {
-                from_ms: 600_000,
-                to_ms: 1_200_000,
-            },
-            Instant::now(),
-        ));
+        let mut state = State {
+            accept: Some((
+                AcceptRange {
+                    from_ms: 600_000,
+                    to_ms: 1_200_000,
+                },
+                Instant::now(),
+            )),
+            ..State::default()
+        };
         for b in [0, 600_000, 900_000, 1_200_000, 3_600_000] {
             let (k, t) = split_entry(entry(b, 1));
             state.dirty.insert(

@@ -29,6 +29,7 @@ fn hello(l: &mut Ledger, source: &str, started: i64) -> Session {
         },
         0,
     )
+    .unwrap()
 }
 
 fn entry(tier: &str, partition: i32, bucket: i64, records: u64) -> CountEntry {
@@ -319,16 +320,18 @@ fn too_many_series_are_refused_whole() {
 #[test]
 fn a_tier_the_source_did_not_announce_is_refused() {
     let mut l = ledger();
-    let s = l.hello(
-        &Hello {
-            source: "app".into(),
-            cluster: "local".into(),
-            tier_kinds: vec![TierKind::Produced],
-            bucket_width_ms: W,
-            started_at_ms: 1,
-        },
-        0,
-    );
+    let s = l
+        .hello(
+            &Hello {
+                source: "app".into(),
+                cluster: "local".into(),
+                tier_kinds: vec![TierKind::Produced],
+                bucket_width_ms: W,
+                started_at_ms: 1,
+            },
+            0,
+        )
+        .unwrap();
     let err = l
         .apply_counts(s, 1, &[entry("broker", 0, B0, 1)], 0)
         .unwrap_err();
@@ -352,7 +355,7 @@ fn buckets_older_than_retention_are_ignored_and_pruned() {
     let late = l
         .apply_counts(s, 2, &[entry("broker", 0, B0, 12)], B0 + 20_000)
         .unwrap();
-    assert_eq!(late.stale, 1);
+    assert_eq!((late.out_of_range, late.stale), (1, 0));
 }
 
 fn lag(group: &str, partition: i32, committed: i64, end: i64, commit_at_ms: i64) -> Lag {
@@ -424,6 +427,7 @@ fn persisted(batches: Vec<WriteBatch>) -> Loaded {
             )
         }),
         kv: upsert(all.kv, |r| r.0.clone()),
+        skipped: Default::default(),
     }
 }
 
@@ -601,16 +605,18 @@ fn latency_with_other_bounds_is_left_out_of_the_sum() {
 #[test]
 fn latency_of_an_unannounced_tier_is_refused() {
     let mut l = ledger();
-    let s = l.hello(
-        &Hello {
-            source: "b".into(),
-            cluster: "local".into(),
-            tier_kinds: vec![TierKind::Broker],
-            bucket_width_ms: W,
-            started_at_ms: 1,
-        },
-        0,
-    );
+    let s = l
+        .hello(
+            &Hello {
+                source: "b".into(),
+                cluster: "local".into(),
+                tier_kinds: vec![TierKind::Broker],
+                bucket_width_ms: W,
+                started_at_ms: 1,
+            },
+            0,
+        )
+        .unwrap();
     let err = l
         .apply_latency(
             s,
@@ -654,4 +660,172 @@ fn latency_survives_a_restore_and_still_ignores_stale_resends() {
         .unwrap();
     assert_eq!(stale.stale, 1);
     assert_eq!(restored.evaluate(NOW_OPEN).latency, expected);
+}
+
+fn topic_entry(topic: String, bucket: i64) -> CountEntry {
+    CountEntry {
+        topic,
+        ..entry("broker", 0, bucket, 1)
+    }
+}
+
+#[test]
+fn a_message_refused_for_cardinality_leaves_nothing_behind() {
+    let mut l = ledger();
+    l.cfg.max_series_per_source = 10;
+    let s = hello(&mut l, "b", 1);
+    let many: Vec<CountEntry> = (0..5_000)
+        .map(|i| topic_entry(format!("t{i}"), B0))
+        .collect();
+    for seq in 1..=3 {
+        let err = l.apply_counts(s, seq, &many, 0).unwrap_err();
+        assert!(
+            matches!(err, Error::Audit(ref e) if e.reason == Reason::Cardinality),
+            "{err}"
+        );
+    }
+    // Nothing interned: no series, no topic, nothing to store or show.
+    assert!(l.series.is_empty() && l.topics.is_empty() && l.series_ids.is_empty());
+    assert!(l.take_dirty().series.is_empty());
+    assert!(l.evaluate(NOW_CLOSED).topics.is_empty());
+    assert_eq!(l.open_series(), 0);
+    // Within the limit, the same source is served.
+    l.apply_counts(s, 4, &many[..10], 0).unwrap();
+    assert_eq!((l.series.len(), l.open_series()), (10, 10));
+}
+
+#[test]
+fn the_limit_across_all_sources_holds() {
+    let mut l = ledger();
+    l.cfg.max_series = 3;
+    let a = hello(&mut l, "a", 1);
+    let b = hello(&mut l, "b", 1);
+    l.apply_counts(
+        a,
+        1,
+        &[entry("broker", 0, B0, 1), entry("broker", 1, B0, 1)],
+        0,
+    )
+    .unwrap();
+    let err = l
+        .apply_counts(
+            b,
+            1,
+            &[entry("produced", 0, B0, 1), entry("produced", 1, B0, 1)],
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--max-series") && err.contains("\"b\""),
+        "{err}"
+    );
+    assert_eq!(l.series.len(), 1, "the refused tier was not interned");
+    l.apply_counts(b, 2, &[entry("produced", 0, B0, 1)], 0)
+        .unwrap();
+    // Known series take no room: new buckets of them are accepted.
+    l.apply_counts(a, 2, &[entry("broker", 0, B0 + 1_000, 1)], 0)
+        .unwrap();
+    assert_eq!(l.open_series(), 3);
+    let lag_err = l.apply_lag(b, &lag("billing", 0, 1, 2, 0), 0).unwrap_err();
+    assert!(lag_err.to_string().contains("--max-series"), "{lag_err}");
+}
+
+#[test]
+fn entries_outside_the_accepted_range_are_dropped_alone() {
+    let mut l = ledger();
+    l.cfg.retention_ms = 3_600_000;
+    let s = hello(&mut l, "b", 1);
+    let now = 10 * 86_400_000;
+    let range = l.accept_range(now);
+    let far_back = now - 2 * 3_600_000;
+    let far_ahead = now + 3 * 3_600_000;
+    let applied = l
+        .apply_counts(
+            s,
+            1,
+            &[
+                entry("broker", 0, far_back, 5),
+                entry("broker", 0, now - 60_000, 7),
+                entry("broker", 0, far_ahead, 9),
+                entry("broker", 0, i64::MAX / W as i64 * W as i64, 11),
+            ],
+            now,
+        )
+        .unwrap();
+    assert_eq!((applied.changed, applied.out_of_range), (1, 3));
+    assert!(!range.contains(BucketWidth::new(W).unwrap().bucket_of(far_ahead)));
+    let buckets: Vec<i64> = l.bucket_records().iter().map(|b| b.3).collect();
+    assert_eq!(buckets, [now - 60_000]);
+    // A message of nothing but out-of-range entries opens no series.
+    let t = hello(&mut l, "c", 1);
+    let applied = l
+        .apply_counts(t, 1, &[topic_entry("elsewhere".into(), far_ahead)], now)
+        .unwrap();
+    assert_eq!(applied.out_of_range, 1);
+    assert_eq!(l.series.len(), 1);
+}
+
+#[test]
+fn a_store_with_gaps_and_unusable_rows_restores_what_it_can() {
+    let mut l = ledger();
+    let a = hello(&mut l, "a", 1);
+    let b = hello(&mut l, "b", 1);
+    let c = hello(&mut l, "c", 1);
+    l.apply_counts(a, 1, &[entry("broker", 0, B0, 10)], 0)
+        .unwrap();
+    l.apply_counts(b, 1, &[entry("produced", 0, B0, 20)], 0)
+        .unwrap();
+    l.apply_counts(c, 1, &[entry("group:billing", 0, B0, 8)], 0)
+        .unwrap();
+    let mut loaded = persisted(vec![l.take_dirty()]);
+    // Source "b" and its series were never stored (a failed write), and
+    // series 2's tier was damaged.
+    loaded.sources.retain(|s| s.id != 1);
+    loaded.series.retain(|s| s.id != 1);
+    loaded.series[1].tier = "middle".into();
+    let restored = Ledger::restore(ledger().cfg, loaded).unwrap();
+    assert!(
+        restored.restore_skipped().rows >= 3,
+        "{:?}",
+        restored.restore_skipped()
+    );
+    let snap = {
+        let mut r = restored;
+        let snap = r.evaluate(NOW_CLOSED);
+        // The lost source can open again and gets a new id.
+        let b = hello(&mut r, "b", 2);
+        assert_eq!(b.source_id(), 3);
+        snap
+    };
+    assert_eq!(snap.topics[0].tiers["broker"].records, 10);
+    assert_eq!(snap.topics[0].tiers.len(), 1, "{:?}", snap.topics[0].tiers);
+    let names: Vec<&str> = snap.sources.iter().map(|s| s.source.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+}
+
+#[test]
+fn more_sources_than_kept_are_refused() {
+    let mut l = ledger();
+    for i in 0..MAX_SOURCES {
+        hello(&mut l, &format!("s{i}"), 1);
+    }
+    let err = l
+        .hello(
+            &Hello {
+                source: "one-more".into(),
+                cluster: "local".into(),
+                tier_kinds: vec![TierKind::Broker],
+                bucket_width_ms: W,
+                started_at_ms: 1,
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Audit(ref e) if e.reason == Reason::Cardinality),
+        "{err}"
+    );
+    // A known source still opens sessions.
+    hello(&mut l, "s0", 2);
 }
