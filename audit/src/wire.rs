@@ -973,7 +973,10 @@ mod tests {
         );
         assert_eq!(
             AcceptRange::of_welcome(&welcome),
-            Some(AcceptRange { from_ms: 1, to_ms: 2 })
+            Some(AcceptRange {
+                from_ms: 1,
+                to_ms: 2
+            })
         );
         assert_eq!(Reply::Ack { seq: 3 }.to_json(), r#"{"type":"ack","seq":3}"#);
     }
