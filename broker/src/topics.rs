@@ -1,5 +1,13 @@
 //! The broker's topics: their partitions' logs, their configs, and the
-//! idempotent producers' state, under `<data-dir>/topics/`.
+//! idempotent producers' state.
+//!
+//! On disk, `<data-dir>/topics/` holds one folder per live topic and nothing
+//! else: `topics/<name>/topic.json` and `topics/<name>/<partition>/`. Any name
+//! Kafka allows (1–249 characters of `[a-zA-Z0-9._-]`) is one path component.
+//! A deleted topic's folder is moved in one rename to
+//! `<data-dir>/deleted/<topic id>/`, beside `topics/` on the same filesystem,
+//! and removed from there in the background or at the next start; so a
+//! topic's name never decides whether its folder is data or debris.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -12,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::batch::BatchHeader;
-use crate::log::{LogConfig, PartitionLog};
+use crate::log::{LogConfig, PartitionLog, replace_file, sync_dir};
 use crate::{Error, Result};
 
 /// A Kafka error code with a message for the client and the log.
@@ -32,6 +40,37 @@ impl Refusal {
         }
     }
 }
+
+/// The topic names Kafka keeps for itself: its `Topic.INTERNAL_TOPICS` and its
+/// KRaft metadata log. This broker keeps committed offsets in its own store and
+/// has no transaction, share-group or metadata log, so none of them is a topic
+/// here; and none may become an ordinary topic, or clients and tools that find
+/// one would read it as Kafka's.
+pub const INTERNAL_TOPICS: &[&str] = &[
+    "__consumer_offsets",
+    "__transaction_state",
+    "__share_group_state",
+    "__cluster_metadata",
+];
+
+/// Whether `name` is one of Kafka's [`INTERNAL_TOPICS`]. Other names that
+/// start with `__` are ordinary topics, as in Kafka.
+pub fn is_internal(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
+/// Kafka refuses a topic whose name equals an existing one once '.' is read
+/// as '_', because both give the same metric names.
+fn collides(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || matches!((x, y), (b'.', b'_') | (b'_', b'.')))
+}
+
+const TOPICS_DIR: &str = "topics";
+const DELETED_DIR: &str = "deleted";
+const META_FILE: &str = "topic.json";
 
 /// The configs a topic keeps, as Kafka names them.
 pub const TOPIC_CONFIGS: &[&str] = &[
@@ -86,6 +125,7 @@ impl Topic {
 /// All topics of the broker.
 pub struct Topics {
     dir: PathBuf,
+    deleted: PathBuf,
     defaults: LogConfig,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     appended: watch::Sender<u64>,
@@ -161,27 +201,46 @@ pub fn log_config(
 }
 
 impl Topics {
-    /// Opens (and recovers) every topic under `data_dir/topics`.
+    /// Opens (and recovers) every topic under `data_dir/topics`, and removes
+    /// what deleted topics left behind.
     pub fn open(data_dir: &Path, defaults: LogConfig) -> Result<Topics> {
-        let dir = data_dir.join("topics");
-        std::fs::create_dir_all(&dir).map_err(io("cannot create the topics folder", &dir))?;
+        let dir = data_dir.join(TOPICS_DIR);
+        let deleted = data_dir.join(DELETED_DIR);
+        for d in [&dir, &deleted] {
+            std::fs::create_dir_all(d).map_err(io("cannot create the folder", d))?;
+        }
         let mut map = BTreeMap::new();
         let entries = std::fs::read_dir(&dir).map_err(io("cannot read the topics folder", &dir))?;
         for entry in entries {
             let entry = entry.map_err(io("cannot read the topics folder", &dir))?;
             let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".deleted") {
-                let _ = std::fs::remove_dir_all(&path);
+            let Ok(name) = entry.file_name().into_string() else {
+                warn!(path = %path.display(), "skipping a folder whose name is not a topic name");
                 continue;
-            }
-            let meta_path = path.join("topic.json");
-            let Ok(text) = std::fs::read_to_string(&meta_path) else {
-                warn!(path = %path.display(), "skipping a folder without topic.json");
-                continue;
+            };
+            let meta_path = path.join(META_FILE);
+            let text = match std::fs::read_to_string(&meta_path) {
+                Ok(text) => text,
+                Err(e) => {
+                    warn!(path = %path.display(), "skipping a folder without a readable {META_FILE}: {e}");
+                    continue;
+                }
             };
             let meta: TopicMeta = serde_json::from_str(&text)
                 .map_err(|e| Error::Config(format!("topic file '{}': {e}", meta_path.display())))?;
+            if let Some(id) = deleted_by_older_version(&name, &meta) {
+                let to = deleted.join(id);
+                std::fs::rename(&path, &to)
+                    .map_err(io("cannot move a deleted topic's folder", &path))?;
+                info!(folder = %name, "a topic deleted before the last stop is removed");
+                continue;
+            }
+            if is_internal(&name) {
+                warn!(
+                    topic = %name,
+                    "a topic with the name of a Kafka internal topic, created by an older version; it is kept, but clients may take it for Kafka's: DeleteTopics removes it"
+                );
+            }
             let log_config = log_config(&defaults, &meta.configs).map_err(|r| {
                 Error::Config(format!(
                     "topic file '{}': {}",
@@ -192,9 +251,12 @@ impl Topics {
             let topic = open_topic(&path, &name, &meta, log_config)?;
             map.insert(name, Arc::new(topic));
         }
+        sync_dir(&dir)?;
+        purge(&deleted);
         info!(topics = map.len(), "topics loaded");
         Ok(Topics {
             dir,
+            deleted,
             defaults,
             map: RwLock::new(map),
             appended: watch::channel(0).0,
@@ -231,6 +293,16 @@ impl Topics {
     ) -> Result<Arc<Topic>, Refusal> {
         tally_audit::validate_topic(name)
             .map_err(|e| Refusal::new(ResponseError::InvalidTopicException, e.detail))?;
+        if is_internal(name) {
+            // Kafka answers INVALID_REQUEST where a client may not create an
+            // internal topic ("Creation of internal topic ... is prohibited").
+            return Err(Refusal::new(
+                ResponseError::InvalidRequest,
+                format!(
+                    "topic \"{name}\" is internal to Kafka and cannot be created: this broker keeps committed offsets in its own store; any name other than {INTERNAL_TOPICS:?} is accepted"
+                ),
+            ));
+        }
         if !(1..=10_000).contains(&partitions) {
             return Err(Refusal::new(
                 ResponseError::InvalidPartitions,
@@ -245,13 +317,18 @@ impl Topics {
                 format!("topic \"{name}\" already exists"),
             ));
         }
-        // Kafka treats '.' and '_' as colliding in metric names.
-        let folded = name.replace('.', "_");
-        if let Some(other) = map.keys().find(|k| k.replace('.', "_") == folded) {
+        // Kafka's internal topics exist in every Kafka cluster, so a name
+        // that collides with one is refused too.
+        if let Some(other) = map
+            .keys()
+            .map(String::as_str)
+            .chain(INTERNAL_TOPICS.iter().copied())
+            .find(|k| collides(k, name))
+        {
             return Err(Refusal::new(
                 ResponseError::InvalidTopicException,
                 format!(
-                    "topic \"{name}\" collides with \"{other}\" ('.' and '_' are the same in metric names)"
+                    "topic \"{name}\" collides with existing topic \"{other}\": '.' and '_' are the same in metric names, so choose a name that differs in another character"
                 ),
             ));
         }
@@ -262,13 +339,14 @@ impl Topics {
         };
         let path = self.dir.join(name);
         let creating = || -> Result<Topic> {
-            std::fs::create_dir_all(&path).map_err(io("cannot create the topic folder", &path))?;
-            let tmp = path.join("topic.json.tmp");
+            std::fs::create_dir(&path).map_err(io("cannot create the topic folder", &path))?;
             let text =
                 serde_json::to_string_pretty(&meta).map_err(|e| Error::Config(e.to_string()))?;
-            std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
-            std::fs::rename(&tmp, path.join("topic.json")).map_err(io("cannot write", &tmp))?;
-            open_topic(&path, name, &meta, log_config.clone())
+            replace_file(&path.join(META_FILE), text.as_bytes())?;
+            let topic = open_topic(&path, name, &meta, log_config.clone())?;
+            sync_dir(&path)?;
+            sync_dir(&self.dir)?;
+            Ok(topic)
         };
         if validate_only {
             return Ok(Arc::new(Topic {
@@ -280,6 +358,9 @@ impl Topics {
                 dir: path,
             }));
         }
+        if let Some(refusal) = stray_folder(&path) {
+            return Err(refusal);
+        }
         let topic = creating().map_err(|e| {
             let _ = std::fs::remove_dir_all(&path);
             Refusal::new(ResponseError::KafkaStorageError, e.to_string())
@@ -290,27 +371,45 @@ impl Topics {
         Ok(topic)
     }
 
-    /// Deletes a topic and its data.
+    /// Deletes a topic and its data: its folder leaves `topics/` in one
+    /// rename, made durable before this returns, so that the topic does not
+    /// come back after a crash; the files are removed in the background.
     pub fn delete(&self, name: &str) -> Result<Arc<Topic>, Refusal> {
-        let topic = self.map.write().remove(name).ok_or_else(|| {
+        let mut map = self.map.write();
+        let topic = map.get(name).cloned().ok_or_else(|| {
             Refusal::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("topic \"{name}\" does not exist"),
             )
         })?;
-        let gone = self
-            .dir
-            .join(format!("{name}.{}.deleted", topic.id.simple()));
-        if let Err(e) = std::fs::rename(&topic.dir, &gone) {
-            warn!(
-                topic = name,
-                "cannot move the deleted topic's folder aside: {e}"
-            );
-        } else {
-            std::thread::spawn(move || {
-                let _ = std::fs::remove_dir_all(&gone);
-            });
+        let mut gone = self.deleted.join(topic.id.simple().to_string());
+        if gone.exists() {
+            gone = self.deleted.join(uuid::Uuid::new_v4().simple().to_string());
         }
+        // Under the lock, so that a topic created again with this name gets
+        // a folder of its own.
+        std::fs::rename(&topic.dir, &gone).map_err(|e| {
+            Refusal::new(
+                ResponseError::KafkaStorageError,
+                format!(
+                    "topic \"{name}\" cannot be deleted: moving its folder '{}' to '{}' failed: {e}",
+                    topic.dir.display(),
+                    gone.display()
+                ),
+            )
+        })?;
+        map.remove(name);
+        drop(map);
+        for d in [&self.dir, &self.deleted] {
+            if let Err(e) = sync_dir(d) {
+                warn!(topic = name, "the deletion may not survive a crash: {e}");
+            }
+        }
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&gone) {
+                warn!(path = %gone.display(), "cannot remove a deleted topic's files (retried at the next start): {e}");
+            }
+        });
         info!(topic = name, "topic deleted");
         Ok(topic)
     }
@@ -324,6 +423,57 @@ impl Topics {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
     }
+}
+
+/// Whether a folder of `topics/` is what an older version left of a deleted
+/// topic, and if so the topic's id: that version renamed `<name>` to
+/// `<name>.<id as 32 hex digits>.deleted` in place. Only that exact pattern,
+/// with the topic's own id inside, is debris; a live topic may well be called
+/// `orders.deleted`.
+fn deleted_by_older_version<'a>(folder: &'a str, meta: &TopicMeta) -> Option<&'a str> {
+    let (name, hex) = folder.strip_suffix(".deleted")?.rsplit_once('.')?;
+    let simple = hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let own_id = matches!(
+        (uuid::Uuid::parse_str(hex), uuid::Uuid::parse_str(&meta.id)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    (!name.is_empty() && simple && own_id).then_some(hex)
+}
+
+/// Removes the folders of deleted topics; what cannot be removed now is
+/// tried again at the next start.
+fn purge(deleted: &Path) {
+    let Ok(entries) = std::fs::read_dir(deleted) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            warn!(path = %path.display(), "cannot remove a deleted topic's files: {e}");
+        }
+    }
+}
+
+/// A folder at a new topic's path that no loaded topic owns: what a crash
+/// during a create left (an empty folder, or one with only a half-written
+/// `topic.json.tmp`) is reused; anything else is refused rather than taken
+/// for the new topic's data.
+fn stray_folder(path: &Path) -> Option<Refusal> {
+    let entries = std::fs::read_dir(path).ok()?;
+    let debris = entries
+        .flatten()
+        .all(|e| e.file_name() == std::ffi::OsStr::new("topic.json.tmp"));
+    if debris {
+        let _ = std::fs::remove_dir_all(path);
+        return None;
+    }
+    Some(Refusal::new(
+        ResponseError::KafkaStorageError,
+        format!(
+            "folder '{}' already exists but holds no topic this broker loaded: move it away to create this topic",
+            path.display()
+        ),
+    ))
 }
 
 fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) -> Result<Topic> {

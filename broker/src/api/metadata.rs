@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::str_bytes;
 use crate::server::Broker;
-use crate::topics::Topic;
+use crate::topics::{self, Topic};
 
 fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let node = BrokerId(broker.cfg.node_id);
@@ -80,6 +80,12 @@ pub(super) fn handle(broker: &Broker, request: MetadataRequest, version: i16) ->
                     && (version < 4 || request.allow_auto_topic_creation);
                 if tally_audit::validate_topic(&name).is_err() {
                     return failed(&name, ResponseError::InvalidTopicException);
+                }
+                if topics::is_internal(&name) {
+                    // Kafka's own topic, which this broker does not keep as a
+                    // topic: answered as missing, never auto-created.
+                    return failed(&name, ResponseError::UnknownTopicOrPartition)
+                        .with_is_internal(true);
                 }
                 if !may_create {
                     return failed(&name, ResponseError::UnknownTopicOrPartition);

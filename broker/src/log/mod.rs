@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use flush::{Flusher, FsyncPolicy, SyncHandle};
+pub(crate) use index::replace_file;
 use segment::{Scan, Segment};
 
 use crate::batch::{self, BatchHeader};
@@ -632,7 +633,7 @@ fn write_start_offset(dir: &Path, offset: i64) -> Result<()> {
 }
 
 /// Makes created, renamed and deleted names in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| Error::Io {
