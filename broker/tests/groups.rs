@@ -1334,3 +1334,201 @@ async fn every_advertised_version_of_the_group_apis_round_trips() {
     drop(c);
     stop(broker).await;
 }
+
+// ------------------------------------------------- where a group starts (§2)
+
+/// A `consumer` protocol assignment (ConsumerProtocolAssignment v1, with
+/// its version prefix), as real clients' assignors write it.
+fn consumer_assignment(partitions: &[i32]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use kafka_protocol::protocol::Encodable;
+    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+        TopicPartition::default()
+            .with_topic(topic_name(TOPIC))
+            .with_partitions(partitions.to_vec()),
+    ]);
+    let mut buf = bytes::BytesMut::new();
+    buf.extend_from_slice(&1i16.to_be_bytes());
+    a.encode(&mut buf, 1).unwrap();
+    buf.freeze()
+}
+
+/// A member of `group` alone in it, assigned `partitions` of the topic.
+async fn sole_member(addr: std::net::SocketAddr, group: &str, partitions: &[i32]) -> Member {
+    let mut m = Member::connect(addr, group).await;
+    m.session_ms = 30_000;
+    m.join().await;
+    let id = m.id.clone();
+    assert_eq!(
+        m.sync(vec![(id, consumer_assignment(partitions))]).await,
+        NONE
+    );
+    m
+}
+
+async fn produce_n(client: &mut Client, partition: i32, n: usize) {
+    let values: Vec<Vec<u8>> = (0..n).map(|i| format!("r{i}").into_bytes()).collect();
+    let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    let request = client::produce_request(TOPIC, partition, -1, client::batch(&values));
+    let r = client.call(&request, 8).await.unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, NONE);
+}
+
+async fn fetch_at(client: &mut Client, partition: i32, offset: i64) {
+    let request = client::fetch_request(TOPIC, partition, offset, 1 << 20);
+    let r = client.call(&request, 11).await.unwrap();
+    assert_eq!(r.responses[0].partitions[0].error_code, NONE);
+}
+
+/// (consumed, skipped, expired) of `group` on a partition, over all buckets,
+/// once the audit has taken in the commits.
+fn books_of(broker: &RunningBroker, group: &str, partition: i32) -> (u64, u64, u64) {
+    broker.broker().audit_tick(client::now_ms());
+    let books = broker
+        .broker()
+        .audit()
+        .unwrap()
+        .books(TOPIC, partition)
+        .unwrap();
+    let mut sum = (0, 0, 0);
+    for (bucket, _) in books.broker_buckets() {
+        let t = books.group(group, bucket);
+        sum.0 += t.consumed;
+        sum.1 += t.skipped;
+        sum.2 += t.expired;
+    }
+    sum
+}
+
+#[tokio::test]
+async fn a_group_starts_at_its_first_tied_fetch_and_keeps_that_start_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut producer = Client::connect(broker.addr()).await.unwrap();
+    for p in 0..PARTITIONS {
+        produce_n(&mut producer, p, 10).await;
+    }
+    // "late" subscribes at the end of the log and fetches there (the test
+    // client's id and host are the member's).
+    let mut late = sole_member(broker.addr(), "late", &[0]).await;
+    fetch_at(&mut late.client, 0, 10).await;
+    // A later fetch does not move the start.
+    fetch_at(&mut late.client, 0, 4).await;
+    assert_eq!(
+        broker.broker().groups().start_of("late", TOPIC, 0),
+        Some(10)
+    );
+    // The start is on disk before the fetch was answered.
+    let starts = std::fs::read_to_string(dir.path().join("groups").join("starts.json")).unwrap();
+    assert!(starts.contains("\"late\""), "{starts}");
+    // A member's fetch of a partition it was not assigned ties nothing.
+    fetch_at(&mut late.client, 1, 3).await;
+    assert_eq!(broker.broker().groups().start_of("late", TOPIC, 1), None);
+    drop((late, producer));
+    stop(broker).await;
+
+    // Restarted between the fetch and the first commit.
+    let broker = start_in(dir.path()).await;
+    let mut client = Client::connect(broker.addr()).await.unwrap();
+    produce_n(&mut client, 0, 5).await;
+    assert_eq!(commit(&mut client, "late", &[(0, 15)], 8).await, vec![NONE]);
+    assert_eq!(
+        books_of(&broker, "late", 0),
+        (5, 10, 0),
+        "read 5, skipped the backlog of 10"
+    );
+    // "claims" commits 7 without any fetch: it asserts it processed them.
+    assert_eq!(
+        commit(&mut client, "claims", &[(1, 7)], 8).await,
+        vec![NONE]
+    );
+    assert_eq!(books_of(&broker, "claims", 1), (7, 0, 0));
+    drop(client);
+    stop(broker).await;
+}
+
+#[tokio::test]
+async fn an_earliest_group_consumes_what_it_read_before_its_first_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut producer = Client::connect(broker.addr()).await.unwrap();
+    produce_n(&mut producer, 0, 12).await;
+    let mut m = sole_member(broker.addr(), "earliest", &[0, 1, 2]).await;
+    fetch_at(&mut m.client, 0, 0).await;
+    fetch_at(&mut m.client, 0, 12).await;
+    let r = m
+        .client
+        .call(
+            &commit_request("earliest", m.generation, &m.id, TOPIC, &[(0, 12)]),
+            8,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].partitions[0].error_code, NONE);
+    assert_eq!(books_of(&broker, "earliest", 0), (12, 0, 0));
+    // Committed: its later fetches record nothing.
+    fetch_at(&mut m.client, 0, 3).await;
+    assert_eq!(
+        broker.broker().groups().start_of("earliest", TOPIC, 0),
+        Some(0)
+    );
+    drop((m, producer));
+    stop(broker).await;
+}
+
+#[tokio::test]
+async fn a_fetch_two_groups_could_have_sent_is_tied_to_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut producer = Client::connect(broker.addr()).await.unwrap();
+    produce_n(&mut producer, 2, 10).await;
+    // Both members share the client id and host, as librdkafka's default
+    // client id on one host does.
+    let mut x = sole_member(broker.addr(), "x", &[2]).await;
+    let _y = sole_member(broker.addr(), "y", &[2]).await;
+    fetch_at(&mut x.client, 2, 10).await;
+    assert_eq!(broker.broker().groups().start_of("x", TOPIC, 2), None);
+    assert_eq!(broker.broker().groups().start_of("y", TOPIC, 2), None);
+    // The no-fetch rule: committing 10 consumed all 10.
+    let r = x
+        .client
+        .call(
+            &commit_request("x", x.generation, &x.id, TOPIC, &[(2, 10)]),
+            8,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].partitions[0].error_code, NONE);
+    assert_eq!(books_of(&broker, "x", 2), (10, 0, 0));
+    drop((x, _y, producer));
+    stop(broker).await;
+}
+
+#[tokio::test]
+async fn a_static_member_that_rejoins_keeps_its_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut producer = Client::connect(broker.addr()).await.unwrap();
+    produce_n(&mut producer, 1, 6).await;
+    let mut m = Member::connect(broker.addr(), "static").await;
+    m.instance = Some("worker-1".into());
+    m.session_ms = 30_000;
+    m.join().await;
+    let id = m.id.clone();
+    assert_eq!(m.sync(vec![(id, consumer_assignment(&[1]))]).await, NONE);
+    // It restarts: a new connection, the same instance id, no rebalance.
+    let mut again = Member::connect(broker.addr(), "static").await;
+    again.instance = Some("worker-1".into());
+    again.session_ms = 30_000;
+    let r = again.join_once().await;
+    assert_eq!(r.error_code, NONE);
+    assert_eq!(r.generation_id, m.generation, "no rebalance");
+    fetch_at(&mut again.client, 1, 6).await;
+    assert_eq!(
+        broker.broker().groups().start_of("static", TOPIC, 1),
+        Some(6)
+    );
+    drop((m, again, producer));
+    stop(broker).await;
+}
