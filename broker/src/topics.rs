@@ -387,7 +387,10 @@ impl Topics {
             gone = self.deleted.join(uuid::Uuid::new_v4().simple().to_string());
         }
         // Under the lock, so that a topic created again with this name gets
-        // a folder of its own.
+        // a folder of its own; its logs are retired before the lock is let
+        // go, so that a produce or retention pass still holding this topic
+        // cannot touch that new folder (until then its old paths lead
+        // nowhere).
         std::fs::rename(&topic.dir, &gone).map_err(|e| {
             Refusal::new(
                 ResponseError::KafkaStorageError,
@@ -398,6 +401,9 @@ impl Topics {
                 ),
             )
         })?;
+        for part in &topic.partitions {
+            part.log.lock().retire();
+        }
         map.remove(name);
         drop(map);
         for d in [&self.dir, &self.deleted] {

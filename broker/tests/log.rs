@@ -423,6 +423,48 @@ fn retention_by_time_moves_the_start_offset_for_good() {
     assert_eq!(appended.base_offset, 120);
 }
 
+/// A log whose topic was deleted: its folder is about to move, and a topic
+/// created again under the same name may own the old paths; so nothing is
+/// appended, rolled, retained or removed by path any more, while reads of the
+/// open files still work.
+#[test]
+fn a_retired_log_touches_no_file_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_ms: 10_000,
+        segment_ms: 1,
+        ..small_segments()
+    };
+    let mut log = PartitionLog::open(dir.path(), cfg).unwrap();
+    let expected = fill(&mut log, 40);
+    let listing = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(dir.path());
+
+    log.retire();
+    let refused = log.append(&producer_batch("late", &[1], Codec::None), 60_000);
+    assert!(
+        matches!(&refused, Err(Error::Io { .. })),
+        "append refused: {refused:?}"
+    );
+    assert!(!log.roll_if_due(1_000_000).unwrap());
+    assert_eq!(log.enforce_retention(1_000_000).unwrap(), None);
+    assert_eq!((log.start_offset(), log.end_offset()), (0, 120));
+    assert_eq!(consume(&log, 0), expected);
+    log.delete().unwrap();
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "no file was created, changed in name or removed"
+    );
+}
+
 #[test]
 fn retention_by_size_keeps_the_newest_segments() {
     let dir = tempfile::tempdir().unwrap();

@@ -462,3 +462,39 @@ fn a_deleted_topic_leaves_topics_at_once_and_its_files_go() {
     };
     assert_eq!(again.error, ResponseError::UnknownTopicOrPartition);
 }
+
+/// A produce or a retention pass that looked the topic up before it was
+/// deleted must not write into the folder of a topic created again under
+/// the same name.
+#[test]
+fn a_deleted_topics_partitions_cannot_touch_a_new_topic_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+    let configs: BTreeMap<String, String> = [
+        ("segment.ms".to_owned(), "1".to_owned()),
+        ("retention.ms".to_owned(), "1".to_owned()),
+    ]
+    .into();
+    topics.create("t", 1, configs.clone(), false).unwrap();
+    append(&topics, "t", &[b"a", b"b", b"c"]);
+    let old = topics.get("t").unwrap();
+    topics.delete("t").unwrap();
+    topics.create("t", 1, configs, false).unwrap();
+    let partition = dir.path().join("topics").join("t").join("0");
+    let fresh = folder_names(&partition);
+
+    let mut log = old.partitions[0].log.lock();
+    assert!(log.append(&batch(&[b"late"]), now_ms()).is_err());
+    let later = now_ms() + 60_000;
+    assert!(!log.roll_if_due(later).unwrap());
+    assert_eq!(log.enforce_retention(later).unwrap(), None);
+    drop(log);
+    assert_eq!(folder_names(&partition), fresh);
+    drop(topics);
+    let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+    let log = topics.get("t").unwrap().partitions[0]
+        .log
+        .lock()
+        .end_offset();
+    assert_eq!(log, 0, "the new topic is empty");
+}

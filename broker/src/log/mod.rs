@@ -113,6 +113,10 @@ pub struct PartitionLog {
     /// In offset order; never empty; the last is the active segment.
     segments: Vec<Segment>,
     start_offset: i64,
+    /// Set when the partition's topic is deleted and its folder moved away:
+    /// from then on nothing creates, rewrites or removes files by their old
+    /// paths, where a topic created again under the same name keeps its own.
+    retired: bool,
 }
 
 impl PartitionLog {
@@ -164,7 +168,15 @@ impl PartitionLog {
             cfg,
             segments,
             start_offset: start.max(first_base),
+            retired: false,
         })
+    }
+
+    /// Stops the log before its folder is moved away (its topic is being
+    /// deleted): appends are refused, and rolls, retention and
+    /// [`PartitionLog::delete`] do nothing. Reads still work on the open files.
+    pub fn retire(&mut self) {
+        self.retired = true;
     }
 
     /// The folder holding the log.
@@ -208,6 +220,13 @@ impl PartitionLog {
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<Appended> {
+        if self.retired {
+            return Err(Error::Io {
+                what: "append to a partition of a deleted topic",
+                path: self.dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "the topic was deleted"),
+            });
+        }
         let total = records.len() as u64;
         let count: i64 = headers.iter().map(|h| i64::from(h.record_count)).sum();
         self.roll_for(total, count, now_ms)?;
@@ -283,7 +302,7 @@ impl PartitionLog {
     /// `segment_ms`; true if it did. Lets retention reach an idle topic's
     /// data, since retention never deletes the active segment.
     pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool> {
-        if self.active().roll_due(now_ms, self.cfg.segment_ms) {
+        if !self.retired && self.active().roll_due(now_ms, self.cfg.segment_ms) {
             self.roll()?;
             Ok(true)
         } else {
@@ -428,6 +447,9 @@ impl PartitionLog {
         now_ms: i64,
         before: impl FnOnce(i64) -> Result<()>,
     ) -> Result<Option<i64>> {
+        if self.retired {
+            return Ok(None);
+        }
         let sealed = self.segments.len() - 1;
         let mut doomed = 0;
         if self.cfg.retention_ms >= 0 {
@@ -522,6 +544,9 @@ impl PartitionLog {
 
     /// Deletes the whole log and its folder.
     pub fn delete(self) -> Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         let dir = self.dir.clone();
         drop(self);
         std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
