@@ -7,11 +7,14 @@
 //!
 //! The ground truth follows DESIGN §2: a record's bucket is its timestamp
 //! floored to the width (60 s here; every timestamp is about an hour old, so
-//! every bucket is closed). For a group on a partition, records before its
-//! first commit are `skipped`; records retention deleted while they were at
-//! or above its highest commit are `expired`; the other records below its
-//! highest commit (or the log start, if retention moved past it) are
-//! consumed (`records`); the rest are `pending`.
+//! every bucket is closed). For a group on a partition, records before the
+//! offset it started from are `skipped`: its first fetch that the broker
+//! could tie to it (a subscribed consumer), or, where none was tied, the log
+//! start at its first commit (committing K asserts everything before K was
+//! processed). Records retention deleted while they were at or above its
+//! highest commit are `expired`; the other records below its highest commit
+//! (or the log start, if retention moved past it) are consumed (`records`);
+//! the rest are `pending`.
 //!
 //! Each test runs its own agent and broker on free ports with temporary data
 //! folders. The client scripts are `tests/compat/reconcile_*`; under CI=true
@@ -234,6 +237,65 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// Group `group` subscribes at the end of the log (`latest`); once its
+    /// fetches from there reach the broker, `meanwhile` runs (and produces
+    /// what it reads), then it reads and commits at each target offset in
+    /// turn. Its commits and where it started go into `truth`.
+    fn latest(
+        &self,
+        broker: &Broker,
+        truth: &mut Truth,
+        group: &str,
+        targets: &[(i32, &[i64])],
+        meanwhile: impl FnOnce(&mut Truth),
+    ) {
+        let ready = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        std::fs::remove_file(&ready).unwrap();
+        let map: serde_json::Map<String, Value> = targets
+            .iter()
+            .map(|(p, t)| (p.to_string(), json!(t)))
+            .collect();
+        let args = json!({ "targets": map, "ready_file": ready.to_str().unwrap() });
+        let ends: Vec<(i32, i64)> = targets.iter().map(|(p, _)| (*p, truth.end(*p))).collect();
+        let topic = truth.topic.clone();
+        let result = std::thread::scope(|s| {
+            let reader = s.spawn(|| self.group("latest", broker, &topic, group, &args));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !ready.exists() {
+                assert!(
+                    Instant::now() < deadline && !reader.is_finished(),
+                    "group {group} never got ready"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            meanwhile(truth);
+            reader.join().unwrap()
+        });
+        for r in result["read"].as_array().unwrap() {
+            let (p, o) = (
+                r["partition"].as_i64().unwrap() as i32,
+                r["offset"].as_i64().unwrap(),
+            );
+            let start = ends.iter().find(|(q, _)| *q == p).unwrap().1;
+            assert!(
+                o >= start,
+                "group {group} read partition {p} offset {o}, before its start {start}"
+            );
+        }
+        truth.record_commits(group, &result["commits"]);
+        for (p, end) in ends {
+            truth
+                .groups
+                .entry(group.to_owned())
+                .or_default()
+                .entry(p)
+                .or_default()
+                .fetched_from = Some(end);
+        }
+    }
+}
+
 fn batch(partition: i32, codec: &str, timestamps: &[i64]) -> Value {
     json!({ "partition": partition, "codec": codec, "timestamps": timestamps })
 }
@@ -249,11 +311,13 @@ struct Rec {
 }
 
 /// A group's commits on one partition, in order, before and after the one
-/// retention pass that moved the log start (all "before" when none did).
+/// retention pass that moved the log start (all "before" when none did),
+/// and the offset of its first fetch the broker tied to it, if it made one.
 #[derive(Clone, Debug, Default)]
 struct Commits {
     before: Vec<i64>,
     after: Vec<i64>,
+    fetched_from: Option<i64>,
 }
 
 /// What the clients produced and committed, and where retention moved each
@@ -357,8 +421,12 @@ impl Truth {
                     continue;
                 };
                 let all: Vec<i64> = c.before.iter().chain(&c.after).copied().collect();
-                let first = all[0];
                 let start = self.start.get(&r.partition).copied().unwrap_or(0);
+                // The log start at the group's first commit.
+                let log_start = if c.before.is_empty() { start } else { 0 };
+                let first = c
+                    .fetched_from
+                    .map_or(log_start, |f| f.clamp(log_start, all[0].max(log_start)));
                 let high_at_retention = c.before.iter().copied().max().unwrap_or(first);
                 let high = all.iter().copied().max().unwrap().max(start);
                 if r.offset < first {
@@ -1158,27 +1226,44 @@ fn a_group_that_starts_late_skips_what_came_before() {
     truth
         .records
         .extend(clients.produce("kafka-python", &broker, "latecomers", &first));
-    // The group's first commit is at the end of the log.
-    clients.commit(&broker, &mut truth, "late", &[&[(0, 6), (1, 5)]], 0);
+    // "claims" never fetches: committing the end asserts it processed
+    // everything before it.
+    clients.commit(&broker, &mut truth, "claims", &[&[(0, 6), (1, 5)]], 0);
     let more = json!({
         "batches": [
             batch(0, "gzip", &[at(b, 2, 20), at(b, 2, 21), at(b, 3, 1)]),
             batch(1, "lz4", &[at(b, 2, 30), at(b, 3, 30), at(b, 2, 31), at(b, 3, 31)]),
         ],
     });
-    truth
-        .records
-        .extend(clients.produce("kafka-python", &broker, "latecomers", &more));
-    clients.commit(&broker, &mut truth, "late", &[&[(0, 9), (1, 7)]], 0);
+    // "late" subscribes at `latest`: it starts at the end of the log, reads
+    // what comes next, and commits only then.
+    clients.latest(
+        &broker,
+        &mut truth,
+        "late",
+        &[(0, &[9]), (1, &[7])],
+        |truth| {
+            truth
+                .records
+                .extend(clients.produce("kafka-python", &broker, "latecomers", &more));
+        },
+    );
 
     let view = wait_for_truth(&agent, &broker, &truth);
     assert_eq!(
         group_total(&view, "late", "skipped"),
         11,
-        "records before the first commit"
+        "records before its first fetch"
     );
     assert_eq!(group_total(&view, "late", "records"), 5);
     assert_eq!(group_total(&view, "late", "pending"), 2);
+    assert_eq!(
+        group_total(&view, "claims", "skipped"),
+        0,
+        "nothing fetched: nothing skipped"
+    );
+    assert_eq!(group_total(&view, "claims", "records"), 11);
+    assert_eq!(group_total(&view, "claims", "pending"), 7);
     assert_balanced(&view);
     assert_statuses(&view);
 }

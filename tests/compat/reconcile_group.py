@@ -14,6 +14,12 @@ usage:
   reconcile_group.py commit BOOTSTRAP TOPIC GROUP < {"steps": [{"offsets": {P: offset}, "pause_ms": N}]}
       commits each step's offsets in turn, pausing after each, and prints
       {"commits": [[partition, offset], ...], "mismatches"}.
+  reconcile_group.py latest BOOTSTRAP TOPIC GROUP < {"targets": {P: [offset, ...]}, "ready_file": PATH}
+      subscribes with auto.offset.reset=latest (so the broker ties its
+      fetches to the group, and its start is the log end), polls 3 s once
+      assigned (its fetches from the log end reach the broker), creates
+      READY_FILE, then reads what is produced next and commits at the
+      targets as consume does. Prints what consume prints.
 """
 
 import json
@@ -35,7 +41,7 @@ consumer = Consumer(
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": "latest" if mode == "latest" else "earliest",
     }
 )
 
@@ -81,6 +87,50 @@ def consume(targets):
     result["read"] = read
 
 
+def latest(targets, ready_file):
+    targets = {int(p): list(offsets) for p, offsets in targets.items()}
+    consumer.subscribe([topic])
+    read = []
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.2)
+    if not consumer.assignment():
+        mismatches.append("no assignment within 30 s")
+        result["read"] = read
+        return
+    active = set(targets)
+    settle = time.monotonic() + 3
+
+    def take(msg):
+        p = msg.partition()
+        if p not in active:
+            return
+        read.append({"partition": p, "offset": msg.offset(), "timestamp": msg.timestamp()[1]})
+        if msg.offset() + 1 == targets[p][0]:
+            commit({p: targets[p].pop(0)})
+            if not targets[p]:
+                active.discard(p)
+
+    while time.monotonic() < settle:
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            mismatches.append(f"read partition {msg.partition()} offset {msg.offset()} before anything new was produced")
+    with open(ready_file, "w") as f:
+        f.write("ready\n")
+    deadline = time.monotonic() + 30
+    while active and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error():
+            mismatches.append(f"consumer error: {msg.error()}")
+            break
+        take(msg)
+    if active:
+        mismatches.append(f"partitions {sorted(active)} did not reach their targets within 30 s")
+    result["read"] = read
+
+
 def steps(plan):
     for step in plan:
         commit(step["offsets"])
@@ -92,8 +142,10 @@ try:
         consume(args["targets"])
     elif mode == "commit":
         steps(args["steps"])
+    elif mode == "latest":
+        latest(args["targets"], args["ready_file"])
     else:
-        mismatches.append(f'unknown mode "{mode}": accepted are consume and commit')
+        mismatches.append(f'unknown mode "{mode}": accepted are consume, commit and latest')
 except Exception as e:  # noqa: BLE001 - the JSON result says what failed
     mismatches.append(f"{mode} failed: {type(e).__name__}: {e}")
 consumer.close()
