@@ -93,6 +93,18 @@ pub(crate) struct AgentArgs {
     /// Most series (tier, topic, partition) one source may open [default: 100000].
     #[arg(long, env = "TALLY_AGENT_MAX_SERIES_PER_SOURCE", value_name = "N")]
     pub(crate) max_series_per_source: Option<usize>,
+    /// Most series all sources together may open; a message that would open more is refused as `cardinality` [default: 1000000].
+    #[arg(long, env = "TALLY_AGENT_MAX_SERIES", value_name = "N")]
+    pub(crate) max_series: Option<usize>,
+    /// Most connections open at once (HTTP and WebSocket); more wait to be accepted [default: 1024].
+    #[arg(long, env = "TALLY_AGENT_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// How long a client may take to send a request header (and a POST its body); idle keep-alive connections close after it too [default: 10s].
+    #[arg(long, env = "TALLY_AGENT_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// How long an ingest WebSocket may stay open without sending its hello [default: 10s].
+    #[arg(long, env = "TALLY_AGENT_HELLO_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) hello_timeout: Option<Duration>,
     /// Shared bearer token that ingest and the API require.
     #[arg(
         long,
@@ -168,6 +180,12 @@ impl AgentArgs {
             stop_after
         );
         take!(max_message_bytes, max_series_per_source, otlp_interval);
+        take!(
+            max_series,
+            max_connections,
+            header_read_timeout,
+            hello_timeout
+        );
         if self.otlp_endpoint.is_some() {
             cfg.otlp_endpoint = self.otlp_endpoint.clone();
         }

@@ -57,6 +57,29 @@ async fn recv(ws: &mut Socket) -> Value {
     }
 }
 
+/// The welcome of an agent started with [`FLAGS`]: its width, and the range
+/// of buckets it accepts, from now − retention (7 d) to now + 1 h (the grace
+/// is shorter).
+fn assert_welcome(welcome: &Value) {
+    let keys: Vec<&String> = welcome.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["accept_from_ms", "accept_to_ms", "bucket_width_ms", "type"],
+        "{welcome}"
+    );
+    assert_eq!(
+        (welcome["type"].as_str(), welcome["bucket_width_ms"].as_u64()),
+        (Some("welcome"), Some(1000))
+    );
+    let now = now_ms();
+    let from = welcome["accept_from_ms"].as_i64().unwrap();
+    let to = welcome["accept_to_ms"].as_i64().unwrap();
+    let week = 7 * 86_400_000;
+    assert!((now - week - 60_000..=now - week + 1_000).contains(&from), "{welcome}");
+    assert!((now + 3_540_000..=now + 3_600_000).contains(&to), "{welcome}");
+    assert_eq!(from % 1000, 0, "aligned: {welcome}");
+}
+
 fn hello(source: &str, started: i64) -> Value {
     json!({"v": 1, "type": "hello", "source": source, "cluster": "local",
            "tier_kinds": ["broker", "group"], "bucket_width_ms": 1000, "started_at_ms": started})
@@ -120,10 +143,7 @@ async fn streams_counts_and_lag_then_serves_the_books() {
     let agent = Agent::start(&dir.path().join("agent"), FLAGS);
     let mut ws = connect(&agent, None).await.unwrap();
     send(&mut ws, &hello("broker-1", 1)).await;
-    assert_eq!(
-        recv(&mut ws).await,
-        json!({"type": "welcome", "bucket_width_ms": 1000})
-    );
+    assert_welcome(&recv(&mut ws).await);
     let bucket = past_bucket();
     send(&mut ws, &books(bucket, 1)).await;
     send(&mut ws, &lag(2)).await;
@@ -479,10 +499,7 @@ fn post_ingest_answers_every_message_of_the_batch() {
     let (status, body) = post_ingest(agent.addr, &batch);
     assert_eq!(status, 200, "{body}");
     let replies: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        replies[0],
-        json!({"type": "welcome", "bucket_width_ms": 1000})
-    );
+    assert_welcome(&replies[0]);
     assert_eq!(replies[1], json!({"type": "ack", "seq": 1}));
     assert_eq!(
         (replies[2]["type"].as_str(), replies[2]["seq"].as_u64()),

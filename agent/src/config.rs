@@ -44,6 +44,17 @@ pub struct AgentConfig {
     pub max_message_bytes: usize,
     /// Most series one source may open.
     pub max_series_per_source: usize,
+    /// Most series all sources together may open.
+    pub max_series: usize,
+    /// Most connections (HTTP and WebSocket) open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's header (and a POST its
+    /// body); a keep-alive connection idle for this long is closed too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long an ingest WebSocket may stay open without a `hello`.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
     /// Shared bearer token for ingest and the API.
     pub token: Option<String>,
     /// Also require the token on /metrics, /healthz and /readyz.
@@ -87,6 +98,10 @@ impl Default for AgentConfig {
             stop_after: Duration::from_millis(HealthConfig::default().stop_after_ms as u64),
             max_message_bytes: tally_audit::wire::DEFAULT_MAX_MESSAGE_BYTES,
             max_series_per_source: 100_000,
+            max_series: crate::ledger::DEFAULT_MAX_SERIES,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
             token: None,
             protect_metrics: false,
             otlp_endpoint: None,
@@ -177,7 +192,30 @@ impl AgentConfig {
                 humantime::format_duration(self.otlp_interval)
             )));
         }
+        if self.max_series_per_source == 0 || self.max_series == 0 {
+            return Err(Error::Config(format!(
+                "max_series_per_source \"{}\" and max_series \"{}\" must be 1 or more",
+                self.max_series_per_source, self.max_series
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config(
+                "max_connections \"0\" would accept no one: expected 1 or more".into(),
+            ));
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("hello_timeout", self.hello_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(Error::Config(format!(
+                    "{name} \"{}\" is too short: expected 100ms or more",
+                    humantime::format_duration(value)
+                )));
+            }
+        }
         cfg.max_series_per_source = self.max_series_per_source;
+        cfg.max_series = self.max_series;
         cfg.health = HealthConfig {
             window: self.health_window,
             stop_after_ms: i64::try_from(ms(self.stop_after)).unwrap_or(i64::MAX),
@@ -292,5 +330,11 @@ mod tests {
         assert!(err.contains("\"10\""), "{err}");
         let cfg = AgentConfig::from_toml("window = \"1s\"", "a.toml").unwrap();
         assert!(cfg.ledger().unwrap_err().to_string().contains("window"));
+        let cfg = AgentConfig::from_toml("max_connections = 0", "a.toml").unwrap();
+        let err = cfg.ledger().unwrap_err().to_string();
+        assert!(err.contains("max_connections \"0\""), "{err}");
+        let cfg = AgentConfig::from_toml("hello_timeout = \"5ms\"", "a.toml").unwrap();
+        let err = cfg.ledger().unwrap_err().to_string();
+        assert!(err.contains("hello_timeout \"5ms\""), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,9 @@ use tally_audit::{Message, Reason, Reply, Snapshot};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::error::shown;
 use crate::ledger::Session;
+use crate::listener::Slot;
 use crate::service::{Command, Outcome, Shared};
 
 type AppState = Arc<Shared>;
@@ -67,7 +69,55 @@ pub(crate) fn router(shared: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::map_response_with_state(
+            shared.clone(),
+            json_errors,
+        ))
         .with_state(shared)
+}
+
+/// Every error answer is JSON `{"error", "detail"}` and is counted: the
+/// ones axum makes itself (a body over the limit, a query or path that does
+/// not parse, a wrong method) come as plain text and are rewritten here.
+async fn json_errors(State(shared): State<AppState>, response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    shared
+        .metrics
+        .http_errors
+        .with_label_values(&[status.as_str()])
+        .inc();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" if status == StatusCode::METHOD_NOT_ALLOWED => {
+            "this endpoint does not take that method; see the Allow header".to_owned()
+        }
+        "" => reason.clone(),
+        text => shown(text),
+    };
+    let mut out = error(status, &reason, detail);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
@@ -176,10 +226,11 @@ async fn buckets(
                 StatusCode::NOT_FOUND,
                 "unknown topic",
                 format!(
-                    "topic \"{topic}\"{} has no counts in the window",
+                    "topic \"{}\"{} has no counts in the window",
+                    shown(&topic),
                     q.cluster
                         .as_ref()
-                        .map(|c| format!(" of cluster \"{c}\""))
+                        .map(|c| format!(" of cluster \"{}\"", shown(c)))
                         .unwrap_or_default()
                 ),
             );
@@ -190,7 +241,10 @@ async fn buckets(
             return error(
                 StatusCode::BAD_REQUEST,
                 "ambiguous topic",
-                format!("topic \"{topic}\" exists in clusters {clusters:?}: add ?cluster="),
+                format!(
+                    "topic \"{}\" exists in clusters {clusters:?}: add ?cluster=",
+                    shown(&topic)
+                ),
             );
         }
     };
@@ -227,13 +281,16 @@ async fn group(
         [] => error(
             StatusCode::NOT_FOUND,
             "unknown group",
-            format!("group \"{group}\" has no lag samples"),
+            format!("group \"{}\" has no lag samples", shown(&group)),
         ),
         [one] => Json(one).into_response(),
         _ => error(
             StatusCode::BAD_REQUEST,
             "ambiguous group",
-            format!("group \"{group}\" exists in several clusters: add ?cluster="),
+            format!(
+                "group \"{}\" exists in several clusters: add ?cluster=",
+                shown(&group)
+            ),
         ),
     }
 }
@@ -285,8 +342,16 @@ async fn sources(State(shared): State<AppState>) -> Response {
     Json(json!({"sources": snap(&shared).sources})).into_response()
 }
 
-async fn stream(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| feed(shared, socket))
+async fn stream(
+    State(shared): State<AppState>,
+    slot: Option<Extension<Slot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| async move {
+        // The socket holds its connection's slot of the limit while it lives.
+        let _slot = slot;
+        feed(shared, socket).await;
+    })
 }
 
 /// The dashboard feed (format in `tally_audit::feed`): the whole snapshot,
@@ -454,7 +519,11 @@ fn settle(seq: Option<u64>, outcome: Result<Outcome, oneshot::error::RecvError>)
     }
 }
 
-async fn ingest_ws(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn ingest_ws(
+    State(shared): State<AppState>,
+    slot: Option<Extension<Slot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !shared.ready.load(Ordering::Acquire) {
         return not_ready();
     }
@@ -463,17 +532,38 @@ async fn ingest_ws(State(shared): State<AppState>, ws: WebSocketUpgrade) -> Resp
     let frame_limit = shared.limits.max_message_bytes.saturating_mul(4);
     ws.max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| ingest_session(shared, socket))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            ingest_session(shared, socket).await;
+        })
 }
 
 const MAX_IN_FLIGHT: usize = 10_000;
 
 async fn ingest_session(shared: AppState, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
+    let hello_deadline = tokio::time::Instant::now() + shared.hello_timeout;
     let mut ingest = Ingest::new(shared);
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(hello_deadline), if ingest.session.is_none() => {
+                let shared = &ingest.shared;
+                shared.metrics.connections_timed_out.with_label_values(&["hello"]).inc();
+                let reply = ingest.refuse(&Refused {
+                    seq: None,
+                    error: tally_audit::Error::new(
+                        Reason::Protocol,
+                        format!(
+                            "no hello within \"{}\": open the session with a hello first (--hello-timeout)",
+                            humantime::format_duration(ingest.shared.hello_timeout)
+                        ),
+                    ),
+                });
+                let _ = sink.send(WsMessage::Text(reply.to_json().into())).await;
+                let _ = sink.send(WsMessage::Close(None)).await;
+                break;
+            }
             done = in_flight.next(), if !in_flight.is_empty() => {
                 let Some((seq, outcome)) = done else { continue };
                 let Some(reply) = settle(seq, outcome) else { break };
@@ -512,10 +602,66 @@ async fn ingest_session(shared: AppState, socket: WebSocket) {
     ingest.close();
 }
 
-async fn ingest_post(State(shared): State<AppState>, body: axum::body::Bytes) -> Response {
+/// Reads a POST body within the size limit and the body timeout; an
+/// answer to send instead when it cannot.
+async fn read_body(shared: &Shared, request: Request) -> Result<axum::body::Bytes, Response> {
+    let limit = shared.limits.max_message_bytes.saturating_mul(16);
+    let too_large = |size: String| {
+        shared.metrics.refused("", Reason::Oversize);
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::Oversize.as_str(),
+            format!(
+                "a body of {size} bytes is over the limit of {limit} bytes: send smaller batches (16 × --max-message-bytes)"
+            ),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&n| n > limit as u64) {
+        return Err(too_large(format!("\"{size}\"")));
+    }
+    let body = request.into_body();
+    match tokio::time::timeout(shared.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                return Err(too_large(format!("more than \"{limit}\"")));
+            }
+            shared.metrics.refused("", Reason::Malformed);
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                Reason::Malformed.as_str(),
+                format!("the body could not be read: {}", shown(&e.to_string())),
+            ))
+        }
+        Err(_) => {
+            shared.metrics.refused("", Reason::Protocol);
+            Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the body did not arrive within \"{}\" (--header-read-timeout)",
+                    humantime::format_duration(shared.body_timeout)
+                ),
+            ))
+        }
+    }
+}
+
+async fn ingest_post(State(shared): State<AppState>, request: Request) -> Response {
     if !shared.ready.load(Ordering::Acquire) {
         return not_ready();
     }
+    let body = match read_body(&shared, request).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
     let items = match wire::split_batch(&body, &shared.limits) {
         Ok(items) => items,
         Err(e) => {

@@ -8,6 +8,7 @@ mod error;
 pub mod health;
 mod http;
 pub mod ledger;
+mod listener;
 pub mod metrics;
 pub mod otlp;
 pub mod service;

@@ -71,6 +71,10 @@ pub(crate) struct Shared {
     /// buckets given in each `welcome` is made of.
     pub(crate) retention_ms: u64,
     pub(crate) grace_ms: u64,
+    /// How long an ingest WebSocket may wait before its `hello`.
+    pub(crate) hello_timeout: Duration,
+    /// How long a POST may take to send its body.
+    pub(crate) body_timeout: Duration,
     pub(crate) token: Option<String>,
     pub(crate) protect_metrics: bool,
     pub(crate) ready: AtomicBool,
@@ -177,6 +181,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         },
         retention_ms: ledger_cfg.retention_ms,
         grace_ms: ledger_cfg.grace_ms,
+        hello_timeout: cfg.hello_timeout,
+        body_timeout: cfg.header_read_timeout,
         token: cfg.token.clone(),
         protect_metrics: cfg.protect_metrics,
         ready: AtomicBool::new(false),
@@ -184,6 +190,11 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let connection_limits = crate::listener::ConnectionLimits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout,
+    };
+    let metrics_for_listener = shared.metrics.clone();
     let app = crate::http::router(shared.clone());
     let tick = cfg.tick;
     let loader_shared = shared.clone();
@@ -233,17 +244,17 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
             )
             .await;
         });
-        let serve = axum::serve(
+        let serve = crate::listener::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
+            app,
+            connection_limits,
+            metrics_for_listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
         let reloads = tokio::spawn(reload_on_hangup(loader_alerting));
-        if let Err(e) = serve.await {
-            error!("HTTP listener failed: {e}");
-        }
+        serve.await;
         reloads.abort();
         ledger_task.abort();
         let _ = ledger_task.await;
