@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{
@@ -338,6 +339,60 @@ async fn names_that_differ_only_in_dot_and_underscore_collide() {
     assert_eq!(delete(&mut c, "orders_eu.v1").await.0, NONE);
     assert_eq!(create(&mut c, "orders.eu.v1", false).await.error_code, NONE);
     assert_eq!(listed(&mut c).await, vec!["orders.eu.v1"]);
+    drop(c);
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_named_twice_in_one_request_is_refused_once_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut c = Client::connect(broker.addr()).await.unwrap();
+    let creatable = |name: &str| {
+        CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+    };
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![
+            creatable("twice"),
+            creatable("once"),
+            creatable("twice"),
+        ])
+        .with_timeout_ms(10_000);
+    let r = c.call(&request, 7).await.unwrap().topics;
+    let codes: Vec<(String, i16)> = r
+        .iter()
+        .map(|t| (t.name.0.to_string(), t.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("twice".to_owned(), INVALID_REQUEST),
+            ("once".to_owned(), NONE)
+        ]
+    );
+    assert!(r[0].error_message.as_ref().unwrap().contains("\"twice\""));
+    assert_eq!(listed(&mut c).await, vec!["once"]);
+
+    let id = describe(&mut c, "once", false).await.topic_id;
+    let by_name = DeleteTopicsRequest::default()
+        .with_topic_names(vec![topic_name("once"), topic_name("once")])
+        .with_timeout_ms(5_000);
+    let r = c.call(&by_name, 5).await.unwrap().responses;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].error_code, INVALID_REQUEST);
+    let by_id = DeleteTopicsRequest::default()
+        .with_topics(vec![
+            DeleteTopicState::default().with_topic_id(id),
+            DeleteTopicState::default().with_topic_id(id),
+        ])
+        .with_timeout_ms(5_000);
+    let r = c.call(&by_id, 6).await.unwrap().responses;
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].error_code, r[0].topic_id), (INVALID_REQUEST, id));
+    assert_eq!(listed(&mut c).await, vec!["once"], "nothing was deleted");
     drop(c);
     stop(broker).await;
 }

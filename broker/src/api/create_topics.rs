@@ -1,7 +1,7 @@
 //! CreateTopics: partitions, replication factor 1, and the topic configs
 //! the log understands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::{
@@ -19,12 +19,26 @@ pub(super) fn handle(
     request: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
+    // As Kafka does, a name given twice is refused once, and created by neither.
+    let mut times: HashMap<String, usize> = HashMap::new();
+    for t in &request.topics {
+        *times.entry(t.name.0.to_string()).or_default() += 1;
+    }
+    let mut answered = HashSet::new();
     let results = request
         .topics
         .into_iter()
+        .filter(|t| answered.insert(t.name.0.to_string()))
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());
+            if times.get(&name).is_some_and(|n| *n > 1) {
+                return result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes(&format!(
+                        "topic \"{name}\" is named more than once in this request: name each topic once"
+                    ))));
+            }
             let partitions = if t.num_partitions == -1 {
                     broker.cfg.default_partitions
                 } else {
