@@ -30,11 +30,12 @@ pub enum RecordsError {
     Invalid(#[from] Error),
     /// The records decompress to more bytes than the caller allows.
     #[error(
-        "records decompress to more than '{limit}' bytes: at most {limit} may be decompressed \
-         (per batch at most {MAX_UNCOMPRESSED_BATCH_BYTES}; per request max_decompressed_bytes)"
+        "records decompress to more than the '{limit}' bytes left to decompress: a batch may \
+         decompress to at most {MAX_UNCOMPRESSED_BATCH_BYTES} bytes, and the batches of one \
+         request to at most max_decompressed_bytes"
     )]
     TooLarge {
-        /// The bytes that were allowed.
+        /// The bytes that were left for the batch.
         limit: u64,
     },
 }
@@ -260,15 +261,13 @@ pub fn any_compressed(mut records: &[u8]) -> bool {
 /// Checks a Produce's `records` as [`validate_batches_with_timestamps`]
 /// does, and also reads every record of every compressed batch, so that a
 /// batch is accepted only when it holds exactly the records its header
-/// declares, at consecutive offset deltas. The compressed batches together
-/// may decompress to at most `max_decompressed` bytes, and each to at most
+/// declares, at consecutive offset deltas. The compressed batches may
+/// decompress to at most `budget` bytes, and each to at most
 /// [`MAX_UNCOMPRESSED_BATCH_BYTES`]; past that the answer is
-/// [`RecordsError::TooLarge`]. Memory follows the records really read, never
-/// a count from the header.
-pub fn check_produced(
-    records: &[u8],
-    max_decompressed: u64,
-) -> Result<CheckedBatches, RecordsError> {
+/// [`RecordsError::TooLarge`]. What was decompressed is taken off `budget`
+/// whatever the outcome, so that refused batches cost their sender too.
+/// Memory follows the records really read, never a count from the header.
+pub fn check_produced(records: &[u8], budget: &mut u64) -> Result<CheckedBatches, RecordsError> {
     let (headers, mut timestamps) = validate_batches_with_timestamps(records)?;
     let mut decompressed = 0u64;
     let mut at = 0usize;
@@ -278,26 +277,25 @@ pub fn check_produced(
         if header.compression()? == Compression::None {
             continue;
         }
-        let limit = max_decompressed
-            .saturating_sub(decompressed)
-            .min(MAX_UNCOMPRESSED_BATCH_BYTES);
+        let limit = (*budget).min(MAX_UNCOMPRESSED_BATCH_BYTES);
         let mut read = Vec::new();
-        let used = walk_batch(batch, header, limit, |index, offset_delta, timestamp| {
-            if offset_delta != index {
-                return Err(offset_error(index, offset_delta));
-            }
-            read.push(timestamp);
-            Ok(())
-        })
-        .map_err(|e| match e {
-            RecordsError::TooLarge { .. } if limit < MAX_UNCOMPRESSED_BATCH_BYTES => {
-                RecordsError::TooLarge {
-                    limit: max_decompressed,
+        let mut used = 0;
+        let walked = walk_batch(
+            batch,
+            header,
+            limit,
+            &mut used,
+            |index, offset_delta, timestamp| {
+                if offset_delta != index {
+                    return Err(offset_error(index, offset_delta));
                 }
-            }
-            other => other,
-        })?;
+                read.push(timestamp);
+                Ok(())
+            },
+        );
+        *budget -= used;
         decompressed += used;
+        walked?;
         *ts = read;
     }
     Ok(CheckedBatches {
@@ -414,10 +412,16 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 pub fn record_timestamps(batch: &[u8]) -> Result<Vec<i64>> {
     let header = BatchHeader::parse(batch)?;
     let mut out = Vec::new();
-    walk_batch(batch, &header, MAX_UNCOMPRESSED_BATCH_BYTES, |_, _, ts| {
-        out.push(ts);
-        Ok(())
-    })
+    walk_batch(
+        batch,
+        &header,
+        MAX_UNCOMPRESSED_BATCH_BYTES,
+        &mut 0,
+        |_, _, ts| {
+            out.push(ts);
+            Ok(())
+        },
+    )
     .map_err(plain)?;
     Ok(out)
 }
@@ -437,6 +441,7 @@ pub(crate) fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i6
         batch,
         &header,
         MAX_UNCOMPRESSED_BATCH_BYTES,
+        &mut 0,
         |_, offset_delta, timestamp| {
             out.push((
                 header.base_offset.saturating_add(i64::from(offset_delta)),
@@ -456,7 +461,7 @@ pub(crate) fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i6
 pub fn verified_record_count(batch: &[u8], max_decompressed: u64) -> Result<u64, RecordsError> {
     let header = BatchHeader::parse(batch)?;
     let mut n = 0u64;
-    walk_batch(batch, &header, max_decompressed, |_, _, _| {
+    walk_batch(batch, &header, max_decompressed, &mut 0, |_, _, _| {
         n += 1;
         Ok(())
     })?;
@@ -472,8 +477,9 @@ fn walk_batch(
     batch: &[u8],
     header: &BatchHeader,
     limit: u64,
+    used: &mut u64,
     mut each: impl FnMut(i32, i32, i64) -> Result<()>,
-) -> Result<u64, RecordsError> {
+) -> Result<(), RecordsError> {
     let Some(whole) = batch.get(..header.size()) else {
         return Err(Error::InvalidBatch(format!(
             "batch declares '{}' bytes but only {} are present",
@@ -502,11 +508,8 @@ fn walk_batch(
     };
     let count = header.record_count;
     let snappy_over = Cell::new(false);
-    let used = match header.compression()? {
-        Compression::None => {
-            visit_records_in(region, count, &mut push)?;
-            0
-        }
+    match header.compression()? {
+        Compression::None => visit_records_in(region, count, &mut push)?,
         codec => {
             let inner: Box<dyn Read + '_> = match codec {
                 Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(region)),
@@ -529,16 +532,17 @@ fn walk_batch(
             };
             let mut reader = Capped::with_limit(inner, limit);
             let walked = visit_records(&mut reader, count, &mut push);
+            *used = limit - reader.left;
             if reader.exceeded || snappy_over.get() {
+                *used = limit;
                 return Err(RecordsError::TooLarge { limit });
             }
             walked?;
-            limit - reader.left
         }
-    };
+    }
     match failed {
         Some(e) => Err(e.into()),
-        None => Ok(used),
+        None => Ok(()),
     }
 }
 
@@ -1304,12 +1308,14 @@ mod tests {
     fn a_record_count_that_differs_from_the_records_is_refused_for_every_codec() {
         for (codec, _) in CODECS {
             let good = encode(&[1, 2, 3], codec);
-            let checked = check_produced(&good, 1 << 20).unwrap();
+            let checked = check_produced(&good, &mut (1 << 20)).unwrap();
             assert_eq!(checked.timestamps, [vec![1, 2, 3]], "{codec:?}");
             for claim in [20_000_000, 4, 2, 1] {
                 let mut lying = good.clone();
                 claim_records(&mut lying, claim);
-                let err = check_produced(&lying, 1 << 20).unwrap_err().to_string();
+                let err = check_produced(&lying, &mut (1 << 20))
+                    .unwrap_err()
+                    .to_string();
                 assert!(
                     err.contains(&format!("record count '{claim}'")),
                     "{codec:?} claiming {claim}: {err}"
@@ -1344,17 +1350,21 @@ mod tests {
         assert_eq!(region[at], 2, "zigzag of offset delta 1");
         region[at] = 4;
         let bad = rebatch(&plain, &region);
-        let err = check_produced(&bad, 1 << 20).unwrap_err().to_string();
+        let err = check_produced(&bad, &mut (1 << 20))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("offset delta '2'"), "{err}");
         let zstd_header = encode(&[5, 5, 5], Codec::Zstd);
         let bad = rebatch(&zstd_header, &zstd::encode_all(&region[..], 1).unwrap());
-        let err = check_produced(&bad, 1 << 20).unwrap_err().to_string();
+        let err = check_produced(&bad, &mut (1 << 20))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("offset delta '2'"), "zstd: {err}");
         let good = rebatch(
             &zstd_header,
             &zstd::encode_all(&plain[BATCH_OVERHEAD..], 1).unwrap(),
         );
-        check_produced(&good, 1 << 20).unwrap();
+        check_produced(&good, &mut (1 << 20)).unwrap();
     }
 
     #[test]
@@ -1362,24 +1372,39 @@ mod tests {
         let big: Vec<i64> = (0..2_000).collect();
         for (codec, _) in CODECS.into_iter().skip(1) {
             let one = encode(&big, codec);
-            let need = check_produced(&one, u64::MAX).unwrap().decompressed_bytes;
+            let mut unlimited = u64::MAX;
+            let need = check_produced(&one, &mut unlimited)
+                .unwrap()
+                .decompressed_bytes;
             assert!(need > 20_000, "{codec:?}: {need}");
             let mut two = one.clone();
             two.extend(&one);
             assert_eq!(
-                check_produced(&two, 2 * need).unwrap().decompressed_bytes,
+                check_produced(&two, &mut (2 * need))
+                    .unwrap()
+                    .decompressed_bytes,
                 2 * need
             );
-            let err = check_produced(&two, 2 * need - 1).unwrap_err();
+            let mut budget = 2 * need - 1;
+            let err = check_produced(&two, &mut budget).unwrap_err();
             assert!(
-                matches!(err, RecordsError::TooLarge { limit } if limit == 2 * need - 1),
+                matches!(err, RecordsError::TooLarge { limit } if limit == need - 1),
                 "{codec:?}: {err}"
             );
-            assert!(err.to_string().contains(&format!("'{}'", 2 * need - 1)));
+            assert!(err.to_string().contains(&format!("'{}'", need - 1)));
+            assert_eq!(
+                budget, 0,
+                "{codec:?}: a refused batch costs what it was allowed"
+            );
         }
         // Uncompressed batches decompress nothing.
         let plain = encode(&big, Codec::None);
-        assert_eq!(check_produced(&plain, 1024).unwrap().decompressed_bytes, 0);
+        assert_eq!(
+            check_produced(&plain, &mut 1024)
+                .unwrap()
+                .decompressed_bytes,
+            0
+        );
         assert!(!any_compressed(&plain));
         assert!(any_compressed(&encode(&big, Codec::Zstd)));
     }

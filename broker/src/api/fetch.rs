@@ -18,11 +18,12 @@ use crate::server::Broker;
 /// The partitions' answers, the bytes read, and whether a partition failed.
 ///
 /// The whole response holds at most the smaller of the request's max_bytes
-/// and the broker's fetch_max_bytes, each partition at most its
-/// partition_max_bytes, except that the first batch of the first partition
-/// with data is returned whole (Kafka's rule: a batch larger than every limit
-/// can still be fetched). A partition listed more than once is answered once,
-/// as first asked, and a topic listed more than once is one topic in the answer.
+/// and the broker's fetch_max_bytes, except that the first batch of the first
+/// partition with data is returned whole (Kafka's rule: a batch larger than
+/// every limit can still be fetched); each partition holds at most its
+/// partition_max_bytes, or its first batch whole where that fits the rest.
+/// A partition listed more than once is answered once, as first asked, and a
+/// topic listed more than once is one topic in the answer.
 fn read_all(
     broker: &Broker,
     request: &FetchRequest,
@@ -74,23 +75,25 @@ fn read_all(
             } else {
                 answer
             };
+            // A partition's first batch comes back whole even past its
+            // partition_max_bytes, so a large batch never blocks a consumer;
+            // only the first partition with data may also pass the
+            // response's limit (Kafka's rule).
+            let first = total == 0;
             let limit = usize::try_from(p.partition_max_bytes.max(0))
                 .unwrap_or(0)
-                .min(budget);
-            // Kafka returns at least one whole batch for the first partition
-            // with data, even past max_bytes, so a large batch never blocks a consumer.
-            let first = total == 0;
-            let limit = if first { limit.max(1) } else { limit };
-            let records = if limit == 0 || p.fetch_offset == end {
+                .min(budget)
+                .max(1);
+            let records = if (budget == 0 && !first) || p.fetch_offset == end {
                 Ok(Bytes::new())
             } else {
                 log.read(p.fetch_offset, limit)
             };
             match records {
                 Ok(bytes) => {
-                    // Past the first partition with data, a batch that does
-                    // not fit what is left waits for the next fetch.
-                    let bytes = if !first && bytes.len() > limit {
+                    // A batch that does not fit what is left of the response
+                    // waits for the next fetch.
+                    let bytes = if !first && bytes.len() > budget {
                         Bytes::new()
                     } else {
                         bytes

@@ -39,7 +39,11 @@ const INLINE_CHECK_BYTES: usize = 64 * 1024;
 /// `budget` (what is left of the request's max_decompressed_bytes), off the
 /// async workers when that can take long, so that one client's batches never
 /// stall the others'.
-async fn check(broker: &Broker, records: &Bytes, budget: u64) -> Result<CheckedBatches, Refusal> {
+async fn check(
+    broker: &Broker,
+    records: &Bytes,
+    budget: &mut u64,
+) -> Result<CheckedBatches, Refusal> {
     let checked = if records.len() <= INLINE_CHECK_BYTES && !batch::any_compressed(records) {
         batch::check_produced(records, budget)
     } else {
@@ -50,12 +54,15 @@ async fn check(broker: &Broker, records: &Bytes, budget: u64) -> Result<CheckedB
             .await
             .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
         let records = records.clone();
-        tokio::task::spawn_blocking(move || {
+        let mut left = *budget;
+        let (checked, left) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            batch::check_produced(&records, budget)
+            (batch::check_produced(&records, &mut left), left)
         })
         .await
-        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
+        *budget = left;
+        checked
     };
     checked.map_err(|e| match e {
         RecordsError::Invalid(e) => refusal_of(&e),
@@ -77,9 +84,8 @@ async fn append(
     let CheckedBatches {
         headers,
         timestamps,
-        decompressed_bytes,
-    } = check(broker, records, *budget).await?;
-    *budget = budget.saturating_sub(decompressed_bytes);
+        ..
+    } = check(broker, records, budget).await?;
     if headers.is_empty() {
         return Err(Refusal::new(
             ResponseError::InvalidRecord,
