@@ -131,7 +131,9 @@ impl LatencyBook {
 ///
 /// Its locks are taken in one order, `seen`, `partitions`, `latency`, so that
 /// the produce path, the audit tick and retention never wait on each other in
-/// a circle.
+/// a circle. Under them it asks the groups only for where a group started
+/// ([`Groups::start_of`]), whose lock is a leaf that the fetch path holds
+/// briefly and never with one of these.
 pub struct Instrumentation {
     cfg: AuditConfig,
     dir: PathBuf,
