@@ -391,7 +391,11 @@ async fn compression_bombs_are_capped_per_request_and_never_stall_other_clients(
     let mut c = broker.client().await;
     // One or two bombs fit the request's budget: the records are real.
     assert_eq!(
-        produce_code(&mut c, &produce_many("bombs", 0, &[bomb.clone()])).await,
+        produce_code(
+            &mut c,
+            &produce_many("bombs", 0, std::slice::from_ref(&bomb))
+        )
+        .await,
         NONE
     );
     assert_eq!(
