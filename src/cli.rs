@@ -96,7 +96,7 @@ pub(crate) struct AgentArgs {
     /// Most series all sources together may open; a message that would open more is refused as `cardinality` [default: 1000000].
     #[arg(long, env = "TALLY_AGENT_MAX_SERIES", value_name = "N")]
     pub(crate) max_series: Option<usize>,
-    /// Most connections open at once (HTTP and WebSocket); more wait to be accepted [default: 1024].
+    /// Most connections open at once (HTTP and WebSocket); at the limit a new one closes the oldest that has sent no request yet, or waits for a slot [default: 1024].
     #[arg(long, env = "TALLY_AGENT_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
     /// How long a client may take to send a request header (and a POST its body); idle keep-alive connections close after it too [default: 10s].

@@ -46,7 +46,8 @@ pub struct AgentConfig {
     pub max_series_per_source: usize,
     /// Most series all sources together may open.
     pub max_series: usize,
-    /// Most connections (HTTP and WebSocket) open at once; more wait to be accepted.
+    /// Most connections (HTTP and WebSocket) open at once; at the limit a new one
+    /// closes the oldest that has sent no request yet, or waits for a slot.
     pub max_connections: usize,
     /// How long a client may take to send a request's header (and a POST its
     /// body); a keep-alive connection idle for this long is closed too.

@@ -7,10 +7,15 @@
 //! keep-alive connection that stays idle alike. A slot of the limit is held
 //! for as long as the connection, or the WebSocket it became, lives; the
 //! ingest WebSocket closes itself when no `hello` comes in time. So silent
-//! sockets hold a slot for at most the timeout, and a client beyond the limit
-//! waits in the accept queue for a slot instead of being refused.
+//! sockets hold a slot for at most the timeout; and when every slot is taken,
+//! a new connection closes the oldest one that has not sent a request yet,
+//! so that a flood of silent sockets cannot keep a client that talks waiting
+//! behind it. Only when every slot serves a real client does a new one wait
+//! in the accept queue.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +24,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -50,6 +55,55 @@ impl Drop for SlotInner {
     }
 }
 
+/// The connections that have not sent a request yet, oldest first: the
+/// ones a new connection may close when every slot is taken.
+#[derive(Default)]
+struct Silent {
+    next: Mutex<(u64, BTreeMap<u64, Arc<Silence>>)>,
+}
+
+/// One connection's standing in [`Silent`].
+struct Silence {
+    id: u64,
+    spoke: AtomicBool,
+    evict: Notify,
+}
+
+impl Silent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Arc<Silence>>)> {
+        self.next.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enter(&self) -> Arc<Silence> {
+        let mut guard = self.lock();
+        let id = guard.0;
+        guard.0 += 1;
+        let silence = Arc::new(Silence {
+            id,
+            spoke: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        guard.1.insert(id, silence.clone());
+        silence
+    }
+
+    fn leave(&self, silence: &Silence) {
+        self.lock().1.remove(&silence.id);
+    }
+
+    /// Closes the oldest connection that has not spoken; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().1.pop_first();
+        match oldest {
+            Some((_, silence)) => {
+                silence.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `stop` resolves, then lets the open
 /// requests finish (WebSockets are left to end on their own).
 pub(crate) async fn serve(
@@ -60,19 +114,11 @@ pub(crate) async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let silent = Arc::new(Silent::default());
     let (stopping_tx, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
-        // Take a slot before accepting, so that a client beyond the limit
-        // waits in the accept queue until a slot frees.
-        let permit = tokio::select! {
-            () = &mut stop => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
@@ -86,6 +132,27 @@ pub(crate) async fn serve(
             },
         };
         while connections.try_join_next().is_some() {}
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Every slot is taken: make room by closing the oldest
+                // connection that has not sent a request; where all of them
+                // serve real clients, wait for one to end.
+                if silent.evict_oldest() {
+                    metrics
+                        .connections_timed_out
+                        .with_label_values(&["evicted"])
+                        .inc();
+                }
+                tokio::select! {
+                    () = &mut stop => break,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         metrics.connections.inc();
         let slot = Slot(Arc::new(SlotInner {
             _permit: permit,
@@ -98,6 +165,7 @@ pub(crate) async fn serve(
             limits.header_read_timeout,
             metrics.clone(),
             stopping.clone(),
+            silent.clone(),
         ));
     }
     stopping_tx.send_replace(true);
@@ -111,9 +179,15 @@ async fn connection(
     header_read_timeout: Duration,
     metrics: AgentMetrics,
     mut stopping: watch::Receiver<bool>,
+    silent: Arc<Silent>,
 ) {
     let _ = stream.set_nodelay(true);
+    let silence = silent.enter();
+    let (spoke, registry) = (silence.clone(), silent.clone());
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        if !spoke.spoke.swap(true, Ordering::Relaxed) {
+            registry.leave(&spoke);
+        }
         request.extensions_mut().insert(slot.clone());
         let mut app = app.clone();
         tower_service::Service::call(&mut app, request)
@@ -126,11 +200,16 @@ async fn connection(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        () = silence.evict.notified() => {
+            debug!("closed a connection that sent no request, to make room for a new one");
+            Ok(())
+        }
         () = stopped(&mut stopping) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
+    silent.leave(&silence);
     if let Err(e) = result {
         if e.is_timeout() {
             metrics

@@ -76,12 +76,12 @@ impl AgentMetrics {
         let connections_timed_out = IntCounterVec::new(
             Opts::new(
                 "tally_http_connections_timed_out_total",
-                "Connections closed because a request header (header) or an ingest hello (hello) did not arrive in time",
+                "Connections closed because a request header (header) or an ingest hello (hello) did not arrive in time, or that sent no request and were closed to make room at the connection limit (evicted)",
             ),
             &["phase"],
         )
         .expect("static metric definition");
-        for phase in ["header", "hello"] {
+        for phase in ["header", "hello", "evicted"] {
             connections_timed_out.with_label_values(&[phase]);
         }
         for c in [
