@@ -229,10 +229,15 @@ impl Topics {
             let meta: TopicMeta = serde_json::from_str(&text)
                 .map_err(|e| Error::Config(format!("topic file '{}': {e}", meta_path.display())))?;
             if let Some(id) = deleted_by_older_version(&name, &meta) {
-                let to = deleted.join(id);
-                std::fs::rename(&path, &to)
-                    .map_err(io("cannot move a deleted topic's folder", &path))?;
-                info!(folder = %name, "a topic deleted before the last stop is removed");
+                // Never loaded, whether or not it can be moved away now.
+                match std::fs::rename(&path, deleted.join(id)) {
+                    Ok(()) => {
+                        info!(folder = %name, "a topic deleted before the last stop is removed")
+                    }
+                    Err(e) => {
+                        warn!(folder = %name, "a topic deleted before the last stop cannot be moved away (tried again at the next start): {e}")
+                    }
+                }
                 continue;
             }
             if is_internal(&name) {
@@ -299,7 +304,7 @@ impl Topics {
             return Err(Refusal::new(
                 ResponseError::InvalidRequest,
                 format!(
-                    "topic \"{name}\" is internal to Kafka and cannot be created: this broker keeps committed offsets in its own store; any name other than {INTERNAL_TOPICS:?} is accepted"
+                    "topic \"{name}\" is one of Kafka's internal topics and cannot be created: this broker keeps committed offsets in its own store; any valid name but {INTERNAL_TOPICS:?} is accepted"
                 ),
             ));
         }
@@ -325,10 +330,15 @@ impl Topics {
             .chain(INTERNAL_TOPICS.iter().copied())
             .find(|k| collides(k, name))
         {
+            let kind = if is_internal(other) {
+                "Kafka's internal topic"
+            } else {
+                "existing topic"
+            };
             return Err(Refusal::new(
                 ResponseError::InvalidTopicException,
                 format!(
-                    "topic \"{name}\" collides with existing topic \"{other}\": '.' and '_' are the same in metric names, so choose a name that differs in another character"
+                    "topic \"{name}\" collides with {kind} \"{other}\": '.' and '_' are the same in metric names, so choose a name that differs in another character"
                 ),
             ));
         }
