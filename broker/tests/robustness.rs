@@ -362,11 +362,13 @@ async fn connections_beyond_max_connections_are_closed_and_the_others_served() {
             oldest.is_closed_by_broker().await,
             "round {round}: the longest idle connection was kept past max_connections"
         );
+        // The others are still served; served in this order, the first is
+        // again the longest idle.
+        held.push(extra);
         for c in &mut held {
             c.api_versions().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        held.push(extra);
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A slot frees when a client leaves (once the broker has seen it go):
     // no one is pushed out then.
