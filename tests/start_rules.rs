@@ -10,6 +10,8 @@
 //!   tool commits), committing K consumes everything from the log start to K.
 //! - A fetch whose client id and host match members of two groups assigned
 //!   the partition ties to neither: their commits fall back to that rule.
+//!   Groups that share a client id (librdkafka's default) but read
+//!   different topics tie as usual.
 //! - A static member's rejoin, a rebalance mid-read and a kill -9 of the
 //!   broker between the first fetch and the first commit change nothing.
 //!
@@ -144,6 +146,18 @@ fn recs(v: &Value) -> Vec<Rec> {
             ts: r["timestamp"].as_i64().unwrap(),
         })
         .collect()
+}
+
+/// The records of `topic` in a list that names each record's topic.
+fn recs_of(v: &Value, topic: &str) -> Vec<Rec> {
+    let of_topic: Vec<Value> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of records: {v}"))
+        .iter()
+        .filter(|r| r["topic"] == topic)
+        .cloned()
+        .collect();
+    recs(&Value::Array(of_topic))
 }
 
 /// The offset after the last record of `partition`.
@@ -704,6 +718,63 @@ fn a_fetch_that_matches_two_groups_ties_to_neither() {
             ("own", cell(MORE_ALL, BACKLOG_ALL, 0)),
         ],
     );
+}
+
+#[test]
+fn groups_that_share_a_client_id_on_different_topics_each_tie_their_fetches() {
+    let Some(client) = Client::confluent_kafka() else {
+        return;
+    };
+    let s = setup();
+    let base = hour_ago();
+    // Two applications with librdkafka's default client id ("rdkafka") on
+    // one host, each with a group on a topic of its own: a fetch matches the
+    // member assigned its partition, and only that one, so each group's
+    // start at latest is tied and it skips its backlog.
+    let mut records: BTreeMap<&str, Vec<Rec>> = BTreeMap::new();
+    for topic in ["left", "right"] {
+        records.insert(topic, client.backlog(&s.broker, topic, base));
+    }
+    let result = client.run(
+        "read",
+        &s.broker,
+        "left",
+        &json!({
+            "members": [
+                {"group": "left-reader", "topic": "left"},
+                {"group": "right-reader", "topic": "right"},
+            ],
+            "hold": true,
+            "reset": "latest",
+            "commit": "end",
+            "more": more(base),
+        }),
+    );
+    for (topic, group) in [("left", "left-reader"), ("right", "right-reader")] {
+        let records = records.get_mut(topic).unwrap();
+        records.extend(recs_of(&result["produced"], topic));
+        let (read, committed) = group_of(&result, group);
+        assert_read(group, &read, records, &each(BACKLOG));
+        assert_eq!(
+            committed,
+            ends(records),
+            "{group}: the one commit at the end"
+        );
+        let groups = BTreeMap::from([(
+            group,
+            Group {
+                start: each(BACKLOG),
+                committed,
+            },
+        )]);
+        assert_books(
+            &s,
+            topic,
+            records,
+            &groups,
+            &[(group, cell(MORE_ALL, BACKLOG_ALL, 0))],
+        );
+    }
 }
 
 #[test]

@@ -8,14 +8,17 @@ usage: start_confluent_kafka.py MODE BOOTSTRAP TOPIC < ARGS (JSON)
   produce   {"create": PARTITIONS (optional), "records": {P: [ts, ...]}}
       writes the records (value "p<P>-<i>", explicit timestamps); prints
       {"records": [{"partition", "offset", "timestamp"}]}.
-  read      {"members": [{"group", "client_id"}], "reset": "earliest|latest",
+  read      {"members": [{"group", "client_id", "topic"}], "reset": "earliest|latest",
              "commit": "auto|end|none", "hold": bool, "more": {P: [ts, ...]}}
-      every member subscribes; once each is assigned and fetching (librdkafka's
-      statistics say "active"), MORE is produced; each group then reads to the
-      end of every partition and commits: "auto" waits for auto-commit (every
-      second) to reach the end, "end" commits the end once, "none" never
-      commits. "hold" pauses every member's partitions on assignment until
-      all members are assigned, so that no fetch goes out before then.
+      every member (the only one of its group) subscribes to its topic (TOPIC
+      unless it names another), with its client id (librdkafka's default
+      unless it names one); once each is assigned and fetching (librdkafka's
+      statistics say "active"), MORE is produced to each topic; each group
+      then reads to the end of every partition and commits: "auto" waits for
+      auto-commit (every second) to reach the end, "end" commits the end
+      once, "none" never commits. "hold" pauses every member's partitions on
+      assignment until all members are assigned, so that no fetch goes out
+      before then.
   commit    {"group", "offsets": {P: offset}}
       assign() and commit(offsets=...) with no poll: no fetch at all.
   alter     {"group", "offsets": {P: offset}}
@@ -31,9 +34,10 @@ usage: start_confluent_kafka.py MODE BOOTSTRAP TOPIC < ARGS (JSON)
       after the rebalance MORE is produced and both read to the end; done
       when auto-commit reached the end.
 
-Each mode prints {"produced": [...], "groups": {group: {"read": [{"partition",
-"offset", "timestamp"}], "committed": {P: offset}}}, "mismatches"} (produce:
-{"records", "mismatches"}) and exits 1 when something went wrong.
+Each mode prints {"produced": [{"topic", "partition", "offset", "timestamp"}],
+"groups": {group: {"read": [{"partition", "offset", "timestamp"}],
+"committed": {P: offset}}}, "mismatches"} (produce: {"records",
+"mismatches"}) and exits 1 when something went wrong.
 """
 
 import json
@@ -57,8 +61,10 @@ class Failed(Exception):
     """A step that did not happen in time; the JSON result says which."""
 
 
-def produce(plan):
-    """Writes {P: [ts, ...]} and returns the records with their offsets."""
+def produce(plan, to=None):
+    """Writes {P: [ts, ...]} to TOPIC (or `to`) and returns the records with
+    their topics and offsets."""
+    to = to or topic
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
     out = []
 
@@ -66,11 +72,13 @@ def produce(plan):
         if err is not None:
             mismatches.append(f"produce to partition {msg.partition()}: {err}")
         else:
-            out.append({"partition": msg.partition(), "offset": msg.offset(), "timestamp": msg.timestamp()[1]})
+            out.append(
+                {"topic": to, "partition": msg.partition(), "offset": msg.offset(), "timestamp": msg.timestamp()[1]}
+            )
 
     for p, stamps in plan.items():
         for i, ts in enumerate(stamps):
-            producer.produce(topic, value=f"p{p}-{i}".encode(), partition=int(p), timestamp=ts, on_delivery=report)
+            producer.produce(to, value=f"p{p}-{i}".encode(), partition=int(p), timestamp=ts, on_delivery=report)
             producer.poll(0)
     left = producer.flush(20)
     if left:
@@ -79,24 +87,21 @@ def produce(plan):
     return out
 
 
-def ends(records):
-    """{partition: the offset after the last of `records` there}."""
-    out = {}
-    for r in records:
-        out[r["partition"]] = max(out.get(r["partition"], 0), r["offset"] + 1)
-    return out
-
-
-def high_watermarks(consumer, partitions):
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+def high_watermarks(member):
+    """{partition: high watermark} of the member's assigned partitions."""
+    return {
+        p: member.consumer.get_watermark_offsets(TopicPartition(member.topic, p), timeout=10)[1]
+        for p in member.assigned
+    }
 
 
 class Member:
     """One consumer of a group, with what librdkafka's statistics say about
     its partitions."""
 
-    def __init__(self, group, client_id, reset, auto_commit, hold=False, instance_id=None, store=True):
+    def __init__(self, group, client_id, reset, auto_commit, hold=False, instance_id=None, store=True, of=None):
         self.group = group
+        self.topic = of or topic
         self.hold = hold
         self.assigned = []
         self.assignments = 0
@@ -104,7 +109,6 @@ class Member:
         config = {
             "bootstrap.servers": bootstrap,
             "group.id": group,
-            "client.id": client_id,
             "auto.offset.reset": reset,
             "enable.auto.commit": auto_commit,
             "auto.commit.interval.ms": 1000,
@@ -114,10 +118,14 @@ class Member:
             "statistics.interval.ms": 100,
             "stats_cb": self.on_stats,
         }
+        # None keeps librdkafka's default client id, "rdkafka", which every
+        # librdkafka application on a host shares.
+        if client_id is not None:
+            config["client.id"] = client_id
         if instance_id is not None:
             config["group.instance.id"] = instance_id
         self.consumer = Consumer(config)
-        self.consumer.subscribe([topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.consumer.subscribe([self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
 
     def on_assign(self, consumer, partitions):
         consumer.assign(partitions)
@@ -130,7 +138,7 @@ class Member:
         self.assigned = []
 
     def on_stats(self, text):
-        parts = json.loads(text).get("topics", {}).get(topic, {}).get("partitions", {})
+        parts = json.loads(text).get("topics", {}).get(self.topic, {}).get("partitions", {})
         self.fetch_state = {int(p): s.get("fetch_state") for p, s in parts.items() if int(p) >= 0}
 
     def fetching(self):
@@ -138,10 +146,10 @@ class Member:
 
     def release(self):
         self.hold = False
-        self.consumer.resume([TopicPartition(topic, p) for p in self.assigned])
+        self.consumer.resume([TopicPartition(self.topic, p) for p in self.assigned])
 
     def committed(self, partitions):
-        answer = self.consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        answer = self.consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)
         return {tp.partition: tp.offset for tp in answer}
 
 
@@ -204,16 +212,25 @@ def wait_committed(member, targets):
 
 
 def commit_end(member, targets):
-    parts = [TopicPartition(topic, p, o) for p, o in targets.items()]
+    parts = [TopicPartition(member.topic, p, o) for p, o in targets.items()]
     for answer in member.consumer.commit(offsets=parts, asynchronous=False):
         if answer.error is not None:
-            mismatches.append(f"{member.group}: commit of partition {answer.partition} at {answer.offset}: {answer.error}")
+            mismatches.append(
+                f"{member.group}: commit of partition {answer.partition} at {answer.offset}: {answer.error}"
+            )
     return dict(targets)
 
 
 def read(a):
     members = [
-        Member(m["group"], m["client_id"], a["reset"], a["commit"] == "auto", hold=a.get("hold", False))
+        Member(
+            m["group"],
+            m.get("client_id"),
+            a["reset"],
+            a["commit"] == "auto",
+            hold=a.get("hold", False),
+            of=m.get("topic"),
+        )
         for m in a["members"]
     ]
     reads = Reads()
@@ -226,17 +243,19 @@ def read(a):
         for m in members:
             m.release()
     poll_until(members, lambda: all(m.fetching() for m in members), "every member fetching", record)
-    result["produced"] = produce(a.get("more", {}))
-    partitions = sorted({p for m in members for p in m.assigned})
-    targets = high_watermarks(members[0].consumer, partitions)
-    groups = {m.group: m for m in members}
-    poll_until(members, lambda: all(reads.reached(g, targets) for g in groups), f"every group read to {targets}", record)
+    for t in sorted({m.topic for m in members}):
+        result["produced"].extend(produce(a.get("more", {}), t))
+    # One member per group here: its partitions are the group's.
+    targets = {m.group: high_watermarks(m) for m in members}
+    poll_until(
+        members, lambda: all(reads.reached(g, t) for g, t in targets.items()), f"every group read to {targets}", record
+    )
     committed = {}
-    for g, m in groups.items():
+    for m in members:
         if a["commit"] == "auto":
-            committed[g] = wait_committed(m, targets)
+            committed[m.group] = wait_committed(m, targets[m.group])
         elif a["commit"] == "end":
-            committed[g] = commit_end(m, targets)
+            committed[m.group] = commit_end(m, targets[m.group])
     for m in members:
         m.consumer.close()
     reads.report(committed)
@@ -285,7 +304,7 @@ def static(a):
 
     poll_until([two], two.fetching, "the rejoined member fetching", record)
     result["produced"] = produce(a.get("more", {}))
-    targets = high_watermarks(two.consumer, sorted(first))
+    targets = high_watermarks(two)
     poll_until([two], lambda: reads.reached(group, targets), f"the rejoined member read to {targets}", record)
     committed = commit_end(two, targets)
     two.consumer.close()
@@ -317,7 +336,7 @@ def rebalance(a):
         process,
     )
     result["produced"] = produce(a.get("more", {}))
-    targets = high_watermarks(a_.consumer, sorted(half))
+    targets = {p: a_.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in sorted(half)}
     poll_until(both, lambda: reads.reached(group, targets), f"the group read to {targets}", process)
     deadline = time.monotonic() + WAIT_S
     while True:
