@@ -1532,3 +1532,30 @@ async fn a_static_member_that_rejoins_keeps_its_ties() {
     drop((m, again, producer));
     stop(broker).await;
 }
+
+#[tokio::test]
+async fn a_group_that_committed_before_fetching_records_no_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    let mut producer = Client::connect(broker.addr()).await.unwrap();
+    produce_n(&mut producer, 0, 8).await;
+    let mut m = sole_member(broker.addr(), "committer", &[0]).await;
+    let r = m
+        .client
+        .call(
+            &commit_request("committer", m.generation, &m.id, TOPIC, &[(0, 4)]),
+            8,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].partitions[0].error_code, NONE);
+    // Its fetch from the committed offset is not where it started.
+    fetch_at(&mut m.client, 0, 4).await;
+    assert_eq!(
+        broker.broker().groups().start_of("committer", TOPIC, 0),
+        None
+    );
+    assert_eq!(books_of(&broker, "committer", 0), (4, 0, 0));
+    drop((m, producer));
+    stop(broker).await;
+}

@@ -3,6 +3,8 @@
 //! history for the audit, and where each group started reading a partition
 //! (its first tied fetch, [`Groups::start_of`]).
 //!
+//! Starts live in `<data-dir>/groups/starts.json` (see `starts`).
+//!
 //! Offsets live in `<data-dir>/groups/offsets.log`. A small log is read
 //! before the broker serves; a large one is read in the background, and
 //! until it is, group requests are answered with COORDINATOR_NOT_AVAILABLE

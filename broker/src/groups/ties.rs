@@ -308,15 +308,26 @@ mod tests {
                 "cut at {cut}: {got:?}"
             );
         }
-        // Random bytes never panic.
+        // Random bytes, and valid assignments with random bytes changed,
+        // never panic.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
+        let mut next = || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let len = (x % 40) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+            x
+        };
+        for _ in 0..20_000 {
+            let r = next();
+            let len = (r % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (r >> (i % 8 * 8)) as u8).collect();
             let _ = assigned_partitions(&bytes);
+            let mut mutated = whole.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % mutated.len() as u64) as usize;
+                mutated[at] = next() as u8;
+            }
+            let _ = assigned_partitions(&mutated);
         }
     }
 
