@@ -68,15 +68,24 @@ fn assert_welcome(welcome: &Value) {
         "{welcome}"
     );
     assert_eq!(
-        (welcome["type"].as_str(), welcome["bucket_width_ms"].as_u64()),
+        (
+            welcome["type"].as_str(),
+            welcome["bucket_width_ms"].as_u64()
+        ),
         (Some("welcome"), Some(1000))
     );
     let now = now_ms();
     let from = welcome["accept_from_ms"].as_i64().unwrap();
     let to = welcome["accept_to_ms"].as_i64().unwrap();
     let week = 7 * 86_400_000;
-    assert!((now - week - 60_000..=now - week + 1_000).contains(&from), "{welcome}");
-    assert!((now + 3_540_000..=now + 3_600_000).contains(&to), "{welcome}");
+    assert!(
+        (now - week - 60_000..=now - week + 1_000).contains(&from),
+        "{welcome}"
+    );
+    assert!(
+        (now + 3_540_000..=now + 3_600_000).contains(&to),
+        "{welcome}"
+    );
     assert_eq!(from % 1000, 0, "aligned: {welcome}");
 }
 

@@ -195,7 +195,7 @@ impl Source {
             return Err(refuse(
                 Reason::Cardinality,
                 format!(
-                    "source \"{}\" would open {} series, over the limit of {limit} per source (--max-series-per-source)",
+                    "source \"{}\" would open at least {} series, over the limit of {limit} per source (--max-series-per-source)",
                     crate::error::shown(&self.name),
                     open + fresh,
                 ),
