@@ -609,6 +609,18 @@ async fn bounded<T>(
     }
 }
 
+/// Runs `io`, which writes an answer, unless `limit` passes. A connection
+/// told to close meanwhile closes only after it: a request that was handled
+/// gets its answer.
+async fn answering(
+    limit: Duration,
+    io: impl std::future::Future<Output = Result<(), Closed>>,
+) -> Result<(), Closed> {
+    tokio::time::timeout(limit, io)
+        .await
+        .unwrap_or(Err(Closed::Slow(limit)))
+}
+
 async fn serve_connection(
     broker: &Broker,
     stream: TcpStream,
@@ -660,7 +672,7 @@ async fn serve_connection(
             if key == ApiKey::ApiVersions {
                 let body = api::unsupported_api_versions();
                 let frame = response_frame(correlation_id, 0, &body)?;
-                bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
+                answering(write_timeout, async {
                     write.write_all(&frame).await?;
                     Ok(write.flush().await?)
                 })
@@ -702,10 +714,7 @@ async fn serve_connection(
                 let frame =
                     response_frame(correlation_id, key.response_header_version(version), &body)?;
                 drop(body);
-                bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
-                    Ok(write.write_all(&frame).await?)
-                })
-                .await?;
+                answering(write_timeout, async { Ok(write.write_all(&frame).await?) }).await?;
             }
             Ok(None) => {}
             Err(e) => {
@@ -716,10 +725,7 @@ async fn serve_connection(
         // Answers to pipelined requests that are already here go out in one
         // flush; nothing waits behind a request that needs no answer.
         if !holds_whole_frame(read.buffer()) {
-            bounded(conn, write_timeout, Closed::Slow(write_timeout), async {
-                Ok(write.flush().await?)
-            })
-            .await?;
+            answering(write_timeout, async { Ok(write.flush().await?) }).await?;
         }
         *conn.last_done.lock() = Instant::now();
         served = true;
