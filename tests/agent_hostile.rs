@@ -504,6 +504,7 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
     for _ in 0..1_500 {
         half.push(half_header(addr));
     }
+    let opened = started.elapsed();
     // A client that talks is served at once, over HTTP and over ingest.
     served(&agent);
     let t = Instant::now();
@@ -558,7 +559,7 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
         );
     }
     eprintln!(
-        "every silent connection closed {:?} after the first opened; peak RSS {} MiB",
+        "every silent connection closed {:?} after the first opened ({opened:?} to open them all); peak RSS {} MiB",
         started.elapsed(),
         peak_rss_mib(&agent)
     );
