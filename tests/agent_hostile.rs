@@ -735,3 +735,50 @@ fn every_error_is_json_counted_and_bounded() {
     );
     assert!(peak_rss_mib(&agent) < 300, "{} MiB", peak_rss_mib(&agent));
 }
+
+#[test]
+fn a_store_that_cannot_be_loaded_makes_healthz_fail_instead_of_hanging_unready() {
+    let Some(python) = common::require_tool("python3") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    drop(Store::open(&data).unwrap());
+    // A table gone: nothing the agent could load around.
+    let dropped = std::process::Command::new(python)
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DROP TABLE health'); c.commit()")
+        .arg(data.join(tally_agent::store::FILE_NAME))
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let mut child = common::tally()
+        .args(["agent", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said the load failed"
+        );
+        if let Ok((503, body)) = common::try_get(addr, "/healthz", None) {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(body["error"], "failed", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("health"),
+        "{body}"
+    );
+    assert_eq!(common::get(addr, "/readyz", None).0, 503);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -50,7 +50,7 @@ pub(crate) fn router(shared: AppState) -> Router {
         ));
     let open = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let open = if shared.protect_metrics {
         open.layer(middleware::from_fn_with_state(
@@ -167,7 +167,19 @@ fn not_ready() -> Response {
     )
 }
 
+/// Liveness: 200 unless the agent can never serve its books (its stored
+/// state did not load), which a restart or an operator must fix.
+async fn healthz(State(shared): State<AppState>) -> Response {
+    match shared.failed.get() {
+        None => "ok\n".into_response(),
+        Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, "failed", why.clone()),
+    }
+}
+
 async fn readyz(State(shared): State<AppState>) -> Response {
+    if let Some(why) = shared.failed.get() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "failed", why.clone());
+    }
     if shared.ready.load(Ordering::Acquire) {
         "ready\n".into_response()
     } else {

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     pub(crate) token: Option<String>,
     pub(crate) protect_metrics: bool,
     pub(crate) ready: AtomicBool,
+    /// Why the agent cannot serve its books (the stored state did not load):
+    /// `/healthz` and `/readyz` say so instead of staying 200 and 503.
+    pub(crate) failed: std::sync::OnceLock<String>,
     /// The alert rules in force and the notification counters.
     pub(crate) alerting: Arc<Alerting>,
 }
@@ -186,6 +189,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         token: cfg.token.clone(),
         protect_metrics: cfg.protect_metrics,
         ready: AtomicBool::new(false),
+        failed: std::sync::OnceLock::new(),
         alerting: alerting.clone(),
     });
 
@@ -207,10 +211,16 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     error!("cannot load stored state: {e}");
+                    let _ = loader_shared
+                        .failed
+                        .set(format!("cannot load stored state: {e}"));
                     return;
                 }
                 Err(e) => {
                     error!("state loader failed: {e}");
+                    let _ = loader_shared
+                        .failed
+                        .set(format!("the state loader failed: {e}"));
                     return;
                 }
             };
@@ -355,9 +365,15 @@ async fn run_ledger(
     let (flush_tx, flush_rx) = mpsc::channel::<Flush>(8);
     let writer = std::thread::Builder::new()
         .name("tally-store".into())
-        .spawn(move || write_loop(store, flush_rx));
+        .spawn({
+            let metrics = shared.metrics.clone();
+            move || write_loop(store, flush_rx, &metrics)
+        });
     if let Err(e) = writer {
         error!("cannot start the store writer: {e}");
+        let _ = shared
+            .failed
+            .set(format!("cannot start the store writer: {e}"));
         return;
     }
     // Evaluation runs on this task; rendering the exposition runs beside it,
@@ -516,13 +532,16 @@ fn handle(ledger: &mut Ledger, cmd: Command, pieces: &mut Vec<Piece>, shared: &S
     }
 }
 
-fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>) {
+fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>, metrics: &AgentMetrics) {
     while let Some(mut f) = flushes.blocking_recv() {
         // Merge what queued up meanwhile into one transaction.
         while let Ok(more) = flushes.try_recv() {
             f.absorb(more);
         }
-        write_flush(&mut store, f);
+        let refused = write_flush(&mut store, f);
+        if refused > 0 {
+            metrics.refused_entries("", tally_audit::Reason::BadField, refused);
+        }
     }
 }
 
@@ -530,7 +549,9 @@ fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>) {
 /// ack, one whose rows cannot be stored gets an error of its own, and when
 /// the transaction fails as a whole no one gets an answer (their emitters
 /// resend after the connection drops, so nothing acknowledged is lost).
-fn write_flush(store: &mut Store, f: Flush) {
+/// Returns how many messages were refused because their rows could not be stored.
+fn write_flush(store: &mut Store, f: Flush) -> u64 {
+    let mut refused = 0;
     let batches: Vec<&WriteBatch> = f.pieces.iter().map(|p| &p.batch).collect();
     let result = store.write_each(&batches).and_then(|outcomes| {
         if let Some(before) = f.prune_before {
@@ -546,6 +567,7 @@ fn write_flush(store: &mut Store, f: Flush) {
                         let _ = ack.send(Ok(()));
                     }
                     (Some(ack), Err(e)) => {
+                        refused += 1;
                         error!("a message's rows cannot be stored, it is refused alone: {e}");
                         let _ = ack.send(Err(tally_audit::Error::new(
                             tally_audit::Reason::BadField,
@@ -563,6 +585,7 @@ fn write_flush(store: &mut Store, f: Flush) {
             error!("cannot write the state database: {e}");
         }
     }
+    refused
 }
 
 /// Runs the agent until ctrl-c (or SIGTERM).
@@ -661,13 +684,14 @@ mod tests {
             },
             ack: None,
         };
-        write_flush(
+        let refused = write_flush(
             &mut store,
             Flush {
                 pieces: vec![first, bad, last, sources],
                 prune_before: None,
             },
         );
+        assert_eq!(refused, 1);
         assert_eq!(first_rx.blocking_recv().unwrap(), Ok(()));
         assert_eq!(last_rx.try_recv().unwrap(), Ok(()));
         let refused = bad_rx.try_recv().unwrap().unwrap_err();
