@@ -7,12 +7,16 @@
 //   produce     {"create": PARTITIONS (optional), "records": {P: [ts, ...]}}
 //       writes the records (value "p<P>-<i>", explicit timestamps); prints
 //       {"records": [{"partition", "offset", "timestamp"}]}.
-//   read        {"group", "from_beginning": bool, "commit": "auto|end", "more": {P: [ts, ...]}}
-//       subscribes (kafkajs's default client id); after its first fetch
-//       completes, MORE is produced; reads to the end of every partition.
-//       "auto": kafkajs auto-commits (autoCommitInterval 1 s, and after each
-//       batch) and the run waits until the committed offsets reach the end;
-//       "end": autoCommit off, and commitOffsets once with the end.
+//   read        {"group" | "groups": [{"group", "client_id"}], "from_beginning": bool,
+//                "commit": "auto|end", "hold": bool, "more": {P: [ts, ...]}}
+//       one consumer per group subscribes (client id kafkajs's default unless
+//       named); once each has completed two fetches, MORE is produced; each
+//       reads to the end of every partition. "auto": kafkajs auto-commits
+//       (autoCommitInterval 1 s, and after each batch) and the run waits
+//       until the committed offsets reach the end; "end": autoCommit off,
+//       and commitOffsets once with the end. "hold" pauses the topic before
+//       the members join and resumes it once all have joined, so that no
+//       fetch goes out before every member is assigned its partitions.
 //   set-offsets {"group", "offsets": {P: offset}}
 //       admin.setOffsets: its consumer joins the group with the topic paused
 //       and commits by seek(): no fetch of the topic.
@@ -35,13 +39,16 @@ const logCreator = () => ({ namespace, level, log }) => {
   process.stderr.write(`kafkajs ${level} ${namespace}: ${log.message}\n`)
 }
 
-const kafka = new Kafka({
+const options = {
   brokers: [bootstrap],
   logLevel: logLevel.WARN,
   logCreator,
   connectionTimeout: 5000,
   requestTimeout: 15000
-})
+}
+// kafkajs's default client id, "kafkajs", which every kafkajs application
+// on a host shares unless it names its own.
+const kafka = new Kafka(options)
 
 function within (what, promise) {
   let timer
@@ -97,58 +104,91 @@ function sameOffsets (a, b) {
   return keys.length === Object.keys(a).length && keys.every(k => a[k] === b[k])
 }
 
-async function read (a) {
-  const consumer = kafka.consumer({
-    groupId: a.group,
+// One consumer (the only member of its group): what it read, per partition
+// the offset after the last record read, and its events.
+function reader (group, clientId, auto) {
+  const client = clientId ? new Kafka({ ...options, clientId }) : kafka
+  const consumer = client.consumer({
+    groupId: group,
     sessionTimeout: 6000,
     heartbeatInterval: 500,
     maxWaitTimeInMs: 500
   })
-  const read = new Map()
-  const next = {}
-  let fetched
-  const firstFetch = new Promise(resolve => { fetched = resolve })
-  let progress = () => {}
-  consumer.on(consumer.events.FETCH, () => fetched())
-  consumer.on(consumer.events.CRASH, e => mismatches.push(`consumer crashed: ${e.payload.error}`))
-  await consumer.connect()
-  await consumer.subscribe({ topics: [topic], fromBeginning: a.from_beginning })
-  const auto = a.commit === 'auto'
-  await consumer.run({
-    autoCommit: auto,
-    autoCommitInterval: auto ? 1000 : null,
-    eachMessage: async ({ partition, message }) => {
-      const offset = Number(message.offset)
-      const key = `${partition}:${offset}`
-      if (!read.has(key)) read.set(key, { partition, offset, timestamp: Number(message.timestamp) })
-      next[partition] = Math.max(next[partition] || 0, offset + 1)
-      progress()
-    }
+  const r = { group, consumer, auto, read: new Map(), next: {}, onFetch: [], onRead: () => {} }
+  r.joined = new Promise(resolve => consumer.on(consumer.events.GROUP_JOIN, () => resolve()))
+  consumer.on(consumer.events.FETCH, () => {
+    const waiting = r.onFetch
+    r.onFetch = []
+    waiting.forEach(resolve => resolve())
   })
-  await within('the first fetch', firstFetch)
+  consumer.on(consumer.events.CRASH, e => mismatches.push(`${group}: consumer crashed: ${e.payload.error}`))
+  // A fetch completed after this call: the member's offsets are resolved
+  // and its partitions fetched from them.
+  r.fetched = () => new Promise(resolve => r.onFetch.push(resolve))
+  r.reached = targets => new Promise(resolve => {
+    r.onRead = () => {
+      if (Object.entries(targets).every(([p, o]) => (r.next[p] || 0) >= o)) resolve()
+    }
+    r.onRead()
+  })
+  r.start = async (fromBeginning, hold) => {
+    await consumer.connect()
+    await consumer.subscribe({ topics: [topic], fromBeginning })
+    const running = consumer.run({
+      autoCommit: auto,
+      autoCommitInterval: auto ? 1000 : null,
+      eachMessage: async ({ partition, message }) => {
+        const offset = Number(message.offset)
+        const key = `${partition}:${offset}`
+        if (!r.read.has(key)) r.read.set(key, { partition, offset, timestamp: Number(message.timestamp) })
+        r.next[partition] = Math.max(r.next[partition] || 0, offset + 1)
+        r.onRead()
+      }
+    })
+    // Paused before the member joins (as admin.setOffsets does): nothing
+    // of the topic is fetched until release().
+    if (hold) consumer.pause([{ topic }])
+    await running
+  }
+  r.release = () => consumer.resume([{ topic }])
+  return r
+}
+
+async function read (a) {
+  const auto = a.commit === 'auto'
+  const readers = (a.groups || [{ group: a.group }]).map(g => reader(g.group, g.client_id, auto))
+  for (const r of readers) await r.start(a.from_beginning, a.hold)
+  if (a.hold) {
+    await within('every member assigned', Promise.all(readers.map(r => r.joined)))
+    readers.forEach(r => r.release())
+  }
+  // Two: the second began after the first ended, so after release() too,
+  // and a fetch resolves the member's offsets before it asks for records.
+  await within('two fetches of every member', Promise.all(readers.map(async r => {
+    await r.fetched()
+    await r.fetched()
+  })))
   result.produced = await produce(a.more || {})
   const targets = await ends()
-  const reached = () => Object.entries(targets).every(([p, o]) => (next[p] || 0) >= o)
-  await within(`reading to ${JSON.stringify(targets)}`, new Promise(resolve => {
-    progress = () => { if (reached()) resolve() }
-    progress()
-  }))
-  let got
-  if (auto) {
-    const deadline = Date.now() + WAIT_MS
-    for (;;) {
-      got = await committed(a.group)
-      if (sameOffsets(got, targets)) break
-      if (Date.now() > deadline) throw new Error(`committed ${JSON.stringify(got)}, expected ${JSON.stringify(targets)}`)
-      await new Promise(resolve => setTimeout(resolve, 200))
+  await within(`reading to ${JSON.stringify(targets)}`, Promise.all(readers.map(r => r.reached(targets))))
+  for (const r of readers) {
+    let got
+    if (auto) {
+      const deadline = Date.now() + WAIT_MS
+      for (;;) {
+        got = await committed(r.group)
+        if (sameOffsets(got, targets)) break
+        if (Date.now() > deadline) throw new Error(`${r.group}: committed ${JSON.stringify(got)}, expected ${JSON.stringify(targets)}`)
+        await new Promise(resolve => setTimeout(resolve, 200))
+      }
+    } else {
+      await r.consumer.commitOffsets(Object.entries(targets).map(([p, o]) => ({ topic, partition: Number(p), offset: String(o) })))
+      got = targets
     }
-  } else {
-    await consumer.commitOffsets(Object.entries(targets).map(([p, o]) => ({ topic, partition: Number(p), offset: String(o) })))
-    got = targets
+    const records = [...r.read.values()].sort((x, y) => x.partition - y.partition || x.offset - y.offset)
+    result.groups[r.group] = { read: records, committed: got }
   }
-  await consumer.disconnect()
-  const records = [...read.values()].sort((x, y) => x.partition - y.partition || x.offset - y.offset)
-  result.groups[a.group] = { read: records, committed: got }
+  for (const r of readers) await r.consumer.disconnect()
 }
 
 async function setOffsets (a) {
