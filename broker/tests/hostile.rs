@@ -956,3 +956,122 @@ fn mutated_batches_of_every_codec_are_refused_or_hold_what_they_declare() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_memory_bounded("mutated batches");
 }
+
+/// Current resident memory of this process (VmRSS), in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// The hostile probe's inputs at its own scale, against the defaults: the
+/// figures in BENCHMARKS.md. A measurement, so ignored by default; run it
+/// in release mode:
+/// `cargo test --release -p tally-broker --test hostile -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement at the probe's scale (release mode); see BENCHMARKS.md"]
+async fn at_the_probes_scale() {
+    let broker = TestBroker::start(|_| {}).await;
+    broker.create("probe", 1).await;
+    let mut c = broker.client().await;
+
+    // Lying record counts: 82-byte zstd batches claiming 20 M records each.
+    let mut lying = encoded(&[b"x"], Compression::Zstd);
+    claim(&mut lying, 20_000_000);
+    let request = produce_many("probe", 0, &vec![lying.clone(); 5]);
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(produce_code(&mut c, &request).await, INVALID_RECORD);
+    }
+    eprintln!(
+        "lying counts: batch of {} bytes; 10 requests of 5 (1 G records claimed) refused in {:?}; \
+         peak RSS {} MiB",
+        lying.len(),
+        t.elapsed(),
+        peak_rss_mib()
+    );
+
+    // Compression bombs: 200 batches of ~128 MiB each in one request.
+    let bomb = zstd_bomb((128 << 20) - 64);
+    let request = produce_many("probe", 0, &vec![bomb.clone(); 200]);
+    let addr = broker.running.addr();
+    let bomber = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await.unwrap();
+        let t = Instant::now();
+        let code = produce_code(&mut c, &request).await;
+        (code, t.elapsed())
+    });
+    let mut other = broker.client().await;
+    let mut slowest = Duration::ZERO;
+    let mut asked = 0;
+    while !bomber.is_finished() {
+        let t = Instant::now();
+        other
+            .call(&MetadataRequest::default().with_topics(None), 9)
+            .await
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (code, took) = bomber.await.unwrap();
+    assert_eq!(code, MESSAGE_TOO_LARGE);
+    eprintln!(
+        "bombs: 200 batches of {} bytes (128 MiB each decompressed) refused with error {code} in \
+         {took:?}; {asked} Metadata requests meanwhile, slowest {slowest:?}; peak RSS {} MiB",
+        bomb.len(),
+        peak_rss_mib()
+    );
+
+    // Fetch amplification: 100 MiB in the partition, listed 600 times.
+    let value = vec![b'v'; 100_000];
+    let values: Vec<&[u8]> = vec![value.as_slice(); 10];
+    for _ in 0..100 {
+        let r = c
+            .call(&produce_request("probe", 0, -1, batch(&values)), 9)
+            .await
+            .unwrap();
+        assert_eq!(r.responses[0].partition_responses[0].error_code, NONE);
+    }
+    let repeated = fetch_of(&[("probe", 0); 600], i32::MAX, i32::MAX);
+    let before = rss_mib();
+    let t = Instant::now();
+    let r = c.call(&repeated, 12).await.unwrap();
+    let got = answered(&r);
+    eprintln!(
+        "fetch: one partition of 100 MB listed 600 times, max_bytes 2^31-1: {} partition(s) \
+         answered with {} bytes in {:?}; RSS {before} MiB before, peak {} MiB",
+        got.len(),
+        got.iter().map(|g| g.2).sum::<usize>(),
+        t.elapsed(),
+        peak_rss_mib()
+    );
+    drop(r);
+    let spread = fetch_of(&[("probe", 0)], 1_000_000, 1_048_576);
+    let got = answered(&c.call(&spread, 12).await.unwrap());
+    eprintln!(
+        "fetch: max_bytes 1,000,000 answered with {} bytes",
+        got[0].2
+    );
+
+    // 1,024 silent sockets (the default limit), then a client.
+    let mut silent = Vec::new();
+    for _ in 0..1024 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let mut late = broker.client().await;
+    late.api_versions().await.unwrap();
+    eprintln!(
+        "connections: after 1,024 silent sockets, a new client was answered in {:?}",
+        t.elapsed()
+    );
+    drop(silent);
+    assert_memory_bounded("the probe's scale");
+}
