@@ -28,7 +28,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -238,11 +238,12 @@ fn totals(books: &Books, group: &str) -> Cell {
 
 // ------------------------------------------------------------ the agent view
 
-/// Agent and broker of one test; the agent's data lives in the folder.
+/// Agent and broker of one test; the agent's data lives in the folder,
+/// removed after both are killed (fields drop in order).
 struct Setup {
-    _dir: tempfile::TempDir,
-    agent: Agent,
     broker: Broker,
+    agent: Agent,
+    _dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
@@ -262,9 +263,9 @@ fn setup() -> Setup {
     );
     let broker = Broker::reporting_to(agent.addr, &["--bucket-width", "60s"]);
     Setup {
-        _dir: dir,
-        agent,
         broker,
+        agent,
+        _dir: dir,
     }
 }
 
@@ -337,7 +338,7 @@ fn summary(shown: &Books, want: &Books) -> String {
     let names: Vec<&String> = want
         .values()
         .flat_map(|(_, cells)| cells.keys())
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     names
@@ -355,8 +356,7 @@ fn summary(shown: &Books, want: &Books) -> String {
 
 /// The buckets where `shown` and `want` differ.
 fn differences(shown: &Books, want: &Books) -> String {
-    let buckets: std::collections::BTreeSet<i64> =
-        shown.keys().chain(want.keys()).copied().collect();
+    let buckets: BTreeSet<i64> = shown.keys().chain(want.keys()).copied().collect();
     let base = buckets.first().copied().unwrap_or(0);
     buckets
         .into_iter()
