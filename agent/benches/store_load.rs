@@ -17,6 +17,8 @@ use tempfile::TempDir;
 const STORED_CELLS: usize = 1_000_000;
 const SETUP_BATCH: usize = 50_000;
 const COMMIT_BATCH: usize = 10_000;
+/// Entries per `counts` message, as the broker's emitter sends them.
+const MESSAGE: usize = 1_000;
 
 const SOURCES: usize = 4;
 const SERIES: usize = 250;
@@ -103,6 +105,31 @@ fn commit(c: &mut Criterion, dir: &Path) {
                 }
             },
             |batch| store.write(&batch).expect("commit"),
+            BatchSize::PerIteration,
+        )
+    });
+
+    // The same, as the agent writes it: one batch per message of 1,000
+    // entries, any of which may fail alone.
+    group.bench_function("commit_10k_cell_updates_as_10_messages_into_1m", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                (0..COMMIT_BATCH / MESSAGE)
+                    .map(|m| {
+                        let first = STORED_CELLS - COMMIT_BATCH + m * MESSAGE;
+                        WriteBatch {
+                            cells: (first..first + MESSAGE).map(|i| cell(i, seq)).collect(),
+                            ..WriteBatch::default()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |pieces| {
+                let pieces: Vec<&WriteBatch> = pieces.iter().collect();
+                let outcomes = store.write_each(&pieces).expect("commit");
+                assert!(outcomes.iter().all(Result::is_ok));
+            },
             BatchSize::PerIteration,
         )
     });

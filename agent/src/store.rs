@@ -427,20 +427,36 @@ impl Store {
         result.map_err(|source| self.error(source))
     }
 
-    /// Writes each batch in one transaction, each under a savepoint of its
-    /// own: a batch holding a row that cannot be stored (a value out of range
-    /// or of the wrong type) is rolled back alone and its error returned in
-    /// its place, and the others commit. `Err` when the transaction itself
+    /// Writes the batches in one transaction, where a batch holding a row
+    /// that cannot be stored (a value out of range or of the wrong type) is
+    /// left out alone, under a savepoint of its own, and its error returned
+    /// in its place; the others commit. `Err` when the transaction itself
     /// fails (the disk, a lock): then nothing is committed.
     pub fn write_each(
         &mut self,
         batches: &[&WriteBatch],
     ) -> Result<Vec<std::result::Result<(), String>>> {
+        // The common case first: every batch in one plain transaction. Only
+        // when a row cannot be stored is the transaction rolled back and
+        // written again with a savepoint per batch, which costs about a
+        // third more per commit.
         let path = self.path.clone();
         let failed = |source| Error::Store {
             path: path.clone(),
             source,
         };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        match batches.iter().try_for_each(|batch| write_rows(&tx, batch)) {
+            Ok(()) => {
+                tx.commit().map_err(failed)?;
+                return Ok(vec![Ok(()); batches.len()]);
+            }
+            Err(e) if is_row_fault(&e) => tx.rollback().map_err(failed)?,
+            Err(e) => return Err(failed(e)),
+        }
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
