@@ -527,7 +527,8 @@ impl Ledger {
                 Reason::BadField,
                 format!(
                     "tier \"{}\" is not among the tier kinds this source announced in its hello ({:?})",
-                    e.tier, src.tier_kinds
+                    crate::error::shown(&e.tier.to_string()),
+                    src.tier_kinds
                 ),
             ));
         }
@@ -700,7 +701,8 @@ impl Ledger {
                 Reason::BadField,
                 format!(
                     "tier \"{}\" is not among the tier kinds this source announced in its hello ({:?})",
-                    h.tier, src.tier_kinds
+                    crate::error::shown(&h.tier.to_string()),
+                    src.tier_kinds
                 ),
             ));
         }
