@@ -43,8 +43,9 @@ pub struct BrokerConfig {
     /// Largest request frame, in bytes.
     pub max_frame_bytes: usize,
     /// Most client connections at once. At the limit, a new connection takes
-    /// the place of the one that has gone longest without completing a
-    /// request (and has none in progress), so silent sockets cannot fill it.
+    /// the place of one with no request in progress: the oldest that never
+    /// completed a request, else the one idle the longest, so silent sockets
+    /// cannot fill it.
     pub max_connections: usize,
     /// The longest a request may take to arrive, from its first byte to its
     /// last; also how long a new connection may stay silent before its first

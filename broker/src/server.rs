@@ -356,6 +356,8 @@ pub async fn start(mut cfg: BrokerConfig) -> Result<RunningBroker> {
 struct Connection {
     /// When it last completed a request, or was accepted.
     last_done: Mutex<Instant>,
+    /// Whether it has completed a request yet.
+    served: AtomicBool,
     /// Whether a request of it is being handled.
     busy: AtomicBool,
     /// Told to close, to make room for a new connection.
@@ -363,10 +365,10 @@ struct Connection {
 }
 
 /// The open client connections. At the limit, a new connection takes the
-/// place of the one that has gone longest without completing a request and
-/// has none being handled: silent or trickling sockets, which complete
-/// nothing, give way first, and a client is refused only when every
-/// connection is busy.
+/// place of one that has no request being handled: the oldest of those that
+/// never completed a request (silent or trickling sockets, so that a flood
+/// of them pushes out its own), else the one idle the longest. A client is
+/// refused only when every connection is busy.
 struct Connections {
     limit: usize,
     next_id: AtomicU64,
@@ -399,7 +401,7 @@ impl Connections {
             let victim = open
                 .iter()
                 .filter(|(_, c)| !c.busy.load(Ordering::Acquire))
-                .min_by_key(|(_, c)| *c.last_done.lock())
+                .min_by_key(|(_, c)| (c.served.load(Ordering::Acquire), *c.last_done.lock()))
                 .map(|(id, _)| *id);
             let Some(victim) = victim.and_then(|id| open.remove(&id)) else {
                 return Admitted::Full;
@@ -410,6 +412,7 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Connection {
             last_done: Mutex::new(Instant::now()),
+            served: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -728,6 +731,7 @@ async fn serve_connection(
             answering(write_timeout, async { Ok(write.flush().await?) }).await?;
         }
         *conn.last_done.lock() = Instant::now();
+        conn.served.store(true, Ordering::Release);
         served = true;
     }
 }
