@@ -33,6 +33,7 @@ pub(crate) use coordinator::{
 };
 use offsets::{Compaction, OffsetStore, Record};
 use starts::Starts;
+pub use ties::assigned_partitions;
 use ties::Ties;
 
 use crate::Result;

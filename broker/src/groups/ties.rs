@@ -24,7 +24,7 @@ use parking_lot::RwLock;
 ///
 /// Never trusts a count from the wire: every array is bounded by the bytes
 /// left before anything is allocated for it.
-pub(crate) fn assigned_partitions(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
+pub fn assigned_partitions(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
