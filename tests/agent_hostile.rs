@@ -505,6 +505,7 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
         half.push(half_header(addr));
     }
     let opened = started.elapsed();
+    let all_open = Instant::now();
     // A client that talks is served at once, over HTTP and over ingest.
     served(&agent);
     let t = Instant::now();
@@ -525,8 +526,9 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
         "served beside 200 mute WebSockets and 1,500 half headers: ingest round trip {:?}",
         t.elapsed()
     );
-    // Every silent socket is closed within the timeout (plus a margin).
-    let deadline = started + Duration::from_secs(2 + 8);
+    // Every silent socket is closed within the timeout of 2 s after the
+    // last one opened (plus a margin for a loaded machine).
+    let deadline = all_open + Duration::from_secs(2 + 6);
     for s in &mut half {
         assert!(
             closed_by(s, deadline),
@@ -572,20 +574,16 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
     assert_eq!(recv(&mut good).await, json!({"type": "ack", "seq": 2}));
     served(&agent);
     let text = agent.metrics();
-    let timed_out = |phase| {
+    let closed = |reason| {
         metric(
             &text,
-            "tally_http_connections_timed_out_total",
-            &[("phase", phase)],
+            "tally_http_connections_closed_total",
+            &[("reason", reason)],
         )
     };
-    assert_eq!(timed_out("hello"), 200.0, "{text}");
+    assert_eq!(closed("hello_timeout"), 200.0, "{text}");
     assert!(
-        timed_out("header") + timed_out("evicted") >= 1_500.0,
-        "{text}"
-    );
-    assert!(
-        metric(&text, "tally_http_connections", &[]) <= 3.0,
+        closed("header_timeout") + closed("evicted") >= 1_500.0,
         "{text}"
     );
     assert!(peak_rss_mib(&agent) < 300, "{} MiB", peak_rss_mib(&agent));

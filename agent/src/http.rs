@@ -561,7 +561,7 @@ async fn ingest_session(shared: AppState, socket: WebSocket) {
         tokio::select! {
             () = tokio::time::sleep_until(hello_deadline), if ingest.session.is_none() => {
                 let shared = &ingest.shared;
-                shared.metrics.connections_timed_out.with_label_values(&["hello"]).inc();
+                shared.metrics.connections_closed.with_label_values(&["hello_timeout"]).inc();
                 let reply = ingest.refuse(&Refused {
                     seq: None,
                     error: tally_audit::Error::new(

@@ -22,7 +22,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -42,18 +41,7 @@ pub(crate) struct ConnectionLimits {
 /// A slot of the connection limit. Every request carries one (as an
 /// extension); a WebSocket handler keeps it for as long as the socket lives.
 #[derive(Clone)]
-pub(crate) struct Slot(#[allow(dead_code)] Arc<SlotInner>);
-
-struct SlotInner {
-    _permit: OwnedSemaphorePermit,
-    open: IntGauge,
-}
-
-impl Drop for SlotInner {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
+pub(crate) struct Slot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 /// The connections that have not sent a request yet, oldest first: the
 /// ones a new connection may close when every slot is taken.
@@ -140,7 +128,7 @@ pub(crate) async fn serve(
                 // serve real clients, wait for one to end.
                 if silent.evict_oldest() {
                     metrics
-                        .connections_timed_out
+                        .connections_closed
                         .with_label_values(&["evicted"])
                         .inc();
                 }
@@ -153,11 +141,7 @@ pub(crate) async fn serve(
                 }
             }
         };
-        metrics.connections.inc();
-        let slot = Slot(Arc::new(SlotInner {
-            _permit: permit,
-            open: metrics.connections.clone(),
-        }));
+        let slot = Slot(Arc::new(permit));
         connections.spawn(connection(
             stream,
             app.clone(),
@@ -213,8 +197,8 @@ async fn connection(
     if let Err(e) = result {
         if e.is_timeout() {
             metrics
-                .connections_timed_out
-                .with_label_values(&["header"])
+                .connections_closed
+                .with_label_values(&["header_timeout"])
                 .inc();
         }
         debug!("connection ended: {e}");

@@ -27,10 +27,8 @@ pub struct AgentMetrics {
     pub store_rows_skipped: IntGauge,
     /// HTTP requests answered with an error status, per status code.
     pub http_errors: IntCounterVec,
-    /// Connections open now.
-    pub connections: IntGauge,
-    /// Connections closed by the agent: a header or a hello not sent in time.
-    pub connections_timed_out: IntCounterVec,
+    /// Connections the agent closed, per reason.
+    pub connections_closed: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -68,21 +66,16 @@ impl AgentMetrics {
             &["code"],
         )
         .expect("static metric definition");
-        let connections = IntGauge::new(
-            "tally_http_connections",
-            "HTTP and WebSocket connections open now",
-        )
-        .expect("static metric definition");
-        let connections_timed_out = IntCounterVec::new(
+        let connections_closed = IntCounterVec::new(
             Opts::new(
-                "tally_http_connections_timed_out_total",
-                "Connections closed because a request header (header) or an ingest hello (hello) did not arrive in time, or that sent no request and were closed to make room at the connection limit (evicted)",
+                "tally_http_connections_closed_total",
+                "Connections the agent closed: no request header in time (header_timeout), no ingest hello in time (hello_timeout), or no request yet when a new connection needed the slot at the limit (evicted)",
             ),
-            &["phase"],
+            &["reason"],
         )
         .expect("static metric definition");
-        for phase in ["header", "hello", "evicted"] {
-            connections_timed_out.with_label_values(&[phase]);
+        for reason in ["header_timeout", "hello_timeout", "evicted"] {
+            connections_closed.with_label_values(&[reason]);
         }
         for c in [
             Box::new(ingest_errors.clone()) as Box<dyn prometheus::core::Collector>,
@@ -90,8 +83,7 @@ impl AgentMetrics {
             Box::new(ready.clone()),
             Box::new(store_rows_skipped.clone()),
             Box::new(http_errors.clone()),
-            Box::new(connections.clone()),
-            Box::new(connections_timed_out.clone()),
+            Box::new(connections_closed.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -105,8 +97,7 @@ impl AgentMetrics {
             ready,
             store_rows_skipped,
             http_errors,
-            connections,
-            connections_timed_out,
+            connections_closed,
         }
     }
 

@@ -151,12 +151,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let ledger_cfg = cfg.ledger()?;
     // A bad rules file stops the start, before anything listens.
     let alerting = Alerting::new(cfg.rules_source())?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| Error::Io {
-            what: format!("cannot listen on \"{}\"", cfg.listen),
-            source: e,
-        })?;
+    let listener = bind(cfg.listen).map_err(|e| Error::Io {
+        what: format!("cannot listen on \"{}\"", cfg.listen),
+        source: e,
+    })?;
     let addr = listener.local_addr().map_err(|e| Error::Io {
         what: "listener address".into(),
         source: e,
@@ -294,6 +292,22 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         snapshot: snapshot_rx,
         otlp,
     })
+}
+
+/// Binds the listener with a long accept queue (the kernel caps it at
+/// `net.core.somaxconn`): a burst of connections, hostile or not, then waits
+/// to be accepted instead of having its SYNs dropped and retried a second
+/// later.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Loads the stored state: one thread reads the cells in chunks while this
