@@ -156,13 +156,28 @@ fn state_path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
 /// batch has its records' timestamps read: its header gives the first and
 /// the largest timestamp but not the smallest, and producers do write records
 /// older than a batch's first, so the header alone cannot place them.
+///
+/// `known` holds the records' timestamps where the caller has read them
+/// already (the produce path). Either way, a batch counts the records it
+/// holds, never the count its header declares: a batch whose records do not
+/// read (a lying count written by an older broker) counts none, so that no
+/// memory follows a number read off the wire.
 pub fn record_buckets(
     width: BucketWidth,
     header: &BatchHeader,
     batch: &[u8],
     append_ms: i64,
+    known: Option<&[i64]>,
 ) -> (Vec<i64>, Vec<bool>, Vec<i64>) {
-    let n = usize::try_from(header.record_count.max(0)).unwrap_or(0);
+    let read;
+    let ts: &[i64] = match known {
+        Some(ts) => ts,
+        None => {
+            read = record_timestamps(batch).unwrap_or_default();
+            &read
+        }
+    };
+    let n = ts.len();
     let all = |ts: i64, no_ts: bool| {
         (
             vec![width.bucket_of(ts).start_ms(); n],
@@ -176,20 +191,13 @@ pub fn record_buckets(
     if header.max_timestamp < 0 {
         return all(append_ms, true);
     }
-    match record_timestamps(batch) {
-        Ok(ts) => {
-            let no_ts: Vec<bool> = ts.iter().map(|t| *t < 0).collect();
-            let at: Vec<i64> = ts
-                .iter()
-                .map(|t| if *t < 0 { append_ms } else { *t })
-                .collect();
-            let buckets = at.iter().map(|t| width.bucket_of(*t).start_ms()).collect();
-            (buckets, no_ts, at)
-        }
-        // The batch passed validation on append; should its records still not
-        // read, count them where its header says rather than lose them.
-        Err(_) => all(header.max_timestamp, false),
-    }
+    let no_ts: Vec<bool> = ts.iter().map(|t| *t < 0).collect();
+    let at: Vec<i64> = ts
+        .iter()
+        .map(|t| if *t < 0 { append_ms } else { *t })
+        .collect();
+    let buckets = at.iter().map(|t| width.bucket_of(*t).start_ms()).collect();
+    (buckets, no_ts, at)
 }
 
 impl Instrumentation {
@@ -283,11 +291,11 @@ impl Instrumentation {
             let size = h.size();
             let batch = bytes.get(at..at + size).unwrap_or(&[]);
             at += size;
-            // The produce path read uncompressed records' timestamps while
-            // validating them; only compressed batches are read here.
+            // The produce path read the records' timestamps while validating
+            // them (LogAppendTime batches too: they give the count).
             let read_here;
             let timestamps: &[i64] = match known.get(i) {
-                Some(ts) if !ts.is_empty() && !h.log_append_time() => ts,
+                Some(ts) if !ts.is_empty() => ts,
                 _ => {
                     read_here = record_timestamps(batch).unwrap_or_default();
                     &read_here
@@ -310,7 +318,8 @@ impl Instrumentation {
                 book.record_timestamps(now_ms, timestamps);
                 continue;
             }
-            let (buckets, no_ts, timestamps) = record_buckets(width, h, batch, now_ms);
+            let (buckets, no_ts, timestamps) =
+                record_buckets(width, h, batch, now_ms, Some(timestamps));
             if no_ts.iter().any(|b| *b) {
                 part.append_times.insert(h.base_offset, now_ms);
                 part.changed = true;
@@ -624,7 +633,7 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
             .get(&h.base_offset)
             .copied()
             .unwrap_or(h.max_timestamp);
-        let (buckets, no_ts, timestamps) = record_buckets(width, &h, &batch, append_ms);
+        let (buckets, no_ts, timestamps) = record_buckets(width, &h, &batch, append_ms, None);
         books.append(
             h.base_offset,
             &buckets,
@@ -712,6 +721,91 @@ mod tests {
                 .expect("a thread is stuck: the instrumentation's locks deadlocked");
             assert!(rounds > 0);
         }
+    }
+
+    /// A zstd batch of one record whose header declares `declared` records
+    /// (its CRC no longer matches: such a batch could only come from a log
+    /// written before produce checked counts).
+    fn lying_batch(declared: i32, ts: i64) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            sequence: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            timestamp: ts,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Zstd,
+            },
+        )
+        .unwrap();
+        // record_count sits after base offset, length, leader epoch, magic,
+        // CRC, attributes, last offset delta, two timestamps, producer id,
+        // epoch and base sequence.
+        buf[57..61].copy_from_slice(&declared.to_be_bytes());
+        buf.to_vec()
+    }
+
+    /// An older broker let batches with a lying record count into its log;
+    /// the books rebuilt from such a log count the records the batch holds
+    /// (none that read), never the 20 million its header claims, and the
+    /// rebuild allocates nothing per claimed record.
+    #[test]
+    fn a_log_with_a_lying_record_count_rebuilds_without_counting_the_claim() {
+        let width = BucketWidth::new(1_000).unwrap();
+        let honest = lying_batch(1, 5_000);
+        let h = BatchHeader::parse(&honest).unwrap();
+        assert_eq!(
+            record_buckets(width, &h, &honest, 9_000, None).0,
+            vec![5_000]
+        );
+        let lying = lying_batch(20_000_000, 5_000);
+        let h = BatchHeader::parse(&lying).unwrap();
+        assert_eq!(h.record_count, 20_000_000);
+        let (buckets, no_ts, ts) = record_buckets(width, &h, &lying, 9_000, None);
+        assert!(buckets.is_empty() && no_ts.is_empty() && ts.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
+        topics.create("t", 1, BTreeMap::new(), false).unwrap();
+        {
+            let topic = topics.get("t").unwrap();
+            let mut log = topic.partition(0).unwrap().log.lock();
+            for batch in [&honest, &lying, &honest] {
+                let header = BatchHeader::parse(batch).unwrap();
+                log.append_checked(batch, &[header], 9_000).unwrap();
+            }
+        }
+        let cfg = AuditConfig {
+            width,
+            cluster: "local".into(),
+            source: "test".into(),
+            agent: None,
+            token: None,
+        };
+        let audit = Instrumentation::open(dir.path(), cfg, &topics).unwrap();
+        let books = audit.books("t", 0).unwrap();
+        assert_eq!(
+            books.broker(5_000).records,
+            2,
+            "the two honest records only"
+        );
     }
 
     #[test]
