@@ -11,6 +11,12 @@
 //! The buffer is bounded by [`EmitterConfig::max_pending`]; when the agent is
 //! away for long enough to fill it, the oldest buckets are dropped first and
 //! counted in [`EmitterStats::dropped_entries`].
+//!
+//! The agent's `welcome` says which buckets it accepts (from its retention
+//! back to an hour or its grace ahead); the emitter moves that range along
+//! its own clock and drops an entry outside it before sending, counted in
+//! [`EmitterStats::out_of_range_entries`] and logged, instead of sending what
+//! the agent would drop.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
