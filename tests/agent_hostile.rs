@@ -455,6 +455,19 @@ async fn a_bucket_outside_the_accepted_range_is_dropped_alone() {
     );
 }
 
+/// How many half-header connections the silent-connection test opens: 1,500,
+/// or fewer where the open-file limit (which the agent inherits) is low.
+fn half_headers_that_fit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_024);
+    soft.saturating_sub(400).min(1_500).max(150)
+}
+
 /// Half a request header, and then nothing.
 fn half_header(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -494,14 +507,16 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
     let agent = Agent::start(&dir.path().join("agent"), &flags);
     let addr = agent.addr;
     let started = Instant::now();
-    // 200 WebSockets that never send a hello, then 1,500 connections that
-    // send half a header: together far over the limit of 300.
+    // 200 WebSockets that never send a hello, then up to 1,500 connections
+    // that send half a header (fewer where this process may open fewer
+    // files): together far over the limit of 300.
+    let half_count = half_headers_that_fit();
     let mut mute = Vec::new();
     for _ in 0..200 {
         mute.push(connect(addr).await);
     }
     let mut half = Vec::new();
-    for _ in 0..1_500 {
+    for _ in 0..half_count {
         half.push(half_header(addr));
     }
     let opened = started.elapsed();
@@ -523,7 +538,7 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
     );
 
     eprintln!(
-        "served beside 200 mute WebSockets and 1,500 half headers: ingest round trip {:?}",
+        "served beside 200 mute WebSockets and {half_count} half headers: ingest round trip {:?}",
         t.elapsed()
     );
     // Every silent socket is closed within the timeout of 2 s after the
@@ -583,7 +598,7 @@ async fn silent_connections_are_closed_in_time_and_cannot_lock_out_clients() {
     };
     assert_eq!(closed("hello_timeout"), 200.0, "{text}");
     assert!(
-        closed("header_timeout") + closed("evicted") >= 1_500.0,
+        closed("header_timeout") + closed("evicted") >= half_count as f64,
         "{text}"
     );
     assert!(peak_rss_mib(&agent) < 300, "{} MiB", peak_rss_mib(&agent));
