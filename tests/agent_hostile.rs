@@ -465,7 +465,7 @@ fn half_headers_that_fit() -> usize {
         .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1_024);
-    soft.saturating_sub(400).min(1_500).max(150)
+    soft.saturating_sub(400).clamp(150, 1_500)
 }
 
 /// Half a request header, and then nothing.
