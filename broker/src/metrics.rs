@@ -297,6 +297,12 @@ fn emitter_families(s: &tally_audit::emitter::EmitterStats) -> Vec<MetricFamily>
             MetricType::COUNTER,
             s.refused_entries as f64,
         ),
+        plain(
+            "tally_broker_emitter_out_of_range_entries_total",
+            "Audit count entries not sent because their bucket lies outside the range the agent accepts",
+            MetricType::COUNTER,
+            s.out_of_range_entries as f64,
+        ),
     ]
 }
 
