@@ -33,8 +33,8 @@ pub(crate) use coordinator::{
 };
 use offsets::{Compaction, OffsetStore, Record};
 use starts::Starts;
-pub use ties::assigned_partitions;
 use ties::Ties;
+pub use ties::assigned_partitions;
 
 use crate::Result;
 
