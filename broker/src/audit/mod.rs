@@ -221,6 +221,7 @@ impl Instrumentation {
                 partitions.insert((topic.name.clone(), p), restored);
             }
         }
+        remove_orphans(&dir, topics);
         info!(
             partitions = partitions.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -592,6 +593,24 @@ impl Instrumentation {
     }
 }
 
+/// Removes the books of topics that no longer exist: a broker stopped
+/// between deleting a topic and dropping its books would otherwise hand
+/// them to a topic created again under the same name.
+fn remove_orphans(dir: &Path, topics: &Topics) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if topics.get(&name).is_none() {
+            info!(topic = %name, "removing the audit books of a deleted topic");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                warn!(topic = %name, "cannot remove the audit books of a deleted topic: {e}");
+            }
+        }
+    }
+}
+
 /// The timestamp of the record at `offset`, read from its batch.
 fn timestamp_at(log: &PartitionLog, offset: i64) -> Option<i64> {
     let bytes = log.read(offset, 1).ok()?;
@@ -806,6 +825,45 @@ mod tests {
             2,
             "the two honest records only"
         );
+    }
+
+    /// A broker stopped between deleting a topic and dropping its books:
+    /// the topic created again under that name starts with empty books.
+    #[test]
+    fn books_of_a_topic_deleted_before_a_crash_are_not_handed_to_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let width = BucketWidth::new(1_000).unwrap();
+        let cfg = AuditConfig {
+            width,
+            cluster: "local".into(),
+            source: "test".into(),
+            agent: None,
+            token: None,
+        };
+        {
+            let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
+            topics.create("t", 1, BTreeMap::new(), false).unwrap();
+            let batch = lying_batch(1, 5_000);
+            {
+                let topic = topics.get("t").unwrap();
+                let mut log = topic.partition(0).unwrap().log.lock();
+                let header = BatchHeader::parse(&batch).unwrap();
+                log.append_checked(&batch, &[header], 9_000).unwrap();
+            }
+            let audit = Instrumentation::open(dir.path(), cfg.clone(), &topics).unwrap();
+            audit.before_retention("t", 0, 1).unwrap();
+            assert!(dir.path().join("audit/t/0.json").exists());
+            // The topic goes; the crash comes before its books do.
+            topics.delete("t").unwrap();
+        }
+        let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
+        let _audit = Instrumentation::open(dir.path(), cfg.clone(), &topics).unwrap();
+        assert!(!dir.path().join("audit/t").exists());
+        topics.create("t", 1, BTreeMap::new(), false).unwrap();
+        let audit = Instrumentation::open(dir.path(), cfg, &topics).unwrap();
+        let books = audit.books("t", 0).unwrap();
+        assert_eq!(books.broker(5_000).records, 0);
+        assert_eq!(books.start(), 0);
     }
 
     #[test]
