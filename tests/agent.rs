@@ -8,8 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, get, now_ms, post_ingest, request};
-use futures_util::{SinkExt, StreamExt};
+use common::{
+    Agent, Socket, get, metric, now_ms, past_bucket, post_ingest, request, ws_recv as recv,
+    ws_send as send,
+};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -25,9 +28,6 @@ const FLAGS: &[&str] = &[
     "100ms",
 ];
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(
     agent: &Agent,
     token: Option<&str>,
@@ -38,23 +38,6 @@ async fn connect(
             .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     Ok(tokio_tungstenite::connect_async(req).await?.0)
-}
-
-async fn send(ws: &mut Socket, msg: &Value) {
-    ws.send(Ws::Text(msg.to_string().into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a reply within 10 s")
-            .expect("connection open")
-            .expect("a frame");
-        if let Ws::Text(t) = frame {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }
 
 /// The welcome of an agent started with [`FLAGS`]: its width, and the range
@@ -94,11 +77,6 @@ fn hello(source: &str, started: i64) -> Value {
            "tier_kinds": ["broker", "group"], "bucket_width_ms": 1000, "started_at_ms": started})
 }
 
-/// A bucket a minute in the past: closed, inside the window.
-fn past_bucket() -> i64 {
-    (now_ms() - 60_000) / 1000 * 1000
-}
-
 fn count(tier: &str, partition: i32, bucket: i64, records: u64) -> Value {
     json!({"tier": tier, "topic": "orders", "partition": partition, "bucket": bucket,
            "records": records, "bytes": records * 100, "no_timestamp": 0, "expired": 0, "skipped": 0})
@@ -116,24 +94,6 @@ fn lag(seq: u64) -> Value {
          "start_offset": 0, "lag_records": 50, "lag_seconds": 3.2, "commit_at_ms": now_ms()},
         {"group": "billing", "topic": "orders", "partition": 1, "committed": 800, "end_offset": 800,
          "start_offset": 0, "lag_records": 0, "lag_seconds": 0.0, "commit_at_ms": now_ms()}]})
-}
-
-/// The sum of the series `name` whose labels include every pair of `labels`
-/// (None when there is no such series).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .reduce(|a, b| a + b)
 }
 
 fn tier(topics: &Value, tier: &str) -> Value {

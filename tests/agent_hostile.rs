@@ -12,7 +12,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Agent, get, now_ms, post_ingest, request};
+use common::{
+    Agent, Socket, get, past_bucket, post_ingest, request, ws_recv as recv, ws_send as send,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tally_agent::store::{CellRow, SourceRow, Store, WriteBatch};
@@ -29,9 +31,6 @@ const FLAGS: &[&str] = &[
     "100ms",
 ];
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(addr: SocketAddr) -> Socket {
     tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ingest"))
         .await
@@ -39,25 +38,8 @@ async fn connect(addr: SocketAddr) -> Socket {
         .0
 }
 
-async fn send(ws: &mut Socket, msg: &Value) {
-    ws.send(Ws::Text(msg.to_string().into())).await.unwrap();
-}
-
 async fn send_text(ws: &mut Socket, text: String) {
     ws.send(Ws::Text(text.into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("a reply within 20 s")
-            .expect("connection open")
-            .expect("a frame");
-        if let Ws::Text(t) = frame {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }
 
 fn hello(source: &str) -> Value {
@@ -73,11 +55,6 @@ async fn open_session(addr: SocketAddr, source: &str) -> Socket {
     ws
 }
 
-/// A bucket a minute in the past: closed, inside the window.
-fn past_bucket() -> i64 {
-    (now_ms() - 60_000) / 1000 * 1000
-}
-
 fn entry(topic: &str, partition: i64, bucket: i64, records: u64) -> Value {
     json!({"tier": "broker", "topic": topic, "partition": partition, "bucket": bucket,
            "records": records, "bytes": records * 10})
@@ -87,21 +64,10 @@ fn counts(seq: u64, entries: Vec<Value>) -> Value {
     json!({"v": 1, "type": "counts", "seq": seq, "counts": entries})
 }
 
-/// The sum of the series `name` whose labels include every pair of `labels`.
+/// The sum of the series `name` whose labels include every pair of
+/// `labels` (0 when there is none).
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
+    common::metric(text, name, labels).unwrap_or(0.0)
 }
 
 /// The agent's peak resident memory so far, in MiB.

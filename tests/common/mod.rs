@@ -589,3 +589,55 @@ pub fn kcat() -> Command {
     cmd.env_remove("LD_LIBRARY_PATH");
     cmd
 }
+
+/// A WebSocket to the agent (ingest or stream).
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends one wire message as a text frame.
+pub async fn ws_send(ws: &mut Socket, msg: &serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        msg.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// The next text frame, as JSON (20 s at most).
+pub async fn ws_recv(ws: &mut Socket) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a reply within 20 s")
+            .expect("connection open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// A bucket of 1 s width a minute in the past: closed, inside the window.
+pub fn past_bucket() -> i64 {
+    (now_ms() - 60_000) / 1000 * 1000
+}
+
+/// The sum of the series `name` in a Prometheus text exposition whose labels
+/// include every pair of `labels` (None when there is no such series).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .reduce(|a, b| a + b)
+}
