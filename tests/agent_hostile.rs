@@ -761,3 +761,442 @@ fn a_store_that_cannot_be_loaded_makes_healthz_fail_instead_of_hanging_unready()
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A hello for an agent with the default bucket width (1 min).
+fn default_hello(source: &str) -> Value {
+    let mut h = hello(source);
+    h["bucket_width_ms"] = json!(60_000);
+    h
+}
+
+/// A closed one-minute bucket, two minutes back: inside the default window.
+fn minute_bucket() -> i64 {
+    (common::now_ms() - 120_000) / 60_000 * 60_000
+}
+
+async fn open_default_session(addr: SocketAddr, source: &str) -> Socket {
+    let mut ws = connect(addr).await;
+    send(&mut ws, &default_hello(source)).await;
+    let welcome = recv(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    ws
+}
+
+/// What a good client beside the probe met.
+#[derive(Debug, Default)]
+struct Served {
+    rounds: u64,
+    slowest_ack: Duration,
+    slowest_readyz: Duration,
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a good client meanwhile: {} rounds, slowest ingest ack {:?}, slowest /readyz {:?}",
+            self.rounds, self.slowest_ack, self.slowest_readyz
+        )
+    }
+}
+
+/// A good client beside the probe: over and over, a count on its ingest
+/// session (opened before the probe starts) until its ack, then a
+/// `GET /readyz` on a fresh connection. Its counts go to `orders`
+/// partition 0, cumulative: the records acknowledged last are its `seq`.
+struct GoodClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Served>,
+}
+
+impl GoodClient {
+    async fn start(addr: SocketAddr, source: &str) -> GoodClient {
+        let mut ws = open_default_session(addr, source).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let bucket = minute_bucket();
+            let mut served = Served::default();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let seq = served.rounds + 1;
+                let t = Instant::now();
+                send(&mut ws, &counts(seq, vec![entry("orders", 0, bucket, seq)])).await;
+                let ack = recv(&mut ws).await;
+                assert_eq!(ack, json!({"type": "ack", "seq": seq}));
+                served.slowest_ack = served.slowest_ack.max(t.elapsed());
+                let t = Instant::now();
+                let (status, body) =
+                    tokio::task::spawn_blocking(move || get(addr, "/readyz", None))
+                        .await
+                        .unwrap();
+                assert_eq!(status, 200, "{body}");
+                served.slowest_readyz = served.slowest_readyz.max(t.elapsed());
+                served.rounds = seq;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            served
+        });
+        GoodClient { stop, task }
+    }
+
+    async fn stop(self) -> Served {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// POSTs `body` to the ingest as it is, reading the answer while the body is
+/// still being written (the agent may answer, and close, before the end):
+/// the status (0 when none came) and the body.
+fn post_raw(addr: SocketAddr, body: Vec<u8>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let head = format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(&body));
+    });
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        raw.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, rest.to_owned());
+    }
+    let (mut body, mut rest) = (String::new(), rest);
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        body.push_str(&tail[..n]);
+        rest = tail[n..].strip_prefix("\r\n").unwrap_or(&tail[n..]);
+    }
+    (status, body)
+}
+
+/// How many of each distinct answer, as "n × answer" joined.
+fn tallied(answers: &[String]) -> String {
+    let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for a in answers {
+        *seen.entry(a).or_default() += 1;
+    }
+    seen.iter()
+        .map(|(a, n)| format!("{n} × {a}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The first 160 characters of `s`.
+fn clipped(s: &str) -> String {
+    s.chars().take(160).collect()
+}
+
+/// The hostile probe's agent inputs (issue 12 §2) at the probe's own scale,
+/// against agents with the default settings (`--max-series-per-source 10`
+/// for the cardinality part): the figures in BENCHMARKS.md. A measurement,
+/// so ignored by default; run it in release mode:
+/// `cargo test --release --test agent_hostile -- --ignored --nocapture at_the_probes_scale`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement at the probe's scale (release mode); see BENCHMARKS.md"]
+async fn at_the_probes_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = Instant::now();
+
+    // Cardinality: 25 POSTs, each a hello and a counts of 200,000 new
+    // topics (about 17 MB), from one source limited to 10 series; first at
+    // the default --max-message-bytes (1 MiB, so 16 MiB a POST), then with
+    // room enough for the messages to reach the series limit.
+    const ROUNDS: usize = 25;
+    const TOPICS: usize = 200_000;
+    for (part, extra) in [
+        ("default --max-message-bytes", &[][..]),
+        (
+            "--max-message-bytes 33554432",
+            &["--max-message-bytes", "33554432"][..],
+        ),
+    ] {
+        let mut flags = vec!["--max-series-per-source", "10"];
+        flags.extend(extra);
+        let agent = Agent::start(
+            &dir.path().join(format!("cardinality-{}", extra.len())),
+            &flags,
+        );
+        let good = GoodClient::start(agent.addr, "good-1").await;
+        let bucket = minute_bucket();
+        let (mut answers, mut slowest, mut size) = (Vec::new(), Duration::ZERO, 0);
+        let t = Instant::now();
+        for round in 0..ROUNDS {
+            let body = format!(
+                "[{},{}]",
+                default_hello("hostile-1"),
+                flood(round as u64 + 1, round, TOPICS, bucket)
+            );
+            size = body.len();
+            let sent = Instant::now();
+            let addr = agent.addr;
+            let (status, reply) = tokio::task::spawn_blocking(move || post_raw(addr, body.into()))
+                .await
+                .unwrap();
+            slowest = slowest.max(sent.elapsed());
+            let answer = match serde_json::from_str::<Value>(&reply) {
+                Ok(Value::Array(replies)) => replies
+                    .iter()
+                    .map(|r| {
+                        r["reason"]
+                            .as_str()
+                            .map_or_else(|| r["type"].to_string(), |r| format!("error {r}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Ok(v) => format!("{}", v["error"]),
+                Err(_) => clipped(&reply),
+            };
+            answers.push(format!("{status} [{answer}]"));
+        }
+        let took = t.elapsed();
+        let served = good.stop().await;
+        let text = agent.metrics();
+        eprintln!(
+            "cardinality ({part}): {ROUNDS} POSTs of {size} bytes ({TOPICS} new topics each) in {took:?}, \
+             slowest {slowest:?}: {}; {served}; peak RSS {} MiB; /metrics {} lines; topics listed {}",
+            tallied(&answers),
+            peak_rss_mib(&agent),
+            text.lines().count(),
+            agent.json("/api/v1/topics")["topics"]
+                .as_array()
+                .map_or(0, Vec::len)
+        );
+    }
+
+    // Connections: 500 WebSockets that never send a hello, then 3,000
+    // connections that send half a request header (fewer where this process
+    // may open fewer files), against the default limit of 1,024 and the
+    // default timeouts of 10 s.
+    let agent = Agent::start(&dir.path().join("connections"), &[]);
+    let addr = agent.addr;
+    let good = GoodClient::start(addr, "good-1").await;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_024);
+    let half_count = 3_000.min(soft.saturating_sub(1_000));
+    let started = Instant::now();
+    let mut mute = Vec::new();
+    for _ in 0..500 {
+        mute.push(connect(addr).await);
+    }
+    let mut half = Vec::new();
+    for _ in 0..half_count {
+        half.push(half_header(addr));
+    }
+    let opened = started.elapsed();
+    let t = Instant::now();
+    let mut late = open_default_session(addr, "late-1").await;
+    send(
+        &mut late,
+        &counts(1, vec![entry("orders", 1, minute_bucket(), 3)]),
+    )
+    .await;
+    assert_eq!(recv(&mut late).await, json!({"type": "ack", "seq": 1}));
+    let late_took = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(get(addr, "/readyz", None).0, 200);
+    let readyz_took = t.elapsed();
+    let deadline = started + Duration::from_secs(60);
+    let half_closed = tokio::task::spawn_blocking(move || {
+        let closed = half
+            .iter_mut()
+            .map(|s| closed_by(s, deadline))
+            .filter(|&c| c)
+            .count();
+        (closed, Instant::now())
+    });
+    let mut replies = Vec::new();
+    let mut mute_closed_at = Instant::now();
+    for ws in &mut mute {
+        let reply = tokio::time::timeout_at(deadline.into(), async {
+            let mut first = None;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Ws::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                        first.get_or_insert(format!("error {}", v["reason"]));
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return first.unwrap_or_else(|| "closed, no reply".into()),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| "still open after 60 s".into());
+        replies.push(reply);
+        mute_closed_at = Instant::now();
+    }
+    let (half_closed, half_closed_at) = half_closed.await.unwrap();
+    let all_closed = half_closed_at.max(mute_closed_at) - started;
+    let served = good.stop().await;
+    let text = agent.metrics();
+    let closed = |reason| {
+        metric(
+            &text,
+            "tally_http_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    eprintln!(
+        "connections (open-file limit {soft}): 500 mute WebSockets and {half_count} half headers opened \
+         in {opened:?}; a new ingest session then acked in {late_took:?}, a new /readyz in \
+         {readyz_took:?}; {served}; mute WebSockets: {}, closed {:?} after the first opened; half \
+         headers: {half_closed} of {half_count} closed, {:?} after the first opened; all closed \
+         {all_closed:?} after the first opened ({:?} after the last); closed by the agent: \
+         hello_timeout {}, header_timeout {}, evicted {}; peak RSS {} MiB",
+        tallied(&replies),
+        mute_closed_at - started,
+        half_closed_at - started,
+        all_closed.saturating_sub(opened),
+        closed("hello_timeout"),
+        closed("header_timeout"),
+        closed("evicted"),
+        peak_rss_mib(&agent)
+    );
+    drop((agent, late));
+
+    // Sequence numbers: a counts with seq 2^64-1 beside good sessions, then
+    // a kill -9 and a restart.
+    let data = dir.path().join("seq");
+    let agent = Agent::start(&data, &[]);
+    let addr = agent.addr;
+    let good = GoodClient::start(addr, "good-1").await;
+    let mut bad = open_default_session(addr, "bad-1").await;
+    let mut other = open_default_session(addr, "good-2").await;
+    let bucket = minute_bucket();
+    let t = Instant::now();
+    send(
+        &mut bad,
+        &counts(u64::MAX, vec![entry("orders", 1, bucket, 7)]),
+    )
+    .await;
+    send(&mut other, &counts(1, vec![entry("orders", 2, bucket, 5)])).await;
+    let refused = recv(&mut bad).await;
+    let refused_took = t.elapsed();
+    let ack = recv(&mut other).await;
+    let ack_took = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = good.stop().await;
+    let rss = peak_rss_mib(&agent);
+    drop((bad, other));
+    agent.kill9();
+    let t = Instant::now();
+    let agent = Agent::start_at(addr, &data, &[]);
+    let ready = t.elapsed();
+    let healthz = get(addr, "/healthz", None).0;
+    let expected = served.rounds + 5;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let restored = loop {
+        let found = broker_records(&agent, "orders");
+        if found == expected || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "seq 2^64-1: the sender got {} in {refused_took:?} ({}); another session's count in the \
+         same moment: {ack} in {ack_took:?}; {served}; peak RSS {rss} MiB; after kill -9 the agent \
+         was ready {ready:?} after exec (/healthz {healthz}), with {restored} of {expected} \
+         acknowledged records; peak RSS {} MiB",
+        refused["reason"],
+        clipped(refused["error"].as_str().unwrap_or("")),
+        peak_rss_mib(&agent)
+    );
+    drop(agent);
+
+    // Error shapes: a POST over 16 MiB, an 8,000-character topic, a 50 KB
+    // cluster name.
+    let agent = Agent::start(&dir.path().join("errors"), &[]);
+    let addr = agent.addr;
+    let good = GoodClient::start(addr, "good-1").await;
+    let mut body = vec![b' '; 17 << 20];
+    body[0] = b'[';
+    *body.last_mut().unwrap() = b']';
+    let t = Instant::now();
+    let (status, reply) = tokio::task::spawn_blocking(move || post_raw(addr, body))
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let reply: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
+    eprintln!(
+        "a POST of 17 MiB: {status} {} in {took:?}, detail of {} bytes: {}",
+        reply["error"],
+        reply["detail"].as_str().map_or(0, str::len),
+        clipped(reply["detail"].as_str().unwrap_or(""))
+    );
+    let long = "x".repeat(8_000);
+    let t = Instant::now();
+    let (status, reply) = tokio::task::spawn_blocking(move || {
+        answer(addr, &format!("GET /api/v1/topics/{long}/buckets HTTP/1.1"))
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "an 8,000-character topic: {status} {} in {:?}, detail of {} bytes",
+        reply["error"],
+        t.elapsed(),
+        reply["detail"].as_str().map_or(0, str::len)
+    );
+    let mut big = default_hello("b-1");
+    big["cluster"] = json!(format!("\u{202e}{}", "c".repeat(50_000)));
+    let t = Instant::now();
+    let (status, reply) = tokio::task::spawn_blocking(move || post_ingest(addr, &json!([big])))
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let replies: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
+    eprintln!(
+        "a 50 KB cluster name: {status} [error {}] in {took:?}, error of {} bytes",
+        replies[0]["reason"],
+        replies[0]["error"].as_str().map_or(0, str::len)
+    );
+    let served = good.stop().await;
+    let text = agent.metrics();
+    eprintln!(
+        "error shapes: {served}; counted: http 413 {}, 404 {}, ingest oversize {}, bad_field {}; \
+         peak RSS {} MiB",
+        metric(&text, "tally_http_errors_total", &[("code", "413")]),
+        metric(&text, "tally_http_errors_total", &[("code", "404")]),
+        metric(
+            &text,
+            "tally_ingest_errors_total",
+            &[("reason", "oversize")]
+        ),
+        metric(
+            &text,
+            "tally_ingest_errors_total",
+            &[("reason", "bad_field")]
+        ),
+        peak_rss_mib(&agent)
+    );
+    eprintln!("the whole measurement took {:?}", whole.elapsed());
+}
