@@ -6,11 +6,13 @@ mod api;
 pub mod audit;
 pub mod batch;
 pub mod config;
+pub mod context;
 mod error;
 pub mod groups;
 pub mod guard;
 pub mod log;
 mod metrics;
+pub mod producers;
 pub mod server;
 pub mod topics;
 

@@ -16,7 +16,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::server::Broker;
+use crate::context::Broker;
 use crate::{Error, Result};
 
 /// Upper bounds of the exposed request-duration buckets, in seconds.

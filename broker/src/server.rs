@@ -1,12 +1,14 @@
-//! The running broker: the Kafka listener and its connections, the
-//! retention task, and the broker's own /metrics.
+//! The running broker: the Kafka listener and the life of its connections
+//! (accept, the connection limit, timeouts, framing, and the call into the
+//! API handlers), the clocks of retention, groups and audit, and the
+//! broker's own /metrics.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -14,265 +16,14 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, supported};
-use crate::audit::{AuditConfig, Instrumentation};
 use crate::config::BrokerConfig;
-use crate::groups::{Groups, GroupsConfig};
+use crate::context::{Broker, now_ms};
 use crate::guard;
-use crate::log::{Appended, Flusher};
-use crate::metrics::BrokerMetrics;
-use crate::topics::{Topic, Topics};
 use crate::{Error, Result};
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Producer ids, handed out in blocks whose end is stored before use, so
-/// that no id is ever given twice, across restarts too.
-pub(crate) struct ProducerIds {
-    path: PathBuf,
-    state: Mutex<(i64, i64)>,
-}
-
-impl ProducerIds {
-    const BLOCK: i64 = 1_000;
-
-    fn open(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join("producer_ids");
-        let stored = match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse::<i64>().map_err(|e| {
-                Error::Config(format!("'{}' holds \"{}\": {e}", path.display(), s.trim()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "cannot read",
-                    path,
-                    source,
-                });
-            }
-        };
-        Ok(ProducerIds {
-            path,
-            state: Mutex::new((stored, stored)),
-        })
-    }
-
-    pub(crate) fn next(&self) -> Result<i64> {
-        let mut s = self.state.lock();
-        if s.0 >= s.1 {
-            let limit = s.1 + Self::BLOCK;
-            let tmp = self.path.with_extension("tmp");
-            let io = |source| Error::Io {
-                what: "cannot write",
-                path: tmp.clone(),
-                source,
-            };
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            std::io::Write::write_all(&mut f, limit.to_string().as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &self.path).map_err(io)?;
-            s.1 = limit;
-        }
-        let id = s.0;
-        s.0 += 1;
-        Ok(id)
-    }
-}
-
-/// Everything the request handlers share.
-pub struct Broker {
-    pub(crate) cfg: BrokerConfig,
-    pub(crate) cluster_id: String,
-    pub(crate) topics: Topics,
-    pub(crate) flusher: Flusher,
-    pub(crate) producer_ids: ProducerIds,
-    pub(crate) metrics: BrokerMetrics,
-    pub(crate) groups: Groups,
-    pub(crate) audit: Option<Instrumentation>,
-    /// Permits for checking produced batches off the async workers
-    /// (decompression): one per core, so a flood of compressed batches queues
-    /// instead of taking every thread.
-    pub(crate) checks: Arc<Semaphore>,
-    _lock: std::fs::File,
-}
-
-impl Broker {
-    /// Opens the data folder (locking it against a second broker) and recovers the log.
-    pub fn open(cfg: BrokerConfig) -> Result<Broker> {
-        cfg.check()?;
-        let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            what: "cannot create the data folder",
-            path: dir.clone(),
-            source,
-        })?;
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|source| Error::Io {
-            what: "cannot create",
-            path: lock_path.clone(),
-            source,
-        })?;
-        lock.try_lock().map_err(|_| {
-            Error::Config(format!(
-                "data folder '{}' is in use by another broker (locked: {})",
-                dir.display(),
-                lock_path.display()
-            ))
-        })?;
-        let id_path = dir.join("cluster_id");
-        let cluster_id = match std::fs::read_to_string(&id_path) {
-            Ok(id) => id.trim().to_owned(),
-            Err(_) => {
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                std::fs::write(&id_path, &id).map_err(|source| Error::Io {
-                    what: "cannot write",
-                    path: id_path.clone(),
-                    source,
-                })?;
-                id
-            }
-        };
-        let started = Instant::now();
-        let topics = Topics::open(dir, cfg.log_defaults())?;
-        info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "log recovered"
-        );
-        let groups = Groups::open(dir, GroupsConfig::default())?;
-        let audit = if cfg.instrumentation {
-            let audit_cfg = AuditConfig {
-                width: cfg.width()?,
-                cluster: cfg.cluster.clone(),
-                source: format!("broker-{}-{}", cfg.cluster, cfg.node_id),
-                agent: (!cfg.agent.is_empty()).then(|| cfg.agent.clone()),
-                token: cfg.agent_token.clone(),
-            };
-            Some(Instrumentation::open(dir, audit_cfg, &topics)?)
-        } else {
-            None
-        };
-        Ok(Broker {
-            groups,
-            audit,
-            flusher: Flusher::start(cfg.fsync_policy()?),
-            producer_ids: ProducerIds::open(dir)?,
-            metrics: BrokerMetrics::new(),
-            checks: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
-            cluster_id,
-            topics,
-            cfg,
-            _lock: lock,
-        })
-    }
-
-    /// The topics.
-    pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
-    /// The consumer groups and their committed offsets.
-    pub fn groups(&self) -> &Groups {
-        &self.groups
-    }
-
-    /// The audit instrumentation, unless it is off.
-    pub fn audit(&self) -> Option<&Instrumentation> {
-        self.audit.as_ref()
-    }
-
-    /// Called under the partition's log lock, so the books see appends in offset order.
-    pub(crate) fn on_appended(
-        &self,
-        topic: &str,
-        partition: i32,
-        appended: &Appended,
-        bytes: &[u8],
-        timestamps: &[Vec<i64>],
-    ) {
-        if let Some(audit) = &self.audit {
-            audit.on_append(
-                topic,
-                partition,
-                &appended.headers,
-                bytes,
-                timestamps,
-                now_ms(),
-            );
-        }
-        let records: i64 = appended
-            .headers
-            .iter()
-            .map(|h| i64::from(h.record_count))
-            .sum();
-        let bytes: usize = appended.headers.iter().map(|h| h.size()).sum();
-        self.metrics.appended(topic, records as u64, bytes as u64);
-    }
-
-    pub(crate) fn on_fetched(&self, topic: &str, records: &Bytes) {
-        if records.is_empty() {
-            return;
-        }
-        // Headers only: these are the log's own batches, already checked.
-        let count = crate::batch::count_records(records);
-        self.metrics.fetched(topic, count, records.len() as u64);
-    }
-
-    pub(crate) fn on_topic_deleted(&self, topic: &Topic) {
-        if let Some(audit) = &self.audit {
-            audit.on_topic_deleted(&topic.name);
-        }
-        self.metrics.forget_topic(&topic.name);
-        if let Err(e) = self.groups.forget_topic(&topic.name) {
-            warn!(topic = %topic.name, "cannot remove the committed offsets of the deleted topic: {e}");
-        }
-    }
-
-    pub(crate) fn on_group_deleted(&self, group: &str) {
-        if let Some(audit) = &self.audit {
-            audit.on_group_deleted(group);
-        }
-    }
-
-    /// Counts what changed and sends it, with every group's lag, to the agent.
-    pub fn audit_tick(&self, now_ms: i64) {
-        if let Some(audit) = &self.audit {
-            audit.tick(now_ms, &self.topics, &self.groups);
-        }
-    }
-
-    /// Rolls segments that are due and applies retention to every partition.
-    pub fn maintain(&self, now_ms: i64) {
-        for topic in self.topics.all() {
-            for (p, part) in topic.partitions.iter().enumerate() {
-                let mut log = part.log.lock();
-                if let Err(e) = log.roll_if_due(now_ms) {
-                    warn!(topic = %topic.name, partition = p, "cannot roll the segment: {e}");
-                }
-                let retention = log.enforce_retention_with(now_ms, |new_start| match &self.audit {
-                    Some(audit) => audit.before_retention(&topic.name, p as i32, new_start),
-                    None => Ok(()),
-                });
-                match retention {
-                    Ok(Some(start)) => {
-                        info!(topic = %topic.name, partition = p, start, "retention moved the log start")
-                    }
-                    Ok(None) => {}
-                    Err(e) => warn!(topic = %topic.name, partition = p, "retention failed: {e}"),
-                }
-            }
-        }
-    }
-}
 
 /// A running broker.
 pub struct RunningBroker {

@@ -1,5 +1,5 @@
-//! The broker's topics: their partitions' logs, their configs, and the
-//! idempotent producers' state.
+//! The broker's topics: their partitions' logs and their configs; each
+//! partition also holds its idempotent producers' state (`producers`).
 //!
 //! On disk, `<data-dir>/topics/` holds one folder per live topic and nothing
 //! else: `topics/<name>/topic.json` and `topics/<name>/<partition>/`. Any name
@@ -9,7 +9,7 @@
 //! and removed from there in the background or at the next start; so a
 //! topic's name never decides whether its folder is data or debris.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::batch::BatchHeader;
 use crate::log::{LogConfig, PartitionLog, replace_file, sync_dir};
+use crate::producers::ProducerStates;
 use crate::{Error, Result};
 
 /// A Kafka error code with a message for the client and the log.
@@ -515,188 +515,9 @@ fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) 
     })
 }
 
-/// How many recent batches per producer are kept to recognise a retry.
-const DEDUP_BATCHES: usize = 5;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Written {
-    first_seq: i32,
-    last_seq: i32,
-    base_offset: i64,
-}
-
-#[derive(Debug, Default)]
-struct Producer {
-    epoch: i16,
-    recent: VecDeque<Written>,
-}
-
-/// The verdict on an idempotent producer's batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sequence {
-    /// Not an idempotent batch, or the next one in order: append it.
-    Append,
-    /// A retry of a batch already in the log, at this base offset.
-    Duplicate(i64),
-}
-
-/// Idempotent producers of one partition: producer id → epoch and recent batches.
-#[derive(Debug, Default)]
-pub struct ProducerStates {
-    producers: HashMap<i64, Producer>,
-}
-
-impl ProducerStates {
-    /// Rebuilds the state from the log's batch headers (after a restart).
-    pub fn rebuild(&mut self, batches: &[BatchHeader]) {
-        for b in batches {
-            self.record(b);
-        }
-    }
-
-    /// Checks a batch against the producer's state.
-    pub fn check(&self, b: &BatchHeader) -> Result<Sequence, Refusal> {
-        if b.producer_id < 0 || b.base_sequence < 0 {
-            return Ok(Sequence::Append);
-        }
-        let last_seq = b.base_sequence.wrapping_add(b.last_offset_delta);
-        let Some(p) = self.producers.get(&b.producer_id) else {
-            return if b.base_sequence == 0 {
-                Ok(Sequence::Append)
-            } else {
-                Err(Refusal::new(
-                    ResponseError::UnknownProducerId,
-                    format!(
-                        "producer {} is not known here and its batch starts at sequence {}",
-                        b.producer_id, b.base_sequence
-                    ),
-                ))
-            };
-        };
-        if b.producer_epoch < p.epoch {
-            return Err(Refusal::new(
-                ResponseError::InvalidProducerEpoch,
-                format!(
-                    "producer {} epoch {} is older than the current epoch {}",
-                    b.producer_id, b.producer_epoch, p.epoch
-                ),
-            ));
-        }
-        if b.producer_epoch > p.epoch {
-            return if b.base_sequence == 0 {
-                Ok(Sequence::Append)
-            } else {
-                Err(Refusal::new(
-                    ResponseError::OutOfOrderSequenceNumber,
-                    format!(
-                        "producer {} new epoch {} must start at sequence 0, not {}",
-                        b.producer_id, b.producer_epoch, b.base_sequence
-                    ),
-                ))
-            };
-        }
-        if let Some(w) = p
-            .recent
-            .iter()
-            .find(|w| w.first_seq == b.base_sequence && w.last_seq == last_seq)
-        {
-            return Ok(Sequence::Duplicate(w.base_offset));
-        }
-        let expected = p
-            .recent
-            .back()
-            .map_or(0, |w| w.last_seq.wrapping_add(1).max(0));
-        if b.base_sequence == expected || (expected == 0 && p.recent.is_empty()) {
-            Ok(Sequence::Append)
-        } else {
-            Err(Refusal::new(
-                ResponseError::OutOfOrderSequenceNumber,
-                format!(
-                    "producer {} sent sequence {} where {} was expected",
-                    b.producer_id, b.base_sequence, expected
-                ),
-            ))
-        }
-    }
-
-    /// Records a batch that was appended.
-    pub fn record(&mut self, b: &BatchHeader) {
-        if b.producer_id < 0 || b.base_sequence < 0 {
-            return;
-        }
-        let p = self.producers.entry(b.producer_id).or_default();
-        if b.producer_epoch != p.epoch {
-            p.epoch = b.producer_epoch;
-            p.recent.clear();
-        }
-        p.recent.push_back(Written {
-            first_seq: b.base_sequence,
-            last_seq: b.base_sequence.wrapping_add(b.last_offset_delta),
-            base_offset: b.base_offset,
-        });
-        while p.recent.len() > DEDUP_BATCHES {
-            p.recent.pop_front();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn header(pid: i64, epoch: i16, seq: i32, n: i32, offset: i64) -> BatchHeader {
-        BatchHeader {
-            base_offset: offset,
-            batch_length: 0,
-            partition_leader_epoch: 0,
-            magic: 2,
-            crc: 0,
-            attributes: 0,
-            last_offset_delta: n - 1,
-            base_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: pid,
-            producer_epoch: epoch,
-            base_sequence: seq,
-            record_count: n,
-        }
-    }
-
-    #[test]
-    fn idempotent_producers_are_deduplicated_and_ordered() {
-        let mut s = ProducerStates::default();
-        let b0 = header(7, 0, 0, 10, 0);
-        assert_eq!(s.check(&b0), Ok(Sequence::Append));
-        s.record(&b0);
-        let b1 = header(7, 0, 10, 5, 10);
-        assert_eq!(s.check(&b1), Ok(Sequence::Append));
-        s.record(&b1);
-        // A retry of either batch is recognised with its original offset.
-        assert_eq!(
-            s.check(&header(7, 0, 0, 10, -1)),
-            Ok(Sequence::Duplicate(0))
-        );
-        assert_eq!(
-            s.check(&header(7, 0, 10, 5, -1)),
-            Ok(Sequence::Duplicate(10))
-        );
-        // A gap is out of order.
-        let gap = s.check(&header(7, 0, 20, 1, -1)).unwrap_err();
-        assert_eq!(gap.error, ResponseError::OutOfOrderSequenceNumber);
-        assert!(gap.message.contains("15"), "{}", gap.message);
-        // An older epoch is fenced; a newer one starts again at 0.
-        assert_eq!(
-            s.check(&header(7, -1, 15, 1, -1)).unwrap_err().error,
-            ResponseError::InvalidProducerEpoch
-        );
-        assert_eq!(s.check(&header(7, 1, 0, 1, -1)), Ok(Sequence::Append));
-        // Unknown producers must start at 0; plain producers are not checked.
-        assert_eq!(
-            s.check(&header(8, 0, 3, 1, -1)).unwrap_err().error,
-            ResponseError::UnknownProducerId
-        );
-        assert_eq!(s.check(&header(-1, -1, -1, 3, -1)), Ok(Sequence::Append));
-    }
 
     #[test]
     fn topic_configs_are_checked() {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use tracing::info;
 
 use super::{describe_configs, str_bytes};
-use crate::server::Broker;
+use crate::context::Broker;
 use crate::topics::Refusal;
 
 pub(super) fn handle(

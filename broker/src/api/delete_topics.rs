@@ -7,7 +7,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::context::Broker;
 
 pub(super) fn handle(
     broker: &Broker,

@@ -7,7 +7,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::context::Broker;
 use crate::topics::Topic;
 
 const RESOURCE_TOPIC: i8 = 2;

@@ -6,8 +6,8 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::groups::GroupState;
-use crate::server::Broker;
 
 /// READ, DELETE and DESCRIBE: everything a group supports, as no ACLs apply.
 const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Caller;
 use crate::Error;
-use crate::server::Broker;
+use crate::context::Broker;
 
 /// The partitions' answers, the bytes read, and whether a partition failed.
 ///

@@ -6,7 +6,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::context::Broker;
 
 const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
-use crate::server::Broker;
+use crate::context::Broker;
 
 pub(super) fn handle(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
     let error = broker.groups.unavailable().or_else(|| {

@@ -5,7 +5,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use tracing::warn;
 
-use crate::server::Broker;
+use crate::context::Broker;
 
 pub(super) fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
     if request.transactional_id.is_some() {

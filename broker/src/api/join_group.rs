@@ -8,8 +8,8 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::{Caller, str_bytes};
+use crate::context::Broker;
 use crate::groups::{JoinOutcome, JoinRequest};
-use crate::server::Broker;
 
 pub(super) async fn handle(
     broker: &Broker,

@@ -7,8 +7,8 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::groups::LeavingMember;
-use crate::server::Broker;
 
 pub(super) fn handle(
     broker: &Broker,

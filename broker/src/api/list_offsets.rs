@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use crate::server::Broker;
+use crate::context::Broker;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;

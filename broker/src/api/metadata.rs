@@ -9,7 +9,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use tracing::debug;
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::context::Broker;
 use crate::topics::{self, Topic};
 
 fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {

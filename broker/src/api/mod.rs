@@ -33,7 +33,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::server::Broker;
+use crate::context::Broker;
 
 /// Every API the broker serves, with the versions it really implements.
 /// ApiVersions advertises exactly this table.

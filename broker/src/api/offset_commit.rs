@@ -11,8 +11,8 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use tracing::debug;
 
+use crate::context::{Broker, now_ms};
 use crate::groups::CommittedOffset;
-use crate::server::{Broker, now_ms};
 
 pub(super) async fn handle(
     broker: &Broker,

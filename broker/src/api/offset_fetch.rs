@@ -10,8 +10,8 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::groups::CommittedOffset;
-use crate::server::Broker;
 
 /// Per topic, per partition: the latest commit, if any.
 type Fetched = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;

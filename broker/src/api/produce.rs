@@ -12,8 +12,9 @@ use bytes::Bytes;
 
 use crate::Error;
 use crate::batch::{self, CheckedBatches, RecordsError};
-use crate::server::{Broker, now_ms};
-use crate::topics::{Partition, Refusal, Sequence};
+use crate::context::{Broker, now_ms};
+use crate::producers::Sequence;
+use crate::topics::{Partition, Refusal};
 
 struct Outcome {
     base_offset: i64,

@@ -7,8 +7,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::groups::{SyncOutcome, SyncRequest};
-use crate::server::Broker;
 
 pub(super) async fn handle(
     broker: &Broker,
