@@ -105,6 +105,12 @@ pub(crate) struct AgentArgs {
     /// How long an ingest WebSocket may stay open without sending its hello [default: 10s].
     #[arg(long, env = "TALLY_AGENT_HELLO_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     pub(crate) hello_timeout: Option<Duration>,
+    /// Certificate chain (PEM) for HTTPS: with --tls-key the listener speaks HTTPS only (wss:// ingest, API, /metrics); reloaded on SIGHUP.
+    #[arg(long, env = "TALLY_AGENT_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "TALLY_AGENT_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Shared bearer token that ingest and the API require.
     #[arg(
         long,
@@ -116,7 +122,7 @@ pub(crate) struct AgentArgs {
     /// Require the token on /metrics, /healthz and /readyz too.
     #[arg(long, env = "TALLY_AGENT_PROTECT_METRICS")]
     pub(crate) protect_metrics: bool,
-    /// Push the metrics over OTLP/HTTP (protobuf) to this http URL; a URL without a path gets /v1/metrics [default: no push].
+    /// Push the metrics over OTLP/HTTP (protobuf) to this http or https URL; a URL without a path gets /v1/metrics [default: no push].
     #[arg(long, env = "TALLY_AGENT_OTLP_ENDPOINT", value_name = "URL")]
     pub(crate) otlp_endpoint: Option<String>,
     /// How often to push over OTLP: seconds, or a duration such as 500ms or 1m [default: 10s].
@@ -195,6 +201,12 @@ impl AgentArgs {
         if self.token.is_some() {
             cfg.token = self.token.clone();
         }
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            cfg.tls_key = self.tls_key.clone();
+        }
         cfg.protect_metrics |= self.protect_metrics;
         self.resolve_alerting(&mut cfg);
         cfg.ledger()?;
@@ -257,9 +269,12 @@ pub(crate) struct BrokerArgs {
     /// This broker's node id [default: 0].
     #[arg(long, env = "TALLY_BROKER_NODE_ID", value_name = "ID")]
     pub(crate) node_id: Option<i32>,
-    /// The agent's ingest WebSocket URL; "" counts without sending [default: ws://127.0.0.1:9400/api/v1/ingest].
+    /// The agent's ingest WebSocket URL (ws:// or wss://); "" counts without sending [default: ws://127.0.0.1:9400/api/v1/ingest].
     #[arg(long, env = "TALLY_BROKER_AGENT", value_name = "URL")]
     pub(crate) agent: Option<String>,
+    /// CA certificate (PEM) that signed a wss:// agent's certificate [default: the system's root certificates].
+    #[arg(long, env = "TALLY_BROKER_AGENT_CA", value_name = "FILE")]
+    pub(crate) agent_ca: Option<PathBuf>,
     /// Bearer token the agent requires.
     #[arg(
         long,
@@ -366,6 +381,9 @@ impl BrokerArgs {
         if self.agent_token.is_some() {
             cfg.agent_token = self.agent_token.clone();
         }
+        if self.agent_ca.is_some() {
+            cfg.agent_ca = self.agent_ca.clone();
+        }
         if self.no_instrumentation {
             cfg.instrumentation = false;
         }
@@ -433,7 +451,7 @@ pub(crate) struct DemoArgs {
 /// Flags of `tally dashboard`. Each has an environment variable.
 #[derive(Debug, Args)]
 pub(crate) struct DashboardArgs {
-    /// The agent's base URL (http:// or ws://); the feed is its /api/v1/stream.
+    /// The agent's base URL (http://, https://, ws:// or wss://); the feed is its /api/v1/stream.
     #[arg(
         long,
         env = "TALLY_DASHBOARD_AGENT",
@@ -449,6 +467,9 @@ pub(crate) struct DashboardArgs {
         hide_env_values = true
     )]
     pub(crate) token: Option<String>,
+    /// CA certificate (PEM) that signed an https:// agent's certificate [default: the system's root certificates].
+    #[arg(long, env = "TALLY_DASHBOARD_AGENT_CA", value_name = "FILE")]
+    pub(crate) agent_ca: Option<PathBuf>,
     /// How often the screen is redrawn when no data arrives (clocks, staleness).
     #[arg(long, env = "TALLY_DASHBOARD_TICK", default_value = "1s", value_parser = duration, value_name = "DURATION")]
     pub(crate) tick: Duration,
@@ -461,6 +482,11 @@ impl DashboardArgs {
         tally_dashboard::conn::stream_url(&self.agent)?;
         let mut cfg = tally_dashboard::DashboardConfig::new(self.agent.clone());
         cfg.token = self.token.clone();
+        if let Some(ca) = &self.agent_ca {
+            // A CA file that cannot be used is refused before the terminal is taken over.
+            tally_audit::tls::client_config(Some(ca))?;
+            cfg.agent_ca = Some(ca.clone());
+        }
         cfg.tick = self.tick.max(Duration::from_millis(50));
         Ok(cfg)
     }

@@ -335,14 +335,14 @@ fn a_bad_otlp_endpoint_is_refused_by_name() {
         .args([
             "agent",
             "--otlp-endpoint",
-            "https://collector:4318",
+            "ftp://collector:4318",
             "--print-config",
         ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("\"https://collector:4318\""), "{err}");
+    assert!(err.contains("\"ftp://collector:4318\""), "{err}");
     let out = common::tally()
         .args([
             "agent",

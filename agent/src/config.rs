@@ -56,7 +56,13 @@ pub struct AgentConfig {
     /// How long an ingest WebSocket may stay open without a `hello`.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
+    /// Certificate chain (PEM) of the listener; with `tls_key` it speaks
+    /// HTTPS only. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Shared bearer token for ingest and the API.
+    #[serde(serialize_with = "redacted")]
     pub token: Option<String>,
     /// Also require the token on /metrics, /healthz and /readyz.
     pub protect_metrics: bool,
@@ -103,6 +109,8 @@ impl Default for AgentConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
             token: None,
             protect_metrics: false,
             otlp_endpoint: None,
@@ -115,6 +123,16 @@ impl Default for AgentConfig {
             notify_timeout: Duration::from_secs(10),
             rules_text: None,
         }
+    }
+}
+
+/// What `--print-config` shows of a secret: that there is one, never its value.
+pub const REDACTED: &str = "<redacted>";
+
+fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some(REDACTED),
+        None => s.serialize_none(),
     }
 }
 
@@ -184,6 +202,12 @@ impl AgentConfig {
                 "token is empty: leave it unset to disable authentication".into(),
             ));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Config(
+                "tls_cert and tls_key go together: give both (PEM files) for HTTPS, or neither"
+                    .into(),
+            ));
+        }
         if let Some(url) = &self.otlp_endpoint {
             crate::otlp::endpoint(url)?;
         }
@@ -238,6 +262,15 @@ impl AgentConfig {
         }
     }
 
+    /// `https` when the listener has a certificate, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The notifiers' settings, checked; `listen` is the bound address, the
     /// default of `external_url`.
     pub fn notify(&self, listen: SocketAddr) -> Result<NotifyConfig> {
@@ -247,7 +280,7 @@ impl AgentConfig {
             external_url: self
                 .external_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{listen}")),
+                .unwrap_or_else(|| format!("{}://{listen}", self.scheme())),
             resend_interval: self.alert_resend,
             timeout: self.notify_timeout,
         };
@@ -277,8 +310,17 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.listen.port(), 9999);
         assert_eq!(cfg.ledger().unwrap().width.ms(), 10_000);
+        let printed = cfg.to_toml();
+        assert!(
+            !printed.contains("s3cret") && printed.contains("token = \"<redacted>\""),
+            "{printed}"
+        );
+        let round = AgentConfig::from_toml(&printed, "round trip").unwrap();
         assert_eq!(
-            AgentConfig::from_toml(&cfg.to_toml(), "round trip").unwrap(),
+            AgentConfig {
+                token: cfg.token.clone(),
+                ..round
+            },
             cfg
         );
     }

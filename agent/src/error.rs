@@ -39,6 +39,9 @@ pub enum Error {
     /// Alert rules or notifier settings that cannot work.
     #[error(transparent)]
     Alerts(#[from] tally_alerts::Error),
+    /// The listener's certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tally_audit::tls::TlsError),
 }
 
 /// Result with the agent's [`Error`].

@@ -136,13 +136,12 @@ fn token_matches(expected: &str, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    // Compare in constant time so the token cannot be guessed byte by byte.
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    // Compare in constant time so the token cannot be guessed byte by byte
+    // (only its length can be learnt).
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        expected.as_bytes(),
+    ))
 }
 
 async fn require_token(State(shared): State<AppState>, request: Request, next: Next) -> Response {

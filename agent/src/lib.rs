@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod otlp;
 pub mod service;
 pub mod store;
+mod tls;
 
 pub use error::{Error, Result};

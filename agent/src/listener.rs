@@ -12,6 +12,12 @@
 //! so that a flood of silent sockets cannot keep a client that talks waiting
 //! behind it. Only when every slot serves a real client does a new one wait
 //! in the accept queue.
+//!
+//! With a certificate, every connection is TLS: the handshake runs under the
+//! same header read timeout and counts as silence, so a client that opens a
+//! socket and never says hello holds a slot no longer than one that never
+//! sends a header; a client that speaks plain HTTP fails the handshake and
+//! gets no answer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +28,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::metrics::AgentMetrics;
+use crate::tls::ServerTls;
 
 /// How the listener bounds its connections.
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +105,7 @@ impl Silent {
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<ServerTls>>,
     limits: ConnectionLimits,
     metrics: AgentMetrics,
     stop: impl std::future::Future<Output = ()>,
@@ -144,6 +153,7 @@ pub(crate) async fn serve(
         let slot = Slot(Arc::new(permit));
         connections.spawn(connection(
             stream,
+            tls.clone(),
             app.clone(),
             slot,
             limits.header_read_timeout,
@@ -156,8 +166,10 @@ pub(crate) async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
+    tls: Option<Arc<ServerTls>>,
     app: Router,
     slot: Slot,
     header_read_timeout: Duration,
@@ -167,41 +179,103 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let silence = silent.enter();
-    let (spoke, registry) = (silence.clone(), silent.clone());
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        if !spoke.spoke.swap(true, Ordering::Relaxed) {
-            registry.leave(&spoke);
-        }
-        request.extensions_mut().insert(slot.clone());
-        let mut app = app.clone();
-        tower_service::Service::call(&mut app, request)
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = silence.evict.notified() => {
-            debug!("closed a connection that sent no request, to make room for a new one");
-            Ok(())
-        }
-        () = stopped(&mut stopping) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let http = Http {
+        app,
+        slot,
+        header_read_timeout,
+        metrics,
     };
-    silent.leave(&silence);
-    if let Err(e) = result {
-        if e.is_timeout() {
-            metrics
-                .connections_closed
-                .with_label_values(&["header_timeout"])
-                .inc();
+    match tls {
+        None => http.serve(stream, &mut stopping, &silence, &silent).await,
+        Some(tls) => {
+            let handshake =
+                tokio::time::timeout(header_read_timeout, tls.acceptor().accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => Some(stream),
+                    Ok(Err(e)) => {
+                        debug!("TLS handshake failed: {e}");
+                        None
+                    }
+                    Err(_) => {
+                        http.metrics
+                            .connections_closed
+                            .with_label_values(&["header_timeout"])
+                            .inc();
+                        debug!("closed a connection that did not finish its TLS handshake in time");
+                        None
+                    }
+                },
+                () = silence.evict.notified() => None,
+                () = stopped(&mut stopping) => None,
+            };
+            if let Some(stream) = stream {
+                http.serve(stream, &mut stopping, &silence, &silent).await;
+            }
         }
-        debug!("connection ended: {e}");
+    }
+    silent.leave(&silence);
+}
+
+/// What serving HTTP on one connection needs.
+struct Http {
+    app: Router,
+    slot: Slot,
+    header_read_timeout: Duration,
+    metrics: AgentMetrics,
+}
+
+impl Http {
+    async fn serve<I>(
+        self,
+        io: I,
+        stopping: &mut watch::Receiver<bool>,
+        silence: &Arc<Silence>,
+        silent: &Arc<Silent>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Http {
+            app,
+            slot,
+            header_read_timeout,
+            metrics,
+        } = self;
+        let (spoke, registry) = (silence.clone(), silent.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if !spoke.spoke.swap(true, Ordering::Relaxed) {
+                registry.leave(&spoke);
+            }
+            request.extensions_mut().insert(slot.clone());
+            let mut app = app.clone();
+            tower_service::Service::call(&mut app, request)
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = silence.evict.notified() => {
+                debug!("closed a connection that sent no request, to make room for a new one");
+                Ok(())
+            }
+            () = stopped(stopping) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            if e.is_timeout() {
+                metrics
+                    .connections_closed
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+            }
+            debug!("connection ended: {e}");
+        }
     }
 }
 

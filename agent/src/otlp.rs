@@ -43,19 +43,17 @@ use crate::{Error, Result};
 const CARDINALITY_LIMIT: usize = 1_000_000;
 
 /// The metrics endpoint for a user's `url`: a URL with no path gets the
-/// standard `/v1/metrics`; a URL with a path is used as it is. Only `http`
-/// is accepted: the agent is built without a TLS stack.
+/// standard `/v1/metrics`; a URL with a path is used as it is. `https`
+/// trusts the system's root certificates.
 pub fn endpoint(url: &str) -> Result<String> {
     let bad = |why: &str| {
         Error::Config(format!(
-            "otlp_endpoint \"{url}\" {why}: expected an http URL such as http://127.0.0.1:4318 or http://collector:4318/v1/metrics"
+            "otlp_endpoint \"{url}\" {why}: expected an http or https URL such as http://127.0.0.1:4318 or https://collector:4318/v1/metrics"
         ))
     };
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    if parsed.scheme() != "http" {
-        return Err(bad(
-            "does not use http (https needs a TLS stack the agent is built without; use a local collector)",
-        ));
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("does not use http or https"));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
@@ -268,8 +266,14 @@ impl HistogramClient {
     fn new(timeout: Duration, source: Arc<Families>) -> Result<Self> {
         // A blocking client may not be built on an async runtime's thread.
         let inner = std::thread::spawn(move || {
+            // https trusts the system's root certificates, through rustls with ring.
+            let (tls, no_roots) = tally_audit::tls::system_client_config();
+            if let Some(e) = no_roots {
+                tracing::warn!("an https OTLP endpoint will fail: {e}");
+            }
             reqwest::blocking::Client::builder()
                 .timeout(timeout)
+                .tls_backend_preconfigured(tls)
                 .build()
         })
         .join()
@@ -415,7 +419,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_get_the_metrics_path_and_must_be_http() {
+    fn endpoints_get_the_metrics_path_and_must_be_http_or_https() {
         assert_eq!(
             endpoint("http://127.0.0.1:4318").unwrap(),
             "http://127.0.0.1:4318/v1/metrics"
@@ -424,9 +428,13 @@ mod tests {
             endpoint("http://c:4318/otlp/v1/metrics").unwrap(),
             "http://c:4318/otlp/v1/metrics"
         );
-        let err = endpoint("https://c:4318").unwrap_err().to_string();
+        assert_eq!(
+            endpoint("https://c:4318").unwrap(),
+            "https://c:4318/v1/metrics"
+        );
+        let err = endpoint("ftp://c:4318").unwrap_err().to_string();
         assert!(
-            err.contains("\"https://c:4318\"") && err.contains("http"),
+            err.contains("\"ftp://c:4318\"") && err.contains("https"),
             "{err}"
         );
         let err = endpoint("collector:4318").unwrap_err().to_string();

@@ -151,6 +151,11 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let ledger_cfg = cfg.ledger()?;
     // A bad rules file stops the start, before anything listens.
     let alerting = Alerting::new(cfg.rules_source())?;
+    // So does a certificate or key that cannot be used.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(crate::tls::ServerTls::load(cert, key)?)),
+        _ => None,
+    };
     let listener = bind(cfg.listen).map_err(|e| Error::Io {
         what: format!("cannot listen on \"{}\"", cfg.listen),
         source: e,
@@ -252,22 +257,23 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
             )
             .await;
         });
+        let reloads = tokio::spawn(reload_on_hangup(loader_alerting, tls.clone()));
         let serve = crate::listener::serve(
             listener,
             app,
+            tls,
             connection_limits,
             metrics_for_listener,
             async move {
                 let _ = stop_rx.await;
             },
         );
-        let reloads = tokio::spawn(reload_on_hangup(loader_alerting));
         serve.await;
         reloads.abort();
         ledger_task.abort();
         let _ = ledger_task.await;
     });
-    info!(%addr, "agent listening");
+    info!(%addr, scheme = cfg.scheme(), "agent listening");
     let otlp = match &cfg.otlp_endpoint {
         Some(url) => {
             match crate::otlp::OtlpExport::start(
@@ -345,26 +351,38 @@ fn restore(
     Ok((store, ledger, alert_state))
 }
 
-/// Reloads the alert rules on SIGHUP, where they come from a file.
-async fn reload_on_hangup(alerting: Arc<Alerting>) {
+/// Reloads the alert rules, where they come from a file, and the
+/// listener's certificate and key on SIGHUP.
+async fn reload_on_hangup(alerting: Arc<Alerting>, tls: Option<Arc<crate::tls::ServerTls>>) {
     #[cfg(unix)]
     {
-        if !matches!(alerting.source(), Some(tally_alerts::RulesSource::File(_))) {
+        let rules = matches!(alerting.source(), Some(tally_alerts::RulesSource::File(_)));
+        if !rules && tls.is_none() {
             return;
         }
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            warn!("cannot listen for SIGHUP: reload the rules with POST /api/v1/rules/reload");
+            warn!(
+                "cannot listen for SIGHUP: reload the rules with POST /api/v1/rules/reload; a new certificate needs a restart"
+            );
             return;
         };
         while hangup.recv().await.is_some() {
-            info!("SIGHUP: reloading the alert rules");
-            // A failed reload keeps the rules in force and is logged.
-            let _ = alerting.reload();
+            if rules {
+                info!("SIGHUP: reloading the alert rules");
+                // A failed reload keeps the rules in force and is logged.
+                let _ = alerting.reload();
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Err(e) => error!("SIGHUP: the TLS certificate in force is kept: {e}"),
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = alerting;
+    let _ = (alerting, tls);
 }
 
 async fn run_ledger(

@@ -44,7 +44,7 @@ impl Default for NotifyConfig {
     }
 }
 
-/// Checks a notifier URL: `http://` (and `https://` with the `tls` feature) with a host.
+/// Checks a notifier URL: `http://` or `https://`, with a host.
 pub fn check_url(url: &str) -> Result<()> {
     let bad = |reason: &str| Error::Url {
         url: url.to_owned(),
@@ -53,14 +53,11 @@ pub fn check_url(url: &str) -> Result<()> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
     } else if let Some(rest) = url.strip_prefix("https://") {
-        if !cfg!(feature = "tls") {
-            return Err(bad(
-                "https needs tally built with the \"tls\" feature of tally-alerts: expected an http:// URL",
-            ));
-        }
         rest
     } else {
-        return Err(bad("expected an http:// URL such as http://127.0.0.1:9093"));
+        return Err(bad(
+            "expected an http:// or https:// URL such as http://127.0.0.1:9093",
+        ));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -216,9 +213,15 @@ impl Notifiers {
     /// Starts one task per URL (call inside a tokio runtime); `initial` is
     /// the alert set Alertmanager gets first (the restored book).
     pub fn start(cfg: NotifyConfig, stats: Arc<NotifyStats>, initial: Vec<Alert>) -> Notifiers {
+        // https trusts the system's root certificates, through rustls with ring.
+        let (tls, no_roots) = tally_audit::tls::system_client_config();
+        if let Some(e) = no_roots {
+            warn!("https notifier URLs will fail: {e}");
+        }
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
+            .tls_backend_preconfigured(tls)
             .build()
             .unwrap_or_else(|e| {
                 warn!("cannot configure the notifier HTTP client ({e}); using defaults");

@@ -27,13 +27,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
+use tokio_tungstenite::{WebSocketStream, tungstenite};
 
 use crate::wire::{
     AcceptRange, DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_LATENCY_BOUNDS, MAX_PARTITION,
@@ -63,6 +61,9 @@ pub struct EmitterConfig {
     pub width: BucketWidth,
     /// Sent as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
+    /// A PEM file of the CA that signed the agent's certificate, for a
+    /// `wss://` URL; without one the system's root certificates are trusted.
+    pub agent_ca: Option<std::path::PathBuf>,
     /// How often changed state is sent (default 250 ms).
     pub flush_interval: Duration,
     /// The most count entries held, changed or unacknowledged (default 200 000).
@@ -102,6 +103,7 @@ impl EmitterConfig {
             tier_kinds,
             width,
             token: None,
+            agent_ca: None,
             flush_interval: Duration::from_millis(250),
             max_pending: 200_000,
             max_batch: 5_000,
@@ -126,6 +128,7 @@ impl fmt::Debug for EmitterConfig {
             .field("tier_kinds", &self.tier_kinds)
             .field("width", &self.width)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("agent_ca", &self.agent_ca)
             .field("flush_interval", &self.flush_interval)
             .field("max_pending", &self.max_pending)
             .field("max_batch", &self.max_batch)
@@ -208,6 +211,7 @@ impl Emitter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
+            connector: crate::tls::AgentConnector::new(cfg.agent_ca.clone()),
             cfg,
             started_at_ms,
             state: Mutex::new(State::default()),
@@ -514,6 +518,8 @@ impl Default for State {
 
 struct Shared {
     cfg: EmitterConfig,
+    /// Opens the WebSocket, over TLS for `wss://`.
+    connector: crate::tls::AgentConnector,
     started_at_ms: i64,
     state: Mutex<State>,
     /// Wakes the task to send now rather than at the next tick.
@@ -1035,7 +1041,7 @@ impl State {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<crate::tls::AgentStream>;
 
 /// Why a session ended.
 enum SessionEnd {
@@ -1155,12 +1161,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// the range of buckets the agent accepts, where it says.
 async fn open_session(shared: &Shared) -> Result<(Socket, Option<AcceptRange>), String> {
     let cfg = &shared.cfg;
-    let mut request = cfg.url.as_str().into_client_request().map_err(|e| {
-        format!(
-            "agent URL \"{}\" is not accepted: {e}; expected e.g. ws://127.0.0.1:9400/api/v1/ingest",
-            cfg.url
-        )
-    })?;
+    let mut request = crate::tls::request(&cfg.url).map_err(|e| e.to_string())?;
     if let Some(token) = &cfg.token {
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             "the agent token is not accepted: expected visible ASCII characters only".to_owned()
@@ -1168,7 +1169,7 @@ async fn open_session(shared: &Shared) -> Result<(Socket, Option<AcceptRange>), 
         request.headers_mut().insert(AUTHORIZATION, value);
     }
     let deadline = Instant::now() + cfg.connect_timeout;
-    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(request))
+    let (mut ws, _) = tokio::time::timeout_at(deadline, shared.connector.connect(request))
         .await
         .map_err(|_| {
             format!(

@@ -12,6 +12,7 @@ mod error;
 pub mod feed;
 pub mod snapshot;
 mod tier;
+pub mod tls;
 mod topic;
 pub mod wire;
 

@@ -28,8 +28,12 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// The agent's ingest WebSocket URL; empty counts without sending.
     pub agent: String,
-    /// The bearer token the agent requires, if any.
+    /// The bearer token the agent requires, if any (`--print-config` shows `<redacted>`).
+    #[serde(serialize_with = "redacted")]
     pub agent_token: Option<String>,
+    /// A PEM file of the CA that signed the agent's certificate, for a
+    /// `wss://` agent; without one the system's root certificates are trusted.
+    pub agent_ca: Option<PathBuf>,
     /// The event-time bucket width; must equal the agent's.
     #[serde(with = "humantime_serde")]
     pub bucket_width: Duration,
@@ -93,6 +97,7 @@ impl Default for BrokerConfig {
             node_id: 0,
             agent: "ws://127.0.0.1:9400/api/v1/ingest".into(),
             agent_token: None,
+            agent_ca: None,
             bucket_width: Duration::from_secs(60),
             instrumentation: true,
             auto_create_topics: true,
@@ -130,6 +135,14 @@ impl FromStr for FsyncPolicy {
                     ))
                 }),
         }
+    }
+}
+
+/// A secret as `--print-config` shows it: that there is one, never its value.
+fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
     }
 }
 
@@ -219,6 +232,10 @@ impl BrokerConfig {
                 "agent \"{}\" is not a WebSocket URL: expected ws://HOST:PORT/api/v1/ingest, or empty to send nothing",
                 self.agent
             )));
+        }
+        if let Some(ca) = &self.agent_ca {
+            tally_audit::tls::client_config(Some(ca))
+                .map_err(|e| Error::Config(format!("agent_ca: {e}")))?;
         }
         tally_audit::validate_topic(&self.cluster).map_err(|_| {
             Error::Config(format!(

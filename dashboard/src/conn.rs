@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tally_audit::feed::FeedMessage;
+use tally_audit::tls::{AgentConnector, ConnectError};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -65,8 +66,8 @@ impl Backoff {
     }
 }
 
-/// The feed's WebSocket URL for the agent at `agent` (`http://host:port`
-/// or `ws://host:port`, with or without the path).
+/// The feed's WebSocket URL for the agent at `agent` (`http://host:port`,
+/// `https://host:port`, `ws://` or `wss://`, with or without the path).
 pub fn stream_url(agent: &str) -> Result<String> {
     let bad = |reason: &str| Error::AgentUrl {
         url: agent.to_owned(),
@@ -77,12 +78,12 @@ pub fn stream_url(agent: &str) -> Result<String> {
         .map_err(|_| bad("it is not a URL; expected e.g. http://127.0.0.1:9400"))?;
     let scheme = match uri.scheme_str() {
         Some("http" | "ws") => "ws",
-        Some("https" | "wss") => {
+        Some("https" | "wss") => "wss",
+        Some(_) => {
             return Err(bad(
-                "TLS is not supported; use http:// (or ws://) behind a TLS-terminating proxy",
+                "the scheme must be http:// or https:// (or ws://, wss://)",
             ));
         }
-        Some(_) => return Err(bad("the scheme must be http:// or ws://")),
         None => {
             return Err(bad(
                 "the scheme is missing; expected e.g. http://127.0.0.1:9400",
@@ -111,9 +112,14 @@ pub fn stream_url(agent: &str) -> Result<String> {
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `url` again and again until `events` is closed, sending
-/// what happens.
-pub async fn run(url: String, token: Option<String>, events: mpsc::Sender<ConnEvent>) {
+/// Connects to `url` (through `connector`, which holds the TLS set-up)
+/// again and again until `events` is closed, sending what happens.
+pub async fn run(
+    url: String,
+    token: Option<String>,
+    connector: AgentConnector,
+    events: mpsc::Sender<ConnEvent>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut attempt = 1;
     loop {
@@ -124,7 +130,7 @@ pub async fn run(url: String, token: Option<String>, events: mpsc::Sender<ConnEv
         {
             return;
         }
-        let error = match session(&url, token.as_deref(), &events).await {
+        let error = match session(&url, token.as_deref(), &connector, &events).await {
             Session::Closed => return,
             Session::Ended { got_data, error } => {
                 if got_data {
@@ -154,7 +160,12 @@ enum Session {
     Ended { got_data: bool, error: String },
 }
 
-async fn session(url: &str, token: Option<&str>, events: &mpsc::Sender<ConnEvent>) -> Session {
+async fn session(
+    url: &str,
+    token: Option<&str>,
+    connector: &AgentConnector,
+    events: &mpsc::Sender<ConnEvent>,
+) -> Session {
     let ended = |got_data, error: String| Session::Ended { got_data, error };
     let mut request = match url.into_client_request() {
         Ok(r) => r,
@@ -168,14 +179,10 @@ async fn session(url: &str, token: Option<&str>, events: &mpsc::Sender<ConnEvent
             Err(_) => return ended(false, "the token is not a valid header value".to_owned()),
         }
     }
-    let socket = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    {
+    let socket = match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(request)).await {
         Err(_) => return ended(false, format!("no answer within {CONNECT_TIMEOUT:?}")),
-        Ok(Err(e)) => return ended(false, describe(&e)),
+        Ok(Err(ConnectError::Handshake(e))) => return ended(false, describe(&e)),
+        Ok(Err(e)) => return ended(false, e.to_string()),
         Ok(Ok((socket, _))) => socket,
     };
     if events.send(ConnEvent::Connected).await.is_err() {
@@ -236,6 +243,8 @@ mod tests {
             ),
             ("ws://h:1/api/v1/stream", "ws://h:1/api/v1/stream"),
             ("http://h:1/prefix", "ws://h:1/prefix/api/v1/stream"),
+            ("https://h:1", "wss://h:1/api/v1/stream"),
+            ("wss://h:1/api/v1/stream", "wss://h:1/api/v1/stream"),
         ] {
             assert_eq!(stream_url(given).unwrap(), want, "{given}");
         }
@@ -243,13 +252,7 @@ mod tests {
 
     #[test]
     fn a_bad_agent_url_is_named_in_the_error() {
-        for bad in [
-            "127.0.0.1:9400",
-            "ftp://h:1",
-            "https://h:1",
-            "http://",
-            "not a url",
-        ] {
+        for bad in ["127.0.0.1:9400", "ftp://h:1", "http://", "not a url"] {
             let e = stream_url(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("\"{bad}\"")), "{e}");
             assert!(e.contains("http://"), "says what is accepted: {e}");

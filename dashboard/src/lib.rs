@@ -34,12 +34,15 @@ use crate::conn::ConnEvent;
 use crate::state::{Link, State};
 
 /// How the dashboard runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DashboardConfig {
-    /// The agent's base URL, e.g. `http://127.0.0.1:9400`.
+    /// The agent's base URL, e.g. `http://127.0.0.1:9400` or `https://agent:9400`.
     pub agent: String,
     /// The agent's bearer token, where it requires one.
     pub token: Option<String>,
+    /// A PEM file of the CA that signed an `https://` agent's certificate;
+    /// without one the system's root certificates are trusted.
+    pub agent_ca: Option<std::path::PathBuf>,
     /// How often the screen is redrawn when nothing arrives (clocks, staleness).
     pub tick: Duration,
     /// Whether to draw in colour (false where `NO_COLOR` is set).
@@ -53,9 +56,23 @@ impl DashboardConfig {
         DashboardConfig {
             agent: agent.into(),
             token: None,
+            agent_ca: None,
             tick: Duration::from_secs(1),
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         }
+    }
+}
+
+impl std::fmt::Debug for DashboardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: show only whether there is one.
+        f.debug_struct("DashboardConfig")
+            .field("agent", &self.agent)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("agent_ca", &self.agent_ca)
+            .field("tick", &self.tick)
+            .field("color", &self.color)
+            .finish()
     }
 }
 
@@ -79,7 +96,8 @@ pub async fn run_until(cfg: DashboardConfig, stop: impl Future<Output = ()>) -> 
         return Err(Error::NotATerminal);
     }
     let (tx, mut rx) = mpsc::channel(256);
-    let feed = tokio::spawn(conn::run(url, cfg.token.clone(), tx));
+    let connector = tally_audit::tls::AgentConnector::new(cfg.agent_ca.clone());
+    let feed = tokio::spawn(conn::run(url, cfg.token.clone(), connector, tx));
     let _abort = AbortOnDrop(feed);
     let mut terminal = TerminalGuard::enter()?;
     let mut state = State::new(cfg.agent.clone(), cfg.color);

@@ -326,6 +326,12 @@ impl Broker {
         Broker::with_flags(&["--no-metrics", "--agent", &ingest], extra)
     }
 
+    /// Starts `tally broker` with exactly `flags` (the agent and how to
+    /// reach it among them), and waits until it accepts connections.
+    pub fn start_with(flags: &[&str]) -> Broker {
+        Broker::with_flags(flags, &[])
+    }
+
     fn with_flags(flags: &[&str], extra: &[&str]) -> Broker {
         let mut broker = Broker {
             child: None,

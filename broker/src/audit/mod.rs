@@ -42,6 +42,8 @@ pub struct AuditConfig {
     pub agent: Option<String>,
     /// The agent's bearer token.
     pub token: Option<String>,
+    /// The CA (PEM) that signed a `wss://` agent's certificate; none: the system's roots.
+    pub agent_ca: Option<std::path::PathBuf>,
 }
 
 /// What the durable state of one partition holds beyond its books: append
@@ -248,6 +250,7 @@ impl Instrumentation {
             self.cfg.width,
         );
         ec.token = self.cfg.token.clone();
+        ec.agent_ca = self.cfg.agent_ca.clone();
         *self.emitter.lock() = Some(Emitter::start(ec));
     }
 
@@ -693,6 +696,7 @@ mod tests {
             source: "test".into(),
             agent: None,
             token: None,
+            agent_ca: None,
         };
         let audit = Arc::new(Instrumentation::open(dir.path(), cfg, &topics).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
@@ -817,6 +821,7 @@ mod tests {
             source: "test".into(),
             agent: None,
             token: None,
+            agent_ca: None,
         };
         let audit = Instrumentation::open(dir.path(), cfg, &topics).unwrap();
         let books = audit.books("t", 0).unwrap();
@@ -839,6 +844,7 @@ mod tests {
             source: "test".into(),
             agent: None,
             token: None,
+            agent_ca: None,
         };
         {
             let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
