@@ -283,6 +283,18 @@ pub(crate) struct BrokerArgs {
         hide_env_values = true
     )]
     pub(crate) agent_token: Option<String>,
+    /// Certificate chain (PEM) of the Kafka listener; with --tls-key the listener speaks TLS only. Reloaded on SIGHUP.
+    #[arg(long, env = "TALLY_BROKER_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "TALLY_BROKER_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that client certificates must chain to: every client must present one (mTLS).
+    #[arg(long, env = "TALLY_BROKER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// SASL users, TOML ([[user]] name, password), readable by its owner only: every client must log in (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512). Reloaded on SIGHUP.
+    #[arg(long, env = "TALLY_BROKER_SASL_USERS", value_name = "FILE")]
+    pub(crate) sasl_users: Option<PathBuf>,
     /// Event-time bucket width; must equal the agent's [default: 60s].
     #[arg(long, env = "TALLY_BROKER_BUCKET_WIDTH", value_name = "DURATION", value_parser = duration)]
     pub(crate) bucket_width: Option<Duration>,
@@ -383,6 +395,16 @@ impl BrokerArgs {
         }
         if self.agent_ca.is_some() {
             cfg.agent_ca = self.agent_ca.clone();
+        }
+        for (flag, value) in [
+            (&mut cfg.tls_cert, &self.tls_cert),
+            (&mut cfg.tls_key, &self.tls_key),
+            (&mut cfg.tls_client_ca, &self.tls_client_ca),
+            (&mut cfg.sasl_users, &self.sasl_users),
+        ] {
+            if value.is_some() {
+                flag.clone_from(value);
+            }
         }
         if self.no_instrumentation {
             cfg.instrumentation = false;

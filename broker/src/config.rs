@@ -34,6 +34,18 @@ pub struct BrokerConfig {
     /// A PEM file of the CA that signed the agent's certificate, for a
     /// `wss://` agent; without one the system's root certificates are trusted.
     pub agent_ca: Option<PathBuf>,
+    /// The listener's certificate chain (PEM); with `tls_key`, the Kafka
+    /// listener speaks TLS only. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A CA (PEM) that client certificates must chain to: with it, every
+    /// client must present one (mTLS). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// The SASL users (TOML, `[[user]] name = "…" password = "…"`, readable
+    /// by its owner only): with it, every connection must authenticate
+    /// (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512). Reloaded on SIGHUP.
+    pub sasl_users: Option<PathBuf>,
     /// The event-time bucket width; must equal the agent's.
     #[serde(with = "humantime_serde")]
     pub bucket_width: Duration,
@@ -98,6 +110,10 @@ impl Default for BrokerConfig {
             agent: "ws://127.0.0.1:9400/api/v1/ingest".into(),
             agent_token: None,
             agent_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            sasl_users: None,
             bucket_width: Duration::from_secs(60),
             instrumentation: true,
             auto_create_topics: true,
@@ -237,6 +253,24 @@ impl BrokerConfig {
             tally_audit::tls::client_config(Some(ca))
                 .map_err(|e| Error::Config(format!("agent_ca: {e}")))?;
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "tls_cert (--tls-cert) is set without tls_key (--tls-key): a TLS listener needs both the certificate and its private key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "tls_key (--tls-key) is set without tls_cert (--tls-cert): a TLS listener needs both the certificate and its private key".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(Error::Config(
+                "tls_client_ca (--tls-client-ca) needs a TLS listener: set tls_cert (--tls-cert) and tls_key (--tls-key) too".into(),
+            ));
+        }
         tally_audit::validate_topic(&self.cluster).map_err(|_| {
             Error::Config(format!(
                 "cluster \"{}\": expected 1 to 249 characters of [a-zA-Z0-9._-]",
@@ -318,5 +352,11 @@ mod tests {
         assert!(e.contains("idle_timeout \"0ns\""), "{e}");
         let e = bad(|c| c.request_timeout = Duration::ZERO);
         assert!(e.contains("request_timeout"), "{e}");
+        let e = bad(|c| c.tls_cert = Some("cert.pem".into()));
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = bad(|c| c.tls_key = Some("key.pem".into()));
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = bad(|c| c.tls_client_ca = Some("ca.pem".into()));
+        assert!(e.contains("--tls-client-ca"), "{e}");
     }
 }

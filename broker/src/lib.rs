@@ -16,5 +16,5 @@ pub mod producers;
 pub mod server;
 pub mod topics;
 
-pub use api::SUPPORTED;
+pub use api::{SASL_SUPPORTED, SUPPORTED};
 pub use error::{Error, Result};

@@ -36,6 +36,7 @@ pub(crate) struct BrokerMetrics {
     /// Open client connections.
     pub(crate) connections: IntGauge,
     connections_closed: IntCounterVec,
+    auth_failures: IntCounterVec,
 }
 
 fn api_name(key: ApiKey) -> &'static str {
@@ -59,6 +60,8 @@ fn api_name(key: ApiKey) -> &'static str {
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "Other",
     }
 }
@@ -105,6 +108,11 @@ impl BrokerMetrics {
              idle, request_timeout, evicted (room made at max_connections), refused",
             &["reason"],
         );
+        let auth_failures = vec(
+            "tally_broker_auth_failures_total",
+            "SASL logins refused (wrong password, unknown user, malformed exchange), per mechanism",
+            &["mechanism"],
+        );
         let connections = IntGauge::new("tally_broker_connections", "Open client connections")
             .expect("static metric definition");
         registry
@@ -120,7 +128,13 @@ impl BrokerMetrics {
             records_out,
             connections,
             connections_closed,
+            auth_failures,
         }
+    }
+
+    /// A SASL login refused, with `mechanism`.
+    pub(crate) fn auth_failed(&self, mechanism: &str) {
+        self.auth_failures.with_label_values(&[mechanism]).inc();
     }
 
     /// A connection closed (or refused) by the broker, for `reason`.

@@ -1,6 +1,6 @@
 //! The running broker: the Kafka listener and the life of its connections
-//! (accept, the connection limit, timeouts, framing, and the call into the
-//! API handlers), the clocks of retention, groups and audit, and the
+//! (accept, the connection limit, timeouts, TLS, SASL, framing, and the call
+//! into the API handlers), the clocks of retention, groups and audit, and the
 //! broker's own /metrics.
 
 use std::collections::HashMap;
@@ -11,15 +11,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tally_kafka::sasl::{Authenticator, Step, UsersFile};
+use tally_kafka::tls::{ServerTls, ServerTlsFiles};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, supported};
+use crate::api::sasl_authenticate::{self, Outcome};
+use crate::api::{self, sasl_handshake, supported};
 use crate::config::BrokerConfig;
 use crate::context::{Broker, now_ms};
 use crate::guard;
@@ -30,8 +35,65 @@ pub struct RunningBroker {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
+    security: Arc<Security>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The listener's TLS and SASL settings, as loaded from their files.
+struct Security {
+    tls: Option<ServerTls>,
+    users: Option<UsersFile>,
+}
+
+impl Security {
+    fn load(cfg: &BrokerConfig) -> Result<Security> {
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls::load(ServerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: cfg.tls_client_ca.clone(),
+                })
+                .map_err(|e| Error::Config(format!("TLS (--tls-cert, --tls-key): {e}")))?,
+            ),
+            _ => None,
+        };
+        let users = match &cfg.sasl_users {
+            Some(path) => Some(
+                UsersFile::load(path)
+                    .map_err(|e| Error::Config(format!("sasl_users (--sasl-users): {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Security { tls, users })
+    }
+
+    fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("reloaded the TLS certificate and key"),
+                Err(e) => {
+                    error!("the TLS certificate was not reloaded, the one in force stays: {e}")
+                }
+            }
+        }
+        if let Some(users) = &self.users {
+            match users.reload() {
+                Ok(()) => info!(file = %users.path().display(), "reloaded the SASL users"),
+                Err(e) => error!("the SASL users were not reloaded, those in force stay: {e}"),
+            }
+        }
+    }
+
+    fn listener_kind(&self) -> &'static str {
+        match (&self.tls, &self.users) {
+            (None, None) => "PLAINTEXT",
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        }
+    }
 }
 
 impl RunningBroker {
@@ -50,6 +112,13 @@ impl RunningBroker {
         &self.broker
     }
 
+    /// Reads the TLS certificate and key and the SASL users file again (what
+    /// SIGHUP does); new connections get them. A file that cannot be read
+    /// keeps what is in force, and says so in the log.
+    pub fn reload(&self) {
+        self.security.reload();
+    }
+
     /// Waits until the broker stops.
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
@@ -66,6 +135,8 @@ impl RunningBroker {
 
 /// Opens the broker and starts serving.
 pub async fn start(mut cfg: BrokerConfig) -> Result<RunningBroker> {
+    cfg.check()?;
+    let security = Arc::new(Security::load(&cfg)?);
     let listen = cfg.listen;
     // Bind first, so that a listener on port 0 advertises the port it got.
     let listener = TcpListener::bind(listen)
@@ -92,12 +163,23 @@ pub async fn start(mut cfg: BrokerConfig) -> Result<RunningBroker> {
         None => None,
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, broker.clone(), stop_rx));
-    info!(%addr, "broker listening");
+    let task = tokio::spawn(accept_loop(
+        listener,
+        broker.clone(),
+        security.clone(),
+        stop_rx,
+    ));
+    let security_protocol = security.listener_kind();
+    let mtls = security
+        .tls
+        .as_ref()
+        .is_some_and(ServerTls::requires_client_certificate);
+    info!(%addr, security_protocol, client_certificates = mtls, "broker listening");
     Ok(RunningBroker {
         addr,
         metrics_addr,
         broker,
+        security,
         stop: Some(stop_tx),
         task,
     })
@@ -180,7 +262,12 @@ impl Connections {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    security: Arc<Security>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let connections = Arc::new(Connections::new(broker.cfg.max_connections));
     let mut maintain = tokio::time::interval(broker.cfg.retention_check);
     maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,10 +330,11 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: onesh
                     }
                 };
                 let b = broker.clone();
+                let security = security.clone();
                 let connections = connections.clone();
                 tokio::spawn(async move {
                     b.metrics.connections.inc();
-                    if let Err(e) = serve_connection(&b, stream, peer, &conn).await {
+                    if let Err(e) = serve(&b, &security, stream, peer, &conn).await {
                         match &e {
                             Closed::Idle(_) => b.metrics.connection_closed("idle"),
                             Closed::Slow(_) => b.metrics.connection_closed("request_timeout"),
@@ -293,6 +381,10 @@ enum Closed {
     Slow(Duration),
     #[error("closed to make room at the connection limit (max_connections)")]
     Evicted,
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("SASL authentication failed")]
+    AuthFailed,
 }
 
 fn response_frame(
@@ -320,10 +412,12 @@ fn holds_whole_frame(buf: &[u8]) -> bool {
     }
 }
 
-/// Reads the rest of a request frame whose first byte was `first`.
+/// Reads the rest of a request frame whose first byte was `first`, of
+/// `min..=max` bytes after its size.
 async fn read_frame<R: AsyncRead + Unpin>(
     read: &mut R,
     first: u8,
+    min: usize,
     max: usize,
     peer: SocketAddr,
 ) -> Result<Bytes, Closed> {
@@ -331,9 +425,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
     read.read_exact(&mut size[1..]).await?;
     let len = i32::from_be_bytes(size);
     let len = match usize::try_from(len) {
-        Ok(n) if (8..=max).contains(&n) => n,
+        Ok(n) if (min..=max).contains(&n) => n,
         _ => {
-            warn!(%peer, len, max, "closing the connection: request frame of {len} bytes is outside 8..={max} (max_frame_bytes)");
+            warn!(%peer, len, max, "closing the connection: request frame of {len} bytes is outside {min}..={max} (max_frame_bytes; before SASL authentication at most {MAX_UNAUTHENTICATED_FRAME})");
             return Err(Closed::Protocol(format!("frame length {len}")));
         }
     };
@@ -375,29 +469,97 @@ async fn answering(
         .unwrap_or(Err(Closed::Slow(limit)))
 }
 
-async fn serve_connection(
+/// The largest frame a connection may send before it has authenticated
+/// (Kafka's `sasl.server.max.receive.size`): a stranger cannot make the
+/// broker hold a large buffer.
+const MAX_UNAUTHENTICATED_FRAME: usize = 512 * 1024;
+
+/// Where a connection stands with SASL.
+enum Auth {
+    /// No SASL on this listener, or the client has logged in.
+    Open,
+    /// SASL is required and no handshake has happened yet.
+    Start,
+    /// After SaslHandshake v1: SaslAuthenticate requests carry the exchange.
+    Exchange(Authenticator),
+    /// After SaslHandshake v0: the next frames are bare SASL tokens.
+    RawTokens(Authenticator),
+}
+
+/// Runs one connection: the TLS handshake when the listener speaks TLS, then
+/// its requests. The handshake runs here, not in the accept loop, so a slow
+/// one holds up no other client; it must end within the request timeout, and
+/// until the first request the connection is among the first to make room at
+/// the connection limit.
+async fn serve(
     broker: &Broker,
+    security: &Security,
     stream: TcpStream,
     peer: SocketAddr,
     conn: &Connection,
 ) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    match &security.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            serve_connection(broker, security, read, write, peer, conn).await
+        }
+        Some(tls) => {
+            let limit = broker.cfg.request_timeout.min(broker.cfg.idle_timeout);
+            let stream = bounded(conn, limit, Closed::Idle(limit), async {
+                tls.accept(stream, peer).await.map_err(|e| {
+                    info!(%peer, "closing the connection: {e}");
+                    Closed::Tls(e.to_string())
+                })
+            })
+            .await?;
+            let (read, write) = tokio::io::split(stream);
+            serve_connection(broker, security, read, write, peer, conn).await
+        }
+    }
+}
+
+async fn serve_connection<R, W>(
+    broker: &Broker,
+    security: &Security,
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    conn: &Connection,
+) -> Result<(), Closed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let mut write = BufWriter::with_capacity(64 * 1024, write);
-    let max = broker.cfg.max_frame_bytes;
     let request_timeout = broker.cfg.request_timeout;
     // Answers can be large (a whole Fetch); a client reading them slowly is
     // not idle, so writing is bounded by the idle timeout, not the request's.
     let write_timeout = broker.cfg.idle_timeout.max(request_timeout);
+    let sasl = security.users.is_some();
+    let mut auth = if sasl { Auth::Start } else { Auth::Open };
+    // TLS and SASL together must be done within the request timeout.
+    let login_deadline = Instant::now() + request_timeout;
     let mut served = false;
     loop {
-        // A client sends its first request at once (ApiVersions); a socket
-        // that stays silent is closed after the request timeout.
-        let idle = if served {
-            broker.cfg.idle_timeout
+        let open = matches!(auth, Auth::Open);
+        let max = if open {
+            broker.cfg.max_frame_bytes
         } else {
+            broker.cfg.max_frame_bytes.min(MAX_UNAUTHENTICATED_FRAME)
+        };
+        // A client sends its first request at once (ApiVersions); a socket
+        // that stays silent, or does not log in, is closed after the request
+        // timeout.
+        let idle = if served && open {
+            broker.cfg.idle_timeout
+        } else if open {
             request_timeout.min(broker.cfg.idle_timeout)
+        } else {
+            login_deadline
+                .saturating_duration_since(Instant::now())
+                .min(broker.cfg.idle_timeout)
         };
         let first = bounded(conn, idle, Closed::Idle(idle), async {
             match read.read_u8().await {
@@ -408,13 +570,30 @@ async fn serve_connection(
         })
         .await?;
         let Some(first) = first else { return Ok(()) };
+        let min = if matches!(auth, Auth::RawTokens(_)) {
+            0
+        } else {
+            8
+        };
         let frame = bounded(
             conn,
             request_timeout,
             Closed::Slow(request_timeout),
-            read_frame(&mut read, first, max, peer),
+            read_frame(&mut read, first, min, max, peer),
         )
         .await?;
+        if let Auth::RawTokens(authenticator) = &mut auth {
+            let answer = raw_token(broker, authenticator, &frame, peer)?;
+            if answer.done {
+                auth = Auth::Open;
+            }
+            answering(write_timeout, async {
+                write.write_all(&answer.frame).await?;
+                Ok(write.flush().await?)
+            })
+            .await?;
+            continue;
+        }
         let api_key = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -422,9 +601,9 @@ async fn serve_connection(
             warn!(%peer, api_key, "closing the connection: unknown API key {api_key}");
             return Err(Closed::Protocol(format!("unknown api key {api_key}")));
         };
-        if !supported(key, version) {
+        if !supported(key, version, sasl) {
             if key == ApiKey::ApiVersions {
-                let body = api::unsupported_api_versions();
+                let body = api::unsupported_api_versions(sasl);
                 let frame = response_frame(correlation_id, 0, &body)?;
                 answering(write_timeout, async {
                     write.write_all(&frame).await?;
@@ -435,6 +614,13 @@ async fn serve_connection(
             }
             warn!(%peer, api = ?key, version, "closing the connection: {key:?} v{version} is not served (see ApiVersions)");
             return Err(Closed::Protocol(format!("{key:?} v{version} not served")));
+        }
+        let sasl_request = matches!(key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+        if !open && !sasl_request && key != ApiKey::ApiVersions {
+            warn!(%peer, api = ?key, version, "closing the connection: {key:?} before SASL authentication (only ApiVersions, SaslHandshake and SaslAuthenticate are answered until then)");
+            return Err(Closed::Protocol(format!(
+                "{key:?} before SASL authentication"
+            )));
         }
         let header_version = key.request_header_version(version);
         let (body, client_id) = match guard::check_request_header(&frame, header_version) {
@@ -453,6 +639,32 @@ async fn serve_connection(
                 return Err(Closed::Protocol(e.to_string()));
             }
         };
+        if sasl_request {
+            // A SASL body is one string or one byte string, which
+            // kafka-protocol reads within the frame without reserving room.
+            let started = Instant::now();
+            let (answer, close) = sasl_step(broker, security, &mut auth, key, version, body, peer)?;
+            broker.metrics.request(key, started.elapsed());
+            let frame = response_frame(
+                correlation_id,
+                key.response_header_version(version),
+                &answer,
+            )?;
+            answering(write_timeout, async {
+                write.write_all(&frame).await?;
+                Ok(write.flush().await?)
+            })
+            .await?;
+            if let Some(close) = close {
+                return Err(close);
+            }
+            if matches!(auth, Auth::Open) {
+                *conn.last_done.lock() = Instant::now();
+                conn.served.store(true, Ordering::Release);
+                served = true;
+            }
+            continue;
+        }
         if let Err(e) = guard::check_request_body(api_key, version, &body) {
             warn!(%peer, api = ?key, version, "closing the connection: malformed request: {e}");
             return Err(Closed::Protocol(e.to_string()));
@@ -482,14 +694,129 @@ async fn serve_connection(
             answering(write_timeout, async { Ok(write.flush().await?) }).await?;
         }
         *conn.last_done.lock() = Instant::now();
-        conn.served.store(true, Ordering::Release);
+        if open {
+            // Until it logs in, a connection is among the first to make room.
+            conn.served.store(true, Ordering::Release);
+        }
         served = true;
     }
 }
 
-/// Runs the broker until ctrl-c or SIGTERM.
+/// One SaslHandshake or SaslAuthenticate: the answer's body, and why the
+/// connection closes after it, if it does.
+fn sasl_step(
+    broker: &Broker,
+    security: &Security,
+    auth: &mut Auth,
+    key: ApiKey,
+    version: i16,
+    mut body: Bytes,
+    peer: SocketAddr,
+) -> Result<(BytesMut, Option<Closed>), Closed> {
+    let encoding = |e: api::DecodeFailure| Closed::Protocol(e.0);
+    let Some(users) = &security.users else {
+        return Err(Closed::Protocol(format!("{key:?} without SASL")));
+    };
+    if key == ApiKey::SaslHandshake {
+        let request: SaslHandshakeRequest = api::decode(&mut body, version).map_err(encoding)?;
+        if !matches!(auth, Auth::Start) {
+            warn!(%peer, "closing the connection: SaslHandshake out of order (ILLEGAL_SASL_STATE)");
+            let answer =
+                api::encode(&sasl_handshake::illegal_state(), version).map_err(encoding)?;
+            return Ok((
+                answer,
+                Some(Closed::Protocol("SaslHandshake out of order".into())),
+            ));
+        }
+        let (response, chosen) = sasl_handshake::handle(&request);
+        match chosen {
+            Some(mechanism) => {
+                let authenticator = Authenticator::new(mechanism, users.users());
+                *auth = if version == 0 {
+                    Auth::RawTokens(authenticator)
+                } else {
+                    Auth::Exchange(authenticator)
+                };
+            }
+            None => {
+                info!(%peer, mechanism = %request.mechanism, "SASL mechanism not enabled: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 are");
+            }
+        }
+        return Ok((api::encode(&response, version).map_err(encoding)?, None));
+    }
+    let request: SaslAuthenticateRequest = api::decode(&mut body, version).map_err(encoding)?;
+    let Auth::Exchange(authenticator) = auth else {
+        warn!(%peer, "closing the connection: SaslAuthenticate without a SaslHandshake before it, or after the login (ILLEGAL_SASL_STATE)");
+        let answer = api::encode(&sasl_authenticate::illegal_state(), version).map_err(encoding)?;
+        return Ok((
+            answer,
+            Some(Closed::Protocol("SaslAuthenticate out of order".into())),
+        ));
+    };
+    let mechanism = authenticator.mechanism();
+    let (response, outcome) = sasl_authenticate::handle(authenticator, &request);
+    let close = match outcome {
+        Outcome::Continue => None,
+        Outcome::Done(user) => {
+            debug!(%peer, user, %mechanism, "authenticated");
+            *auth = Auth::Open;
+            None
+        }
+        Outcome::Failed(e) => {
+            login_failed(broker, &e, peer);
+            Some(Closed::AuthFailed)
+        }
+    };
+    Ok((api::encode(&response, version).map_err(encoding)?, close))
+}
+
+fn login_failed(broker: &Broker, e: &tally_kafka::sasl::AuthError, peer: SocketAddr) {
+    let mechanism = e.mechanism();
+    broker.metrics.auth_failed(mechanism.name());
+    warn!(%peer, user = e.user().unwrap_or(""), %mechanism, "SASL authentication failed: {}", e.message());
+}
+
+/// The answer to a bare SASL token (after SaslHandshake v0).
+struct RawAnswer {
+    frame: BytesMut,
+    done: bool,
+}
+
+/// One bare SASL token after SaslHandshake v0: the answer is a bare token
+/// too. A refused login has no way to say why: the connection closes, as
+/// Kafka closes it.
+fn raw_token(
+    broker: &Broker,
+    authenticator: &mut Authenticator,
+    token: &[u8],
+    peer: SocketAddr,
+) -> Result<RawAnswer, Closed> {
+    let mechanism = authenticator.mechanism();
+    let (bytes, done) = match authenticator.step(token) {
+        Ok(Step::Continue(bytes)) => (bytes, false),
+        Ok(Step::Done { user, response }) => {
+            debug!(%peer, user, %mechanism, "authenticated");
+            (response, true)
+        }
+        Err(e) => {
+            login_failed(broker, &e, peer);
+            return Err(Closed::AuthFailed);
+        }
+    };
+    let mut frame = BytesMut::with_capacity(4 + bytes.len());
+    frame.put_u32(
+        u32::try_from(bytes.len()).map_err(|_| Closed::Protocol("token over 4 GiB".into()))?,
+    );
+    frame.extend_from_slice(&bytes);
+    Ok(RawAnswer { frame, done })
+}
+
+/// Runs the broker until ctrl-c or SIGTERM; SIGHUP reloads the TLS
+/// certificate and the SASL users.
 pub async fn run(cfg: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut broker = start(cfg).await?;
+    let security = broker.security.clone();
+    let reloads = tokio::spawn(reload_on_hangup(security));
     tokio::select! {
         _ = shutdown => {
             info!("shutting down");
@@ -497,5 +824,24 @@ pub async fn run(cfg: BrokerConfig, shutdown: impl std::future::Future<Output = 
         }
         _ = broker.wait() => error!("the broker's listener stopped"),
     }
+    reloads.abort();
     Ok(())
+}
+
+async fn reload_on_hangup(security: Arc<Security>) {
+    if security.tls.is_none() && security.users.is_none() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: a new certificate or users file needs a restart");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: reloading the TLS certificate and the SASL users");
+            security.reload();
+        }
+    }
 }

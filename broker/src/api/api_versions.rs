@@ -5,11 +5,10 @@ use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, api_versions_response::ApiVersion,
 };
 
-use super::SUPPORTED;
+use super::advertised;
 
-fn table() -> Vec<ApiVersion> {
-    SUPPORTED
-        .iter()
+fn table(sasl: bool) -> Vec<ApiVersion> {
+    advertised(sasl)
         .map(|(key, min, max)| {
             ApiVersion::default()
                 .with_api_key(*key as i16)
@@ -19,14 +18,14 @@ fn table() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub(super) fn handle(_request: &ApiVersionsRequest) -> ApiVersionsResponse {
-    ApiVersionsResponse::default().with_api_keys(table())
+pub(super) fn handle(_request: &ApiVersionsRequest, sasl: bool) -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(table(sasl))
 }
 
 /// The v0 answer to an ApiVersions version the broker does not serve:
 /// error 35 and the supported ranges, so the client can retry lower.
-pub(super) fn unsupported() -> ApiVersionsResponse {
+pub(super) fn unsupported(sasl: bool) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
-        .with_api_keys(table())
+        .with_api_keys(table(sasl))
 }

@@ -19,6 +19,8 @@ mod metadata;
 mod offset_commit;
 mod offset_fetch;
 mod produce;
+pub(crate) mod sasl_authenticate;
+pub(crate) mod sasl_handshake;
 mod sync_group;
 
 use std::net::SocketAddr;
@@ -59,11 +61,24 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
 ];
 
+/// The SASL APIs, served and advertised (after [`SUPPORTED`]) only when the
+/// broker requires SASL (`sasl_users`). The connection handles them itself:
+/// they change its state, not the broker's.
+pub const SASL_SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+];
+
+/// The table ApiVersions advertises: [`SUPPORTED`], and [`SASL_SUPPORTED`]
+/// when SASL is on.
+pub(crate) fn advertised(sasl: bool) -> impl Iterator<Item = &'static (ApiKey, i16, i16)> {
+    let extra: &[(ApiKey, i16, i16)] = if sasl { SASL_SUPPORTED } else { &[] };
+    SUPPORTED.iter().chain(extra)
+}
+
 /// Whether `key` is served at `version`.
-pub(crate) fn supported(key: ApiKey, version: i16) -> bool {
-    SUPPORTED
-        .iter()
-        .any(|(k, min, max)| *k == key && (*min..=*max).contains(&version))
+pub(crate) fn supported(key: ApiKey, version: i16, sasl: bool) -> bool {
+    advertised(sasl).any(|(k, min, max)| *k == key && (*min..=*max).contains(&version))
 }
 
 /// Who sent a request, as group membership records it.
@@ -90,11 +105,11 @@ impl Caller {
 #[derive(Debug)]
 pub(crate) struct DecodeFailure(pub(crate) String);
 
-fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, DecodeFailure> {
+pub(crate) fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, DecodeFailure> {
     T::decode(body, version).map_err(|e| DecodeFailure(format!("{e:#}")))
 }
 
-fn encode<T: Encodable>(response: &T, version: i16) -> Result<BytesMut, DecodeFailure> {
+pub(crate) fn encode<T: Encodable>(response: &T, version: i16) -> Result<BytesMut, DecodeFailure> {
     let mut buf = BytesMut::new();
     response
         .encode(&mut buf, version)
@@ -132,7 +147,10 @@ pub(crate) async fn dispatch(
             v,
         )?,
         ApiKey::ApiVersions => encode(
-            &api_versions::handle(&decode::<ApiVersionsRequest>(b, v)?),
+            &api_versions::handle(
+                &decode::<ApiVersionsRequest>(b, v)?,
+                broker.cfg.sasl_users.is_some(),
+            ),
             v,
         )?,
         ApiKey::CreateTopics => encode(
@@ -196,8 +214,8 @@ pub(crate) async fn dispatch(
 }
 
 /// The ApiVersions v0 answer to a version the broker does not serve.
-pub(crate) fn unsupported_api_versions() -> BytesMut {
-    let response = api_versions::unsupported();
+pub(crate) fn unsupported_api_versions(sasl: bool) -> BytesMut {
+    let response = api_versions::unsupported(sasl);
     // v0 of the response is plain: encoding it cannot fail.
     encode(&response, 0).unwrap_or_default()
 }
