@@ -599,3 +599,51 @@ fn bad_security_settings_are_refused_at_start_with_a_clear_error() {
     ]);
     assert!(e.contains("does not belong"), "{e}");
 }
+
+/// A PLAIN login through SaslHandshake v1 and SaslAuthenticate v1: its error code.
+fn plain_login(broker: &Broker, user: &str, password: &str) -> i16 {
+    let mut s = connect(broker);
+    s.write_all(&frame(17, 1, 1, &kafka_string("PLAIN")))
+        .unwrap();
+    let answer = read_frame(&mut s).expect("a handshake answer");
+    assert_eq!(&answer[4..6], &[0, 0]);
+    let token = format!("\0{user}\0{password}");
+    let mut body = (token.len() as i32).to_be_bytes().to_vec();
+    body.extend_from_slice(token.as_bytes());
+    s.write_all(&frame(36, 1, 2, &body)).unwrap();
+    let answer = read_frame(&mut s).expect("a SaslAuthenticate answer");
+    i16::from_be_bytes([answer[4], answer[5]])
+}
+
+#[test]
+fn sighup_reloads_the_users_file() {
+    let pki = Pki::new();
+    let broker = Broker::start(&["--sasl-users", Pki::path(&pki.users)]);
+    assert_eq!(plain_login(&broker, USER, PASSWORD), 0);
+    assert_eq!(
+        plain_login(&broker, "carol", "carol-secret-5e1f"),
+        58,
+        "SASL_AUTHENTICATION_FAILED"
+    );
+    std::fs::write(
+        &pki.users,
+        "[[user]]\nname = \"carol\"\npassword = \"carol-secret-5e1f\"\n",
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains("reloaded the SASL users") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload logged: {}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(plain_login(&broker, "carol", "carol-secret-5e1f"), 0);
+    assert_eq!(plain_login(&broker, USER, PASSWORD), 58, "alice is gone");
+}

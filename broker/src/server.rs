@@ -499,10 +499,12 @@ async fn serve(
     conn: &Connection,
 ) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
+    // TLS and SASL together must be done within the request timeout.
+    let login_deadline = Instant::now() + broker.cfg.request_timeout;
     match &security.tls {
         None => {
             let (read, write) = stream.into_split();
-            serve_connection(broker, security, read, write, peer, conn).await
+            serve_connection(broker, security, read, write, peer, conn, login_deadline).await
         }
         Some(tls) => {
             let limit = broker.cfg.request_timeout.min(broker.cfg.idle_timeout);
@@ -514,7 +516,7 @@ async fn serve(
             })
             .await?;
             let (read, write) = tokio::io::split(stream);
-            serve_connection(broker, security, read, write, peer, conn).await
+            serve_connection(broker, security, read, write, peer, conn, login_deadline).await
         }
     }
 }
@@ -526,6 +528,7 @@ async fn serve_connection<R, W>(
     write: W,
     peer: SocketAddr,
     conn: &Connection,
+    login_deadline: Instant,
 ) -> Result<(), Closed>
 where
     R: AsyncRead + Unpin,
@@ -539,8 +542,6 @@ where
     let write_timeout = broker.cfg.idle_timeout.max(request_timeout);
     let sasl = security.users.is_some();
     let mut auth = if sasl { Auth::Start } else { Auth::Open };
-    // TLS and SASL together must be done within the request timeout.
-    let login_deadline = Instant::now() + request_timeout;
     let mut served = false;
     loop {
         let open = matches!(auth, Auth::Open);

@@ -388,6 +388,11 @@ impl Broker {
         }
     }
 
+    /// The process id of the running broker (to send it a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker runs").id()
+    }
+
     /// Where the broker listens, `127.0.0.1:port`.
     pub fn addr(&self) -> &str {
         &self.addr
