@@ -223,3 +223,25 @@ pub(crate) fn unsupported_api_versions(sasl: bool) -> BytesMut {
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_apis_are_served_and_advertised_only_with_sasl_on() {
+        for (key, version) in [
+            (ApiKey::SaslHandshake, 0),
+            (ApiKey::SaslHandshake, 1),
+            (ApiKey::SaslAuthenticate, 2),
+        ] {
+            assert!(supported(key, version, true), "{key:?} v{version}");
+            assert!(!supported(key, version, false), "{key:?} v{version}");
+        }
+        assert!(!supported(ApiKey::SaslHandshake, 2, true));
+        assert!(!supported(ApiKey::SaslAuthenticate, 3, true));
+        assert_eq!(advertised(false).count(), SUPPORTED.len());
+        assert_eq!(advertised(true).count(), SUPPORTED.len() + 2);
+        assert!(supported(ApiKey::Metadata, 12, true) && supported(ApiKey::Metadata, 12, false));
+    }
+}
