@@ -586,6 +586,35 @@ mod tests {
         );
     }
 
+    /// librdkafka 2.0 (Debian's kcat) sends its own nonce again before the combined
+    /// one in the client-final message, with a proof over what it sent; Kafka accepts
+    /// it, and so does tally.
+    #[test]
+    fn a_client_final_nonce_that_ends_with_the_exchanges_is_accepted_as_kafka_does() {
+        let mechanism = Mechanism::ScramSha256;
+        let salt = BASE64.decode(RFC_SALT).unwrap();
+        let salted = salted_password(mechanism, b"pencil", &salt, 4096);
+        let client_key = hmac(mechanism, &salted, b"Client Key");
+        let stored_key = hash(mechanism, &client_key);
+        let client_final = |nonce: &str| {
+            let without_proof = format!("c=biws,r={nonce}");
+            let auth_message =
+                format!("n=user,r={RFC_CLIENT_NONCE},{RFC_SERVER_FIRST},{without_proof}");
+            let signature = hmac(mechanism, &stored_key, auth_message.as_bytes());
+            let proof = xor(&client_key, &signature);
+            format!("{without_proof},p={}", BASE64.encode(proof))
+        };
+        let doubled = format!("{RFC_CLIENT_NONCE}{RFC_CLIENT_NONCE}{RFC_SERVER_NONCE}");
+        let (_, pending) = rfc_server_first(RFC_CLIENT_FIRST.as_bytes()).unwrap();
+        let step = server_final(pending, client_final(&doubled).as_bytes()).unwrap();
+        assert!(matches!(step, Step::Done { user, .. } if user == "user"));
+        // The exchange's nonce must still end it, with a valid proof.
+        let other = format!("{RFC_CLIENT_NONCE}{RFC_SERVER_NONCE}x");
+        let (_, pending) = rfc_server_first(RFC_CLIENT_FIRST.as_bytes()).unwrap();
+        let err = server_final(pending, client_final(&other).as_bytes()).unwrap_err();
+        assert_eq!(err.failure(), AuthFailure::NonceMismatch);
+    }
+
     fn users() -> Arc<Users> {
         Arc::new(Users::from_entries([("alice", "wonderland"), ("b,o=b", "builder")]).unwrap())
     }
