@@ -535,10 +535,10 @@ fn before_authentication_only_sasl_and_api_versions_are_answered() {
 }
 
 #[test]
-fn a_silent_client_on_the_tls_port_is_dropped_after_the_request_timeout() {
+fn silent_clients_on_the_tls_port_are_dropped_and_make_room_for_real_ones() {
     let pki = Pki::new();
     let mut flags = pki.sasl_ssl();
-    flags.extend(["--request-timeout", "1s"]);
+    flags.extend(["--request-timeout", "1s", "--max-connections", "2"]);
     let broker = Broker::start(&flags);
     let mut s = connect(&broker);
     let started = Instant::now();
@@ -550,6 +550,18 @@ fn a_silent_client_on_the_tls_port_is_dropped_after_the_request_timeout() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
+    // Sockets stuck before the TLS handshake hold no slot against a real client.
+    if common::require_tool("kcat").is_none() {
+        return;
+    }
+    let _silent: Vec<TcpStream> = (0..4).map(|_| connect(&broker)).collect();
+    let out = run(kcat_with(
+        &broker,
+        &librdkafka(&pki, "sasl_ssl", Some("SCRAM-SHA-512"), PASSWORD),
+    )
+    .arg("-L"));
+    out.assert_success("kcat -L past silent sockets at max_connections", &broker);
+    assert!(out.stdout.contains("1 brokers"), "{}", out.stdout);
 }
 
 #[test]
