@@ -796,19 +796,32 @@ async fn connections_with_a_request_in_progress_are_never_pushed_out() {
     broker.create("polled", 1).await;
     let addr = broker.running.addr();
     // Two long polls fill the limit; both are answered in full.
+    let mut sent = Vec::new();
     let polls: Vec<_> = (0..2)
         .map(|_| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            sent.push(rx);
             tokio::spawn(async move {
                 let mut c = Client::connect(addr).await.unwrap();
                 let poll = fetch_request("polled", 0, 0, 1 << 20)
-                    .with_max_wait_ms(2_000)
+                    .with_max_wait_ms(3_000)
                     .with_min_bytes(1);
-                let r = c.call(&poll, 12).await.unwrap();
+                c.send(&poll, 12).await.unwrap();
+                let _ = tx.send(());
+                let (_, r) = c
+                    .receive::<kafka_protocol::messages::FetchRequest>(12)
+                    .await
+                    .unwrap();
                 r.responses[0].partitions[0].error_code
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both requests are on the wire (on a loaded machine, connecting can
+    // take longer than any fixed pause); give the broker a moment to read them.
+    for rx in sent {
+        rx.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut extra = broker.client().await;
     let _ = extra
         .send(&kafka_protocol::messages::ApiVersionsRequest::default(), 0)
