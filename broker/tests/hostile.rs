@@ -13,23 +13,23 @@ mod client;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     CreateTopicsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceRequest,
 };
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use tally_broker::batch::{self, RecordsError};
 use tally_broker::config::BrokerConfig;
 use tally_broker::server::{RunningBroker, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use client::{Client, batch, fetch_request, now_ms, produce_request, records, topic_name};
+use client::{
+    Client, Producer, batch, fetch_request, now_ms, produce_request, records, topic_name,
+};
 
 const INVALID_RECORD: i16 = 87;
 const MESSAGE_TOO_LARGE: i16 = 10;
@@ -133,39 +133,8 @@ impl TestBroker {
 
 /// A producer's batch of `values` in `codec`, offsets from 0.
 fn encoded(values: &[&[u8]], codec: Compression) -> Vec<u8> {
-    let now = now_ms();
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            // The encoder keeps records in one batch while offset minus
-            // sequence stays the same.
-            sequence: (-1i32).wrapping_add(i as i32),
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            timestamp: now,
-            key: None,
-            value: Some(Bytes::copy_from_slice(v)),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: codec,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    let now = vec![now_ms(); values.len()];
+    client::batch_with(values, &now, Producer::PLAIN, codec).to_vec()
 }
 
 const CODECS: [Compression; 5] = [

@@ -11,6 +11,7 @@
 //! (FindCoordinator) or COORDINATOR_LOAD_IN_PROGRESS.
 
 mod coordinator;
+mod cursor;
 mod offsets;
 mod starts;
 mod ties;

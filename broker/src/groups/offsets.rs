@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use super::CommittedOffset;
+use super::cursor::Cursor;
 use crate::{Error, Result};
 
 const COMMIT: u8 = 1;
@@ -97,24 +98,6 @@ impl Record {
 
 /// Reads one body; `None` when it is not a well-formed record.
 fn decode_body(body: &[u8]) -> Option<Record> {
-    struct Cursor<'a>(&'a [u8]);
-    impl<'a> Cursor<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            if self.0.len() < n {
-                return None;
-            }
-            let (head, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Some(head)
-        }
-        fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-            self.take(N)?.try_into().ok()
-        }
-        fn string(&mut self) -> Option<String> {
-            let len = u16::from_be_bytes(self.array()?);
-            String::from_utf8(self.take(usize::from(len))?.to_vec()).ok()
-        }
-    }
     let mut c = Cursor(body);
     let kind = c.array::<1>()?[0];
     let group = c.string()?;

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use super::cursor::Cursor;
+
 /// The topics and partitions of a `consumer` protocol assignment
 /// (Kafka's ConsumerProtocolAssignment, any version: an i16 version, then
 /// an array of topic name and partition array, then user data). `None`
@@ -52,23 +54,6 @@ pub fn assigned_partitions(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
         out.push((topic.to_owned(), partitions));
     }
     Some(out)
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
 }
 
 /// The host part of a member's `client_host` (`/127.0.0.1`).

@@ -224,6 +224,16 @@ impl Producer {
 
 /// One v2 record batch holding `values` with these timestamps.
 pub fn batch_at(values: &[&[u8]], timestamps: &[i64], producer: Producer) -> Bytes {
+    batch_with(values, timestamps, producer, Compression::None)
+}
+
+/// [`batch_at`] with its records compressed by `compression`.
+pub fn batch_with(
+    values: &[&[u8]],
+    timestamps: &[i64],
+    producer: Producer,
+    compression: Compression,
+) -> Bytes {
     assert_eq!(values.len(), timestamps.len());
     let records: Vec<Record> = values
         .iter()
@@ -257,7 +267,7 @@ pub fn batch_at(values: &[&[u8]], timestamps: &[i64], producer: Producer) -> Byt
         &records,
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         },
     )
     .unwrap();
