@@ -122,6 +122,8 @@ impl Workload {
                         lag_records: 50,
                         lag_seconds: 0.5,
                         commit_at_ms: now - 1_000,
+                        stable_offset: None,
+                        estimated: false,
                     });
                 }
             }

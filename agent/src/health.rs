@@ -294,6 +294,8 @@ mod tests {
             lag_records: lag,
             lag_seconds: if lag == 0 { 0.0 } else { waited_s },
             commit_at_ms: at_ms,
+            stable_offset: None,
+            estimated: false,
         }
     }
 

@@ -755,6 +755,32 @@ impl Ledger {
         Ok(applied)
     }
 
+    /// Applies a `forget` message (not yet acted on).
+    pub fn apply_forget(
+        &mut self,
+        session: Session,
+        _forget: &tally_audit::Forget,
+        _now_ms: i64,
+    ) -> Result<()> {
+        self.sources
+            .get(session.source as usize)
+            .ok_or_else(|| refuse(Reason::Protocol, "forget before hello".into()))?;
+        Ok(())
+    }
+
+    /// Applies a `cluster` message (not yet acted on).
+    pub fn apply_cluster(
+        &mut self,
+        session: Session,
+        _cluster: &tally_audit::Cluster,
+        _now_ms: i64,
+    ) -> Result<()> {
+        self.sources
+            .get(session.source as usize)
+            .ok_or_else(|| refuse(Reason::Protocol, "cluster before hello".into()))?;
+        Ok(())
+    }
+
     fn oldest_kept_bucket(&self, now_ms: i64) -> i64 {
         let horizon = now_ms.saturating_sub(self.cfg.retention_ms as i64);
         self.cfg.width.bucket_of(horizon).start_ms()

@@ -182,8 +182,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         exposition: watch::channel(Arc::new(Vec::new())).0,
         metrics: metrics.clone(),
         limits: Limits {
-            width: ledger_cfg.width,
             max_message_bytes: cfg.max_message_bytes,
+            ..Limits::new(ledger_cfg.width)
         },
         retention_ms: ledger_cfg.retention_ms,
         grace_ms: ledger_cfg.grace_ms,
@@ -519,6 +519,8 @@ fn handle(ledger: &mut Ledger, cmd: Command, pieces: &mut Vec<Piece>, shared: &S
                     .map(|applied| applied.out_of_range),
                 Message::Lag(l) => ledger.apply_lag(session, l, now).map(|()| 0),
                 Message::Latency(l) => ledger.apply_latency(session, l, now).map(|_| 0),
+                Message::Forget(f) => ledger.apply_forget(session, f, now).map(|()| 0),
+                Message::Cluster(c) => ledger.apply_cluster(session, c, now).map(|()| 0),
                 Message::Hello(_) => Err(Error::Audit(tally_audit::Error::new(
                     tally_audit::Reason::Protocol,
                     "a session is already open on this connection: send hello once",

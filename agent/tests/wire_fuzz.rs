@@ -115,8 +115,8 @@ fn what_the_decoder_and_ledger_accept_the_store_holds() {
     let width = BucketWidth::new(WIDTH).unwrap();
     let cfg = LedgerConfig::new(width);
     let limits = Limits {
-        width,
         max_message_bytes: 4096,
+        ..Limits::new(width)
     };
     let seeds = seeds();
     let mut ledger = Ledger::new(cfg.clone());
@@ -156,6 +156,8 @@ fn what_the_decoder_and_ledger_accept_the_store_holds() {
                 .map(|_| ()),
             Message::Lag(l) => ledger.apply_lag(session, l, NOW),
             Message::Latency(l) => ledger.apply_latency(session, l, NOW).map(|_| ()),
+            Message::Forget(f) => ledger.apply_forget(session, f, NOW),
+            Message::Cluster(c) => ledger.apply_cluster(session, c, NOW),
         };
         if result.is_err() {
             continue;

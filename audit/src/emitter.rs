@@ -12,6 +12,12 @@
 //! away for long enough to fill it, the oldest buckets are dropped first and
 //! counted in [`EmitterStats::dropped_entries`].
 //!
+//! [`Emitter::record_forget`] retracts groups and topics: it drops what is
+//! held for them and sends a `forget` that is kept, like counts, until the
+//! agent acknowledges it, and sent before any lag recorded after it.
+//! [`Emitter::record_cluster`] replaces the cluster state held; only the
+//! latest is sent, and sent again after a reconnect.
+//!
 //! The agent's `welcome` says which buckets it accepts (from its retention
 //! back to an hour or its grace ahead); the emitter moves that range along
 //! its own clock and drops an entry outside it before sending, counted in
@@ -34,11 +40,12 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::{WebSocketStream, tungstenite};
 
 use crate::wire::{
-    AcceptRange, DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_LATENCY_BOUNDS, MAX_PARTITION,
+    AcceptRange, DEFAULT_MAX_LIST_ENTRIES, DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT,
+    MAX_LATENCY_BOUNDS, MAX_PARTITION,
 };
 use crate::{
-    Bucket, BucketWidth, CountEntry, Counts, Hello, Lag, LagSample, Latency, LatencyHistogram,
-    Message, Reply, Tier, TierKind, validate_group, validate_topic,
+    Bucket, BucketWidth, Cluster, ClusterState, CountEntry, Counts, Forget, Hello, Lag, LagSample,
+    Latency, LatencyHistogram, Message, Reply, Tier, TierKind, validate_group, validate_topic,
 };
 
 /// How often the overflow warning may be logged.
@@ -150,13 +157,13 @@ pub struct EmitterStats {
     pub connected: bool,
     /// Count entries held now: changed and not yet sent, or sent and not yet acknowledged.
     pub buffered: u64,
-    /// Messages sent (`counts`, `lag` and `latency`), resends included.
+    /// Messages sent (`counts`, `lag`, `latency`, `forget` and `cluster`), resends included.
     pub sent_messages: u64,
     /// Messages the agent acknowledged.
     pub acked_messages: u64,
     /// Count entries sent again because their first message was never acknowledged.
     pub resent_entries: u64,
-    /// Count entries dropped because the buffer was full.
+    /// Count entries, and names waiting to be forgotten, dropped because the buffer was full.
     pub dropped_entries: u64,
     /// Entries (counts, lag samples, latency histograms) the agent refused with an `error` reply.
     pub refused_entries: u64,
@@ -325,6 +332,92 @@ impl Emitter {
         }
     }
 
+    /// Retracts consumer groups and topics this source no longer reports
+    /// (deleted, or an empty group expired): drops the lag samples held for
+    /// them (and the latency histograms of the topics), so that a reconnect
+    /// does not send them again, and sends a `forget` naming them.
+    ///
+    /// The `forget` is kept until the agent acknowledges it and sent again
+    /// after a reconnect; it goes out before any lag recorded after this call,
+    /// so that a group recreated later is not forgotten again. A name the
+    /// agent would refuse is dropped and counted in
+    /// [`EmitterStats::invalid_entries`]. At most
+    /// [`EmitterConfig::max_pending`] names wait at once; beyond that the
+    /// oldest are dropped and counted in [`EmitterStats::dropped_entries`].
+    pub fn record_forget(&self, groups: Vec<String>, topics: Vec<String>) {
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        state.version += 1;
+        let version = state.version;
+        for group in groups {
+            if let Err(e) = validate_group(&group) {
+                state.note_invalid(&e.detail);
+                continue;
+            }
+            state.lag.retain(|k, _| k.group != group);
+            state.forget.insert((ForgetKind::Group, group), version);
+        }
+        for topic in topics {
+            if let Err(e) = validate_topic(&topic) {
+                state.note_invalid(&e.detail);
+                continue;
+            }
+            state.lag.retain(|k, _| k.topic != topic);
+            state.latency.retain(|k, _| k.topic != topic);
+            state.forget.insert((ForgetKind::Topic, topic), version);
+        }
+        state.bound_forget(shared.cfg.max_pending);
+        drop(state);
+        shared.send_now.notify_one();
+    }
+
+    /// Replaces the cluster state held: the brokers, topics' partitions and
+    /// groups' state the agent exports. Only the latest state is sent; it is
+    /// sent again after a reconnect, and a newer one replaces it even before
+    /// it was sent.
+    ///
+    /// A state the agent would refuse (a bad name, a duplicate, a number out
+    /// of range, more than [`crate::wire::DEFAULT_MAX_LIST_ENTRIES`] entries
+    /// in a list, or larger than [`EmitterConfig::max_message_bytes`]) is
+    /// dropped, counted in [`EmitterStats::invalid_entries`] and logged; the
+    /// last good one stays.
+    pub fn record_cluster(&self, cluster: ClusterState) {
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        if let Err(e) = cluster.check(DEFAULT_MAX_LIST_ENTRIES) {
+            state.note_invalid(&format!("cluster state: {}", e.detail));
+            return;
+        }
+        let size = Message::Cluster(Cluster {
+            // The largest seq: measured before it has its own.
+            seq: crate::wire::MAX_SEQ,
+            state: cluster.clone(),
+        })
+        .to_json()
+        .len();
+        if size > shared.cfg.max_message_bytes {
+            state.note_invalid(&format!(
+                "a cluster state of \"{size}\" bytes is over the message limit of {} bytes: raise the agent's --max-message-bytes (and this emitter's max_message_bytes), or watch fewer topics and groups",
+                shared.cfg.max_message_bytes
+            ));
+            return;
+        }
+        if state
+            .cluster
+            .as_ref()
+            .is_some_and(|held| held.state == cluster)
+        {
+            return;
+        }
+        state.version += 1;
+        let version = state.version;
+        state.cluster = Some(ClusterHeld {
+            state: cluster,
+            version,
+            dirty: true,
+        });
+    }
+
     /// What the emitter has done so far.
     pub fn stats(&self) -> EmitterStats {
         let state = self.handle.shared.lock();
@@ -433,6 +526,20 @@ struct LagHeld {
     dirty: bool,
 }
 
+/// What a name waiting to be forgotten names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ForgetKind {
+    Group,
+    Topic,
+}
+
+#[derive(Clone, Debug)]
+struct ClusterHeld {
+    state: ClusterState,
+    version: u64,
+    dirty: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct LatencyKey {
     tier: Tier,
@@ -471,6 +578,8 @@ enum Payload {
     Counts(VecDeque<(CountKey, Held)>),
     Lag(Vec<(LagKey, u64)>),
     Latency(Vec<(LatencyKey, u64)>),
+    Forget(Vec<((ForgetKind, String), u64)>),
+    Cluster(u64),
 }
 
 struct InFlight {
@@ -484,6 +593,9 @@ struct State {
     in_flight_entries: usize,
     lag: HashMap<LagKey, LagHeld>,
     latency: HashMap<LatencyKey, LatencyHeld>,
+    /// Names to forget, not yet sent, with the record call that named them.
+    forget: BTreeMap<(ForgetKind, String), u64>,
+    cluster: Option<ClusterHeld>,
     next_seq: u64,
     version: u64,
     stats: EmitterStats,
@@ -504,6 +616,8 @@ impl Default for State {
             in_flight_entries: 0,
             lag: HashMap::new(),
             latency: HashMap::new(),
+            forget: BTreeMap::new(),
+            cluster: None,
             next_seq: 1,
             version: 0,
             stats: EmitterStats::default(),
@@ -750,7 +864,10 @@ impl State {
                 .iter()
                 .filter_map(|(seq, f)| match &f.payload {
                     Payload::Counts(v) => v.front().map(|(k, _)| (k.bucket, *seq)),
-                    Payload::Lag(_) | Payload::Latency(_) => None,
+                    Payload::Lag(_)
+                    | Payload::Latency(_)
+                    | Payload::Forget(_)
+                    | Payload::Cluster(_) => None,
                 })
                 .min();
             match (dirty_oldest, flight_oldest) {
@@ -796,8 +913,31 @@ impl State {
         }
     }
 
+    /// Drops the oldest names waiting to be forgotten beyond `max_pending`.
+    fn bound_forget(&mut self, max_pending: usize) {
+        let over = self.forget.len().saturating_sub(max_pending.max(1));
+        if over == 0 {
+            return;
+        }
+        let mut oldest: Vec<((ForgetKind, String), u64)> =
+            std::mem::take(&mut self.forget).into_iter().collect();
+        oldest.sort_by_key(|(_, version)| *version);
+        self.forget = oldest.into_iter().skip(over).collect();
+        self.stats.dropped_entries += over as u64;
+        tracing::warn!(
+            dropped = over,
+            max_pending,
+            "emitter buffer full: dropped the oldest groups and topics waiting to be forgotten"
+        );
+    }
+
     fn waiting_for(&self, target: u64) -> bool {
-        self.dirty.values().any(|h| h.version <= target)
+        self.forget.values().any(|v| *v <= target)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.dirty && c.version <= target)
+            || self.dirty.values().any(|h| h.version <= target)
             || self.lag.values().any(|l| l.dirty && l.version <= target)
             || self
                 .latency
@@ -807,6 +947,8 @@ impl State {
                 Payload::Counts(v) => v.iter().any(|(_, h)| h.version <= target),
                 Payload::Lag(v) => v.iter().any(|(_, version)| *version <= target),
                 Payload::Latency(v) => v.iter().any(|(_, version)| *version <= target),
+                Payload::Forget(v) => v.iter().any(|(_, version)| *version <= target),
+                Payload::Cluster(version) => *version <= target,
             })
     }
 
@@ -830,6 +972,36 @@ impl State {
     fn next_message(&mut self, cfg: &EmitterConfig) -> Option<Message> {
         let budget = cfg.max_message_bytes.saturating_sub(ENVELOPE_BYTES);
         let max_batch = cfg.max_batch.max(1);
+        // Forgetting goes first: lag recorded after a forget is newer than it.
+        if !self.forget.is_empty() {
+            let mut size = 0;
+            let mut sent = Vec::new();
+            while sent.len() < max_batch {
+                let Some(entry) = self.forget.first_entry() else {
+                    break;
+                };
+                // A quoted, escaped name and a comma.
+                let bytes = 2 * entry.key().1.len() + 3;
+                if !sent.is_empty() && size + bytes > budget {
+                    break;
+                }
+                size += bytes;
+                sent.push(entry.remove_entry());
+            }
+            let names = |kind: ForgetKind| -> Vec<String> {
+                sent.iter()
+                    .filter(|((k, _), _)| *k == kind)
+                    .map(|((_, name), _)| name.clone())
+                    .collect()
+            };
+            let (groups, topics) = (names(ForgetKind::Group), names(ForgetKind::Topic));
+            let seq = self.launch(Payload::Forget(sent));
+            return Some(Message::Forget(Forget {
+                seq,
+                groups,
+                topics,
+            }));
+        }
         if let Some(at_ms) = self.lag.values().filter(|l| l.dirty).map(|l| l.at_ms).min() {
             let mut keys: Vec<&LagKey> = self
                 .lag
@@ -858,6 +1030,13 @@ impl State {
                 at_ms,
                 partitions,
             }));
+        }
+        if let Some(held) = self.cluster.as_mut().filter(|c| c.dirty) {
+            held.dirty = false;
+            let state = held.state.clone();
+            let version = held.version;
+            let seq = self.launch(Payload::Cluster(version));
+            return Some(Message::Cluster(Cluster { seq, state }));
         }
         if self.latency.values().any(|l| l.dirty) {
             let mut keys: Vec<&LatencyKey> = self
@@ -1011,6 +1190,13 @@ impl State {
                             }
                         }
                     }
+                    Some(Payload::Forget(v)) => self.stats.refused_entries += v.len() as u64,
+                    Some(Payload::Cluster(version)) => {
+                        self.stats.refused_entries += 1;
+                        if self.cluster.as_ref().is_some_and(|c| c.version == version) {
+                            self.cluster = None;
+                        }
+                    }
                     None => {}
                 }
             }
@@ -1025,13 +1211,23 @@ impl State {
         self.in_flight_entries = 0;
         // Newest first, so that of two unacknowledged values of a key the newer wins.
         for (_, flight) in flights.into_iter().rev() {
-            if let Payload::Counts(v) = flight.payload {
-                for (key, mut held) in v {
-                    self.dirty.entry(key).or_insert_with(|| {
-                        held.resend = true;
-                        held
-                    });
+            match flight.payload {
+                Payload::Counts(v) => {
+                    for (key, mut held) in v {
+                        self.dirty.entry(key).or_insert_with(|| {
+                            held.resend = true;
+                            held
+                        });
+                    }
                 }
+                Payload::Forget(v) => {
+                    for (key, version) in v {
+                        self.forget.entry(key).or_insert(version);
+                    }
+                }
+                // Lag, latency and the cluster state are held apart and
+                // marked to be sent again when the next session opens.
+                Payload::Lag(_) | Payload::Latency(_) | Payload::Cluster(_) => {}
             }
         }
     }
@@ -1113,6 +1309,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         held.dirty = true;
                     }
                     for held in state.latency.values_mut() {
+                        held.dirty = true;
+                    }
+                    if let Some(held) = state.cluster.as_mut() {
                         held.dirty = true;
                     }
                 }
@@ -1434,6 +1633,164 @@ mod tests {
         );
         assert!(state.next_message(&cfg).is_none());
         assert_eq!(state.stats.out_of_range_entries, 3);
+    }
+
+    fn sample(group: &str, topic: &str) -> LagSample {
+        LagSample {
+            group: group.into(),
+            topic: topic.into(),
+            partition: 0,
+            committed: 5,
+            end_offset: 9,
+            start_offset: 0,
+            lag_records: 4,
+            lag_seconds: 1.5,
+            commit_at_ms: 10,
+            stable_offset: Some(7),
+            estimated: true,
+        }
+    }
+
+    fn hold_lag(state: &mut State, s: LagSample, version: u64) {
+        let key = LagKey {
+            group: s.group.clone(),
+            topic: s.topic.clone(),
+            partition: s.partition,
+        };
+        state.lag.insert(
+            key,
+            LagHeld {
+                at_ms: 100,
+                sample: s,
+                version,
+                dirty: true,
+            },
+        );
+    }
+
+    fn cluster_state(brokers: u32) -> ClusterState {
+        ClusterState {
+            at_ms: 1,
+            brokers,
+            topics: vec![crate::TopicMetadata {
+                topic: "orders".into(),
+                partitions: vec![crate::PartitionMetadata {
+                    partition: 0,
+                    leader: 1,
+                    replicas: 3,
+                    in_sync_replicas: 2,
+                }],
+            }],
+            groups: vec![crate::GroupMetadata {
+                group: "billing".into(),
+                state: crate::GroupState::Stable,
+                members: 2,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_forget_goes_before_lag_and_comes_back_after_a_lost_session() {
+        let cfg = EmitterConfig::new("ws://x", "s", "c", vec![], BucketWidth::DEFAULT);
+        let mut state = State::default();
+        state.forget.insert((ForgetKind::Group, "old".into()), 1);
+        state.forget.insert((ForgetKind::Topic, "gone".into()), 1);
+        hold_lag(&mut state, sample("billing", "orders"), 2);
+        let Some(Message::Forget(f)) = state.next_message(&cfg) else {
+            panic!("the forget goes first")
+        };
+        assert_eq!(
+            (f.groups.as_slice(), f.topics.as_slice()),
+            (&["old".to_owned()][..], &["gone".to_owned()][..])
+        );
+        let Some(Message::Lag(l)) = state.next_message(&cfg) else {
+            panic!("then the lag")
+        };
+        assert_eq!(
+            (l.partitions[0].stable_offset, l.partitions[0].estimated),
+            (Some(7), true)
+        );
+        assert!(state.waiting_for(2));
+        // The connection drops before either is acknowledged: the forget is
+        // sent again, and before the lag.
+        state.requeue();
+        assert_eq!(state.forget.len(), 2);
+        for held in state.lag.values_mut() {
+            held.dirty = true;
+        }
+        let Some(Message::Forget(again)) = state.next_message(&cfg) else {
+            panic!("the forget is resent first")
+        };
+        state.on_reply(&Reply::Ack { seq: again.seq }.to_json());
+        assert!(state.forget.is_empty());
+        assert!(matches!(state.next_message(&cfg), Some(Message::Lag(_))));
+    }
+
+    #[test]
+    fn a_refused_forget_is_not_retried_and_a_long_one_is_split() {
+        let mut cfg = EmitterConfig::new("ws://x", "s", "c", vec![], BucketWidth::DEFAULT);
+        cfg.max_message_bytes = ENVELOPE_BYTES + 60;
+        let mut state = State::default();
+        for i in 0..10 {
+            state
+                .forget
+                .insert((ForgetKind::Topic, format!("topic-{i:02}")), 1);
+        }
+        let Some(Message::Forget(first)) = state.next_message(&cfg) else {
+            panic!()
+        };
+        assert!(
+            first.topics.len() > 1 && first.topics.len() < 10,
+            "{}",
+            first.topics.len()
+        );
+        assert!(Message::Forget(first.clone()).to_json().len() <= cfg.max_message_bytes);
+        state.on_reply(
+            &Reply::Error {
+                seq: Some(first.seq),
+                error: "no".into(),
+                reason: Some("bad_topic".into()),
+            }
+            .to_json(),
+        );
+        assert_eq!(state.stats.refused_entries, first.topics.len() as u64);
+        state.requeue();
+        assert_eq!(state.forget.len(), 10 - first.topics.len());
+    }
+
+    #[test]
+    fn only_the_latest_cluster_state_is_sent_and_sent_again_after_a_reconnect() {
+        let cfg = EmitterConfig::new("ws://x", "s", "c", vec![], BucketWidth::DEFAULT);
+        let mut state = State::default();
+        for brokers in [1, 2, 3] {
+            state.cluster = Some(ClusterHeld {
+                state: cluster_state(brokers),
+                version: u64::from(brokers),
+                dirty: true,
+            });
+        }
+        let Some(Message::Cluster(c)) = state.next_message(&cfg) else {
+            panic!()
+        };
+        assert_eq!(c.state.brokers, 3);
+        assert!(state.next_message(&cfg).is_none(), "sent once");
+        state.requeue();
+        if let Some(held) = state.cluster.as_mut() {
+            held.dirty = true;
+        }
+        let Some(Message::Cluster(again)) = state.next_message(&cfg) else {
+            panic!("resent after the reconnect")
+        };
+        assert_eq!(again.state, c.state);
+        state.on_reply(
+            &Reply::Error {
+                seq: Some(again.seq),
+                error: "no".into(),
+                reason: Some("cardinality".into()),
+            }
+            .to_json(),
+        );
+        assert!(state.cluster.is_none(), "a refused state is not sent again");
     }
 
     #[test]

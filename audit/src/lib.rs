@@ -22,5 +22,6 @@ pub use snapshot::{BucketStatus, CommitPoint, GroupStatus, PartitionStatus, Snap
 pub use tier::{Tier, TierKind};
 pub use topic::{MAX_GROUP_LEN, MAX_TOPIC_LEN, validate_group, validate_topic};
 pub use wire::{
-    CountEntry, Counts, Hello, Lag, LagSample, Latency, LatencyHistogram, Message, Reply,
+    Cluster, ClusterState, CountEntry, Counts, Forget, GroupMetadata, GroupState, Hello, Lag,
+    LagSample, Latency, LatencyHistogram, Message, PartitionMetadata, Reply, TopicMetadata,
 };

@@ -29,6 +29,16 @@ pub const MIN_AHEAD_MS: u64 = 3_600_000;
 pub const MAX_PARTITION: i32 = 1_000_000;
 /// The longest source id accepted.
 pub const MAX_SOURCE_LEN: usize = 255;
+/// The default of [`Limits::max_list_entries`]: the most names one `forget`
+/// may carry per list, and the most topics, partitions (over all topics) and
+/// groups one `cluster` message may describe.
+pub const DEFAULT_MAX_LIST_ENTRIES: usize = 100_000;
+/// The most brokers a `cluster` message may report.
+pub const MAX_BROKERS: u32 = 1_000_000;
+/// The most replicas a partition may have (Kafka's replication factor is an int16).
+pub const MAX_REPLICAS: u32 = 32_767;
+/// The most members a consumer group may report.
+pub const MAX_MEMBERS: u32 = 1_000_000;
 /// The most buckets one latency histogram may have.
 pub const MAX_LATENCY_BOUNDS: usize = 64;
 /// The upper bounds, in milliseconds, at which emitters report latency
@@ -51,6 +61,10 @@ pub enum Message {
     Lag(Lag),
     /// Cumulative latency histograms.
     Latency(Latency),
+    /// This source no longer reports these groups and topics.
+    Forget(Forget),
+    /// The cluster's metadata and its groups' state; the latest replaces the last.
+    Cluster(Cluster),
 }
 
 impl Message {
@@ -61,6 +75,8 @@ impl Message {
             Message::Counts(c) => Some(c.seq),
             Message::Lag(l) => Some(l.seq),
             Message::Latency(l) => Some(l.seq),
+            Message::Forget(f) => Some(f.seq),
+            Message::Cluster(c) => Some(c.seq),
         }
     }
 
@@ -71,6 +87,8 @@ impl Message {
             Message::Counts(_) => "counts",
             Message::Lag(_) => "lag",
             Message::Latency(_) => "latency",
+            Message::Forget(_) => "forget",
+            Message::Cluster(_) => "cluster",
         }
     }
 
@@ -170,6 +188,16 @@ pub struct LagSample {
     pub lag_seconds: f64,
     /// When the group last committed on this partition (-1 when never).
     pub commit_at_ms: i64,
+    /// The partition's last stable offset, where the source knows it and it
+    /// matters (`read_committed` readers of a transactional topic). On the
+    /// wire only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_offset: Option<i64>,
+    /// Whether `lag_seconds` is estimated from offsets and timestamps seen
+    /// before, not read from the record at the committed offset (which was
+    /// deleted, compacted away or not readable). On the wire only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// Cumulative latency histograms: each replaces the last one for its
@@ -199,6 +227,306 @@ pub struct LatencyHistogram {
     pub count: u64,
     /// The sum of all observations, in milliseconds.
     pub sum_ms: u64,
+}
+
+/// `{"v":1,"type":"forget","seq":N,"groups":[…],"topics":[…]}`: the source
+/// no longer reports these consumer groups and topics (they were deleted, or
+/// a group stayed empty too long). The agent drops what this source reported
+/// for them, with no alarm. Either list may be empty or absent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Forget {
+    /// Sequence number within the session, increasing.
+    pub seq: u64,
+    /// Consumer groups: their lag and status on every topic.
+    pub groups: Vec<String>,
+    /// Topics: every group's lag on them, and the topic's cluster metadata.
+    pub topics: Vec<String>,
+}
+
+impl Forget {
+    /// Checks the names as the agent does: every group by
+    /// [`validate_group`], every topic by [`validate_topic`], and each list
+    /// at most `max_list_entries` long.
+    pub fn check(&self, max_list_entries: usize) -> Result<()> {
+        check_list("groups", self.groups.len(), max_list_entries)?;
+        check_list("topics", self.topics.len(), max_list_entries)?;
+        self.groups.iter().try_for_each(|g| validate_group(g))?;
+        self.topics.iter().try_for_each(|t| validate_topic(t))
+    }
+}
+
+/// A `cluster` message: the [`ClusterState`] with its `seq`.
+///
+/// ```text
+/// {"v":1,"type":"cluster","seq":N,"at_ms":T,"brokers":3,
+///  "topics":[{"topic":"orders","partitions":[
+///      {"partition":0,"leader":1,"replicas":3,"in_sync_replicas":3}]}],
+///  "groups":[{"group":"billing","state":"Stable","members":2}]}
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    /// Sequence number within the session, increasing.
+    pub seq: u64,
+    /// The state.
+    #[serde(flatten)]
+    pub state: ClusterState,
+}
+
+/// What a collector sees of a cluster at one moment: its brokers, every
+/// audited topic's partitions with their leader and replicas, and every
+/// watched consumer group's state and members. The latest one a source sends
+/// replaces the last one whole: a topic or group absent from it is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterState {
+    /// When the metadata was read, epoch ms.
+    pub at_ms: i64,
+    /// Live brokers in the cluster (Metadata's broker list).
+    pub brokers: u32,
+    /// The topics, each with its partitions.
+    pub topics: Vec<TopicMetadata>,
+    /// The consumer groups.
+    pub groups: Vec<GroupMetadata>,
+}
+
+/// One topic of a [`ClusterState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicMetadata {
+    /// The topic.
+    pub topic: String,
+    /// Its partitions, each once.
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+/// One partition of a [`TopicMetadata`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionMetadata {
+    /// The partition.
+    pub partition: i32,
+    /// The leader's broker id; -1 when the partition has no leader (offline).
+    pub leader: i32,
+    /// Replicas assigned (the replication factor).
+    pub replicas: u32,
+    /// Replicas in sync; fewer than `replicas` is under-replicated.
+    pub in_sync_replicas: u32,
+}
+
+impl PartitionMetadata {
+    /// Whether the partition has no leader.
+    pub fn is_offline(&self) -> bool {
+        self.leader < 0
+    }
+
+    /// Whether fewer replicas are in sync than are assigned.
+    pub fn is_under_replicated(&self) -> bool {
+        self.in_sync_replicas < self.replicas
+    }
+}
+
+/// One consumer group of a [`ClusterState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupMetadata {
+    /// The group.
+    pub group: String,
+    /// Its state, as Kafka names it.
+    pub state: GroupState,
+    /// Members now in the group.
+    pub members: u32,
+}
+
+/// A consumer group's state, as Kafka's ListGroups and DescribeGroups name
+/// it (classic and KIP-848 groups). A name Kafka may add later reads as
+/// [`GroupState::Unknown`], so that a newer cluster never gets a message refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "String")]
+pub enum GroupState {
+    /// A state tally does not know, or none reported.
+    Unknown,
+    /// Members are joining (classic protocol).
+    PreparingRebalance,
+    /// Waiting for the leader's assignment (classic; `AwaitingSync` before Kafka 2.4).
+    CompletingRebalance,
+    /// Members consume.
+    Stable,
+    /// The group is being removed.
+    Dead,
+    /// No members; offsets may remain.
+    Empty,
+    /// KIP-848: a new assignment is being computed.
+    Assigning,
+    /// KIP-848: members move to a new assignment.
+    Reconciling,
+}
+
+impl GroupState {
+    /// Every state, in a fixed order (the one-hot series of `tally_consumer_group_state`).
+    pub const ALL: [GroupState; 8] = [
+        GroupState::Unknown,
+        GroupState::PreparingRebalance,
+        GroupState::CompletingRebalance,
+        GroupState::Stable,
+        GroupState::Dead,
+        GroupState::Empty,
+        GroupState::Assigning,
+        GroupState::Reconciling,
+    ];
+
+    /// The state as Kafka names it, e.g. `"PreparingRebalance"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Unknown => "Unknown",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+            GroupState::Empty => "Empty",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
+        }
+    }
+
+    /// Reads a state name as Kafka sends it (any case; `AwaitingSync` is
+    /// the old name of `CompletingRebalance`); anything else is `Unknown`.
+    pub fn from_kafka(name: &str) -> GroupState {
+        if name.eq_ignore_ascii_case("AwaitingSync") {
+            return GroupState::CompletingRebalance;
+        }
+        GroupState::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+            .unwrap_or(GroupState::Unknown)
+    }
+}
+
+impl From<String> for GroupState {
+    fn from(name: String) -> Self {
+        GroupState::from_kafka(&name)
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ClusterState {
+    /// Every partition over all topics.
+    pub fn partition_count(&self) -> usize {
+        self.topics.iter().map(|t| t.partitions.len()).sum()
+    }
+
+    /// Checks the state as the agent does: names by Kafka's rules, each topic,
+    /// partition of a topic and group at most once, numbers in range, and at
+    /// most `max_list_entries` topics, partitions (over all topics) and groups.
+    pub fn check(&self, max_list_entries: usize) -> Result<()> {
+        if self.at_ms < 0 {
+            return Err(Error::new(
+                Reason::BadField,
+                format!(
+                    "at_ms \"{}\" is not accepted: expected epoch milliseconds, 0 or more",
+                    self.at_ms
+                ),
+            ));
+        }
+        if self.brokers > MAX_BROKERS {
+            return Err(Error::new(
+                Reason::BadField,
+                format!(
+                    "brokers \"{}\" is out of range: expected 0 to {MAX_BROKERS}",
+                    self.brokers
+                ),
+            ));
+        }
+        check_list("topics", self.topics.len(), max_list_entries)?;
+        check_list("partitions", self.partition_count(), max_list_entries)?;
+        check_list("groups", self.groups.len(), max_list_entries)?;
+        let mut topics = std::collections::HashSet::with_capacity(self.topics.len());
+        for t in &self.topics {
+            validate_topic(&t.topic)?;
+            if !topics.insert(t.topic.as_str()) {
+                return Err(Error::new(
+                    Reason::BadField,
+                    format!(
+                        "topic \"{}\" is listed twice: expected each topic once",
+                        t.topic
+                    ),
+                ));
+            }
+            let mut seen = std::collections::HashSet::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let at = |what: String| {
+                    Error::new(
+                        Reason::BadField,
+                        format!("partition {} of \"{}\": {what}", p.partition, t.topic),
+                    )
+                };
+                if !(0..=MAX_PARTITION).contains(&p.partition) {
+                    return Err(Error::new(
+                        Reason::BadField,
+                        format!(
+                            "partition \"{}\" of \"{}\" is out of range: expected 0 to {MAX_PARTITION}",
+                            p.partition, t.topic
+                        ),
+                    ));
+                }
+                if !seen.insert(p.partition) {
+                    return Err(at("listed twice: expected each partition once".into()));
+                }
+                if p.leader < -1 {
+                    return Err(at(format!(
+                        "leader \"{}\" is not accepted: expected a broker id, or -1 for none",
+                        p.leader
+                    )));
+                }
+                if p.replicas > MAX_REPLICAS {
+                    return Err(at(format!(
+                        "replicas \"{}\" is out of range: expected 0 to {MAX_REPLICAS}",
+                        p.replicas
+                    )));
+                }
+                if p.in_sync_replicas > p.replicas {
+                    return Err(at(format!(
+                        "in_sync_replicas \"{}\" is over replicas \"{}\": expected at most the replicas",
+                        p.in_sync_replicas, p.replicas
+                    )));
+                }
+            }
+        }
+        let mut groups = std::collections::HashSet::with_capacity(self.groups.len());
+        for g in &self.groups {
+            validate_group(&g.group)?;
+            if !groups.insert(g.group.as_str()) {
+                return Err(Error::new(
+                    Reason::BadField,
+                    format!(
+                        "group \"{}\" is listed twice: expected each group once",
+                        printable(&g.group)
+                    ),
+                ));
+            }
+            if g.members > MAX_MEMBERS {
+                return Err(Error::new(
+                    Reason::BadField,
+                    format!(
+                        "members \"{}\" of group \"{}\" is out of range: expected 0 to {MAX_MEMBERS}",
+                        g.members,
+                        printable(&g.group)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_list(what: &str, len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(Error::new(
+            Reason::BadField,
+            format!("\"{len}\" {what} are too many: expected at most {max} in one message"),
+        ));
+    }
+    Ok(())
 }
 
 /// The agent's answer to one message.
@@ -312,14 +640,18 @@ pub struct Limits {
     pub width: BucketWidth,
     /// The largest message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// The most entries of the lists of `forget` (groups, topics) and
+    /// `cluster` messages (topics, partitions over all topics, groups).
+    pub max_list_entries: usize,
 }
 
 impl Limits {
-    /// Limits with the given width and the default size limit.
+    /// Limits with the given width and the default size and list limits.
     pub fn new(width: BucketWidth) -> Self {
         Limits {
             width,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
         }
     }
 }
@@ -390,6 +722,52 @@ struct RawLagSample {
     lag_seconds: f64,
     #[serde(default = "minus_one")]
     commit_at_ms: i64,
+    #[serde(default)]
+    stable_offset: Option<i64>,
+    #[serde(default)]
+    estimated: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawForget {
+    seq: u64,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCluster {
+    seq: u64,
+    at_ms: i64,
+    brokers: i64,
+    #[serde(default)]
+    topics: Vec<RawTopicMetadata>,
+    #[serde(default)]
+    groups: Vec<RawGroupMetadata>,
+}
+
+#[derive(Deserialize)]
+struct RawTopicMetadata {
+    topic: String,
+    partitions: Vec<RawPartitionMetadata>,
+}
+
+#[derive(Deserialize)]
+struct RawPartitionMetadata {
+    partition: i64,
+    leader: i64,
+    replicas: i64,
+    in_sync_replicas: i64,
+}
+
+#[derive(Deserialize)]
+struct RawGroupMetadata {
+    group: String,
+    #[serde(default)]
+    state: Option<GroupState>,
+    members: i64,
 }
 
 #[derive(Deserialize)]
@@ -506,10 +884,33 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, Refused> {
                 histograms,
             }))
         }
+        "forget" => {
+            let raw: RawForget = serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_seq(raw.seq).map_err(refuse)?;
+            let forget = Forget {
+                seq: raw.seq,
+                groups: raw.groups,
+                topics: raw.topics,
+            };
+            forget.check(limits.max_list_entries).map_err(refuse)?;
+            Ok(Message::Forget(forget))
+        }
+        "cluster" => {
+            let raw: RawCluster =
+                serde_json::from_slice(bytes).map_err(|e| refuse(malformed(e)))?;
+            check_seq(raw.seq).map_err(refuse)?;
+            let state =
+                cluster_state(raw.at_ms, raw.brokers, raw.topics, raw.groups).map_err(refuse)?;
+            state.check(limits.max_list_entries).map_err(refuse)?;
+            Ok(Message::Cluster(Cluster {
+                seq: raw.seq,
+                state,
+            }))
+        }
         other => Err(refuse(Error::new(
             Reason::UnknownType,
             format!(
-                "message type \"{}\" is not known: expected hello, counts, lag or latency",
+                "message type \"{}\" is not known: expected hello, counts, lag, latency, forget or cluster",
                 printable(other)
             ),
         ))),
@@ -624,8 +1025,16 @@ fn check_lag(s: RawLagSample) -> Result<LagSample> {
             ),
         ));
     }
+    if let Some(v) = s.stable_offset.filter(|v| *v < -1) {
+        return Err(Error::new(
+            Reason::BadField,
+            format!("stable_offset \"{v}\" is not an offset: expected -1 or more, or no field"),
+        ));
+    }
     Ok(LagSample {
         partition: partition(s.partition)?,
+        stable_offset: s.stable_offset,
+        estimated: s.estimated.unwrap_or(false),
         lag_records: count("lag_records", Some(&s.lag_records))?,
         group: s.group,
         topic: s.topic,
@@ -634,6 +1043,78 @@ fn check_lag(s: RawLagSample) -> Result<LagSample> {
         start_offset: s.start_offset,
         lag_seconds: s.lag_seconds,
         commit_at_ms: s.commit_at_ms,
+    })
+}
+
+/// An integer field that must fit `u32` in `0..=max`.
+fn bounded(field: &str, v: i64, max: u32) -> Result<u32> {
+    match u32::try_from(v) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(Error::new(
+            Reason::BadField,
+            format!("{field} \"{v}\" is out of range: expected 0 to {max}"),
+        )),
+    }
+}
+
+fn cluster_state(
+    at_ms: i64,
+    brokers: i64,
+    topics: Vec<RawTopicMetadata>,
+    groups: Vec<RawGroupMetadata>,
+) -> Result<ClusterState> {
+    let topics = topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let leader = i32::try_from(p.leader)
+                        .ok()
+                        .filter(|l| *l >= -1)
+                        .ok_or_else(|| {
+                            Error::new(
+                                Reason::BadField,
+                                format!(
+                                    "leader \"{}\" of \"{}\" is not accepted: expected a broker id, or -1 for none",
+                                    p.leader, t.topic
+                                ),
+                            )
+                        })?;
+                    Ok(PartitionMetadata {
+                        partition: partition(p.partition)?,
+                        leader,
+                        replicas: bounded("replicas", p.replicas, MAX_REPLICAS)?,
+                        in_sync_replicas: bounded(
+                            "in_sync_replicas",
+                            p.in_sync_replicas,
+                            MAX_REPLICAS,
+                        )?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(TopicMetadata {
+                topic: t.topic,
+                partitions,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let groups = groups
+        .into_iter()
+        .map(|g| {
+            Ok(GroupMetadata {
+                members: bounded("members", g.members, MAX_MEMBERS)?,
+                state: g.state.unwrap_or(GroupState::Unknown),
+                group: g.group,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ClusterState {
+        at_ms,
+        brokers: bounded("brokers", brokers, MAX_BROKERS)?,
+        topics,
+        groups,
     })
 }
 
@@ -727,6 +1208,182 @@ mod tests {
 
     fn limits() -> Limits {
         Limits::new(BucketWidth::DEFAULT)
+    }
+
+    #[test]
+    fn lag_samples_carry_stable_offset_and_estimated_only_when_set() {
+        let plain = json!({"v":1,"type":"lag","seq":3,"at_ms":10,"partitions":[
+            {"group":"g","topic":"t","partition":0,"committed":1,"end_offset":2,
+             "start_offset":0,"lag_records":1,"lag_seconds":0.5,"commit_at_ms":1}]});
+        let msg = dec(plain).unwrap();
+        let Message::Lag(l) = &msg else { panic!() };
+        assert_eq!(
+            (l.partitions[0].stable_offset, l.partitions[0].estimated),
+            (None, false)
+        );
+        let text = msg.to_json();
+        assert!(
+            !text.contains("stable_offset") && !text.contains("estimated"),
+            "{text}"
+        );
+
+        let flagged = json!({"v":1,"type":"lag","seq":4,"at_ms":10,"partitions":[
+            {"group":"g","topic":"t","partition":0,"committed":1,"end_offset":9,
+             "start_offset":0,"lag_records":1,"lag_seconds":0.5,"commit_at_ms":1,
+             "stable_offset":2,"estimated":true}]});
+        let msg = dec(flagged).unwrap();
+        let Message::Lag(l) = &msg else { panic!() };
+        assert_eq!(
+            (l.partitions[0].stable_offset, l.partitions[0].estimated),
+            (Some(2), true)
+        );
+        assert_eq!(decode(msg.to_json().as_bytes(), &limits()).unwrap(), msg);
+
+        let mut bad = json!({"v":1,"type":"lag","seq":5,"at_ms":10,"partitions":[
+            {"group":"g","topic":"t","partition":0,"committed":1,"end_offset":9,
+             "start_offset":0,"lag_records":1,"lag_seconds":0.5,"stable_offset":-4}]});
+        let e = dec(bad.clone()).unwrap_err().error;
+        assert_eq!(e.reason, Reason::BadField);
+        assert!(e.detail.contains("stable_offset \"-4\""), "{}", e.detail);
+        bad["partitions"][0]["stable_offset"] = json!(3);
+        bad["partitions"][0]["estimated"] = json!("yes");
+        assert_eq!(reason(bad), Reason::Malformed);
+    }
+
+    #[test]
+    fn forget_decodes_round_trips_and_checks_its_names() {
+        let msg = dec(json!({"v":1,"type":"forget","seq":11,"groups":["billing"],"topics":["orders","old.topic"]})).unwrap();
+        let Message::Forget(f) = &msg else { panic!() };
+        assert_eq!((f.seq, msg.kind()), (11, "forget"));
+        assert_eq!(f.groups, ["billing"]);
+        assert_eq!(f.topics, ["orders", "old.topic"]);
+        assert_eq!(decode(msg.to_json().as_bytes(), &limits()).unwrap(), msg);
+        // Either list may be absent.
+        let Message::Forget(f) =
+            dec(json!({"v":1,"type":"forget","seq":12,"topics":["t"]})).unwrap()
+        else {
+            panic!()
+        };
+        assert!(f.groups.is_empty());
+
+        let e = dec(json!({"v":1,"type":"forget","seq":13,"topics":["bad topic"]})).unwrap_err();
+        assert_eq!((e.seq, e.error.reason), (Some(13), Reason::BadTopic));
+        assert!(
+            e.error.detail.contains("\"bad topic\""),
+            "{}",
+            e.error.detail
+        );
+        let e = dec(json!({"v":1,"type":"forget","seq":13,"groups":["a\nb"]})).unwrap_err();
+        assert_eq!(e.error.reason, Reason::BadField);
+        assert_eq!(
+            reason(json!({"v":1,"type":"forget","seq":13,"groups":"billing"})),
+            Reason::Malformed
+        );
+        let small = Limits {
+            max_list_entries: 2,
+            ..limits()
+        };
+        let many = json!({"v":1,"type":"forget","seq":14,"groups":["a","b","c"]});
+        let e = decode(many.to_string().as_bytes(), &small)
+            .unwrap_err()
+            .error;
+        assert_eq!(e.reason, Reason::BadField);
+        assert!(e.detail.contains("\"3\" groups"), "{}", e.detail);
+    }
+
+    fn cluster() -> serde_json::Value {
+        json!({"v":1,"type":"cluster","seq":21,"at_ms":1_732_800_000_000_i64,"brokers":3,
+            "topics":[{"topic":"orders","partitions":[
+                {"partition":0,"leader":1,"replicas":3,"in_sync_replicas":3},
+                {"partition":1,"leader":-1,"replicas":3,"in_sync_replicas":1}]}],
+            "groups":[{"group":"billing","state":"Stable","members":2},
+                      {"group":"audit","state":"SomethingNew","members":0}]})
+    }
+
+    #[test]
+    fn cluster_decodes_and_round_trips() {
+        let msg = dec(cluster()).unwrap();
+        let Message::Cluster(c) = &msg else { panic!() };
+        assert_eq!((c.seq, msg.kind(), msg.seq()), (21, "cluster", Some(21)));
+        assert_eq!(c.state.brokers, 3);
+        assert_eq!(c.state.partition_count(), 2);
+        let p = c.state.topics[0].partitions[1];
+        assert!(p.is_offline() && p.is_under_replicated());
+        assert!(!c.state.topics[0].partitions[0].is_under_replicated());
+        assert_eq!(c.state.groups[0].state, GroupState::Stable);
+        assert_eq!(
+            c.state.groups[1].state,
+            GroupState::Unknown,
+            "unknown names read as Unknown"
+        );
+        assert_eq!(decode(msg.to_json().as_bytes(), &limits()).unwrap(), msg);
+        assert!(msg.to_json().contains(r#""state":"Stable""#));
+    }
+
+    #[test]
+    fn group_states_read_as_kafka_names_them() {
+        for s in GroupState::ALL {
+            assert_eq!(GroupState::from_kafka(s.as_str()), s);
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(GroupState::from_kafka("stable"), GroupState::Stable);
+        assert_eq!(
+            GroupState::from_kafka("AwaitingSync"),
+            GroupState::CompletingRebalance
+        );
+        assert_eq!(GroupState::from_kafka(""), GroupState::Unknown);
+    }
+
+    #[test]
+    fn bad_cluster_messages_are_refused_naming_the_value() {
+        let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut m = cluster();
+            edit(&mut m);
+            dec(m).unwrap_err().error
+        };
+        let e = refused(&|m| m["brokers"] = json!(-1));
+        assert!(e.detail.contains("brokers \"-1\""), "{}", e.detail);
+        let e = refused(&|m| m["at_ms"] = json!(-5));
+        assert!(e.detail.contains("\"-5\""), "{}", e.detail);
+        let e = refused(&|m| m["topics"][0]["topic"] = json!("no spaces"));
+        assert_eq!(e.reason, Reason::BadTopic);
+        let e = refused(&|m| m["topics"][0]["partitions"][0]["leader"] = json!(-2));
+        assert!(e.detail.contains("leader \"-2\""), "{}", e.detail);
+        let e = refused(&|m| m["topics"][0]["partitions"][0]["in_sync_replicas"] = json!(4));
+        assert!(e.detail.contains("in_sync_replicas \"4\""), "{}", e.detail);
+        let e = refused(&|m| m["topics"][0]["partitions"][0]["replicas"] = json!(40_000));
+        assert!(e.detail.contains("replicas \"40000\""), "{}", e.detail);
+        let e = refused(&|m| m["topics"][0]["partitions"][1]["partition"] = json!(0));
+        assert!(e.detail.contains("twice"), "{}", e.detail);
+        let e = refused(&|m| m["topics"][0]["partitions"][1]["partition"] = json!(-3));
+        assert!(e.detail.contains("partition \"-3\""), "{}", e.detail);
+        let e = refused(&|m| {
+            let t = m["topics"][0].clone();
+            m["topics"].as_array_mut().unwrap().push(t);
+        });
+        assert!(
+            e.detail.contains("\"orders\" is listed twice"),
+            "{}",
+            e.detail
+        );
+        let e = refused(&|m| m["groups"][1]["group"] = json!("billing"));
+        assert!(
+            e.detail.contains("\"billing\" is listed twice"),
+            "{}",
+            e.detail
+        );
+        let e = refused(&|m| m["groups"][0]["members"] = json!(1e9));
+        assert_eq!(e.reason, Reason::Malformed);
+        let e = refused(&|m| m["groups"][0]["members"] = json!(-1));
+        assert!(e.detail.contains("members \"-1\""), "{}", e.detail);
+        let small = Limits {
+            max_list_entries: 1,
+            ..limits()
+        };
+        let e = decode(cluster().to_string().as_bytes(), &small)
+            .unwrap_err()
+            .error;
+        assert!(e.detail.contains("\"2\" partitions"), "{}", e.detail);
     }
 
     fn dec(v: serde_json::Value) -> Result<Message, Refused> {
@@ -848,8 +1505,8 @@ mod tests {
     #[test]
     fn oversize_is_refused_before_parsing() {
         let limits = Limits {
-            width: BucketWidth::DEFAULT,
             max_message_bytes: 64,
+            ..Limits::new(BucketWidth::DEFAULT)
         };
         let big = counts_with(entry()).to_string();
         assert_eq!(
@@ -990,10 +1647,12 @@ mod tests {
 
     #[test]
     fn a_seq_storage_cannot_hold_is_refused_naming_it() {
-        for kind in ["counts", "lag", "latency"] {
+        for kind in ["counts", "lag", "latency", "forget", "cluster"] {
             let mut msg = match kind {
                 "counts" => counts_with(entry()),
                 "lag" => json!({"v":1,"type":"lag","seq":1,"at_ms":0,"partitions":[]}),
+                "forget" => json!({"v":1,"type":"forget","seq":1,"groups":["g"]}),
+                "cluster" => cluster(),
                 _ => latency_with(histogram()),
             };
             msg["seq"] = json!(u64::MAX);

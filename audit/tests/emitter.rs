@@ -361,6 +361,8 @@ fn lag(partition: i32, lag_records: u64) -> LagSample {
         lag_records,
         lag_seconds: 0.5,
         commit_at_ms: 1_000,
+        stable_offset: None,
+        estimated: false,
     }
 }
 

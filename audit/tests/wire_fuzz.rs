@@ -77,8 +77,8 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 #[test]
 fn the_decoder_survives_mutated_messages() {
     let limits = Limits {
-        width: BucketWidth::DEFAULT,
         max_message_bytes: 4096,
+        ..Limits::new(BucketWidth::DEFAULT)
     };
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let (mut accepted, mut refused) = (0, 0);

@@ -12,8 +12,8 @@ use tally_audit::{BucketWidth, Message};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
-        width: BucketWidth::DEFAULT,
         max_message_bytes: 1 << 16,
+        ..Limits::new(BucketWidth::DEFAULT)
     };
     if let Ok(message) = decode(data, &limits) {
         check(&message, &limits);

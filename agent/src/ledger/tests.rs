@@ -372,6 +372,8 @@ fn lag(group: &str, partition: i32, committed: i64, end: i64, commit_at_ms: i64)
             lag_records: (end - committed) as u64,
             lag_seconds: if end > committed { 2.5 } else { 0.0 },
             commit_at_ms,
+            stable_offset: None,
+            estimated: false,
         }],
     }
 }

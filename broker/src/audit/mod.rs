@@ -573,6 +573,10 @@ impl Instrumentation {
                 lag_records,
                 lag_seconds,
                 commit_at_ms: c.committed.commit_time_ms,
+                // The broker reads every record it lags behind from its own
+                // log: nothing is estimated.
+                stable_offset: None,
+                estimated: false,
             });
         }
         samples
