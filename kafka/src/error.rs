@@ -6,6 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::client::KafkaCode;
 use crate::sasl::Mechanism;
 
 /// A `Result` whose error defaults to this crate's [`Error`].
@@ -214,6 +215,143 @@ pub enum Error {
         /// The mechanism.
         mechanism: Mechanism,
         /// What went wrong (never the password).
+        reason: String,
+    },
+
+    /// A client setting has a value that is not one of those accepted.
+    #[error("invalid {setting} '{value}'; accepted: {accepted}")]
+    InvalidSetting {
+        /// The setting, as a user names it (`security protocol`, `SASL mechanism`, …).
+        setting: &'static str,
+        /// The value as given.
+        value: String,
+        /// What would be accepted.
+        accepted: &'static str,
+    },
+
+    /// A client setting that the others make necessary is missing.
+    #[error("{what} is required with {because}")]
+    MissingSetting {
+        /// What is missing (`a SASL mechanism (sasl_mechanism)`, …).
+        what: &'static str,
+        /// Why it is needed (`security protocol 'sasl_ssl'`, …).
+        because: String,
+    },
+
+    /// No bootstrap server could be reached and asked for the cluster's metadata.
+    #[error("cannot reach the cluster through any bootstrap server: {}", tried.iter().map(|(b, e)| format!("'{b}': {e}")).collect::<Vec<_>>().join("; "))]
+    Bootstrap {
+        /// Each server tried, with why it failed.
+        tried: Vec<(String, String)>,
+    },
+
+    /// A TCP connection to a broker could not be opened in time or at all.
+    #[error("cannot connect to broker '{broker}': {reason}")]
+    Connect {
+        /// The broker, `host:port`.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The connection to a broker failed or was closed while requests were on it.
+    #[error("connection to broker '{broker}' lost: {reason}")]
+    Connection {
+        /// The broker, `host:port`.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A broker did not answer a request within the request timeout.
+    #[error("broker '{broker}' did not answer {api} within {timeout_ms} ms")]
+    Timeout {
+        /// The broker, `host:port`.
+        broker: String,
+        /// The request.
+        api: &'static str,
+        /// The request timeout.
+        timeout_ms: u128,
+    },
+
+    /// A broker sent a frame that cannot be a response: a length that is negative, too
+    /// short, or above `max_response_bytes`, or bytes that do not decode.
+    #[error("broker '{broker}' sent a malformed response: {reason}")]
+    Malformed {
+        /// The broker, `host:port`.
+        broker: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A request could not be encoded (a bug, or a value out of the protocol's range).
+    #[error("cannot encode {api} v{version}: {reason}")]
+    Encode {
+        /// The request.
+        api: &'static str,
+        /// Its version.
+        version: i16,
+        /// What kafka-protocol said.
+        reason: String,
+    },
+
+    /// The broker and this client share no version of an API.
+    #[error(
+        "broker '{broker}' speaks {api} v{broker_min} to v{broker_max} and this client \
+         v{client_min} to v{client_max}: no common version"
+    )]
+    NoCommonVersion {
+        /// The broker, `host:port`.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The oldest version the broker speaks.
+        broker_min: i16,
+        /// The newest version the broker speaks.
+        broker_max: i16,
+        /// The oldest version this client speaks.
+        client_min: i16,
+        /// The newest version this client speaks.
+        client_max: i16,
+    },
+
+    /// The broker does not offer an API at all.
+    #[error("broker '{broker}' does not offer {api}")]
+    UnsupportedApi {
+        /// The broker, `host:port`.
+        broker: String,
+        /// The API.
+        api: &'static str,
+    },
+
+    /// A broker answered a whole request with an error code.
+    #[error("broker '{broker}' answered {api} with {code}")]
+    Kafka {
+        /// The broker, `host:port`.
+        broker: String,
+        /// The request.
+        api: &'static str,
+        /// The error.
+        code: KafkaCode,
+    },
+
+    /// The client knows no broker that it could send a request to.
+    #[error("no broker is known to send {api} to")]
+    NoBroker {
+        /// The request.
+        api: &'static str,
+    },
+
+    /// A SASL login to a broker failed. Never holds the password or the token.
+    #[error("SASL {mechanism} login as '{user}' to broker '{broker}' failed: {reason}")]
+    SaslLogin {
+        /// The mechanism.
+        mechanism: String,
+        /// The user (for OAUTHBEARER, the token file).
+        user: String,
+        /// The broker, `host:port`.
+        broker: String,
+        /// Why.
         reason: String,
     },
 }
