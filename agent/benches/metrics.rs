@@ -93,6 +93,9 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
                             lag: 12,
                             at_ms: NOW - 900,
                         }],
+                        stable_offset: None,
+                        estimated: false,
+                        stale: false,
                     })
                 })
                 .collect();
@@ -102,6 +105,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
                 status: GroupStatus::Ok,
                 lag_records: partitions.iter().map(|p| p.lag_records).sum(),
                 max_lag_seconds: 0.4,
+                stale: false,
                 partitions,
             }
         })
@@ -125,6 +129,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
         }],
         alerts: Vec::new(),
         latency: Vec::new(),
+        clusters: Vec::new(),
     }
 }
 

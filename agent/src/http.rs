@@ -42,6 +42,7 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload_rules))
         .route("/api/v1/sources", get(sources))
+        .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/snapshot", get(snapshot))
         .layer(middleware::from_fn_with_state(
@@ -304,6 +305,12 @@ async fn group(
             ),
         ),
     }
+}
+
+/// The cluster metadata and group states that collectors reported, per
+/// (cluster, source).
+async fn clusters(State(shared): State<AppState>) -> Response {
+    Json(json!({"clusters": snap(&shared).clusters})).into_response()
 }
 
 async fn alerts(State(shared): State<AppState>) -> Response {

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tally_audit::snapshot::{
-    BucketBooks, BucketTier, GroupHealth, LatencyBooks, PartitionLag, SourceInfo, TierBooks,
-    TopicBooks, TopicBuckets,
+    BucketBooks, BucketTier, ClusterInfo, GroupHealth, LatencyBooks, PartitionLag, SourceInfo,
+    TierBooks, TopicBooks, TopicBuckets,
 };
 use tally_audit::wire::AcceptRange;
 use tally_audit::{
@@ -133,7 +133,15 @@ struct Cell {
     v: Counts,
 }
 
-const MESSAGE_TYPES: [&str; 4] = ["hello", "counts", "lag", "latency"];
+const MESSAGE_TYPES: [&str; 6] = ["hello", "counts", "lag", "latency", "forget", "cluster"];
+
+/// The lag interval assumed for a partition until two samples show its own.
+pub const DEFAULT_LAG_INTERVAL_MS: i64 = 10_000;
+/// The shortest lag interval staleness is judged by, so that a source that
+/// samples many times a second is not called stale over a short pause.
+pub const MIN_LAG_INTERVAL_MS: i64 = 1_000;
+/// Lag not refreshed for this many lag intervals is stale (DESIGN §2).
+pub const STALE_AFTER_INTERVALS: i64 = 3;
 
 /// The last latency histogram of one (source, cluster, topic, tier).
 type LatencyKey = (u32, String, String, Tier);
@@ -154,12 +162,14 @@ struct Source {
     tier_kinds: Vec<TierKind>,
     epoch: i64,
     last_seen_ms: i64,
-    messages: [u64; 4],
+    messages: [u64; 6],
     errors: u64,
     sessions: u32,
     series: FxHashSet<(u32, i32)>,
     lag_series: usize,
     latency_series: usize,
+    /// Entries (topics, partitions, groups) of the source's cluster state.
+    cluster_series: usize,
 }
 
 impl Source {
@@ -171,12 +181,13 @@ impl Source {
             tier_kinds: Vec::new(),
             epoch: 0,
             last_seen_ms: 0,
-            messages: [0; 4],
+            messages: [0; 6],
             errors: 0,
             sessions: 0,
             series: FxHashSet::default(),
             lag_series: 0,
             latency_series: 0,
+            cluster_series: 0,
         }
     }
 
@@ -185,7 +196,7 @@ impl Source {
     }
 
     fn open_series(&self) -> usize {
-        self.series.len() + self.lag_series + self.latency_series
+        self.series.len() + self.lag_series + self.latency_series + self.cluster_series
     }
 
     /// Refuses a message that would take this source over `limit` series.
@@ -253,6 +264,58 @@ type HealthKey = (String, String, String, i32);
 struct LagEntry {
     health: PartitionHealth,
     last: tally_audit::LagSample,
+    /// The source that last reported it (None when restored from a store
+    /// that did not say).
+    source: Option<u32>,
+    /// When the agent last took a sample in (its clock).
+    refreshed_ms: i64,
+    /// The `at_ms` of the lag message of that sample (the source's clock).
+    at_ms: i64,
+    /// The gap between the last two `at_ms` of this partition: its source's
+    /// lag interval, where seen.
+    interval_ms: Option<i64>,
+}
+
+impl LagEntry {
+    /// Whether the lag was not refreshed for [`STALE_AFTER_INTERVALS`] lag
+    /// intervals at `now_ms`.
+    fn is_stale(&self, now_ms: i64) -> bool {
+        let interval = self
+            .interval_ms
+            .unwrap_or(DEFAULT_LAG_INTERVAL_MS)
+            .max(MIN_LAG_INTERVAL_MS);
+        now_ms.saturating_sub(self.refreshed_ms) > interval.saturating_mul(STALE_AFTER_INTERVALS)
+    }
+}
+
+/// The lag entry as stored in the health table.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredLag {
+    health: PartitionHealth,
+    last: tally_audit::LagSample,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<u32>,
+    #[serde(default)]
+    refreshed_ms: i64,
+    #[serde(default)]
+    at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval_ms: Option<i64>,
+}
+
+/// The latest cluster state of one source.
+#[derive(Debug)]
+struct HeldCluster {
+    cluster: String,
+    epoch: i64,
+    seq: u64,
+    received_ms: i64,
+    state: tally_audit::ClusterState,
+}
+
+/// What a cluster state counts against the cardinality limits.
+fn cluster_entries(state: &tally_audit::ClusterState) -> usize {
+    state.topics.len() + state.partition_count() + state.groups.len()
 }
 
 /// The audit ledger. See the module documentation.
@@ -273,6 +336,11 @@ pub struct Ledger {
     sums: BTreeMap<(u32, i64), Counts>,
     closed: HashMap<(u32, i64), Closed>,
     lag: BTreeMap<HealthKey, LagEntry>,
+    /// Per source: its latest cluster state (in memory only: its emitter
+    /// sends the latest again whenever it connects).
+    clusters: BTreeMap<u32, HeldCluster>,
+    dirty_health_deleted: Vec<HealthKey>,
+    dirty_kv_deleted: Vec<String>,
     latency: BTreeMap<LatencyKey, LatencyCell>,
     /// (source, cluster, topic, tier) already warned about for differing bounds.
     latency_bounds_warned: HashSet<LatencyKey>,
@@ -320,6 +388,9 @@ impl Ledger {
             sums: BTreeMap::new(),
             closed: HashMap::new(),
             lag: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            dirty_health_deleted: Vec::new(),
+            dirty_kv_deleted: Vec::new(),
             latency: BTreeMap::new(),
             latency_bounds_warned: HashSet::new(),
             key_buf: String::new(),
@@ -381,12 +452,13 @@ impl Ledger {
                     tier_kinds: Vec::new(),
                     epoch: hello.started_at_ms,
                     last_seen_ms: now_ms,
-                    messages: [0; 4],
+                    messages: [0; 6],
                     errors: 0,
                     sessions: 0,
                     series: FxHashSet::default(),
                     lag_series: 0,
                     latency_series: 0,
+                    cluster_series: 0,
                 });
                 self.source_ids.insert(hello.source.clone(), id);
                 id
@@ -671,9 +743,22 @@ impl Ledger {
             let entry = self.lag.entry(key.clone()).or_insert_with(|| LagEntry {
                 health: PartitionHealth::default(),
                 last: s.clone(),
+                source: Some(session.source),
+                refreshed_ms: now_ms,
+                at_ms: lag.at_ms,
+                interval_ms: None,
             });
             entry.health.observe(s, &self.cfg.health);
             entry.last = s.clone();
+            entry.source = Some(session.source);
+            entry.refreshed_ms = now_ms;
+            // One sample per partition per poll: the gap between two is the
+            // source's lag interval (a resend repeats the `at_ms`).
+            let gap = lag.at_ms.saturating_sub(entry.at_ms);
+            if gap > 0 {
+                entry.interval_ms = Some(gap);
+            }
+            entry.at_ms = entry.at_ms.max(lag.at_ms);
             self.dirty_health.insert(key);
         }
         Ok(())
@@ -755,30 +840,152 @@ impl Ledger {
         Ok(applied)
     }
 
-    /// Applies a `forget` message (not yet acted on).
+    /// Applies a `forget` message: drops what this source reported for the
+    /// named groups (their lag and status on every topic, the latency of
+    /// their `group:` tiers) and topics (every group's lag on them, their
+    /// latency, their cluster metadata), with no alarm. Counts already
+    /// recorded stay in the books: they are history, pruned with the retention.
     pub fn apply_forget(
         &mut self,
         session: Session,
-        _forget: &tally_audit::Forget,
-        _now_ms: i64,
+        forget: &tally_audit::Forget,
+        now_ms: i64,
     ) -> Result<()> {
-        self.sources
+        let src = self
+            .sources
             .get(session.source as usize)
             .ok_or_else(|| refuse(Reason::Protocol, "forget before hello".into()))?;
+        let cluster = src.cluster.clone();
+        let groups: HashSet<&str> = forget.groups.iter().map(String::as_str).collect();
+        let topics: HashSet<&str> = forget.topics.iter().map(String::as_str).collect();
+        let gone: Vec<HealthKey> = self
+            .lag
+            .iter()
+            .filter(|((c, g, t, _), e)| {
+                *c == cluster
+                    && e.source.is_none_or(|s| s == session.source)
+                    && (groups.contains(g.as_str()) || topics.contains(t.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(e) = self.lag.remove(&key) {
+                let owner = e.source.unwrap_or(session.source);
+                if let Some(s) = self.sources.get_mut(owner as usize) {
+                    s.lag_series = s.lag_series.saturating_sub(1);
+                }
+                self.open_series = self.open_series.saturating_sub(1);
+            }
+            self.dirty_health.remove(&key);
+            self.dirty_health_deleted.push(key);
+        }
+        let latency_gone: Vec<LatencyKey> = self
+            .latency
+            .keys()
+            .filter(|(s, c, t, tier)| {
+                *s == session.source
+                    && *c == cluster
+                    && (topics.contains(t.as_str())
+                        || matches!(tier, Tier::Group(g) if groups.contains(g.as_str())))
+            })
+            .cloned()
+            .collect();
+        for key in latency_gone {
+            self.latency.remove(&key);
+            self.dirty_latency.remove(&key);
+            self.dirty_kv_deleted.push(latency_kv_key(&key));
+            self.open_series = self.open_series.saturating_sub(1);
+            let src = &mut self.sources[session.source as usize];
+            src.latency_series = src.latency_series.saturating_sub(1);
+        }
+        if let Some(held) = self.clusters.get_mut(&session.source) {
+            let before = cluster_entries(&held.state);
+            held.state
+                .topics
+                .retain(|t| !topics.contains(t.topic.as_str()));
+            held.state
+                .groups
+                .retain(|g| !groups.contains(g.group.as_str()));
+            let dropped = before - cluster_entries(&held.state);
+            self.open_series = self.open_series.saturating_sub(dropped);
+            let src = &mut self.sources[session.source as usize];
+            src.cluster_series = src.cluster_series.saturating_sub(dropped);
+        }
+        let src = &mut self.sources[session.source as usize];
+        src.last_seen_ms = now_ms;
+        src.messages[4] += 1;
+        self.dirty_sources.insert(session.source);
         Ok(())
     }
 
-    /// Applies a `cluster` message (not yet acted on).
+    /// Applies a `cluster` message: it replaces the source's last cluster
+    /// state whole, unless that came later (by session and `seq`). A state
+    /// with more entries (topics, partitions and groups) than the source's or
+    /// the agent's series limit allows is refused (`cardinality`).
     pub fn apply_cluster(
         &mut self,
         session: Session,
-        _cluster: &tally_audit::Cluster,
-        _now_ms: i64,
+        cluster: &tally_audit::Cluster,
+        now_ms: i64,
     ) -> Result<()> {
-        self.sources
+        let src = self
+            .sources
             .get(session.source as usize)
             .ok_or_else(|| refuse(Reason::Protocol, "cluster before hello".into()))?;
+        let name = src.cluster.clone();
+        let held = self.clusters.get(&session.source);
+        let newer = held.is_none_or(|h| (session.epoch, cluster.seq) >= (h.epoch, h.seq));
+        if newer {
+            let entries = cluster_entries(&cluster.state);
+            let before = held.map_or(0, |h| cluster_entries(&h.state));
+            self.admit(src, entries.saturating_sub(before))?;
+            self.open_series = (self.open_series + entries).saturating_sub(before);
+            self.sources[session.source as usize].cluster_series = entries;
+            self.clusters.insert(
+                session.source,
+                HeldCluster {
+                    cluster: name,
+                    epoch: session.epoch,
+                    seq: cluster.seq,
+                    received_ms: now_ms,
+                    state: cluster.state.clone(),
+                },
+            );
+        }
+        let src = &mut self.sources[session.source as usize];
+        src.last_seen_ms = now_ms;
+        src.messages[5] += 1;
+        self.dirty_sources.insert(session.source);
         Ok(())
+    }
+
+    fn cluster_infos(&self) -> Vec<ClusterInfo> {
+        let mut out: Vec<ClusterInfo> = self
+            .clusters
+            .iter()
+            .map(|(&source, h)| {
+                let partitions = || h.state.topics.iter().flat_map(|t| &t.partitions);
+                ClusterInfo {
+                    cluster: h.cluster.clone(),
+                    source: self
+                        .sources
+                        .get(source as usize)
+                        .map_or_else(String::new, |s| s.name.clone()),
+                    at_ms: h.state.at_ms,
+                    received_ms: h.received_ms,
+                    brokers: h.state.brokers,
+                    partitions: h.state.partition_count() as u64,
+                    offline_partitions: partitions().filter(|p| p.is_offline()).count() as u64,
+                    under_replicated_partitions: partitions()
+                        .filter(|p| p.is_under_replicated())
+                        .count() as u64,
+                    topics: h.state.topics.clone(),
+                    groups: h.state.groups.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.cluster, &a.source).cmp(&(&b.cluster, &b.source)));
+        out
     }
 
     fn oldest_kept_bucket(&self, now_ms: i64) -> i64 {
@@ -884,9 +1091,19 @@ impl Ledger {
                 ));
             }
         }
+        batch.health_deleted = std::mem::take(&mut self.dirty_health_deleted);
+        batch.kv_deleted = std::mem::take(&mut self.dirty_kv_deleted);
         for key in std::mem::take(&mut self.dirty_health) {
             if let Some(e) = self.lag.get(&key) {
-                let state = serde_json::json!({"health": e.health, "last": e.last});
+                let state = serde_json::to_value(StoredLag {
+                    health: e.health.clone(),
+                    last: e.last.clone(),
+                    source: e.source,
+                    refreshed_ms: e.refreshed_ms,
+                    at_ms: e.at_ms,
+                    interval_ms: e.interval_ms,
+                })
+                .unwrap_or_default();
                 batch.health.push(HealthRow {
                     cluster: key.0.clone(),
                     group: key.1.clone(),
@@ -944,8 +1161,8 @@ impl Ledger {
             let messages = kv
                 .get(&format!("source/{}/messages", s.id))
                 .and_then(|m| serde_json::from_str::<Vec<u64>>(m).ok())
-                .map_or([0, s.messages, 0, 0], |stored| {
-                    let mut messages = [0; 4];
+                .map_or([0, s.messages, 0, 0, 0, 0], |stored| {
+                    let mut messages = [0; 6];
                     for (slot, n) in messages.iter_mut().zip(stored) {
                         *slot = n;
                     }
@@ -964,6 +1181,7 @@ impl Ledger {
                 series: FxHashSet::default(),
                 lag_series: 0,
                 latency_series: 0,
+                cluster_series: 0,
             });
         }
         for (key, value) in &kv {
@@ -1055,18 +1273,26 @@ impl Ledger {
             }
         }
         for h in loaded.health {
-            #[derive(serde::Deserialize)]
-            struct State {
-                health: PartitionHealth,
-                last: tally_audit::LagSample,
-            }
-            match serde_json::from_str::<State>(&h.state) {
+            match serde_json::from_str::<StoredLag>(&h.state) {
                 Ok(state) => {
+                    let source = state.source.filter(|&s| {
+                        ledger
+                            .sources
+                            .get(s as usize)
+                            .is_some_and(|s| !s.is_placeholder())
+                    });
+                    if let Some(s) = source {
+                        ledger.sources[s as usize].lag_series += 1;
+                    }
                     ledger.lag.insert(
                         (h.cluster, h.group, h.topic, h.partition),
                         LagEntry {
                             health: state.health,
                             last: state.last,
+                            source,
+                            refreshed_ms: state.refreshed_ms,
+                            at_ms: state.at_ms,
+                            interval_ms: state.interval_ms,
                         },
                     );
                 }
@@ -1175,6 +1401,7 @@ impl Ledger {
             sources: self.source_infos(),
             alerts: Vec::new(),
             latency: self.latency_books(),
+            clusters: self.cluster_infos(),
         }
     }
 
@@ -1406,8 +1633,15 @@ impl Ledger {
     fn evaluate_groups(&self, now_ms: i64) -> Vec<GroupHealth> {
         let mut groups: Vec<GroupHealth> = Vec::new();
         for ((cluster, group, topic, partition), e) in &self.lag {
-            let status = e.health.status(now_ms, &self.cfg.health);
+            let stale = e.is_stale(now_ms);
+            // Stale lag is judged as of its last refresh: a source that went
+            // away is no news of the consumer.
+            let judged_at = if stale { e.refreshed_ms } else { now_ms };
+            let status = e.health.status(judged_at, &self.cfg.health);
             let p = PartitionLag {
+                stable_offset: e.last.stable_offset,
+                estimated: e.last.estimated,
+                stale,
                 topic: topic.clone(),
                 partition: *partition,
                 committed: e.last.committed,
@@ -1428,17 +1662,16 @@ impl Ledger {
                     lag_records: 0,
                     max_lag_seconds: 0.0,
                     partitions: vec![p],
+                    stale: false,
                 }),
             }
         }
         for g in &mut groups {
             g.status = group_status(g.partitions.iter().map(|p| p.status));
-            g.lag_records = g.partitions.iter().map(|p| p.lag_records).sum();
-            g.max_lag_seconds = g
-                .partitions
-                .iter()
-                .map(|p| p.lag_seconds)
-                .fold(0.0, f64::max);
+            let fresh = || g.partitions.iter().filter(|p| !p.stale);
+            g.lag_records = fresh().map(|p| p.lag_records).sum();
+            g.max_lag_seconds = fresh().map(|p| p.lag_seconds).fold(0.0, f64::max);
+            g.stale = g.partitions.iter().all(|p| p.stale);
         }
         groups
     }

@@ -11,7 +11,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tally_alerts::Alerting;
 use tally_alerts::notify::{NOTIFIERS, RESULTS};
-use tally_audit::{BucketStatus, GroupStatus, Reason, Snapshot};
+use tally_audit::{BucketStatus, GroupState, GroupStatus, Reason, Snapshot};
 
 /// The agent's own counters, updated as things happen.
 #[derive(Clone)]
@@ -402,11 +402,45 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         "tally_consumer_partition_status",
         "1 for the partition's current status (ok, warn, stop, stall, rewind); only the current status has a series",
     );
+    let mut estimated = Family::gauge(
+        "tally_consumer_lag_estimated",
+        "1 where the partition's lag seconds are estimated from offsets and timestamps seen before (the record at the committed offset could not be read), 0 where read from the record",
+    );
+    let mut stale = Family::gauge(
+        "tally_consumer_lag_stale",
+        "1 where the partition's lag was not refreshed for 3 lag intervals of its source (source down, cluster unreachable): its lag, committed offset and estimated series are left out until it is; 0 where current",
+    );
+    let mut topic_lag = Family::gauge(
+        "tally_consumer_group_topic_lag_records",
+        "Consumer lag in records per group and topic (sum over the partitions with current lag)",
+    );
+    let mut topic_lag_s = Family::gauge(
+        "tally_consumer_group_topic_max_lag_seconds",
+        "Largest lag in seconds of any partition of the topic with current lag, per group",
+    );
     let mut offsets: BTreeMap<(&str, &str, i32), (i64, i64)> = BTreeMap::new();
     for g in &s.groups {
         let gl = [("cluster", g.cluster.as_str()), ("group", g.group.as_str())];
-        group_lag.push(&gl, g.lag_records as f64);
-        group_lag_s.push(&gl, g.max_lag_seconds);
+        // A group whose every partition is stale has no current lag.
+        if !g.stale {
+            group_lag.push(&gl, g.lag_records as f64);
+            group_lag_s.push(&gl, g.max_lag_seconds);
+        }
+        let mut per_topic: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+        for p in g.partitions.iter().filter(|p| !p.stale) {
+            let t = per_topic.entry(p.topic.as_str()).or_default();
+            t.0 += p.lag_records;
+            t.1 = t.1.max(p.lag_seconds);
+        }
+        for (topic, (records, seconds)) in per_topic {
+            let l = [
+                ("cluster", g.cluster.as_str()),
+                ("group", g.group.as_str()),
+                ("topic", topic),
+            ];
+            topic_lag.push(&l, records as f64);
+            topic_lag_s.push(&l, seconds);
+        }
         for status in GroupStatus::ALL {
             group_status.push(
                 &[
@@ -425,9 +459,13 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 ("topic", p.topic.as_str()),
                 ("partition", partition.as_str()),
             ];
-            lag.push(&l, p.lag_records as f64);
-            lag_s.push(&l, p.lag_seconds);
-            committed.push(&l, p.committed as f64);
+            stale.push(&l, f64::from(u8::from(p.stale)));
+            if !p.stale {
+                lag.push(&l, p.lag_records as f64);
+                lag_s.push(&l, p.lag_seconds);
+                committed.push(&l, p.committed as f64);
+                estimated.push(&l, f64::from(u8::from(p.estimated)));
+            }
             // One series per partition, not five: at 100,000 partitions the
             // one-hot form would be half of all series.
             part_status.push(
@@ -440,6 +478,9 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 ],
                 1.0,
             );
+            if p.stale {
+                continue;
+            }
             let e = offsets
                 .entry((g.cluster.as_str(), p.topic.as_str(), p.partition))
                 .or_insert((p.end_offset, p.start_offset));
@@ -462,6 +503,8 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         end.push(&l, e as f64);
         start.push(&l, st as f64);
     }
+
+    let cluster_families = cluster_families(s);
 
     let mut last_seen = Family::gauge(
         "tally_source_last_seen_timestamp_seconds",
@@ -535,6 +578,10 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         group_lag_s,
         group_status,
         part_status,
+        estimated,
+        stale,
+        topic_lag,
+        topic_lag_s,
         end,
         start,
         last_seen,
@@ -542,7 +589,94 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         alerts,
     ]
     .into_iter()
+    .chain(cluster_families)
     .filter(|f| !f.mf.get_metric().is_empty())
     .map(|f| f.mf)
     .collect()
+}
+
+/// The series of the cluster states that collectors report. Where two
+/// sources report one cluster, the one heard from last is shown, so that no
+/// series appears twice.
+fn cluster_families(s: &Snapshot) -> Vec<Family> {
+    let mut brokers = Family::gauge("tally_cluster_brokers", "Live brokers of the cluster");
+    let mut offline = Family::gauge(
+        "tally_cluster_offline_partitions",
+        "Partitions without a leader",
+    );
+    let mut partitions = Family::gauge("tally_topic_partitions", "Partitions of the topic");
+    let mut leader = Family::gauge(
+        "tally_partition_leader",
+        "Broker id of the partition's leader; -1 when it has none (offline)",
+    );
+    let mut replicas = Family::gauge(
+        "tally_partition_replicas",
+        "Replicas assigned to the partition",
+    );
+    let mut isr = Family::gauge(
+        "tally_partition_in_sync_replicas",
+        "Replicas of the partition in sync",
+    );
+    let mut under = Family::gauge(
+        "tally_partition_under_replicated",
+        "1 when fewer replicas of the partition are in sync than assigned, 0 otherwise",
+    );
+    let mut members = Family::gauge(
+        "tally_consumer_group_members",
+        "Members of the consumer group",
+    );
+    let mut state = Family::gauge(
+        "tally_consumer_group_state",
+        "1 for the consumer group's current state as Kafka names it, 0 for the others",
+    );
+    let mut latest: BTreeMap<&str, &tally_audit::snapshot::ClusterInfo> = BTreeMap::new();
+    for c in &s.clusters {
+        let e = latest.entry(c.cluster.as_str()).or_insert(c);
+        if c.received_ms > e.received_ms {
+            *e = c;
+        }
+    }
+    for (cluster, c) in latest {
+        brokers.push(&[("cluster", cluster)], f64::from(c.brokers));
+        offline.push(&[("cluster", cluster)], c.offline_partitions as f64);
+        for t in &c.topics {
+            let topic = t.topic.as_str();
+            partitions.push(
+                &[("cluster", cluster), ("topic", topic)],
+                t.partitions.len() as f64,
+            );
+            for p in &t.partitions {
+                let partition = p.partition.to_string();
+                let l = [
+                    ("cluster", cluster),
+                    ("topic", topic),
+                    ("partition", partition.as_str()),
+                ];
+                leader.push(&l, f64::from(p.leader));
+                replicas.push(&l, f64::from(p.replicas));
+                isr.push(&l, f64::from(p.in_sync_replicas));
+                under.push(&l, f64::from(u8::from(p.is_under_replicated())));
+            }
+        }
+        for g in &c.groups {
+            let group = g.group.as_str();
+            members.push(
+                &[("cluster", cluster), ("group", group)],
+                f64::from(g.members),
+            );
+            for st in GroupState::ALL {
+                state.push(
+                    &[
+                        ("cluster", cluster),
+                        ("group", group),
+                        ("state", st.as_str()),
+                    ],
+                    f64::from(u8::from(g.state == st)),
+                );
+            }
+        }
+    }
+    vec![
+        brokers, offline, partitions, leader, replicas, isr, under, members, state,
+    ]
 }

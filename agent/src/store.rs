@@ -149,6 +149,8 @@ ON CONFLICT (cluster, consumer_group, topic, partition_no) DO UPDATE SET state =
 const DELETE_HEALTH: &str = "
 DELETE FROM health WHERE cluster = ?1 AND consumer_group = ?2 AND topic = ?3 AND partition_no = ?4";
 
+const DELETE_KV: &str = "DELETE FROM kv WHERE key = ?1";
+
 const UPSERT_KV: &str = "
 INSERT INTO kv (key, value) VALUES (?1, ?2)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -279,6 +281,8 @@ pub struct WriteBatch {
     pub health_deleted: Vec<(String, String, String, i32)>,
     /// Free-form settings of the ledger to insert or replace, by key.
     pub kv: Vec<(String, String)>,
+    /// Keys to delete from the free-form settings, applied after `kv`.
+    pub kv_deleted: Vec<String>,
 }
 
 impl WriteBatch {
@@ -296,6 +300,7 @@ impl WriteBatch {
             + self.health.len()
             + self.health_deleted.len()
             + self.kv.len()
+            + self.kv_deleted.len()
     }
 }
 
@@ -872,6 +877,12 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
             upsert.execute([key, value])?;
         }
     }
+    if !batch.kv_deleted.is_empty() {
+        let mut delete = tx.prepare_cached(DELETE_KV)?;
+        for key in &batch.kv_deleted {
+            delete.execute([key])?;
+        }
+    }
     Ok(())
 }
 
@@ -1058,6 +1069,7 @@ mod tests {
                 ("bucket_width_ms".into(), "60000".into()),
                 ("z".into(), String::new()),
             ],
+            kv_deleted: Vec::new(),
         }
     }
 
@@ -1117,6 +1129,7 @@ mod tests {
             ],
             health_deleted: vec![("local".into(), "ünïcode-gröup".into(), "orders".into(), 3)],
             kv: vec![("z".into(), "1".into()), ("z".into(), "2".into())],
+            kv_deleted: Vec::new(),
         };
         store.write(&update).unwrap();
 
@@ -1142,6 +1155,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.load().unwrap().health, vec![health("audit", 1, "{}")]);
+        store
+            .write(&WriteBatch {
+                kv: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+                kv_deleted: vec!["a".into()],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        assert_eq!(store.load().unwrap().kv, vec![("b".into(), "2".into())]);
     }
 
     #[test]

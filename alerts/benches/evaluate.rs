@@ -50,6 +50,7 @@ fn snapshot() -> Snapshot {
             },
             lag_records: 0,
             max_lag_seconds: 0.0,
+            stale: false,
             partitions: (0..TOPICS_PER_GROUP)
                 .flat_map(|k| {
                     (0..PARTITIONS).map(move |p| PartitionLag {
@@ -63,6 +64,9 @@ fn snapshot() -> Snapshot {
                         status: PartitionStatus::Ok,
                         commit_at_ms: NOW,
                         commits: Vec::new(),
+                        stable_offset: None,
+                        estimated: false,
+                        stale: false,
                     })
                 })
                 .collect(),

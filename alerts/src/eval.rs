@@ -193,6 +193,9 @@ mod tests {
             status: PartitionStatus::Ok,
             commit_at_ms: 0,
             commits: Vec::new(),
+            stable_offset: None,
+            estimated: false,
+            stale: false,
         }
     }
 
@@ -220,6 +223,7 @@ mod tests {
                     status: GroupStatus::Ok,
                     lag_records: 30,
                     max_lag_seconds: 1.0,
+                    stale: false,
                     partitions: vec![
                         partition("orders", 0, 10, 1.0),
                         partition("orders", 1, 20, 0.5),
@@ -231,6 +235,7 @@ mod tests {
                     status: GroupStatus::Err,
                     lag_records: 500,
                     max_lag_seconds: 90.0,
+                    stale: false,
                     partitions: vec![partition("orders", 0, 500, 90.0)],
                 },
             ],

@@ -24,6 +24,7 @@
 //! | `sources` | `SourceInfo`       | `"source"` (a string)                |
 //! | `alerts`  | `AlertInfo`        | `{"alertname","labels"}`             |
 //! | `latency` | `LatencyBooks`     | `{"cluster","topic","tier"}`         |
+//! | `clusters`| `ClusterInfo`      | `{"cluster","source"}`               |
 //!
 //! `upsert` holds only items that are new or differ from the previous
 //! snapshot, whole; an upserted item replaces the one with its key in place,
@@ -46,7 +47,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Snapshot;
 use crate::snapshot::{
-    AlertInfo, BucketBooks, GroupHealth, LatencyBooks, SourceInfo, TopicBooks, TopicBuckets,
+    AlertInfo, BucketBooks, ClusterInfo, GroupHealth, LatencyBooks, SourceInfo, TopicBooks,
+    TopicBuckets,
 };
 
 /// One frame of the stream feed.
@@ -178,6 +180,28 @@ impl Keyed for AlertInfo {
     }
     fn same_key(&self, other: &Self) -> bool {
         self.alertname == other.alertname && self.labels == other.labels
+    }
+}
+
+/// Identity of a source's cluster state: (cluster, source).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterKey {
+    /// The cluster.
+    pub cluster: String,
+    /// The source that reported it.
+    pub source: String,
+}
+
+impl Keyed for ClusterInfo {
+    type Key = ClusterKey;
+    fn key(&self) -> ClusterKey {
+        ClusterKey {
+            cluster: self.cluster.clone(),
+            source: self.source.clone(),
+        }
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.cluster == other.cluster && self.source == other.source
     }
 }
 
@@ -470,6 +494,9 @@ pub struct Delta {
     /// Latency histograms that changed.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
     pub latency: SectionDelta<LatencyBooks, LatencyKey>,
+    /// Cluster states that changed.
+    #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
+    pub clusters: SectionDelta<ClusterInfo, ClusterKey>,
 }
 
 impl Delta {
@@ -487,6 +514,7 @@ impl Delta {
             sources: SectionDelta::between(&old.sources, &new.sources),
             alerts: SectionDelta::between(&old.alerts, &new.alerts),
             latency: SectionDelta::between(&old.latency, &new.latency),
+            clusters: SectionDelta::between(&old.clusters, &new.clusters),
         }
     }
 
@@ -501,6 +529,7 @@ impl Delta {
             && self.sources.is_empty()
             && self.alerts.is_empty()
             && self.latency.is_empty()
+            && self.clusters.is_empty()
     }
 
     /// Applies this delta to `s`, the snapshot of the previous frame.
@@ -521,6 +550,7 @@ impl Delta {
         self.sources.apply(&mut s.sources);
         self.alerts.apply(&mut s.alerts);
         self.latency.apply(&mut s.latency);
+        self.clusters.apply(&mut s.clusters);
     }
 }
 
@@ -604,6 +634,7 @@ mod tests {
             status: GroupStatus::ALL[rng.below(3) as usize],
             lag_records: rng.below(4),
             max_lag_seconds: rng.below(4) as f64 / 2.0,
+            stale: false,
             partitions: (0..rng.below(3) as i32)
                 .map(|p| PartitionLag {
                     topic: "t0".into(),
@@ -616,6 +647,9 @@ mod tests {
                     status: PartitionStatus::ALL[rng.below(5) as usize],
                     commit_at_ms: 0,
                     commits: Vec::new(),
+                    stable_offset: None,
+                    estimated: false,
+                    stale: false,
                 })
                 .collect(),
         }
@@ -671,6 +705,7 @@ mod tests {
             sources: s.into_iter().map(|i| source(rng, i)).collect(),
             alerts: a.into_iter().map(|i| alert(rng, i)).collect(),
             latency: Vec::new(),
+            clusters: Vec::new(),
         }
     }
 

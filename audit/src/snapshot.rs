@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::{GroupMetadata, TopicMetadata};
+
 /// Where a (topic, tier, bucket) stands in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -192,6 +194,36 @@ pub struct Snapshot {
     /// Per (cluster, topic, tier): end-to-end latency.
     #[serde(default)]
     pub latency: Vec<LatencyBooks>,
+    /// Per (cluster, source): the cluster metadata and group states the
+    /// source (a collector) last reported.
+    #[serde(default)]
+    pub clusters: Vec<ClusterInfo>,
+}
+
+/// A cluster's metadata and its groups' state, as one source last reported
+/// them in a `cluster` message (`GET /api/v1/clusters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster.
+    pub cluster: String,
+    /// The source that reported it.
+    pub source: String,
+    /// When the source read the metadata (its clock), epoch ms.
+    pub at_ms: i64,
+    /// When the agent received it (its clock), epoch ms.
+    pub received_ms: i64,
+    /// Live brokers.
+    pub brokers: u32,
+    /// Partitions over all topics.
+    pub partitions: u64,
+    /// Partitions without a leader.
+    pub offline_partitions: u64,
+    /// Partitions with fewer replicas in sync than assigned.
+    pub under_replicated_partitions: u64,
+    /// The topics, each with its partitions.
+    pub topics: Vec<TopicMetadata>,
+    /// The consumer groups, with their state and members.
+    pub groups: Vec<GroupMetadata>,
 }
 
 /// The end-to-end latency of one (cluster, topic, tier), summed over its
@@ -315,6 +347,10 @@ pub struct GroupHealth {
     pub max_lag_seconds: f64,
     /// Per (topic, partition).
     pub partitions: Vec<PartitionLag>,
+    /// Whether every partition's lag is stale; `lag_records` and
+    /// `max_lag_seconds` count only partitions whose lag is not.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// Lag and health of one group on one partition.
@@ -341,6 +377,18 @@ pub struct PartitionLag {
     /// The commit window, oldest first.
     #[serde(default)]
     pub commits: Vec<CommitPoint>,
+    /// The last stable offset, where the source reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_offset: Option<i64>,
+    /// Whether `lag_seconds` is estimated rather than read from the record
+    /// at the committed offset.
+    #[serde(default)]
+    pub estimated: bool,
+    /// Whether the lag was not refreshed for 3 lag intervals of its source
+    /// (the source is down, or the cluster unreachable): the values are the
+    /// last known ones, not current, and the status is judged as of then.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// An emitter, as the agent knows it.

@@ -289,7 +289,7 @@ pub struct ClusterState {
 }
 
 /// One topic of a [`ClusterState`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMetadata {
     /// The topic.
     pub topic: String,
@@ -298,7 +298,7 @@ pub struct TopicMetadata {
 }
 
 /// One partition of a [`TopicMetadata`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMetadata {
     /// The partition.
     pub partition: i32,
@@ -323,7 +323,7 @@ impl PartitionMetadata {
 }
 
 /// One consumer group of a [`ClusterState`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMetadata {
     /// The group.
     pub group: String,

@@ -831,3 +831,252 @@ fn more_sources_than_kept_are_refused() {
     // A known source still opens sessions.
     hello(&mut l, "s0", 2);
 }
+
+/// (partition, leader, replicas, in-sync replicas)
+type Partition = (i32, i32, u32, u32);
+
+fn cluster_msg(
+    seq: u64,
+    topics: &[(&str, &[Partition])],
+    groups: &[(&str, &str, u32)],
+) -> tally_audit::Cluster {
+    tally_audit::Cluster {
+        seq,
+        state: tally_audit::ClusterState {
+            at_ms: 5,
+            brokers: 3,
+            topics: topics
+                .iter()
+                .map(|(t, ps)| tally_audit::TopicMetadata {
+                    topic: (*t).into(),
+                    partitions: ps
+                        .iter()
+                        .map(|&(partition, leader, replicas, in_sync_replicas)| {
+                            tally_audit::PartitionMetadata {
+                                partition,
+                                leader,
+                                replicas,
+                                in_sync_replicas,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+            groups: groups
+                .iter()
+                .map(|&(g, st, members)| tally_audit::GroupMetadata {
+                    group: g.into(),
+                    state: tally_audit::GroupState::from_kafka(st),
+                    members,
+                })
+                .collect(),
+        },
+    }
+}
+
+#[test]
+fn lag_is_stale_after_three_of_its_intervals_and_judged_as_of_then() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    // Polled every 10 s: the second sample shows the interval.
+    l.apply_lag(s, &lag("billing", 0, 100, 150, 1_000), 1_000)
+        .unwrap();
+    l.apply_lag(s, &lag("billing", 0, 120, 170, 11_000), 11_000)
+        .unwrap();
+    let fresh = l.evaluate(11_000 + 30_000);
+    assert!(!fresh.groups[0].partitions[0].stale);
+    assert_eq!(fresh.groups[0].lag_records, 50);
+    let snap = l.evaluate(11_000 + 30_001);
+    let g = &snap.groups[0];
+    assert!(g.partitions[0].stale && g.stale);
+    assert_eq!(
+        g.partitions[0].lag_records, 50,
+        "the last known value is kept, flagged"
+    );
+    assert_eq!(g.lag_records, 0, "stale lag is not current lag");
+    // Long after, a stale partition is not called stopped: the source went away.
+    let later = l.evaluate(11_000 + 3_600_000);
+    assert_eq!(
+        later.groups[0].partitions[0].status,
+        tally_audit::PartitionStatus::Ok
+    );
+    // A new sample makes it current again.
+    l.apply_lag(s, &lag("billing", 0, 120, 150, 3_611_000), 3_611_000)
+        .unwrap();
+    assert!(!l.evaluate(3_611_500).groups[0].stale);
+}
+
+#[test]
+fn estimated_and_stable_offset_reach_the_snapshot() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    let mut m = lag("billing", 0, 100, 150, 1_000);
+    m.partitions[0].estimated = true;
+    m.partitions[0].stable_offset = Some(140);
+    l.apply_lag(s, &m, 1_000).unwrap();
+    let p = &l.evaluate(1_500).groups[0].partitions[0];
+    assert_eq!((p.estimated, p.stable_offset), (true, Some(140)));
+}
+
+#[test]
+fn forget_drops_the_sources_lag_and_latency_and_stores_the_deletion() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    l.apply_lag(s, &lag("billing", 0, 100, 150, 1_000), 1_000)
+        .unwrap();
+    l.apply_lag(s, &lag("audit", 0, 100, 150, 1_000), 1_000)
+        .unwrap();
+    l.apply_latency(
+        s,
+        &Latency {
+            seq: 3,
+            histograms: vec![LatencyHistogram {
+                tier: "group:billing".parse().unwrap(),
+                topic: "orders".into(),
+                bounds_ms: vec![5],
+                counts: vec![1],
+                count: 1,
+                sum_ms: 2,
+            }],
+        },
+        1_000,
+    )
+    .unwrap();
+    l.take_dirty();
+    let open = l.open_series();
+    l.apply_forget(
+        s,
+        &tally_audit::Forget {
+            seq: 4,
+            groups: vec!["billing".into()],
+            topics: vec![],
+        },
+        2_000,
+    )
+    .unwrap();
+    let snap = l.evaluate(2_000);
+    let groups: Vec<&str> = snap.groups.iter().map(|g| g.group.as_str()).collect();
+    assert_eq!(groups, ["audit"]);
+    assert!(snap.latency.is_empty());
+    assert_eq!(l.open_series(), open - 2);
+    let rows = l.take_message_rows();
+    assert_eq!(
+        rows.health_deleted,
+        [(
+            "local".to_owned(),
+            "billing".to_owned(),
+            "orders".to_owned(),
+            0
+        )]
+    );
+    assert_eq!(rows.kv_deleted.len(), 1);
+    assert_eq!(snap.sources[0].messages["forget"], 1);
+    // Another source's forget leaves this source's lag alone.
+    let other = hello(&mut l, "other", 1);
+    l.apply_forget(
+        other,
+        &tally_audit::Forget {
+            seq: 1,
+            groups: vec![],
+            topics: vec!["orders".into()],
+        },
+        2_000,
+    )
+    .unwrap();
+    assert_eq!(l.evaluate(2_000).groups.len(), 1);
+}
+
+#[test]
+fn the_latest_cluster_state_wins_and_forget_trims_it() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    let first = cluster_msg(
+        2,
+        &[
+            ("orders", &[(0, 1, 3, 3), (1, -1, 3, 1)]),
+            ("old", &[(0, 2, 1, 1)]),
+        ],
+        &[("billing", "Stable", 2)],
+    );
+    l.apply_cluster(s, &first, 1_000).unwrap();
+    let snap = l.evaluate(1_000);
+    let c = &snap.clusters[0];
+    assert_eq!(
+        (c.cluster.as_str(), c.source.as_str()),
+        ("local", "collect-local")
+    );
+    assert_eq!(
+        (
+            c.partitions,
+            c.offline_partitions,
+            c.under_replicated_partitions
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(l.open_series(), 2 + 3 + 1);
+    // An older seq of the same session is ignored; a newer one replaces.
+    let older = cluster_msg(1, &[], &[]);
+    l.apply_cluster(s, &older, 1_100).unwrap();
+    assert_eq!(l.evaluate(1_100).clusters[0].topics.len(), 2);
+    let newer = cluster_msg(
+        3,
+        &[("orders", &[(0, 1, 3, 3)])],
+        &[("billing", "Empty", 0)],
+    );
+    l.apply_cluster(s, &newer, 1_200).unwrap();
+    let snap = l.evaluate(1_200);
+    assert_eq!(snap.clusters[0].topics.len(), 1);
+    assert_eq!(l.open_series(), 1 + 1 + 1);
+    l.apply_forget(
+        s,
+        &tally_audit::Forget {
+            seq: 4,
+            groups: vec!["billing".into()],
+            topics: vec![],
+        },
+        1_300,
+    )
+    .unwrap();
+    assert!(l.evaluate(1_300).clusters[0].groups.is_empty());
+    assert_eq!(l.open_series(), 2);
+}
+
+#[test]
+fn a_cluster_state_over_the_series_limit_is_refused() {
+    let mut cfg = LedgerConfig::new(BucketWidth::new(W).unwrap());
+    cfg.max_series_per_source = 4;
+    let mut l = Ledger::new(cfg);
+    let s = hello(&mut l, "collect-local", 1);
+    let big = cluster_msg(
+        1,
+        &[(
+            "orders",
+            &[(0, 1, 1, 1), (1, 1, 1, 1), (2, 1, 1, 1), (3, 1, 1, 1)],
+        )],
+        &[],
+    );
+    let Err(Error::Audit(e)) = l.apply_cluster(s, &big, 1_000) else {
+        panic!("refused")
+    };
+    assert_eq!(e.reason, Reason::Cardinality);
+    assert!(l.evaluate(1_000).clusters.is_empty());
+    assert_eq!(l.open_series(), 0);
+}
+
+#[test]
+fn the_lag_entry_round_trips_through_the_store() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    l.apply_lag(s, &lag("billing", 0, 100, 150, 1_000), 1_000)
+        .unwrap();
+    l.apply_lag(s, &lag("billing", 0, 100, 150, 3_000), 3_000)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = crate::store::Store::open(dir.path()).unwrap();
+    store.write(&l.take_dirty()).unwrap();
+    let restored = Ledger::restore(l.config().clone(), store.load().unwrap()).unwrap();
+    // Refreshed at 3 000 every 2 000 ms: stale after 9 000.
+    let mut restored = restored;
+    assert!(!restored.evaluate(9_000).groups[0].stale);
+    assert!(restored.evaluate(9_001).groups[0].stale);
+}
