@@ -675,4 +675,168 @@ mod tests {
             &[0, 0, 0, 9]
         );
     }
+
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    use tokio::net::TcpListener;
+
+    /// A request as a scripted server reads it: api key, version, correlation id.
+    async fn read_request(s: &mut TcpStream) -> Option<(i16, i16, i32)> {
+        let frame = read_frame(s, "client", 1 << 20).await.ok()?;
+        let at = |i: usize| [frame[i], frame[i + 1]];
+        let id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        Some((i16::from_be_bytes(at(0)), i16::from_be_bytes(at(2)), id))
+    }
+
+    async fn answer<T: Encodable>(
+        s: &mut TcpStream,
+        id: i32,
+        flexible_header: bool,
+        body: &T,
+        v: i16,
+    ) {
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        buf.put_i32(id);
+        if flexible_header {
+            buf.put_u8(0);
+        }
+        body.encode(&mut buf, v).unwrap();
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        s.write_all(&buf).await.unwrap();
+    }
+
+    /// Accepts a connection and answers its ApiVersions v3 with Metadata v0 to v12.
+    async fn accept(listener: &TcpListener) -> TcpStream {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (key, version, id) = read_request(&mut s).await.unwrap();
+        assert_eq!((key, version), (ApiKey::ApiVersions as i16, 3));
+        let versions = ApiVersionsResponse::default().with_api_keys(vec![
+            ApiVersion::default()
+                .with_api_key(ApiKey::Metadata as i16)
+                .with_min_version(0)
+                .with_max_version(12),
+        ]);
+        answer(&mut s, id, false, &versions, 3).await;
+        s
+    }
+
+    fn metadata_request() -> RawRequest {
+        RawRequest {
+            api_key: ApiKey::Metadata as i16,
+            api: "Metadata",
+            version: 12,
+            header_version: 2,
+            response_header_version: 1,
+            body: super::super::request::encode_body(
+                &MetadataRequest::default().with_topics(None),
+                "Metadata",
+                12,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn cluster_id(mut body: Bytes) -> String {
+        let r = MetadataResponse::decode(&mut body, 12).unwrap();
+        r.cluster_id.unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn requests_are_pipelined_and_answers_matched_by_correlation_id() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut s = accept(&listener).await;
+            // Both requests arrive before either is answered; the answers go back in
+            // the other order.
+            let first = read_request(&mut s).await.unwrap();
+            let second = read_request(&mut s).await.unwrap();
+            for (_, _, id) in [second, first] {
+                let body = MetadataResponse::default()
+                    .with_cluster_id(Some(StrBytes::from_string(format!("answer-{id}"))));
+                answer(&mut s, id, true, &body, 12).await;
+            }
+            // Then a length no response may have: the connection is dropped.
+            let (_, _, _) = read_request(&mut s).await.unwrap();
+            s.write_all(&i32::MAX.to_be_bytes()).await.unwrap();
+            // The client opens a new connection for its next request; this one is
+            // never answered.
+            let mut s2 = accept(&listener).await;
+            let _ = read_request(&mut s2).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop((s, s2));
+        });
+        let cfg = ClientConfig {
+            bootstrap: vec![format!("127.0.0.1:{port}")],
+            request_timeout: Duration::from_millis(500),
+            max_response_bytes: 1 << 20,
+            ..ClientConfig::default()
+        };
+        let conns = Connections::new(&cfg).unwrap();
+        let broker = BrokerAddr::new("127.0.0.1", port);
+        let (a, b) = tokio::join!(
+            conns.send(&broker, metadata_request()),
+            conns.send(&broker, metadata_request())
+        );
+        let (a, b) = (cluster_id(a.unwrap()), cluster_id(b.unwrap()));
+        let mut ids = [a.clone(), b.clone()];
+        ids.sort();
+        assert_eq!(ids, ["answer-2".to_owned(), "answer-3".to_owned()]);
+        assert_ne!(a, b);
+        let err = conns
+            .send(&broker, metadata_request())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("exceeds max_response_bytes (1048576)"),
+            "{err}"
+        );
+        let err = conns
+            .send(&broker, metadata_request())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("broker '127.0.0.1:{port}' did not answer Metadata within 500 ms")
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_refuses_api_versions_v3_is_asked_in_v0() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let (_, version, id) = read_request(&mut s).await.unwrap();
+            assert_eq!(version, 3);
+            let refusal = ApiVersionsResponse::default().with_error_code(UNSUPPORTED_VERSION);
+            answer(&mut s, id, false, &refusal, 0).await;
+            let (_, version, id) = read_request(&mut s).await.unwrap();
+            assert_eq!(version, 0);
+            let versions = ApiVersionsResponse::default().with_api_keys(vec![
+                ApiVersion::default()
+                    .with_api_key(ApiKey::Metadata as i16)
+                    .with_min_version(0)
+                    .with_max_version(5),
+            ]);
+            answer(&mut s, id, false, &versions, 0).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let cfg = ClientConfig {
+            bootstrap: vec![format!("127.0.0.1:{port}")],
+            ..ClientConfig::default()
+        };
+        let conns = Connections::new(&cfg).unwrap();
+        let versions = conns
+            .api_versions(&BrokerAddr::new("127.0.0.1", port))
+            .await
+            .unwrap();
+        assert_eq!(versions.range(ApiKey::Metadata as i16), Some((0, 5)));
+        server.abort();
+    }
 }

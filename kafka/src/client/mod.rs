@@ -396,6 +396,9 @@ fn is_transport(e: &Error) -> bool {
 }
 
 #[cfg(test)]
+mod tests;
+
+#[cfg(test)]
 mod code_tests {
     use super::*;
 
