@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// tansu and noida-db, the foreign Kafka brokers of the collector's tests.
+pub mod peers;
+
 /// A free port on 127.0.0.1 (bound, read, released).
 ///
 /// Taken below the kernel's ephemeral range (32768 on), so that the source
