@@ -27,6 +27,9 @@ fn seeds() -> Vec<String> {
         ),
         r#"{"v":1,"type":"lag","seq":8,"at_ms":10,"partitions":[{"group":"billing","topic":"orders","partition":0,"committed":100,"end_offset":150,"start_offset":0,"lag_records":50,"lag_seconds":3.2,"commit_at_ms":9}]}"#.to_owned(),
         r#"{"v":1,"type":"latency","seq":9,"histograms":[{"tier":"broker","topic":"orders","bounds_ms":[5,10,25],"counts":[1,4,4],"count":6,"sum_ms":300}]}"#.to_owned(),
+        r#"{"v":1,"type":"lag","seq":10,"at_ms":20,"partitions":[{"group":"billing","topic":"orders","partition":1,"committed":100,"end_offset":150,"start_offset":0,"lag_records":50,"lag_seconds":3.2,"commit_at_ms":9,"stable_offset":140,"estimated":true}]}"#.to_owned(),
+        r#"{"v":1,"type":"forget","seq":11,"groups":["billing"],"topics":["orders","old"]}"#.to_owned(),
+        r#"{"v":1,"type":"cluster","seq":12,"at_ms":1732800000000,"brokers":3,"topics":[{"topic":"orders","partitions":[{"partition":0,"leader":1,"replicas":3,"in_sync_replicas":3},{"partition":1,"leader":-1,"replicas":3,"in_sync_replicas":1}]}],"groups":[{"group":"billing","state":"Stable","members":2}]}"#.to_owned(),
     ]
 }
 

@@ -11,6 +11,9 @@ const SEEDS: &[&str] = &[
     r#"{"v":1,"type":"hello","source":"b1","cluster":"local","tier_kinds":["broker","group"],"bucket_width_ms":60000,"started_at_ms":5}"#,
     r#"{"v":1,"type":"counts","seq":7,"counts":[{"tier":"group:billing","topic":"orders","partition":2,"bucket":1732800000000,"records":400,"bytes":40000,"no_timestamp":0,"expired":3,"skipped":1}]}"#,
     r#"{"v":1,"type":"lag","seq":8,"at_ms":10,"partitions":[{"group":"billing","topic":"orders","partition":0,"committed":100,"end_offset":150,"start_offset":0,"lag_records":50,"lag_seconds":3.2,"commit_at_ms":9}]}"#,
+    r#"{"v":1,"type":"lag","seq":10,"at_ms":20,"partitions":[{"group":"billing","topic":"orders","partition":1,"committed":100,"end_offset":150,"start_offset":0,"lag_records":50,"lag_seconds":3.2,"commit_at_ms":9,"stable_offset":140,"estimated":true}]}"#,
+    r#"{"v":1,"type":"forget","seq":11,"groups":["billing"],"topics":["orders","old"]}"#,
+    r#"{"v":1,"type":"cluster","seq":12,"at_ms":1732800000000,"brokers":3,"topics":[{"topic":"orders","partitions":[{"partition":0,"leader":1,"replicas":3,"in_sync_replicas":3},{"partition":1,"leader":-1,"replicas":3,"in_sync_replicas":1}]}],"groups":[{"group":"billing","state":"Stable","members":2}]}"#,
 ];
 
 /// Fragments that reach the decoder's edge cases when spliced in.

@@ -2,7 +2,7 @@
 //! and as a `POST /api/v1/ingest` body: it must never panic or abort; what it
 //! accepts must encode to a message that decodes to itself, and hold only
 //! values the agent's store can keep (a `seq` up to `i64::MAX`, counts up to
-//! 2^53 − 1).
+//! 2^53 − 1) and lists no longer than `Limits::max_list_entries`.
 
 #![no_main]
 
@@ -32,6 +32,17 @@ fn check(message: &Message, limits: &Limits) {
         .unwrap_or_else(|r| panic!("an accepted message does not decode again: {}", r.error));
     assert_eq!(&again, message);
     assert!(message.seq().is_none_or(|seq| seq <= MAX_SEQ));
+    match message {
+        Message::Forget(f) => {
+            assert!(f.groups.len() <= limits.max_list_entries);
+            assert!(f.topics.len() <= limits.max_list_entries);
+        }
+        Message::Cluster(c) => {
+            assert!(c.state.partition_count() <= limits.max_list_entries);
+            assert!(c.state.check(limits.max_list_entries).is_ok());
+        }
+        _ => {}
+    }
     if let Message::Counts(c) = message {
         for e in &c.counts {
             let largest = [e.records, e.bytes, e.no_timestamp, e.expired, e.skipped]
