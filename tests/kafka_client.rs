@@ -445,3 +445,39 @@ async fn sasl_ssl_with_each_mechanism_and_refusals_that_keep_the_secret() {
     .to_string();
     assert!(err.contains(broker.addr()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_without_sasl_and_a_client_that_trusts_another_ca() {
+    let pki = Pki::new();
+    let s = |p: PathBuf| p.to_str().unwrap().to_owned();
+    let flags = [
+        "--tls-cert".to_owned(),
+        s(pki.path("broker.pem")),
+        "--tls-key".to_owned(),
+        s(pki.path("broker-key.pem")),
+    ];
+    let broker = Broker::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let ssl = |ca: PathBuf| ClientConfig {
+        bootstrap: vec![broker.addr().to_owned()],
+        security_protocol: SecurityProtocol::Ssl,
+        tls: ClientTlsFiles {
+            ca: Some(ca),
+            ..ClientTlsFiles::default()
+        },
+        ..ClientConfig::default()
+    };
+    let client = bounded("connect", Client::connect(ssl(pki.path("ca.pem"))))
+        .await
+        .unwrap();
+    assert_eq!(client.metadata().await.unwrap().brokers.len(), 1);
+    // A client that trusts another CA refuses the broker's certificate.
+    let other = Pki::new();
+    let err = bounded("connect", Client::connect(ssl(other.path("ca.pem"))))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("TLS handshake") && err.contains(broker.addr()),
+        "{err}"
+    );
+}

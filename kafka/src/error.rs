@@ -284,6 +284,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Fetch answer decoded, but its records are damaged (a CRC that does not hold, a
+    /// field that runs past its batch). The connection is fine and is kept.
+    #[error("broker '{broker}' sent damaged records: {reason}")]
+    CorruptRecords {
+        /// The broker, `host:port`.
+        broker: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+
     /// A request could not be encoded (a bug, or a value out of the protocol's range).
     #[error("cannot encode {api} v{version}: {reason}")]
     Encode {

@@ -189,7 +189,7 @@ impl Client {
         };
         if let Some(records) = &partition.records {
             found.record = first_record(records, offset, aborted.as_deref()).map_err(|reason| {
-                Error::Malformed {
+                Error::CorruptRecords {
                     broker: broker.to_string(),
                     reason: format!("Fetch of {tp}: {reason}"),
                 }

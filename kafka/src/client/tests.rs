@@ -892,3 +892,37 @@ impl Observer for Recorder {
             .push((api, broker.to_owned(), outcome));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn damaged_records_are_an_error_of_their_own_and_keep_the_connection() {
+    let fake = Fake::new(|_, sent| match sent.api_key {
+        3 => metadata(1, &[1], sent.version),
+        1 => {
+            let request: FetchRequest = decode(sent);
+            // A whole v2 batch by its length, with a CRC that does not hold.
+            let mut records = vec![0u8; 12 + 49];
+            records[8..12].copy_from_slice(&49i32.to_be_bytes());
+            records[16] = 2;
+            let response = FetchResponse::default().with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_topic(request.topics[0].topic.clone())
+                    .with_partitions(vec![
+                        PartitionData::default()
+                            .with_high_watermark(1)
+                            .with_records(Some(Bytes::from(records))),
+                    ]),
+            ]);
+            encode(&response, sent.version)
+        }
+        _ => unreachable!(),
+    });
+    let client = client(&fake).await;
+    let err = client
+        .fetch_one(&tp(0), 0, Isolation::ReadUncommitted, 1024)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CorruptRecords { .. }), "{err}");
+    assert!(err.to_string().contains("CRC"), "{err}");
+    assert_eq!(fake.count(ApiKey::Fetch), 1, "not retried");
+    assert!(fake.disconnects.lock().unwrap().is_empty());
+}
