@@ -839,4 +839,68 @@ mod tests {
         assert_eq!(versions.range(ApiKey::Metadata as i16), Some((0, 5)));
         server.abort();
     }
+
+    #[tokio::test]
+    async fn oauthbearer_sends_the_token_of_the_file_at_each_login() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (logins, mut got) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (_, _, id) = read_request(&mut s).await.unwrap();
+                let api = |key: ApiKey, max| {
+                    ApiVersion::default()
+                        .with_api_key(key as i16)
+                        .with_min_version(0)
+                        .with_max_version(max)
+                };
+                let versions = ApiVersionsResponse::default().with_api_keys(vec![
+                    api(ApiKey::Metadata, 12),
+                    api(ApiKey::SaslHandshake, 1),
+                    api(ApiKey::SaslAuthenticate, 2),
+                ]);
+                answer(&mut s, id, false, &versions, 3).await;
+                let handshake = read_frame(&mut s, "client", 1 << 20).await.unwrap();
+                assert_eq!(&handshake[..4], &[0, 17, 0, 1], "SaslHandshake v1");
+                assert!(handshake.windows(11).any(|w| w == b"OAUTHBEARER"));
+                let id =
+                    i32::from_be_bytes([handshake[4], handshake[5], handshake[6], handshake[7]]);
+                answer(&mut s, id, false, &SaslHandshakeResponse::default(), 1).await;
+                let login = read_frame(&mut s, "client", 1 << 20).await.unwrap();
+                assert_eq!(&login[..4], &[0, 36, 0, 2], "SaslAuthenticate v2");
+                let id = i32::from_be_bytes([login[4], login[5], login[6], login[7]]);
+                let _ = logins.send(login);
+                answer(&mut s, id, true, &SaslAuthenticateResponse::default(), 2).await;
+                open.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "first-token\n").unwrap();
+        let cfg = ClientConfig {
+            bootstrap: vec![format!("127.0.0.1:{port}")],
+            security_protocol: super::super::SecurityProtocol::SaslPlaintext,
+            sasl_mechanism: Some(super::super::SaslMechanism::OauthBearer),
+            sasl_oauthbearer_token_file: Some(token_file.clone()),
+            ..ClientConfig::default()
+        };
+        let conns = Connections::new(&cfg).unwrap();
+        let broker = BrokerAddr::new("127.0.0.1", port);
+        let sent = |login: &Bytes, token: &str| {
+            let message = format!("n,,\x01auth=Bearer {token}\x01\x01");
+            login
+                .windows(message.len())
+                .any(|w| w == message.as_bytes())
+        };
+        conns.api_versions(&broker).await.unwrap();
+        assert!(sent(&got.recv().await.unwrap(), "first-token"));
+        // A rotated token: the next login (a new connection) reads it.
+        std::fs::write(&token_file, "second-token").unwrap();
+        conns.disconnect(&broker);
+        conns.api_versions(&broker).await.unwrap();
+        assert!(sent(&got.recv().await.unwrap(), "second-token"));
+        server.abort();
+    }
 }
