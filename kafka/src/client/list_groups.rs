@@ -42,7 +42,8 @@ impl Client {
     /// Every consumer group of the cluster: ListGroups to every broker, concurrently,
     /// each in its newest version (v5 with the types `classic` and `consumer`, so that
     /// share and streams groups are left out). A broker that fails after every attempt
-    /// fails the call: a partial list would make live groups look deleted.
+    /// fails the call, since a partial list would make live groups look deleted, unless
+    /// the refreshed metadata no longer lists it.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
         let mut brokers: Vec<BrokerAddr> = self
             .brokers()
@@ -76,7 +77,18 @@ impl Client {
                 Err(e @ Error::Kafka { code, .. }) if code.is_coordinator_moving() => {
                     last = Some(e);
                 }
-                Err(e) if is_transport(&e) => last = Some(e),
+                Err(e) if is_transport(&e) => {
+                    // A broker that left the cluster coordinates nothing any more.
+                    self.refresh().await;
+                    let listed = self
+                        .brokers()
+                        .iter()
+                        .any(|b| BrokerAddr::from_wire(&b.host, b.port).as_ref() == Some(broker));
+                    if !listed {
+                        return Ok(Vec::new());
+                    }
+                    last = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }

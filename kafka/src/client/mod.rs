@@ -17,6 +17,12 @@
 //!   reported per partition or per group where the API returns per-item results.
 //! - The wire sits behind [`Transport`]: [`Connections`] in production, canned
 //!   clusters in tests.
+//! - One connection per broker, pipelined: requests carry correlation ids and do not
+//!   wait for each other's answers ([`Connections`]). A request without an answer
+//!   within the request timeout closes its connection, and the next request opens a new
+//!   one (with a new SASL login, so an OAUTHBEARER token file is read again). SASL
+//!   re-authentication (KIP-368) is not done: a broker that ends a session closes the
+//!   connection, and the client reconnects.
 
 mod config;
 mod conn;

@@ -926,3 +926,29 @@ async fn damaged_records_are_an_error_of_their_own_and_keep_the_connection() {
     assert_eq!(fake.count(ApiKey::Fetch), 1, "not retried");
     assert!(fake.disconnects.lock().unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn list_groups_leaves_out_a_broker_that_left_the_cluster() {
+    let fake = Fake::new(|fake, sent| match sent.api_key {
+        3 => metadata(
+            if fake.is_down(&addr(2)) { 1 } else { 2 },
+            &[1],
+            sent.version,
+        ),
+        16 => {
+            let listed = ListedGroup::default()
+                .with_group_id(GroupId(s("g")))
+                .with_protocol_type(s("consumer"));
+            encode(
+                &ListGroupsResponse::default().with_groups(vec![listed]),
+                sent.version,
+            )
+        }
+        _ => unreachable!(),
+    });
+    let client = client(&fake).await;
+    fake.take_down(addr(2));
+    let groups = client.list_groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(client.brokers().len(), 1);
+}
