@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Agent(AgentArgs),
     /// Run the Kafka-compatible broker.
     Broker(BrokerArgs),
+    /// Watch Kafka clusters tally does not run: every group's lag and health, and the cluster's metadata, sent to the agent.
+    Collect(CollectArgs),
     /// Run the demo: broker, agent and a Kafka workload that shows every status.
     Demo(DemoArgs),
     /// Watch an agent in the terminal: completeness, lag, alerts, sources.
@@ -429,6 +431,282 @@ impl BrokerArgs {
     }
 }
 
+/// Flags of `tally collect`. Each has a config-file key (the flag name with
+/// underscores); a flag sets the value for every cluster, and a `[[cluster]]`
+/// block's own key wins for its cluster.
+#[derive(Debug, Args)]
+pub(crate) struct CollectArgs {
+    /// TOML config file: process keys (agent, data_dir, metrics_listen, bucket_width) and any cluster key at the top level, [[cluster]] blocks for several clusters (see tally-collect.example.toml).
+    #[arg(long, env = "TALLY_COLLECT_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The cluster's bootstrap servers, HOST:PORT[,HOST:PORT…] (required without [[cluster]] blocks).
+    #[arg(long, env = "TALLY_COLLECT_BOOTSTRAP", value_name = "HOST:PORT[,…]")]
+    pub(crate) bootstrap: Option<String>,
+    /// The cluster label of everything reported (required without [[cluster]] blocks); the source is collect-<cluster>.
+    #[arg(long, env = "TALLY_COLLECT_CLUSTER", value_name = "NAME")]
+    pub(crate) cluster: Option<String>,
+    /// The agent's ingest WebSocket URL (ws:// or wss://); "" sends nothing [default: ws://127.0.0.1:9400/api/v1/ingest].
+    #[arg(long, env = "TALLY_COLLECT_AGENT", value_name = "URL")]
+    pub(crate) agent: Option<String>,
+    /// Bearer token the agent requires.
+    #[arg(
+        long,
+        env = "TALLY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) agent_token: Option<String>,
+    /// CA certificate (PEM) that signed a wss:// agent's certificate [default: the system's root certificates].
+    #[arg(long, env = "TALLY_COLLECT_AGENT_CA", value_name = "FILE")]
+    pub(crate) agent_ca: Option<PathBuf>,
+    /// Folder of the collector's state (commit times per cluster) [default: ./data/collect].
+    #[arg(long, env = "TALLY_COLLECT_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the collector's own /metrics (tally_collect_*); "" turns it off [default: 127.0.0.1:9402].
+    #[arg(long, env = "TALLY_COLLECT_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
+    /// Width of the event-time buckets; must equal the agent's [default: 60s].
+    #[arg(long, env = "TALLY_COLLECT_BUCKET_WIDTH", value_name = "DURATION")]
+    pub(crate) bucket_width: Option<String>,
+    /// Topics to watch: a regex that matches the whole name [default: all but internal ones].
+    #[arg(long, env = "TALLY_COLLECT_TOPICS", value_name = "REGEX")]
+    pub(crate) topics: Option<String>,
+    /// Topics not to watch: a regex that matches the whole name.
+    #[arg(long, env = "TALLY_COLLECT_EXCLUDE_TOPICS", value_name = "REGEX")]
+    pub(crate) exclude_topics: Option<String>,
+    /// Also watch internal topics (__consumer_offsets and other names that start with __).
+    #[arg(long, env = "TALLY_COLLECT_INCLUDE_INTERNAL")]
+    pub(crate) include_internal: bool,
+    /// Consumer groups to watch: a regex that matches the whole name [default: all].
+    #[arg(long, env = "TALLY_COLLECT_GROUPS", value_name = "REGEX")]
+    pub(crate) groups: Option<String>,
+    /// Consumer groups not to watch: a regex that matches the whole name.
+    #[arg(long, env = "TALLY_COLLECT_EXCLUDE_GROUPS", value_name = "REGEX")]
+    pub(crate) exclude_groups: Option<String>,
+    /// Groups that read committed data only (isolation.level=read_committed): their lag is measured against the last stable offset.
+    #[arg(
+        long,
+        env = "TALLY_COLLECT_READ_COMMITTED_GROUPS",
+        value_name = "REGEX"
+    )]
+    pub(crate) read_committed_groups: Option<String>,
+    /// How often offsets are polled [default: 10s].
+    #[arg(long, env = "TALLY_COLLECT_LAG_INTERVAL", value_name = "DURATION")]
+    pub(crate) lag_interval: Option<String>,
+    /// How often topics, partitions and groups are discovered again [default: 30s].
+    #[arg(long, env = "TALLY_COLLECT_METADATA_INTERVAL", value_name = "DURATION")]
+    pub(crate) metadata_interval: Option<String>,
+    /// An Empty group with no new commit for this long is forgotten (Burrow's expiry) [default: 7d].
+    #[arg(
+        long,
+        env = "TALLY_COLLECT_FORGET_EMPTY_GROUPS_AFTER",
+        value_name = "DURATION"
+    )]
+    pub(crate) forget_empty_groups_after: Option<String>,
+    /// How long one request to a broker may take [default: 30s].
+    #[arg(long, env = "TALLY_COLLECT_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub(crate) request_timeout: Option<String>,
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl [default: plaintext].
+    #[arg(long, env = "TALLY_COLLECT_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
+    pub(crate) security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.
+    #[arg(long, env = "TALLY_COLLECT_SASL_MECHANISM", value_name = "MECHANISM")]
+    pub(crate) sasl_mechanism: Option<String>,
+    /// The SASL user.
+    #[arg(long, env = "TALLY_COLLECT_SASL_USERNAME", value_name = "USER")]
+    pub(crate) sasl_username: Option<String>,
+    /// The SASL password (prefer the environment variable or --sasl-password-file; never printed).
+    #[arg(
+        long,
+        env = "TALLY_COLLECT_SASL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub(crate) sasl_password: Option<String>,
+    /// A file holding the SASL password, readable by its owner only.
+    #[arg(long, env = "TALLY_COLLECT_SASL_PASSWORD_FILE", value_name = "FILE")]
+    pub(crate) sasl_password_file: Option<PathBuf>,
+    /// A file holding the OAUTHBEARER token, read again at each login.
+    #[arg(
+        long,
+        env = "TALLY_COLLECT_SASL_OAUTHBEARER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub(crate) sasl_oauthbearer_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the cluster's TLS [default: the system's root certificates].
+    #[arg(long, env = "TALLY_COLLECT_SSL_CA", value_name = "FILE")]
+    pub(crate) ssl_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for clusters that require one (mTLS).
+    #[arg(long, env = "TALLY_COLLECT_SSL_CERT", value_name = "FILE")]
+    pub(crate) ssl_cert: Option<PathBuf>,
+    /// Private key (PEM) of --ssl-cert.
+    #[arg(long, env = "TALLY_COLLECT_SSL_KEY", value_name = "FILE")]
+    pub(crate) ssl_key: Option<PathBuf>,
+    /// Print the effective settings (passwords and tokens redacted) and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+}
+
+impl CollectArgs {
+    /// The effective config: the file's top level with the flags over it, and each
+    /// [[cluster]] block over that.
+    pub(crate) fn resolve(&self) -> anyhow::Result<tally_collect::config::CollectConfig> {
+        use tally_collect::config::{Bootstrap, ClusterKeys, CollectConfig, FileConfig};
+        let mut file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file \"{}\"", path.display()))?;
+                FileConfig::parse(&text, &path.display().to_string())?
+            }
+            None => FileConfig::default(),
+        };
+        let p = &mut file.process;
+        if self.agent.is_some() {
+            p.agent.clone_from(&self.agent);
+        }
+        if self.agent_token.is_some() {
+            p.agent_token.clone_from(&self.agent_token);
+        }
+        if self.agent_ca.is_some() {
+            p.agent_ca.clone_from(&self.agent_ca);
+        }
+        if self.data_dir.is_some() {
+            p.data_dir.clone_from(&self.data_dir);
+        }
+        if self.metrics_listen.is_some() {
+            p.metrics_listen.clone_from(&self.metrics_listen);
+        }
+        if self.bucket_width.is_some() {
+            p.bucket_width.clone_from(&self.bucket_width);
+        }
+        let flags = ClusterKeys {
+            cluster: self.cluster.clone(),
+            bootstrap: self.bootstrap.clone().map(Bootstrap::Joined),
+            security_protocol: self.security_protocol.clone(),
+            sasl_mechanism: self.sasl_mechanism.clone(),
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+            sasl_password_file: self.sasl_password_file.clone(),
+            sasl_oauthbearer_token_file: self.sasl_oauthbearer_token_file.clone(),
+            ssl_ca: self.ssl_ca.clone(),
+            ssl_cert: self.ssl_cert.clone(),
+            ssl_key: self.ssl_key.clone(),
+            topics: self.topics.clone(),
+            exclude_topics: self.exclude_topics.clone(),
+            include_internal: self.include_internal.then_some(true),
+            groups: self.groups.clone(),
+            exclude_groups: self.exclude_groups.clone(),
+            read_committed_groups: self.read_committed_groups.clone(),
+            lag_interval: self.lag_interval.clone(),
+            metadata_interval: self.metadata_interval.clone(),
+            forget_empty_groups_after: self.forget_empty_groups_after.clone(),
+            request_timeout: self.request_timeout.clone(),
+        };
+        if !file.clusters.is_empty() && (self.cluster.is_some() || self.bootstrap.is_some()) {
+            anyhow::bail!(
+                "--cluster and --bootstrap name one cluster; the config file \"{}\" has [[cluster]] blocks: put the cluster there",
+                self.config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        let defaults = file.defaults.overridden_by(&flags);
+        Ok(CollectConfig::resolve(
+            &file.process,
+            &defaults,
+            &file.clusters,
+        )?)
+    }
+}
+
+/// The effective collector settings as TOML, secrets redacted.
+pub(crate) fn collect_config_toml(cfg: &tally_collect::config::CollectConfig) -> String {
+    let mut out = String::new();
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    out.push_str(&format!("agent = {}\n", q(&cfg.agent)));
+    if cfg.agent_token.is_some() {
+        out.push_str("agent_token = \"<redacted>\"\n");
+    }
+    if let Some(ca) = &cfg.agent_ca {
+        out.push_str(&format!("agent_ca = {}\n", q(&ca.display().to_string())));
+    }
+    out.push_str(&format!(
+        "data_dir = {}\n",
+        q(&cfg.data_dir.display().to_string())
+    ));
+    out.push_str(&format!(
+        "metrics_listen = {}\n",
+        q(&cfg
+            .metrics_listen
+            .map(|a| a.to_string())
+            .unwrap_or_default())
+    ));
+    out.push_str(&format!(
+        "bucket_width = {}\n",
+        q(&humantime::format_duration(cfg.bucket_width).to_string())
+    ));
+    for c in &cfg.clusters {
+        out.push_str("\n[[cluster]]\n");
+        out.push_str(&format!("cluster = {}\n", q(&c.name)));
+        out.push_str(&format!(
+            "bootstrap = {}\n",
+            q(&c.client.bootstrap.join(","))
+        ));
+        out.push_str(&format!(
+            "security_protocol = {}\n",
+            q(&c.client.security_protocol.to_string())
+        ));
+        if let Some(m) = &c.client.sasl_mechanism {
+            out.push_str(&format!("sasl_mechanism = {}\n", q(&m.to_string())));
+        }
+        if let Some(u) = &c.client.sasl_username {
+            out.push_str(&format!("sasl_username = {}\n", q(u)));
+        }
+        if c.client.sasl_password.is_some() {
+            out.push_str("sasl_password = \"<redacted>\"\n");
+        }
+        for (key, path) in [
+            (
+                "sasl_oauthbearer_token_file",
+                &c.client.sasl_oauthbearer_token_file,
+            ),
+            ("ssl_ca", &c.client.tls.ca),
+            ("ssl_cert", &c.client.tls.cert),
+            ("ssl_key", &c.client.tls.key),
+        ] {
+            if let Some(p) = path {
+                out.push_str(&format!("{key} = {}\n", q(&p.display().to_string())));
+            }
+        }
+        let f = &c.filters;
+        for (key, filter) in [
+            ("topics", &f.topics),
+            ("exclude_topics", &f.exclude_topics),
+            ("groups", &f.groups),
+            ("exclude_groups", &f.exclude_groups),
+            ("read_committed_groups", &f.read_committed_groups),
+        ] {
+            if let Some(filter) = filter {
+                out.push_str(&format!("{key} = {}\n", q(filter.pattern())));
+            }
+        }
+        out.push_str(&format!("include_internal = {}\n", f.include_internal));
+        for (key, d) in [
+            ("lag_interval", c.lag_interval),
+            ("metadata_interval", c.metadata_interval),
+            ("forget_empty_groups_after", c.forget_empty_groups_after),
+            ("request_timeout", c.client.request_timeout),
+        ] {
+            out.push_str(&format!(
+                "{key} = {}\n",
+                q(&humantime::format_duration(d).to_string())
+            ));
+        }
+    }
+    out
+}
+
 /// Flags of `tally demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -536,6 +814,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             runtime.block_on(tally_broker::server::run(
+                cfg,
+                tally_agent::service::shutdown_signal(),
+            ))?;
+            Ok(())
+        }
+        Command::Collect(args) => {
+            let cfg = args.resolve()?;
+            if args.print_config {
+                print!("{}", collect_config_toml(&cfg));
+                return Ok(());
+            }
+            runtime.block_on(tally_collect::run(
                 cfg,
                 tally_agent::service::shutdown_signal(),
             ))?;

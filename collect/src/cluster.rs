@@ -1,0 +1,705 @@
+//! One watched cluster: discovery on `--metadata-interval`, a lag poll on
+//! `--lag-interval`, and what they send to the agent.
+//!
+//! A poll reads every watched group's committed offsets (OffsetFetch, batched per
+//! coordinator), the start and end offsets of every watched partition (ListOffsets,
+//! batched per leader), and, for each (group, partition) behind its end, the timestamp
+//! of the record at the committed offset (one small Fetch, cached while the offset
+//! does not move). A cluster that cannot be reached is retried on the next poll,
+//! reported as `tally_collect_up{cluster} 0`, and affects no other cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_audit::emitter::Emitter;
+use tally_audit::wire::{
+    ClusterState, GroupMetadata, GroupState, LagSample, PartitionMetadata as WirePartition,
+    TopicMetadata as WireTopic,
+};
+use tally_kafka::client::{
+    Client, FetchOne, Isolation, KafkaCode, Metadata, OffsetSpec, TopicPartition,
+};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::config::ClusterSettings;
+use crate::lag::{self, CommitEntry, CommitTimes, RecordTime, RecordTimes};
+use crate::metrics::Metrics;
+
+/// Kafka's OFFSET_OUT_OF_RANGE: the record is gone (retention) or not yet there.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// How many record reads run at once.
+const READ_CONCURRENCY: usize = 64;
+/// How much one record read may bring back.
+const READ_MAX_BYTES: i32 = 4096;
+/// How often the commit times are saved at most.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What one poll found, for the tests and the benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct PollReport {
+    /// Lag samples sent.
+    pub samples: Vec<LagSample>,
+    /// Committed offsets read.
+    pub offsets: usize,
+    /// Records fetched for lag seconds.
+    pub record_reads: usize,
+    /// Timestamps served from the cache.
+    pub cache_hits: usize,
+}
+
+/// A watched partition's offsets.
+#[derive(Clone, Copy, Debug, Default)]
+struct Offsets {
+    start: Option<i64>,
+    latest: Option<i64>,
+    stable: Option<i64>,
+    high_watermark: Option<i64>,
+}
+
+/// The state of one watched cluster.
+pub struct ClusterWatch {
+    settings: ClusterSettings,
+    metrics: Metrics,
+    emitter: Option<Emitter>,
+    state_file: PathBuf,
+    client: Option<Client>,
+    /// Watched topics and their partition count, from the last discovery.
+    topics: BTreeMap<String, i32>,
+    /// Watched groups, from the last discovery.
+    groups: BTreeSet<String>,
+    /// Groups forgotten as long-Empty; watched again once they commit something new.
+    forgotten: HashSet<String>,
+    last_discovery: Option<Instant>,
+    last_save: Instant,
+    offsets: HashMap<TopicPartition, Offsets>,
+    times: RecordTimes,
+    commits: CommitTimes,
+    last_metadata: Option<Metadata>,
+    up: bool,
+}
+
+impl ClusterWatch {
+    /// A watch that sends to `emitter` (none: nothing is sent) and keeps its state in
+    /// `data_dir/<cluster>/`.
+    pub fn new(
+        settings: ClusterSettings,
+        metrics: Metrics,
+        emitter: Option<Emitter>,
+        data_dir: &std::path::Path,
+    ) -> std::io::Result<ClusterWatch> {
+        let dir = data_dir.join(&settings.name);
+        std::fs::create_dir_all(&dir)?;
+        let state_file = dir.join("commits.json");
+        let mut commits = CommitTimes::default();
+        match std::fs::read(&state_file) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<CommitEntry>>(&bytes) {
+                Ok(entries) => commits.restore(entries),
+                Err(e) => warn!(
+                    file = %state_file.display(),
+                    "the saved commit times do not parse and are ignored (commit times restart from now): {e}"
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        metrics.up.with_label_values(&[&settings.name]).set(0);
+        Ok(ClusterWatch {
+            settings,
+            metrics,
+            emitter,
+            state_file,
+            client: None,
+            topics: BTreeMap::new(),
+            groups: BTreeSet::new(),
+            forgotten: HashSet::new(),
+            last_discovery: None,
+            last_save: Instant::now(),
+            offsets: HashMap::new(),
+            times: RecordTimes::default(),
+            commits,
+            last_metadata: None,
+            up: false,
+        })
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Polls on the lag interval until `stop` says so, then saves the commit times.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut next = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => break,
+            }
+            next += self.settings.lag_interval;
+            let started = Instant::now();
+            match self.poll().await {
+                Ok(report) => debug!(
+                    cluster = %self.settings.name,
+                    samples = report.samples.len(),
+                    reads = report.record_reads,
+                    "lag poll done"
+                ),
+                Err(e) => {
+                    if self.up {
+                        warn!(cluster = %self.settings.name, "cluster unreachable: {e}");
+                    } else {
+                        debug!(cluster = %self.settings.name, "cluster still unreachable: {e}");
+                    }
+                    self.set_up(false);
+                }
+            }
+            self.metrics
+                .poll_duration
+                .with_label_values(&[&self.settings.name])
+                .observe(started.elapsed().as_secs_f64());
+            // A poll longer than the interval starts the next one at once, not a
+            // burst of missed ones.
+            let now = tokio::time::Instant::now();
+            if next < now {
+                next = now;
+            }
+        }
+        self.save(true);
+    }
+
+    fn set_up(&mut self, up: bool) {
+        if up && !self.up {
+            info!(cluster = %self.settings.name, "cluster reached");
+        }
+        self.up = up;
+        self.metrics
+            .up
+            .with_label_values(&[&self.settings.name])
+            .set(i64::from(up));
+        if !up {
+            // Reconnect from the bootstrap list next time: the brokers may have moved.
+            self.client = None;
+        }
+    }
+
+    async fn client(&mut self) -> Result<Client, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let mut cfg = self.settings.client.clone();
+        cfg.observer = Some(self.metrics.observer(&self.settings.name));
+        let client = Client::connect(cfg).await.map_err(|e| e.to_string())?;
+        self.client = Some(client.clone());
+        self.last_discovery = None;
+        Ok(client)
+    }
+
+    /// One poll: discovery when due, then offsets, record reads and the samples sent.
+    pub async fn poll(&mut self) -> Result<PollReport, String> {
+        let client = self.client().await?;
+        let due = self
+            .last_discovery
+            .is_none_or(|at| at.elapsed() >= self.settings.metadata_interval);
+        if due {
+            self.discover(&client).await?;
+            self.last_discovery = Some(Instant::now());
+        }
+        let report = self.poll_lag(&client).await?;
+        self.set_up(true);
+        self.save(false);
+        Ok(report)
+    }
+
+    /// Topics, partitions and groups, and what disappeared since the last time.
+    async fn discover(&mut self, client: &Client) -> Result<(), String> {
+        let metadata = client.metadata().await.map_err(|e| e.to_string())?;
+        let filters = &self.settings.filters;
+        let topics: BTreeMap<String, i32> = metadata
+            .topics
+            .iter()
+            .filter(|t| t.error.is_none() && filters.topic(&t.name, t.is_internal))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    i32::try_from(t.partitions.len()).unwrap_or(i32::MAX),
+                )
+            })
+            .collect();
+        let listed = client.list_groups().await.map_err(|e| e.to_string())?;
+        let groups: BTreeSet<String> = listed
+            .iter()
+            .filter(|g| g.protocol_type.is_empty() || g.protocol_type == "consumer")
+            .map(|g| g.group.clone())
+            .filter(|g| filters.group(g))
+            .collect();
+        let gone_topics: Vec<String> = self
+            .topics
+            .keys()
+            .filter(|t| !topics.contains_key(*t))
+            .cloned()
+            .collect();
+        let gone_groups: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|g| !groups.contains(*g))
+            .cloned()
+            .collect();
+        for t in &gone_topics {
+            self.commits.forget_topic(t);
+            let tps: Vec<TopicPartition> = self
+                .offsets
+                .keys()
+                .filter(|tp| &tp.topic == t)
+                .cloned()
+                .collect();
+            for tp in tps {
+                self.offsets.remove(&tp);
+                self.times.forget_partition(&tp);
+            }
+        }
+        for g in &gone_groups {
+            self.commits.forget_group(g);
+            self.forgotten.remove(g);
+        }
+        if !gone_topics.is_empty() || !gone_groups.is_empty() {
+            info!(
+                cluster = %self.settings.name,
+                topics = ?gone_topics,
+                groups = ?gone_groups,
+                "deleted topics and groups are forgotten"
+            );
+            if let Some(e) = &self.emitter {
+                e.record_forget(gone_groups, gone_topics);
+            }
+        }
+        let new_topics = topics
+            .keys()
+            .filter(|t| !self.topics.contains_key(*t))
+            .count();
+        if new_topics > 0 && self.last_metadata.is_some() {
+            info!(cluster = %self.settings.name, new_topics, "new topics are watched");
+        }
+        self.topics = topics;
+        self.groups = groups;
+        self.metrics
+            .groups
+            .with_label_values(&[&self.settings.name])
+            .set(i64::try_from(self.groups.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .partitions
+            .with_label_values(&[&self.settings.name])
+            .set(self.topics.values().map(|&n| i64::from(n)).sum());
+        self.last_metadata = Some(metadata);
+        Ok(())
+    }
+
+    fn watched_partitions(&self) -> Vec<TopicPartition> {
+        let Some(metadata) = &self.last_metadata else {
+            return Vec::new();
+        };
+        metadata
+            .topics
+            .iter()
+            .filter(|t| self.topics.contains_key(&t.name))
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| TopicPartition {
+                    topic: t.name.clone(),
+                    partition: p.partition,
+                })
+            })
+            .collect()
+    }
+
+    async fn poll_lag(&mut self, client: &Client) -> Result<PollReport, String> {
+        let name = self.settings.name.clone();
+        let groups: Vec<String> = self.groups.iter().cloned().collect();
+        let committed = client
+            .offset_fetch(&groups)
+            .await
+            .map_err(|e| e.to_string())?;
+        let descriptions = client
+            .describe_groups(&groups)
+            .await
+            .map_err(|e| e.to_string())?;
+        let partitions = self.watched_partitions();
+        let need_stable = groups
+            .iter()
+            .any(|g| self.settings.filters.read_committed(g));
+        let (starts, latests) = tokio::join!(
+            client.list_offsets(&partitions, OffsetSpec::Earliest),
+            client.list_offsets(&partitions, OffsetSpec::Latest),
+        );
+        let starts = starts.map_err(|e| e.to_string())?;
+        let latests = latests.map_err(|e| e.to_string())?;
+        let stables = if need_stable {
+            Some(
+                client
+                    .list_offsets(&partitions, OffsetSpec::LastStable)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        for tp in &partitions {
+            let o = self.offsets.entry(tp.clone()).or_default();
+            o.start = starts.get(tp).and_then(|r| r.as_ref().ok().copied());
+            o.latest = latests.get(tp).and_then(|r| r.as_ref().ok().copied());
+            o.stable = stables
+                .as_ref()
+                .and_then(|s| s.get(tp))
+                .and_then(|r| r.as_ref().ok().copied());
+        }
+        let now = now_ms();
+        self.times.begin_poll();
+        // (group, partition, committed) of every watched commit, in a stable order.
+        let mut rows: Vec<(String, TopicPartition, i64)> = Vec::new();
+        for group in &groups {
+            let Some(Ok(offsets)) = committed.get(group) else {
+                continue;
+            };
+            for c in offsets {
+                if c.offset < 0 || c.error.is_some() || !self.topics.contains_key(&c.topic) {
+                    continue;
+                }
+                rows.push((
+                    group.clone(),
+                    TopicPartition {
+                        topic: c.topic.clone(),
+                        partition: c.partition,
+                    },
+                    c.offset,
+                ));
+            }
+        }
+        rows.sort();
+        let offsets_read = rows.len();
+        self.metrics
+            .offsets_read
+            .with_label_values(&[&name])
+            .inc_by(u64::try_from(offsets_read).unwrap_or(u64::MAX));
+        // A commit above ListOffsets' answer: ask the partition itself (a Fetch's high
+        // watermark), since one peer answers ListOffsets wrongly.
+        let suspicious: BTreeSet<TopicPartition> = rows
+            .iter()
+            .filter(|(_, tp, c)| {
+                let o = self.offsets.get(tp).copied().unwrap_or_default();
+                lag::end_offset(o.latest, o.high_watermark).is_none_or(|end| end < *c)
+            })
+            .map(|(_, tp, _)| tp.clone())
+            .collect();
+        let probes: Vec<(TopicPartition, i64, bool)> = suspicious
+            .into_iter()
+            .map(|tp| {
+                let at = self
+                    .offsets
+                    .get(&tp)
+                    .and_then(|o| o.latest)
+                    .unwrap_or(0)
+                    .max(0);
+                (tp, at, false)
+            })
+            .collect();
+        let mut record_reads = probes.len();
+        for ((tp, _, _), result) in probes.iter().zip(read_all(client, &probes).await) {
+            if let Ok(f) = result {
+                self.note_fetch(tp, &f);
+            }
+        }
+        // Which (partition, offset) need a record read for lag seconds.
+        let mut wanted: BTreeSet<(TopicPartition, i64, bool)> = BTreeSet::new();
+        let mut cache_hits = 0usize;
+        for (group, tp, c) in &rows {
+            let read_committed = self.settings.filters.read_committed(group);
+            let Some(end) = self.end_for(tp, read_committed) else {
+                continue;
+            };
+            if *c >= end {
+                continue;
+            }
+            if self.times.cached(tp, *c).is_some() {
+                cache_hits += 1;
+            } else {
+                wanted.insert((tp.clone(), *c, read_committed));
+            }
+        }
+        let wanted: Vec<(TopicPartition, i64, bool)> = wanted.into_iter().collect();
+        record_reads += wanted.len();
+        let results = read_all(client, &wanted).await;
+        let mut gone: Vec<(TopicPartition, i64)> = Vec::new();
+        for ((tp, offset, _), result) in wanted.iter().zip(results) {
+            match result {
+                Ok(f) => {
+                    self.note_fetch(tp, &f);
+                    match (&f.error, &f.record) {
+                        (None, Some(r)) => self.times.read(tp, *offset, r.offset, r.timestamp_ms),
+                        (Some(KafkaCode(OFFSET_OUT_OF_RANGE)), _) => {
+                            gone.push((tp.clone(), *offset))
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset, "record read failed: {e}")
+                }
+            }
+        }
+        // Records deleted below the log start: read the oldest record still there,
+        // so that the estimate has a point above the committed offset.
+        let start_reads: Vec<(TopicPartition, i64, bool)> = gone
+            .iter()
+            .filter_map(|(tp, _)| {
+                let start = self.offsets.get(tp)?.start?;
+                Some((tp.clone(), start, false))
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        record_reads += start_reads.len();
+        for ((tp, _, _), result) in start_reads.iter().zip(read_all(client, &start_reads).await) {
+            if let Ok(f) = result {
+                self.note_fetch(tp, &f);
+                if let Some(r) = &f.record {
+                    self.times.point(tp, r.offset, r.timestamp_ms);
+                }
+            }
+        }
+        self.metrics
+            .record_reads
+            .with_label_values(&[&name])
+            .inc_by(u64::try_from(record_reads).unwrap_or(u64::MAX));
+        self.metrics
+            .record_cache_hits
+            .with_label_values(&[&name])
+            .inc_by(u64::try_from(cache_hits).unwrap_or(u64::MAX));
+        // The samples.
+        let mut samples = Vec::with_capacity(rows.len());
+        let mut inconsistent = 0u64;
+        let mut estimated = 0u64;
+        for (group, tp, c) in &rows {
+            let read_committed = self.settings.filters.read_committed(group);
+            let o = self.offsets.get(tp).copied().unwrap_or_default();
+            let end = self.end_for(tp, false).unwrap_or(*c);
+            let target = self.end_for(tp, read_committed).unwrap_or(end);
+            let (lag_records, odd) = lag::lag_records(*c, target);
+            if odd {
+                inconsistent += 1;
+            }
+            let (lag_seconds, is_estimate) = if lag_records == 0 {
+                (0.0, false)
+            } else {
+                let time = match self.times.cached(tp, *c) {
+                    Some(t) => t,
+                    None => self.times.estimate(tp, *c),
+                };
+                match time {
+                    RecordTime::Read(ts) => (lag::lag_seconds(now, ts), false),
+                    RecordTime::Estimated(ts) => (lag::lag_seconds(now, ts), true),
+                    RecordTime::Unknown => (0.0, true),
+                }
+            };
+            if is_estimate {
+                estimated += 1;
+            }
+            let commit_at_ms = self.commits.observe(group, tp, *c, now);
+            samples.push(LagSample {
+                group: group.clone(),
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                committed: *c,
+                end_offset: end.max(0),
+                start_offset: o.start.unwrap_or(0).max(0),
+                lag_records,
+                lag_seconds,
+                commit_at_ms,
+                stable_offset: o.stable.filter(|s| *s != end),
+                estimated: is_estimate,
+            });
+        }
+        self.times.end_poll();
+        self.metrics
+            .inconsistent_offsets
+            .with_label_values(&[&name])
+            .inc_by(inconsistent);
+        self.metrics
+            .estimated
+            .with_label_values(&[&name])
+            .inc_by(estimated);
+        // Group state and members, and the long-Empty groups to forget.
+        let mut group_states = Vec::new();
+        let mut forget = Vec::new();
+        let forget_after =
+            i64::try_from(self.settings.forget_empty_groups_after.as_millis()).unwrap_or(i64::MAX);
+        for group in &groups {
+            let Some(Ok(d)) = descriptions.get(group) else {
+                continue;
+            };
+            if d.state == "Empty" {
+                let last = self.commits.last_change(group);
+                if last.is_some_and(|at| now.saturating_sub(at) >= forget_after)
+                    && self.forgotten.insert(group.clone())
+                {
+                    forget.push(group.clone());
+                }
+            } else {
+                self.forgotten.remove(group);
+            }
+            group_states.push(GroupMetadata {
+                group: group.clone(),
+                state: GroupState::from(d.state.clone()),
+                members: u32::try_from(d.members).unwrap_or(u32::MAX),
+            });
+        }
+        // A forgotten group comes back when it commits something new.
+        let forgotten = &self.forgotten;
+        samples.retain(|s| !forgotten.contains(&s.group) || s.commit_at_ms == now);
+        let back: Vec<String> = samples
+            .iter()
+            .filter(|s| forgotten.contains(&s.group))
+            .map(|s| s.group.clone())
+            .collect();
+        for g in back {
+            self.forgotten.remove(&g);
+        }
+        group_states.retain(|g| !self.forgotten.contains(&g.group));
+        if !forget.is_empty() {
+            info!(cluster = %name, groups = ?forget, "groups Empty with no commit for --forget-empty-groups-after are forgotten");
+        }
+        if let Some(e) = &self.emitter {
+            if !forget.is_empty() {
+                e.record_forget(forget, Vec::new());
+            }
+            e.record_lag(now, samples.clone());
+            e.record_cluster(self.cluster_state(now, group_states));
+        }
+        Ok(PollReport {
+            samples,
+            offsets: offsets_read,
+            record_reads,
+            cache_hits,
+        })
+    }
+
+    /// The end of a partition a group is measured against.
+    fn end_for(&self, tp: &TopicPartition, read_committed: bool) -> Option<i64> {
+        let o = self.offsets.get(tp)?;
+        let end = lag::end_offset(o.latest, o.high_watermark)?;
+        if read_committed {
+            Some(o.stable.map_or(end, |s| s.min(end)))
+        } else {
+            Some(end)
+        }
+    }
+
+    fn note_fetch(&mut self, tp: &TopicPartition, f: &FetchOne) {
+        if f.error.is_some() && f.high_watermark < 0 {
+            return;
+        }
+        let o = self.offsets.entry(tp.clone()).or_default();
+        if f.high_watermark >= 0 {
+            o.high_watermark = Some(f.high_watermark);
+        }
+    }
+
+    fn cluster_state(&self, now: i64, groups: Vec<GroupMetadata>) -> ClusterState {
+        let (brokers, topics) = match &self.last_metadata {
+            Some(m) => (
+                u32::try_from(m.brokers.len()).unwrap_or(u32::MAX),
+                m.topics
+                    .iter()
+                    .filter(|t| self.topics.contains_key(&t.name))
+                    .map(|t| WireTopic {
+                        topic: t.name.clone(),
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| WirePartition {
+                                partition: p.partition,
+                                leader: p.leader,
+                                replicas: u32::try_from(p.replicas.len()).unwrap_or(u32::MAX),
+                                in_sync_replicas: u32::try_from(p.isr.len()).unwrap_or(u32::MAX),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+            None => (0, Vec::new()),
+        };
+        ClusterState {
+            at_ms: now,
+            brokers,
+            topics,
+            groups,
+        }
+    }
+
+    /// Saves the commit times when they changed (at most every few seconds unless
+    /// `now`), atomically: a kill -9 leaves the old file or the new one.
+    fn save(&mut self, now: bool) {
+        if !self.commits.is_dirty() || (!now && self.last_save.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        self.last_save = Instant::now();
+        let entries = self.commits.take_entries();
+        let result = (|| -> std::io::Result<()> {
+            let tmp = self.state_file.with_extension("json.tmp");
+            let bytes = serde_json::to_vec(&entries).map_err(std::io::Error::other)?;
+            {
+                use std::io::Write as _;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &self.state_file)?;
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            warn!(file = %self.state_file.display(), "cannot save the commit times: {e}");
+        }
+    }
+}
+
+/// Runs the reads (partition, offset, read committed) with at most
+/// [`READ_CONCURRENCY`] at once; answers in order.
+async fn read_all(
+    client: &Client,
+    reads: &[(TopicPartition, i64, bool)],
+) -> Vec<Result<FetchOne, String>> {
+    let permits = Arc::new(Semaphore::new(READ_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(reads.len());
+    for (tp, offset, read_committed) in reads {
+        let client = client.clone();
+        let permits = Arc::clone(&permits);
+        let tp = tp.clone();
+        let offset = *offset;
+        let isolation = if *read_committed {
+            Isolation::ReadCommitted
+        } else {
+            Isolation::ReadUncommitted
+        };
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            client
+                .fetch_one(&tp, offset, isolation, READ_MAX_BYTES)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! `tally collect`: watches Kafka clusters that tally does not run (Apache Kafka,
+//! Redpanda, MSK, Confluent Cloud), from outside through the Kafka protocol, and reports
+//! every consumer group's lag and health, and the clusters' metadata, to the agent with
+//! the same wire messages the instrumented broker sends (DESIGN.md §9). Several clusters
+//! are watched from one process, each with its own security settings; a cluster that
+//! cannot be reached shows as `tally_collect_up{cluster} 0` and affects no other.
+//!
+//! - [`config`]: the settings (flags and a TOML file with `[[cluster]]` blocks);
+//! - [`lag`]: the lag arithmetic (ends, record timestamps, estimates, commit times);
+//! - [`cluster`]: one cluster's discovery and lag polls;
+//! - [`metrics`]: the collector's own `/metrics`;
+//! - [`service`]: the process.
+
+pub mod cluster;
+pub mod config;
+pub mod lag;
+pub mod metrics;
+pub mod service;
+
+pub use service::run;
