@@ -154,6 +154,54 @@ async fn tls_1_2_and_1_3_are_spoken_and_the_server_sees_the_sni() {
 }
 
 #[tokio::test]
+async fn the_server_picks_aes_128_gcm_even_when_the_client_prefers_aes_256() {
+    // librdkafka (OpenSSL) offers AES-256-GCM first; the broker encrypts every byte it
+    // serves, and AES-128-GCM costs fewer rounds for the same protection here.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("tally test CA");
+    let server = ServerTls::load(server_files(dir.path(), &ca, None)).unwrap();
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let roots = tally_kafka::tls::load_ca(&ca_file).unwrap();
+    let mut provider = (*tally_kafka::tls::provider()).clone();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => 0,
+        _ => 1,
+    });
+    let provider = Arc::new(provider);
+    let expected = [
+        (
+            &rustls::version::TLS13,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ];
+    for (version, suite) in expected {
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let client = ClientTls::from_config(Arc::new(config));
+        let (client_io, server_io) = duplex(64 * 1024);
+        let (s, c) = tokio::join!(
+            server.accept(server_io, "peer"),
+            client.connect("localhost", client_io)
+        );
+        let (s, c) = (s.unwrap(), c.unwrap());
+        let negotiated = s.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(negotiated, Some(suite), "{:?}", version.version);
+        assert_eq!(
+            c.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(suite)
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_trusts_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("tally test CA");
