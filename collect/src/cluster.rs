@@ -52,6 +52,8 @@ pub struct PollReport {
     pub offsets: usize,
     /// Records fetched for lag seconds.
     pub record_reads: usize,
+    /// Last batches read because ListOffsets' end was below a commit or a Fetch.
+    pub end_reads: usize,
     /// Timestamps served from the cache.
     pub cache_hits: usize,
 }
@@ -63,6 +65,23 @@ struct Offsets {
     latest: Option<i64>,
     stable: Option<i64>,
     high_watermark: Option<i64>,
+    /// The offset after the last record a Fetch returned.
+    fetched_end: Option<i64>,
+    /// A Fetch returned records at or above the high watermark it reported: this
+    /// broker's ends cannot be trusted (tansu), so every poll reads the last batch.
+    distrusted: bool,
+}
+
+impl Offsets {
+    /// The end: the largest of ListOffsets `latest`, the high watermark and what a
+    /// Fetch returned.
+    fn end(&self) -> Option<i64> {
+        let end = lag::end_offset(self.latest, self.high_watermark);
+        match (end, self.fetched_end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The state of one watched cluster.
@@ -387,32 +406,30 @@ impl ClusterWatch {
             .offsets_read
             .with_label_values(&[&name])
             .inc_by(u64::try_from(offsets_read).unwrap_or(u64::MAX));
-        // A commit above ListOffsets' answer: ask the partition itself (a Fetch's high
-        // watermark), since one peer answers ListOffsets wrongly.
+        // A commit above the end the broker gives, or a broker whose ends were seen to
+        // be wrong: read the last batch, whose end is the partition's (one peer, tansu,
+        // answers ListOffsets and the high watermark with the last batch's base + 1).
         let suspicious: BTreeSet<TopicPartition> = rows
             .iter()
             .filter(|(_, tp, c)| {
                 let o = self.offsets.get(tp).copied().unwrap_or_default();
-                lag::end_offset(o.latest, o.high_watermark).is_none_or(|end| end < *c)
+                o.distrusted || o.end().is_none_or(|end| end < *c)
             })
             .map(|(_, tp, _)| tp.clone())
             .collect();
         let probes: Vec<(TopicPartition, i64, bool)> = suspicious
             .into_iter()
             .map(|tp| {
-                let at = self
-                    .offsets
-                    .get(&tp)
-                    .and_then(|o| o.latest)
-                    .unwrap_or(0)
-                    .max(0);
-                (tp, at, false)
+                let o = self.offsets.get(&tp).copied().unwrap_or_default();
+                let at = lag::end_offset(o.latest, o.high_watermark).unwrap_or(1);
+                (tp, (at - 1).max(0), false)
             })
             .collect();
-        let mut record_reads = probes.len();
-        for ((tp, _, _), result) in probes.iter().zip(read_all(client, &probes).await) {
-            if let Ok(f) = result {
-                self.note_fetch(tp, &f);
+        let end_reads = probes.len();
+        for ((tp, at, _), result) in probes.iter().zip(read_all(client, &probes).await) {
+            match result {
+                Ok(f) => self.note_fetch(tp, &f),
+                Err(e) => debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset = at, "reading the last batch failed: {e}"),
             }
         }
         // Which (partition, offset) need a record read for lag seconds.
@@ -433,7 +450,7 @@ impl ClusterWatch {
             }
         }
         let wanted: Vec<(TopicPartition, i64, bool)> = wanted.into_iter().collect();
-        record_reads += wanted.len();
+        let mut record_reads = wanted.len();
         let results = read_all(client, &wanted).await;
         let mut gone: Vec<(TopicPartition, i64)> = Vec::new();
         for ((tp, offset, _), result) in wanted.iter().zip(results) {
@@ -477,6 +494,10 @@ impl ClusterWatch {
             .record_reads
             .with_label_values(&[&name])
             .inc_by(u64::try_from(record_reads).unwrap_or(u64::MAX));
+        self.metrics
+            .end_reads
+            .with_label_values(&[&name])
+            .inc_by(u64::try_from(end_reads).unwrap_or(u64::MAX));
         self.metrics
             .record_cache_hits
             .with_label_values(&[&name])
@@ -585,6 +606,7 @@ impl ClusterWatch {
             samples,
             offsets: offsets_read,
             record_reads,
+            end_reads,
             cache_hits,
         })
     }
@@ -592,7 +614,7 @@ impl ClusterWatch {
     /// The end of a partition a group is measured against.
     fn end_for(&self, tp: &TopicPartition, read_committed: bool) -> Option<i64> {
         let o = self.offsets.get(tp)?;
-        let end = lag::end_offset(o.latest, o.high_watermark)?;
+        let end = o.end()?;
         if read_committed {
             Some(o.stable.map_or(end, |s| s.min(end)))
         } else {
@@ -601,12 +623,36 @@ impl ClusterWatch {
     }
 
     fn note_fetch(&mut self, tp: &TopicPartition, f: &FetchOne) {
-        if f.error.is_some() && f.high_watermark < 0 {
-            return;
+        if let Some(code) = f.error {
+            debug!(cluster = %self.settings.name, topic = %tp.topic, partition = tp.partition, "record read: {code}");
         }
         let o = self.offsets.entry(tp.clone()).or_default();
         if f.high_watermark >= 0 {
             o.high_watermark = Some(f.high_watermark);
+        }
+        if let Some(next) = f.next_offset {
+            o.fetched_end = Some(o.fetched_end.map_or(next, |e| e.max(next)));
+        }
+        // A Fetch that shows more than ListOffsets said (records above it, or a higher
+        // high watermark) makes ListOffsets untrusted for the partition: from then on
+        // every poll reads its last batch, until ListOffsets agrees again. (A record
+        // appended between the two requests can also do it, for one poll.)
+        let Some(latest) = o.latest else { return };
+        let shown = f.next_offset.unwrap_or(-1).max(f.high_watermark);
+        if shown > latest {
+            if !o.distrusted {
+                debug!(
+                    cluster = %self.settings.name,
+                    topic = %tp.topic,
+                    partition = tp.partition,
+                    list_offsets_latest = latest,
+                    fetch_shows = shown,
+                    "ListOffsets answered below what a Fetch shows: the partition's last batch is read every poll"
+                );
+            }
+            o.distrusted = true;
+        } else if f.error.is_none() {
+            o.distrusted = false;
         }
     }
 

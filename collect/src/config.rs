@@ -195,12 +195,18 @@ impl FileConfig {
     pub fn parse(text: &str, origin: &str) -> Result<FileConfig> {
         let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| ConfigError(format!("config file \"{origin}\": {e}")))?;
+        // `cluster` is the name of the one cluster at the top level (`cluster = "…"`),
+        // or the [[cluster]] blocks.
         let blocks = match table.remove("cluster") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items,
+            Some(name @ toml::Value::String(_)) => {
+                table.insert("cluster".to_owned(), name);
+                Vec::new()
+            }
             Some(other) => {
                 return err(format!(
-                    "config file \"{origin}\": `cluster` must be [[cluster]] blocks (an array of tables), not a {}",
+                    "config file \"{origin}\": `cluster` must be a name (cluster = \"…\") or [[cluster]] blocks, not a {}",
                     other.type_str()
                 ));
             }

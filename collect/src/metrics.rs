@@ -31,6 +31,8 @@ pub struct Metrics {
     pub offsets_read: IntCounterVec,
     /// Records read to learn a committed offset's timestamp.
     pub record_reads: IntCounterVec,
+    /// Last batches read where ListOffsets' end could not be trusted.
+    pub end_reads: IntCounterVec,
     /// Lag-seconds timestamps served from the cache.
     pub record_cache_hits: IntCounterVec,
     /// Samples whose end offset was below the committed offset.
@@ -121,6 +123,12 @@ impl Metrics {
                 &registry,
                 "tally_collect_record_reads_total",
                 "Records fetched to learn the timestamp at a committed offset",
+                &["cluster"],
+            ),
+            end_reads: counter(
+                &registry,
+                "tally_collect_end_reads_total",
+                "Fetches of a partition's last batch, where ListOffsets answered below a commit or below what a Fetch showed",
                 &["cluster"],
             ),
             record_cache_hits: counter(

@@ -41,6 +41,9 @@ pub enum Isolation {
     ReadCommitted,
 }
 
+/// How long a small Fetch lets the broker wait for records where there are none.
+const FETCH_MAX_WAIT_MS: i32 = 100;
+
 /// What one small Fetch of one partition found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchOne {
@@ -55,6 +58,9 @@ pub struct FetchOne {
     pub log_start_offset: i64,
     /// The record found, if any.
     pub record: Option<FetchedRecord>,
+    /// The offset after the last whole batch the answer held (see
+    /// `record_batch::next_offset`): the partition's end is at least this.
+    pub next_offset: Option<i64>,
 }
 
 /// A record's position and time.
@@ -77,8 +83,10 @@ pub struct FetchedRecord {
 }
 
 impl Client {
-    /// One small Fetch of `tp` from `offset`, to the partition's leader (`max_wait_ms`
-    /// 0, so the broker answers at once). `max_bytes` bounds the answer, but brokers
+    /// One small Fetch of `tp` from `offset`, to the partition's leader (`min_bytes` 1
+    /// and `max_wait_ms` 100: a broker answers at once where there are records, and
+    /// within 100 ms where there are none; tansu answers `min_bytes` 0 with no
+    /// partition at all). `max_bytes` bounds the answer, but brokers
     /// send at least the first batch whole. A moved leader or an unknown partition
     /// refreshes the metadata and retries; a partition error that remains is in
     /// [`FetchOne::error`]. Fails when the leader cannot be reached after every attempt.
@@ -131,8 +139,8 @@ impl Client {
         let (response, _) = self
             .call(broker, |_| {
                 FetchRequest::default()
-                    .with_max_wait_ms(0)
-                    .with_min_bytes(0)
+                    .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+                    .with_min_bytes(1)
                     .with_max_bytes(max_bytes)
                     .with_isolation_level(match isolation {
                         Isolation::ReadUncommitted => 0,
@@ -169,6 +177,7 @@ impl Client {
             last_stable_offset: partition.last_stable_offset,
             log_start_offset: partition.log_start_offset,
             record: None,
+            next_offset: None,
         };
         if found.error.is_some() {
             return Ok(found);
@@ -188,6 +197,7 @@ impl Client {
             ),
         };
         if let Some(records) = &partition.records {
+            found.next_offset = super::record_batch::next_offset(records);
             found.record = first_record(records, offset, aborted.as_deref()).map_err(|reason| {
                 Error::CorruptRecords {
                     broker: broker.to_string(),
@@ -207,6 +217,7 @@ impl FetchOne {
             last_stable_offset: -1,
             log_start_offset: -1,
             record: None,
+            next_offset: None,
         }
     }
 }

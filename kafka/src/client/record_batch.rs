@@ -92,6 +92,34 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The offset after the last whole batch in Fetch `records` (control and aborted
+/// batches included: they take offsets too), read from the batch headers only; `None`
+/// when no whole v2 batch is there. A broker's answer can then be checked against
+/// what it served: one peer (tansu) reports a high watermark and a ListOffsets
+/// `latest` of the last batch's base offset + 1, below records it serves.
+pub(crate) fn next_offset(records: &[u8]) -> Option<i64> {
+    let mut cursor = Cursor::new(records);
+    let mut next = None;
+    while cursor.remaining() >= 17 {
+        let base_offset = cursor.i64().ok()?;
+        let length = usize::try_from(cursor.i32().ok()?).ok()?;
+        if cursor.remaining() < length {
+            break;
+        }
+        let batch = cursor.take(length).ok()?;
+        // partition leader epoch (4), magic (1), crc (4), attributes (2), last offset delta (4)
+        if batch.get(4) != Some(&2) || batch.len() < 15 {
+            continue;
+        }
+        let delta = i32::from_be_bytes(batch[11..15].try_into().ok()?);
+        let after = base_offset
+            .saturating_add(i64::from(delta.max(0)))
+            .saturating_add(1);
+        next = Some(next.map_or(after, |n: i64| n.max(after)));
+    }
+    next
+}
+
 /// The first record at or after `from` in Fetch `records`, or `None` when the records
 /// hold none (empty, only control batches, only aborted data, or only a batch cut off
 /// by the size limit). With `aborted` (read_committed), transactional batches of an
@@ -338,6 +366,21 @@ mod tests {
         // read_uncommitted sees the aborted records; the marker is never a record.
         assert_eq!(first_record(&all, 0, None).unwrap(), rec(0, 100));
         assert_eq!(first_record(&all, 2, None).unwrap(), rec(3, 300));
+    }
+
+    #[test]
+    fn next_offset_is_after_the_last_whole_batch() {
+        let mut all = batch(0, 0, -1, 100, &[(0, 0), (1, 0), (2, 0)]);
+        all.extend(batch(3, TRANSACTIONAL | CONTROL, 7, 100, &[(0, 0)]));
+        assert_eq!(next_offset(&all), Some(4));
+        let whole = all.len();
+        all.extend(batch(4, 0, -1, 100, &[(0, 0), (9, 0)]));
+        assert_eq!(next_offset(&all), Some(14));
+        // A batch cut off by the size limit says nothing.
+        all.truncate(whole + 20);
+        assert_eq!(next_offset(&all), Some(4));
+        assert_eq!(next_offset(&[]), None);
+        assert_eq!(next_offset(&[0xff; 40]), None);
     }
 
     #[test]
