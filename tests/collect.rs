@@ -356,6 +356,140 @@ fn lag_of_groups_on_tally_broker_and_what_follows() {
     assert_ne!(status, Some(1.0), "a deleted group raises no alarm");
 }
 
+/// A group whose committed offset retention deleted: lag seconds are estimated from
+/// the oldest record still there, and flagged; and a collector killed with -9 and
+/// started again keeps its commit times (its state folder survives).
+#[test]
+fn lag_below_the_log_start_is_estimated_and_state_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), &["--tick", "250ms"]);
+    let broker = Broker::start(&["--retention-check", "1s"]);
+    let py = python().unwrap();
+    let run = common::run(
+        Command::new(&py).args([
+            "-c",
+            "import sys; from confluent_kafka.admin import AdminClient, NewTopic; \
+             a = AdminClient({'bootstrap.servers': sys.argv[1]}); \
+             t = NewTopic('expiring', 1, 1, config={'segment.bytes': '1024', 'retention.bytes': '1'}); \
+             [f.result(30) for f in a.create_topics([t]).values()]",
+            broker.addr(),
+        ]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "create topic: {}", run.stderr);
+    let w = workload(
+        broker.addr(),
+        "expiring",
+        1,
+        60,
+        "x",
+        &["-X", "linger.ms=0", "-X", "batch.num.messages=1"],
+    );
+    let committed = committed_of(&w, "committed-x")[0];
+    // Wait for retention to move the log start past the commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let start = loop {
+        let run = common::run(
+            Command::new(&py).args([
+                "-c",
+                "import sys; from confluent_kafka import Consumer, TopicPartition; \
+                 c = Consumer({'bootstrap.servers': sys.argv[1], 'group.id': 'probe'}); \
+                 print(c.get_watermark_offsets(TopicPartition('expiring', 0), timeout=10)[0])",
+                broker.addr(),
+            ]),
+            b"",
+            Duration::from_secs(30),
+        );
+        let start: i64 = run.stdout.trim().parse().unwrap_or(-1);
+        if start > committed {
+            break start;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never passed offset {committed} (start {start})"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let state = tempfile::tempdir().unwrap();
+    let state_path = state.path().to_owned();
+    let mut collector = Collector::start_in(
+        &agent,
+        &["--bootstrap", broker.addr(), "--cluster", "ret"],
+        state,
+    );
+    let labels = [
+        ("cluster", "ret"),
+        ("group", "committed-x"),
+        ("topic", "expiring"),
+        ("partition", "0"),
+    ];
+    let text = agent.until(60, "an estimated lag sample", |a| {
+        let text = a.metrics();
+        (metric(&text, "tally_consumer_lag_estimated", &labels) == Some(1.0)).then_some(text)
+    });
+    let now = now_ms();
+    let expected = (now - timestamp_at(&w, 0, start)) as f64 / 1000.0;
+    let seconds = metric(&text, "tally_consumer_lag_seconds", &labels).unwrap();
+    assert!(
+        seconds <= expected + 0.2 && seconds >= expected - LAG_INTERVAL_S - 1.0,
+        "estimated from the oldest record left (offset {start}): {seconds} s, expected {expected}"
+    );
+    assert_eq!(
+        metric(&text, "tally_consumer_lag_records", &labels),
+        Some((end_of(&w, 0) - committed) as f64)
+    );
+    // kill -9, then the same state folder: the commit times are those seen first.
+    collector.child.kill().unwrap();
+    collector.child.wait().unwrap();
+    let file = state_path.join("state/ret/commits.json");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let first_seen = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["group"] == "committed-x")
+        .unwrap_or_else(|| panic!("committed-x not saved: {saved}"))["first_seen_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(first_seen <= now, "{saved}");
+    let dir2 = tempfile::TempDir::with_prefix("again").unwrap();
+    std::fs::create_dir_all(dir2.path().join("state")).unwrap();
+    copy_dir(&state_path.join("state"), &dir2.path().join("state"));
+    let again = Collector::start_in(
+        &agent,
+        &["--bootstrap", broker.addr(), "--cluster", "ret"],
+        dir2,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let saved_again: Value = serde_json::from_slice(
+        &std::fs::read(again._dir.path().join("state/ret/commits.json")).unwrap(),
+    )
+    .unwrap();
+    let still = saved_again
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["group"] == "committed-x")
+        .unwrap()["first_seen_ms"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(still, first_seen, "the commit time survives the restart");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn kafkajs_commits_are_read_too() {
     let node = node().expect("node with kafkajs (scripts/test installs it)");

@@ -98,7 +98,7 @@ pub struct ClusterWatch {
     /// Groups forgotten as long-Empty; watched again once they commit something new.
     forgotten: HashSet<String>,
     last_discovery: Option<Instant>,
-    last_save: Instant,
+    last_save: Option<Instant>,
     offsets: HashMap<TopicPartition, Offsets>,
     times: RecordTimes,
     commits: CommitTimes,
@@ -141,7 +141,7 @@ impl ClusterWatch {
             groups: BTreeSet::new(),
             forgotten: HashSet::new(),
             last_discovery: None,
-            last_save: Instant::now(),
+            last_save: None,
             offsets: HashMap::new(),
             times: RecordTimes::default(),
             commits,
@@ -429,7 +429,9 @@ impl ClusterWatch {
         for ((tp, at, _), result) in probes.iter().zip(read_all(client, &probes).await) {
             match result {
                 Ok(f) => self.note_fetch(tp, &f),
-                Err(e) => debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset = at, "reading the last batch failed: {e}"),
+                Err(e) => {
+                    debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset = at, "reading the last batch failed: {e}")
+                }
             }
         }
         // Which (partition, offset) need a record read for lag seconds.
@@ -688,13 +690,15 @@ impl ClusterWatch {
         }
     }
 
-    /// Saves the commit times when they changed (at most every few seconds unless
-    /// `now`), atomically: a kill -9 leaves the old file or the new one.
+    /// Saves the commit times when they changed (after the first poll, then at most
+    /// every [`SAVE_EVERY`] unless `now`), atomically: a kill -9 leaves the old file
+    /// or the new one.
     fn save(&mut self, now: bool) {
-        if !self.commits.is_dirty() || (!now && self.last_save.elapsed() < SAVE_EVERY) {
+        let recent = self.last_save.is_some_and(|at| at.elapsed() < SAVE_EVERY);
+        if !self.commits.is_dirty() || (!now && recent) {
             return;
         }
-        self.last_save = Instant::now();
+        self.last_save = Some(Instant::now());
         let entries = self.commits.take_entries();
         let result = (|| -> std::io::Result<()> {
             let tmp = self.state_file.with_extension("json.tmp");
