@@ -60,7 +60,9 @@ async fn seed(addr: std::net::SocketAddr) {
         .unwrap();
     assert_eq!(created.topics[0].error_code, 0);
     let ts = |i: i64| BASE_TS + i * 1000;
-    let batches: [(i32, Vec<&[u8]>, Vec<i64>); 3] = [
+    // (partition, values, timestamps) of each batch produced.
+    type Batch<'a> = (i32, Vec<&'a [u8]>, Vec<i64>);
+    let batches: [Batch; 3] = [
         (0, vec![b"a", b"b", b"c"], vec![ts(0), ts(1), ts(2)]),
         (0, vec![b"d", b"e"], vec![ts(3), ts(4)]),
         (1, vec![b"x", b"y"], vec![ts(10), ts(11)]),
