@@ -41,6 +41,8 @@
 #                   idle (under a quarter of one core busy over 2 s; default 120)
 #   KEEP=1          keep the work folder (broker logs, payload files; the keys too)
 #   TALLY_BIN       use this tally binary instead of building one (cargo build --release)
+#   PIN=1           brokers on CPU 1 and clients on CPU 0 (taskset): each side has a core
+#                   of its own, so a client that saturates its core shows as the bound
 # Output: bench/out/broker/results-*.jsonl (one line per phase) and the
 # markdown tables on stdout.
 set -euo pipefail
@@ -170,8 +172,12 @@ fi
         echo "tally-sasl-ssl: SASL_SSL, SCRAM-SHA-512, server certificate ECDSA P-256 from $(openssl version | cut -d' ' -f1-2)"
     fi
     echo "source: commit $(git rev-parse --short HEAD), $(git status --short -- broker src | wc -l) uncommitted files under broker/ and src/"
+    [ "${PIN:-0}" = 1 ] && echo "pinned: brokers on CPU 1, clients on CPU 0 (taskset)"
     echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$results.meta" >&2
+
+pin_args=()
+[ "${PIN:-0}" = 1 ] && pin_args=(--pin)
 
 # Bounded as a whole too: 4 phases' worth of timeout per workload at most.
 workloads=$(( REPS * $(tr ',' '\n' <<<"$SIZES" | wc -l) * $(tr ',' '\n' <<<"$CLIENTS" | wc -l) * $(tr ',' '\n' <<<"$BROKERS" | wc -l) ))
@@ -181,7 +187,7 @@ timeout --signal=TERM --kill-after=30 $((workloads * (PHASE_TIMEOUT * 2 + 120 + 
     --tally "$tally" --python "$venv/bin/python" --site-packages "$site_packages" \
     --work "$work" --results "$results" \
     --tally-port "$TALLY_PORT" --tansu-port "$TANSU_PORT" --noida-port "$NOIDA_PORT" \
-    --phase-timeout "$PHASE_TIMEOUT" --quiet-gate "$QUIET_GATE" "${pki_args[@]}"
+    --phase-timeout "$PHASE_TIMEOUT" --quiet-gate "$QUIET_GATE" "${pki_args[@]}" "${pin_args[@]}"
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results.meta" >&2
 echo "broker-bench: results in $results" >&2

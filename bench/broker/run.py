@@ -250,6 +250,17 @@ def kill_group(proc, grace=5.0):
             continue
 
 
+# With --pin, brokers run on CPU 1 and clients on CPU 0 (taskset execs the program
+# itself, so PIDs and CPU accounting are unchanged): each side then has a core of
+# its own, and a client that saturates its core shows as the bound.
+PIN = {"broker": None, "client": None}
+
+
+def pinned(argv, side):
+    cpu = PIN[side]
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
 def run_client(argv, timeout):
     """Runs one client to completion.
 
@@ -259,8 +270,8 @@ def run_client(argv, timeout):
     """
     cpu0 = children_cpu()
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(pinned(argv, "client"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     chunks = {out_fd: [], err_fd: []}
     first = None
@@ -306,7 +317,8 @@ def start_broker(spec, data_dir, log_path, ready_timeout, python):
     if port_open(spec.port):
         raise RuntimeError(f"something already listens on 127.0.0.1:{spec.port}")
     log = open(log_path, "wb")
-    proc = subprocess.Popen(spec.argv_for(data_dir), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(pinned(spec.argv_for(data_dir), "broker"), stdout=log,
+                            stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         return wait_ready(spec, proc, log, log_path, ready_timeout, python)
@@ -548,7 +560,13 @@ def main():
     parser.add_argument("--quiet-gate", type=float, default=120)
     parser.add_argument("--idle-timeout", type=float, default=60)
     parser.add_argument("--pki", help="CA, certificate, key and users file for tally-sasl-ssl")
+    parser.add_argument("--pin", action="store_true",
+                        help="brokers on CPU 1, clients on CPU 0 (taskset)")
     args = parser.parse_args()
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs two CPUs")
+        PIN.update(broker=1, client=0)
 
     sizes = [int(s) for s in args.sizes.split(",")]
     clients = args.clients.split(",")
