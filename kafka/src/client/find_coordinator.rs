@@ -244,20 +244,14 @@ impl Client {
             }
             remaining = next;
         }
-        if !remaining.is_empty()
-            && !answered
-            && let Some(e) = transport_error
-        {
-            return Err(e);
-        }
-        for g in remaining {
-            let code = last_error
-                .get(&g)
-                .copied()
-                .unwrap_or(KafkaCode::COORDINATOR_NOT_AVAILABLE);
-            results.insert(g, Err(code));
-        }
-        Ok(results)
+        super::settle(
+            results,
+            remaining,
+            &last_error,
+            answered,
+            transport_error,
+            KafkaCode::COORDINATOR_NOT_AVAILABLE,
+        )
     }
 }
 

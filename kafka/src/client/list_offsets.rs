@@ -143,20 +143,14 @@ impl Client {
             }
             remaining = next;
         }
-        if !remaining.is_empty()
-            && !answered
-            && let Some(e) = transport_error
-        {
-            return Err(e);
-        }
-        for tp in remaining {
-            let code = last_error
-                .get(&tp)
-                .copied()
-                .unwrap_or(KafkaCode::UNKNOWN_TOPIC_OR_PARTITION);
-            results.insert(tp, Err(code));
-        }
-        Ok(results)
+        super::settle(
+            results,
+            remaining,
+            &last_error,
+            answered,
+            transport_error,
+            KafkaCode::UNKNOWN_TOPIC_OR_PARTITION,
+        )
     }
 
     /// One ListOffsets to `broker`; each partition's (error code, offset).

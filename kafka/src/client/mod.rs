@@ -417,3 +417,30 @@ mod code_tests {
         assert_eq!(KafkaCode(9999).to_string(), "unknown error (9999)");
     }
 }
+
+/// The end of a call that retried per key (partition or group): keys still without an
+/// answer after the last attempt get the last error seen for them (or `default`), but
+/// when no broker answered anything at all the call fails with the transport error.
+fn settle<K, V>(
+    mut results: HashMap<K, std::result::Result<V, KafkaCode>>,
+    remaining: Vec<K>,
+    last_error: &HashMap<K, KafkaCode>,
+    answered: bool,
+    transport_error: Option<Error>,
+    default: KafkaCode,
+) -> Result<HashMap<K, std::result::Result<V, KafkaCode>>>
+where
+    K: std::hash::Hash + Eq,
+{
+    if !remaining.is_empty()
+        && !answered
+        && let Some(e) = transport_error
+    {
+        return Err(e);
+    }
+    for key in remaining {
+        let code = last_error.get(&key).copied().unwrap_or(default);
+        results.insert(key, Err(code));
+    }
+    Ok(results)
+}
