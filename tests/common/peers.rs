@@ -71,43 +71,6 @@ impl Tansu {
         ];
         Tansu(Peer::start("tansu", port, argv))
     }
-
-    /// `127.0.0.1:PORT`.
-    pub fn bootstrap(&self) -> String {
-        self.0.bootstrap()
-    }
-
-    /// Its port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.0.port
-    }
-
-    /// SIGTERM, then SIGKILL after a grace period, to its whole process
-    /// group; returns once every process of it is gone.
-    pub fn stop(&mut self) {
-        self.0.stop(true);
-    }
-
-    /// SIGKILL to its whole process group; returns once it is gone.
-    pub fn kill9(&mut self) {
-        self.0.stop(false);
-    }
-
-    /// Starts it again (stopping it first if it runs) on the same port and
-    /// waits until it answers. In-memory storage: everything is gone.
-    pub fn restart(&mut self) {
-        self.0.restart();
-    }
-
-    /// Whether its process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.0.is_running()
-    }
-
-    /// What it printed so far, over all its restarts.
-    pub fn log(&self) -> String {
-        self.0.log()
-    }
 }
 
 impl Noida {
@@ -141,46 +104,9 @@ impl Noida {
         Noida(Peer::start_in(dir, "noida-db", port, argv))
     }
 
-    /// `127.0.0.1:PORT`.
-    pub fn bootstrap(&self) -> String {
-        self.0.bootstrap()
-    }
-
-    /// Its port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.0.port
-    }
-
-    /// SIGTERM, then SIGKILL after a grace period, to its whole process
-    /// group; returns once every process of it is gone.
-    pub fn stop(&mut self) {
-        self.0.stop(true);
-    }
-
-    /// SIGKILL to its whole process group; returns once it is gone.
-    pub fn kill9(&mut self) {
-        self.0.stop(false);
-    }
-
-    /// Starts it again (stopping it first if it runs) on the same port and
-    /// data folder, and waits until it answers.
-    pub fn restart(&mut self) {
-        self.0.restart();
-    }
-
-    /// Whether its process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.0.is_running()
-    }
-
     /// Its `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
         self.0.dir.path().join("data")
-    }
-
-    /// What it printed so far, over all its restarts.
-    pub fn log(&self) -> String {
-        self.0.log()
     }
 }
 
@@ -289,8 +215,36 @@ fn peer_binary(override_var: &str, package: &str, file: &str, what: &str) -> Opt
     .then_some(path)
 }
 
+impl std::ops::Deref for Tansu {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Tansu {
+    fn deref_mut(&mut self) -> &mut Peer {
+        &mut self.0
+    }
+}
+
+impl std::ops::Deref for Noida {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Noida {
+    fn deref_mut(&mut self) -> &mut Peer {
+        &mut self.0
+    }
+}
+
 /// What both peers share: a command line, a port, a process group, a log.
-struct Peer {
+/// [`Tansu`] and [`Noida`] dereference to it. A restarted tansu is empty (its
+/// storage is in memory); noida-db keeps its data folder.
+pub struct Peer {
     name: &'static str,
     port: u16,
     argv: Vec<String>,
@@ -315,27 +269,48 @@ impl Peer {
         peer
     }
 
-    fn bootstrap(&self) -> String {
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period, to its whole process
+    /// group; returns once every process of it is gone.
+    pub fn stop(&mut self) {
+        self.halt(true);
+    }
+
+    /// SIGKILL to its whole process group; returns once it is gone.
+    pub fn kill9(&mut self) {
+        self.halt(false);
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join(format!("{}.log", self.name))
     }
 
-    fn log(&self) -> String {
+    /// What it printed so far, over all its restarts.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn is_running(&mut self) -> bool {
+    /// Whether its process still runs.
+    pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
-    fn restart(&mut self) {
+    /// Starts it again (stopping it first if it runs) on the same port, and
+    /// waits until it answers.
+    pub fn restart(&mut self) {
         use std::os::unix::process::CommandExt;
-        self.stop(true);
+        self.halt(true);
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -373,7 +348,7 @@ impl Peer {
             }
             if Instant::now() > deadline {
                 let why = answer.err().map(|e| e.to_string()).unwrap_or_default();
-                self.stop(false);
+                self.halt(false);
                 panic!(
                     "{} did not answer ApiVersions on {bootstrap} within {READY_TIMEOUT:?} ({why}):\n{}",
                     self.name,
@@ -386,7 +361,7 @@ impl Peer {
 
     /// Stops the whole process group (SIGTERM first when `gently`) and
     /// waits until no process of it is left.
-    fn stop(&mut self, gently: bool) {
+    fn halt(&mut self, gently: bool) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -411,7 +386,7 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        self.stop(false);
+        self.halt(false);
     }
 }
 
