@@ -9,6 +9,7 @@
 //! reported as `tally_collect_up{cluster} 0`, and affects no other cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +26,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterSettings;
-use crate::lag::{self, CommitEntry, CommitTimes, RecordTime, RecordTimes};
+use crate::lag::{self, CommitEntry, CommitTimes, PartitionTimes, RecordTime};
 use crate::metrics::Metrics;
 
 /// Kafka's OFFSET_OUT_OF_RANGE: the record is gone (retention) or not yet there.
@@ -47,7 +48,7 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug, Default)]
 pub struct PollReport {
     /// Lag samples sent.
-    pub samples: Vec<LagSample>,
+    pub samples: usize,
     /// Committed offsets read.
     pub offsets: usize,
     /// Records fetched for lag seconds.
@@ -84,6 +85,13 @@ impl Offsets {
     }
 }
 
+/// One watched partition: its offsets and the record timestamps read on it.
+#[derive(Debug, Default)]
+struct Part {
+    offsets: Offsets,
+    times: PartitionTimes,
+}
+
 /// The state of one watched cluster.
 pub struct ClusterWatch {
     settings: ClusterSettings,
@@ -99,8 +107,11 @@ pub struct ClusterWatch {
     forgotten: HashSet<String>,
     last_discovery: Option<Instant>,
     last_save: Option<Instant>,
-    offsets: HashMap<TopicPartition, Offsets>,
-    times: RecordTimes,
+    /// Per watched topic, its partitions by number (looked up by name without
+    /// allocating: a poll touches every committed offset).
+    parts: HashMap<String, Vec<Part>>,
+    /// The poll's number (record-time caches drop what a poll did not use).
+    generation: u64,
     commits: CommitTimes,
     last_metadata: Option<Metadata>,
     up: bool,
@@ -142,8 +153,8 @@ impl ClusterWatch {
             forgotten: HashSet::new(),
             last_discovery: None,
             last_save: None,
-            offsets: HashMap::new(),
-            times: RecordTimes::default(),
+            parts: HashMap::new(),
+            generation: 0,
             commits,
             last_metadata: None,
             up: false,
@@ -168,7 +179,7 @@ impl ClusterWatch {
             match self.poll().await {
                 Ok(report) => debug!(
                     cluster = %self.settings.name,
-                    samples = report.samples.len(),
+                    samples = report.samples,
                     reads = report.record_reads,
                     "lag poll done"
                 ),
@@ -274,16 +285,7 @@ impl ClusterWatch {
             .collect();
         for t in &gone_topics {
             self.commits.forget_topic(t);
-            let tps: Vec<TopicPartition> = self
-                .offsets
-                .keys()
-                .filter(|tp| &tp.topic == t)
-                .cloned()
-                .collect();
-            for tp in tps {
-                self.offsets.remove(&tp);
-                self.times.forget_partition(&tp);
-            }
+            self.parts.remove(t);
         }
         for g in &gone_groups {
             self.commits.forget_group(g);
@@ -306,6 +308,10 @@ impl ClusterWatch {
             .count();
         if new_topics > 0 && self.last_metadata.is_some() {
             info!(cluster = %self.settings.name, new_topics, "new topics are watched");
+        }
+        for (topic, &count) in &topics {
+            let parts = self.parts.entry(topic.clone()).or_default();
+            parts.resize_with(usize::try_from(count).unwrap_or(0), Part::default);
         }
         self.topics = topics;
         self.groups = groups;
@@ -336,6 +342,16 @@ impl ClusterWatch {
                 })
             })
             .collect()
+    }
+
+    fn part(&self, topic: &str, partition: i32) -> Option<&Part> {
+        self.parts.get(topic)?.get(usize::try_from(partition).ok()?)
+    }
+
+    fn part_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
+        self.parts
+            .get_mut(topic)?
+            .get_mut(usize::try_from(partition).ok()?)
     }
 
     async fn poll_lag(&mut self, client: &Client) -> Result<PollReport, String> {
@@ -370,37 +386,35 @@ impl ClusterWatch {
             None
         };
         for tp in &partitions {
-            let o = self.offsets.entry(tp.clone()).or_default();
-            o.start = starts.get(tp).and_then(|r| r.as_ref().ok().copied());
-            o.latest = latests.get(tp).and_then(|r| r.as_ref().ok().copied());
-            o.stable = stables
-                .as_ref()
-                .and_then(|s| s.get(tp))
-                .and_then(|r| r.as_ref().ok().copied());
+            if let Some(part) = self.part_mut(&tp.topic, tp.partition) {
+                let o = &mut part.offsets;
+                o.start = starts.get(tp).and_then(|r| r.as_ref().ok().copied());
+                o.latest = latests.get(tp).and_then(|r| r.as_ref().ok().copied());
+                o.stable = stables
+                    .as_ref()
+                    .and_then(|s| s.get(tp))
+                    .and_then(|r| r.as_ref().ok().copied());
+            }
         }
         let now = now_ms();
-        self.times.begin_poll();
-        // (group, partition, committed) of every watched commit, in a stable order.
-        let mut rows: Vec<(String, TopicPartition, i64)> = Vec::new();
+        self.generation += 1;
+        let generation = self.generation;
+        // (group, topic, partition, committed, read committed) of every watched
+        // commit, borrowed from the answer: a poll allocates per sample only for
+        // the sample itself.
+        let mut rows: Vec<(&str, &str, i32, i64, bool)> = Vec::new();
         for group in &groups {
             let Some(Ok(offsets)) = committed.get(group) else {
                 continue;
             };
+            let read_committed = self.settings.filters.read_committed(group);
             for c in offsets {
-                if c.offset < 0 || c.error.is_some() || !self.topics.contains_key(&c.topic) {
+                if c.offset < 0 || c.error.is_some() || self.part(&c.topic, c.partition).is_none() {
                     continue;
                 }
-                rows.push((
-                    group.clone(),
-                    TopicPartition {
-                        topic: c.topic.clone(),
-                        partition: c.partition,
-                    },
-                    c.offset,
-                ));
+                rows.push((group, &c.topic, c.partition, c.offset, read_committed));
             }
         }
-        rows.sort();
         let offsets_read = rows.len();
         self.metrics
             .offsets_read
@@ -409,20 +423,28 @@ impl ClusterWatch {
         // A commit above the end the broker gives, or a broker whose ends were seen to
         // be wrong: read the last batch, whose end is the partition's (one peer, tansu,
         // answers ListOffsets and the high watermark with the last batch's base + 1).
-        let suspicious: BTreeSet<TopicPartition> = rows
-            .iter()
-            .filter(|(_, tp, c)| {
-                let o = self.offsets.get(tp).copied().unwrap_or_default();
-                o.distrusted || o.end().is_none_or(|end| end < *c)
-            })
-            .map(|(_, tp, _)| tp.clone())
-            .collect();
+        let mut suspicious: BTreeSet<(&str, i32)> = BTreeSet::new();
+        for &(_, topic, partition, c, _) in &rows {
+            if let Some(part) = self.part(topic, partition) {
+                let o = &part.offsets;
+                if o.distrusted || o.end().is_none_or(|end| end < c) {
+                    suspicious.insert((topic, partition));
+                }
+            }
+        }
         let probes: Vec<(TopicPartition, i64, bool)> = suspicious
             .into_iter()
-            .map(|tp| {
-                let o = self.offsets.get(&tp).copied().unwrap_or_default();
+            .map(|(topic, partition)| {
+                let o = self
+                    .part(topic, partition)
+                    .map(|p| p.offsets)
+                    .unwrap_or_default();
                 let at = lag::end_offset(o.latest, o.high_watermark).unwrap_or(1);
-                (tp, (at - 1).max(0), false)
+                (
+                    TopicPartition::new(topic, partition),
+                    (at - 1).max(0),
+                    false,
+                )
             })
             .collect();
         let end_reads = probes.len();
@@ -435,60 +457,68 @@ impl ClusterWatch {
             }
         }
         // Which (partition, offset) need a record read for lag seconds.
-        let mut wanted: BTreeSet<(TopicPartition, i64, bool)> = BTreeSet::new();
+        let mut wanted: BTreeSet<(&str, i32, i64, bool)> = BTreeSet::new();
         let mut cache_hits = 0usize;
-        for (group, tp, c) in &rows {
-            let read_committed = self.settings.filters.read_committed(group);
-            let Some(end) = self.end_for(tp, read_committed) else {
+        for &(_, topic, partition, c, read_committed) in &rows {
+            let Some(end) = self.end_for(topic, partition, read_committed) else {
                 continue;
             };
-            if *c >= end {
+            if c >= end {
                 continue;
             }
-            if self.times.cached(tp, *c).is_some() {
+            let Some(part) = self.part_mut(topic, partition) else {
+                continue;
+            };
+            if part.times.cached(c, generation).is_some() {
                 cache_hits += 1;
             } else {
-                wanted.insert((tp.clone(), *c, read_committed));
+                wanted.insert((topic, partition, c, read_committed));
             }
         }
-        let wanted: Vec<(TopicPartition, i64, bool)> = wanted.into_iter().collect();
+        let wanted: Vec<(TopicPartition, i64, bool)> = wanted
+            .into_iter()
+            .map(|(t, p, c, rc)| (TopicPartition::new(t, p), c, rc))
+            .collect();
         let mut record_reads = wanted.len();
         let results = read_all(client, &wanted).await;
-        let mut gone: Vec<(TopicPartition, i64)> = Vec::new();
+        let mut gone: BTreeSet<TopicPartition> = BTreeSet::new();
         for ((tp, offset, _), result) in wanted.iter().zip(results) {
             match result {
                 Ok(f) => {
                     self.note_fetch(tp, &f);
                     match (&f.error, &f.record) {
-                        (None, Some(r)) => self.times.read(tp, *offset, r.offset, r.timestamp_ms),
+                        (None, Some(r)) => {
+                            if let Some(part) = self.part_mut(&tp.topic, tp.partition) {
+                                part.times
+                                    .read(*offset, r.offset, r.timestamp_ms, generation);
+                            }
+                        }
                         (Some(KafkaCode(OFFSET_OUT_OF_RANGE)), _) => {
-                            gone.push((tp.clone(), *offset))
+                            gone.insert(tp.clone());
                         }
                         _ => {}
                     }
                 }
                 Err(e) => {
-                    debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset, "record read failed: {e}")
+                    debug!(cluster = %name, topic = %tp.topic, partition = tp.partition, offset, "record read failed: {e}");
                 }
             }
         }
         // Records deleted below the log start: read the oldest record still there,
         // so that the estimate has a point above the committed offset.
         let start_reads: Vec<(TopicPartition, i64, bool)> = gone
-            .iter()
-            .filter_map(|(tp, _)| {
-                let start = self.offsets.get(tp)?.start?;
-                Some((tp.clone(), start, false))
-            })
-            .collect::<BTreeSet<_>>()
             .into_iter()
+            .filter_map(|tp| {
+                let start = self.part(&tp.topic, tp.partition)?.offsets.start?;
+                Some((tp, start, false))
+            })
             .collect();
         record_reads += start_reads.len();
         for ((tp, _, _), result) in start_reads.iter().zip(read_all(client, &start_reads).await) {
             if let Ok(f) = result {
                 self.note_fetch(tp, &f);
-                if let Some(r) = &f.record {
-                    self.times.point(tp, r.offset, r.timestamp_ms);
+                if let (Some(r), Some(part)) = (&f.record, self.part_mut(&tp.topic, tp.partition)) {
+                    part.times.point(r.offset, r.timestamp_ms);
                 }
             }
         }
@@ -504,26 +534,38 @@ impl ClusterWatch {
             .record_cache_hits
             .with_label_values(&[&name])
             .inc_by(u64::try_from(cache_hits).unwrap_or(u64::MAX));
-        // The samples.
+        // The samples. A group forgotten as long-Empty is left out until it commits
+        // something new.
         let mut samples = Vec::with_capacity(rows.len());
         let mut inconsistent = 0u64;
         let mut estimated = 0u64;
-        for (group, tp, c) in &rows {
-            let read_committed = self.settings.filters.read_committed(group);
-            let o = self.offsets.get(tp).copied().unwrap_or_default();
-            let end = self.end_for(tp, false).unwrap_or(*c);
-            let target = self.end_for(tp, read_committed).unwrap_or(end);
-            let (lag_records, odd) = lag::lag_records(*c, target);
+        let mut back: HashSet<&str> = HashSet::new();
+        for &(group, topic, partition, c, read_committed) in &rows {
+            let commit_at_ms = self.commits.observe(group, topic, partition, c, now);
+            if self.forgotten.contains(group) {
+                if commit_at_ms != now {
+                    continue;
+                }
+                back.insert(group);
+            }
+            let end = self.end_for(topic, partition, false).unwrap_or(c);
+            let target = self
+                .end_for(topic, partition, read_committed)
+                .unwrap_or(end);
+            let (lag_records, odd) = lag::lag_records(c, target);
             if odd {
                 inconsistent += 1;
             }
+            let Some(part) = self.part_mut(topic, partition) else {
+                continue;
+            };
             let (lag_seconds, is_estimate) = if lag_records == 0 {
                 (0.0, false)
             } else {
-                let time = match self.times.cached(tp, *c) {
-                    Some(t) => t,
-                    None => self.times.estimate(tp, *c),
-                };
+                let time = part
+                    .times
+                    .cached(c, generation)
+                    .unwrap_or_else(|| part.times.estimate(c));
                 match time {
                     RecordTime::Read(ts) => (lag::lag_seconds(now, ts), false),
                     RecordTime::Estimated(ts) => (lag::lag_seconds(now, ts), true),
@@ -533,12 +575,12 @@ impl ClusterWatch {
             if is_estimate {
                 estimated += 1;
             }
-            let commit_at_ms = self.commits.observe(group, tp, *c, now);
+            let o = part.offsets;
             samples.push(LagSample {
-                group: group.clone(),
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                committed: *c,
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+                committed: c,
                 end_offset: end.max(0),
                 start_offset: o.start.unwrap_or(0).max(0),
                 lag_records,
@@ -548,7 +590,14 @@ impl ClusterWatch {
                 estimated: is_estimate,
             });
         }
-        self.times.end_poll();
+        for g in back {
+            self.forgotten.remove(g);
+        }
+        for parts in self.parts.values_mut() {
+            for part in parts {
+                part.times.end_poll(generation);
+            }
+        }
         self.metrics
             .inconsistent_offsets
             .with_label_values(&[&name])
@@ -576,36 +625,29 @@ impl ClusterWatch {
             } else {
                 self.forgotten.remove(group);
             }
+            if self.forgotten.contains(group) {
+                continue;
+            }
             group_states.push(GroupMetadata {
                 group: group.clone(),
                 state: GroupState::from(d.state.clone()),
                 members: u32::try_from(d.members).unwrap_or(u32::MAX),
             });
         }
-        // A forgotten group comes back when it commits something new.
-        let forgotten = &self.forgotten;
-        samples.retain(|s| !forgotten.contains(&s.group) || s.commit_at_ms == now);
-        let back: Vec<String> = samples
-            .iter()
-            .filter(|s| forgotten.contains(&s.group))
-            .map(|s| s.group.clone())
-            .collect();
-        for g in back {
-            self.forgotten.remove(&g);
-        }
-        group_states.retain(|g| !self.forgotten.contains(&g.group));
         if !forget.is_empty() {
             info!(cluster = %name, groups = ?forget, "groups Empty with no commit for --forget-empty-groups-after are forgotten");
+            samples.retain(|s| !self.forgotten.contains(&s.group));
         }
+        let sample_count = samples.len();
         if let Some(e) = &self.emitter {
             if !forget.is_empty() {
                 e.record_forget(forget, Vec::new());
             }
-            e.record_lag(now, samples.clone());
+            e.record_lag(now, samples);
             e.record_cluster(self.cluster_state(now, group_states));
         }
         Ok(PollReport {
-            samples,
+            samples: sample_count,
             offsets: offsets_read,
             record_reads,
             end_reads,
@@ -614,8 +656,8 @@ impl ClusterWatch {
     }
 
     /// The end of a partition a group is measured against.
-    fn end_for(&self, tp: &TopicPartition, read_committed: bool) -> Option<i64> {
-        let o = self.offsets.get(tp)?;
+    fn end_for(&self, topic: &str, partition: i32, read_committed: bool) -> Option<i64> {
+        let o = &self.part(topic, partition)?.offsets;
         let end = o.end()?;
         if read_committed {
             Some(o.stable.map_or(end, |s| s.min(end)))
@@ -628,7 +670,11 @@ impl ClusterWatch {
         if let Some(code) = f.error {
             debug!(cluster = %self.settings.name, topic = %tp.topic, partition = tp.partition, "record read: {code}");
         }
-        let o = self.offsets.entry(tp.clone()).or_default();
+        let cluster = self.settings.name.clone();
+        let Some(part) = self.part_mut(&tp.topic, tp.partition) else {
+            return;
+        };
+        let o = &mut part.offsets;
         if f.high_watermark >= 0 {
             o.high_watermark = Some(f.high_watermark);
         }
@@ -644,7 +690,7 @@ impl ClusterWatch {
         if shown > latest {
             if !o.distrusted {
                 debug!(
-                    cluster = %self.settings.name,
+                    cluster = %cluster,
                     topic = %tp.topic,
                     partition = tp.partition,
                     list_offsets_latest = latest,

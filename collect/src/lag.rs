@@ -15,8 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tally_kafka::client::TopicPartition;
-
 /// Lag in records and whether the offsets contradict each other (end < committed).
 pub fn lag_records(committed: i64, end: i64) -> (u64, bool) {
     if end < committed {
@@ -60,87 +58,59 @@ pub enum RecordTime {
 /// The most (offset, timestamp) points kept per partition for estimates.
 const MAX_POINTS: usize = 256;
 
-/// Record timestamps read per partition: a cache keyed by the committed offset (so
+/// The record timestamps read on one partition: a cache keyed by committed offset (so
 /// that a group whose offset does not move costs no read), and the points estimates
 /// interpolate between.
 #[derive(Debug, Default)]
-pub struct RecordTimes {
-    /// (partition, committed offset) → what was read there, and the poll that last used it.
-    cache: HashMap<(TopicPartition, i64), (RecordTime, u64)>,
-    /// Per partition, offsets and the timestamps of the records read at them.
-    points: HashMap<TopicPartition, BTreeMap<i64, i64>>,
-    /// The current poll's number.
-    generation: u64,
+pub struct PartitionTimes {
+    /// Committed offset → what was read there, and the poll that last used it.
+    cache: HashMap<i64, (RecordTime, u64)>,
+    /// Offsets and the timestamps of the records read at them.
+    points: BTreeMap<i64, i64>,
 }
 
-impl RecordTimes {
-    /// Starts a poll: entries no poll uses for a whole poll are dropped at its end.
-    pub fn begin_poll(&mut self) {
-        self.generation += 1;
-    }
-
-    /// Ends a poll: drops what it did not use (moved offsets, deleted groups).
-    pub fn end_poll(&mut self) {
-        let current = self.generation;
-        self.cache.retain(|_, (_, used)| *used == current);
-    }
-
-    /// What is cached for (partition, offset), marking it used in this poll.
-    pub fn cached(&mut self, tp: &TopicPartition, offset: i64) -> Option<RecordTime> {
-        let current = self.generation;
-        let key = (tp.clone(), offset);
-        self.cache.get_mut(&key).map(|(time, used)| {
-            *used = current;
+impl PartitionTimes {
+    /// What is cached for `offset`, marking it used in poll `generation`.
+    pub fn cached(&mut self, offset: i64, generation: u64) -> Option<RecordTime> {
+        self.cache.get_mut(&offset).map(|(time, used)| {
+            *used = generation;
             *time
         })
     }
 
-    /// Records a read: the first record at or after `offset` is at `record_offset`
-    /// with `timestamp_ms`.
-    pub fn read(
-        &mut self,
-        tp: &TopicPartition,
-        offset: i64,
-        record_offset: i64,
-        timestamp_ms: i64,
-    ) {
-        self.cache.insert(
-            (tp.clone(), offset),
-            (RecordTime::Read(timestamp_ms), self.generation),
-        );
-        self.point(tp, record_offset, timestamp_ms);
+    /// Records a read in poll `generation`: the first record at or after `offset` is
+    /// at `record_offset` with `timestamp_ms`.
+    pub fn read(&mut self, offset: i64, record_offset: i64, timestamp_ms: i64, generation: u64) {
+        self.cache
+            .insert(offset, (RecordTime::Read(timestamp_ms), generation));
+        self.point(record_offset, timestamp_ms);
     }
 
     /// Adds an (offset, timestamp) point without caching a committed offset (a record
     /// read elsewhere on the partition, e.g. at the log start).
-    pub fn point(&mut self, tp: &TopicPartition, offset: i64, timestamp_ms: i64) {
+    pub fn point(&mut self, offset: i64, timestamp_ms: i64) {
         if timestamp_ms < 0 {
             return;
         }
-        let points = self.points.entry(tp.clone()).or_default();
-        points.insert(offset, timestamp_ms);
-        while points.len() > MAX_POINTS {
+        self.points.insert(offset, timestamp_ms);
+        while self.points.len() > MAX_POINTS {
             // Keep the newest: lag is about the records not yet consumed.
-            points.pop_first();
+            self.points.pop_first();
         }
     }
 
-    /// Estimates the timestamp at `offset` from the points read on the partition (the
-    /// next poll tries to read the record again).
-    pub fn estimate(&self, tp: &TopicPartition, offset: i64) -> RecordTime {
-        self.points
-            .get(tp)
-            .and_then(|points| interpolate(points, offset))
-            .map_or(RecordTime::Unknown, RecordTime::Estimated)
+    /// Estimates the timestamp at `offset` from the points read (the next poll tries
+    /// to read the record again).
+    pub fn estimate(&self, offset: i64) -> RecordTime {
+        interpolate(&self.points, offset).map_or(RecordTime::Unknown, RecordTime::Estimated)
     }
 
-    /// Forgets a partition (its topic was deleted).
-    pub fn forget_partition(&mut self, tp: &TopicPartition) {
-        self.points.remove(tp);
-        self.cache.retain(|(p, _), _| p != tp);
+    /// Ends poll `generation`: drops the offsets it did not use (moved on, or groups gone).
+    pub fn end_poll(&mut self, generation: u64) {
+        self.cache.retain(|_, (_, used)| *used == generation);
     }
 
-    /// Cached entries (for the metrics and the benchmark).
+    /// Cached offsets.
     pub fn cached_len(&self) -> usize {
         self.cache.len()
     }
@@ -164,49 +134,84 @@ fn interpolate(points: &BTreeMap<i64, i64>, offset: i64) -> Option<i64> {
     }
 }
 
+/// The most partitions per topic a group's commit times are kept for (a partition
+/// number comes off the wire; the caller passes only partitions the metadata has).
+const MAX_PARTITION: i32 = 1 << 20;
+
+/// One group's commit times: per topic, per partition (offset, first seen).
+#[derive(Debug, Default)]
+struct GroupCommits {
+    topics: HashMap<String, Vec<Option<(i64, i64)>>>,
+    last_change: Option<i64>,
+}
+
 /// When each group committed what it has: the poll that first saw the offset (a
 /// collector that cannot read `__consumer_offsets` sees commits only by polling).
+/// Looked up by name without allocating; only a change allocates.
 #[derive(Debug, Default)]
 pub struct CommitTimes {
-    seen: HashMap<(String, TopicPartition), (i64, i64)>,
+    groups: HashMap<String, GroupCommits>,
     dirty: bool,
 }
 
 impl CommitTimes {
-    /// Notes `offset` for (group, partition) at `now_ms`; returns when it was first seen.
-    pub fn observe(&mut self, group: &str, tp: &TopicPartition, offset: i64, now_ms: i64) -> i64 {
-        let key = (group.to_owned(), tp.clone());
-        match self.seen.get(&key) {
-            Some(&(o, at)) if o == offset => at,
-            _ => {
-                self.seen.insert(key, (offset, now_ms));
-                self.dirty = true;
-                now_ms
-            }
+    /// Notes `offset` for (group, topic, partition) at `now_ms`; returns when it was
+    /// first seen.
+    pub fn observe(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        now_ms: i64,
+    ) -> i64 {
+        let Ok(index) = usize::try_from(partition) else {
+            return now_ms;
+        };
+        if partition >= MAX_PARTITION {
+            return now_ms;
         }
+        if let Some(Some((o, at))) = self
+            .groups
+            .get(group)
+            .and_then(|g| g.topics.get(topic))
+            .and_then(|parts| parts.get(index))
+            && *o == offset
+        {
+            return *at;
+        }
+        let g = match self.groups.get_mut(group) {
+            Some(g) => g,
+            None => self.groups.entry(group.to_owned()).or_default(),
+        };
+        let parts = match g.topics.get_mut(topic) {
+            Some(p) => p,
+            None => g.topics.entry(topic.to_owned()).or_default(),
+        };
+        if parts.len() <= index {
+            parts.resize(index + 1, None);
+        }
+        parts[index] = Some((offset, now_ms));
+        g.last_change = Some(g.last_change.map_or(now_ms, |l| l.max(now_ms)));
+        self.dirty = true;
+        now_ms
     }
 
     /// The latest time any partition of `group` changed its committed offset.
     pub fn last_change(&self, group: &str) -> Option<i64> {
-        self.seen
-            .iter()
-            .filter(|((g, _), _)| g == group)
-            .map(|(_, &(_, at))| at)
-            .max()
+        self.groups.get(group).and_then(|g| g.last_change)
     }
 
     /// Drops everything known of `group`.
     pub fn forget_group(&mut self, group: &str) {
-        let before = self.seen.len();
-        self.seen.retain(|(g, _), _| g != group);
-        self.dirty |= self.seen.len() != before;
+        self.dirty |= self.groups.remove(group).is_some();
     }
 
     /// Drops everything known of `topic`.
     pub fn forget_topic(&mut self, topic: &str) {
-        let before = self.seen.len();
-        self.seen.retain(|(_, tp), _| tp.topic != topic);
-        self.dirty |= self.seen.len() != before;
+        for g in self.groups.values_mut() {
+            self.dirty |= g.topics.remove(topic).is_some();
+        }
     }
 
     /// Whether something changed since the last [`CommitTimes::take_entries`].
@@ -217,17 +222,22 @@ impl CommitTimes {
     /// Every entry, sorted, for saving; clears the dirty mark.
     pub fn take_entries(&mut self) -> Vec<CommitEntry> {
         self.dirty = false;
-        let mut out: Vec<CommitEntry> = self
-            .seen
-            .iter()
-            .map(|((group, tp), &(offset, at_ms))| CommitEntry {
-                group: group.clone(),
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset,
-                first_seen_ms: at_ms,
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (group, g) in &self.groups {
+            for (topic, parts) in &g.topics {
+                for (partition, entry) in parts.iter().enumerate() {
+                    if let Some((offset, at)) = entry {
+                        out.push(CommitEntry {
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            partition: i32::try_from(partition).unwrap_or(i32::MAX),
+                            offset: *offset,
+                            first_seen_ms: *at,
+                        });
+                    }
+                }
+            }
+        }
         out.sort_by(|a, b| {
             (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
         });
@@ -237,22 +247,37 @@ impl CommitTimes {
     /// Restores saved entries.
     pub fn restore(&mut self, entries: Vec<CommitEntry>) {
         for e in entries {
-            let tp = TopicPartition {
-                topic: e.topic,
-                partition: e.partition,
+            let Ok(index) = usize::try_from(e.partition) else {
+                continue;
             };
-            self.seen.insert((e.group, tp), (e.offset, e.first_seen_ms));
+            if e.partition >= MAX_PARTITION {
+                continue;
+            }
+            let g = self.groups.entry(e.group).or_default();
+            let parts = g.topics.entry(e.topic).or_default();
+            if parts.len() <= index {
+                parts.resize(index + 1, None);
+            }
+            parts[index] = Some((e.offset, e.first_seen_ms));
+            g.last_change = Some(
+                g.last_change
+                    .map_or(e.first_seen_ms, |l| l.max(e.first_seen_ms)),
+            );
         }
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.groups
+            .values()
+            .flat_map(|g| g.topics.values())
+            .map(|parts| parts.iter().flatten().count())
+            .sum()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 }
 
@@ -275,13 +300,6 @@ pub struct CommitEntry {
 mod tests {
     use super::*;
 
-    fn tp(p: i32) -> TopicPartition {
-        TopicPartition {
-            topic: "t".into(),
-            partition: p,
-        }
-    }
-
     #[test]
     fn lag_never_goes_negative() {
         assert_eq!(lag_records(10, 25), (15, false));
@@ -303,47 +321,53 @@ mod tests {
 
     #[test]
     fn a_stuck_offset_is_read_once_and_a_moved_one_is_dropped() {
-        let mut times = RecordTimes::default();
-        times.begin_poll();
-        assert_eq!(times.cached(&tp(0), 5), None);
-        times.read(&tp(0), 5, 5, 1_000);
-        times.end_poll();
-        for _ in 0..3 {
-            times.begin_poll();
-            assert_eq!(times.cached(&tp(0), 5), Some(RecordTime::Read(1_000)));
-            times.end_poll();
+        let mut times = PartitionTimes::default();
+        assert_eq!(times.cached(5, 1), None);
+        times.read(5, 5, 1_000, 1);
+        times.end_poll(1);
+        for generation in 2..5 {
+            assert_eq!(times.cached(5, generation), Some(RecordTime::Read(1_000)));
+            times.end_poll(generation);
         }
         // The group moved on: nothing asks for offset 5 in this poll.
-        times.begin_poll();
-        assert_eq!(times.cached(&tp(0), 9), None);
-        times.end_poll();
+        assert_eq!(times.cached(9, 5), None);
+        times.end_poll(5);
         assert_eq!(times.cached_len(), 0);
     }
 
     #[test]
     fn estimates_interpolate_between_records_read() {
-        let mut times = RecordTimes::default();
-        times.point(&tp(0), 100, 10_000);
-        times.point(&tp(0), 200, 20_000);
-        assert_eq!(times.estimate(&tp(0), 150), RecordTime::Estimated(15_000));
+        let mut times = PartitionTimes::default();
+        assert_eq!(times.estimate(5), RecordTime::Unknown);
+        times.point(100, 10_000);
+        times.point(200, 20_000);
+        assert_eq!(times.estimate(150), RecordTime::Estimated(15_000));
         // Below every point (deleted by retention): the oldest record still there.
-        assert_eq!(times.estimate(&tp(0), 40), RecordTime::Estimated(10_000));
-        assert_eq!(times.estimate(&tp(0), 900), RecordTime::Estimated(20_000));
-        assert_eq!(times.estimate(&tp(1), 5), RecordTime::Unknown);
+        assert_eq!(times.estimate(40), RecordTime::Estimated(10_000));
+        assert_eq!(times.estimate(900), RecordTime::Estimated(20_000));
     }
 
     #[test]
     fn commit_times_are_the_poll_that_first_saw_the_offset() {
         let mut c = CommitTimes::default();
-        assert_eq!(c.observe("g", &tp(0), 5, 1_000), 1_000);
-        assert_eq!(c.observe("g", &tp(0), 5, 2_000), 1_000);
-        assert_eq!(c.observe("g", &tp(0), 6, 3_000), 3_000);
+        assert_eq!(c.observe("g", "t", 0, 5, 1_000), 1_000);
+        assert_eq!(c.observe("g", "t", 0, 5, 2_000), 1_000);
+        assert_eq!(c.observe("g", "t", 1, 7, 2_500), 2_500);
+        assert_eq!(c.observe("g", "t", 0, 6, 3_000), 3_000);
         assert_eq!(c.last_change("g"), Some(3_000));
+        assert_eq!(c.len(), 2);
+        // A partition number off the wire never sizes memory.
+        assert_eq!(c.observe("g", "t", i32::MAX, 1, 4_000), 4_000);
+        assert_eq!(c.len(), 2);
         let saved = c.take_entries();
+        assert!(!c.is_dirty());
         let mut restored = CommitTimes::default();
         restored.restore(saved);
-        assert_eq!(restored.observe("g", &tp(0), 6, 9_000), 3_000);
-        restored.forget_group("g");
+        assert_eq!(restored.observe("g", "t", 0, 6, 9_000), 3_000);
+        assert_eq!(restored.last_change("g"), Some(3_000));
+        restored.forget_topic("t");
         assert!(restored.is_empty());
+        restored.forget_group("g");
+        assert_eq!(restored.last_change("g"), None);
     }
 }
