@@ -6,7 +6,8 @@ the collector's CPU time (utime + stime, /proc/PID/stat) and memory (VmRSS, VmHW
 `tally_collect_poll_duration_seconds_count` has moved, so that the histogram's sum
 and the counters give this poll's own figures by difference. The CPU between two
 detections is one poll plus one scrape and the idle wait, which costs next to
-nothing.
+nothing. What the rest of the machine used meanwhile (/proc/stat less the collector
+and the broker) is reported beside each poll: the figures move with the neighbours.
 
 Writes one JSON line per poll and one summary line to --out, and the markdown tables
 to stdout.
@@ -43,6 +44,13 @@ def cpu_seconds(pid):
         # The command name may hold spaces: fields count from after its ')'.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def machine_busy_seconds():
+    """Busy CPU time of all cores since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / HZ
 
 
 def alive(pid):
@@ -117,6 +125,7 @@ def main():
     prev = {
         "cpu": cpu_seconds(args.pid),
         "broker_cpu": cpu_seconds(args.broker_pid),
+        "busy": machine_busy_seconds(),
         "metrics": {"requests": {}},
         "at": time.monotonic(),
     }
@@ -145,6 +154,7 @@ def main():
                 continue
             cpu = cpu_seconds(args.pid)
             broker_cpu = cpu_seconds(args.broker_pid)
+            busy = machine_busy_seconds()
             mem = memory_kib(args.pid)
             at = time.monotonic()
             want = len(polls) + 1
@@ -168,6 +178,9 @@ def main():
                 "wall_s": delta("tally_collect_poll_duration_seconds_sum"),
                 "cpu_s": cpu - prev["cpu"],
                 "broker_cpu_s": broker_cpu - prev["broker_cpu"],
+                # What the rest of the machine used meanwhile, in cores.
+                "others_cores": (busy - prev["busy"] - (cpu - prev["cpu"]) - (broker_cpu - prev["broker_cpu"]))
+                / max(at - prev["at"], 1e-3),
                 "offsets": int(delta("tally_collect_offsets_read_total")),
                 "samples": int(m.group(1)),
                 "record_reads": int(delta("tally_collect_record_reads_total")),
@@ -185,9 +198,10 @@ def main():
             log(
                 f"poll {poll['poll']}{' (first)' if poll['first'] else ''}: "
                 f"{poll['wall_s']:.3f}s wall, {poll['cpu_s']:.2f}s CPU, {poll['offsets']} offsets, "
-                f"{poll['record_reads']} record reads, RSS {mem.get('VmRSS', 0) / 1024:.0f} MiB"
+                f"{poll['record_reads']} record reads, RSS {mem.get('VmRSS', 0) / 1024:.0f} MiB, "
+                f"others {poll['others_cores']:.2f} cores"
             )
-            prev = {"cpu": cpu, "broker_cpu": broker_cpu, "metrics": metrics, "at": at}
+            prev = {"cpu": cpu, "broker_cpu": broker_cpu, "busy": busy, "metrics": metrics, "at": at}
             waiting_since = time.monotonic()
             if len(polls) >= args.polls + 1:
                 break
@@ -244,6 +258,7 @@ def main():
         "steady_record_reads_max": reads,
         "steady_cache_hits_median": hits,
         "broker_cpu_s_per_steady_poll": round(broker_cpu, 3),
+        "others_cores_max": round(max(p["others_cores"] for p in polls), 2),
         "peak_rss_mib": round(hwm_mib, 1),
         "peak_rss_mib_after_first_poll": round(hwm_first_mib, 1),
         "rss_mib_at_end": round(rss_mib, 1),
@@ -261,15 +276,15 @@ def main():
           f"({setup['committed_offsets']:,} committed offsets)\n")
     print(f"commit `{meta['commit']}`, {meta['machine']}, {meta['date']}\n")
     print("| poll | wall s | collector CPU s | broker CPU s | offsets | offsets/s wall | offsets per CPU-s | "
-          "record reads | cache hits | requests | RSS MiB | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "record reads | cache hits | requests | RSS MiB | peak RSS MiB | others' CPU, cores |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in polls:
         reqs = ", ".join(f"{api} {n}" for api, n in p["requests"].items())
         print(
             f"| {p['poll']}{' (first)' if p['first'] else ''} | {p['wall_s']:.3f} | {p['cpu_s']:.2f} | "
             f"{p['broker_cpu_s']:.2f} | {p['offsets']:,} | {p['offsets'] / p['wall_s']:,.0f} | "
             f"{(p['offsets'] / p['cpu_s']) if p['cpu_s'] else float('nan'):,.0f} | {p['record_reads']:,} | "
-            f"{p['cache_hits']:,} | {reqs} | {p['rss_kib'] / 1024:.0f} | {p['hwm_kib'] / 1024:.0f} |"
+            f"{p['cache_hits']:,} | {reqs} | {p['rss_kib'] / 1024:.0f} | {p['hwm_kib'] / 1024:.0f} | {p['others_cores']:.2f} |"
         )
     print()
     kminion_core = tuple(x / KMINION_CORES for x in KMINION_OFFSETS_PER_S)
