@@ -776,8 +776,13 @@ async fn read_all(
     let permits = Arc::new(Semaphore::new(READ_CONCURRENCY));
     let mut tasks = Vec::with_capacity(reads.len());
     for (tp, offset, read_committed) in reads {
+        // The permit is taken before the task exists: at most READ_CONCURRENCY
+        // tasks at a time, however many reads a first poll has.
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string());
         let client = client.clone();
-        let permits = Arc::clone(&permits);
         let tp = tp.clone();
         let offset = *offset;
         let isolation = if *read_committed {
@@ -786,7 +791,7 @@ async fn read_all(
             Isolation::ReadUncommitted
         };
         tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let _permit = permit?;
             client
                 .fetch_one(&tp, offset, isolation, READ_MAX_BYTES)
                 .await
