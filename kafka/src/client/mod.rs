@@ -404,20 +404,6 @@ fn is_transport(e: &Error) -> bool {
 #[cfg(test)]
 mod tests;
 
-#[cfg(test)]
-mod code_tests {
-    use super::*;
-
-    #[test]
-    fn codes_show_kafka_names_and_numbers() {
-        assert_eq!(KafkaCode(6).to_string(), "NOT_LEADER_OR_FOLLOWER (6)");
-        assert_eq!(KafkaCode(16).to_string(), "NOT_COORDINATOR (16)");
-        assert_eq!(KafkaCode(58).to_string(), "SASL_AUTHENTICATION_FAILED (58)");
-        assert_eq!(KafkaCode(-1).to_string(), "UNKNOWN_SERVER_ERROR (-1)");
-        assert_eq!(KafkaCode(9999).to_string(), "unknown error (9999)");
-    }
-}
-
 /// The end of a call that retried per key (partition or group): keys still without an
 /// answer after the last attempt get the last error seen for them (or `default`), but
 /// when no broker answered anything at all the call fails with the transport error.
@@ -443,4 +429,18 @@ where
         results.insert(key, Err(code));
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    #[test]
+    fn codes_show_kafka_names_and_numbers() {
+        assert_eq!(KafkaCode(6).to_string(), "NOT_LEADER_OR_FOLLOWER (6)");
+        assert_eq!(KafkaCode(16).to_string(), "NOT_COORDINATOR (16)");
+        assert_eq!(KafkaCode(58).to_string(), "SASL_AUTHENTICATION_FAILED (58)");
+        assert_eq!(KafkaCode(-1).to_string(), "UNKNOWN_SERVER_ERROR (-1)");
+        assert_eq!(KafkaCode(9999).to_string(), "unknown error (9999)");
+    }
 }
