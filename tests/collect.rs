@@ -490,6 +490,85 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A group Empty with no new commit for --forget-empty-groups-after is retracted from
+/// the agent, with no alarm, and comes back when it commits again.
+#[test]
+fn long_empty_groups_are_forgotten_without_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), &["--tick", "250ms"]);
+    let broker = Broker::start(&[]);
+    let _collector = Collector::start(
+        &agent,
+        &[
+            "--bootstrap",
+            broker.addr(),
+            "--cluster",
+            "idle",
+            "--forget-empty-groups-after",
+            "4s",
+        ],
+    );
+    let w = workload(broker.addr(), "quiet", 1, 8, "f", &[]);
+    assert_group_lag(
+        &agent,
+        "idle",
+        &w,
+        "committed-f",
+        &committed_of(&w, "committed-f"),
+    );
+    let has_series = |text: &str, group: &str| {
+        text.lines().any(|l| {
+            l.starts_with("tally_consumer_committed_offset{")
+                && l.contains(&format!("group=\"{group}\""))
+        })
+    };
+    agent.until(30, "committed-f forgotten", |a| {
+        (!has_series(&a.metrics(), "committed-f")).then_some(())
+    });
+    let text = agent.metrics();
+    assert_ne!(
+        metric(
+            &text,
+            "tally_consumer_group_status",
+            &[
+                ("cluster", "idle"),
+                ("group", "committed-f"),
+                ("status", "err")
+            ]
+        ),
+        Some(1.0),
+        "forgetting raises no alarm"
+    );
+    // It commits again (a new offset): it is watched again.
+    let py = python().unwrap();
+    let run = common::run(
+        Command::new(py).args([
+            "-c",
+            "import sys; from confluent_kafka import Consumer, TopicPartition; \
+             c = Consumer({'bootstrap.servers': sys.argv[1], 'group.id': 'committed-f'}); \
+             c.commit(offsets=[TopicPartition('quiet', 0, 7)], asynchronous=False); c.close()",
+            broker.addr(),
+        ]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "commit: {}", run.stderr);
+    agent.until(30, "committed-f back", |a| {
+        let text = a.metrics();
+        (metric(
+            &text,
+            "tally_consumer_committed_offset",
+            &[
+                ("cluster", "idle"),
+                ("group", "committed-f"),
+                ("topic", "quiet"),
+                ("partition", "0"),
+            ],
+        ) == Some(7.0))
+        .then_some(())
+    });
+}
+
 #[test]
 fn kafkajs_commits_are_read_too() {
     let node = node().expect("node with kafkajs (scripts/test installs it)");
