@@ -6,7 +6,9 @@
 //! batched per leader), and, for each (group, partition) behind its end, the timestamp
 //! of the record at the committed offset (one small Fetch, cached while the offset
 //! does not move). A cluster that cannot be reached is retried on the next poll,
-//! reported as `tally_collect_up{cluster} 0`, and affects no other cluster.
+//! reported as `tally_collect_up{cluster} 0`, and affects no other cluster. Commit
+//! times come from `__consumer_offsets` where it can be read ([`OffsetsTopic`]),
+//! else from the poll that first saw an offset.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -28,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::ClusterSettings;
 use crate::lag::{self, CommitEntry, CommitTimes, PartitionTimes, RecordTime};
 use crate::metrics::Metrics;
+use crate::offsets_topic::OffsetsTopic;
 
 /// Kafka's OFFSET_OUT_OF_RANGE: the record is gone (retention) or not yet there.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -113,6 +116,7 @@ pub struct ClusterWatch {
     /// The poll's number (record-time caches drop what a poll did not use).
     generation: u64,
     commits: CommitTimes,
+    offsets_topic: OffsetsTopic,
     last_metadata: Option<Metadata>,
     up: bool,
 }
@@ -142,6 +146,7 @@ impl ClusterWatch {
             Err(e) => return Err(e),
         }
         metrics.up.with_label_values(&[&settings.name]).set(0);
+        let offsets_topic = OffsetsTopic::load(&dir, &settings.name);
         Ok(ClusterWatch {
             settings,
             metrics,
@@ -156,6 +161,7 @@ impl ClusterWatch {
             parts: HashMap::new(),
             generation: 0,
             commits,
+            offsets_topic,
             last_metadata: None,
             up: false,
         })
@@ -292,6 +298,9 @@ impl ClusterWatch {
             self.forgotten.remove(g);
         }
         if !gone_topics.is_empty() || !gone_groups.is_empty() {
+            self.offsets_topic.retain(|g, t, _| {
+                !gone_groups.iter().any(|x| x == g) && !gone_topics.iter().any(|x| x == t)
+            });
             info!(
                 cluster = %self.settings.name,
                 topics = ?gone_topics,
@@ -315,6 +324,7 @@ impl ClusterWatch {
         }
         self.topics = topics;
         self.groups = groups;
+        self.offsets_topic.set_metadata(&metadata);
         self.metrics
             .groups
             .with_label_values(&[&self.settings.name])
@@ -534,6 +544,36 @@ impl ClusterWatch {
             .record_cache_hits
             .with_label_values(&[&name])
             .inc_by(u64::try_from(cache_hits).unwrap_or(u64::MAX));
+        // Commit times logged since the last poll: of watched partitions, and of those
+        // the next discovery may watch (a new group commits before it is listed).
+        let tail = {
+            let (filters, topics) = (&self.settings.filters, &self.topics);
+            self.offsets_topic
+                .read(client, |g, t, p| {
+                    p >= 0
+                        && filters.group(g)
+                        && topics
+                            .get(t)
+                            .map_or_else(|| filters.topic(t, false), |count| p < *count)
+                })
+                .await
+        };
+        self.metrics
+            .offsets_topic_records
+            .with_label_values(&[&name])
+            .inc_by(tail.records);
+        self.metrics
+            .offsets_topic_skipped_batches
+            .with_label_values(&[&name])
+            .inc_by(tail.skipped_compressed_batches);
+        self.metrics
+            .offsets_topic_behind
+            .with_label_values(&[&name])
+            .set(tail.behind);
+        self.metrics
+            .offsets_topic_read
+            .with_label_values(&[&name])
+            .set(i64::from(self.offsets_topic.is_read()));
         // The samples. A group forgotten as long-Empty is left out until it commits
         // something new.
         let mut samples = Vec::with_capacity(rows.len());
@@ -541,9 +581,12 @@ impl ClusterWatch {
         let mut estimated = 0u64;
         let mut back: HashSet<&str> = HashSet::new();
         for &(group, topic, partition, c, read_committed) in &rows {
-            let commit_at_ms = self.commits.observe(group, topic, partition, c, now);
+            let logged = self.offsets_topic.commit_time(group, topic, partition, c);
+            let (commit_at_ms, changed) = self
+                .commits
+                .observe_logged(group, topic, partition, c, logged, now);
             if self.forgotten.contains(group) {
-                if commit_at_ms != now {
+                if !changed {
                     continue;
                 }
                 back.insert(group);
@@ -736,31 +779,24 @@ impl ClusterWatch {
         }
     }
 
-    /// Saves the commit times when they changed (after the first poll, then at most
-    /// every [`SAVE_EVERY`] unless `now`), atomically: a kill -9 leaves the old file
-    /// or the new one.
+    /// Saves the commit times (and the `__consumer_offsets` position) when they
+    /// changed (after the first poll, then at most every [`SAVE_EVERY`] unless `now`),
+    /// atomically: a kill -9 leaves the old file or the new one.
     fn save(&mut self, now: bool) {
         let recent = self.last_save.is_some_and(|at| at.elapsed() < SAVE_EVERY);
-        if !self.commits.is_dirty() || (!now && recent) {
+        let dirty = self.commits.is_dirty() || self.offsets_topic.is_dirty();
+        if !dirty || (!now && recent) {
             return;
         }
         self.last_save = Some(Instant::now());
+        self.offsets_topic.save();
+        if !self.commits.is_dirty() {
+            return;
+        }
         let entries = self.commits.take_entries();
-        let result = (|| -> std::io::Result<()> {
-            let tmp = self.state_file.with_extension("json.tmp");
-            let bytes = serde_json::to_vec(&entries).map_err(std::io::Error::other)?;
-            {
-                use std::io::Write as _;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &self.state_file)?;
-            if let Some(dir) = self.state_file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let result = serde_json::to_vec(&entries)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::state_file::replace(&self.state_file, &bytes));
         if let Err(e) = result {
             warn!(file = %self.state_file.display(), "cannot save the commit times: {e}");
         }

@@ -145,7 +145,8 @@ struct GroupCommits {
     last_change: Option<i64>,
 }
 
-/// When each group committed what it has: the poll that first saw the offset (a
+/// When each group committed what it has: the time `__consumer_offsets` gives for the
+/// commit where the collector reads it, else the poll that first saw the offset (a
 /// collector that cannot read `__consumer_offsets` sees commits only by polling).
 /// Looked up by name without allocating; only a change allocates.
 #[derive(Debug, Default)]
@@ -165,21 +166,52 @@ impl CommitTimes {
         offset: i64,
         now_ms: i64,
     ) -> i64 {
+        self.observe_logged(group, topic, partition, offset, None, now_ms)
+            .0
+    }
+
+    /// Notes `offset` for (group, topic, partition) at `now_ms`, with the time the
+    /// commit log (`__consumer_offsets`) gives for a commit of that offset, where it
+    /// has one. Returns the commit time to report and whether it changed (a new
+    /// offset, or the same offset committed again).
+    ///
+    /// - A commit of an offset already held moves its time to the logged time when that
+    ///   is later (the group re-committed the same offset: Burrow's `stall`, not `stop`).
+    /// - A new offset takes the logged time, else `now_ms` (the poll that first saw it).
+    /// - The time reported for a partition never goes back (the agent takes a commit
+    ///   older than the last one it saw for a resent sample): a logged time earlier
+    ///   than the one already reported, as when the log is read only after polling saw
+    ///   the offset, leaves the reported one.
+    pub fn observe_logged(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        logged_ms: Option<i64>,
+        now_ms: i64,
+    ) -> (i64, bool) {
         let Ok(index) = usize::try_from(partition) else {
-            return now_ms;
+            return (logged_ms.unwrap_or(now_ms), true);
         };
         if partition >= MAX_PARTITION {
-            return now_ms;
+            return (logged_ms.unwrap_or(now_ms), true);
         }
-        if let Some(Some((o, at))) = self
+        let held = self
             .groups
             .get(group)
             .and_then(|g| g.topics.get(topic))
             .and_then(|parts| parts.get(index))
-            && *o == offset
-        {
-            return *at;
-        }
+            .copied()
+            .flatten();
+        let at = match held {
+            Some((o, at)) if o == offset => match logged_ms {
+                Some(logged) if logged > at => logged,
+                _ => return (at, false),
+            },
+            Some((_, at)) => logged_ms.unwrap_or(now_ms).max(at),
+            None => logged_ms.unwrap_or(now_ms),
+        };
         let g = match self.groups.get_mut(group) {
             Some(g) => g,
             None => self.groups.entry(group.to_owned()).or_default(),
@@ -191,10 +223,10 @@ impl CommitTimes {
         if parts.len() <= index {
             parts.resize(index + 1, None);
         }
-        parts[index] = Some((offset, now_ms));
-        g.last_change = Some(g.last_change.map_or(now_ms, |l| l.max(now_ms)));
+        parts[index] = Some((offset, at));
+        g.last_change = Some(g.last_change.map_or(at, |l| l.max(at)));
         self.dirty = true;
-        now_ms
+        (at, true)
     }
 
     /// The latest time any partition of `group` changed its committed offset.
@@ -292,7 +324,7 @@ pub struct CommitEntry {
     pub partition: i32,
     /// The committed offset.
     pub offset: i64,
-    /// The poll that first saw it.
+    /// Its commit time: from `__consumer_offsets`, else the poll that first saw it.
     pub first_seen_ms: i64,
 }
 
@@ -345,6 +377,43 @@ mod tests {
         // Below every point (deleted by retention): the oldest record still there.
         assert_eq!(times.estimate(40), RecordTime::Estimated(10_000));
         assert_eq!(times.estimate(900), RecordTime::Estimated(20_000));
+    }
+
+    #[test]
+    fn logged_commit_times_show_re_commits_and_never_go_back() {
+        let mut c = CommitTimes::default();
+        // The log gives the commit's own time, not the poll's.
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 5, Some(900), 1_000),
+            (900, true)
+        );
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 5, Some(900), 2_000),
+            (900, false)
+        );
+        // The same offset committed again: a new commit time (stall, not stop).
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 5, Some(1_900), 3_000),
+            (1_900, true)
+        );
+        assert_eq!(c.last_change("g"), Some(1_900));
+        // Not in the log (yet): the poll's time, and a later logged time for that
+        // offset that is older does not take it back.
+        assert_eq!(c.observe_logged("g", "t", 0, 6, None, 4_000), (4_000, true));
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 6, Some(3_500), 5_000),
+            (4_000, false)
+        );
+        // A new offset whose logged time is below the last reported one.
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 7, Some(3_900), 6_000),
+            (4_000, true)
+        );
+        assert_eq!(
+            c.observe_logged("g", "t", 0, 8, Some(6_500), 7_000),
+            (6_500, true)
+        );
+        assert_eq!(c.observe("g", "t", 0, 8, 8_000), 6_500);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`config`]: the settings (flags and a TOML file with `[[cluster]]` blocks);
 //! - [`lag`]: the lag arithmetic (ends, record timestamps, estimates, commit times);
 //! - [`cluster`]: one cluster's discovery and lag polls;
+//! - [`offsets_topic`]: commit times read from `__consumer_offsets`;
 //! - [`metrics`]: the collector's own `/metrics`;
 //! - [`service`]: the process.
 
@@ -15,6 +16,8 @@ pub mod cluster;
 pub mod config;
 pub mod lag;
 pub mod metrics;
+pub mod offsets_topic;
 pub mod service;
+mod state_file;
 
 pub use service::run;

@@ -39,6 +39,14 @@ pub struct Metrics {
     pub inconsistent_offsets: IntCounterVec,
     /// Samples whose lag seconds were estimated.
     pub estimated: IntCounterVec,
+    /// Records read from `__consumer_offsets`.
+    pub offsets_topic_records: IntCounterVec,
+    /// Compressed batches of `__consumer_offsets` passed over.
+    pub offsets_topic_skipped_batches: IntCounterVec,
+    /// Records of `__consumer_offsets` not yet read.
+    pub offsets_topic_behind: IntGaugeVec,
+    /// 1 while commit times come from `__consumer_offsets`.
+    pub offsets_topic_read: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,6 +155,30 @@ impl Metrics {
                 &registry,
                 "tally_collect_estimated_samples_total",
                 "Lag samples whose seconds were estimated (the record at the committed offset could not be read)",
+                &["cluster"],
+            ),
+            offsets_topic_records: counter(
+                &registry,
+                "tally_collect_offsets_topic_records_total",
+                "Records read from __consumer_offsets for commit times",
+                &["cluster"],
+            ),
+            offsets_topic_skipped_batches: counter(
+                &registry,
+                "tally_collect_offsets_topic_skipped_batches_total",
+                "Compressed batches of __consumer_offsets passed over (their commits are not seen)",
+                &["cluster"],
+            ),
+            offsets_topic_behind: gauge(
+                &registry,
+                "tally_collect_offsets_topic_behind_records",
+                "Records of __consumer_offsets not read yet (the first reads catch up over several polls)",
+                &["cluster"],
+            ),
+            offsets_topic_read: gauge(
+                &registry,
+                "tally_collect_offsets_topic_read",
+                "1 when commit times come from __consumer_offsets, 0 when from polling (no such topic, or not authorised)",
                 &["cluster"],
             ),
             registry,

@@ -294,6 +294,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A record of `__consumer_offsets` whose key or value is not in any layout Kafka
+    /// writes there.
+    #[error("a __consumer_offsets record does not parse: {reason}")]
+    OffsetsTopicRecord {
+        /// What is wrong, and where.
+        reason: String,
+    },
+
     /// A request could not be encoded (a bug, or a value out of the protocol's range).
     #[error("cannot encode {api} v{version}: {reason}")]
     Encode {

@@ -1,11 +1,14 @@
-//! Fetch, for one record: the offset and timestamp of the record at (or first after) an
-//! offset, with the partition's watermarks.
+//! Fetch of one partition, read two ways: for one record (the offset and timestamp of
+//! the record at, or first after, an offset: [`Client::fetch_one`]) and for whole
+//! records (offset, timestamp, key and value: [`Client::fetch_records`]), each with the
+//! partition's watermarks.
 
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 
 use super::list_offsets::topic_name;
-use super::record_batch::{AbortedTransaction, first_record};
+use super::record_batch::{AbortedTransaction, first_record, read_records};
 use super::request::{Api, ResponseErrors, first};
 use super::{Client, KafkaCode, TopicPartition, is_transport};
 use crate::{Error, Result};
@@ -82,6 +85,81 @@ pub struct FetchedRecord {
     pub timestamp_ms: i64,
 }
 
+/// A whole record of a Fetch answer. Key and value share the answer's buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp in ms since the epoch (the batch's max timestamp for
+    /// LogAppendTime batches; -1 when it has none).
+    pub timestamp_ms: i64,
+    /// Its key; `None` when null.
+    pub key: Option<Bytes>,
+    /// Its value; `None` when null (a tombstone).
+    pub value: Option<Bytes>,
+}
+
+/// What one Fetch of one partition for whole records found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedRecords {
+    /// The partition's error, if any (`OFFSET_OUT_OF_RANGE` when the offset is below
+    /// the log start or above the end, `TOPIC_AUTHORIZATION_FAILED`, …).
+    pub error: Option<KafkaCode>,
+    /// The high watermark; -1 when the answer has none.
+    pub high_watermark: i64,
+    /// The last stable offset; -1 when the answer has none.
+    pub last_stable_offset: i64,
+    /// The log start offset; -1 when the answer has none.
+    pub log_start_offset: i64,
+    /// Where to fetch next: the offset after the last whole batch the answer held
+    /// (control, aborted and compressed batches included), or the offset asked for
+    /// when it held none (nothing there yet, or a first batch larger than `max_bytes`
+    /// that the broker cut: ask again with more).
+    pub next_offset: i64,
+    /// The records at or after the offset asked for, in log order. Control records
+    /// are never records; with [`Isolation::ReadCommitted`] neither are those of
+    /// aborted transactions.
+    pub records: Vec<Record>,
+    /// Compressed batches passed over: this crate has no codecs yet, so their records
+    /// are not read (their offsets are still passed: `next_offset` is after them).
+    /// Kafka writes `__consumer_offsets` uncompressed unless
+    /// `offsets.topic.compression.codec` says otherwise.
+    pub skipped_compressed_batches: u32,
+}
+
+/// One partition of a Fetch answer, not yet read.
+struct RawFetch {
+    broker: String,
+    error: Option<KafkaCode>,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+    records: Option<Bytes>,
+    /// With read_committed, the answer's aborted transactions.
+    aborted: Option<Vec<AbortedTransaction>>,
+}
+
+impl RawFetch {
+    fn failed(code: KafkaCode) -> RawFetch {
+        RawFetch {
+            broker: String::new(),
+            error: Some(code),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: None,
+            aborted: None,
+        }
+    }
+
+    fn corrupt(&self, tp: &TopicPartition, reason: String) -> Error {
+        Error::CorruptRecords {
+            broker: self.broker.clone(),
+            reason: format!("Fetch of {tp}: {reason}"),
+        }
+    }
+}
+
 impl Client {
     /// One small Fetch of `tp` from `offset`, to the partition's leader (`min_bytes` 1
     /// and `max_wait_ms` 100: a broker answers at once where there are records, and
@@ -97,6 +175,72 @@ impl Client {
         isolation: Isolation,
         max_bytes: i32,
     ) -> Result<FetchOne> {
+        let raw = self.fetch_raw(tp, offset, isolation, max_bytes).await?;
+        let mut found = FetchOne {
+            error: raw.error,
+            high_watermark: raw.high_watermark,
+            last_stable_offset: raw.last_stable_offset,
+            log_start_offset: raw.log_start_offset,
+            record: None,
+            next_offset: None,
+        };
+        if found.error.is_some() {
+            return Ok(found);
+        }
+        if let Some(records) = &raw.records {
+            found.next_offset = super::record_batch::next_offset(records);
+            found.record = first_record(records, offset, raw.aborted.as_deref())
+                .map_err(|reason| raw.corrupt(tp, reason))?;
+        }
+        Ok(found)
+    }
+
+    /// A Fetch of `tp` from `offset` for whole records, as [`fetch_one`](Client::fetch_one)
+    /// sends it and retries it. `max_bytes` bounds the answer (brokers send at least the
+    /// first batch whole, and the client refuses an answer above its
+    /// `max_response_bytes`); the records are slices of the answer, so what they hold
+    /// is bounded by the bytes received. Uncompressed batches are read (CRC checked);
+    /// compressed ones are passed over and counted in
+    /// [`FetchedRecords::skipped_compressed_batches`]. A batch that fails its CRC or
+    /// whose fields run past it fails the call ([`Error::CorruptRecords`]).
+    pub async fn fetch_records(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        isolation: Isolation,
+        max_bytes: i32,
+    ) -> Result<FetchedRecords> {
+        let raw = self.fetch_raw(tp, offset, isolation, max_bytes).await?;
+        let mut fetched = FetchedRecords {
+            error: raw.error,
+            high_watermark: raw.high_watermark,
+            last_stable_offset: raw.last_stable_offset,
+            log_start_offset: raw.log_start_offset,
+            next_offset: offset,
+            records: Vec::new(),
+            skipped_compressed_batches: 0,
+        };
+        if fetched.error.is_some() {
+            return Ok(fetched);
+        }
+        if let Some(records) = &raw.records {
+            let read = read_records(records, offset, raw.aborted.as_deref())
+                .map_err(|reason| raw.corrupt(tp, reason))?;
+            fetched.next_offset = read.next_offset.map_or(offset, |n| n.max(offset));
+            fetched.records = read.records;
+            fetched.skipped_compressed_batches = read.skipped_compressed_batches;
+        }
+        Ok(fetched)
+    }
+
+    /// One Fetch of `tp` to its leader, retried where a new leader may answer.
+    async fn fetch_raw(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        isolation: Isolation,
+        max_bytes: i32,
+    ) -> Result<RawFetch> {
         let mut last = None;
         for attempt in 0..self.attempts() {
             self.backoff(attempt).await;
@@ -109,11 +253,11 @@ impl Client {
                 } else {
                     KafkaCode::UNKNOWN_TOPIC_OR_PARTITION
                 };
-                last = Some(Ok(FetchOne::failed(code)));
+                last = Some(Ok(RawFetch::failed(code)));
                 continue;
             };
             match self
-                .fetch_one_at(&leader, tp, offset, isolation, max_bytes)
+                .fetch_raw_at(&leader, tp, offset, isolation, max_bytes)
                 .await
             {
                 Ok(found) => match found.error {
@@ -124,17 +268,17 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        last.unwrap_or(Ok(FetchOne::failed(KafkaCode::LEADER_NOT_AVAILABLE)))
+        last.unwrap_or(Ok(RawFetch::failed(KafkaCode::LEADER_NOT_AVAILABLE)))
     }
 
-    async fn fetch_one_at(
+    async fn fetch_raw_at(
         &self,
         broker: &super::BrokerAddr,
         tp: &TopicPartition,
         offset: i64,
         isolation: Isolation,
         max_bytes: i32,
-    ) -> Result<FetchOne> {
+    ) -> Result<RawFetch> {
         let max_bytes = max_bytes.max(1);
         let (response, _) = self
             .call(broker, |_| {
@@ -159,30 +303,20 @@ impl Client {
             })
             .await?;
         if response.error_code != 0 {
-            return Ok(FetchOne::failed(KafkaCode(response.error_code)));
+            return Ok(RawFetch::failed(KafkaCode(response.error_code)));
         }
         let partition = response
             .responses
-            .iter()
+            .into_iter()
             .filter(|t| t.topic.0.as_str() == tp.topic)
-            .flat_map(|t| t.partitions.iter())
+            .flat_map(|t| t.partitions.into_iter())
             .find(|p| p.partition_index == tp.partition)
             .ok_or_else(|| Error::Malformed {
                 broker: broker.to_string(),
                 reason: format!("Fetch answered without partition {tp}"),
             })?;
-        let mut found = FetchOne {
-            error: (partition.error_code != 0).then_some(KafkaCode(partition.error_code)),
-            high_watermark: partition.high_watermark,
-            last_stable_offset: partition.last_stable_offset,
-            log_start_offset: partition.log_start_offset,
-            record: None,
-            next_offset: None,
-        };
-        if found.error.is_some() {
-            return Ok(found);
-        }
-        let aborted: Option<Vec<AbortedTransaction>> = match isolation {
+        let error = (partition.error_code != 0).then_some(KafkaCode(partition.error_code));
+        let aborted = match isolation {
             Isolation::ReadUncommitted => None,
             Isolation::ReadCommitted => Some(
                 partition
@@ -196,28 +330,18 @@ impl Client {
                     .collect(),
             ),
         };
-        if let Some(records) = &partition.records {
-            found.next_offset = super::record_batch::next_offset(records);
-            found.record = first_record(records, offset, aborted.as_deref()).map_err(|reason| {
-                Error::CorruptRecords {
-                    broker: broker.to_string(),
-                    reason: format!("Fetch of {tp}: {reason}"),
-                }
-            })?;
-        }
-        Ok(found)
-    }
-}
-
-impl FetchOne {
-    fn failed(code: KafkaCode) -> FetchOne {
-        FetchOne {
-            error: Some(code),
-            high_watermark: -1,
-            last_stable_offset: -1,
-            log_start_offset: -1,
-            record: None,
-            next_offset: None,
-        }
+        Ok(RawFetch {
+            broker: broker.to_string(),
+            error,
+            high_watermark: partition.high_watermark,
+            last_stable_offset: partition.last_stable_offset,
+            log_start_offset: partition.log_start_offset,
+            records: if error.is_some() {
+                None
+            } else {
+                partition.records
+            },
+            aborted,
+        })
     }
 }

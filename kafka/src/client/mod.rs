@@ -1,6 +1,8 @@
 //! A Kafka client for watching a cluster from outside: metadata, offsets, consumer
-//! groups and their committed offsets, and one-record fetches, over plaintext, TLS and
-//! SASL (PLAIN, SCRAM-SHA-256/512, OAUTHBEARER).
+//! groups and their committed offsets, fetches (of one record's offset and time, or of
+//! whole uncompressed records), and the offset-commit records of `__consumer_offsets`
+//! ([`OffsetsTopicRecord`]), over plaintext, TLS and SASL (PLAIN, SCRAM-SHA-256/512,
+//! OAUTHBEARER).
 //!
 //! - [`Client::connect`] tries the bootstrap servers in turn and learns the brokers from
 //!   Metadata. Each request then goes where Kafka wants it: ListOffsets and Fetch to the
@@ -33,6 +35,7 @@ mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_fetch;
+mod offsets_topic;
 mod record_batch;
 mod request;
 mod transport;
@@ -49,11 +52,12 @@ use kafka_protocol::protocol::HeaderVersion;
 pub use config::{ClientConfig, Observer, Outcome, SaslMechanism, SecurityProtocol};
 pub use conn::Connections;
 pub use describe_groups::GroupDescription;
-pub use fetch::{FetchOne, FetchedRecord, Isolation};
+pub use fetch::{FetchOne, FetchedRecord, FetchedRecords, Isolation, Record};
 pub use list_groups::GroupListing;
 pub use list_offsets::OffsetSpec;
 pub use metadata::{BrokerInfo, Metadata, PartitionMetadata, TopicMetadata};
 pub use offset_fetch::CommittedOffset;
+pub use offsets_topic::{OffsetCommit, OffsetsTopicRecord};
 pub use transport::{ApiVersions, BoxFuture, BrokerAddr, RawRequest, Transport};
 
 use request::{Api, ResponseErrors};

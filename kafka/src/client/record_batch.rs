@@ -1,12 +1,21 @@
-//! Just enough of the record format to find the first record at or after an offset in a
-//! Fetch answer, with bounds checks on every field: the batch header (v2), and in an
-//! uncompressed batch each record's length, timestamp delta and offset delta. Keys,
-//! values and headers are skipped, never copied, and nothing is decompressed.
+//! Just enough of the record format to read Fetch answers, with bounds checks on every
+//! field: the batch header (v2, CRC checked), and in an uncompressed batch each record's
+//! length, timestamp delta and offset delta, and (for [`read_records`]) its key and value
+//! as slices of the answer, never copies. Headers are skipped and nothing is
+//! decompressed.
 //!
-//! A compressed batch is judged by its header, which is never compressed: its base
-//! offset and first timestamp (the max timestamp for LogAppendTime batches).
+//! - [`first_record`]: the first record at or after an offset. A compressed batch is
+//!   judged by its header, which is never compressed: its base offset and first
+//!   timestamp (the max timestamp for LogAppendTime batches).
+//! - [`read_records`]: every record at or after an offset. A compressed batch is passed
+//!   over and counted (this crate has no codecs yet).
+//!
+//! Nothing is sized by a length read off the wire: every length is checked against the
+//! bytes received before it is used.
 
-use super::fetch::FetchedRecord;
+use bytes::Bytes;
+
+use super::fetch::{FetchedRecord, Record};
 
 /// Batch header bytes up to and including the record count.
 const V2_HEADER: usize = 61;
@@ -92,6 +101,119 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Kafka's consumer's rule for read_committed: a producer's transaction is aborted from
+/// the first offset in the answer's aborted list until its next control batch (the
+/// abort marker). Fed every batch in log order.
+#[derive(Default)]
+struct Aborts {
+    /// Aborted transactions not reached yet, the lowest first offset last.
+    pending: Vec<AbortedTransaction>,
+    /// Producers inside an aborted transaction.
+    aborting: Vec<i64>,
+}
+
+impl Aborts {
+    fn new(aborted: Option<&[AbortedTransaction]>) -> Aborts {
+        let mut pending: Vec<AbortedTransaction> = aborted.map(<[_]>::to_vec).unwrap_or_default();
+        pending.sort_by_key(|a| std::cmp::Reverse(a.first_offset));
+        Aborts {
+            pending,
+            aborting: Vec::new(),
+        }
+    }
+
+    /// Whether the batch holds no records a reader sees: a control batch (which also
+    /// ends its producer's aborted transaction), or a batch of an aborted transaction.
+    fn passes_over(&mut self, header: &BatchHeader) -> bool {
+        while let Some(next) = self.pending.last() {
+            if next.first_offset > header.last_offset {
+                break;
+            }
+            self.aborting.push(next.producer_id);
+            self.pending.pop();
+        }
+        if header.attributes & CONTROL != 0 {
+            self.aborting.retain(|p| *p != header.producer_id);
+            return true;
+        }
+        header.attributes & TRANSACTIONAL != 0 && self.aborting.contains(&header.producer_id)
+    }
+}
+
+/// The fields of a v2 batch header that the readers use.
+struct BatchHeader {
+    attributes: i16,
+    last_offset: i64,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    count: i32,
+}
+
+impl BatchHeader {
+    fn is_compressed(&self) -> bool {
+        self.attributes & COMPRESSION_MASK != 0
+    }
+
+    fn is_log_append_time(&self) -> bool {
+        self.attributes & LOG_APPEND_TIME != 0
+    }
+
+    /// A record's timestamp from its delta (the batch's max timestamp for every record
+    /// of a LogAppendTime batch).
+    fn timestamp(&self, delta: i64) -> i64 {
+        if self.is_log_append_time() {
+            self.max_timestamp
+        } else {
+            self.first_timestamp.saturating_add(delta)
+        }
+    }
+}
+
+/// Reads and checks the header of the v2 `batch` (the bytes after its length field) at
+/// `base_offset`, byte `start` of the answer; the cursor it returns is at the first
+/// record.
+fn batch_header(
+    batch: &[u8],
+    base_offset: i64,
+    start: usize,
+) -> Result<(BatchHeader, Cursor<'_>), String> {
+    if batch.len() < V2_MIN_LENGTH {
+        return Err(format!(
+            "record batch at byte {start} is {} bytes long, shorter than its header",
+            batch.len()
+        ));
+    }
+    let mut header = Cursor::new(batch);
+    let _leader_epoch = header.i32()?;
+    let _magic = header.i8()?;
+    let crc = header.u32()?;
+    if crc32c::crc32c(&batch[9..]) != crc {
+        return Err(format!(
+            "record batch at offset {base_offset} fails its CRC"
+        ));
+    }
+    let attributes = header.i16()?;
+    let last_offset_delta = header.i32()?;
+    let first_timestamp = header.i64()?;
+    let max_timestamp = header.i64()?;
+    let producer_id = header.i64()?;
+    let _producer_epoch = header.i16()?;
+    let _base_sequence = header.i32()?;
+    let count = header.i32()?;
+    Ok((
+        BatchHeader {
+            attributes,
+            last_offset: base_offset.saturating_add(i64::from(last_offset_delta)),
+            first_timestamp,
+            max_timestamp,
+            producer_id,
+            count,
+        },
+        header,
+    ))
+}
+
 /// The offset after the last whole batch in Fetch `records` (control and aborted
 /// batches included: they take offsets too), read from the batch headers only; `None`
 /// when no whole v2 batch is there. A broker's answer can then be checked against
@@ -129,9 +251,7 @@ pub(crate) fn first_record(
     from: i64,
     aborted: Option<&[AbortedTransaction]>,
 ) -> Result<Option<FetchedRecord>, String> {
-    let mut pending: Vec<AbortedTransaction> = aborted.map(<[_]>::to_vec).unwrap_or_default();
-    pending.sort_by_key(|a| std::cmp::Reverse(a.first_offset));
-    let mut aborting: Vec<i64> = Vec::new();
+    let mut aborts = Aborts::new(aborted);
     let mut cursor = Cursor::new(records);
     while cursor.remaining() >= 17 {
         let start = cursor.at;
@@ -159,62 +279,17 @@ pub(crate) fn first_record(
                 ));
             }
         }
-        if length < V2_MIN_LENGTH {
-            return Err(format!(
-                "record batch at byte {start} is {length} bytes long, shorter than its header"
-            ));
-        }
-        let mut header = Cursor::new(batch);
-        let _leader_epoch = header.i32()?;
-        let _magic = header.i8()?;
-        let crc = header.u32()?;
-        if crc32c::crc32c(&batch[9..]) != crc {
-            return Err(format!(
-                "record batch at offset {base_offset} fails its CRC"
-            ));
-        }
-        let attributes = header.i16()?;
-        let last_offset_delta = header.i32()?;
-        let first_timestamp = header.i64()?;
-        let max_timestamp = header.i64()?;
-        let producer_id = header.i64()?;
-        let _producer_epoch = header.i16()?;
-        let _base_sequence = header.i32()?;
-        let count = header.i32()?;
-        let last_offset = base_offset.saturating_add(i64::from(last_offset_delta));
-
-        // Kafka's consumer: a producer's transaction is aborted from the first offset in
-        // the aborted list until its next control batch (the abort marker).
-        while let Some(next) = pending.last() {
-            if next.first_offset > last_offset {
-                break;
-            }
-            aborting.push(next.producer_id);
-            pending.pop();
-        }
-        if attributes & CONTROL != 0 {
-            aborting.retain(|p| *p != producer_id);
+        let (header, mut records) = batch_header(batch, base_offset, start)?;
+        if aborts.passes_over(&header) || header.last_offset < from {
             continue;
         }
-        if attributes & TRANSACTIONAL != 0 && aborting.contains(&producer_id) {
-            continue;
-        }
-        if last_offset < from {
-            continue;
-        }
-        let log_append = attributes & LOG_APPEND_TIME != 0;
-        if attributes & COMPRESSION_MASK != 0 {
+        if header.is_compressed() {
             return Ok(Some(FetchedRecord {
                 offset: base_offset.max(from),
-                timestamp_ms: if log_append {
-                    max_timestamp
-                } else {
-                    first_timestamp
-                },
+                timestamp_ms: header.timestamp(0),
             }));
         }
-        let mut records = header;
-        for _ in 0..count.max(0) {
+        for _ in 0..header.count.max(0) {
             let size = records.zigzag(5)?;
             let size =
                 usize::try_from(size).map_err(|_| format!("negative record length {size}"))?;
@@ -226,16 +301,201 @@ pub(crate) fn first_record(
             if offset >= from {
                 return Ok(Some(FetchedRecord {
                     offset,
-                    timestamp_ms: if log_append {
-                        max_timestamp
-                    } else {
-                        first_timestamp.saturating_add(timestamp_delta)
-                    },
+                    timestamp_ms: header.timestamp(timestamp_delta),
                 }));
             }
         }
     }
     Ok(None)
+}
+
+/// What [`read_records`] found in one Fetch answer.
+#[derive(Debug, Default)]
+pub(crate) struct RecordsRead {
+    /// The records at or after the offset asked for, in log order.
+    pub(crate) records: Vec<Record>,
+    /// The offset after the last whole batch (or legacy message): where the next read
+    /// starts. `None` when the answer held nothing whole.
+    pub(crate) next_offset: Option<i64>,
+    /// Compressed batches passed over.
+    pub(crate) skipped_compressed_batches: u32,
+}
+
+/// Every record at or after `from` in Fetch `records`, with its key and value (slices
+/// of `records`, not copies). Control batches hold no records; with `aborted`
+/// (read_committed) the batches of aborted transactions are passed over; compressed
+/// batches (and compressed legacy wrappers) are passed over and counted. A batch cut
+/// off by the size limit ends the answer. Errors name what is malformed (a CRC that
+/// fails, a length that runs past its batch, an unknown magic).
+pub(crate) fn read_records(
+    records: &Bytes,
+    from: i64,
+    aborted: Option<&[AbortedTransaction]>,
+) -> Result<RecordsRead, String> {
+    let mut aborts = Aborts::new(aborted);
+    let mut out = RecordsRead::default();
+    let mut cursor = Cursor::new(records);
+    while cursor.remaining() >= 17 {
+        let start = cursor.at;
+        let base_offset = cursor.i64()?;
+        let length = cursor.i32()?;
+        let length =
+            usize::try_from(length).map_err(|_| format!("negative batch length {length}"))?;
+        if cursor.remaining() < length {
+            break;
+        }
+        let batch_at = cursor.at;
+        let batch = cursor.take(length)?;
+        let magic = batch.get(4).map(|m| *m as i8).unwrap_or(-1);
+        let last_offset = match magic {
+            2 => {
+                let (header, body) = batch_header(batch, base_offset, start)?;
+                if !aborts.passes_over(&header) && header.last_offset >= from {
+                    if header.is_compressed() {
+                        out.skipped_compressed_batches += 1;
+                    } else {
+                        read_batch(
+                            records,
+                            batch_at,
+                            &header,
+                            base_offset,
+                            body,
+                            from,
+                            &mut out.records,
+                        )?;
+                    }
+                }
+                header.last_offset
+            }
+            0 | 1 => {
+                if base_offset >= from {
+                    match legacy_record(records, batch_at, base_offset, magic, batch)? {
+                        Some(record) => out.records.push(record),
+                        None => out.skipped_compressed_batches += 1,
+                    }
+                }
+                base_offset
+            }
+            other => {
+                return Err(format!(
+                    "record batch at byte {start} has magic {other}; expected 0, 1 or 2"
+                ));
+            }
+        };
+        let after = last_offset.saturating_add(1);
+        out.next_offset = Some(out.next_offset.map_or(after, |n| n.max(after)));
+    }
+    Ok(out)
+}
+
+/// The records of the uncompressed v2 batch whose records start at `body` (a cursor
+/// over the batch, which begins at byte `batch_at` of `all`) at or after `from`.
+fn read_batch(
+    all: &Bytes,
+    batch_at: usize,
+    header: &BatchHeader,
+    base_offset: i64,
+    mut body: Cursor<'_>,
+    from: i64,
+    out: &mut Vec<Record>,
+) -> Result<(), String> {
+    for _ in 0..header.count.max(0) {
+        let size = body.zigzag(5)?;
+        let size = usize::try_from(size).map_err(|_| format!("negative record length {size}"))?;
+        let record_at = batch_at + body.at;
+        let mut record = Cursor::new(body.take(size)?);
+        let _attributes = record.i8()?;
+        let timestamp_delta = record.zigzag(10)?;
+        let offset_delta = record.zigzag(5)?;
+        let key = varint_bytes(&mut record)?;
+        let value = varint_bytes(&mut record)?;
+        // Headers are skipped with the rest of the record.
+        let offset = base_offset.saturating_add(offset_delta);
+        if offset < from {
+            continue;
+        }
+        let slice = |range: Option<(usize, usize)>| {
+            range.map(|(at, len)| all.slice(record_at + at..record_at + at + len))
+        };
+        out.push(Record {
+            offset,
+            timestamp_ms: header.timestamp(timestamp_delta),
+            key: slice(key),
+            value: slice(value),
+        });
+    }
+    Ok(())
+}
+
+/// A varint-length byte field of a v2 record: `None` for null (-1), else where it is
+/// in the record and how long.
+fn varint_bytes(c: &mut Cursor<'_>) -> Result<Option<(usize, usize)>, String> {
+    let len = c.zigzag(5)?;
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| format!("field length {len}"))?;
+    let at = c.at;
+    c.take(len)?;
+    Ok(Some((at, len)))
+}
+
+/// An int32-length byte field of a legacy message, as [`varint_bytes`].
+fn i32_bytes(c: &mut Cursor<'_>) -> Result<Option<(usize, usize)>, String> {
+    let len = c.i32()?;
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| format!("field length {len}"))?;
+    let at = c.at;
+    c.take(len)?;
+    Ok(Some((at, len)))
+}
+
+/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320), the checksum of legacy messages
+/// (record batches use CRC-32C). Bitwise: legacy messages are rare and small.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// The record of an uncompressed legacy message (v0, v1) that begins at byte `at` of
+/// `all`; `None` for a compressed wrapper.
+fn legacy_record(
+    all: &Bytes,
+    at: usize,
+    offset: i64,
+    magic: i8,
+    message: &[u8],
+) -> Result<Option<Record>, String> {
+    let mut c = Cursor::new(message);
+    let crc = c.u32()?;
+    if crc32(&message[4..]) != crc {
+        return Err(format!("message at offset {offset} fails its CRC"));
+    }
+    let _magic = c.i8()?;
+    let attributes = c.i8()?;
+    let timestamp_ms = if magic == 1 { c.i64()? } else { -1 };
+    if i16::from(attributes) & COMPRESSION_MASK != 0 {
+        return Ok(None);
+    }
+    let key = i32_bytes(&mut c)?;
+    let value = i32_bytes(&mut c)?;
+    let slice =
+        |range: Option<(usize, usize)>| range.map(|(s, len)| all.slice(at + s..at + s + len));
+    Ok(Some(Record {
+        offset,
+        timestamp_ms,
+        key: slice(key),
+        value: slice(value),
+    }))
 }
 
 /// A message of the formats before record batches (v0, v1): its offset and (v1) its
@@ -410,6 +670,193 @@ mod tests {
         );
     }
 
+    /// A v2 batch of records (offset delta, timestamp delta, key, value).
+    fn batch_kv(
+        base: i64,
+        attributes: i16,
+        first_ts: i64,
+        recs: &[(i64, i64, Option<&str>, Option<&str>)],
+    ) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (od, td, k, v) in recs {
+            let mut r = vec![0u8];
+            varint(&mut r, *td);
+            varint(&mut r, *od);
+            for field in [k, v] {
+                match field {
+                    Some(text) => {
+                        varint(&mut r, text.len() as i64);
+                        r.extend(text.as_bytes());
+                    }
+                    None => varint(&mut r, -1),
+                }
+            }
+            varint(&mut r, 1); // one header, skipped
+            varint(&mut r, 1);
+            r.push(b'h');
+            varint(&mut r, 1);
+            r.push(b'v');
+            varint(&mut body, r.len() as i64);
+            body.extend(r);
+        }
+        let last_delta = recs.last().map(|r| r.0).unwrap_or(0) as i32;
+        let max_ts = first_ts + recs.iter().map(|r| r.1).max().unwrap_or(0);
+        let mut after_crc = Vec::new();
+        after_crc.extend(attributes.to_be_bytes());
+        after_crc.extend(last_delta.to_be_bytes());
+        after_crc.extend(first_ts.to_be_bytes());
+        after_crc.extend(max_ts.to_be_bytes());
+        after_crc.extend((-1i64).to_be_bytes());
+        after_crc.extend(0i16.to_be_bytes());
+        after_crc.extend((-1i32).to_be_bytes());
+        after_crc.extend((recs.len() as i32).to_be_bytes());
+        after_crc.extend(body);
+        let mut out = Vec::new();
+        out.extend(base.to_be_bytes());
+        out.extend(((after_crc.len() + 9) as i32).to_be_bytes());
+        out.extend(0i32.to_be_bytes());
+        out.push(2);
+        out.extend(crc32c::crc32c(&after_crc).to_be_bytes());
+        out.extend(after_crc);
+        out
+    }
+
+    fn whole(offset: i64, ts: i64, key: Option<&str>, value: Option<&str>) -> Record {
+        let bytes = |text: &str| Bytes::copy_from_slice(text.as_bytes());
+        Record {
+            offset,
+            timestamp_ms: ts,
+            key: key.map(bytes),
+            value: value.map(bytes),
+        }
+    }
+
+    #[test]
+    fn read_records_gives_keys_values_and_where_to_go_next() {
+        let mut all = batch_kv(
+            10,
+            0,
+            1_000,
+            &[
+                (0, 0, Some("k0"), Some("v0")),
+                (1, 5, None, Some("")),
+                (3, 9, Some("k3"), None),
+            ],
+        );
+        all.extend(batch_kv(
+            14,
+            LOG_APPEND_TIME,
+            2_000,
+            &[(0, 4, Some("k14"), Some("v"))],
+        ));
+        let all = Bytes::from(all);
+        let read = read_records(&all, 11, None).unwrap();
+        assert_eq!(
+            read.records,
+            vec![
+                whole(11, 1_005, None, Some("")),
+                whole(13, 1_009, Some("k3"), None),
+                whole(14, 2_004, Some("k14"), Some("v")),
+            ]
+        );
+        assert_eq!(read.next_offset, Some(15));
+        assert_eq!(read.skipped_compressed_batches, 0);
+        // A cut-off last batch is read next time.
+        let cut = all.slice(..all.len() - 4);
+        let read = read_records(&cut, 10, None).unwrap();
+        assert_eq!(read.records.len(), 3);
+        assert_eq!(read.next_offset, Some(14));
+        assert_eq!(
+            read_records(&Bytes::new(), 0, None).unwrap().next_offset,
+            None
+        );
+    }
+
+    #[test]
+    fn read_records_passes_over_compressed_control_and_aborted_batches() {
+        let mut zipped = batch_kv(
+            0,
+            0,
+            100,
+            &[(0, 0, Some("a"), Some("b")), (1, 0, None, None)],
+        );
+        zipped[21..23].copy_from_slice(&4i16.to_be_bytes()); // zstd
+        let crc = crc32c::crc32c(&zipped[21..]);
+        zipped[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut all = zipped;
+        all.extend(batch(2, TRANSACTIONAL, 7, 200, &[(0, 0)]));
+        all.extend(batch(3, TRANSACTIONAL | CONTROL, 7, 200, &[(0, 0)]));
+        all.extend(batch(4, 0, -1, 300, &[(0, 0)]));
+        let all = Bytes::from(all);
+        let aborted = [AbortedTransaction {
+            producer_id: 7,
+            first_offset: 2,
+        }];
+        let read = read_records(&all, 0, Some(&aborted)).unwrap();
+        assert_eq!(read.records, vec![whole(4, 300, None, Some("x"))]);
+        assert_eq!(read.skipped_compressed_batches, 1);
+        assert_eq!(read.next_offset, Some(5));
+        // read_uncommitted sees the aborted record; the marker is never a record.
+        let read = read_records(&all, 0, None).unwrap();
+        let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![2, 4]);
+        // A compressed batch wholly below the offset asked for is not counted.
+        assert_eq!(
+            read_records(&all, 2, None)
+                .unwrap()
+                .skipped_compressed_batches,
+            0
+        );
+    }
+
+    #[test]
+    fn read_records_reads_legacy_messages() {
+        // A v1 message: offset, size, crc, magic, attributes, timestamp, key, value.
+        let message = |offset: i64, attributes: i8| {
+            let mut m = vec![1, attributes as u8];
+            m.extend(1_234i64.to_be_bytes());
+            m.extend(1i32.to_be_bytes());
+            m.push(b'k');
+            m.extend((-1i32).to_be_bytes());
+            let mut m = [crc32(&m).to_be_bytes().to_vec(), m].concat();
+            if offset < 0 {
+                m[0] ^= 1;
+            }
+            let mut out = offset.to_be_bytes().to_vec();
+            out.extend((m.len() as i32).to_be_bytes());
+            out.extend(m);
+            out
+        };
+        let mut all = message(5, 0);
+        all.extend(message(6, 1)); // a gzip wrapper
+        let read = read_records(&Bytes::from(all), 0, None).unwrap();
+        assert_eq!(read.records, vec![whole(5, 1_234, Some("k"), None)]);
+        assert_eq!(read.skipped_compressed_batches, 1);
+        assert_eq!(read.next_offset, Some(7));
+        // The check value of CRC-32, and a damaged message.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        let err = read_records(&Bytes::from(message(-2, 0)), -5, None).unwrap_err();
+        assert!(err.contains("CRC"), "{err}");
+    }
+
+    #[test]
+    fn read_records_refuses_damage() {
+        let good = batch_kv(0, 0, 1, &[(0, 0, Some("key"), Some("value"))]);
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let err = read_records(&Bytes::from(bad), 0, None).unwrap_err();
+        assert!(err.contains("CRC"), "{err}");
+        // A key length that runs past its record, with a CRC that holds.
+        let mut long = good;
+        let key_len_at = 61 + 4; // header, record length, attributes, two deltas
+        long[key_len_at] = 100; // zigzag 50
+        let crc = crc32c::crc32c(&long[21..]);
+        long[17..21].copy_from_slice(&crc.to_be_bytes());
+        let err = read_records(&Bytes::from(long), 0, None).unwrap_err();
+        assert!(err.contains("runs past"), "{err}");
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         use rand::{Rng, SeedableRng};
@@ -423,6 +870,8 @@ mod tests {
             }
             let cut = rng.random_range(0..=b.len());
             let _ = first_record(&b[..cut], rng.random_range(-1..3), None);
+            let b = Bytes::copy_from_slice(&b[..cut]);
+            let _ = read_records(&b, rng.random_range(-1..3), None);
         }
     }
 }

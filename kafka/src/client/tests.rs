@@ -954,3 +954,63 @@ async fn list_groups_leaves_out_a_broker_that_left_the_cluster() {
     assert_eq!(groups.len(), 1);
     assert_eq!(client.brokers().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn fetch_records_follows_the_leader_and_reads_whole_records() {
+    let fake = Fake::new(|fake, sent| match sent.api_key {
+        3 => {
+            let moved = fake.count(ApiKey::Fetch) > 0;
+            metadata(2, &[if moved { 2 } else { 1 }], sent.version)
+        }
+        1 if sent.broker == addr(1) => fetch_answer(sent, 6),
+        1 => fetch_answer(sent, 0),
+        _ => unreachable!(),
+    });
+    let reader = client(&fake).await;
+    let fetched = reader
+        .fetch_records(&tp(0), 11, Isolation::ReadCommitted, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(fetched.error, None);
+    assert_eq!((fetched.high_watermark, fetched.log_start_offset), (13, 10));
+    // The batch (written by kafka-protocol's own encoder) starts at 10: the record
+    // below the offset asked for is left out.
+    let value = Some(Bytes::from_static(b"v"));
+    assert_eq!(
+        fetched.records,
+        vec![
+            Record {
+                offset: 11,
+                timestamp_ms: 5_010,
+                key: None,
+                value: value.clone(),
+            },
+            Record {
+                offset: 12,
+                timestamp_ms: 5_020,
+                key: None,
+                value,
+            },
+        ]
+    );
+    assert_eq!(fetched.next_offset, 13);
+    assert_eq!(fetched.skipped_compressed_batches, 0);
+    let sent = fake.sent(ApiKey::Fetch);
+    assert_eq!(sent.len(), 2, "the moved leader was asked again");
+    let request: FetchRequest = decode(&sent[1]);
+    assert_eq!(request.topics[0].partitions[0].partition_max_bytes, 1 << 20);
+    // A partition error is the answer's, with no records and no progress.
+    let fake = Fake::new(|_, sent| match sent.api_key {
+        3 => metadata(1, &[1], sent.version),
+        1 => fetch_answer(sent, 29),
+        _ => unreachable!(),
+    });
+    let refusing = client(&fake).await;
+    let refused = refusing
+        .fetch_records(&tp(0), 11, Isolation::ReadUncommitted, 1024)
+        .await
+        .unwrap();
+    assert_eq!(refused.error, Some(KafkaCode(29)));
+    assert!(refused.records.is_empty());
+    assert_eq!(refused.next_offset, 11);
+}
