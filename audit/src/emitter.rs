@@ -592,6 +592,9 @@ struct State {
     in_flight: BTreeMap<u64, InFlight>,
     in_flight_entries: usize,
     lag: HashMap<LagKey, LagHeld>,
+    /// The order in which the dirty lag samples of poll `lag_plan_at` go out.
+    lag_plan: VecDeque<LagKey>,
+    lag_plan_at: i64,
     latency: HashMap<LatencyKey, LatencyHeld>,
     /// Names to forget, not yet sent, with the record call that named them.
     forget: BTreeMap<(ForgetKind, String), u64>,
@@ -615,6 +618,8 @@ impl Default for State {
             in_flight: BTreeMap::new(),
             in_flight_entries: 0,
             lag: HashMap::new(),
+            lag_plan: VecDeque::new(),
+            lag_plan_at: i64::MIN,
             latency: HashMap::new(),
             forget: BTreeMap::new(),
             cluster: None,
@@ -1003,18 +1008,15 @@ impl State {
             }));
         }
         if let Some(at_ms) = self.lag.values().filter(|l| l.dirty).map(|l| l.at_ms).min() {
-            let mut keys: Vec<&LagKey> = self
-                .lag
-                .iter()
-                .filter(|(_, l)| l.dirty && l.at_ms == at_ms)
-                .map(|(k, _)| k)
-                .collect();
-            keys.sort_by(|a, b| {
-                (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
-            });
-            let chosen = fitting(&keys, max_batch, budget, |k| {
-                self.lag.get(k).map_or(0, |h| lag_sample_bytes(&h.sample))
-            });
+            // The dirty samples of the oldest poll go out in (group, topic, partition)
+            // order, `max_batch` a message: the order is worked out once per poll and
+            // followed over its messages (a collector's poll holds 100,000 samples);
+            // samples that became dirty since are picked up when it runs out.
+            let mut chosen = self.take_lag_plan(at_ms, max_batch, budget);
+            if chosen.is_empty() {
+                self.plan_lag(at_ms);
+                chosen = self.take_lag_plan(at_ms, max_batch, budget);
+            }
             let mut partitions = Vec::with_capacity(chosen.len());
             let mut sent = Vec::with_capacity(chosen.len());
             for key in chosen {
@@ -1206,6 +1208,46 @@ impl State {
 
     /// Puts every unacknowledged entry back to be sent again, unless a newer
     /// value for its key is already waiting.
+    /// Orders the dirty lag samples taken at `at_ms` for sending.
+    fn plan_lag(&mut self, at_ms: i64) {
+        let mut keys: Vec<&LagKey> = self
+            .lag
+            .iter()
+            .filter(|(_, l)| l.dirty && l.at_ms == at_ms)
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        self.lag_plan = keys.into_iter().cloned().collect();
+        self.lag_plan_at = at_ms;
+    }
+
+    /// The next keys of the plan for samples taken at `at_ms` that still wait,
+    /// at most `max_batch` of them and `budget` bytes (at least one).
+    fn take_lag_plan(&mut self, at_ms: i64, max_batch: usize, budget: usize) -> Vec<LagKey> {
+        if self.lag_plan_at != at_ms {
+            self.lag_plan.clear();
+        }
+        let mut chosen = Vec::new();
+        let mut size = 0;
+        while let Some(key) = self.lag_plan.front() {
+            let Some(held) = self.lag.get(key).filter(|h| h.dirty && h.at_ms == at_ms) else {
+                self.lag_plan.pop_front();
+                continue;
+            };
+            let b = lag_sample_bytes(&held.sample);
+            if !chosen.is_empty() && (chosen.len() >= max_batch || size + b > budget) {
+                break;
+            }
+            size += b;
+            if let Some(key) = self.lag_plan.pop_front() {
+                chosen.push(key);
+            }
+        }
+        chosen
+    }
+
     fn requeue(&mut self) {
         let flights = std::mem::take(&mut self.in_flight);
         self.in_flight_entries = 0;
