@@ -11,94 +11,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::collector::Collector;
 use common::peers::{Noida, Tansu};
-use common::{Agent, Broker, client_scripts, free_port, get, metric, node, now_ms, python, tally};
+use common::{Agent, Broker, client_scripts, metric, node, now_ms, python, tally};
 
 /// The collector's lag interval in these tests.
 const LAG_INTERVAL_S: f64 = 1.0;
-
-/// A running `tally collect`.
-struct Collector {
-    child: Child,
-    metrics: std::net::SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Collector {
-    fn start(agent: &Agent, args: &[&str]) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        Collector::start_in(agent, args, dir)
-    }
-
-    fn start_in(agent: &Agent, args: &[&str], dir: tempfile::TempDir) -> Collector {
-        let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = dir.path().join("collect.log");
-        let child = tally()
-            .args([
-                "collect",
-                "--agent",
-                &format!("ws://{}/api/v1/ingest", agent.addr),
-            ])
-            .args(["--metrics-listen", &metrics.to_string(), "--data-dir"])
-            .arg(dir.path().join("state"))
-            .args(["--lag-interval", "1s", "--metadata-interval", "1s"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env("TALLY_LOG", "info,tally_collect=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut c = Collector {
-            child,
-            metrics,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.child.try_wait().unwrap() {
-                panic!("tally collect exited with {status}: {}", c.log());
-            }
-            if common::try_get(metrics, "/metrics", None).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "collector /metrics never came up: {}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        get(self.metrics, "/metrics", None).1
-    }
-
-    fn up(&self, cluster: &str) -> Option<f64> {
-        metric(&self.metrics(), "tally_collect_up", &[("cluster", cluster)])
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs collect_workload.py; its JSON (the records' offsets and timestamps and the
 /// committed offsets).
@@ -412,11 +336,10 @@ fn lag_below_the_log_start_is_estimated_and_state_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(300));
     };
     let state = tempfile::tempdir().unwrap();
-    let state_path = state.path().to_owned();
     let mut collector = Collector::start_in(
         &agent,
+        state.path(),
         &["--bootstrap", broker.addr(), "--cluster", "ret"],
-        state,
     );
     let labels = [
         ("cluster", "ret"),
@@ -442,7 +365,7 @@ fn lag_below_the_log_start_is_estimated_and_state_survives_kill_9() {
     // kill -9, then the same state folder: the commit times are those seen first.
     collector.child.kill().unwrap();
     collector.child.wait().unwrap();
-    let file = state_path.join("state/ret/commits.json");
+    let file = state.path().join("state/ret/commits.json");
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let first_seen = saved
         .as_array()
@@ -453,19 +376,14 @@ fn lag_below_the_log_start_is_estimated_and_state_survives_kill_9() {
         .as_i64()
         .unwrap();
     assert!(first_seen <= now, "{saved}");
-    let dir2 = tempfile::TempDir::with_prefix("again").unwrap();
-    std::fs::create_dir_all(dir2.path().join("state")).unwrap();
-    copy_dir(&state_path.join("state"), &dir2.path().join("state"));
-    let again = Collector::start_in(
+    drop(collector);
+    let _again = Collector::start_in(
         &agent,
+        state.path(),
         &["--bootstrap", broker.addr(), "--cluster", "ret"],
-        dir2,
     );
     std::thread::sleep(Duration::from_secs(3));
-    let saved_again: Value = serde_json::from_slice(
-        &std::fs::read(again._dir.path().join("state/ret/commits.json")).unwrap(),
-    )
-    .unwrap();
+    let saved_again: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let still = saved_again
         .as_array()
         .unwrap()
@@ -475,19 +393,6 @@ fn lag_below_the_log_start_is_estimated_and_state_survives_kill_9() {
         .as_i64()
         .unwrap();
     assert_eq!(still, first_seen, "the commit time survives the restart");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A group Empty with no new commit for --forget-empty-groups-after is retracted from

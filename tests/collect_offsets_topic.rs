@@ -13,101 +13,35 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::collector::Collector;
 use common::peers::Tansu;
-use common::{Agent, client_scripts, free_port, get, metric, now_ms, python, tally};
+use common::{Agent, client_scripts, get, now_ms, python};
 
 const CLUSTER: &str = "tansu";
 
-/// A running `tally collect` keeping its state in a folder the test owns.
-struct Collector {
-    child: Child,
-    metrics: std::net::SocketAddr,
-    log: PathBuf,
+/// Starts the collector on tansu with its state in `dir`, and waits until it reached it.
+fn start_collector(agent: &Agent, bootstrap: &str, dir: &Path) -> Collector {
+    let c = Collector::start_in(
+        agent,
+        dir,
+        &["--bootstrap", bootstrap, "--cluster", CLUSTER],
+    );
+    c.until(20, "the collector to reach tansu", |c| {
+        (c.up(CLUSTER) == Some(1.0)).then_some(())
+    });
+    c
 }
 
-impl Collector {
-    fn start(agent: &Agent, bootstrap: &str, dir: &Path) -> Collector {
-        std::fs::create_dir_all(dir).unwrap();
-        let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = dir.join(format!("collect-{}.log", metrics.port()));
-        let child = tally()
-            .args([
-                "collect",
-                "--agent",
-                &format!("ws://{}/api/v1/ingest", agent.addr),
-            ])
-            .args(["--metrics-listen", &metrics.to_string(), "--data-dir"])
-            .arg(dir.join("state"))
-            .args(["--lag-interval", "1s", "--metadata-interval", "1s"])
-            .args(["--bootstrap", bootstrap, "--cluster", CLUSTER])
-            .env_remove("RUST_LOG")
-            .env("TALLY_LOG", "info,tally_collect=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut c = Collector {
-            child,
-            metrics,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.metric("tally_collect_up") != Some(1.0) {
-            if let Some(status) = c.child.try_wait().unwrap() {
-                panic!("tally collect exited with {status}: {}", c.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the collector never reached tansu: {}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let text = common::try_get(self.metrics, "/metrics", None).ok()?.1;
-        metric(&text, name, &[("cluster", CLUSTER)])
-    }
-
-    /// Polls finished since the start.
-    fn polls(&self) -> f64 {
-        self.metric("tally_collect_poll_duration_seconds_count")
-            .unwrap_or(0.0)
-    }
-
-    fn until<T>(&self, secs: u64, what: &str, mut f: impl FnMut(&Collector) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                common::tail(&self.log())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Polls the collector finished since it started.
+fn polls(c: &Collector) -> f64 {
+    c.metric("tally_collect_poll_duration_seconds_count", CLUSTER)
+        .unwrap_or(0.0)
 }
 
 /// Writes `items` (offsets_topic_records.py's JSON) to tansu's `__consumer_offsets`.
@@ -189,12 +123,12 @@ fn commit_times_come_from_consumer_offsets_on_tansu() {
     let tansu = Tansu::start();
     let bootstrap = tansu.bootstrap();
     let collect_dir = dir.path().join("collect");
-    let collector = Collector::start(&agent, &bootstrap, &collect_dir);
+    let collector = start_collector(&agent, &bootstrap, &collect_dir);
 
     // No such topic yet: commit times are polling's, and the metric says so.
-    collector.until(20, "two polls", |c| (c.polls() >= 2.0).then_some(()));
+    collector.until(20, "two polls", |c| (polls(c) >= 2.0).then_some(()));
     assert_eq!(
-        collector.metric("tally_collect_offsets_topic_read"),
+        collector.metric("tally_collect_offsets_topic_read", CLUSTER),
         Some(0.0),
         "{}",
         collector.log()
@@ -242,15 +176,15 @@ fn commit_times_come_from_consumer_offsets_on_tansu() {
     });
     assert_eq!(p["lag_records"], 5, "{p}");
     assert_eq!(
-        collector.metric("tally_collect_offsets_topic_read"),
+        collector.metric("tally_collect_offsets_topic_read", CLUSTER),
         Some(1.0)
     );
     let read = collector
-        .metric("tally_collect_offsets_topic_records_total")
+        .metric("tally_collect_offsets_topic_records_total", CLUSTER)
         .unwrap();
     assert!(read >= 7.0, "records read from the log: {read}");
     assert_eq!(
-        collector.metric("tally_collect_offsets_topic_skipped_batches_total"),
+        collector.metric("tally_collect_offsets_topic_skipped_batches_total", CLUSTER),
         Some(0.0)
     );
 
@@ -287,17 +221,17 @@ fn commit_times_come_from_consumer_offsets_on_tansu() {
         (saved["positions"]["0"].as_i64()? >= 8).then_some(())
     });
     drop(collector);
-    let collector = Collector::start(&agent, &bootstrap, &collect_dir);
+    let collector = start_collector(&agent, &bootstrap, &collect_dir);
     collector.until(30, "three polls after the restart", |c| {
-        (c.polls() >= 3.0).then_some(())
+        (polls(c) >= 3.0).then_some(())
     });
     assert_eq!(
-        collector.metric("tally_collect_offsets_topic_read"),
+        collector.metric("tally_collect_offsets_topic_read", CLUSTER),
         Some(1.0)
     );
     assert_eq!(
         collector
-            .metric("tally_collect_offsets_topic_records_total")
+            .metric("tally_collect_offsets_topic_records_total", CLUSTER)
             .unwrap_or(0.0),
         0.0,
         "the log was read again after the restart: {}",
@@ -314,7 +248,7 @@ fn commit_times_come_from_consumer_offsets_on_tansu() {
         partition0(a, "committed-o").filter(|p| p["commit_at_ms"].as_i64() == Some(again_at))
     });
     assert_eq!(
-        collector.metric("tally_collect_offsets_topic_records_total"),
+        collector.metric("tally_collect_offsets_topic_records_total", CLUSTER),
         Some(1.0)
     );
 }

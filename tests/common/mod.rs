@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// tansu and noida-db, the foreign Kafka brokers of the collector's tests.
+pub mod collector;
 pub mod peers;
 
 /// A free port on 127.0.0.1 (bound, read, released).
