@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 HZ = os.sysconf("SC_CLK_TCK")
-POLL_DONE = re.compile(r"lag poll done.*samples=(\d+).*reads=(\d+)")
+POLL_DONE = re.compile(r"lag poll done.*\bsamples=(\d+).*\breads=(\d+)")
 
 # Anchors (their own reports, their own machines).
 KMINION_OFFSETS_PER_S = (100_000, 120_000)  # on 2 cores

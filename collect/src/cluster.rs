@@ -186,7 +186,11 @@ impl ClusterWatch {
                 Ok(report) => debug!(
                     cluster = %self.settings.name,
                     samples = report.samples,
+                    offsets = report.offsets,
                     reads = report.record_reads,
+                    cache_hits = report.cache_hits,
+                    end_reads = report.end_reads,
+                    elapsed_ms = started.elapsed().as_millis(),
                     "lag poll done"
                 ),
                 Err(e) => {
