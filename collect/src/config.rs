@@ -783,6 +783,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_reads() {
+        let text = include_str!("../../tally-collect.example.toml");
+        let file =
+            FileConfig::parse(text, "tally-collect.example.toml").expect("the example parses");
+        let names: Vec<_> = file
+            .clusters
+            .iter()
+            .map(|c| c.cluster.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["local", "prod"]);
+        // Without its password file (which only exists on the user's machine) it resolves.
+        let mut clusters = file.clusters.clone();
+        clusters[1].sasl_password_file = None;
+        clusters[1].sasl_password = Some("x".into());
+        let cfg = CollectConfig::resolve(&file.process, &file.defaults, &clusters).expect("valid");
+        assert_eq!(
+            cfg.clusters[1].client.security_protocol,
+            SecurityProtocol::SaslSsl
+        );
+        assert_eq!(cfg.clusters[1].lag_interval, Duration::from_secs(5));
+        assert_eq!(cfg.clusters[0].lag_interval, Duration::from_secs(10));
+    }
+
+    #[test]
     fn filters_match_whole_names_and_leave_internal_topics_out() {
         let f = Filters {
             topics: Some(NameFilter::new("topics", "orders|pay.*").expect("regex")),
