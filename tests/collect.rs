@@ -520,30 +520,25 @@ fn kafkajs_commits_are_read_too() {
     }
 }
 
-#[test]
-fn lag_on_tansu() {
+/// The shared scenario on a foreign cluster, with a collector and an agent of its own.
+fn lag_on_peer(cluster: &str, bootstrap: &str) {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&dir.path().join("agent"), &["--tick", "250ms"]);
+    let collector = Collector::start(&agent, &["--bootstrap", bootstrap, "--cluster", cluster]);
+    committed_and_caught_up(&agent, cluster, bootstrap, &[]);
+    assert_eq!(collector.up(cluster), Some(1.0));
+}
+
+#[test]
+fn lag_on_tansu() {
     let tansu = Tansu::start();
-    let collector = Collector::start(
-        &agent,
-        &["--bootstrap", &tansu.bootstrap(), "--cluster", "tansu"],
-    );
-    committed_and_caught_up(&agent, "tansu", &tansu.bootstrap(), &[]);
-    assert_eq!(collector.up("tansu"), Some(1.0));
+    lag_on_peer("tansu", &tansu.bootstrap());
 }
 
 #[test]
 fn lag_on_noida_db() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&dir.path().join("agent"), &["--tick", "250ms"]);
     let noida = Noida::start();
-    let collector = Collector::start(
-        &agent,
-        &["--bootstrap", &noida.bootstrap(), "--cluster", "noida"],
-    );
-    committed_and_caught_up(&agent, "noida", &noida.bootstrap(), &[]);
-    assert_eq!(collector.up("noida"), Some(1.0));
+    lag_on_peer("noida", &noida.bootstrap());
 }
 
 #[test]

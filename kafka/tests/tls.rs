@@ -126,6 +126,31 @@ async fn server_and_client_handshake_with_a_private_ca() {
     assert!(err.contains("not valid for name"), "{err}");
 }
 
+/// A handshake to `localhost` from a client of `provider` speaking only `version` and
+/// trusting `roots`; both ends' streams.
+async fn connect_with(
+    server: &ServerTls,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    version: &'static rustls::SupportedProtocolVersion,
+    roots: &rustls::RootCertStore,
+) -> (
+    tally_kafka::tls::ServerTlsStream<tokio::io::DuplexStream>,
+    tally_kafka::tls::ClientTlsStream<tokio::io::DuplexStream>,
+) {
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let client = ClientTls::from_config(Arc::new(config));
+    let (client_io, server_io) = duplex(64 * 1024);
+    let (s, c) = tokio::join!(
+        server.accept(server_io, "peer"),
+        client.connect("localhost", client_io)
+    );
+    (s.unwrap(), c.unwrap())
+}
+
 #[tokio::test]
 async fn tls_1_2_and_1_3_are_spoken_and_the_server_sees_the_sni() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,18 +159,7 @@ async fn tls_1_2_and_1_3_are_spoken_and_the_server_sees_the_sni() {
     let ca_file = write(dir.path(), "ca.pem", &ca.pem);
     let roots = tally_kafka::tls::load_ca(&ca_file).unwrap();
     for version in tally_kafka::tls::PROTOCOL_VERSIONS {
-        let config = rustls::ClientConfig::builder_with_provider(tally_kafka::tls::provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        let client = ClientTls::from_config(Arc::new(config));
-        let (client_io, server_io) = duplex(64 * 1024);
-        let (s, c) = tokio::join!(
-            server.accept(server_io, "peer"),
-            client.connect("localhost", client_io)
-        );
-        let (s, c) = (s.unwrap(), c.unwrap());
+        let (s, c) = connect_with(&server, tally_kafka::tls::provider(), version, &roots).await;
         let (_, server_conn) = s.get_ref();
         assert_eq!(server_conn.protocol_version(), Some(version.version));
         assert_eq!(server_conn.server_name(), Some("localhost"));
@@ -180,18 +194,7 @@ async fn the_server_picks_aes_128_gcm_even_when_the_client_prefers_aes_256() {
         ),
     ];
     for (version, suite) in expected {
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        let client = ClientTls::from_config(Arc::new(config));
-        let (client_io, server_io) = duplex(64 * 1024);
-        let (s, c) = tokio::join!(
-            server.accept(server_io, "peer"),
-            client.connect("localhost", client_io)
-        );
-        let (s, c) = (s.unwrap(), c.unwrap());
+        let (s, c) = connect_with(&server, provider.clone(), version, &roots).await;
         let negotiated = s.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
         assert_eq!(negotiated, Some(suite), "{:?}", version.version);
         assert_eq!(

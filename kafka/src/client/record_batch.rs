@@ -557,6 +557,19 @@ mod tests {
             varint(&mut body, r.len() as i64);
             body.extend(r);
         }
+        seal(base, attributes, producer, first_ts, recs, body)
+    }
+
+    /// The v2 batch header around `body`, the encoded records with these (offset
+    /// delta, timestamp delta) pairs.
+    fn seal(
+        base: i64,
+        attributes: i16,
+        producer: i64,
+        first_ts: i64,
+        recs: &[(i64, i64)],
+        body: Vec<u8>,
+    ) -> Vec<u8> {
         let last_delta = recs.last().map(|r| r.0).unwrap_or(0) as i32;
         let max_ts = first_ts + recs.iter().map(|r| r.1).max().unwrap_or(0);
         let mut after_crc = Vec::new();
@@ -699,26 +712,8 @@ mod tests {
             varint(&mut body, r.len() as i64);
             body.extend(r);
         }
-        let last_delta = recs.last().map(|r| r.0).unwrap_or(0) as i32;
-        let max_ts = first_ts + recs.iter().map(|r| r.1).max().unwrap_or(0);
-        let mut after_crc = Vec::new();
-        after_crc.extend(attributes.to_be_bytes());
-        after_crc.extend(last_delta.to_be_bytes());
-        after_crc.extend(first_ts.to_be_bytes());
-        after_crc.extend(max_ts.to_be_bytes());
-        after_crc.extend((-1i64).to_be_bytes());
-        after_crc.extend(0i16.to_be_bytes());
-        after_crc.extend((-1i32).to_be_bytes());
-        after_crc.extend((recs.len() as i32).to_be_bytes());
-        after_crc.extend(body);
-        let mut out = Vec::new();
-        out.extend(base.to_be_bytes());
-        out.extend(((after_crc.len() + 9) as i32).to_be_bytes());
-        out.extend(0i32.to_be_bytes());
-        out.push(2);
-        out.extend(crc32c::crc32c(&after_crc).to_be_bytes());
-        out.extend(after_crc);
-        out
+        let deltas: Vec<(i64, i64)> = recs.iter().map(|r| (r.0, r.1)).collect();
+        seal(base, attributes, -1, first_ts, &deltas, body)
     }
 
     fn whole(offset: i64, ts: i64, key: Option<&str>, value: Option<&str>) -> Record {
