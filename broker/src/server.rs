@@ -4,10 +4,12 @@
 //! broker's own /metrics.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -434,14 +436,47 @@ async fn read_frame<R: AsyncRead + Unpin>(
     // Read into spare capacity: zeroing a buffer that the socket then
     // overwrites costs as much as a copy on the produce path.
     let mut frame = BytesMut::with_capacity(len);
+    // Bytes read since the connection last had nothing more to give.
+    let mut burst = 0;
     while frame.len() < len {
-        let want = (len - frame.len()) as u64;
-        if (&mut *read).take(want).read_buf(&mut frame).await? == 0 {
+        let rest = len - frame.len();
+        let n = {
+            let mut limited = (&mut *read).take(rest as u64);
+            let mut read_some = std::pin::pin!(limited.read_buf(&mut frame));
+            let now = read_some
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            match now {
+                Poll::Ready(n) => Some(n?),
+                Poll::Pending if rest >= TRICKLE_REST && burst < TRICKLE_BURST => None,
+                Poll::Pending => Some(read_some.await?),
+            }
+        };
+        let Some(n) = n else {
+            tokio::time::sleep(TRICKLE_WAIT).await;
+            burst = 0;
+            continue;
+        };
+        if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
+        burst += n;
     }
     Ok(frame.freeze())
 }
+
+/// A client that writes a large request in small pieces (librdkafka over
+/// TLS hands the socket one TLS record of about 2 KB at a time) would wake
+/// the broker, and cost it a receive, an ACK and a context switch, once per
+/// piece. So while at least `TRICKLE_REST` bytes of a frame are still to
+/// come and the connection ran dry after less than `TRICKLE_BURST`, the
+/// next read waits `TRICKLE_WAIT` and then takes what gathered meanwhile.
+/// The frame's last `TRICKLE_REST` bytes are read as they come, so a request
+/// is answered at most a few waits later than it fully arrived, and only a
+/// large one that arrived slowly.
+const TRICKLE_REST: usize = 32 * 1024;
+const TRICKLE_BURST: usize = 32 * 1024;
+const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Runs `io` unless the connection is told to close first or `limit` passes.
 async fn bounded<T>(

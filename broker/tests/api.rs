@@ -832,6 +832,50 @@ async fn produce_with_acks_0_gets_no_answer_but_is_appended() {
     assert_eq!(fetched.len(), 4);
 }
 
+/// A client that writes a large request a little at a time (as librdkafka
+/// does over TLS, one ~2 KB record per write) gets it appended whole, and a
+/// request sent right behind it is answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_produce_written_in_small_pieces_is_appended_whole() {
+    let broker = default_broker().await;
+    let mut c = broker.client().await;
+    create_topic(&mut c, "trickle", 1).await;
+    let values: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| {
+            let mut v = format!("record {i} ").into_bytes();
+            v.resize(1000, b'a' + (i % 26) as u8);
+            v
+        })
+        .collect();
+    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+    let produce = frame(&produce_request("trickle", 0, -1, batch(&refs)), 9, 41);
+    let behind = frame(&list_offsets_request("trickle", 0, -1), 7, 42);
+    assert!(produce.len() > 256 * 1024, "{} bytes", produce.len());
+    for (i, piece) in produce.chunks(2048).enumerate() {
+        c.send_raw(piece).await.unwrap();
+        if i % 8 == 7 {
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+    }
+    c.send_raw(&behind).await.unwrap();
+    let (id, answer) = c.receive::<ProduceRequest>(9).await.unwrap();
+    assert_eq!(id, 41);
+    let partition = &answer.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, NONE, "{partition:?}");
+    assert_eq!(partition.base_offset, 0);
+    let (id, answer) = c.receive::<ListOffsetsRequest>(7).await.unwrap();
+    assert_eq!(id, 42);
+    assert_eq!(answer.topics[0].partitions[0].offset, 300);
+    let mut fetched = Vec::new();
+    while fetched.len() < values.len() {
+        let data = fetch_from(&mut c, "trickle", 0, fetched.len() as i64).await;
+        let got = records(data.records.as_ref().unwrap());
+        assert!(!got.is_empty(), "nothing fetched at {}", fetched.len());
+        fetched.extend(got.into_iter().map(|(_, _, value)| value.to_vec()));
+    }
+    assert_eq!(fetched, values);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_with_acks_1_and_all_answers_the_offsets_in_every_version() {
     let broker = default_broker().await;
