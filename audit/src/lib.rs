@@ -4,8 +4,10 @@
 //! [`Bucket`]s and their [`BucketWidth`], the [`Tier`]s that count records,
 //! the wire [`Message`]s that emitters send to the agent and the [`Reply`]s
 //! they get, and the [`emitter`] client that brokers and applications use to
-//! stream cumulative counts and lag samples.
+//! stream cumulative counts and lag samples. [`books`] keeps one partition's
+//! exact books, the same for tally's broker and for the collector.
 
+pub mod books;
 mod bucket;
 pub mod emitter;
 mod error;

@@ -43,5 +43,16 @@ pub enum Error {
     Config(String),
 }
 
+impl From<tally_kafka::records::Error> for Error {
+    fn from(e: tally_kafka::records::Error) -> Self {
+        use tally_kafka::records::Error as Batch;
+        match e {
+            Batch::InvalidBatch(why) => Error::InvalidBatch(why),
+            Batch::CorruptBatch { stored, computed } => Error::CorruptBatch { stored, computed },
+            Batch::UnsupportedMagic(magic) => Error::UnsupportedMagic(magic),
+        }
+    }
+}
+
 /// Result with the broker's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@
 
 mod api;
 pub mod audit;
-pub mod batch;
+pub use tally_kafka::records as batch;
 pub mod config;
 pub mod context;
 mod error;

@@ -66,7 +66,7 @@ async fn check(
         checked
     };
     checked.map_err(|e| match e {
-        RecordsError::Invalid(e) => refusal_of(&e),
+        RecordsError::Invalid(e) => refusal_of(&e.into()),
         too_large @ RecordsError::TooLarge { .. } => {
             Refusal::new(ResponseError::MessageTooLarge, too_large.to_string())
         }

@@ -10,7 +10,7 @@
 //! restarts, which is a new emitter session whose histograms replace the old
 //! session's at the agent (a counter reset to Prometheus).
 
-pub mod books;
+pub use tally_audit::books;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tally_audit::emitter::{Emitter, EmitterConfig, EmitterStats};
 use tally_audit::wire::{LATENCY_BOUNDS_MS, MAX_COUNT};
-use tally_audit::{BucketWidth, CountEntry, LagSample, LatencyHistogram, Tier, TierKind};
+use tally_audit::{BucketWidth, LagSample, LatencyHistogram, Tier, TierKind};
 use tracing::{info, warn};
 
 use self::books::{DurableBooks, PartitionBooks};
@@ -407,7 +407,13 @@ impl Instrumentation {
                     continue;
                 }
                 for (tier, bucket) in dirty {
-                    counts.push(self.entry(topic, *partition, &part.books, tier, bucket));
+                    counts.push(part.books.count_entry(
+                        self.cfg.width,
+                        topic,
+                        *partition,
+                        tier,
+                        bucket,
+                    ));
                 }
                 if let Err(e) = self.store(topic, *partition, part, false) {
                     warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
@@ -449,48 +455,6 @@ impl Instrumentation {
             .lock()
             .get(&(topic.to_owned(), tier.clone()))
             .map(|book| book.wire(topic, tier))
-    }
-
-    fn entry(
-        &self,
-        topic: &str,
-        partition: i32,
-        books: &PartitionBooks,
-        tier: Option<String>,
-        bucket: i64,
-    ) -> CountEntry {
-        let base = CountEntry {
-            tier: Tier::Broker,
-            topic: topic.to_owned(),
-            partition,
-            bucket: self.cfg.width.bucket_of(bucket),
-            records: 0,
-            bytes: 0,
-            no_timestamp: 0,
-            expired: 0,
-            skipped: 0,
-        };
-        match tier {
-            None => {
-                let t = books.broker(bucket);
-                CountEntry {
-                    records: t.records,
-                    bytes: t.bytes,
-                    no_timestamp: t.no_timestamp,
-                    ..base
-                }
-            }
-            Some(group) => {
-                let t = books.group(&group, bucket);
-                CountEntry {
-                    tier: Tier::Group(group),
-                    records: t.consumed,
-                    expired: t.expired,
-                    skipped: t.skipped,
-                    ..base
-                }
-            }
-        }
     }
 
     /// Applies every commit the coordinator accepted since the last call,

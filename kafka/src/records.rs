@@ -10,7 +10,27 @@
 use std::cell::Cell;
 use std::io::{self, Read};
 
-use crate::{Error, Result};
+/// Why bytes are not a valid v2 record batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A record batch that is not a valid v2 batch.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(String),
+    /// A record batch whose CRC does not match its contents.
+    #[error("corrupt record batch: CRC {stored:#010x} stored, {computed:#010x} computed")]
+    CorruptBatch {
+        /// The CRC in the batch header.
+        stored: u32,
+        /// The CRC of the batch's bytes.
+        computed: u32,
+    },
+    /// A batch in a message format older than v2 (magic 0 or 1).
+    #[error("record batch with magic {0}: only the v2 format (magic 2) is supported")]
+    UnsupportedMagic(i8),
+}
+
+/// Result with the record batches' [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Header bytes of a v2 batch before its records, including the base offset
 /// and batch length fields.
@@ -434,7 +454,7 @@ fn plain(e: RecordsError) -> Error {
 }
 
 /// (offset, timestamp) of every record of the batch at the start of `batch`.
-pub(crate) fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
+pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
     let header = BatchHeader::parse(batch)?;
     let mut out = Vec::new();
     walk_batch(
@@ -466,6 +486,35 @@ pub fn verified_record_count(batch: &[u8], max_decompressed: u64) -> Result<u64,
         Ok(())
     })?;
     Ok(n)
+}
+
+/// Reads every record of the whole batch `batch` (whose header is `header`),
+/// handing `each` the record's offset and timestamp (the batch's max timestamp
+/// for LogAppendTime). For reading someone else's log: nothing is refused for
+/// its size. Decompression is streamed, so memory stays within the codec's
+/// window (for snappy, one block of at most [`MAX_UNCOMPRESSED_BATCH_BYTES`])
+/// whatever the batch decompresses to. Returns the bytes decompressed (0 for
+/// an uncompressed batch). An error when the records do not match the header.
+pub fn read_batch(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut each: impl FnMut(i64, i64),
+) -> Result<u64, RecordsError> {
+    let mut used = 0;
+    walk_batch(
+        batch,
+        header,
+        u64::MAX,
+        &mut used,
+        |_, offset_delta, timestamp| {
+            each(
+                header.base_offset.saturating_add(i64::from(offset_delta)),
+                timestamp,
+            );
+            Ok(())
+        },
+    )?;
+    Ok(used)
 }
 
 /// Walks every record of one batch (decompressing at most `limit` bytes),
@@ -547,7 +596,7 @@ fn walk_batch(
 }
 
 /// Checks the CRC of a whole batch whose header is `header`.
-pub(crate) fn check_crc(batch: &[u8], header: &BatchHeader) -> Result<()> {
+pub fn check_crc(batch: &[u8], header: &BatchHeader) -> Result<()> {
     let computed = crc32c::crc32c(batch.get(ATTRIBUTES_AT..).unwrap_or_default());
     if computed == header.crc {
         Ok(())
@@ -561,7 +610,7 @@ pub(crate) fn check_crc(batch: &[u8], header: &BatchHeader) -> Result<()> {
 
 /// Kafka's rule: a batch holds at least one record, and its offset range
 /// matches its record count.
-pub(crate) fn check_counts(header: &BatchHeader) -> Result<()> {
+pub fn check_counts(header: &BatchHeader) -> Result<()> {
     if header.record_count < 1 {
         return Err(Error::InvalidBatch(format!(
             "record count '{}' is not positive: a batch holds at least one record",
@@ -955,7 +1004,9 @@ impl<'a> XerialSnappy<'a> {
         };
         self.started = true;
         let length = snap::raw::decompress_len(compressed).map_err(io::Error::other)?;
-        if length as u64 > self.budget {
+        // A block is held whole; however generous the caller's budget, one
+        // block never takes more than a batch may decompress to.
+        if length as u64 > self.budget.min(MAX_UNCOMPRESSED_BATCH_BYTES) {
             if let Some(over) = self.over {
                 over.set(true);
             }

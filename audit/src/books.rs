@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{BucketWidth, CountEntry, Tier};
+
 /// A stretch of consecutive offsets whose records share one bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
@@ -433,6 +435,50 @@ impl PartitionBooks {
         });
         t.consumed = below_high.saturating_sub(t.expired);
         t
+    }
+
+    /// The wire count of one cell, `(tier, bucket)` as [`PartitionBooks::take_dirty`]
+    /// names it (`None`: the `broker` tier), of partition `partition` of `topic`.
+    pub fn count_entry(
+        &self,
+        width: BucketWidth,
+        topic: &str,
+        partition: i32,
+        tier: Option<String>,
+        bucket: i64,
+    ) -> CountEntry {
+        let base = CountEntry {
+            tier: Tier::Broker,
+            topic: topic.to_owned(),
+            partition,
+            bucket: width.bucket_of(bucket),
+            records: 0,
+            bytes: 0,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+        };
+        match tier {
+            None => {
+                let t = self.broker(bucket);
+                CountEntry {
+                    records: t.records,
+                    bytes: t.bytes,
+                    no_timestamp: t.no_timestamp,
+                    ..base
+                }
+            }
+            Some(group) => {
+                let t = self.group(&group, bucket);
+                CountEntry {
+                    tier: Tier::Group(group),
+                    records: t.consumed,
+                    expired: t.expired,
+                    skipped: t.skipped,
+                    ..base
+                }
+            }
+        }
     }
 
     /// The groups that committed on this partition.
