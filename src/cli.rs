@@ -506,6 +506,12 @@ pub(crate) struct CollectArgs {
     /// How long one request to a broker may take [default: 30s].
     #[arg(long, env = "TALLY_COLLECT_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub(crate) request_timeout: Option<String>,
+    /// Watched topics whose records the collector reads, once, for exact books per event-time bucket (broker = consumed + pending + expired + skipped): a regex that matches the whole name [default: none].
+    #[arg(long, env = "TALLY_COLLECT_AUDIT_TOPICS", value_name = "REGEX")]
+    pub(crate) audit_topics: Option<String>,
+    /// Where an audited partition read for the first time starts: earliest (all the log still holds) or latest (what is appended from now on) [default: earliest].
+    #[arg(long, env = "TALLY_COLLECT_START", value_name = "earliest|latest")]
+    pub(crate) start: Option<String>,
     /// plaintext, ssl, sasl_plaintext or sasl_ssl [default: plaintext].
     #[arg(long, env = "TALLY_COLLECT_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
     pub(crate) security_protocol: Option<String>,
@@ -601,6 +607,8 @@ impl CollectArgs {
             metadata_interval: self.metadata_interval.clone(),
             forget_empty_groups_after: self.forget_empty_groups_after.clone(),
             request_timeout: self.request_timeout.clone(),
+            audit_topics: self.audit_topics.clone(),
+            start: self.start.clone(),
         };
         if !file.clusters.is_empty() && (self.cluster.is_some() || self.bootstrap.is_some()) {
             anyhow::bail!(
@@ -686,12 +694,20 @@ pub(crate) fn collect_config_toml(cfg: &tally_collect::config::CollectConfig) ->
             ("groups", &f.groups),
             ("exclude_groups", &f.exclude_groups),
             ("read_committed_groups", &f.read_committed_groups),
+            ("audit_topics", &c.audit_topics),
         ] {
             if let Some(filter) = filter {
                 out.push_str(&format!("{key} = {}\n", q(filter.pattern())));
             }
         }
         out.push_str(&format!("include_internal = {}\n", f.include_internal));
+        out.push_str(&format!(
+            "start = {}\n",
+            q(match c.tail.start {
+                tally_collect::tail::StartAt::Earliest => "earliest",
+                tally_collect::tail::StartAt::Latest => "latest",
+            })
+        ));
         for (key, d) in [
             ("lag_interval", c.lag_interval),
             ("metadata_interval", c.metadata_interval),

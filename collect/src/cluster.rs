@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tally_audit::BucketWidth;
 use tally_audit::emitter::Emitter;
 use tally_audit::wire::{
     ClusterState, GroupMetadata, GroupState, LagSample, PartitionMetadata as WirePartition,
@@ -31,6 +32,7 @@ use crate::config::ClusterSettings;
 use crate::lag::{self, CommitEntry, CommitTimes, PartitionTimes, RecordTime};
 use crate::metrics::Metrics;
 use crate::offsets_topic::OffsetsTopic;
+use crate::tail::{Commit, Tailer};
 
 /// Kafka's OFFSET_OUT_OF_RANGE: the record is gone (retention) or not yet there.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -38,6 +40,9 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 const READ_CONCURRENCY: usize = 64;
 /// How much one record read may bring back.
 const READ_MAX_BYTES: i32 = 4096;
+/// How long the reading of the audited partitions rests after a round that found
+/// nothing new.
+const TAIL_IDLE: Duration = Duration::from_millis(200);
 /// How often the commit times are saved at most.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 
@@ -119,6 +124,10 @@ pub struct ClusterWatch {
     offsets_topic: OffsetsTopic,
     last_metadata: Option<Metadata>,
     up: bool,
+    /// The exact books of the audited topics (none without `audit_topics`).
+    tailer: Option<Tailer>,
+    /// The last lag poll's committed offsets, for the books.
+    last_commits: Vec<Commit>,
 }
 
 impl ClusterWatch {
@@ -129,6 +138,7 @@ impl ClusterWatch {
         metrics: Metrics,
         emitter: Option<Emitter>,
         data_dir: &std::path::Path,
+        width: BucketWidth,
     ) -> std::io::Result<ClusterWatch> {
         let dir = data_dir.join(&settings.name);
         std::fs::create_dir_all(&dir)?;
@@ -147,6 +157,15 @@ impl ClusterWatch {
         }
         metrics.up.with_label_values(&[&settings.name]).set(0);
         let offsets_topic = OffsetsTopic::load(&dir, &settings.name);
+        let tailer = match settings.audit_topics {
+            Some(_) => Some(Tailer::open(
+                dir.join("books"),
+                width,
+                settings.tail.clone(),
+                emitter.clone(),
+            )?),
+            None => None,
+        };
         Ok(ClusterWatch {
             settings,
             metrics,
@@ -164,6 +183,8 @@ impl ClusterWatch {
             offsets_topic,
             last_metadata: None,
             up: false,
+            tailer,
+            last_commits: Vec::new(),
         })
     }
 
@@ -176,9 +197,23 @@ impl ClusterWatch {
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut next = tokio::time::Instant::now();
         loop {
+            // Between lag polls the audited partitions are read: a round that found
+            // nothing new waits a little (its Fetch already waited up to 100 ms).
+            while tokio::time::Instant::now() < next && self.tailer.is_some() && !*stop.borrow() {
+                let busy = self.tail_round().await;
+                if !busy {
+                    tokio::select! {
+                        _ = tokio::time::sleep(TAIL_IDLE.min(next.saturating_duration_since(tokio::time::Instant::now()))) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
             }
             next += self.settings.lag_interval;
             let started = Instant::now();
@@ -214,6 +249,49 @@ impl ClusterWatch {
             }
         }
         self.save(true);
+        if let Some(t) = &mut self.tailer {
+            t.flush(true);
+        }
+    }
+
+    /// One round of reading the audited partitions; whether it counted anything.
+    async fn tail_round(&mut self) -> bool {
+        let Ok(client) = self.client().await else {
+            return false;
+        };
+        let audited = self.audited_partitions();
+        let commits = std::mem::take(&mut self.last_commits);
+        let Some(tailer) = &mut self.tailer else {
+            return false;
+        };
+        tailer.audit(&audited);
+        tailer.commit(&commits);
+        let report = tailer.round(&client).await;
+        tailer.flush(false);
+        for (topic, behind) in tailer.tail_lag() {
+            self.metrics
+                .tail_lag
+                .with_label_values(&[&self.settings.name, topic])
+                .set(behind);
+        }
+        if report.records > 0 {
+            self.metrics
+                .tail_records
+                .with_label_values(&[&self.settings.name])
+                .inc_by(report.records);
+        }
+        report.records > 0 || report.passed_over > 0
+    }
+
+    /// The watched partitions of the audited topics.
+    fn audited_partitions(&self) -> BTreeSet<TopicPartition> {
+        let Some(filter) = &self.settings.audit_topics else {
+            return BTreeSet::new();
+        };
+        self.watched_partitions()
+            .into_iter()
+            .filter(|tp| filter.matches(&tp.topic))
+            .collect()
     }
 
     fn set_up(&mut self, up: bool) {
@@ -428,6 +506,16 @@ impl ClusterWatch {
                 }
                 rows.push((group, &c.topic, c.partition, c.offset, read_committed));
             }
+        }
+        if self.tailer.is_some() {
+            self.last_commits = rows
+                .iter()
+                .map(|&(group, topic, partition, offset, _)| Commit {
+                    group: group.to_owned(),
+                    tp: TopicPartition::new(topic, partition),
+                    offset,
+                })
+                .collect();
         }
         let offsets_read = rows.len();
         self.metrics

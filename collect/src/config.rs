@@ -18,6 +18,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use regex::Regex;
+
+use crate::tail::{StartAt, TailSettings};
 use serde::{Deserialize, Serialize};
 use tally_kafka::client::{ClientConfig, SaslMechanism, SecurityProtocol};
 use tally_kafka::sasl::Password;
@@ -82,6 +84,11 @@ pub struct ClusterKeys {
     pub forget_empty_groups_after: Option<String>,
     /// How long one request to a broker may take (e.g. `30s`).
     pub request_timeout: Option<String>,
+    /// Watched topics whose records are read for exact books (a regex that matches the
+    /// whole name); none are read without it.
+    pub audit_topics: Option<String>,
+    /// Where an audited partition read for the first time starts: `earliest` or `latest`.
+    pub start: Option<String>,
 }
 
 /// Bootstrap servers: `"a:9092,b:9092"` or `["a:9092", "b:9092"]`.
@@ -146,7 +153,9 @@ impl ClusterKeys {
             lag_interval,
             metadata_interval,
             forget_empty_groups_after,
-            request_timeout
+            request_timeout,
+            audit_topics,
+            start
         )
     }
 }
@@ -349,6 +358,10 @@ pub struct ClusterSettings {
     pub metadata_interval: Duration,
     /// An Empty group with no commit for this long is forgotten.
     pub forget_empty_groups_after: Duration,
+    /// Watched topics whose records are read for exact books (none when `None`).
+    pub audit_topics: Option<NameFilter>,
+    /// How the audited partitions are read.
+    pub tail: TailSettings,
 }
 
 /// The whole collector's settings, checked.
@@ -624,6 +637,17 @@ impl ClusterSettings {
             request_timeout,
             ..ClientConfig::default()
         };
+        let audit_topics = filter("audit_topics", &keys.audit_topics)?;
+        let start = match keys.start.as_deref().map(str::trim) {
+            None | Some("earliest") => StartAt::Earliest,
+            Some("latest") => StartAt::Latest,
+            Some(other) => {
+                return err(format!(
+                    "start \"{other}\"{} is not a start: expected earliest or latest",
+                    in_cluster(&name)
+                ));
+            }
+        };
         Ok(ClusterSettings {
             name,
             client,
@@ -631,6 +655,11 @@ impl ClusterSettings {
             lag_interval,
             metadata_interval,
             forget_empty_groups_after,
+            audit_topics,
+            tail: TailSettings {
+                start,
+                ..TailSettings::default()
+            },
         })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`lag`]: the lag arithmetic (ends, record timestamps, estimates, commit times);
 //! - [`cluster`]: one cluster's discovery and lag polls;
 //! - [`offsets_topic`]: commit times read from `__consumer_offsets`;
+//! - [`tail`]: the exact books of the audited topics, from their records;
 //! - [`metrics`]: the collector's own `/metrics`;
 //! - [`service`]: the process.
 
@@ -19,5 +20,6 @@ pub mod metrics;
 pub mod offsets_topic;
 pub mod service;
 mod state_file;
+pub mod tail;
 
 pub use service::run;

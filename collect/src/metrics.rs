@@ -47,6 +47,10 @@ pub struct Metrics {
     pub offsets_topic_behind: IntGaugeVec,
     /// 1 while commit times come from `__consumer_offsets`.
     pub offsets_topic_read: IntGaugeVec,
+    /// Records of the audited topics not yet read, per topic.
+    pub tail_lag: IntGaugeVec,
+    /// Records of the audited topics counted into the books.
+    pub tail_records: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -94,6 +98,18 @@ impl Metrics {
                 &registry,
                 "tally_collect_up",
                 "1 when the last poll of the cluster reached it, 0 when it could not",
+                &["cluster"],
+            ),
+            tail_lag: gauge(
+                &registry,
+                "tally_collect_tail_lag_records",
+                "Records of an audited topic between where the collector's reading is and the log end (the high watermark)",
+                &["cluster", "topic"],
+            ),
+            tail_records: counter(
+                &registry,
+                "tally_collect_tail_records_total",
+                "Records of the audited topics read and counted into the books",
                 &["cluster"],
             ),
             requests: counter(

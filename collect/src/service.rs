@@ -67,7 +67,11 @@ pub async fn run(cfg: CollectConfig, shutdown: impl Future<Output = ()>) -> Resu
                 cfg.agent.clone(),
                 format!("collect-{}", settings.name),
                 settings.name.clone(),
-                vec![TierKind::Group],
+                if settings.audit_topics.is_some() {
+                    vec![TierKind::Broker, TierKind::Group]
+                } else {
+                    vec![TierKind::Group]
+                },
                 width,
             );
             ec.token.clone_from(&cfg.agent_token);
@@ -83,12 +87,11 @@ pub async fn run(cfg: CollectConfig, shutdown: impl Future<Output = ()>) -> Resu
             lag_interval = ?settings.lag_interval,
             "watching cluster"
         );
-        let watch = ClusterWatch::new(settings, metrics.clone(), emitter, &cfg.data_dir).map_err(
-            |source| StartError::DataDir {
+        let watch = ClusterWatch::new(settings, metrics.clone(), emitter, &cfg.data_dir, width)
+            .map_err(|source| StartError::DataDir {
                 path: cfg.data_dir.display().to_string(),
                 source,
-            },
-        )?;
+            })?;
         tasks.push(tokio::spawn(watch.run(stop_rx.clone())));
     }
     shutdown.await;

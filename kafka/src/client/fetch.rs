@@ -3,14 +3,17 @@
 //! records (offset, timestamp, key and value: [`Client::fetch_records`]), each with the
 //! partition's watermarks.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
+use futures_util::future::join_all;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 
 use super::list_offsets::topic_name;
 use super::record_batch::{AbortedTransaction, first_record, read_records};
 use super::request::{Api, ResponseErrors, first};
-use super::{Client, KafkaCode, TopicPartition, is_transport};
+use super::{BrokerAddr, Client, KafkaCode, TopicPartition, is_transport};
 use crate::{Error, Result};
 
 impl Api for FetchRequest {
@@ -127,6 +130,40 @@ pub struct FetchedRecords {
     pub skipped_compressed_batches: u32,
 }
 
+/// One partition's part of a [`Client::fetch_log`] answer: its record batches as the
+/// broker sent them, for a reader with its own codecs.
+#[derive(Clone, Debug)]
+pub struct LogChunk {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset it was fetched from.
+    pub offset: i64,
+    /// The partition's error, if any (`OFFSET_OUT_OF_RANGE` after retention moved the
+    /// log start past `offset`, a stale leader, …).
+    pub error: Option<KafkaCode>,
+    /// The high watermark; -1 when the answer has none.
+    pub high_watermark: i64,
+    /// The last stable offset; -1 when the answer has none.
+    pub last_stable_offset: i64,
+    /// The log start offset; -1 when the answer has none.
+    pub log_start_offset: i64,
+    /// The record batches (the last one may be cut off by the size limits).
+    pub records: Bytes,
+    /// With read_committed, the answer's aborted transactions.
+    pub aborted: Vec<AbortedTransaction>,
+}
+
+/// What a [`Client::fetch_log`] round brought.
+#[derive(Debug, Default)]
+pub struct LogFetch {
+    /// One chunk per partition whose leader answered.
+    pub chunks: Vec<LogChunk>,
+    /// Partitions without a known leader.
+    pub leaderless: Vec<TopicPartition>,
+    /// Leaders that could not be reached, with their partitions.
+    pub failed: Vec<(BrokerAddr, Vec<TopicPartition>, Error)>,
+}
+
 /// One partition of a Fetch answer, not yet read.
 struct RawFetch {
     broker: String,
@@ -231,6 +268,135 @@ impl Client {
             fetched.skipped_compressed_batches = read.skipped_compressed_batches;
         }
         Ok(fetched)
+    }
+
+    /// Fetches each partition of `from` at its offset: one Fetch per leader, the leaders
+    /// concurrently. `partition_max_bytes` bounds each partition's records and
+    /// `max_bytes` the whole answer (brokers still send a partition's first batch
+    /// whole). Nothing is retried: a stale leader's partitions come back with its error,
+    /// and the metadata is refreshed for the next call.
+    pub async fn fetch_log(
+        &self,
+        from: &[(TopicPartition, i64)],
+        isolation: Isolation,
+        max_bytes: i32,
+        partition_max_bytes: i32,
+    ) -> LogFetch {
+        let mut out = LogFetch::default();
+        let mut by_leader: BTreeMap<BrokerAddr, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for (tp, offset) in from {
+            match self.leader_of(tp) {
+                Some((_, leader)) => by_leader
+                    .entry(leader)
+                    .or_default()
+                    .push((tp.clone(), *offset)),
+                None => out.leaderless.push(tp.clone()),
+            }
+        }
+        let calls = by_leader.into_iter().map(|(leader, parts)| async move {
+            let answer = self
+                .fetch_log_at(&leader, &parts, isolation, max_bytes, partition_max_bytes)
+                .await;
+            (leader, parts, answer)
+        });
+        let mut stale = !out.leaderless.is_empty();
+        for (leader, parts, answer) in join_all(calls).await {
+            match answer {
+                Ok(chunks) => {
+                    stale |= chunks
+                        .iter()
+                        .any(|c| c.error.is_some_and(KafkaCode::is_stale_leader));
+                    out.chunks.extend(chunks);
+                }
+                Err(e) => {
+                    stale = true;
+                    out.failed
+                        .push((leader, parts.into_iter().map(|(tp, _)| tp).collect(), e));
+                }
+            }
+        }
+        if stale {
+            self.refresh().await;
+        }
+        out
+    }
+
+    async fn fetch_log_at(
+        &self,
+        broker: &BrokerAddr,
+        parts: &[(TopicPartition, i64)],
+        isolation: Isolation,
+        max_bytes: i32,
+        partition_max_bytes: i32,
+    ) -> Result<Vec<LogChunk>> {
+        let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        for (tp, offset) in parts {
+            topics.entry(tp.topic.as_str()).or_default().push(
+                FetchPartition::default()
+                    .with_partition(tp.partition)
+                    .with_fetch_offset(*offset)
+                    .with_partition_max_bytes(partition_max_bytes.max(1)),
+            );
+        }
+        let (response, _) = self
+            .call(broker, |_| {
+                FetchRequest::default()
+                    .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+                    .with_min_bytes(1)
+                    .with_max_bytes(max_bytes.max(1))
+                    .with_isolation_level(match isolation {
+                        Isolation::ReadUncommitted => 0,
+                        Isolation::ReadCommitted => 1,
+                    })
+                    .with_topics(
+                        topics
+                            .into_iter()
+                            .map(|(topic, partitions)| {
+                                FetchTopic::default()
+                                    .with_topic(topic_name(topic))
+                                    .with_partitions(partitions)
+                            })
+                            .collect(),
+                    )
+            })
+            .await?;
+        let offsets: BTreeMap<(&str, i32), i64> = parts
+            .iter()
+            .map(|(tp, o)| ((tp.topic.as_str(), tp.partition), *o))
+            .collect();
+        let mut chunks = Vec::with_capacity(parts.len());
+        let whole = (response.error_code != 0).then_some(KafkaCode(response.error_code));
+        for t in response.responses {
+            for p in t.partitions {
+                let Some(offset) = offsets.get(&(t.topic.0.as_str(), p.partition_index)) else {
+                    continue;
+                };
+                let error = whole.or((p.error_code != 0).then_some(KafkaCode(p.error_code)));
+                chunks.push(LogChunk {
+                    tp: TopicPartition::new(t.topic.0.as_str(), p.partition_index),
+                    offset: *offset,
+                    error,
+                    high_watermark: p.high_watermark,
+                    last_stable_offset: p.last_stable_offset,
+                    log_start_offset: p.log_start_offset,
+                    records: if error.is_some() {
+                        Bytes::new()
+                    } else {
+                        p.records.unwrap_or_default()
+                    },
+                    aborted: p
+                        .aborted_transactions
+                        .iter()
+                        .flatten()
+                        .map(|a| AbortedTransaction {
+                            producer_id: a.producer_id.0,
+                            first_offset: a.first_offset,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(chunks)
     }
 
     /// One Fetch of `tp` to its leader, retried where a new leader may answer.

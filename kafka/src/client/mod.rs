@@ -37,6 +37,7 @@ mod metadata;
 mod offset_fetch;
 mod offsets_topic;
 mod record_batch;
+pub use record_batch::{AbortedTransaction, Aborts, BatchKind};
 mod request;
 mod transport;
 
@@ -52,7 +53,7 @@ use kafka_protocol::protocol::HeaderVersion;
 pub use config::{ClientConfig, Observer, Outcome, SaslMechanism, SecurityProtocol};
 pub use conn::Connections;
 pub use describe_groups::GroupDescription;
-pub use fetch::{FetchOne, FetchedRecord, FetchedRecords, Isolation, Record};
+pub use fetch::{FetchOne, FetchedRecord, FetchedRecords, Isolation, LogChunk, LogFetch, Record};
 pub use list_groups::GroupListing;
 pub use list_offsets::OffsetSpec;
 pub use metadata::{BrokerInfo, Metadata, PartitionMetadata, TopicMetadata};

@@ -29,9 +29,11 @@ const CONTROL: i16 = 0x20;
 
 /// An aborted transaction of a read_committed Fetch answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AbortedTransaction {
-    pub(crate) producer_id: i64,
-    pub(crate) first_offset: i64,
+pub struct AbortedTransaction {
+    /// The transactional producer.
+    pub producer_id: i64,
+    /// The offset of the transaction's first batch.
+    pub first_offset: i64,
 }
 
 /// Reads big-endian fields and varints from a slice, failing rather than running off
@@ -104,16 +106,29 @@ impl<'a> Cursor<'a> {
 /// Kafka's consumer's rule for read_committed: a producer's transaction is aborted from
 /// the first offset in the answer's aborted list until its next control batch (the
 /// abort marker). Fed every batch in log order.
-#[derive(Default)]
-struct Aborts {
+#[derive(Debug, Default)]
+pub struct Aborts {
     /// Aborted transactions not reached yet, the lowest first offset last.
     pending: Vec<AbortedTransaction>,
     /// Producers inside an aborted transaction.
     aborting: Vec<i64>,
 }
 
+/// What a read_committed reader makes of one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchKind {
+    /// Records a reader sees.
+    Data,
+    /// A control batch (a transaction marker): no records.
+    Control,
+    /// A batch of an aborted transaction.
+    Aborted,
+}
+
 impl Aborts {
-    fn new(aborted: Option<&[AbortedTransaction]>) -> Aborts {
+    /// The rule for one Fetch answer's batches, from its aborted list (`None`:
+    /// read_uncommitted, where nothing is aborted).
+    pub fn new(aborted: Option<&[AbortedTransaction]>) -> Aborts {
         let mut pending: Vec<AbortedTransaction> = aborted.map(<[_]>::to_vec).unwrap_or_default();
         pending.sort_by_key(|a| std::cmp::Reverse(a.first_offset));
         Aborts {
@@ -125,18 +140,28 @@ impl Aborts {
     /// Whether the batch holds no records a reader sees: a control batch (which also
     /// ends its producer's aborted transaction), or a batch of an aborted transaction.
     fn passes_over(&mut self, header: &BatchHeader) -> bool {
+        self.kind(header.attributes, header.last_offset, header.producer_id) != BatchKind::Data
+    }
+
+    /// Classifies the next batch in log order from its header's attributes, last
+    /// offset and producer id.
+    pub fn kind(&mut self, attributes: i16, last_offset: i64, producer_id: i64) -> BatchKind {
         while let Some(next) = self.pending.last() {
-            if next.first_offset > header.last_offset {
+            if next.first_offset > last_offset {
                 break;
             }
             self.aborting.push(next.producer_id);
             self.pending.pop();
         }
-        if header.attributes & CONTROL != 0 {
-            self.aborting.retain(|p| *p != header.producer_id);
-            return true;
+        if attributes & CONTROL != 0 {
+            self.aborting.retain(|p| *p != producer_id);
+            return BatchKind::Control;
         }
-        header.attributes & TRANSACTIONAL != 0 && self.aborting.contains(&header.producer_id)
+        if attributes & TRANSACTIONAL != 0 && self.aborting.contains(&producer_id) {
+            BatchKind::Aborted
+        } else {
+            BatchKind::Data
+        }
     }
 }
 
