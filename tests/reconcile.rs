@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::collector::Collector;
 use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts as scripts, tail};
 
 /// The bucket width of every test, so that explicit timestamps pick buckets.
@@ -75,6 +76,24 @@ fn start_broker(agent: &Agent, extra: &[&str]) -> Broker {
         .chain(extra.iter().copied())
         .collect();
     Broker::reporting_to(agent.addr, &flags)
+}
+
+/// A `tally collect` on `broker` as cluster `copy`, reading `topic` for its books
+/// (`--audit-topics`), in buckets of the tests' width.
+fn copy_collector(agent: &Agent, broker: &Broker, topic: &str) -> Collector {
+    Collector::start(
+        agent,
+        &[
+            "--cluster",
+            "copy",
+            "--bootstrap",
+            broker.addr(),
+            "--bucket-width",
+            "60s",
+            "--audit-topics",
+            topic,
+        ],
+    )
 }
 
 /// Runs a client with `stdin` as its input, killed after `CLIENT_TIMEOUT`,
@@ -446,9 +465,16 @@ impl Truth {
 
 // ------------------------------------------------------------ the agent view
 
-/// `/api/v1/topics/{topic}/buckets`, or None while the agent has no counts of it.
+/// `/api/v1/topics/{topic}/buckets` of the broker's own cluster, or None while the
+/// agent has no counts of it.
 fn view(agent: &Agent, topic: &str) -> Option<Value> {
-    let path = format!("/api/v1/topics/{topic}/buckets?cluster=local");
+    view_in(agent, "local", topic)
+}
+
+/// `/api/v1/topics/{topic}/buckets` of `cluster`, or None while the agent has no
+/// counts of it.
+fn view_in(agent: &Agent, cluster: &str, topic: &str) -> Option<Value> {
+    let path = format!("/api/v1/topics/{topic}/buckets?cluster={cluster}");
     let (status, body) = common::try_get(agent.addr, &path, None).ok()?;
     if status == 404 {
         return None;
@@ -500,10 +526,16 @@ fn differences(got: &Books, want: &Books) -> String {
 /// Polls the agent until its books of `truth.topic` equal `truth`, and
 /// returns the view; fails after `SETTLE` with the differences.
 fn wait_for_truth(agent: &Agent, broker: &Broker, truth: &Truth) -> Value {
+    wait_for_truth_in(agent, "local", &broker.log(), truth)
+}
+
+/// [`wait_for_truth`] for the books of `cluster` (a collector's), with `log` (the
+/// collector's) shown on failure.
+fn wait_for_truth_in(agent: &Agent, cluster: &str, log: &str, truth: &Truth) -> Value {
     let want = truth.books();
     let deadline = Instant::now() + SETTLE;
     loop {
-        let got = view(agent, &truth.topic);
+        let got = view_in(agent, cluster, &truth.topic);
         if let Some(v) = &got
             && books_of(v) == want
         {
@@ -512,11 +544,11 @@ fn wait_for_truth(agent: &Agent, broker: &Broker, truth: &Truth) -> Value {
         if Instant::now() >= deadline {
             let shown = got.as_ref().map(books_of).unwrap_or_default();
             panic!(
-                "the agent's books of {} differ from the ground truth after {SETTLE:?}:\n{}\n\nagent log:\n{}\nbroker log:\n{}",
+                "the agent's books of {} in cluster {cluster} differ from the ground truth after {SETTLE:?}:\n{}\n\nagent log:\n{}\n{cluster} log:\n{}",
                 truth.topic,
                 differences(&shown, &want),
                 tail(&agent.log()),
-                tail(&broker.log())
+                tail(log)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -712,6 +744,10 @@ fn three_clients_codecs_and_straddling_batches_reconcile_exactly() {
         return;
     };
     let broker = start_broker(&agent, &[]);
+    // A collector on the same broker keeps books of its own (cluster `copy`), from
+    // the records it reads and the offsets the groups commit: they must equal the
+    // broker's, and the truth, bucket by bucket and tier by tier.
+    let copy = copy_collector(&agent, &broker, "orders");
     let mut truth = Truth::new("orders");
     let b = hour_ago();
 
@@ -818,6 +854,9 @@ fn three_clients_codecs_and_straddling_batches_reconcile_exactly() {
     assert_eq!(group_total(&view, "archive", "pending"), 0);
     assert_statuses(&view);
     assert_balanced(&view);
+    let copied = wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
+    assert_eq!(group_total(&copied, "billing", "records"), 25);
+    assert_balanced(&copied);
 }
 
 #[test]
@@ -876,6 +915,9 @@ fn retention_expires_what_a_group_had_not_consumed() {
         return;
     };
     let broker = start_broker(&agent, &["--retention-check", "1s"]);
+    // The collector reads the records before retention deletes them, and sees the
+    // log start move in its Fetch answers.
+    let copy = copy_collector(&agent, &broker, "expiring");
     let mut truth = Truth::new("expiring");
     // Every batch ends with a record that turns an hour old `AGES_OUT` from
     // now; segments are judged by their newest record, so none can go
@@ -961,6 +1003,12 @@ fn retention_expires_what_a_group_had_not_consumed() {
     assert_eq!(group_total(&view, "fast", "pending"), 0);
     assert_balanced(&view);
     assert_statuses(&view);
+    let copied = wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
+    assert_eq!(
+        group_total(&copied, "slow", "expired"),
+        deleted_unconsumed as u64
+    );
+    assert_balanced(&copied);
 }
 
 /// Two batches on each of two partitions, from bucket `round` to
