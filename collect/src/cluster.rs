@@ -268,6 +268,17 @@ impl ClusterWatch {
         tailer.commit(&commits);
         let report = tailer.round(&client).await;
         tailer.flush(false);
+        if report != crate::tail::RoundReport::default() {
+            debug!(
+                cluster = %self.settings.name,
+                records = report.records,
+                bytes = report.bytes,
+                passed_over = report.passed_over,
+                unreadable = report.unreadable,
+                unanswered = report.unanswered,
+                "books round done"
+            );
+        }
         for (topic, behind) in tailer.tail_lag() {
             self.metrics
                 .tail_lag
