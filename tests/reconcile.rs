@@ -1349,3 +1349,68 @@ fn a_group_that_has_not_consumed_a_bucket_shows_it_pending() {
     assert_eq!(group_total(&view, "idle", "pending"), 7);
     assert_balanced(&view);
 }
+
+#[test]
+fn a_collector_killed_mid_workload_resumes_with_exact_books() {
+    let Some((clients, dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = start_broker(&agent, &[]);
+    let state = dir.path().join("collector");
+    let args = [
+        "--cluster",
+        "copy",
+        "--bootstrap",
+        broker.addr(),
+        "--bucket-width",
+        "60s",
+        "--audit-topics",
+        "resumed",
+    ];
+    let mut copy = Collector::start_in(&agent, &state, &args);
+    let mut truth = Truth::new("resumed");
+    let b = hour_ago();
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "resumed",
+        &durable_plan(b, true, 0),
+    ));
+    clients.consume(&broker, &mut truth, "g", &[(0, &[2, 5]), (1, &[4])]);
+    wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
+
+    // kill -9 right after more records came: the collector stored its position and
+    // books together a few seconds ago at most, and reads on from there.
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "resumed",
+        &durable_plan(b, false, 2),
+    ));
+    copy.child.kill().unwrap();
+    copy.child.wait().unwrap();
+    // More records and a commit while it is down.
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "resumed",
+        &durable_plan(b, false, 4),
+    ));
+    clients.commit(&broker, &mut truth, "g", &[&[(0, 9), (1, 8)]], 0);
+    let copy = Collector::start_in(&agent, &state, &args);
+    let view = wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
+    assert_balanced(&view);
+    // The broker's own books (cluster local) say the same.
+    wait_for_truth(&agent, &broker, &truth);
+    let stored = state
+        .join("state")
+        .join("copy")
+        .join("books")
+        .join("resumed");
+    assert_eq!(
+        std::fs::read_dir(&stored).unwrap().count(),
+        2,
+        "one stored book per partition in {}",
+        stored.display()
+    );
+}

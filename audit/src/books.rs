@@ -563,6 +563,29 @@ impl PartitionBooks {
         }
     }
 
+    /// Everything the books hold, for a reader that cannot read the log again to
+    /// rebuild them (the collector): [`PartitionBooks::restore_whole`] gives back
+    /// books equal to these.
+    pub fn whole_state(&self) -> WholeBooks {
+        WholeBooks {
+            start: self.start,
+            runs: self.runs.clone(),
+            broker: self.broker.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+
+    /// Books restored from [`PartitionBooks::whole_state`]; nothing is dirty.
+    pub fn restore_whole(state: WholeBooks) -> Self {
+        PartitionBooks {
+            runs: state.runs,
+            broker: state.broker,
+            start: state.start,
+            groups: state.groups,
+            ..PartitionBooks::default()
+        }
+    }
+
     /// Books restored from their durable part; the log's live batches are
     /// appended after this.
     pub fn restore(state: DurableBooks) -> Self {
@@ -601,6 +624,19 @@ pub struct DurableBooks {
     pub groups: BTreeMap<String, GroupBooks>,
 }
 
+/// The whole of one partition's books (see [`PartitionBooks::whole_state`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholeBooks {
+    /// The log start offset the books know of.
+    pub start: i64,
+    /// Every run, in offset order.
+    pub runs: Vec<Run>,
+    /// The `broker` tier's count per bucket.
+    pub broker: BTreeMap<i64, Tally>,
+    /// Every group's books.
+    pub groups: BTreeMap<String, GroupBooks>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +665,25 @@ mod tests {
                 "bucket {bucket}: {t:?} pending {pending}"
             );
         }
+    }
+
+    #[test]
+    fn whole_books_restore_equal_and_count_on_alike() {
+        let mut b = books();
+        b.commit("g", 12, None);
+        b.retain_from(3);
+        let mut restored = PartitionBooks::restore_whole(b.whole_state());
+        let _ = b.take_dirty();
+        assert_eq!(restored, b);
+        b.append(20, &[180, 180], 100, &[], &[]);
+        restored.append(20, &[180, 180], 100, &[], &[]);
+        b.commit("g", 21, None);
+        restored.commit("g", 21, None);
+        assert_eq!(restored, b);
+        assert_eq!(
+            restored.group("g", 120).consumed,
+            b.group("g", 120).consumed
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tally_audit::BucketWidth;
-use tally_audit::books::{DurableBooks, PartitionBooks};
+use tally_audit::books::{PartitionBooks, WholeBooks};
 use tally_audit::emitter::Emitter;
 use tally_kafka::client::{
     Aborts, BatchKind, Client, Isolation, KafkaCode, LogChunk, TopicPartition,
@@ -108,7 +108,7 @@ struct Tail {
 #[derive(Serialize, Deserialize)]
 struct DurableTail {
     next: i64,
-    books: DurableBooks,
+    books: WholeBooks,
 }
 
 /// The exact books of one cluster's audited partitions. See the module documentation.
@@ -163,7 +163,7 @@ impl Tailer {
                 });
                 match stored {
                     Ok(d) => {
-                        let mut books = PartitionBooks::restore(d.books);
+                        let mut books = PartitionBooks::restore_whole(d.books);
                         // A new session: the agent gets every cell again.
                         books.mark_all_dirty();
                         tails.insert(
@@ -489,7 +489,7 @@ impl Tailer {
             let path = state_path(&self.dir, tp);
             let stored = DurableTail {
                 next,
-                books: tail.books.durable_state(),
+                books: tail.books.whole_state(),
             };
             let written = serde_json::to_vec(&stored)
                 .map_err(std::io::Error::other)
