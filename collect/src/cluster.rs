@@ -208,6 +208,10 @@ impl ClusterWatch {
                     }
                 }
             }
+            // The wait above may have seen the stop already.
+            if *stop.borrow() {
+                break;
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => break,
