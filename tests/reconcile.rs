@@ -1414,3 +1414,97 @@ fn a_collector_killed_mid_workload_resumes_with_exact_books() {
         stored.display()
     );
 }
+
+/// The agent's view of one source, or Null.
+fn source_named(agent: &Agent, name: &str) -> Value {
+    agent.json("/api/v1/sources")["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_second_source_for_a_reported_cluster_is_refused_and_the_books_hold() {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = start_broker(&agent, &[]);
+    let copy = copy_collector(&agent, &broker, "twice");
+    let mut truth = Truth::new("twice");
+    let b = hour_ago();
+    truth.records.extend(clients.produce(
+        "confluent-kafka",
+        &broker,
+        "twice",
+        &durable_plan(b, true, 0),
+    ));
+    clients.consume(&broker, &mut truth, "g", &[(0, &[3]), (1, &[2])]);
+    let local = books_of(&wait_for_truth(&agent, &broker, &truth));
+    wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
+
+    // A collector beside the instrumented broker, for the broker's own cluster:
+    // its broker and group counts are refused as duplicate_source.
+    let beside = Collector::start(
+        &agent,
+        &[
+            "--cluster",
+            "local",
+            "--bootstrap",
+            broker.addr(),
+            "--bucket-width",
+            "60s",
+            "--audit-topics",
+            "twice",
+        ],
+    );
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = source_named(&agent, "collect-local");
+        if s["duplicate_entries"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second source's counts were not refused: {s}\n{}",
+            tail(&beside.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let errors = common::metric(
+        &agent.metrics(),
+        "tally_ingest_errors_total",
+        &[("reason", "duplicate_source")],
+    );
+    assert!(errors.unwrap_or(0.0) >= 1.0, "not counted: {errors:?}");
+    assert!(
+        agent.log().contains("duplicate_source"),
+        "not logged:\n{}",
+        tail(&agent.log())
+    );
+    assert_steady(&agent, "twice", &local, 3, "beside the broker");
+
+    // A second collector for the `copy` cluster: the same source id, whose
+    // session is live, so its hello is refused and the books stay as they are.
+    let copied = books_of(&view_in(&agent, "copy", "twice").unwrap());
+    let second = copy_collector(&agent, &broker, "twice");
+    let deadline = Instant::now() + SETTLE;
+    while !second.log().contains("duplicate_source") {
+        assert!(
+            Instant::now() < deadline,
+            "the second collector was not refused:\n{}",
+            tail(&second.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        let now = books_of(&view_in(&agent, "copy", "twice").unwrap());
+        assert_eq!(now, copied, "the copy's books changed");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(second);
+    drop(beside);
+    drop(copy);
+}

@@ -126,6 +126,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
             messages: BTreeMap::from([("counts".into(), 1_000), ("lag".into(), 1_000)]),
             errors: 0,
             connected: true,
+            duplicate_entries: 0,
         }],
         alerts: Vec::new(),
         latency: Vec::new(),

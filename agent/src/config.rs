@@ -163,6 +163,9 @@ impl AgentConfig {
         }
         cfg.window_ms = ms(self.window);
         cfg.retention_ms = ms(self.retention);
+        cfg.live_ms = ms(self.tick)
+            .saturating_mul(3)
+            .max(crate::ledger::MIN_LIVE_MS);
         if cfg.window_ms < width.ms() + cfg.grace_ms {
             return Err(Error::Config(format!(
                 "window \"{}\" is shorter than one bucket plus grace ({} ms): no bucket would ever be judged",

@@ -26,6 +26,9 @@ use crate::store::{
 };
 use crate::{Error, Result};
 
+/// The shortest silence after which a connected session may be replaced.
+pub const MIN_LIVE_MS: u64 = 30_000;
+
 /// How the ledger judges buckets and what it keeps.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
@@ -43,6 +46,11 @@ pub struct LedgerConfig {
     pub max_series: usize,
     /// Burrow-style health settings.
     pub health: HealthConfig,
+    /// How recently a connected session must have been heard from to be live: a
+    /// `hello` of its source id is refused meanwhile. 3 ticks, but at least 30 s:
+    /// emitters send nothing while nothing changes (no heartbeat), so a shorter
+    /// silence is an idle emitter, not a lost one.
+    pub live_ms: u64,
 }
 
 impl LedgerConfig {
@@ -56,6 +64,7 @@ impl LedgerConfig {
             max_series_per_source: 100_000,
             max_series: DEFAULT_MAX_SERIES,
             health: HealthConfig::default(),
+            live_ms: MIN_LIVE_MS,
         }
     }
 }
@@ -165,6 +174,8 @@ struct Source {
     messages: [u64; 6],
     errors: u64,
     sessions: u32,
+    /// Count entries refused as `duplicate_source`.
+    duplicate_entries: u64,
     series: FxHashSet<(u32, i32)>,
     lag_series: usize,
     latency_series: usize,
@@ -184,6 +195,7 @@ impl Source {
             messages: [0; 6],
             errors: 0,
             sessions: 0,
+            duplicate_entries: 0,
             series: FxHashSet::default(),
             lag_series: 0,
             latency_series: 0,
@@ -351,6 +363,9 @@ pub struct Ledger {
     dirty_history: Vec<HistoryRow>,
     dirty_health: HashSet<HealthKey>,
     dirty_latency: BTreeSet<LatencyKey>,
+    /// Per (cluster, topic), the source whose `broker` and `group:` counts are
+    /// taken (DESIGN §5).
+    log_owners: HashMap<(String, String), u32>,
 }
 
 /// What applying a message changed.
@@ -365,6 +380,11 @@ pub struct Applied {
     /// Entries whose bucket lies outside the accepted range (see
     /// [`Ledger::accept_range`]), dropped on their own.
     pub out_of_range: usize,
+    /// `broker` and `group:` entries of a (cluster, topic) another live source
+    /// reports, dropped on their own (`duplicate_source`).
+    pub duplicate_source: usize,
+    /// Whether they are the first this source had refused so (to log once).
+    pub first_duplicate: bool,
 }
 
 fn refuse(reason: Reason, detail: String) -> Error {
@@ -400,6 +420,7 @@ impl Ledger {
             dirty_history: Vec::new(),
             dirty_health: HashSet::new(),
             dirty_latency: BTreeSet::new(),
+            log_owners: HashMap::new(),
         }
     }
 
@@ -455,6 +476,7 @@ impl Ledger {
                     messages: [0; 6],
                     errors: 0,
                     sessions: 0,
+                    duplicate_entries: 0,
                     series: FxHashSet::default(),
                     lag_series: 0,
                     latency_series: 0,
@@ -465,6 +487,16 @@ impl Ledger {
             }
         };
         let src = &mut self.sources[id as usize];
+        let heard = now_ms.saturating_sub(src.last_seen_ms);
+        if src.sessions > 0 && heard <= self.cfg.live_ms as i64 {
+            return Err(refuse(
+                Reason::DuplicateSource,
+                format!(
+                    "source \"{}\" has a live session (heard from {heard} ms ago): another emitter uses the same source id; two collectors for one cluster? Give each cluster one collector, or its own cluster name",
+                    crate::error::shown(&hello.source)
+                ),
+            ));
+        }
         src.cluster = hello.cluster.clone();
         src.tier_kinds = hello.tier_kinds.clone();
         src.epoch = src.epoch.max(hello.started_at_ms);
@@ -528,6 +560,13 @@ impl Ledger {
             .map(|s| s.cluster.clone())
     }
 
+    /// The source id of a session.
+    pub fn source_name(&self, session: Session) -> Option<String> {
+        self.sources
+            .get(session.source as usize)
+            .map(|s| s.name.clone())
+    }
+
     /// Counts a refused message against the session's source.
     pub fn refused(&mut self, session: Option<Session>) {
         if let Some(session) = session
@@ -536,6 +575,23 @@ impl Ledger {
             src.errors += 1;
             self.dirty_sources.insert(session.source);
         }
+    }
+
+    /// Whether `source` may report the `broker` and `group:` tiers of `topic` in
+    /// `cluster`: no other source does, or the one that did is gone (no session,
+    /// and not heard from within the grace period).
+    fn may_report_log(&self, source: u32, cluster: &str, topic: &str, now_ms: i64) -> bool {
+        let Some(&owner) = self.log_owners.get(&(cluster.to_owned(), topic.to_owned())) else {
+            return true;
+        };
+        if owner == source {
+            return true;
+        }
+        let Some(o) = self.sources.get(owner as usize) else {
+            return true;
+        };
+        let recent = now_ms.saturating_sub(o.last_seen_ms) <= self.cfg.grace_ms as i64;
+        !(o.sessions > 0 || recent)
     }
 
     fn series_id(&mut self, cluster: &str, topic: &str, tier: &Tier) -> u32 {
@@ -606,12 +662,32 @@ impl Ledger {
         }
         // An entry outside the accepted range is dropped on its own.
         let range = self.accept_range(now_ms);
-        let kept: Vec<&CountEntry> = entries
+        let in_range: Vec<&CountEntry> = entries
             .iter()
             .filter(|e| range.contains(e.bucket))
             .collect();
+        let out_of_range = entries.len() - in_range.len();
+        // So is a `broker` or `group:` entry of a topic another live source reports.
+        let mut owned: HashMap<&str, bool> = HashMap::new();
+        for e in &in_range {
+            if matches!(e.tier.kind(), TierKind::Broker | TierKind::Group) {
+                let topic = e.topic.as_str();
+                if !owned.contains_key(topic) {
+                    let ours = self.may_report_log(session.source, &cluster, topic, now_ms);
+                    owned.insert(topic, ours);
+                }
+            }
+        }
+        let kept: Vec<&CountEntry> = in_range
+            .into_iter()
+            .filter(|e| {
+                !matches!(e.tier.kind(), TierKind::Broker | TierKind::Group)
+                    || owned.get(e.topic.as_str()).copied().unwrap_or(true)
+            })
+            .collect();
         let mut applied = Applied {
-            out_of_range: entries.len() - kept.len(),
+            out_of_range,
+            duplicate_source: entries.len() - out_of_range - kept.len(),
             ..Applied::default()
         };
         // Look series up without creating any, so that a refused message
@@ -652,7 +728,17 @@ impl Ledger {
             .zip(ids)
             .map(|(e, id)| id.unwrap_or_else(|| self.series_id(&cluster, &e.topic, &e.tier)))
             .collect();
+        for (topic, ours) in owned {
+            if ours {
+                self.log_owners
+                    .insert((cluster.clone(), topic.to_owned()), session.source);
+            }
+        }
         let src = &mut self.sources[session.source as usize];
+        if applied.duplicate_source > 0 {
+            applied.first_duplicate = src.duplicate_entries == 0;
+            src.duplicate_entries += applied.duplicate_source as u64;
+        }
         let before = src.series.len();
         src.series
             .extend(ids.iter().zip(&kept).map(|(&id, e)| (id, e.partition)));
@@ -1178,6 +1264,7 @@ impl Ledger {
                 messages,
                 errors: s.errors,
                 sessions: 0,
+                duplicate_entries: 0,
                 series: FxHashSet::default(),
                 lag_series: 0,
                 latency_series: 0,
@@ -1702,6 +1789,7 @@ impl Ledger {
                     .collect(),
                 errors: s.errors,
                 connected: s.sessions > 0,
+                duplicate_entries: s.duplicate_entries,
             })
             .collect();
         out.sort_by(|a, b| a.source.cmp(&b.source));

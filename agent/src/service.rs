@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::ledger::{Ledger, Session};
+use crate::ledger::{Applied, Ledger, Session};
 use crate::metrics::AgentMetrics;
 use crate::store::{Store, WriteBatch};
 use crate::{Error, Result};
@@ -514,20 +514,43 @@ fn handle(ledger: &mut Ledger, cmd: Command, pieces: &mut Vec<Piece>, shared: &S
             done,
         } => {
             let result = match &message {
-                Message::Counts(c) => ledger
-                    .apply_counts(session, c.seq, &c.counts, now)
-                    .map(|applied| applied.out_of_range),
-                Message::Lag(l) => ledger.apply_lag(session, l, now).map(|()| 0),
-                Message::Latency(l) => ledger.apply_latency(session, l, now).map(|_| 0),
-                Message::Forget(f) => ledger.apply_forget(session, f, now).map(|()| 0),
-                Message::Cluster(c) => ledger.apply_cluster(session, c, now).map(|()| 0),
+                Message::Counts(c) => ledger.apply_counts(session, c.seq, &c.counts, now),
+                Message::Lag(l) => ledger
+                    .apply_lag(session, l, now)
+                    .map(|()| Applied::default()),
+                Message::Latency(l) => ledger
+                    .apply_latency(session, l, now)
+                    .map(|_| Applied::default()),
+                Message::Forget(f) => ledger
+                    .apply_forget(session, f, now)
+                    .map(|()| Applied::default()),
+                Message::Cluster(c) => ledger
+                    .apply_cluster(session, c, now)
+                    .map(|()| Applied::default()),
                 Message::Hello(_) => Err(Error::Audit(tally_audit::Error::new(
                     tally_audit::Reason::Protocol,
                     "a session is already open on this connection: send hello once",
                 ))),
             };
             match result {
-                Ok(out_of_range) => {
+                Ok(applied) => {
+                    let out_of_range = applied.out_of_range;
+                    if applied.duplicate_source > 0 {
+                        let cluster = ledger.cluster_of(session).unwrap_or_default();
+                        shared.metrics.refused_entries(
+                            &cluster,
+                            tally_audit::Reason::DuplicateSource,
+                            applied.duplicate_source as u64,
+                        );
+                        if applied.first_duplicate {
+                            warn!(
+                                cluster = %cluster,
+                                source = %ledger.source_name(session).unwrap_or_default(),
+                                entries = applied.duplicate_source,
+                                "refused broker and group counts (duplicate_source): another source reports those tiers of the topic in this cluster; a collector beside an instrumented broker, or two collectors, for one cluster? (logged once per source; counted in tally_ingest_errors_total)"
+                            );
+                        }
+                    }
                     if out_of_range > 0 {
                         let cluster = ledger.cluster_of(session).unwrap_or_default();
                         shared.metrics.refused_entries(

@@ -136,6 +136,7 @@ fn snapshot() -> Snapshot {
             messages: BTreeMap::new(),
             errors: 0,
             connected: true,
+            duplicate_entries: 0,
         }],
         ..Snapshot::default()
     }

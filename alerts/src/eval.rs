@@ -277,6 +277,7 @@ mod tests {
                 messages: BTreeMap::new(),
                 errors: 0,
                 connected: false,
+                duplicate_entries: 0,
             }],
             ..Snapshot::default()
         }

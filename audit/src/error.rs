@@ -34,11 +34,15 @@ pub enum Reason {
     /// (the `welcome`'s `accept_from_ms` to `accept_to_ms`); the entry is
     /// dropped on its own and the rest of its message applied.
     BucketOutOfRange,
+    /// `broker` or `group:` counts of a (cluster, topic) that another live source
+    /// reports, or a `hello` of a source id whose session is still live: one
+    /// cluster's log tiers have one source (DESIGN §5).
+    DuplicateSource,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (used to pre-register metric labels).
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Malformed,
         Reason::Version,
         Reason::UnknownType,
@@ -52,6 +56,7 @@ impl Reason {
         Reason::Protocol,
         Reason::Unauthorized,
         Reason::BucketOutOfRange,
+        Reason::DuplicateSource,
     ];
 
     /// The stable token for this reason, e.g. `"unaligned_bucket"`.
@@ -70,6 +75,7 @@ impl Reason {
             Reason::Protocol => "protocol",
             Reason::Unauthorized => "unauthorized",
             Reason::BucketOutOfRange => "bucket_out_of_range",
+            Reason::DuplicateSource => "duplicate_source",
         }
     }
 }

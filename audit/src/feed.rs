@@ -676,6 +676,7 @@ mod tests {
             messages: BTreeMap::new(),
             errors: 0,
             connected: rng.chance(50),
+            duplicate_entries: 0,
         }
     }
 

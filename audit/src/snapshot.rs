@@ -408,6 +408,10 @@ pub struct SourceInfo {
     pub errors: u64,
     /// Whether it has a session open now.
     pub connected: bool,
+    /// Its `broker` and `group:` count entries refused because another source
+    /// reports those tiers of the topic (`duplicate_source`, since the agent started).
+    #[serde(default)]
+    pub duplicate_entries: u64,
 }
 
 /// An alert as the agent shows it.

@@ -227,6 +227,8 @@ fn a_restarted_emitter_supersedes_its_old_session() {
     let old = hello(&mut l, "b", 1);
     l.apply_counts(old, 900, &[entry("broker", 0, B0, 50)], 0)
         .unwrap();
+    // The old process's connection ended.
+    l.goodbye(old);
     let new = hello(&mut l, "b", 2);
     // seq starts again at 1 in the new process; the later session wins.
     assert_eq!(
@@ -778,7 +780,7 @@ fn a_store_with_gaps_and_unusable_rows_restores_what_it_can() {
         .unwrap();
     l.apply_counts(b, 1, &[entry("produced", 0, B0, 20)], 0)
         .unwrap();
-    l.apply_counts(c, 1, &[entry("group:billing", 0, B0, 8)], 0)
+    l.apply_counts(c, 1, &[entry("consumer:billing", 0, B0, 8)], 0)
         .unwrap();
     let mut loaded = persisted(vec![l.take_dirty()]);
     // Source "b" and its series were never stored (a failed write), and
@@ -809,7 +811,8 @@ fn a_store_with_gaps_and_unusable_rows_restores_what_it_can() {
 #[test]
 fn more_sources_than_kept_are_refused() {
     let mut l = ledger();
-    for i in 0..MAX_SOURCES {
+    let first = hello(&mut l, "s0", 1);
+    for i in 1..MAX_SOURCES {
         hello(&mut l, &format!("s{i}"), 1);
     }
     let err = l
@@ -829,7 +832,102 @@ fn more_sources_than_kept_are_refused() {
         "{err}"
     );
     // A known source still opens sessions.
+    l.goodbye(first);
     hello(&mut l, "s0", 2);
+}
+
+fn hello_at(l: &mut Ledger, source: &str, cluster: &str, now_ms: i64) -> Result<Session> {
+    l.hello(
+        &Hello {
+            source: source.into(),
+            cluster: cluster.into(),
+            tier_kinds: vec![TierKind::Broker, TierKind::Group, TierKind::Produced],
+            bucket_width_ms: W,
+            started_at_ms: now_ms,
+        },
+        now_ms,
+    )
+}
+
+fn refused_as_duplicate(r: Result<Session>) -> bool {
+    matches!(r, Err(Error::Audit(ref e)) if e.reason == Reason::DuplicateSource)
+}
+
+#[test]
+fn a_second_live_session_of_one_source_is_refused_and_a_silent_one_replaced() {
+    let mut l = ledger();
+    let live = l.config().live_ms as i64;
+    let first = hello_at(&mut l, "collect-prod", "prod", 0).unwrap();
+    l.apply_counts(first, 1, &[entry("broker", 0, B0, 5)], 1_000)
+        .unwrap();
+    // Heard from 1 s ago: a second collector for the cluster is refused.
+    assert!(refused_as_duplicate(hello_at(
+        &mut l,
+        "collect-prod",
+        "prod",
+        2_000
+    )));
+    // Silent for longer than 3 ticks: the old session is taken over, as after
+    // a restart whose old connection has not closed yet.
+    assert!(hello_at(&mut l, "collect-prod", "prod", 1_000 + live + 1).is_ok());
+}
+
+#[test]
+fn log_tiers_of_a_topic_have_one_source_per_cluster() {
+    let mut l = ledger();
+    let broker = hello_at(&mut l, "broker-local-0", "local", 0).unwrap();
+    let collector = hello_at(&mut l, "collect-local", "local", 0).unwrap();
+    let other = hello_at(&mut l, "collect-copy", "copy", 0).unwrap();
+    l.apply_counts(broker, 1, &[entry("broker", 0, B0, 10), group(4, 0, 0)], 0)
+        .unwrap();
+    // A collector beside the instrumented broker: its broker and group counts of
+    // the topic are refused on their own; its produced counts are taken.
+    let applied = l
+        .apply_counts(
+            collector,
+            1,
+            &[
+                entry("broker", 0, B0, 10),
+                group(4, 0, 0),
+                entry("produced", 0, B0, 3),
+            ],
+            0,
+        )
+        .unwrap();
+    assert_eq!(applied.duplicate_source, 2);
+    assert!(applied.first_duplicate);
+    assert_eq!(applied.changed, 1);
+    let again = l
+        .apply_counts(collector, 2, &[entry("broker", 0, B0, 11)], 0)
+        .unwrap();
+    assert_eq!(again.duplicate_source, 1);
+    assert!(!again.first_duplicate, "logged once per source");
+    // Another cluster's collector reports the same topic name freely.
+    let elsewhere = l
+        .apply_counts(other, 1, &[entry("broker", 0, B0, 7)], 0)
+        .unwrap();
+    assert_eq!(elsewhere.duplicate_source, 0);
+    let snap = l.evaluate(NOW_CLOSED);
+    let local = snap.topics.iter().find(|t| t.cluster == "local").unwrap();
+    assert_eq!(
+        local.tiers["broker"].records, 10,
+        "the books are not doubled"
+    );
+    assert_eq!(local.tiers["group:billing"].records, 4);
+    let shown = snap
+        .sources
+        .iter()
+        .find(|s| s.source == "collect-local")
+        .unwrap();
+    assert_eq!(shown.duplicate_entries, 3);
+    // Once the broker is gone (no session, not heard from for a grace period),
+    // the collector may take over its tiers.
+    l.goodbye(broker);
+    let grace = l.config().grace_ms as i64;
+    let later = l
+        .apply_counts(collector, 3, &[entry("broker", 0, B0, 12)], grace + 1)
+        .unwrap();
+    assert_eq!(later.duplicate_source, 0);
 }
 
 /// (partition, leader, replicas, in-sync replicas)
