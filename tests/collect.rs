@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -867,4 +868,120 @@ fn bad_config_names_the_value() {
         "{text}"
     );
     assert!(!text.contains("hunter2-secret"), "{text}");
+}
+
+/// The agent's books of `topic` in `cluster`, per bucket and tier: (records, pending).
+fn agent_books(
+    agent: &Agent,
+    cluster: &str,
+    topic: &str,
+) -> Option<BTreeMap<i64, BTreeMap<String, (u64, u64)>>> {
+    let path = format!("/api/v1/topics/{topic}/buckets?cluster={cluster}");
+    let (status, body) = common::try_get(agent.addr, &path, None).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let mut books = BTreeMap::new();
+    for b in view["buckets"].as_array()? {
+        let tiers: &mut BTreeMap<String, (u64, u64)> =
+            books.entry(b["bucket"].as_i64()?).or_default();
+        for (tier, t) in b["tiers"].as_object()? {
+            tiers.insert(
+                tier.clone(),
+                (
+                    t["records"].as_u64()?,
+                    t.get("pending").and_then(Value::as_u64).unwrap_or(0),
+                ),
+            );
+        }
+    }
+    Some(books)
+}
+
+/// The books the workload `w` must give, in buckets of `width_ms`: every record in
+/// the bucket of its timestamp; for each group, the records below its commit
+/// consumed and the rest pending (the collector's no-fetch rule, DESIGN §2).
+fn workload_books(w: &Value, width_ms: i64) -> BTreeMap<i64, BTreeMap<String, (u64, u64)>> {
+    let mut books: BTreeMap<i64, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
+    let groups = w["groups"].as_object().unwrap();
+    for p in w["offsets"].as_array().unwrap() {
+        let partition = p["partition"].as_u64().unwrap() as usize;
+        for r in p["records"].as_array().unwrap() {
+            let (offset, ts) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+            let tiers = books.entry(ts.div_euclid(width_ms) * width_ms).or_default();
+            tiers.entry("broker".into()).or_default().0 += 1;
+            for (group, committed) in groups {
+                let cell = tiers.entry(format!("group:{group}")).or_default();
+                if offset < committed[partition].as_i64().unwrap() {
+                    cell.0 += 1;
+                } else {
+                    cell.1 += 1;
+                }
+            }
+        }
+    }
+    books
+}
+
+/// The collector's exact books of a peer's topic (`--audit-topics`), records in
+/// batches of `codec`, equal the workload's ground truth bucket by bucket and tier
+/// by tier.
+fn books_on_peer(cluster: &str, bootstrap: &str, codec: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), &["--tick", "250ms"]);
+    let w = workload(
+        bootstrap,
+        "audited",
+        2,
+        150,
+        "books",
+        &[
+            "-X",
+            &format!("compression.codec={codec}"),
+            "-X",
+            "linger.ms=20",
+        ],
+    );
+    let collector = Collector::start(
+        &agent,
+        &[
+            "--bootstrap",
+            bootstrap,
+            "--cluster",
+            cluster,
+            "--audit-topics",
+            "audited",
+        ],
+    );
+    let want = workload_books(&w, 60_000);
+    assert!(
+        want.len() >= 2,
+        "the records span one bucket only: {want:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = agent_books(&agent, cluster, "audited");
+        if got.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cluster}: the collector's books differ from the truth:\nagent {got:?}\ntruth {want:?}\ncollector log:\n{}",
+            common::tail(&collector.log())
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn exact_books_on_tansu() {
+    let tansu = Tansu::start();
+    books_on_peer("tansu", &tansu.bootstrap(), "gzip");
+}
+
+#[test]
+fn exact_books_on_noida_db() {
+    let noida = Noida::start();
+    books_on_peer("noida", &noida.bootstrap(), "zstd");
 }
