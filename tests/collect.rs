@@ -870,19 +870,18 @@ fn bad_config_names_the_value() {
     assert!(!text.contains("hunter2-secret"), "{text}");
 }
 
-/// The agent's books of `topic` in `cluster`, per bucket and tier: (records, pending).
-fn agent_books(
-    agent: &Agent,
-    cluster: &str,
-    topic: &str,
-) -> Option<BTreeMap<i64, BTreeMap<String, (u64, u64)>>> {
+/// Books per bucket and tier: (records, pending).
+type Books = BTreeMap<i64, BTreeMap<String, (u64, u64)>>;
+
+/// The agent's books of `topic` in `cluster`.
+fn agent_books(agent: &Agent, cluster: &str, topic: &str) -> Option<Books> {
     let path = format!("/api/v1/topics/{topic}/buckets?cluster={cluster}");
     let (status, body) = common::try_get(agent.addr, &path, None).ok()?;
     if status != 200 {
         return None;
     }
     let view: Value = serde_json::from_str(&body).unwrap();
-    let mut books = BTreeMap::new();
+    let mut books = Books::new();
     for b in view["buckets"].as_array()? {
         let tiers: &mut BTreeMap<String, (u64, u64)> =
             books.entry(b["bucket"].as_i64()?).or_default();
@@ -902,8 +901,8 @@ fn agent_books(
 /// The books the workload `w` must give, in buckets of `width_ms`: every record in
 /// the bucket of its timestamp; for each group, the records below its commit
 /// consumed and the rest pending (the collector's no-fetch rule, DESIGN §2).
-fn workload_books(w: &Value, width_ms: i64) -> BTreeMap<i64, BTreeMap<String, (u64, u64)>> {
-    let mut books: BTreeMap<i64, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
+fn workload_books(w: &Value, width_ms: i64) -> Books {
+    let mut books = Books::new();
     let groups = w["groups"].as_object().unwrap();
     for p in w["offsets"].as_array().unwrap() {
         let partition = p["partition"].as_u64().unwrap() as usize;
