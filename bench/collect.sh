@@ -11,7 +11,7 @@
 # partition (20,000 distinct (partition, offset) pairs at the defaults), so the first
 # poll must read that many records for lag seconds and later polls none (the cache).
 #
-# Then `tally collect --lag-interval 5s --metadata-interval 1h --agent ""` runs with
+# Then `tally collect --lag-interval 5s --metadata-interval 1h --agent "" --no-audit` (the lag poll alone; the books' reading has bench/collect-tail.sh) runs with
 # its debug log on; bench/collect/measure.py follows the `lag poll done` lines and, per
 # poll, takes the wall time from tally_collect_poll_duration_seconds (sum by
 # difference), offsets, record reads and cache hits from the counters, the collector's
@@ -111,7 +111,7 @@ setup=$(timeout 600 "$python" bench/collect/setup.py --bootstrap "127.0.0.1:$BRO
 
 # The collector, its debug log of tally_collect only (one line per poll).
 env -u RUST_LOG "$tally" collect --bootstrap "127.0.0.1:$BROKER_PORT" --cluster bench --agent "" \
-    --lag-interval "${LAG_INTERVAL}s" --metadata-interval 1h \
+    --lag-interval "${LAG_INTERVAL}s" --metadata-interval 1h --no-audit \
     --metrics-listen "127.0.0.1:$COLLECT_METRICS_PORT" --data-dir "$work/collect" \
     --log "warn,tally_collect=debug" >"$work/collect.log" 2>&1 &
 collect_pid=$!

@@ -506,9 +506,15 @@ pub(crate) struct CollectArgs {
     /// How long one request to a broker may take [default: 30s].
     #[arg(long, env = "TALLY_COLLECT_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub(crate) request_timeout: Option<String>,
-    /// Watched topics whose records the collector reads, once, for exact books per event-time bucket (broker = consumed + pending + expired + skipped): a regex that matches the whole name [default: none].
+    /// Watched topics whose records the collector reads, once, for exact books per event-time bucket (broker = consumed + pending + expired + skipped): a regex that matches the whole name [default: every watched topic].
     #[arg(long, env = "TALLY_COLLECT_AUDIT_TOPICS", value_name = "REGEX")]
     pub(crate) audit_topics: Option<String>,
+    /// Read no records at all: lag, health and metadata only (no books).
+    #[arg(long, env = "TALLY_COLLECT_NO_AUDIT")]
+    pub(crate) no_audit: bool,
+    /// The most bytes per second the collector fetches from a cluster to read its records: 1048576, 500KB, 10MiB [default: no cap].
+    #[arg(long, env = "TALLY_COLLECT_MAX_READ_RATE", value_name = "BYTES/s")]
+    pub(crate) max_read_rate: Option<String>,
     /// Where an audited partition read for the first time starts: earliest (all the log still holds) or latest (what is appended from now on) [default: earliest].
     #[arg(long, env = "TALLY_COLLECT_START", value_name = "earliest|latest")]
     pub(crate) start: Option<String>,
@@ -608,6 +614,8 @@ impl CollectArgs {
             forget_empty_groups_after: self.forget_empty_groups_after.clone(),
             request_timeout: self.request_timeout.clone(),
             audit_topics: self.audit_topics.clone(),
+            audit: self.no_audit.then_some(false),
+            max_read_rate: self.max_read_rate.clone(),
             start: self.start.clone(),
         };
         if !file.clusters.is_empty() && (self.cluster.is_some() || self.bootstrap.is_some()) {
@@ -701,6 +709,10 @@ pub(crate) fn collect_config_toml(cfg: &tally_collect::config::CollectConfig) ->
             }
         }
         out.push_str(&format!("include_internal = {}\n", f.include_internal));
+        out.push_str(&format!("audit = {}\n", c.audit_topics.is_some()));
+        if let Some(rate) = c.tail.max_read_rate {
+            out.push_str(&format!("max_read_rate = {}\n", q(&rate.to_string())));
+        }
         out.push_str(&format!(
             "start = {}\n",
             q(match c.tail.start {

@@ -85,8 +85,13 @@ pub struct ClusterKeys {
     /// How long one request to a broker may take (e.g. `30s`).
     pub request_timeout: Option<String>,
     /// Watched topics whose records are read for exact books (a regex that matches the
-    /// whole name); none are read without it.
+    /// whole name); default: every watched topic.
     pub audit_topics: Option<String>,
+    /// `false` reads no records at all (lag and metadata only).
+    pub audit: Option<bool>,
+    /// The most bytes per second the books' reading may fetch from the cluster
+    /// (`10MiB`, `500KB`, `1048576`); default: no cap.
+    pub max_read_rate: Option<String>,
     /// Where an audited partition read for the first time starts: `earliest` or `latest`.
     pub start: Option<String>,
 }
@@ -155,6 +160,8 @@ impl ClusterKeys {
             forget_empty_groups_after,
             request_timeout,
             audit_topics,
+            audit,
+            max_read_rate,
             start
         )
     }
@@ -279,6 +286,15 @@ impl NameFilter {
         })
     }
 
+    /// A filter that every name matches (`.*`).
+    pub fn everything() -> NameFilter {
+        NameFilter {
+            source: ".*".to_owned(),
+            regex: regex::Regex::new("^(?:.*)$")
+                .unwrap_or_else(|_| unreachable!("\".*\" is a regular expression")),
+        }
+    }
+
     /// The pattern as given (not anchored).
     pub fn pattern(&self) -> &str {
         &self.source
@@ -358,7 +374,8 @@ pub struct ClusterSettings {
     pub metadata_interval: Duration,
     /// An Empty group with no commit for this long is forgotten.
     pub forget_empty_groups_after: Duration,
-    /// Watched topics whose records are read for exact books (none when `None`).
+    /// Watched topics whose records are read for exact books (none when `None`:
+    /// `audit = false`).
     pub audit_topics: Option<NameFilter>,
     /// How the audited partitions are read.
     pub tail: TailSettings,
@@ -389,6 +406,31 @@ pub const DEFAULT_AGENT: &str = "ws://127.0.0.1:9400/api/v1/ingest";
 pub const DEFAULT_DATA_DIR: &str = "./data/collect";
 /// The collector's own /metrics by default.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9402";
+
+/// A byte rate: a whole number of bytes per second, or one with a unit (`KB`, `MB`,
+/// `GB` in powers of 1000, `KiB`, `MiB`, `GiB` in powers of 1024).
+fn parse_rate(value: &str, cluster: &str) -> Result<u64> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 && unit_bytes > 0 => Ok(n.saturating_mul(unit_bytes)),
+        _ => err(format!(
+            "max_read_rate \"{value}\"{} is not a byte rate: expected bytes per second, e.g. 1048576, 500KB, 10MiB",
+            in_cluster(cluster)
+        )),
+    }
+}
 
 fn parse_duration(
     key: &str,
@@ -637,7 +679,16 @@ impl ClusterSettings {
             request_timeout,
             ..ClientConfig::default()
         };
-        let audit_topics = filter("audit_topics", &keys.audit_topics)?;
+        let audit_topics = if keys.audit == Some(false) {
+            None
+        } else {
+            Some(filter("audit_topics", &keys.audit_topics)?.unwrap_or_else(NameFilter::everything))
+        };
+        let max_read_rate = keys
+            .max_read_rate
+            .as_deref()
+            .map(|v| parse_rate(v, &name))
+            .transpose()?;
         let start = match keys.start.as_deref().map(str::trim) {
             None | Some("earliest") => StartAt::Earliest,
             Some("latest") => StartAt::Latest,
@@ -658,6 +709,7 @@ impl ClusterSettings {
             audit_topics,
             tail: TailSettings {
                 start,
+                max_read_rate,
                 ..TailSettings::default()
             },
         })
@@ -737,6 +789,50 @@ mod tests {
     fn resolve(text: &str) -> Result<CollectConfig> {
         let file = FileConfig::parse(text, "test.toml")?;
         CollectConfig::resolve(&file.process, &file.defaults, &file.clusters)
+    }
+
+    #[test]
+    fn books_read_every_watched_topic_unless_told_otherwise() {
+        let cfg = resolve(
+            "[[cluster]]\ncluster = \"a\"\nbootstrap = \"h:1\"\n\n\
+             [[cluster]]\ncluster = \"b\"\nbootstrap = \"h:2\"\naudit = false\n\n\
+             [[cluster]]\ncluster = \"c\"\nbootstrap = \"h:3\"\naudit_topics = \"orders\"\nmax_read_rate = \"10MiB\"\nstart = \"latest\"\n",
+        )
+        .unwrap();
+        let [a, b, c] = &cfg.clusters[..] else {
+            panic!("three clusters: {:?}", cfg.clusters.len())
+        };
+        assert!(a.audit_topics.as_ref().unwrap().matches("anything"));
+        assert_eq!(a.tail.max_read_rate, None);
+        assert_eq!(a.tail.start, StartAt::Earliest);
+        assert!(b.audit_topics.is_none());
+        let only = c.audit_topics.as_ref().unwrap();
+        assert!(only.matches("orders") && !only.matches("orders-eu"));
+        assert_eq!(c.tail.max_read_rate, Some(10 << 20));
+        assert_eq!(c.tail.start, StartAt::Latest);
+    }
+
+    #[test]
+    fn a_bad_read_rate_or_start_is_named() {
+        for (key, value) in [
+            ("max_read_rate", "fast"),
+            ("max_read_rate", "0"),
+            ("max_read_rate", "10 parsecs"),
+            ("start", "middle"),
+        ] {
+            let err = resolve(&format!(
+                "cluster = \"a\"\nbootstrap = \"h:1\"\n{key} = \"{value}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.0.contains(&format!("{key} \"{value}\"")),
+                "{key}: {}",
+                err.0
+            );
+        }
+        for (value, bytes) in [("1048576", 1 << 20), ("500KB", 500_000), ("2 GiB", 2 << 30)] {
+            assert_eq!(parse_rate(value, "a").unwrap(), bytes, "{value}");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct TailSettings {
     pub partition_max_bytes: i32,
     /// How often the positions and books are stored at most.
     pub save_every: Duration,
+    /// The most bytes per second the reading fetches (none: no cap).
+    pub max_read_rate: Option<u64>,
 }
 
 impl Default for TailSettings {
@@ -62,6 +64,7 @@ impl Default for TailSettings {
             max_bytes: 16 << 20,
             partition_max_bytes: 4 << 20,
             save_every: Duration::from_secs(5),
+            max_read_rate: None,
         }
     }
 }
@@ -119,6 +122,9 @@ pub struct Tailer {
     tails: BTreeMap<TopicPartition, Tail>,
     emitter: Option<Emitter>,
     last_save: Instant,
+    /// For `max_read_rate`: when the current second of reading began and the bytes
+    /// fetched since.
+    rate_window: (Instant, u64),
 }
 
 fn now_ms() -> i64 {
@@ -190,6 +196,7 @@ impl Tailer {
             tails,
             emitter,
             last_save: Instant::now(),
+            rate_window: (Instant::now(), 0),
         })
     }
 
@@ -290,14 +297,17 @@ impl Tailer {
         if from.is_empty() {
             return report;
         }
+        let (max_bytes, partition_max_bytes) = self.within_rate().await;
         let fetched = client
             .fetch_log(
                 &from,
                 Isolation::ReadCommitted,
-                self.settings.max_bytes,
-                self.settings.partition_max_bytes,
+                max_bytes,
+                partition_max_bytes,
             )
             .await;
+        let fetched_bytes: u64 = fetched.chunks.iter().map(|c| c.records.len() as u64).sum();
+        self.rate_window.1 += fetched_bytes;
         report.unanswered = (fetched.leaderless.len()
             + fetched
                 .failed
@@ -312,6 +322,32 @@ impl Tailer {
             self.apply(chunk, at, &mut report);
         }
         report
+    }
+
+    /// With `max_read_rate`: waits until the bytes fetched in the current second are
+    /// within the rate, and gives the size limits of the next Fetch (at most one
+    /// second's worth; brokers still send a partition's first batch whole).
+    async fn within_rate(&mut self) -> (i32, i32) {
+        let (max, per_partition) = (self.settings.max_bytes, self.settings.partition_max_bytes);
+        let Some(rate) = self.settings.max_read_rate else {
+            return (max, per_partition);
+        };
+        let (began, spent) = self.rate_window;
+        let elapsed = began.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            // Carry over what the last second overspent.
+            let over = spent.saturating_sub(rate);
+            self.rate_window = (Instant::now(), over);
+        }
+        let (began, spent) = self.rate_window;
+        if spent >= rate {
+            let wait =
+                Duration::from_secs_f64(spent as f64 / rate as f64).saturating_sub(began.elapsed());
+            tokio::time::sleep(wait).await;
+            self.rate_window = (Instant::now(), spent.saturating_sub(rate));
+        }
+        let cap = i32::try_from(rate).unwrap_or(i32::MAX).max(1);
+        (max.min(cap), per_partition.min(cap))
     }
 
     /// Gives every partition read for the first time its start offset.
