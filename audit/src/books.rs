@@ -366,6 +366,37 @@ impl PartitionBooks {
         }
     }
 
+    /// Forgets what the agent no longer keeps: the runs and `broker` counts of the
+    /// buckets that start before `before_ms`, and the groups' `expired` counts
+    /// there. The last run stays whatever its bucket (it carries the books' end),
+    /// and so does its bucket's count. Counts of the other buckets do not change.
+    /// Returns how many runs were dropped.
+    pub fn prune_before(&mut self, before_ms: i64) -> usize {
+        let Some(last) = self.runs.last().copied() else {
+            return 0;
+        };
+        let before = self.runs.len();
+        let keep_last = self.runs.len() - 1;
+        let mut i = 0;
+        self.runs.retain(|r| {
+            let kept = r.bucket >= before_ms || i == keep_last;
+            i += 1;
+            kept
+        });
+        let dropped = before - self.runs.len();
+        if dropped > 0 {
+            self.runs.shrink_to_fit();
+        }
+        self.broker
+            .retain(|b, _| *b >= before_ms || *b == last.bucket);
+        for g in self.groups.values_mut() {
+            g.expired.retain(|b, _| *b >= before_ms);
+        }
+        self.dirty_broker.retain(|b| *b >= before_ms);
+        self.dirty_groups.retain(|(_, b)| *b >= before_ms);
+        dropped
+    }
+
     /// Moves the log start offset (retention deleted what is below it).
     pub fn retain_from(&mut self, start: i64) {
         if start <= self.start {
@@ -665,6 +696,30 @@ mod tests {
                 "bucket {bucket}: {t:?} pending {pending}"
             );
         }
+    }
+
+    #[test]
+    fn pruning_forgets_old_buckets_and_keeps_the_rest_exact() {
+        let mut b = books();
+        b.commit("g", 12, None);
+        let kept_120 = (b.broker(120), b.group("g", 120));
+        let end = b.end();
+        // Buckets 0 and 60 are past the agent's retention.
+        assert_eq!(b.prune_before(120), 3, "the runs of 0, 60 (twice) go");
+        assert_eq!(b.broker(0).records, 0);
+        assert_eq!(b.broker(60).records, 0);
+        assert_eq!((b.broker(120), b.group("g", 120)), kept_120);
+        assert_eq!(b.end(), end);
+        // The books go on: appends, commits and retention as before.
+        b.append(end, &[180, 180], 100, &[], &[]);
+        b.commit("g", end + 1, None);
+        assert_eq!(b.broker(180).records, 2);
+        assert_eq!(b.group("g", 180).consumed, 1);
+        // The last run stays even when its bucket is old: it carries the end.
+        let mut idle = PartitionBooks::new();
+        idle.append(0, &[0, 0], 10, &[], &[]);
+        assert_eq!(idle.prune_before(1_000), 0);
+        assert_eq!((idle.end(), idle.broker(0).records), (2, 2));
     }
 
     #[test]

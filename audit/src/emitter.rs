@@ -242,6 +242,17 @@ impl Emitter {
         self.record_counts(std::iter::once(entry));
     }
 
+    /// The oldest bucket start the agent keeps now (its `welcome`'s `accept_from_ms`,
+    /// moved on by the time since); `None` before the first welcome. Books may forget
+    /// the buckets before it.
+    pub fn accepts_from_ms(&self) -> Option<i64> {
+        self.handle
+            .shared
+            .lock()
+            .accept_now()
+            .map(|range| range.from_ms)
+    }
+
     /// Records many cumulative counts at once (see [`Emitter::record_count`]).
     pub fn record_counts(&self, entries: impl IntoIterator<Item = CountEntry>) {
         let shared = &self.handle.shared;
@@ -1109,7 +1120,7 @@ impl State {
 
     /// The range of buckets the agent accepts now: the one its welcome gave,
     /// moved on by the time since.
-    fn accept_now(&self) -> Option<AcceptRange> {
+    pub(crate) fn accept_now(&self) -> Option<AcceptRange> {
         self.accept.map(|(range, at)| {
             let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
             range.shifted(elapsed)

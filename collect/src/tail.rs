@@ -505,10 +505,18 @@ impl Tailer {
                 ));
             }
         }
-        if let Some(emitter) = &self.emitter
-            && !counts.is_empty()
-        {
-            emitter.record_counts(counts);
+        if let Some(emitter) = &self.emitter {
+            if !counts.is_empty() {
+                emitter.record_counts(counts);
+            }
+            // What the agent no longer keeps need not be kept here either.
+            if let Some(from) = emitter.accepts_from_ms() {
+                for tail in self.tails.values_mut() {
+                    if tail.books.prune_before(from) > 0 {
+                        tail.changed = true;
+                    }
+                }
+            }
         }
         if now || self.last_save.elapsed() >= self.settings.save_every {
             self.save();

@@ -399,6 +399,12 @@ impl Instrumentation {
     pub fn tick(&self, now_ms: i64, topics: &Topics, groups: &Groups) {
         self.sync_commits(groups);
         let mut counts = Vec::new();
+        // Runs of buckets the agent no longer keeps are forgotten.
+        let accepts_from = self
+            .emitter
+            .lock()
+            .as_ref()
+            .and_then(Emitter::accepts_from_ms);
         {
             let mut parts = self.partitions.lock();
             for ((topic, partition), part) in parts.iter_mut() {
@@ -414,6 +420,9 @@ impl Instrumentation {
                         tier,
                         bucket,
                     ));
+                }
+                if let Some(from) = accepts_from {
+                    part.books.prune_before(from);
                 }
                 if let Err(e) = self.store(topic, *partition, part, false) {
                     warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
