@@ -103,7 +103,9 @@ pub struct GroupTally {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionBooks {
     runs: Vec<Run>,
-    broker: BTreeMap<i64, Tally>,
+    /// Per bucket, sorted by bucket: a `Vec`, not a map, for memory (records
+    /// mostly come in time order, so a new bucket is pushed at the end).
+    broker: Vec<(i64, Tally)>,
     start: i64,
     groups: BTreeMap<String, GroupBooks>,
     dirty_broker: BTreeSet<i64>,
@@ -170,7 +172,7 @@ impl PartitionBooks {
                 (ts_at(i), ts_at(j - 1))
             };
             self.extend_runs(offset, len, bucket, first_ts, last_ts);
-            let t = self.broker.entry(bucket).or_default();
+            let t = self.tally_mut(bucket);
             t.records += len;
             let bonus = extra.min(len);
             t.bytes += share * len + bonus;
@@ -197,6 +199,21 @@ impl PartitionBooks {
         }
     }
 
+    /// The `broker` tally of `bucket`, made where there is none.
+    fn tally_mut(&mut self, bucket: i64) -> &mut Tally {
+        let at = match self.broker.last() {
+            Some((last, _)) if *last < bucket => self.broker.len(),
+            None => 0,
+            _ => match self.broker.binary_search_by_key(&bucket, |(b, _)| *b) {
+                Ok(i) => return &mut self.broker[i].1,
+                Err(i) => i,
+            },
+        };
+        grow_gently(&mut self.broker);
+        self.broker.insert(at, (bucket, Tally::default()));
+        &mut self.broker[at].1
+    }
+
     /// Adds `len` records at `offset` in `bucket` to the runs, extending the
     /// last run where they continue it; `first_ts`/`last_ts` are -1 when any
     /// record's timestamp is unknown.
@@ -209,13 +226,16 @@ impl PartitionBooks {
                 }
                 r.last_ts = if r.first_ts < 0 { -1 } else { last_ts };
             }
-            _ => self.runs.push(Run {
-                first: offset,
-                count: len,
-                bucket,
-                first_ts,
-                last_ts,
-            }),
+            _ => {
+                grow_gently(&mut self.runs);
+                self.runs.push(Run {
+                    first: offset,
+                    count: len,
+                    bucket,
+                    first_ts,
+                    last_ts,
+                });
+            }
         }
     }
 
@@ -238,7 +258,7 @@ impl PartitionBooks {
         let first_ts = timestamps.first().copied().unwrap_or(-1);
         let last_ts = timestamps.last().copied().unwrap_or(-1);
         self.extend_runs(first_offset, n, bucket, first_ts, last_ts);
-        let t = self.broker.entry(bucket).or_default();
+        let t = self.tally_mut(bucket);
         t.records += n;
         t.bytes += bytes;
         self.dirty_broker.insert(bucket);
@@ -388,7 +408,10 @@ impl PartitionBooks {
             self.runs.shrink_to_fit();
         }
         self.broker
-            .retain(|b, _| *b >= before_ms || *b == last.bucket);
+            .retain(|(b, _)| *b >= before_ms || *b == last.bucket);
+        if self.broker.capacity() > self.broker.len() + self.broker.len() / 4 + 16 {
+            self.broker.shrink_to_fit();
+        }
         for g in self.groups.values_mut() {
             g.expired.retain(|b, _| *b >= before_ms);
         }
@@ -434,12 +457,14 @@ impl PartitionBooks {
 
     /// The `broker` tier's count of `bucket`.
     pub fn broker(&self, bucket: i64) -> Tally {
-        self.broker.get(&bucket).copied().unwrap_or_default()
+        self.broker
+            .binary_search_by_key(&bucket, |(b, _)| *b)
+            .map_or_else(|_| Tally::default(), |i| self.broker[i].1)
     }
 
     /// Every bucket with records, and its count.
     pub fn broker_buckets(&self) -> impl Iterator<Item = (i64, Tally)> + '_ {
-        self.broker.iter().map(|(b, t)| (*b, *t))
+        self.broker.iter().copied()
     }
 
     /// A group's counts of `bucket`.
@@ -540,7 +565,7 @@ impl PartitionBooks {
 
     /// Marks every cell as changed (after a restart, so that all are sent).
     pub fn mark_all_dirty(&mut self) {
-        self.dirty_broker = self.broker.keys().copied().collect();
+        self.dirty_broker = self.broker.iter().map(|(b, _)| *b).collect();
         let mut cells = BTreeSet::new();
         for (name, g) in &self.groups {
             self.each_between(0, g.high, |b, _| {
@@ -601,7 +626,7 @@ impl PartitionBooks {
         WholeBooks {
             start: self.start,
             runs: self.runs.clone(),
-            broker: self.broker.clone(),
+            broker: self.broker.iter().copied().collect(),
             groups: self.groups.clone(),
         }
     }
@@ -610,7 +635,7 @@ impl PartitionBooks {
     pub fn restore_whole(state: WholeBooks) -> Self {
         PartitionBooks {
             runs: state.runs,
-            broker: state.broker,
+            broker: state.broker.into_iter().collect(),
             start: state.start,
             groups: state.groups,
             ..PartitionBooks::default()
@@ -636,7 +661,7 @@ impl PartitionBooks {
                 });
             }
         }
-        books.broker = state.retired_tallies;
+        books.broker = state.retired_tallies.into_iter().collect();
         books.groups = state.groups;
         books
     }
@@ -653,6 +678,16 @@ pub struct DurableBooks {
     pub retired_tallies: BTreeMap<i64, Tally>,
     /// Every group's books.
     pub groups: BTreeMap<String, GroupBooks>,
+}
+
+/// Makes room for one more element, growing by an eighth rather than doubling:
+/// a partition's books hold one run and one tally per bucket for as long as the
+/// agent keeps buckets (DESIGN's memory per audited partition), and doubling
+/// would leave up to half of that unused.
+fn grow_gently<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len() / 8 + 16);
+    }
 }
 
 /// The whole of one partition's books (see [`PartitionBooks::whole_state`]).
