@@ -259,8 +259,10 @@ impl ClusterWatch {
     }
 
     /// One round of reading the audited partitions; whether it counted anything.
+    /// Only while the last lag poll reached the cluster: reconnecting is the poll's
+    /// work, so an unreachable cluster costs no connection attempt per round.
     async fn tail_round(&mut self) -> bool {
-        let Ok(client) = self.client().await else {
+        let Some(client) = self.client.clone().filter(|_| self.up) else {
             return false;
         };
         let audited = self.audited_partitions();
