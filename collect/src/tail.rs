@@ -252,16 +252,6 @@ impl Tailer {
         }
     }
 
-    /// The books of one partition, for the tests.
-    pub fn books(&self, tp: &TopicPartition) -> Option<&PartitionBooks> {
-        self.tails.get(tp).map(|t| &t.books)
-    }
-
-    /// The next offset to read of one partition.
-    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
-        self.tails.get(tp).and_then(|t| t.next)
-    }
-
     /// Per topic, how many records the reading is behind the log end.
     pub fn tail_lag(&self) -> BTreeMap<&str, i64> {
         let mut out: BTreeMap<&str, i64> = BTreeMap::new();
@@ -273,15 +263,6 @@ impl Tailer {
             *out.entry(tp.topic.as_str()).or_default() += behind;
         }
         out
-    }
-
-    /// Whether every audited partition was read up to the high watermark its last
-    /// answer gave.
-    pub fn caught_up(&self) -> bool {
-        self.tails.values().all(|t| {
-            t.next
-                .is_some_and(|n| t.high_watermark >= 0 && n >= t.high_watermark)
-        })
     }
 
     /// One round: places the partitions read for the first time, then one Fetch per
