@@ -365,13 +365,29 @@ impl Client {
             .map(|(tp, o)| ((tp.topic.as_str(), tp.partition), *o))
             .collect();
         let mut chunks = Vec::with_capacity(parts.len());
-        let whole = (response.error_code != 0).then_some(KafkaCode(response.error_code));
+        if response.error_code != 0 {
+            // An error for the whole answer is every partition's.
+            let code = KafkaCode(response.error_code);
+            return Ok(parts
+                .iter()
+                .map(|(tp, offset)| LogChunk {
+                    tp: tp.clone(),
+                    offset: *offset,
+                    error: Some(code),
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    records: Bytes::new(),
+                    aborted: Vec::new(),
+                })
+                .collect());
+        }
         for t in response.responses {
             for p in t.partitions {
                 let Some(offset) = offsets.get(&(t.topic.0.as_str(), p.partition_index)) else {
                     continue;
                 };
-                let error = whole.or((p.error_code != 0).then_some(KafkaCode(p.error_code)));
+                let error = (p.error_code != 0).then_some(KafkaCode(p.error_code));
                 chunks.push(LogChunk {
                     tp: TopicPartition::new(t.topic.0.as_str(), p.partition_index),
                     offset: *offset,
@@ -437,6 +453,8 @@ impl Client {
         last.unwrap_or(Ok(RawFetch::failed(KafkaCode::LEADER_NOT_AVAILABLE)))
     }
 
+    /// One Fetch of `tp` from `offset` to `broker`: [`Client::fetch_log_at`] for one
+    /// partition, which the answer must hold.
     async fn fetch_raw_at(
         &self,
         broker: &super::BrokerAddr,
@@ -445,69 +463,27 @@ impl Client {
         isolation: Isolation,
         max_bytes: i32,
     ) -> Result<RawFetch> {
-        let max_bytes = max_bytes.max(1);
-        let (response, _) = self
-            .call(broker, |_| {
-                FetchRequest::default()
-                    .with_max_wait_ms(FETCH_MAX_WAIT_MS)
-                    .with_min_bytes(1)
-                    .with_max_bytes(max_bytes)
-                    .with_isolation_level(match isolation {
-                        Isolation::ReadUncommitted => 0,
-                        Isolation::ReadCommitted => 1,
-                    })
-                    .with_topics(vec![
-                        FetchTopic::default()
-                            .with_topic(topic_name(&tp.topic))
-                            .with_partitions(vec![
-                                FetchPartition::default()
-                                    .with_partition(tp.partition)
-                                    .with_fetch_offset(offset)
-                                    .with_partition_max_bytes(max_bytes),
-                            ]),
-                    ])
-            })
-            .await?;
-        if response.error_code != 0 {
-            return Ok(RawFetch::failed(KafkaCode(response.error_code)));
-        }
-        let partition = response
-            .responses
+        let parts = [(tp.clone(), offset)];
+        let chunk = self
+            .fetch_log_at(broker, &parts, isolation, max_bytes, max_bytes)
+            .await?
             .into_iter()
-            .filter(|t| t.topic.0.as_str() == tp.topic)
-            .flat_map(|t| t.partitions.into_iter())
-            .find(|p| p.partition_index == tp.partition)
+            .find(|c| c.tp == *tp)
             .ok_or_else(|| Error::Malformed {
                 broker: broker.to_string(),
                 reason: format!("Fetch answered without partition {tp}"),
             })?;
-        let error = (partition.error_code != 0).then_some(KafkaCode(partition.error_code));
-        let aborted = match isolation {
-            Isolation::ReadUncommitted => None,
-            Isolation::ReadCommitted => Some(
-                partition
-                    .aborted_transactions
-                    .iter()
-                    .flatten()
-                    .map(|a| AbortedTransaction {
-                        producer_id: a.producer_id.0,
-                        first_offset: a.first_offset,
-                    })
-                    .collect(),
-            ),
-        };
         Ok(RawFetch {
             broker: broker.to_string(),
-            error,
-            high_watermark: partition.high_watermark,
-            last_stable_offset: partition.last_stable_offset,
-            log_start_offset: partition.log_start_offset,
-            records: if error.is_some() {
-                None
-            } else {
-                partition.records
+            error: chunk.error,
+            high_watermark: chunk.high_watermark,
+            last_stable_offset: chunk.last_stable_offset,
+            log_start_offset: chunk.log_start_offset,
+            records: (chunk.error.is_none() && !chunk.records.is_empty()).then_some(chunk.records),
+            aborted: match isolation {
+                Isolation::ReadUncommitted => None,
+                Isolation::ReadCommitted => Some(chunk.aborted),
             },
-            aborted,
         })
     }
 }
