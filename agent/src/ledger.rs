@@ -363,9 +363,9 @@ pub struct Ledger {
     dirty_history: Vec<HistoryRow>,
     dirty_health: HashSet<HealthKey>,
     dirty_latency: BTreeSet<LatencyKey>,
-    /// Per (cluster, topic), the source whose `broker` and `group:` counts are
-    /// taken (DESIGN §5).
-    log_owners: HashMap<(String, String), u32>,
+    /// Per cluster and topic, the source whose `broker` and `group:` counts are
+    /// taken (DESIGN §5); nested so that a lookup borrows the names.
+    log_owners: HashMap<String, HashMap<String, u32>>,
 }
 
 /// What applying a message changed.
@@ -581,7 +581,7 @@ impl Ledger {
     /// `cluster`: no other source does, or the one that did is gone (no session,
     /// and not heard from within the grace period).
     fn may_report_log(&self, source: u32, cluster: &str, topic: &str, now_ms: i64) -> bool {
-        let Some(&owner) = self.log_owners.get(&(cluster.to_owned(), topic.to_owned())) else {
+        let Some(&owner) = self.log_owners.get(cluster).and_then(|t| t.get(topic)) else {
             return true;
         };
         if owner == source {
@@ -729,9 +729,12 @@ impl Ledger {
             .map(|(e, id)| id.unwrap_or_else(|| self.series_id(&cluster, &e.topic, &e.tier)))
             .collect();
         for (topic, ours) in owned {
-            if ours {
+            let known = self.log_owners.get(&cluster).and_then(|t| t.get(topic));
+            if ours && known != Some(&session.source) {
                 self.log_owners
-                    .insert((cluster.clone(), topic.to_owned()), session.source);
+                    .entry(cluster.clone())
+                    .or_default()
+                    .insert(topic.to_owned(), session.source);
             }
         }
         let src = &mut self.sources[session.source as usize];

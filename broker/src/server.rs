@@ -436,20 +436,24 @@ async fn read_frame<R: AsyncRead + Unpin>(
     // Read into spare capacity: zeroing a buffer that the socket then
     // overwrites costs as much as a copy on the produce path.
     let mut frame = BytesMut::with_capacity(len);
-    // Bytes read since the connection last had nothing more to give.
+    // Bytes read since the last wait for the frame to gather.
     let mut burst = 0;
     while frame.len() < len {
         let rest = len - frame.len();
         let n = {
             let mut limited = (&mut *read).take(rest as u64);
             let mut read_some = std::pin::pin!(limited.read_buf(&mut frame));
-            let now = read_some
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()));
-            match now {
-                Poll::Ready(n) => Some(n?),
-                Poll::Pending if rest >= TRICKLE_REST && burst < TRICKLE_BURST => None,
-                Poll::Pending => Some(read_some.await?),
+            if rest >= TRICKLE_REST && burst < TRICKLE_BURST {
+                // Look without waiting: a connection that ran dry now waits a tick.
+                let now = read_some
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()));
+                match now {
+                    Poll::Ready(n) => Some(n?),
+                    Poll::Pending => None,
+                }
+            } else {
+                Some(read_some.await?)
             }
         };
         let Some(n) = n else {
