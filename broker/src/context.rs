@@ -131,25 +131,9 @@ impl Broker {
         self.audit.as_ref()
     }
 
-    /// Called under the partition's log lock, so the books see appends in offset order.
-    pub(crate) fn on_appended(
-        &self,
-        topic: &str,
-        partition: i32,
-        appended: &Appended,
-        bytes: &[u8],
-        timestamps: &[Vec<i64>],
-    ) {
-        if let Some(audit) = &self.audit {
-            audit.on_append(
-                topic,
-                partition,
-                &appended.headers,
-                bytes,
-                timestamps,
-                now_ms(),
-            );
-        }
+    /// Counts an append in the broker's metrics (the audit's books heard
+    /// of it from the partition's log).
+    pub(crate) fn on_appended(&self, topic: &str, appended: &Appended) {
         let records: i64 = appended
             .headers
             .iter()
@@ -199,11 +183,7 @@ impl Broker {
                 if let Err(e) = log.roll_if_due(now_ms) {
                     warn!(topic = %topic.name, partition = p, "cannot roll the segment: {e}");
                 }
-                let retention = log.enforce_retention_with(now_ms, |new_start| match &self.audit {
-                    Some(audit) => audit.before_retention(&topic.name, p as i32, new_start),
-                    None => Ok(()),
-                });
-                match retention {
+                match log.enforce_retention(now_ms) {
                     Ok(Some(start)) => {
                         info!(topic = %topic.name, partition = p, start, "retention moved the log start")
                     }

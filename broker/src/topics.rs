@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::log::{LogConfig, PartitionLog, replace_file, sync_dir};
+use crate::log::{LogConfig, LogObserver, PartitionLog, replace_file, sync_dir};
 use crate::producers::ProducerStates;
 use crate::{Error, Result};
 
@@ -122,6 +122,20 @@ impl Topic {
     }
 }
 
+/// What gives every partition the observer of its log (the audit's books).
+pub trait Observers: Send + Sync {
+    /// The observer of one partition's log: of a partition loaded at start
+    /// (its books restored and brought up to the log), or of one just
+    /// `created` (empty books).
+    fn observer(
+        &self,
+        topic: &str,
+        partition: i32,
+        log: &PartitionLog,
+        created: bool,
+    ) -> Result<Arc<dyn LogObserver>>;
+}
+
 /// All topics of the broker.
 pub struct Topics {
     dir: PathBuf,
@@ -129,6 +143,7 @@ pub struct Topics {
     defaults: LogConfig,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     appended: watch::Sender<u64>,
+    observers: RwLock<Option<Arc<dyn Observers>>>,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -265,6 +280,7 @@ impl Topics {
             defaults,
             map: RwLock::new(map),
             appended: watch::channel(0).0,
+            observers: RwLock::new(None),
         })
     }
 
@@ -375,6 +391,18 @@ impl Topics {
             let _ = std::fs::remove_dir_all(&path);
             Refusal::new(ResponseError::KafkaStorageError, e.to_string())
         })?;
+        if let Some(observers) = self.observers.read().as_ref() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let mut log = part.log.lock();
+                let observer = observers
+                    .observer(name, p as i32, &log, true)
+                    .map_err(|e| {
+                        let _ = std::fs::remove_dir_all(&path);
+                        Refusal::new(ResponseError::KafkaStorageError, e.to_string())
+                    })?;
+                log.observe(observer);
+            }
+        }
         let topic = Arc::new(topic);
         map.insert(name.to_owned(), topic.clone());
         info!(topic = name, partitions, "topic created");
@@ -428,6 +456,21 @@ impl Topics {
         });
         info!(topic = name, "topic deleted");
         Ok(topic)
+    }
+
+    /// Gives every partition, loaded and created from now on, the observer
+    /// `observers` makes for it.
+    pub fn observe(&self, observers: Arc<dyn Observers>) -> Result<()> {
+        let map = self.map.read();
+        for topic in map.values() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let mut log = part.log.lock();
+                let observer = observers.observer(&topic.name, p as i32, &log, false)?;
+                log.observe(observer);
+            }
+        }
+        *self.observers.write() = Some(observers);
+        Ok(())
     }
 
     /// Wakes fetchers waiting for new records.

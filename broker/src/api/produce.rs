@@ -76,7 +76,6 @@ async fn check(
 async fn append(
     broker: &Broker,
     topic: &str,
-    partition: i32,
     part: &Partition,
     records: &Bytes,
     acks: i16,
@@ -127,12 +126,12 @@ async fn append(
             }
         }
         let appended = log
-            .append_checked(records, &headers, now_ms())
+            .append_read(records, &headers, &timestamps, now_ms())
             .map_err(|e| refusal_of(&e))?;
         for h in &appended.headers {
             producers.record(h);
         }
-        broker.on_appended(topic, partition, &appended, records, &timestamps);
+        broker.on_appended(topic, &appended);
         (
             Outcome {
                 base_offset: appended.base_offset,
@@ -186,7 +185,7 @@ pub(super) async fn handle(
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        append(broker, &name, p.index, part, records, acks, &mut budget).await
+                        append(broker, &name, part, records, acks, &mut budget).await
                     }
                 }
             };

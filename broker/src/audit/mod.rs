@@ -14,9 +14,9 @@ pub use tally_audit::books;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use hdrhistogram::Histogram;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tally_audit::emitter::{Emitter, EmitterConfig, EmitterStats};
 use tally_audit::wire::{LATENCY_BOUNDS_MS, MAX_COUNT};
 use tally_audit::{BucketWidth, LagSample, LatencyHistogram, Tier, TierKind};
@@ -25,8 +25,8 @@ use tracing::{info, warn};
 use self::books::{DurableBooks, PartitionBooks};
 use crate::batch::{BatchHeader, record_timestamps};
 use crate::groups::Groups;
-use crate::log::PartitionLog;
-use crate::topics::Topics;
+use crate::log::{LogObserver, PartitionLog};
+use crate::topics::{Observers, Topics};
 use crate::{Error, Result};
 
 /// How the broker reports to the agent.
@@ -59,32 +59,34 @@ struct DurablePartition {
 struct Partition {
     books: PartitionBooks,
     append_times: BTreeMap<i64, i64>,
+    /// Changed beyond what the dirty buckets say (commits, append times).
     changed: bool,
+    /// Broker-tier latency of the appends since the last tick.
+    latency: LatencyBook,
+    /// The partition's topic was deleted: nothing is stored any more.
+    deleted: bool,
 }
 
-/// The latency of one (topic, tier) since the broker started, in milliseconds.
+/// The latency of one (topic, tier), in milliseconds: counts at the wire's
+/// bounds ([`LATENCY_BOUNDS_MS`]), exact, plus those above the last.
+#[derive(Clone, Debug, Default)]
 struct LatencyBook {
-    histogram: Histogram<u64>,
+    /// `bins[i]`: latencies above bound `i - 1` and at most bound `i`; the
+    /// last holds those above every bound.
+    bins: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    count: u64,
     sum_ms: u64,
     changed: bool,
 }
 
 impl LatencyBook {
-    fn new() -> Self {
-        LatencyBook {
-            // Auto-resizing, three significant figures: exact below 2 s,
-            // within 0.1 % above.
-            histogram: Histogram::new(3)
-                .unwrap_or_else(|_| unreachable!("3 significant figures are valid")),
-            sum_ms: 0,
-            changed: false,
-        }
-    }
-
     fn record(&mut self, ms: u64, n: u64) {
-        if n == 0 || self.histogram.record_n(ms, n).is_err() {
+        if n == 0 {
             return;
         }
+        let bin = LATENCY_BOUNDS_MS.partition_point(|b| *b < ms);
+        self.bins[bin] = self.bins[bin].saturating_add(n);
+        self.count = self.count.saturating_add(n);
         self.sum_ms = self.sum_ms.saturating_add(ms.saturating_mul(n));
         self.changed = true;
     }
@@ -112,16 +114,31 @@ impl LatencyBook {
         }
     }
 
+    /// Adds what `delta` holds and empties it.
+    fn absorb(&mut self, delta: &mut LatencyBook) {
+        for (bin, n) in self.bins.iter_mut().zip(&delta.bins) {
+            *bin = bin.saturating_add(*n);
+        }
+        self.count = self.count.saturating_add(delta.count);
+        self.sum_ms = self.sum_ms.saturating_add(delta.sum_ms);
+        self.changed |= delta.changed;
+        *delta = LatencyBook::default();
+    }
+
     /// The wire's cumulative histogram at [`LATENCY_BOUNDS_MS`].
     fn wire(&self, topic: &str, tier: &Tier) -> LatencyHistogram {
-        let count = self.histogram.len().min(MAX_COUNT);
+        let count = self.count.min(MAX_COUNT);
+        let mut below = 0u64;
         LatencyHistogram {
             tier: tier.clone(),
             topic: topic.to_owned(),
             bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
-            counts: LATENCY_BOUNDS_MS
+            counts: self.bins[..LATENCY_BOUNDS_MS.len()]
                 .iter()
-                .map(|&b| self.histogram.count_between(0, b).min(count))
+                .map(|n| {
+                    below = below.saturating_add(*n);
+                    below.min(count)
+                })
                 .collect(),
             count,
             sum_ms: self.sum_ms.min(MAX_COUNT),
@@ -129,17 +146,207 @@ impl LatencyBook {
     }
 }
 
+/// The books of one partition. They live with the partition: its log tells
+/// them of every append, start move and deletion from under the partition's
+/// lock ([`LogObserver`]), so a produce never waits on another partition's
+/// audit, nor on a file write.
+pub struct PartitionAudit {
+    topic: String,
+    partition: i32,
+    width: BucketWidth,
+    path: PathBuf,
+    state: Mutex<Partition>,
+    /// Held while the books are written to disk: two writes never
+    /// interleave, and none follows the partition's deletion.
+    store: Mutex<()>,
+}
+
+impl std::fmt::Debug for PartitionAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionAudit")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionAudit {
+    /// Writes the books to disk (synced when `sync`): a copy is taken under
+    /// the partition's books lock, the file is written outside it.
+    fn store(&self, sync: bool) -> Result<()> {
+        let _writing = self.store.lock();
+        let state = {
+            let part = self.state.lock();
+            if part.deleted {
+                return Ok(());
+            }
+            DurablePartition {
+                books: part.books.durable_state(),
+                append_times: part.append_times.clone(),
+            }
+        };
+        let path = &self.path;
+        let text = serde_json::to_vec(&state).map_err(|e| Error::Config(e.to_string()))?;
+        let io = |source| Error::Io {
+            what: "cannot write the audit state",
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, &text).map_err(io)?;
+        if sync {
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+impl LogObserver for PartitionAudit {
+    fn appended(&self, written: &[BatchHeader], bytes: &[u8], known: &[Vec<i64>], now_ms: i64) {
+        let width = self.width;
+        let mut guard = self.state.lock();
+        let part = &mut *guard;
+        let mut at = 0usize;
+        for (i, h) in written.iter().enumerate() {
+            let size = h.size();
+            let batch = bytes.get(at..at + size).unwrap_or(&[]);
+            at += size;
+            // The produce path read the records' timestamps while validating
+            // them (LogAppendTime batches too: they give the count).
+            let read_here;
+            let timestamps: &[i64] = match known.get(i) {
+                Some(ts) if !ts.is_empty() => ts,
+                _ => {
+                    read_here = record_timestamps(batch).unwrap_or_default();
+                    &read_here
+                }
+            };
+            let n = usize::try_from(h.record_count.max(0)).unwrap_or(0);
+            let (min, max) = timestamps
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+            let uniform = timestamps.len() == n
+                && min >= 0
+                && !h.log_append_time()
+                && h.max_timestamp >= 0
+                && width.bucket_of(min) == width.bucket_of(max);
+            if uniform {
+                // The common case: the whole batch in one bucket.
+                let bucket = width.bucket_of(min).start_ms();
+                part.books
+                    .append_uniform(h.base_offset, n as u64, bucket, size as u64, timestamps);
+                part.latency.record_timestamps(now_ms, timestamps);
+                continue;
+            }
+            let (buckets, no_ts, timestamps) =
+                record_buckets(width, h, batch, now_ms, Some(timestamps));
+            if no_ts.iter().any(|b| *b) {
+                part.append_times.insert(h.base_offset, now_ms);
+                part.changed = true;
+            }
+            part.books
+                .append(h.base_offset, &buckets, size as u64, &no_ts, &timestamps);
+            part.latency.record_timestamps(
+                now_ms,
+                timestamps
+                    .iter()
+                    .zip(&no_ts)
+                    .filter(|(_, no)| !**no)
+                    .map(|(ts, _)| ts),
+            );
+        }
+    }
+
+    /// Retention is about to delete records below `new_start`: what groups
+    /// had not consumed of them expires, and the books of the deleted records
+    /// are stored before the log lets go of them.
+    fn start_moving(&self, new_start: i64) -> Result<()> {
+        {
+            let mut part = self.state.lock();
+            part.books.retain_from(new_start);
+            part.append_times = part.append_times.split_off(&new_start);
+        }
+        self.store(true)
+    }
+
+    fn deleted(&self) {
+        self.state.lock().deleted = true;
+        let _writing = self.store.lock();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Every partition's books, by (topic, partition): the [`Observers`] that
+/// give each partition's log its [`PartitionAudit`].
+struct AllBooks {
+    width: BucketWidth,
+    dir: PathBuf,
+    parts: RwLock<BTreeMap<String, BTreeMap<i32, Arc<PartitionAudit>>>>,
+}
+
+impl AllBooks {
+    fn get(&self, topic: &str, partition: i32) -> Option<Arc<PartitionAudit>> {
+        self.parts.read().get(topic)?.get(&partition).cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<PartitionAudit>> {
+        self.parts
+            .read()
+            .values()
+            .flat_map(|t| t.values().cloned())
+            .collect()
+    }
+}
+
+impl Observers for AllBooks {
+    fn observer(
+        &self,
+        topic: &str,
+        partition: i32,
+        log: &PartitionLog,
+        created: bool,
+    ) -> Result<Arc<dyn LogObserver>> {
+        let path = state_path(&self.dir, topic, partition);
+        let state = if created {
+            // Whatever a topic of this name left is not this one's.
+            let _ = std::fs::remove_file(&path);
+            Partition::default()
+        } else {
+            rebuild(self.width, load_state(&path)?, log)?
+        };
+        let audit = Arc::new(PartitionAudit {
+            topic: topic.to_owned(),
+            partition,
+            width: self.width,
+            path,
+            state: Mutex::new(state),
+            store: Mutex::new(()),
+        });
+        self.parts
+            .write()
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, audit.clone());
+        Ok(audit)
+    }
+}
+
 /// The instrumentation of one broker.
 ///
-/// Its locks are taken in one order, `seen`, `partitions`, `latency`, so that
-/// the produce path, the audit tick and retention never wait on each other in
-/// a circle. Under them it asks the groups only for where a group started
-/// ([`Groups::start_of`]), whose lock is a leaf that the fetch path holds
-/// briefly and never with one of these.
+/// Each partition's books are its own ([`PartitionAudit`]), locked by the
+/// produce path under the partition's log lock and by the audit tick
+/// briefly, one partition at a time. The tick's own locks, `seen` then
+/// `latency`, are never taken on the produce path. Under them it asks the
+/// groups only for where a group started ([`Groups::start_of`]), whose lock
+/// is a leaf that the fetch path holds briefly and never with one of these.
 pub struct Instrumentation {
     cfg: AuditConfig,
     dir: PathBuf,
-    partitions: Mutex<BTreeMap<(String, i32), Partition>>,
+    books: Arc<AllBooks>,
     /// The last commit time seen per (group, topic, partition).
     seen: Mutex<HashMap<(String, String, i32), i64>>,
     /// Per (topic, tier): latency since this process started.
@@ -203,8 +410,9 @@ pub fn record_buckets(
 }
 
 impl Instrumentation {
-    /// Opens the instrumentation: restores each partition's durable books and
-    /// counts the batches the log holds beyond them.
+    /// Opens the instrumentation: restores each partition's durable books,
+    /// counts the batches the log holds beyond them, and gives every
+    /// partition's log, loaded and created from now on, its books.
     pub fn open(data_dir: &Path, cfg: AuditConfig, topics: &Topics) -> Result<Instrumentation> {
         let dir = data_dir.join("audit");
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
@@ -213,26 +421,22 @@ impl Instrumentation {
             source,
         })?;
         let started = std::time::Instant::now();
-        let mut partitions = BTreeMap::new();
-        for topic in topics.all() {
-            for (p, part) in topic.partitions.iter().enumerate() {
-                let p = p as i32;
-                let log = part.log.lock();
-                let state = load_state(&state_path(&dir, &topic.name, p))?;
-                let restored = rebuild(cfg.width, state, &log)?;
-                partitions.insert((topic.name.clone(), p), restored);
-            }
-        }
         remove_orphans(&dir, topics);
+        let books = Arc::new(AllBooks {
+            width: cfg.width,
+            dir: dir.clone(),
+            parts: RwLock::new(BTreeMap::new()),
+        });
+        topics.observe(books.clone())?;
         info!(
-            partitions = partitions.len(),
+            partitions = books.all().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "audit books rebuilt from the log"
         );
         Ok(Instrumentation {
             cfg,
             dir,
-            partitions: Mutex::new(partitions),
+            books,
             seen: Mutex::new(HashMap::new()),
             latency: Mutex::new(BTreeMap::new()),
             emitter: Mutex::new(None),
@@ -268,130 +472,33 @@ impl Instrumentation {
         self.emitter.lock().as_ref().map(Emitter::stats)
     }
 
-    /// Counts batches just appended (`bytes` holds them as written).
-    pub fn on_append(
-        &self,
-        topic: &str,
-        partition: i32,
-        headers: &[BatchHeader],
-        bytes: &[u8],
-        known: &[Vec<i64>],
-        now_ms: i64,
-    ) {
-        let width = self.cfg.width;
-        // Lock order, everywhere: `partitions` before `latency`.
-        let mut parts = self.partitions.lock();
-        let key = (topic.to_owned(), partition);
-        let part = parts.entry(key).or_default();
-        let mut latency = self.latency.lock();
-        let book = match latency.get_mut(&(topic.to_owned(), Tier::Broker)) {
-            Some(b) => b,
-            None => latency
-                .entry((topic.to_owned(), Tier::Broker))
-                .or_insert_with(LatencyBook::new),
-        };
-        let mut at = 0usize;
-        for (i, h) in headers.iter().enumerate() {
-            let size = h.size();
-            let batch = bytes.get(at..at + size).unwrap_or(&[]);
-            at += size;
-            // The produce path read the records' timestamps while validating
-            // them (LogAppendTime batches too: they give the count).
-            let read_here;
-            let timestamps: &[i64] = match known.get(i) {
-                Some(ts) if !ts.is_empty() => ts,
-                _ => {
-                    read_here = record_timestamps(batch).unwrap_or_default();
-                    &read_here
-                }
-            };
-            let n = usize::try_from(h.record_count.max(0)).unwrap_or(0);
-            let (min, max) = timestamps
-                .iter()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
-            let uniform = timestamps.len() == n
-                && min >= 0
-                && !h.log_append_time()
-                && h.max_timestamp >= 0
-                && width.bucket_of(min) == width.bucket_of(max);
-            if uniform {
-                // The common case: the whole batch in one bucket.
-                let bucket = width.bucket_of(min).start_ms();
-                part.books
-                    .append_uniform(h.base_offset, n as u64, bucket, size as u64, timestamps);
-                book.record_timestamps(now_ms, timestamps);
-                continue;
-            }
-            let (buckets, no_ts, timestamps) =
-                record_buckets(width, h, batch, now_ms, Some(timestamps));
-            if no_ts.iter().any(|b| *b) {
-                part.append_times.insert(h.base_offset, now_ms);
-                part.changed = true;
-            }
-            part.books
-                .append(h.base_offset, &buckets, size as u64, &no_ts, &timestamps);
-            book.record_timestamps(
-                now_ms,
-                timestamps
-                    .iter()
-                    .zip(&no_ts)
-                    .filter(|(_, no)| !**no)
-                    .map(|(ts, _)| ts),
-            );
-        }
-    }
-
-    /// Retention is about to delete records below `new_start`: what groups had
-    /// not consumed of them expires, and the books of the deleted records are
-    /// stored before the log lets go of them.
-    pub fn before_retention(&self, topic: &str, partition: i32, new_start: i64) -> Result<()> {
-        let mut parts = self.partitions.lock();
-        let part = parts.entry((topic.to_owned(), partition)).or_default();
-        part.books.retain_from(new_start);
-        part.append_times = part.append_times.split_off(&new_start);
-        self.store(topic, partition, part, true)
-    }
-
-    /// Forgets a deleted topic.
+    /// Forgets a deleted topic (its partitions' books went with their logs).
     pub fn on_topic_deleted(&self, topic: &str) {
-        self.partitions.lock().retain(|(t, _), _| t != topic);
+        {
+            let mut parts = self.books.parts.write();
+            // A topic created again under this name since keeps its books.
+            if let Some(t) = parts.get_mut(topic) {
+                t.retain(|_, p| !p.state.lock().deleted);
+                if t.is_empty() {
+                    parts.remove(topic);
+                }
+            }
+        }
         self.latency.lock().retain(|(t, _), _| t != topic);
-        let _ = std::fs::remove_dir_all(self.dir.join(topic));
+        // Only if empty: a topic created again may have stored books there.
+        let _ = std::fs::remove_dir(self.dir.join(topic));
     }
 
     /// Forgets a deleted group.
     pub fn on_group_deleted(&self, group: &str) {
-        for part in self.partitions.lock().values_mut() {
+        for part in self.books.all() {
+            let mut part = part.state.lock();
             part.books.forget_group(group);
             part.changed = true;
         }
         self.latency
             .lock()
             .retain(|(_, tier), _| *tier != Tier::Group(group.to_owned()));
-    }
-
-    fn store(&self, topic: &str, partition: i32, part: &Partition, sync: bool) -> Result<()> {
-        let path = state_path(&self.dir, topic, partition);
-        let state = DurablePartition {
-            books: part.books.durable_state(),
-            append_times: part.append_times.clone(),
-        };
-        let text = serde_json::to_vec(&state).map_err(|e| Error::Config(e.to_string()))?;
-        let io = |source| Error::Io {
-            what: "cannot write the audit state",
-            path: path.clone(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, &text).map_err(io)?;
-        if sync {
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)
     }
 
     /// Takes in the groups' commits since the last call, stores changed books,
@@ -405,9 +512,20 @@ impl Instrumentation {
             .lock()
             .as_ref()
             .and_then(Emitter::accepts_from_ms);
+        let mut changed = Vec::new();
         {
-            let mut parts = self.partitions.lock();
-            for ((topic, partition), part) in parts.iter_mut() {
+            let mut latency = self.latency.lock();
+            for audit in self.books.all() {
+                let mut part = audit.state.lock();
+                if part.deleted {
+                    continue;
+                }
+                if part.latency.changed {
+                    latency
+                        .entry((audit.topic.clone(), Tier::Broker))
+                        .or_default()
+                        .absorb(&mut part.latency);
+                }
                 let dirty = part.books.take_dirty();
                 if dirty.is_empty() && !part.changed {
                     continue;
@@ -415,8 +533,8 @@ impl Instrumentation {
                 for (tier, bucket) in dirty {
                     counts.push(part.books.count_entry(
                         self.cfg.width,
-                        topic,
-                        *partition,
+                        &audit.topic,
+                        audit.partition,
                         tier,
                         bucket,
                     ));
@@ -424,10 +542,15 @@ impl Instrumentation {
                 if let Some(from) = accepts_from {
                     part.books.prune_before(from);
                 }
-                if let Err(e) = self.store(topic, *partition, part, false) {
-                    warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
-                }
                 part.changed = false;
+                drop(part);
+                changed.push(audit);
+            }
+        }
+        // Outside every lock the produce path takes.
+        for audit in changed {
+            if let Err(e) = audit.store(false) {
+                warn!(topic = %audit.topic, partition = audit.partition, "cannot store the audit state: {e}");
             }
         }
         let lag = self.lag(now_ms, topics, groups);
@@ -457,8 +580,8 @@ impl Instrumentation {
             .collect()
     }
 
-    /// The latency histogram of one (topic, tier) as it would be sent, for
-    /// tests and diagnostics.
+    /// The latency histogram of one (topic, tier) as last ticked, for tests
+    /// and diagnostics.
     pub fn latency(&self, topic: &str, tier: &Tier) -> Option<LatencyHistogram> {
         self.latency
             .lock()
@@ -472,7 +595,6 @@ impl Instrumentation {
     /// its commit time.
     fn sync_commits(&self, groups: &Groups) {
         let mut seen = self.seen.lock();
-        let mut parts = self.partitions.lock();
         let mut latency = self.latency.lock();
         for c in groups.all_committed() {
             let key = (c.group.clone(), c.topic.clone(), c.partition);
@@ -480,9 +602,10 @@ impl Instrumentation {
             if c.committed.commit_time_ms <= last {
                 continue;
             }
-            let Some(part) = parts.get_mut(&(c.topic.clone(), c.partition)) else {
+            let Some(audit) = self.books.get(&c.topic, c.partition) else {
                 continue;
             };
+            let mut part = audit.state.lock();
             let mut covered = Vec::new();
             // Where the group started, for its first commit here.
             let fetched_from = if part.books.has_group(&c.group) {
@@ -506,7 +629,7 @@ impl Instrumentation {
             if !covered.is_empty() {
                 let book = latency
                     .entry((c.topic.clone(), Tier::Group(c.group.clone())))
-                    .or_insert_with(LatencyBook::new);
+                    .or_default();
                 for ((from, to), at_ms) in covered {
                     part.books
                         .latencies(from, to, at_ms, |ms, n| book.record(ms, n));
@@ -557,17 +680,16 @@ impl Instrumentation {
 
     /// The counts of one partition, for tests and the demo summary.
     pub fn books(&self, topic: &str, partition: i32) -> Option<PartitionBooks> {
-        self.partitions
-            .lock()
-            .get(&(topic.to_owned(), partition))
-            .map(|p| p.books.clone())
+        self.books
+            .get(topic, partition)
+            .map(|p| p.state.lock().books.clone())
     }
 
     /// Stores every partition's state (on shutdown).
     pub fn store_all(&self) {
-        for ((topic, partition), part) in self.partitions.lock().iter() {
-            if let Err(e) = self.store(topic, *partition, part, true) {
-                warn!(topic = %topic, partition = *partition, "cannot store the audit state: {e}");
+        for audit in self.books.all() {
+            if let Err(e) = audit.store(true) {
+                warn!(topic = %audit.topic, partition = audit.partition, "cannot store the audit state: {e}");
             }
         }
     }
@@ -645,7 +767,7 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
     Ok(Partition {
         books,
         append_times: state.append_times,
-        changed: false,
+        ..Partition::default()
     })
 }
 
@@ -653,8 +775,8 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
 mod tests {
     use super::*;
 
-    /// The produce path (`on_append`), the audit tick and retention share
-    /// the instrumentation's locks; taken in different orders they deadlocked
+    /// The produce path (the log's observer), the audit tick and retention
+    /// share the books' locks; taken in different orders they deadlocked
     /// the demo's broker within a minute. Run the three at once, bounded.
     #[test]
     fn appends_ticks_and_retention_at_once_never_wait_on_each_other() {
@@ -689,30 +811,26 @@ mod tests {
                 done.send(i).unwrap();
             });
         };
-        let a = audit.clone();
+        let t = topics.clone();
         spawn(Box::new(move |i| {
             let ts = 1_000 + i as i64;
-            let header = BatchHeader {
-                base_offset: i as i64,
-                batch_length: 0,
-                partition_leader_epoch: 0,
-                magic: 2,
-                crc: 0,
-                attributes: 0,
-                last_offset_delta: 0,
-                base_timestamp: ts,
-                max_timestamp: ts,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-                record_count: 1,
-            };
-            a.on_append("t", 0, &[header], &[], &[vec![ts]], ts + 5);
+            let batch = lying_batch(1, ts);
+            let header = BatchHeader::parse(&batch).unwrap();
+            let part = t.get("t").unwrap().partition(0).unwrap().clone();
+            part.log
+                .lock()
+                .append_read(&batch, &[header], &[vec![ts]], ts + 5)
+                .unwrap();
         }));
         let (a, t, g) = (audit.clone(), topics.clone(), groups.clone());
         spawn(Box::new(move |i| a.tick(2_000 + i as i64, &t, &g)));
-        let a = audit.clone();
-        spawn(Box::new(move |_| a.before_retention("t", 0, 0).unwrap()));
+        let (a, t) = (audit.clone(), topics.clone());
+        spawn(Box::new(move |_| {
+            // As retention does: under the partition's log lock.
+            let part = t.get("t").unwrap().partition(0).unwrap().clone();
+            let _log = part.log.lock();
+            a.books.get("t", 0).unwrap().start_moving(0).unwrap();
+        }));
         std::thread::sleep(Duration::from_millis(1_500));
         stop.store(true, Ordering::Relaxed);
         for _ in 0..3 {
@@ -721,6 +839,62 @@ mod tests {
                 .expect("a thread is stuck: the instrumentation's locks deadlocked");
             assert!(rounds > 0);
         }
+    }
+
+    /// The books live with their partition: while one partition's books are
+    /// being written to disk (held here, as a slow disk would), appends to
+    /// another partition go on and are counted.
+    #[test]
+    fn a_produce_never_waits_on_the_audit_of_another_partition() {
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Arc::new(Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap());
+        topics.create("t", 2, BTreeMap::new(), false).unwrap();
+        let cfg = AuditConfig {
+            width: BucketWidth::new(1_000).unwrap(),
+            cluster: "local".into(),
+            source: "test".into(),
+            agent: None,
+            token: None,
+            agent_ca: None,
+        };
+        let audit = Arc::new(Instrumentation::open(dir.path(), cfg, &topics).unwrap());
+        let append = |p: i32, ts: i64| {
+            let batch = lying_batch(1, ts);
+            let header = BatchHeader::parse(&batch).unwrap();
+            let part = topics.get("t").unwrap().partition(p).unwrap().clone();
+            part.log
+                .lock()
+                .append_read(&batch, &[header], &[vec![ts]], ts + 5)
+                .unwrap();
+        };
+        append(1, 5_000);
+        let held = audit.books.get("t", 1).unwrap();
+        let writing = held.store.lock();
+        let (done, appended) = std::sync::mpsc::channel();
+        let t = topics.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 0..100 {
+                let ts = 6_000 + i;
+                let batch = lying_batch(1, ts);
+                let header = BatchHeader::parse(&batch).unwrap();
+                let part = t.get("t").unwrap().partition(0).unwrap().clone();
+                part.log
+                    .lock()
+                    .append_read(&batch, &[header], &[vec![ts]], ts + 5)
+                    .unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        appended
+            .recv_timeout(Duration::from_secs(20))
+            .expect("appends to partition 0 waited on partition 1's store");
+        producer.join().unwrap();
+        drop(writing);
+        let books = audit.books("t", 0).unwrap();
+        assert_eq!(books.broker(6_000).records, 100);
+        assert_eq!(audit.books("t", 1).unwrap().broker(5_000).records, 1);
     }
 
     /// A zstd batch of one record whose header declares `declared` records
@@ -834,7 +1008,7 @@ mod tests {
                 log.append_checked(&batch, &[header], 9_000).unwrap();
             }
             let audit = Instrumentation::open(dir.path(), cfg.clone(), &topics).unwrap();
-            audit.before_retention("t", 0, 1).unwrap();
+            audit.books.get("t", 0).unwrap().start_moving(1).unwrap();
             assert!(dir.path().join("audit/t/0.json").exists());
             // The topic goes; the crash comes before its books do.
             topics.delete("t").unwrap();
@@ -851,7 +1025,7 @@ mod tests {
 
     #[test]
     fn a_latency_book_becomes_the_wires_cumulative_histogram() {
-        let mut book = LatencyBook::new();
+        let mut book = LatencyBook::default();
         book.record(3, 2);
         book.record(7, 1);
         book.record(20_000, 1);

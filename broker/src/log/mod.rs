@@ -10,6 +10,7 @@ mod segment;
 
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -104,6 +105,26 @@ pub struct Appended {
     pub headers: Vec<BatchHeader>,
 }
 
+/// What watches one partition's log: the audit's books of the partition.
+///
+/// The log tells it of every append, every move of its start offset and its
+/// deletion, from under the partition's lock, so it sees them in offset
+/// order and no other partition waits on it.
+pub trait LogObserver: Send + Sync + std::fmt::Debug {
+    /// Batches were appended. `written` are their headers as stored (offsets
+    /// assigned, LogAppendTime stamped); `records` the bytes as the producer
+    /// sent them; `timestamps[i]` the record timestamps of batch `i` where
+    /// the caller read them already (empty where not).
+    fn appended(&self, written: &[BatchHeader], records: &[u8], timestamps: &[Vec<i64>], now_ms: i64);
+
+    /// The log start is about to move to `new_start` (retention); nothing is
+    /// deleted yet. An error leaves the log as it was.
+    fn start_moving(&self, new_start: i64) -> Result<()>;
+
+    /// The partition's topic is being deleted.
+    fn deleted(&self);
+}
+
 /// One partition's log. Not internally locked: the server keeps it in a
 /// mutex; fsyncs can run outside that mutex through [`SyncHandle`]s.
 #[derive(Debug)]
@@ -117,6 +138,8 @@ pub struct PartitionLog {
     /// from then on nothing creates, rewrites or removes files by their old
     /// paths, where a topic created again under the same name keeps its own.
     retired: bool,
+    /// The audit's books of this partition, when the broker keeps them.
+    observer: Option<Arc<dyn LogObserver>>,
 }
 
 impl PartitionLog {
@@ -169,6 +192,7 @@ impl PartitionLog {
             segments,
             start_offset: start.max(first_base),
             retired: false,
+            observer: None,
         })
     }
 
@@ -177,6 +201,15 @@ impl PartitionLog {
     /// [`PartitionLog::delete`] do nothing. Reads still work on the open files.
     pub fn retire(&mut self) {
         self.retired = true;
+        if let Some(observer) = self.observer.take() {
+            observer.deleted();
+        }
+    }
+
+    /// Makes `observer` the one told of this log's appends, start moves and
+    /// deletion (replacing any before it).
+    pub fn observe(&mut self, observer: Arc<dyn LogObserver>) {
+        self.observer = Some(observer);
     }
 
     /// The folder holding the log.
@@ -218,6 +251,19 @@ impl PartitionLog {
         &mut self,
         records: &[u8],
         headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<Appended> {
+        self.append_read(records, headers, &[], now_ms)
+    }
+
+    /// [`PartitionLog::append_checked`] for batches whose record timestamps
+    /// the caller read while validating them (`timestamps[i]` those of
+    /// batch `i`), which the observer then need not read again.
+    pub fn append_read(
+        &mut self,
+        records: &[u8],
+        headers: &[BatchHeader],
+        timestamps: &[Vec<i64>],
         now_ms: i64,
     ) -> Result<Appended> {
         if self.retired {
@@ -269,6 +315,9 @@ impl PartitionLog {
                 at += header.size();
             }
             self.active_mut().append(&parts, &written, now_ms)?;
+        }
+        if let Some(observer) = &self.observer {
+            observer.appended(&written, records, timestamps, now_ms);
         }
         Ok(Appended {
             base_offset,
@@ -435,18 +484,10 @@ impl PartitionLog {
     /// would stay at least `retention_bytes` without it. The new start
     /// offset is persisted before any file goes, so a restart cannot bring
     /// deleted records back. Returns the new start offset if it moved.
+    ///
+    /// The observer hears of the new start before anything is deleted; an
+    /// error from it leaves the log as it was.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<Option<i64>> {
-        self.enforce_retention_with(now_ms, |_| Ok(()))
-    }
-
-    /// [`PartitionLog::enforce_retention`], calling `before(new_start)` once
-    /// the new start is known and before anything is deleted; an error from
-    /// it leaves the log as it was.
-    pub fn enforce_retention_with(
-        &mut self,
-        now_ms: i64,
-        before: impl FnOnce(i64) -> Result<()>,
-    ) -> Result<Option<i64>> {
         if self.retired {
             return Ok(None);
         }
@@ -472,7 +513,9 @@ impl PartitionLog {
             return Ok(None);
         }
         let new_start = self.segments[doomed].base().max(self.start_offset);
-        before(new_start)?;
+        if let Some(observer) = &self.observer {
+            observer.start_moving(new_start)?;
+        }
         write_start_offset(&self.dir, new_start)?;
         self.start_offset = new_start;
         for segment in self.segments.drain(..doomed) {
