@@ -115,7 +115,13 @@ pub trait LogObserver: Send + Sync + std::fmt::Debug {
     /// assigned, LogAppendTime stamped); `records` the bytes as the producer
     /// sent them; `timestamps[i]` the record timestamps of batch `i` where
     /// the caller read them already (empty where not).
-    fn appended(&self, written: &[BatchHeader], records: &[u8], timestamps: &[Vec<i64>], now_ms: i64);
+    fn appended(
+        &self,
+        written: &[BatchHeader],
+        records: &[u8],
+        timestamps: &[Vec<i64>],
+        now_ms: i64,
+    );
 
     /// The log start is about to move to `new_start` (retention); nothing is
     /// deleted yet. An error leaves the log as it was.
