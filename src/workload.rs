@@ -175,16 +175,18 @@ impl Tallies {
         let mut keys = std::mem::take(&mut self.changed);
         keys.sort();
         keys.dedup();
-        emitter.record_counts(keys.into_iter().map(|k| CountEntry {
-            records: self.counts[&k],
-            bytes: 0,
-            no_timestamp: 0,
-            expired: 0,
-            skipped: 0,
-            bucket: width.bucket_of(k.3),
-            tier: k.0,
-            topic: k.1,
-            partition: k.2,
+        emitter.record_counts(keys.into_iter().map(|k| {
+            let counts = tally_audit::CellCounts {
+                records: self.counts[&k],
+                ..Default::default()
+            };
+            CountEntry {
+                bucket: width.bucket_of(k.3),
+                tier: k.0,
+                topic: k.1,
+                partition: k.2,
+                counts,
+            }
         }));
     }
 }

@@ -215,11 +215,10 @@ async fn a_store_with_rows_it_cannot_use_loads_what_it_can_and_becomes_ready() {
                 bucket,
                 epoch: 1,
                 seq: 1,
-                records: 5,
-                bytes: 0,
-                no_timestamp: 0,
-                expired: 0,
-                skipped: 0,
+                counts: tally_audit::CellCounts {
+                    records: 5,
+                    ..Default::default()
+                },
             }],
             ..WriteBatch::default()
         })

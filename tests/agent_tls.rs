@@ -190,11 +190,14 @@ fn entry(topic: &str, records: u64) -> CountEntry {
         topic: topic.into(),
         partition: 0,
         bucket: BucketWidth::DEFAULT.bucket_of(common::now_ms()),
-        records,
-        bytes: records * 10,
-        no_timestamp: 0,
-        expired: 0,
-        skipped: 0,
+        counts: tally_audit::CellCounts {
+            records,
+            bytes: records * 10,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+            ..Default::default()
+        },
     }
 }
 

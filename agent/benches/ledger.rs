@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
 use tally_agent::ledger::{Ledger, LedgerConfig, Session};
-use tally_audit::{Bucket, BucketWidth, CountEntry, Hello, Lag, LagSample, Tier, TierKind};
+use tally_audit::{
+    Bucket, BucketWidth, CellCounts, CountEntry, Hello, Lag, LagSample, Tier, TierKind,
+};
 
 // The workspace forbids `unsafe` code, and implementing `GlobalAlloc` needs it,
 // so the counting wrapper around the system allocator comes from `stats_alloc`.
@@ -96,11 +98,14 @@ impl Workload {
                     topic: self.topics[topic].clone(),
                     partition: partition as i32,
                     bucket,
-                    records,
-                    bytes: records * 180,
-                    no_timestamp: 0,
-                    expired: 0,
-                    skipped: 0,
+                    counts: CellCounts {
+                        records,
+                        bytes: records * 180,
+                        no_timestamp: 0,
+                        expired: 0,
+                        skipped: 0,
+                        ..CellCounts::default()
+                    },
                 }
             })
             .collect()
@@ -207,7 +212,7 @@ fn report_memory_per_cell() {
     // How much the counting allocator can weigh on the throughput figures.
     let mut msg = work.message(MILLION_BUCKETS - 1, 0);
     for e in &mut msg {
-        e.records += 1;
+        e.counts.records += 1;
     }
     let before = Region::new(GLOBAL);
     ledger
@@ -227,8 +232,8 @@ fn report_memory_per_cell() {
 /// Adds one to every count of `msg`, as the next cumulative value.
 fn advance(msg: &mut [CountEntry]) {
     for e in msg {
-        e.records += 1;
-        e.bytes += 180;
+        e.counts.records += 1;
+        e.counts.bytes += 180;
     }
 }
 

@@ -47,6 +47,7 @@ fn snapshot(topics: usize, groups: usize) -> Snapshot {
         expired: group.then_some(0),
         skipped: group.then_some(0),
         no_timestamp: 0,
+        aborted: 0,
         buckets: BTreeMap::from([
             (BucketStatus::Open, 3),
             (

@@ -41,11 +41,13 @@ fn cell(i: usize, seq: u64) -> CellRow {
         bucket: FIRST_BUCKET + bucket as i64 * WIDTH_MS,
         epoch: 1_732_799_000_000,
         seq,
-        records,
-        bytes: records * 180,
-        no_timestamp: records % 3,
-        expired: records % 11,
-        skipped: 0,
+        counts: tally_audit::CellCounts {
+            records,
+            bytes: records * 180,
+            no_timestamp: records % 3,
+            expired: records % 11,
+            ..Default::default()
+        },
     }
 }
 

@@ -109,10 +109,10 @@ fn cell(i: usize, first_bucket: i64) -> CellRow {
         bucket: first_bucket + bucket * WIDTH_MS,
         epoch: first_bucket - 3_600_000,
         seq: bucket as u64 * 3 + 1,
-        records,
-        bytes: records * 180,
-        no_timestamp: 0,
-        expired: 0,
-        skipped: 0,
+        counts: tally_audit::CellCounts {
+            records,
+            bytes: records * 180,
+            ..Default::default()
+        },
     }
 }

@@ -16,8 +16,8 @@ use tally_audit::snapshot::{
 };
 use tally_audit::wire::AcceptRange;
 use tally_audit::{
-    BucketStatus, BucketWidth, CountEntry, Error as AuditError, GroupStatus, Hello, Lag, Latency,
-    LatencyHistogram, Reason, Snapshot, Tier, TierKind,
+    BucketStatus, BucketWidth, CellCounts, CountEntry, Error as AuditError, GroupStatus, Hello,
+    Lag, Latency, LatencyHistogram, Reason, Snapshot, Tier, TierKind,
 };
 
 use crate::health::{HealthConfig, PartitionHealth, group_status};
@@ -90,43 +90,6 @@ impl Session {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counts {
-    records: u64,
-    bytes: u64,
-    no_timestamp: u64,
-    expired: u64,
-    skipped: u64,
-}
-
-impl Counts {
-    fn of(e: &CountEntry) -> Self {
-        Counts {
-            records: e.records,
-            bytes: e.bytes,
-            no_timestamp: e.no_timestamp,
-            expired: e.expired,
-            skipped: e.skipped,
-        }
-    }
-
-    /// Replaces `old` by `new` in a sum.
-    fn swap(&mut self, old: &Counts, new: &Counts) {
-        fn step(sum: &mut u64, old: u64, new: u64) {
-            *sum = sum.wrapping_sub(old).wrapping_add(new);
-        }
-        step(&mut self.records, old.records, new.records);
-        step(&mut self.bytes, old.bytes, new.bytes);
-        step(&mut self.no_timestamp, old.no_timestamp, new.no_timestamp);
-        step(&mut self.expired, old.expired, new.expired);
-        step(&mut self.skipped, old.skipped, new.skipped);
-    }
-
-    fn add(&mut self, c: &Counts) {
-        self.swap(&Counts::default(), c);
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct CellKey {
     source: u32,
@@ -139,7 +102,7 @@ struct CellKey {
 struct Cell {
     epoch: i64,
     seq: u64,
-    v: Counts,
+    v: CellCounts,
 }
 
 const MESSAGE_TYPES: [&str; 6] = ["hello", "counts", "lag", "latency", "forget", "cluster"];
@@ -234,9 +197,9 @@ struct Series {
     topic: String,
     tier: Tier,
     /// Sum of the cells in memory.
-    live: Counts,
+    live: CellCounts,
     /// Sum of the cells already pruned by retention.
-    pruned: Counts,
+    pruned: CellCounts,
 }
 
 impl Series {
@@ -247,8 +210,8 @@ impl Series {
             cluster: String::new(),
             topic: String::new(),
             tier: Tier::Broker,
-            live: Counts::default(),
-            pruned: Counts::default(),
+            live: CellCounts::default(),
+            pruned: CellCounts::default(),
         }
     }
 
@@ -345,7 +308,7 @@ pub struct Ledger {
     open_series: usize,
     /// What [`Ledger::restore`] left out.
     restore_skipped: Skipped,
-    sums: BTreeMap<(u32, i64), Counts>,
+    sums: BTreeMap<(u32, i64), CellCounts>,
     closed: HashMap<(u32, i64), Closed>,
     lag: BTreeMap<HealthKey, LagEntry>,
     /// Per source: its latest cluster state (in memory only: its emitter
@@ -606,8 +569,8 @@ impl Ledger {
             cluster: cluster.to_owned(),
             topic: topic.to_owned(),
             tier: tier.clone(),
-            live: Counts::default(),
-            pruned: Counts::default(),
+            live: CellCounts::default(),
+            pruned: CellCounts::default(),
         });
         self.topics[topic_id as usize].series.push(id);
         self.series_ids.insert(self.key_buf.clone(), id);
@@ -757,7 +720,7 @@ impl Ledger {
                 partition: e.partition,
                 bucket: e.bucket.start_ms(),
             };
-            let new = Counts::of(e);
+            let new = e.counts;
             let old = match self.cells.get_mut(&key) {
                 Some(cell) => {
                     if (session.epoch, seq) < (cell.epoch, cell.seq) {
@@ -781,7 +744,7 @@ impl Ledger {
                             v: new,
                         },
                     );
-                    Counts::default()
+                    CellCounts::default()
                 }
             };
             applied.changed += 1;
@@ -1087,7 +1050,7 @@ impl Ledger {
     pub fn prune(&mut self, now_ms: i64) -> usize {
         let oldest = self.oldest_kept_bucket(now_ms);
         let before = self.cells.len();
-        let mut dropped: Vec<(u32, Counts)> = Vec::new();
+        let mut dropped: Vec<(u32, CellCounts)> = Vec::new();
         self.cells.retain(|k, c| {
             if k.bucket < oldest {
                 dropped.push((k.series, c.v));
@@ -1098,7 +1061,7 @@ impl Ledger {
         });
         for (series, v) in dropped {
             let s = &mut self.series[series as usize];
-            s.live.swap(&v, &Counts::default());
+            s.live.swap(&v, &CellCounts::default());
             s.pruned.add(&v);
             self.dirty_series.insert(series);
         }
@@ -1153,11 +1116,7 @@ impl Ledger {
                     bucket: k.bucket,
                     epoch: c.epoch,
                     seq: c.seq,
-                    records: c.v.records,
-                    bytes: c.v.bytes,
-                    no_timestamp: c.v.no_timestamp,
-                    expired: c.v.expired,
-                    skipped: c.v.skipped,
+                    counts: c.v,
                 });
             }
         }
@@ -1432,13 +1391,7 @@ impl Ledger {
                 partition: c.partition,
                 bucket: c.bucket,
             };
-            let v = Counts {
-                records: c.records,
-                bytes: c.bytes,
-                no_timestamp: c.no_timestamp,
-                expired: c.expired,
-                skipped: c.skipped,
-            };
+            let v = c.counts;
             self.sums.entry((c.series, c.bucket)).or_default().add(&v);
             self.series[c.series as usize].live.add(&v);
             if last_series != Some((c.source, c.series, c.partition)) {
@@ -1564,7 +1517,7 @@ impl Ledger {
         let reference = self.reference_of(topic);
         let width = self.cfg.width;
         let series_ids = topic.series.clone();
-        let mut per_bucket: BTreeMap<i64, Vec<(u32, Counts)>> = BTreeMap::new();
+        let mut per_bucket: BTreeMap<i64, Vec<(u32, CellCounts)>> = BTreeMap::new();
         let first_bucket: HashMap<u32, i64> = series_ids
             .iter()
             .filter_map(|&s| {
@@ -1598,6 +1551,7 @@ impl Ledger {
                 bytes: sr.live.bytes,
                 completeness: 1.0,
                 no_timestamp: sr.live.no_timestamp,
+                aborted: sr.live.aborted,
                 ..TierBooks::default()
             };
             if is_group {
@@ -1640,7 +1594,7 @@ impl Ledger {
                     None if reference_counts.is_some_and(|r| r.records > 0)
                         && first_bucket.get(&s).is_some_and(|f| *f <= bucket) =>
                     {
-                        Counts::default()
+                        CellCounts::default()
                     }
                     None => continue,
                 };
@@ -1700,6 +1654,7 @@ impl Ledger {
                         pending: j.pending,
                         expired: is_group.then_some(counts.expired),
                         skipped: is_group.then_some(counts.skipped),
+                        aborted: counts.aborted,
                     },
                 );
             }
@@ -1842,8 +1797,8 @@ fn latency_kv_key((source, cluster, topic, tier): &LatencyKey) -> String {
 fn judge(
     tier: &Tier,
     is_reference: bool,
-    counts: &Counts,
-    reference: Option<&Counts>,
+    counts: &CellCounts,
+    reference: Option<&CellCounts>,
     closed: bool,
     unresolved_at_close: bool,
 ) -> Judgement {

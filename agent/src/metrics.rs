@@ -309,6 +309,10 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         "tally_audit_expired_records_total",
         "Records deleted by retention before the group consumed them",
     );
+    let mut aborted = Family::counter(
+        "tally_audit_aborted_records_total",
+        "Records of aborted transactions in the log, counted apart from the broker tier's records",
+    );
     let mut completeness = Family::gauge(
         "tally_audit_completeness_ratio",
         "Records of the tier over the reference tier's, in closed buckets of the window",
@@ -348,6 +352,12 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             completeness.push(&l, b.completeness);
             if let Some(p) = b.pending {
                 pending.push(&l, p as f64);
+            }
+            if tier == "broker" {
+                aborted.push(
+                    &[("cluster", t.cluster.as_str()), ("topic", t.topic.as_str())],
+                    b.aborted as f64,
+                );
             }
             if let (Some(e), Some(group)) = (b.expired, tier.strip_prefix("group:")) {
                 expired.push(
@@ -567,6 +577,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         missing,
         excess,
         expired,
+        aborted,
         completeness,
         pending,
         buckets,

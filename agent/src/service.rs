@@ -695,11 +695,10 @@ mod tests {
             bucket: 60_000,
             epoch: 1,
             seq,
-            records: 5,
-            bytes: 0,
-            no_timestamp: 0,
-            expired: 0,
-            skipped: 0,
+            counts: tally_audit::CellCounts {
+                records: 5,
+                ..Default::default()
+            },
         }
     }
 

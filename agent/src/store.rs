@@ -18,10 +18,12 @@ use std::time::Duration;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 
+use tally_audit::CellCounts;
+
 use crate::{Error, Result};
 
 /// The schema version this agent writes; a database of a higher version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The database's file name inside the data directory.
 pub const FILE_NAME: &str = "agent.db";
@@ -76,6 +78,7 @@ CREATE TABLE cell (
     no_timestamp INTEGER NOT NULL,
     expired      INTEGER NOT NULL,
     skipped      INTEGER NOT NULL,
+    aborted      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, source, series, partition_no)
 ) STRICT, WITHOUT ROWID;
 
@@ -125,12 +128,12 @@ ON CONFLICT (id) DO UPDATE SET
 
 const UPSERT_CELL: &str = "
 INSERT INTO cell (source, series, partition_no, bucket, epoch, seq,
-                  records, bytes, no_timestamp, expired, skipped)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                  records, bytes, no_timestamp, expired, skipped, aborted)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT (bucket, source, series, partition_no) DO UPDATE SET
     epoch = excluded.epoch, seq = excluded.seq, records = excluded.records,
     bytes = excluded.bytes, no_timestamp = excluded.no_timestamp,
-    expired = excluded.expired, skipped = excluded.skipped";
+    expired = excluded.expired, skipped = excluded.skipped, aborted = excluded.aborted";
 
 const UPSERT_HISTORY: &str = "
 INSERT INTO history (series, bucket, status, unresolved_at_close, records, reference,
@@ -209,16 +212,8 @@ pub struct CellRow {
     pub epoch: i64,
     /// The `seq` of the message that carried this count; an older one is ignored.
     pub seq: u64,
-    /// Records counted.
-    pub records: u64,
-    /// Bytes counted.
-    pub bytes: u64,
-    /// Records that had no timestamp and were bucketed by append time.
-    pub no_timestamp: u64,
-    /// Records deleted by retention before the group consumed them.
-    pub expired: u64,
-    /// Records before the group's first commit.
-    pub skipped: u64,
+    /// The values counted.
+    pub counts: CellCounts,
 }
 
 /// The books of one series for one closed bucket, keyed by (`series`, `bucket`).
@@ -560,6 +555,14 @@ impl Store {
                 .and_then(|_| tx.commit())
                 .map_err(failed),
             SchemaFound::Version(version) if version == SCHEMA_VERSION => Ok(()),
+            // Version 1 had no `aborted` count: every cell it holds counted none.
+            SchemaFound::Version(1) => tx
+                .execute_batch(
+                    "ALTER TABLE cell ADD COLUMN aborted INTEGER NOT NULL DEFAULT 0;
+                     UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+                )
+                .and_then(|()| tx.commit())
+                .map_err(failed),
             SchemaFound::Version(version) if version > SCHEMA_VERSION => Err(refuse(format!(
                 "has schema version {version}, but this agent reads schema versions up to \
                  {SCHEMA_VERSION}; run the newer tally that wrote it, or move the file aside \
@@ -828,11 +831,12 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
                 c.bucket,
                 c.epoch,
                 stored(c.seq, "cell.seq")?,
-                stored(c.records, "cell.records")?,
-                stored(c.bytes, "cell.bytes")?,
-                stored(c.no_timestamp, "cell.no_timestamp")?,
-                stored(c.expired, "cell.expired")?,
-                stored(c.skipped, "cell.skipped")?,
+                stored(c.counts.records, "cell.records")?,
+                stored(c.counts.bytes, "cell.bytes")?,
+                stored(c.counts.no_timestamp, "cell.no_timestamp")?,
+                stored(c.counts.expired, "cell.expired")?,
+                stored(c.counts.skipped, "cell.skipped")?,
+                stored(c.counts.aborted, "cell.aborted")?,
             ])?;
         }
     }
@@ -887,7 +891,7 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
 }
 
 const CELLS_SELECT: &str = "SELECT source, series, partition_no, bucket, epoch, seq,
-        records, bytes, no_timestamp, expired, skipped
+        records, bytes, no_timestamp, expired, skipped, aborted
  FROM cell ORDER BY bucket, source, series, partition_no";
 
 fn cell_row(row: &Row<'_>) -> rusqlite::Result<CellRow> {
@@ -898,11 +902,14 @@ fn cell_row(row: &Row<'_>) -> rusqlite::Result<CellRow> {
         bucket: row.get(3)?,
         epoch: row.get(4)?,
         seq: int(row, 5, "cell.seq")?,
-        records: int(row, 6, "cell.records")?,
-        bytes: int(row, 7, "cell.bytes")?,
-        no_timestamp: int(row, 8, "cell.no_timestamp")?,
-        expired: int(row, 9, "cell.expired")?,
-        skipped: int(row, 10, "cell.skipped")?,
+        counts: CellCounts {
+            records: int(row, 6, "cell.records")?,
+            bytes: int(row, 7, "cell.bytes")?,
+            no_timestamp: int(row, 8, "cell.no_timestamp")?,
+            expired: int(row, 9, "cell.expired")?,
+            skipped: int(row, 10, "cell.skipped")?,
+            aborted: int(row, 11, "cell.aborted")?,
+        },
     })
 }
 
@@ -1015,11 +1022,14 @@ mod tests {
             bucket,
             epoch: 1_732_800_000_123,
             seq: 42,
-            records,
-            bytes: records.saturating_mul(100),
-            no_timestamp: 1,
-            expired: 2,
-            skipped: 3,
+            counts: CellCounts {
+                records,
+                bytes: records.saturating_mul(100),
+                no_timestamp: 1,
+                expired: 2,
+                skipped: 3,
+                aborted: 4,
+            },
         }
     }
 
@@ -1104,6 +1114,51 @@ mod tests {
 
         store.write(&WriteBatch::default()).unwrap();
         assert_eq!(store.load().unwrap(), loaded_from(&batch));
+    }
+
+    /// A database written by an agent of schema version 1 (cells without
+    /// `aborted`) opens: it is upgraded in place, every cell it held reads
+    /// back with its counts and no aborted records, and new cells keep theirs.
+    #[test]
+    fn a_version_1_database_is_upgraded_and_keeps_its_cells() {
+        let dir = TempDir::new().unwrap();
+        let batch = every_kind();
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            store.write(&batch).unwrap();
+        }
+        {
+            // What version 1 wrote: the same tables without the new column.
+            let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            conn.execute_batch(
+                "ALTER TABLE cell DROP COLUMN aborted;
+                 UPDATE meta SET value = 1 WHERE key = 'schema_version';",
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut expected = loaded_from(&batch);
+        for c in &mut expected.cells {
+            c.counts.aborted = 0;
+        }
+        assert_eq!(store.load().unwrap(), expected);
+        let version: i64 = Connection::open(dir.path().join(FILE_NAME))
+            .unwrap()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let newer = cell(1, 1, 0, 60_000, 9);
+        store
+            .write(&WriteBatch {
+                cells: vec![newer.clone()],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        assert!(store.load().unwrap().cells.contains(&newer));
     }
 
     #[test]
@@ -1415,7 +1470,10 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("schema version 7"), "{message}");
-        assert!(message.contains("up to 1"), "{message}");
+        assert!(
+            message.contains(&format!("up to {SCHEMA_VERSION}")),
+            "{message}"
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ fn snapshot() -> Snapshot {
                                     pending: Some(0),
                                     expired: Some(expired),
                                     skipped: Some(0),
+                                    aborted: 0,
                                 },
                             )
                         })

@@ -213,6 +213,7 @@ mod tests {
             pending: Some(0),
             expired: Some(n),
             skipped: Some(0),
+            aborted: 0,
         };
         Snapshot {
             at_ms: 1_000_000,

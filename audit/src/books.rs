@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BucketWidth, CountEntry, Tier};
+use crate::{BucketWidth, CellCounts, CountEntry, Tier};
 
 /// A stretch of consecutive offsets whose records share one bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,9 @@ pub struct PartitionBooks {
     /// Per bucket, sorted by bucket: a `Vec`, not a map, for memory (records
     /// mostly come in time order, so a new bucket is pushed at the end).
     broker: Vec<(i64, Tally)>,
+    /// Per bucket, records of aborted transactions: not records of the
+    /// `broker` tier, counted apart. Rare, so kept apart from the tallies.
+    aborted: BTreeMap<i64, u64>,
     start: i64,
     groups: BTreeMap<String, GroupBooks>,
     dirty_broker: BTreeSet<i64>,
@@ -412,6 +415,7 @@ impl PartitionBooks {
         if self.broker.capacity() > self.broker.len() + self.broker.len() / 4 + 16 {
             self.broker.shrink_to_fit();
         }
+        self.aborted.retain(|b, _| *b >= before_ms);
         for g in self.groups.values_mut() {
             g.expired.retain(|b, _| *b >= before_ms);
         }
@@ -453,6 +457,22 @@ impl PartitionBooks {
         for (b, _) in lost {
             self.dirty_groups.insert((group.to_owned(), b));
         }
+    }
+
+    /// Counts `n` records of an aborted transaction in `bucket`. They are
+    /// not records of the `broker` tier (no run holds them, so no group
+    /// consumes them); their offsets are a gap in the books.
+    pub fn count_aborted(&mut self, bucket: i64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.aborted.entry(bucket).or_default() += n;
+        self.dirty_broker.insert(bucket);
+    }
+
+    /// Records of aborted transactions in `bucket`.
+    pub fn aborted(&self, bucket: i64) -> u64 {
+        self.aborted.get(&bucket).copied().unwrap_or(0)
     }
 
     /// The `broker` tier's count of `bucket`.
@@ -503,37 +523,35 @@ impl PartitionBooks {
         tier: Option<String>,
         bucket: i64,
     ) -> CountEntry {
-        let base = CountEntry {
-            tier: Tier::Broker,
-            topic: topic.to_owned(),
-            partition,
-            bucket: width.bucket_of(bucket),
-            records: 0,
-            bytes: 0,
-            no_timestamp: 0,
-            expired: 0,
-            skipped: 0,
-        };
-        match tier {
+        let (tier, counts) = match tier {
             None => {
                 let t = self.broker(bucket);
-                CountEntry {
+                let counts = CellCounts {
                     records: t.records,
                     bytes: t.bytes,
                     no_timestamp: t.no_timestamp,
-                    ..base
-                }
+                    aborted: self.aborted(bucket),
+                    ..CellCounts::default()
+                };
+                (Tier::Broker, counts)
             }
             Some(group) => {
                 let t = self.group(&group, bucket);
-                CountEntry {
-                    tier: Tier::Group(group),
+                let counts = CellCounts {
                     records: t.consumed,
                     expired: t.expired,
                     skipped: t.skipped,
-                    ..base
-                }
+                    ..CellCounts::default()
+                };
+                (Tier::Group(group), counts)
             }
+        };
+        CountEntry {
+            tier,
+            topic: topic.to_owned(),
+            partition,
+            bucket: width.bucket_of(bucket),
+            counts,
         }
     }
 
@@ -566,6 +584,7 @@ impl PartitionBooks {
     /// Marks every cell as changed (after a restart, so that all are sent).
     pub fn mark_all_dirty(&mut self) {
         self.dirty_broker = self.broker.iter().map(|(b, _)| *b).collect();
+        self.dirty_broker.extend(self.aborted.keys());
         let mut cells = BTreeSet::new();
         for (name, g) in &self.groups {
             self.each_between(0, g.high, |b, _| {
@@ -627,6 +646,7 @@ impl PartitionBooks {
             start: self.start,
             runs: self.runs.clone(),
             broker: self.broker.iter().copied().collect(),
+            aborted: self.aborted.clone(),
             groups: self.groups.clone(),
         }
     }
@@ -636,6 +656,7 @@ impl PartitionBooks {
         PartitionBooks {
             runs: state.runs,
             broker: state.broker.into_iter().collect(),
+            aborted: state.aborted,
             start: state.start,
             groups: state.groups,
             ..PartitionBooks::default()
@@ -699,6 +720,9 @@ pub struct WholeBooks {
     pub runs: Vec<Run>,
     /// The `broker` tier's count per bucket.
     pub broker: BTreeMap<i64, Tally>,
+    /// Records of aborted transactions per bucket.
+    #[serde(default)]
+    pub aborted: BTreeMap<i64, u64>,
     /// Every group's books.
     pub groups: BTreeMap<String, GroupBooks>,
 }
@@ -755,6 +779,40 @@ mod tests {
         idle.append(0, &[0, 0], 10, &[], &[]);
         assert_eq!(idle.prune_before(1_000), 0);
         assert_eq!((idle.end(), idle.broker(0).records), (2, 2));
+    }
+
+    /// Records of an aborted transaction (offsets 20..23, between committed
+    /// data) are counted apart: not `broker` records, never consumed by a
+    /// group that commits past them, sent with their bucket, kept across a
+    /// restart of the collector, and pruned with their bucket.
+    #[test]
+    fn aborted_records_are_counted_apart_and_no_group_consumes_them() {
+        let width = BucketWidth::new(100).unwrap();
+        let mut b = books();
+        let _ = b.take_dirty();
+        b.count_aborted(120, 3);
+        b.append(23, &[120, 180], 200, &[], &[]);
+        // Bucket 120: offsets 13, 15..20 and 23.
+        assert_eq!((b.broker(120).records, b.aborted(120)), (7, 3));
+        b.commit("g", 25, None);
+        let g = b.group("g", 120);
+        assert_eq!(
+            g.consumed, 7,
+            "the group consumed the records, not the aborted ones"
+        );
+        let dirty = b.take_dirty();
+        assert!(dirty.contains(&(None, 120)), "{dirty:?}");
+        let broker = b.count_entry(width, "t", 0, None, 120);
+        assert_eq!((broker.counts.records, broker.counts.aborted), (7, 3));
+        let group = b.count_entry(width, "t", 0, Some("g".into()), 120);
+        assert_eq!((group.counts.records, group.counts.aborted), (7, 0));
+        let restored = PartitionBooks::restore_whole(b.whole_state());
+        assert_eq!(restored.aborted(120), 3);
+        let mut again = restored.clone();
+        again.mark_all_dirty();
+        assert!(again.take_dirty().contains(&(None, 120)));
+        b.prune_before(180);
+        assert_eq!(b.aborted(120), 0);
     }
 
     #[test]

@@ -44,8 +44,9 @@ use crate::wire::{
     MAX_LATENCY_BOUNDS, MAX_PARTITION,
 };
 use crate::{
-    Bucket, BucketWidth, Cluster, ClusterState, CountEntry, Counts, Forget, Hello, Lag, LagSample,
-    Latency, LatencyHistogram, Message, Reply, Tier, TierKind, validate_group, validate_topic,
+    Bucket, BucketWidth, CellCounts, Cluster, ClusterState, CountEntry, Counts, Forget, Hello, Lag,
+    LagSample, Latency, LatencyHistogram, Message, Reply, Tier, TierKind, validate_group,
+    validate_topic,
 };
 
 /// How often the overflow warning may be logged.
@@ -260,7 +261,7 @@ impl Emitter {
         state.version += 1;
         let version = state.version;
         for entry in entries {
-            if let Some(why) = invalid_count(&entry, shared.cfg.width) {
+            if let Err(why) = entry.check(shared.cfg.width).map_err(|e| e.detail) {
                 state.note_invalid(&why);
                 continue;
             }
@@ -505,17 +506,8 @@ struct CountKey {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Tally {
-    records: u64,
-    bytes: u64,
-    no_timestamp: u64,
-    expired: u64,
-    skipped: u64,
-}
-
-#[derive(Clone, Copy, Debug)]
 struct Held {
-    tally: Tally,
+    tally: CellCounts,
     /// The record call that set this value; what [`Emitter::flush`] waits for.
     version: u64,
     /// Whether this value was sent before without an answer.
@@ -666,7 +658,7 @@ impl Shared {
     }
 }
 
-fn split_entry(e: CountEntry) -> (CountKey, Tally) {
+fn split_entry(e: CountEntry) -> (CountKey, CellCounts) {
     (
         CountKey {
             bucket: e.bucket,
@@ -674,64 +666,18 @@ fn split_entry(e: CountEntry) -> (CountKey, Tally) {
             topic: e.topic,
             partition: e.partition,
         },
-        Tally {
-            records: e.records,
-            bytes: e.bytes,
-            no_timestamp: e.no_timestamp,
-            expired: e.expired,
-            skipped: e.skipped,
-        },
+        e.counts,
     )
 }
 
-fn join_entry(k: &CountKey, t: &Tally) -> CountEntry {
+fn join_entry(k: &CountKey, t: &CellCounts) -> CountEntry {
     CountEntry {
         tier: k.tier.clone(),
         topic: k.topic.clone(),
         partition: k.partition,
         bucket: k.bucket,
-        records: t.records,
-        bytes: t.bytes,
-        no_timestamp: t.no_timestamp,
-        expired: t.expired,
-        skipped: t.skipped,
+        counts: *t,
     }
-}
-
-/// Why the agent would refuse this entry, checked here so that one bad entry
-/// does not get a whole batch refused.
-fn invalid_count(e: &CountEntry, width: BucketWidth) -> Option<String> {
-    if let Err(err) = validate_topic(&e.topic) {
-        return Some(err.detail);
-    }
-    if let Tier::Group(name) | Tier::Consumer(name) = &e.tier
-        && let Err(err) = validate_group(name)
-    {
-        return Some(format!("tier \"{}\": {}", e.tier, err.detail));
-    }
-    if let Err(err) = width.bucket_at(e.bucket.start_ms()) {
-        return Some(err.detail);
-    }
-    if !(0..=MAX_PARTITION).contains(&e.partition) {
-        return Some(format!(
-            "partition \"{}\" is out of range: expected 0 to {MAX_PARTITION}",
-            e.partition
-        ));
-    }
-    for (name, v) in [
-        ("records", e.records),
-        ("bytes", e.bytes),
-        ("no_timestamp", e.no_timestamp),
-        ("expired", e.expired),
-        ("skipped", e.skipped),
-    ] {
-        if v > MAX_COUNT {
-            return Some(format!(
-                "{name} \"{v}\" is not a count: expected an integer from 0 to {MAX_COUNT}"
-            ));
-        }
-    }
-    None
 }
 
 fn invalid_lag(s: &LagSample) -> Option<String> {
@@ -821,8 +767,8 @@ fn signed_len(n: i64) -> usize {
 }
 
 /// An upper bound on the JSON size of one count entry.
-fn count_entry_bytes(k: &CountKey, t: &Tally) -> usize {
-    const FRAME: &str = r#"{"tier":"","topic":"","partition":,"bucket":,"records":,"bytes":,"no_timestamp":,"expired":,"skipped":},"#;
+fn count_entry_bytes(k: &CountKey, t: &CellCounts) -> usize {
+    const FRAME: &str = r#"{"tier":"","topic":"","partition":,"bucket":,"records":,"bytes":,"no_timestamp":,"expired":,"skipped":,"aborted":},"#;
     let tier_name = match &k.tier {
         Tier::Produced => "produced".len(),
         Tier::Broker => "broker".len(),
@@ -834,9 +780,9 @@ fn count_entry_bytes(k: &CountKey, t: &Tally) -> usize {
         + k.topic.len()
         + signed_len(i64::from(k.partition))
         + signed_len(k.bucket.start_ms())
-        + [t.records, t.bytes, t.no_timestamp, t.expired, t.skipped]
+        + t.named()
             .into_iter()
-            .map(decimal_len)
+            .map(|(_, v)| decimal_len(v))
             .sum::<usize>()
 }
 
@@ -1579,11 +1525,14 @@ mod tests {
             topic: "orders".into(),
             partition: 3,
             bucket: BucketWidth::DEFAULT.bucket_of(bucket),
-            records,
-            bytes: records * 100,
-            no_timestamp: 0,
-            expired: 0,
-            skipped: 0,
+            counts: CellCounts {
+                records,
+                bytes: records * 100,
+                no_timestamp: 0,
+                expired: 0,
+                skipped: 0,
+                ..CellCounts::default()
+            },
         }
     }
 

@@ -619,6 +619,7 @@ mod tests {
                             pending: rng.chance(50).then(|| rng.below(3)),
                             expired: None,
                             skipped: None,
+                            aborted: 0,
                         },
                     )]
                     .into(),

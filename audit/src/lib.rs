@@ -12,6 +12,7 @@ mod bucket;
 pub mod emitter;
 mod error;
 pub mod feed;
+pub mod latency;
 pub mod snapshot;
 mod tier;
 pub mod tls;
@@ -20,10 +21,12 @@ pub mod wire;
 
 pub use bucket::{Bucket, BucketWidth};
 pub use error::{Error, Reason, Result};
+pub use latency::LatencyBook;
 pub use snapshot::{BucketStatus, CommitPoint, GroupStatus, PartitionStatus, Snapshot};
 pub use tier::{Tier, TierKind};
 pub use topic::{MAX_GROUP_LEN, MAX_TOPIC_LEN, validate_group, validate_topic};
 pub use wire::{
-    Cluster, ClusterState, CountEntry, Counts, Forget, GroupMetadata, GroupState, Hello, Lag,
-    LagSample, Latency, LatencyHistogram, Message, PartitionMetadata, Reply, TopicMetadata,
+    CellCounts, Cluster, ClusterState, CountEntry, Counts, Forget, GroupMetadata, GroupState,
+    Hello, Lag, LagSample, Latency, LatencyHistogram, Message, PartitionMetadata, Reply,
+    TopicMetadata,
 };

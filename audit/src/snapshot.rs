@@ -284,6 +284,10 @@ pub struct TierBooks {
     pub skipped: Option<u64>,
     /// Records without a timestamp (cumulative).
     pub no_timestamp: u64,
+    /// For the `broker` tier: records of aborted transactions, counted apart
+    /// from `records` (cumulative).
+    #[serde(default)]
+    pub aborted: u64,
     /// Buckets of the window per status.
     pub buckets: BTreeMap<BucketStatus, u64>,
 }
@@ -330,6 +334,14 @@ pub struct BucketTier {
     /// For group tiers: records before the group's first commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<u64>,
+    /// Records of aborted transactions in this bucket, counted apart from
+    /// `records` (shown where there are any).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub aborted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Lag and health of one consumer group.

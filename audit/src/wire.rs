@@ -133,6 +133,73 @@ pub struct Counts {
     pub counts: Vec<CountEntry>,
 }
 
+/// The count values of one (tier, topic, partition, bucket) cell: the one type
+/// that the books' wire entries, the emitter, the agent's ledger and its store
+/// share. Which values a tier fills is its own: `records`, `bytes`,
+/// `no_timestamp` and `aborted` for `broker`, `records`, `expired` and
+/// `skipped` for `group:` tiers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct CellCounts {
+    /// Records counted.
+    pub records: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Records that had no timestamp (bucketed by append time, or read time
+    /// for a collector).
+    pub no_timestamp: u64,
+    /// For `group:` tiers: records deleted by retention before the group consumed them.
+    pub expired: u64,
+    /// For `group:` tiers: records before the group's first commit.
+    pub skipped: u64,
+    /// For the `broker` tier: records of aborted transactions, which are not
+    /// records of the tier and are counted apart.
+    pub aborted: u64,
+}
+
+impl CellCounts {
+    /// Every value with its wire name.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("records", self.records),
+            ("bytes", self.bytes),
+            ("no_timestamp", self.no_timestamp),
+            ("expired", self.expired),
+            ("skipped", self.skipped),
+            ("aborted", self.aborted),
+        ]
+    }
+
+    /// The wire's rule for the values: each a count from 0 to [`MAX_COUNT`].
+    pub fn check(&self) -> Result<()> {
+        match self.named().into_iter().find(|(_, v)| *v > MAX_COUNT) {
+            None => Ok(()),
+            Some((name, v)) => Err(Error::new(
+                Reason::BadCount,
+                format!("{name} \"{v}\" is not a count: expected an integer from 0 to {MAX_COUNT}"),
+            )),
+        }
+    }
+
+    /// Adds `other` to these (as sums do: wrapping).
+    pub fn add(&mut self, other: &CellCounts) {
+        self.swap(&CellCounts::default(), other);
+    }
+
+    /// Replaces `old` by `new` in these sums (wrapping: a sum that held
+    /// `old` never wraps).
+    pub fn swap(&mut self, old: &CellCounts, new: &CellCounts) {
+        fn step(sum: &mut u64, old: u64, new: u64) {
+            *sum = sum.wrapping_sub(old).wrapping_add(new);
+        }
+        step(&mut self.records, old.records, new.records);
+        step(&mut self.bytes, old.bytes, new.bytes);
+        step(&mut self.no_timestamp, old.no_timestamp, new.no_timestamp);
+        step(&mut self.expired, old.expired, new.expired);
+        step(&mut self.skipped, old.skipped, new.skipped);
+        step(&mut self.aborted, old.aborted, new.aborted);
+    }
+}
+
 /// The cumulative count of one (tier, topic, partition, bucket).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct CountEntry {
@@ -144,16 +211,35 @@ pub struct CountEntry {
     pub partition: i32,
     /// The event-time bucket.
     pub bucket: Bucket,
-    /// Records counted.
-    pub records: u64,
-    /// Bytes counted.
-    pub bytes: u64,
-    /// Records that had no timestamp (bucketed by append time).
-    pub no_timestamp: u64,
-    /// For `group:` tiers: records deleted by retention before the group consumed them.
-    pub expired: u64,
-    /// For `group:` tiers: records before the group's first commit.
-    pub skipped: u64,
+    /// The values.
+    #[serde(flatten)]
+    pub counts: CellCounts,
+}
+
+impl CountEntry {
+    /// The agent's rules for one count entry, stated once: the decoder
+    /// applies them to what arrives, and an emitter to what it is about to
+    /// send, so that one bad entry is dropped there rather than a whole
+    /// message refused here.
+    pub fn check(&self, width: BucketWidth) -> Result<()> {
+        validate_topic(&self.topic)?;
+        if let Tier::Group(name) | Tier::Consumer(name) = &self.tier {
+            validate_group(name).map_err(|e| {
+                Error::new(e.reason, format!("tier \"{}\": {}", self.tier, e.detail))
+            })?;
+        }
+        width.bucket_at(self.bucket.start_ms())?;
+        if !(0..=MAX_PARTITION).contains(&self.partition) {
+            return Err(Error::new(
+                Reason::BadField,
+                format!(
+                    "partition \"{}\" is out of range: expected 0 to {MAX_PARTITION}",
+                    self.partition
+                ),
+            ));
+        }
+        self.counts.check()
+    }
 }
 
 /// Consumer lag samples.
@@ -701,6 +787,8 @@ struct RawCountEntry {
     expired: Option<Number>,
     #[serde(default)]
     skipped: Option<Number>,
+    #[serde(default)]
+    aborted: Option<Number>,
 }
 
 #[derive(Deserialize)]
@@ -963,6 +1051,7 @@ fn check_hello(h: &Hello, width: BucketWidth) -> Result<()> {
     Ok(())
 }
 
+/// A count as sent: an integer from 0 to [`MAX_COUNT`].
 fn count(field: &str, n: Option<&Number>) -> Result<u64> {
     let Some(n) = n else { return Ok(0) };
     match n.as_u64() {
@@ -988,17 +1077,22 @@ fn partition(p: i64) -> Result<i32> {
 fn check_count(e: RawCountEntry, width: BucketWidth) -> Result<CountEntry> {
     let tier: Tier = e.tier.parse()?;
     validate_topic(&e.topic)?;
-    Ok(CountEntry {
+    let entry = CountEntry {
         partition: partition(e.partition)?,
         bucket: width.bucket_at(e.bucket)?,
-        records: count("records", Some(&e.records))?,
-        bytes: count("bytes", e.bytes.as_ref())?,
-        no_timestamp: count("no_timestamp", e.no_timestamp.as_ref())?,
-        expired: count("expired", e.expired.as_ref())?,
-        skipped: count("skipped", e.skipped.as_ref())?,
+        counts: CellCounts {
+            records: count("records", Some(&e.records))?,
+            bytes: count("bytes", e.bytes.as_ref())?,
+            no_timestamp: count("no_timestamp", e.no_timestamp.as_ref())?,
+            expired: count("expired", e.expired.as_ref())?,
+            skipped: count("skipped", e.skipped.as_ref())?,
+            aborted: count("aborted", e.aborted.as_ref())?,
+        },
         tier,
         topic: e.topic,
-    })
+    };
+    entry.check(width)?;
+    Ok(entry)
 }
 
 fn check_lag(s: RawLagSample) -> Result<LagSample> {
@@ -1404,6 +1498,46 @@ mod tests {
                "no_timestamp": 0, "expired": 3, "skipped": 1})
     }
 
+    /// `aborted` is the newest count: absent (an older emitter) it is 0;
+    /// present it is checked like every other count, by the one rule the
+    /// emitter applies too, and the error names it.
+    #[test]
+    fn aborted_counts_decode_and_are_checked_by_the_shared_rule() {
+        let Message::Counts(c) = dec(counts_with(entry())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.counts[0].counts.aborted, 0);
+        let mut e = entry();
+        e["tier"] = json!("broker");
+        e["aborted"] = json!(12);
+        let Message::Counts(c) = dec(counts_with(e.clone())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.counts[0].counts.aborted, 12);
+        // What is sent is what was decoded.
+        let again: serde_json::Value =
+            serde_json::from_str(&Message::Counts(c.clone()).to_json()).unwrap();
+        assert_eq!(again["counts"][0]["aborted"], 12);
+        assert_eq!(again["counts"][0]["records"], 400);
+        e["aborted"] = json!(MAX_COUNT + 1);
+        let refused = dec(counts_with(e)).unwrap_err().error;
+        assert_eq!(refused.reason, Reason::BadCount);
+        assert!(
+            refused.detail.starts_with("aborted \""),
+            "{}",
+            refused.detail
+        );
+        let mut entry = c.counts[0].clone();
+        entry.counts.aborted = MAX_COUNT + 1;
+        let refused = entry.check(BucketWidth::DEFAULT).unwrap_err();
+        assert_eq!(refused.reason, Reason::BadCount);
+        assert!(
+            refused.detail.starts_with("aborted \""),
+            "{}",
+            refused.detail
+        );
+    }
+
     #[test]
     fn hello_counts_and_lag_decode() {
         let hello = dec(json!({"v":1,"type":"hello","source":"b1","cluster":"local",
@@ -1417,9 +1551,9 @@ mod tests {
         assert_eq!(c.counts[0].tier, Tier::Group("billing".into()));
         assert_eq!(
             (
-                c.counts[0].records,
-                c.counts[0].expired,
-                c.counts[0].skipped
+                c.counts[0].counts.records,
+                c.counts[0].counts.expired,
+                c.counts[0].counts.skipped
             ),
             (400, 3, 1)
         );

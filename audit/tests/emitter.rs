@@ -296,7 +296,7 @@ async fn serve_connection(
                         );
                         let slot = b.latest.entry(key).or_insert((0, 0));
                         if seq >= slot.0 {
-                            *slot = (seq, e.records);
+                            *slot = (seq, e.counts.records);
                         }
                     }
                 }
@@ -342,11 +342,14 @@ fn count(topic: &str, partition: i32, bucket_index: i64, records: u64) -> CountE
         topic: topic.into(),
         partition,
         bucket: width().bucket_of(bucket_index * WIDTH_MS as i64),
-        records,
-        bytes: records * 10,
-        no_timestamp: 0,
-        expired: 0,
-        skipped: 0,
+        counts: tally_audit::CellCounts {
+            records,
+            bytes: records * 10,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+            ..Default::default()
+        },
     }
 }
 

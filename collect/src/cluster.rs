@@ -9,6 +9,10 @@
 //! reported as `tally_collect_up{cluster} 0`, and affects no other cluster. Commit
 //! times come from `__consumer_offsets` where it can be read ([`OffsetsTopic`]),
 //! else from the poll that first saw an offset.
+//!
+//! Between polls the audited partitions are read for the books ([`Tailer`]); the
+//! committed offsets a poll read go to them with the poll's time, where the latency
+//! of the records a commit newly covers ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -396,6 +400,11 @@ impl ClusterWatch {
             self.commits.forget_group(g);
             self.forgotten.remove(g);
         }
+        if let Some(tailer) = &mut self.tailer
+            && !gone_groups.is_empty()
+        {
+            tailer.forget_groups(&gone_groups);
+        }
         if !gone_topics.is_empty() || !gone_groups.is_empty() {
             self.offsets_topic.retain(|g, t, _| {
                 !gone_groups.iter().any(|x| x == g) && !gone_topics.iter().any(|x| x == t)
@@ -531,6 +540,7 @@ impl ClusterWatch {
                     group: group.to_owned(),
                     tp: TopicPartition::new(topic, partition),
                     offset,
+                    seen_at_ms: now,
                 })
                 .collect();
         }

@@ -44,6 +44,12 @@ pub fn lag_seconds(now_ms: i64, timestamp_ms: i64) -> f64 {
     seconds
 }
 
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A timestamp for the record at a committed offset: read from the log, or estimated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordTime {
@@ -80,7 +86,19 @@ impl PartitionTimes {
 
     /// Records a read in poll `generation`: the first record at or after `offset` is
     /// at `record_offset` with `timestamp_ms`.
+    ///
+    /// A record without a timestamp (-1) is timed by when it was first read, as the
+    /// books bucket it: its lag grows from then, rather than from 1970.
     pub fn read(&mut self, offset: i64, record_offset: i64, timestamp_ms: i64, generation: u64) {
+        if timestamp_ms < 0 {
+            let first_seen = match self.cache.get(&offset) {
+                Some((RecordTime::Read(t), _)) => *t,
+                _ => wall_clock_ms(),
+            };
+            self.cache
+                .insert(offset, (RecordTime::Read(first_seen), generation));
+            return;
+        }
         self.cache
             .insert(offset, (RecordTime::Read(timestamp_ms), generation));
         self.point(record_offset, timestamp_ms);
@@ -365,6 +383,26 @@ mod tests {
         assert_eq!(times.cached(9, 5), None);
         times.end_poll(5);
         assert_eq!(times.cached_len(), 0);
+    }
+
+    /// A group stuck on a record without a timestamp lags from when the record was
+    /// first read (as the books bucket it), not from 1970; the time stays put while
+    /// the group does, and such a record gives estimates no point.
+    #[test]
+    fn a_record_without_a_timestamp_is_timed_by_its_first_read() {
+        let mut times = PartitionTimes::default();
+        let before = wall_clock_ms();
+        times.read(5, 5, -1, 1);
+        let Some(RecordTime::Read(first)) = times.cached(5, 1) else {
+            panic!("the read is cached")
+        };
+        assert!((before..=wall_clock_ms()).contains(&first), "{first}");
+        assert!(lag_seconds(wall_clock_ms(), first) < 60.0);
+        times.end_poll(1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        times.read(5, 5, -1, 2);
+        assert_eq!(times.cached(5, 2), Some(RecordTime::Read(first)));
+        assert_eq!(times.estimate(5), RecordTime::Unknown);
     }
 
     #[test]

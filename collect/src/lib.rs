@@ -9,7 +9,8 @@
 //! - [`lag`]: the lag arithmetic (ends, record timestamps, estimates, commit times);
 //! - [`cluster`]: one cluster's discovery and lag polls;
 //! - [`offsets_topic`]: commit times read from `__consumer_offsets`;
-//! - [`tail`]: the exact books of the audited topics, from their records;
+//! - [`tail`]: the exact books of the audited topics, from their records, and their
+//!   end-to-end latency;
 //! - [`metrics`]: the collector's own `/metrics`;
 //! - [`service`]: the process.
 

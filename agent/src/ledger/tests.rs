@@ -38,20 +38,22 @@ fn entry(tier: &str, partition: i32, bucket: i64, records: u64) -> CountEntry {
         topic: "orders".into(),
         partition,
         bucket: BucketWidth::new(W).unwrap().bucket_at(bucket).unwrap(),
-        records,
-        bytes: records * 100,
-        no_timestamp: 0,
-        expired: 0,
-        skipped: 0,
+        counts: CellCounts {
+            records,
+            bytes: records * 100,
+            no_timestamp: 0,
+            expired: 0,
+            skipped: 0,
+            ..CellCounts::default()
+        },
     }
 }
 
 fn group(records: u64, expired: u64, skipped: u64) -> CountEntry {
-    CountEntry {
-        expired,
-        skipped,
-        ..entry("group:billing", 0, B0, records)
-    }
+    let mut e = entry("group:billing", 0, B0, records);
+    e.counts.expired = expired;
+    e.counts.skipped = skipped;
+    e
 }
 
 fn bucket_tier(snap: &Snapshot, tier: &str) -> BucketTier {
@@ -103,7 +105,10 @@ fn group_statuses_follow_the_books() {
         );
         // The books balance: broker = consumed + pending + expired + skipped (without excess).
         if excess == 0 {
-            assert_eq!(10, g.records + pending + g.expired + g.skipped);
+            assert_eq!(
+                10,
+                g.counts.records + pending + g.counts.expired + g.counts.skipped
+            );
         }
     }
 }

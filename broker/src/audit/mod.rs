@@ -3,9 +3,10 @@
 //! consumed, streamed with the groups' lag to the agent, and rebuilt from the
 //! log and the committed offsets after a restart.
 //!
-//! It also measures end-to-end latency per (topic, tier): for `broker`, from
-//! a record's timestamp to its append; for `group:<name>`, from a record's
-//! timestamp to the commit that covered it. Unlike the counts, latency
+//! It also measures end-to-end latency per (topic, tier), in the
+//! [`LatencyBook`]s the collector keeps too: for `broker`, from a record's
+//! timestamp to its append; for `group:<name>`, from a record's timestamp to
+//! the commit that covered it. Unlike the counts, latency
 //! histograms are not rebuilt: they restart from zero when the broker
 //! restarts, which is a new emitter session whose histograms replace the old
 //! session's at the agent (a counter reset to Prometheus).
@@ -18,10 +19,11 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use tally_audit::emitter::{Emitter, EmitterConfig, EmitterStats};
-use tally_audit::wire::{LATENCY_BOUNDS_MS, MAX_COUNT};
-use tally_audit::{BucketWidth, LagSample, LatencyHistogram, Tier, TierKind};
+use tally_audit::{BucketWidth, LagSample, LatencyBook, LatencyHistogram, Tier, TierKind};
 use tracing::{info, warn};
 
+#[cfg(test)]
+use self::books::Tally;
 use self::books::{DurableBooks, PartitionBooks};
 use crate::batch::{BatchHeader, record_timestamps};
 use crate::groups::Groups;
@@ -65,85 +67,6 @@ struct Partition {
     latency: LatencyBook,
     /// The partition's topic was deleted: nothing is stored any more.
     deleted: bool,
-}
-
-/// The latency of one (topic, tier), in milliseconds: counts at the wire's
-/// bounds ([`LATENCY_BOUNDS_MS`]), exact, plus those above the last.
-#[derive(Clone, Debug, Default)]
-struct LatencyBook {
-    /// `bins[i]`: latencies above bound `i - 1` and at most bound `i`; the
-    /// last holds those above every bound.
-    bins: [u64; LATENCY_BOUNDS_MS.len() + 1],
-    count: u64,
-    sum_ms: u64,
-    changed: bool,
-}
-
-impl LatencyBook {
-    fn record(&mut self, ms: u64, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let bin = LATENCY_BOUNDS_MS.partition_point(|b| *b < ms);
-        self.bins[bin] = self.bins[bin].saturating_add(n);
-        self.count = self.count.saturating_add(n);
-        self.sum_ms = self.sum_ms.saturating_add(ms.saturating_mul(n));
-        self.changed = true;
-    }
-
-    /// Records the latency of every timestamp, once per run of equal ones:
-    /// producers stamp many records of a batch with the same millisecond.
-    fn record_timestamps<'a>(
-        &mut self,
-        now_ms: i64,
-        timestamps: impl IntoIterator<Item = &'a i64>,
-    ) {
-        let mut run: Option<(i64, u64)> = None;
-        for &ts in timestamps {
-            match &mut run {
-                Some((at, n)) if *at == ts => *n += 1,
-                _ => {
-                    if let Some((at, n)) = run.replace((ts, 1)) {
-                        self.record(now_ms.saturating_sub(at).max(0) as u64, n);
-                    }
-                }
-            }
-        }
-        if let Some((at, n)) = run {
-            self.record(now_ms.saturating_sub(at).max(0) as u64, n);
-        }
-    }
-
-    /// Adds what `delta` holds and empties it.
-    fn absorb(&mut self, delta: &mut LatencyBook) {
-        for (bin, n) in self.bins.iter_mut().zip(&delta.bins) {
-            *bin = bin.saturating_add(*n);
-        }
-        self.count = self.count.saturating_add(delta.count);
-        self.sum_ms = self.sum_ms.saturating_add(delta.sum_ms);
-        self.changed |= delta.changed;
-        *delta = LatencyBook::default();
-    }
-
-    /// The wire's cumulative histogram at [`LATENCY_BOUNDS_MS`].
-    fn wire(&self, topic: &str, tier: &Tier) -> LatencyHistogram {
-        let count = self.count.min(MAX_COUNT);
-        let mut below = 0u64;
-        LatencyHistogram {
-            tier: tier.clone(),
-            topic: topic.to_owned(),
-            bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
-            counts: self.bins[..LATENCY_BOUNDS_MS.len()]
-                .iter()
-                .map(|n| {
-                    below = below.saturating_add(*n);
-                    below.min(count)
-                })
-                .collect(),
-            count,
-            sum_ms: self.sum_ms.min(MAX_COUNT),
-        }
-    }
 }
 
 /// The books of one partition. They live with the partition: its log tells
@@ -520,7 +443,7 @@ impl Instrumentation {
                 if part.deleted {
                     continue;
                 }
-                if part.latency.changed {
+                if part.latency.is_changed() {
                     latency
                         .entry((audit.topic.clone(), Tier::Broker))
                         .or_default()
@@ -572,11 +495,7 @@ impl Instrumentation {
         let mut latency = self.latency.lock();
         latency
             .iter_mut()
-            .filter(|(_, book)| book.changed)
-            .map(|((topic, tier), book)| {
-                book.changed = false;
-                book.wire(topic, tier)
-            })
+            .filter_map(|((topic, tier), book)| book.take_changed().then(|| book.wire(topic, tier)))
             .collect()
     }
 
@@ -657,7 +576,17 @@ impl Instrumentation {
             let lag_seconds = if next >= end {
                 0.0
             } else {
-                timestamp_at(&log, next).map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0)
+                // A record without a timestamp is timed by its append, as it is bucketed.
+                timestamp_at(&log, next)
+                    .or_else(|| {
+                        let audit = self.books.get(&c.topic, c.partition)?;
+                        let part = audit.state.lock();
+                        part.append_times
+                            .range(..=next)
+                            .next_back()
+                            .map(|(_, t)| *t)
+                    })
+                    .map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0)
             };
             samples.push(LagSample {
                 group: c.group,
@@ -742,6 +671,8 @@ fn load_state(path: &Path) -> Result<DurablePartition> {
 /// Books from the stored state plus the log's batches beyond it.
 fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> Result<Partition> {
     let mut books = PartitionBooks::restore(state.books);
+    let mut append_times = state.append_times;
+    let mut changed = false;
     books.retain_from(log.start_offset());
     let from = books.end().max(log.start_offset());
     for h in log.batches(from)? {
@@ -749,11 +680,20 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
             continue;
         }
         let batch = log.read_batch(h.base_offset)?;
-        let append_ms = state
-            .append_times
-            .get(&h.base_offset)
-            .copied()
-            .unwrap_or(h.max_timestamp);
+        // A batch without timestamps whose append time was not stored yet (a
+        // crash within a tick of the append) is placed at the time of this
+        // rebuild, and that is stored: never in 1970, and the same every
+        // time after.
+        let append_ms = match append_times.get(&h.base_offset) {
+            Some(t) => *t,
+            None if h.max_timestamp < 0 && !h.log_append_time() => {
+                let now = crate::context::now_ms();
+                append_times.insert(h.base_offset, now);
+                changed = true;
+                now
+            }
+            None => h.max_timestamp,
+        };
         let (buckets, no_ts, timestamps) = record_buckets(width, &h, &batch, append_ms, None);
         books.append(
             h.base_offset,
@@ -766,7 +706,8 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
     books.mark_all_dirty();
     Ok(Partition {
         books,
-        append_times: state.append_times,
+        append_times,
+        changed,
         ..Partition::default()
     })
 }
@@ -983,6 +924,53 @@ mod tests {
         );
     }
 
+    /// A batch without timestamps appended just before a crash, before any
+    /// tick stored its append time: the rebuilt books place it at the time of
+    /// the rebuild (never in 1970, which the agent would drop), as
+    /// `no_timestamp`, and keep that place across later restarts.
+    #[test]
+    fn a_batch_without_timestamps_whose_append_time_was_lost_is_placed_at_the_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let width = BucketWidth::new(1_000).unwrap();
+        let cfg = AuditConfig {
+            width,
+            cluster: "local".into(),
+            source: "test".into(),
+            agent: None,
+            token: None,
+            agent_ca: None,
+        };
+        let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
+        topics.create("t", 1, BTreeMap::new(), false).unwrap();
+        {
+            // Appended with no books watching: as if the broker died at once.
+            let batch = lying_batch(1, -1);
+            let header = BatchHeader::parse(&batch).unwrap();
+            assert_eq!(header.max_timestamp, -1);
+            let topic = topics.get("t").unwrap();
+            let mut log = topic.partition(0).unwrap().log.lock();
+            log.append_checked(&batch, &[header], 9_000).unwrap();
+        }
+        let before = crate::context::now_ms();
+        let audit = Instrumentation::open(dir.path(), cfg.clone(), &topics).unwrap();
+        let after = crate::context::now_ms();
+        let books = audit.books("t", 0).unwrap();
+        let placed: Vec<(i64, Tally)> = books.broker_buckets().collect();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        let (bucket, tally) = placed[0];
+        assert!(
+            (width.bucket_of(before).start_ms()..=after).contains(&bucket),
+            "bucket {bucket} outside the rebuild's {before}..{after}"
+        );
+        assert_eq!((tally.records, tally.no_timestamp), (1, 1));
+        audit.store_all();
+        drop(audit);
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let again = Instrumentation::open(dir.path(), cfg, &topics).unwrap();
+        let replaced: Vec<(i64, Tally)> = again.books("t", 0).unwrap().broker_buckets().collect();
+        assert_eq!(replaced, placed);
+    }
+
     /// A broker stopped between deleting a topic and dropping its books:
     /// the topic created again under that name starts with empty books.
     #[test]
@@ -1021,33 +1009,5 @@ mod tests {
         let books = audit.books("t", 0).unwrap();
         assert_eq!(books.broker(5_000).records, 0);
         assert_eq!(books.start(), 0);
-    }
-
-    #[test]
-    fn a_latency_book_becomes_the_wires_cumulative_histogram() {
-        let mut book = LatencyBook::default();
-        book.record(3, 2);
-        book.record(7, 1);
-        book.record(20_000, 1);
-        book.record(0, 0);
-        let h = book.wire("orders", &Tier::Broker);
-        assert_eq!(h.bounds_ms, LATENCY_BOUNDS_MS);
-        let at = |bound: u64| {
-            let i = LATENCY_BOUNDS_MS.iter().position(|b| *b == bound).unwrap();
-            h.counts[i]
-        };
-        assert_eq!(
-            (at(5), at(10), at(10_000), at(30_000), at(3_600_000)),
-            (2, 3, 3, 4, 4)
-        );
-        assert_eq!((h.count, h.sum_ms), (4, 20_013));
-        // What the broker sends, the agent accepts.
-        let text = tally_audit::Message::Latency(tally_audit::Latency {
-            seq: 1,
-            histograms: vec![h],
-        })
-        .to_json();
-        let limits = tally_audit::wire::Limits::new(BucketWidth::DEFAULT);
-        assert!(tally_audit::wire::decode(text.as_bytes(), &limits).is_ok());
     }
 }
