@@ -252,6 +252,67 @@ async fn streams_counts_and_lag_then_serves_the_books() {
     common::promtool_check_metrics(&text);
 }
 
+/// `/metrics` costs what is scraped: the audit series are rendered when a
+/// scrape asks for an evaluation not rendered yet, once however many scrapes
+/// read it, and not at all while nobody scrapes; a scrape after a change
+/// shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_rendered_per_scraped_evaluation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    let scrape = || {
+        let text = agent.metrics();
+        let at = metric(&text, "tally_agent_evaluated_timestamp_seconds", &[])
+            .expect("the evaluation time is exposed");
+        let renders = metric(&text, "tally_agent_metrics_renders_total", &[])
+            .expect("the renders are counted");
+        (at, renders, text)
+    };
+    // Scrapes in quick succession: the same evaluation is rendered once.
+    let mut seen: Vec<(f64, f64)> = Vec::new();
+    for _ in 0..40 {
+        let (at, renders, _) = scrape();
+        seen.push((at, renders));
+    }
+    for pair in seen.windows(2) {
+        let ((at0, r0), (at1, r1)) = (pair[0], pair[1]);
+        if at0 == at1 {
+            assert_eq!(r1, r0, "one evaluation rendered twice: {seen:?}");
+        } else {
+            assert!(at1 > at0, "{seen:?}");
+            assert_eq!(r1, r0 + 1.0, "one render per new evaluation: {seen:?}");
+        }
+    }
+    assert!(
+        seen.iter().filter(|(at, _)| *at == seen[0].0).count() > 1,
+        "40 scrapes within one 100 ms evaluation at least twice: {seen:?}"
+    );
+    // Nobody scrapes for 20 evaluations: nothing is rendered meanwhile.
+    let (at_before, renders_before, _) = scrape();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (at_after, renders_after, _) = scrape();
+    assert!(at_after >= at_before + 1.5, "{at_before} → {at_after}");
+    assert_eq!(renders_after, renders_before + 1.0);
+
+    // A change shows at the next scrape of a later evaluation.
+    let mut ws = connect(&agent, None).await.unwrap();
+    send(&mut ws, &hello("broker-1", 1)).await;
+    assert_welcome(&recv(&mut ws).await);
+    send(&mut ws, &books(past_bucket(), 1)).await;
+    assert_eq!(recv(&mut ws).await["seq"], 1);
+    let text = agent.until(10, "the counts in /metrics", |_| {
+        let (_, _, text) = scrape();
+        metric(
+            &text,
+            "tally_audit_records_total",
+            &[("tier", "broker"), ("cluster", "local")],
+        )
+        .is_some_and(|n| n == 1200.0)
+        .then_some(text)
+    });
+    common::promtool_check_metrics(&text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();

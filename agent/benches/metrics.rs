@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use prometheus::{Encoder, TextEncoder};
 use tally_agent::metrics::{AgentMetrics, snapshot_families};
 use tally_audit::snapshot::{GroupHealth, PartitionLag, SourceInfo, TierBooks, TopicBooks};
 use tally_audit::{BucketStatus, CommitPoint, GroupStatus, PartitionStatus, Snapshot};
@@ -174,7 +175,18 @@ fn render(c: &mut Criterion) {
                 black_box(body)
             })
         });
-        // Building the families alone, to tell it apart from encoding them.
+        // The `prometheus` crate's way, for comparison: building its
+        // families (a `String` per label name and value), then its encoder.
+        group.bench_function(format!("crate_render_{name}"), |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(cached.len());
+                TextEncoder::new()
+                    .encode(&snapshot_families(&snap), &mut out)
+                    .expect("encodable");
+                black_box(out)
+            })
+        });
+        // Building the families alone (what the OTLP export reads).
         group.bench_function(format!("families_{name}"), |b| {
             b.iter(|| black_box(snapshot_families(&snap)))
         });

@@ -188,7 +188,7 @@ async fn readyz(State(shared): State<AppState>) -> Response {
 }
 
 async fn metrics(State(shared): State<AppState>) -> Response {
-    let cached = shared.exposition.borrow().clone();
+    let cached = shared.exposition().await;
     let mut body = Vec::with_capacity(cached.len() + 4096);
     body.extend_from_slice(&cached);
     body.extend_from_slice(&shared.metrics.render_live());

@@ -8,7 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tally_alerts::Alerting;
 use tally_alerts::notify::{NOTIFIERS, RESULTS};
 use tally_audit::{BucketStatus, GroupState, GroupStatus, Reason, Snapshot};
@@ -29,6 +29,8 @@ pub struct AgentMetrics {
     pub http_errors: IntCounterVec,
     /// Connections the agent closed, per reason.
     pub connections_closed: IntCounterVec,
+    /// Renders of the snapshot's series for `/metrics` (one per scraped snapshot).
+    pub renders: IntCounter,
 }
 
 impl AgentMetrics {
@@ -74,6 +76,11 @@ impl AgentMetrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let renders = IntCounter::new(
+            "tally_agent_metrics_renders_total",
+            "Renders of the audit series for /metrics: at most one per evaluation that was scraped, none while nobody scrapes",
+        )
+        .expect("static metric definition");
         for reason in ["header_timeout", "hello_timeout", "evicted"] {
             connections_closed.with_label_values(&[reason]);
         }
@@ -84,6 +91,7 @@ impl AgentMetrics {
             Box::new(store_rows_skipped.clone()),
             Box::new(http_errors.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(renders.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -98,6 +106,7 @@ impl AgentMetrics {
             store_rows_skipped,
             http_errors,
             connections_closed,
+            renders,
         }
     }
 
@@ -121,9 +130,9 @@ impl AgentMetrics {
     }
 
     /// The text exposition of the series derived from `snapshot`; the agent
-    /// renders it once per evaluation, not per scrape.
+    /// renders it when a scrape asks for a snapshot not rendered yet.
     pub fn render_snapshot(&self, snapshot: &Snapshot) -> Vec<u8> {
-        encode(&snapshot_families(snapshot))
+        snapshot_text(snapshot)
     }
 
     /// The text exposition of the live counters.
@@ -205,29 +214,75 @@ impl Default for AgentMetrics {
     }
 }
 
+/// How a [`Family`] keeps its series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// As the `prometheus` crate's values.
+    Proto,
+    /// As lines of the text exposition.
+    Text,
+}
+
+enum Sink {
+    Proto(MetricFamily),
+    Text { body: String, series: usize },
+}
+
+/// One metric family being built, as values or straight as text.
 struct Family {
-    mf: MetricFamily,
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    sink: Sink,
 }
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Self {
-        let mut mf = MetricFamily::default();
-        mf.set_name(name.to_owned());
-        mf.set_help(help.to_owned());
-        mf.set_field_type(kind);
-        Family { mf }
+    fn new(mode: Mode, name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        let sink = match mode {
+            Mode::Proto => {
+                let mut mf = MetricFamily::default();
+                mf.set_name(name.to_owned());
+                mf.set_help(help.to_owned());
+                mf.set_field_type(kind);
+                Sink::Proto(mf)
+            }
+            Mode::Text => Sink::Text {
+                body: String::new(),
+                series: 0,
+            },
+        };
+        Family {
+            name,
+            help,
+            kind,
+            sink,
+        }
     }
 
-    fn gauge(name: &str, help: &str) -> Self {
-        Self::new(name, help, MetricType::GAUGE)
+    fn gauge(mode: Mode, name: &'static str, help: &'static str) -> Self {
+        Self::new(mode, name, help, MetricType::GAUGE)
     }
 
-    fn counter(name: &str, help: &str) -> Self {
-        Self::new(name, help, MetricType::COUNTER)
+    fn counter(mode: Mode, name: &'static str, help: &'static str) -> Self {
+        Self::new(mode, name, help, MetricType::COUNTER)
     }
 
-    fn histogram(name: &str, help: &str) -> Self {
-        Self::new(name, help, MetricType::HISTOGRAM)
+    fn histogram(mode: Mode, name: &'static str, help: &'static str) -> Self {
+        Self::new(mode, name, help, MetricType::HISTOGRAM)
+    }
+
+    /// Makes room in the text for `series` more lines of about 128 bytes.
+    fn reserve(&mut self, series: usize) {
+        if let Sink::Text { body, .. } = &mut self.sink {
+            body.reserve(series.saturating_mul(128));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.sink {
+            Sink::Proto(mf) => mf.get_metric().is_empty(),
+            Sink::Text { series, .. } => *series == 0,
+        }
     }
 
     fn metric(labels: &[(&str, &str)]) -> Metric {
@@ -246,8 +301,37 @@ impl Family {
         m
     }
 
+    /// Writes one sample line: `name{labels} value` (the text encoder's
+    /// formatting: labels in the order given, the value as Rust prints an `f64`).
+    fn line(
+        body: &mut String,
+        name: &str,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        extra: Option<(&str, &str)>,
+        value: f64,
+    ) {
+        body.push_str(name);
+        body.push_str(suffix);
+        if !labels.is_empty() || extra.is_some() {
+            let mut sep = '{';
+            for (k, v) in labels.iter().chain(extra.as_ref()) {
+                body.push(sep);
+                body.push_str(k);
+                body.push_str("=\"");
+                escape_into(body, v, true);
+                body.push('"');
+                sep = ',';
+            }
+            body.push('}');
+        }
+        body.push(' ');
+        push_value(body, value);
+        body.push('\n');
+    }
+
     /// Adds one histogram of cumulative `counts` at `bounds` (in the
-    /// family's unit); the encoder adds the `+Inf` bucket from `count`.
+    /// family's unit); the `+Inf` bucket comes from `count`.
     fn push_histogram(
         &mut self,
         labels: &[(&str, &str)],
@@ -256,73 +340,236 @@ impl Family {
         count: u64,
         sum: f64,
     ) {
-        let mut m = Self::metric(labels);
-        let mut h = Histogram::default();
-        h.set_bucket(
-            bounds
-                .into_iter()
-                .zip(counts)
-                .map(|(le, n)| {
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(le);
-                    b.set_cumulative_count(*n);
-                    b
-                })
-                .collect(),
-        );
-        h.set_sample_count(count);
-        h.set_sample_sum(sum);
-        m.set_histogram(h);
-        self.mf.mut_metric().push(m);
+        match &mut self.sink {
+            Sink::Proto(mf) => {
+                let mut m = Self::metric(labels);
+                let mut h = Histogram::default();
+                h.set_bucket(
+                    bounds
+                        .into_iter()
+                        .zip(counts)
+                        .map(|(le, n)| {
+                            let mut b = Bucket::default();
+                            b.set_upper_bound(le);
+                            b.set_cumulative_count(*n);
+                            b
+                        })
+                        .collect(),
+                );
+                h.set_sample_count(count);
+                h.set_sample_sum(sum);
+                m.set_histogram(h);
+                mf.mut_metric().push(m);
+            }
+            Sink::Text { body, series } => {
+                let mut le = String::new();
+                let mut inf_seen = false;
+                for (bound, n) in bounds.into_iter().zip(counts) {
+                    le.clear();
+                    use std::fmt::Write as _;
+                    let _ = write!(le, "{bound}");
+                    inf_seen |= bound.is_infinite() && bound.is_sign_positive();
+                    Self::line(
+                        body,
+                        self.name,
+                        "_bucket",
+                        labels,
+                        Some(("le", &le)),
+                        *n as f64,
+                    );
+                }
+                if !inf_seen {
+                    Self::line(
+                        body,
+                        self.name,
+                        "_bucket",
+                        labels,
+                        Some(("le", "+Inf")),
+                        count as f64,
+                    );
+                }
+                Self::line(body, self.name, "_sum", labels, None, sum);
+                Self::line(body, self.name, "_count", labels, None, count as f64);
+                *series += 1;
+            }
+        }
     }
 
     fn push(&mut self, labels: &[(&str, &str)], value: f64) {
-        let mut m = Self::metric(labels);
-        if self.mf.get_field_type() == MetricType::COUNTER {
-            let mut c = Counter::default();
-            c.set_value(value);
-            m.set_counter(c);
-        } else {
-            let mut g = Gauge::default();
-            g.set_value(value);
-            m.set_gauge(g);
+        match &mut self.sink {
+            Sink::Proto(mf) => {
+                let mut m = Self::metric(labels);
+                if self.kind == MetricType::COUNTER {
+                    let mut c = Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                } else {
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+                mf.mut_metric().push(m);
+            }
+            Sink::Text { body, series } => {
+                Self::line(body, self.name, "", labels, None, value);
+                *series += 1;
+            }
         }
-        self.mf.mut_metric().push(m);
     }
 }
 
-/// Builds every snapshot-derived family (§6 of the design).
+/// Builds every snapshot-derived family (§6 of the design), as the
+/// `prometheus` crate's values (what the OTLP export reads).
 pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+    snapshot_series(s, Mode::Proto)
+        .into_iter()
+        .filter_map(|f| match f.sink {
+            Sink::Proto(mf) => Some(mf),
+            Sink::Text { .. } => None,
+        })
+        .collect()
+}
+
+/// The text exposition of every snapshot-derived family, written straight
+/// from the snapshot: byte for byte what the `prometheus` crate's
+/// `TextEncoder` writes of [`snapshot_families`], without building its
+/// values first (a `String` per label name and value, a message per series).
+pub fn snapshot_text(s: &Snapshot) -> Vec<u8> {
+    let families = snapshot_series(s, Mode::Text);
+    let mut out = String::with_capacity(
+        families
+            .iter()
+            .map(|f| match &f.sink {
+                Sink::Text { body, .. } => body.len() + 256,
+                Sink::Proto(_) => 0,
+            })
+            .sum(),
+    );
+    for f in families {
+        let Sink::Text { body, .. } = f.sink else {
+            continue;
+        };
+        out.push_str("# HELP ");
+        out.push_str(f.name);
+        out.push(' ');
+        escape_into(&mut out, f.help, false);
+        out.push_str("\n# TYPE ");
+        out.push_str(f.name);
+        out.push(' ');
+        out.push_str(match f.kind {
+            MetricType::COUNTER => "counter",
+            MetricType::HISTOGRAM => "histogram",
+            _ => "gauge",
+        });
+        out.push('\n');
+        out.push_str(&body);
+    }
+    out.into_bytes()
+}
+
+/// Writes `v` as Rust prints an `f64` (what the `prometheus` crate's encoder
+/// writes): most values are whole numbers, written here without the
+/// formatting machinery.
+fn push_value(out: &mut String, v: f64) {
+    // Below 2^53 every whole f64 is exact, and Rust prints it without a
+    // fraction or an exponent, as an integer prints.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if v.fract() == 0.0 && v.abs() < EXACT && !(v == 0.0 && v.is_sign_negative()) {
+        let mut n = v as i64;
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let negative = n < 0;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10).unsigned_abs() as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if negative {
+            out.push('-');
+        }
+        for d in &digits[at..] {
+            out.push(char::from(*d));
+        }
+        return;
+    }
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+/// Escapes a label value (`quotes`) or a help text as the text format asks:
+/// `\` and newlines, and `"` in label values.
+fn escape_into(out: &mut String, v: &str, quotes: bool) {
+    if !v
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quotes && b == b'"'))
+    {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Every snapshot-derived family, built in `mode`; empty ones left out.
+fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
     let mut records = Family::counter(
+        mode,
         "tally_audit_records_total",
         "Records counted per topic and tier",
     );
     let mut missing = Family::gauge(
+        mode,
         "tally_audit_missing_records",
         "Records missing in closed buckets of the window",
     );
     let mut excess = Family::gauge(
+        mode,
         "tally_audit_excess_records",
         "Duplicate records in closed buckets of the window",
     );
     let mut expired = Family::counter(
+        mode,
         "tally_audit_expired_records_total",
         "Records deleted by retention before the group consumed them",
     );
     let mut aborted = Family::counter(
+        mode,
         "tally_audit_aborted_records_total",
         "Records of aborted transactions in the log, counted apart from the broker tier's records",
     );
     let mut completeness = Family::gauge(
+        mode,
         "tally_audit_completeness_ratio",
         "Records of the tier over the reference tier's, in closed buckets of the window",
     );
     let mut pending = Family::gauge(
+        mode,
         "tally_audit_pending_records",
         "Reference records a group has not consumed yet",
     );
-    let mut buckets = Family::gauge("tally_audit_buckets", "Buckets of the window per status");
+    let mut buckets = Family::gauge(
+        mode,
+        "tally_audit_buckets",
+        "Buckets of the window per status",
+    );
+    let mut evaluated = Family::gauge(
+        mode,
+        "tally_agent_evaluated_timestamp_seconds",
+        "When the books, lag and alerts these series show were evaluated (Unix seconds)",
+    );
+    evaluated.push(&[], s.at_ms as f64 / 1000.0);
     let mut latency = Family::histogram(
+        mode,
         "tally_audit_latency_seconds",
         "Seconds from a record's timestamp to when the tier counted it (for a group: its commit)",
     );
@@ -385,46 +632,70 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     }
 
     let mut lag = Family::gauge(
+        mode,
         "tally_consumer_lag_records",
         "Consumer lag in records per partition",
     );
     let mut lag_s = Family::gauge(
+        mode,
         "tally_consumer_lag_seconds",
         "Consumer lag in seconds per partition: now minus the timestamp of the first unconsumed record",
     );
     let mut committed = Family::gauge(
+        mode,
         "tally_consumer_committed_offset",
         "Committed offset per partition",
     );
     let mut group_lag = Family::gauge(
+        mode,
         "tally_consumer_group_lag_records",
         "Consumer lag in records per group",
     );
     let mut group_lag_s = Family::gauge(
+        mode,
         "tally_consumer_group_max_lag_seconds",
         "Largest lag in seconds of any partition of the group",
     );
     let mut group_status = Family::gauge(
+        mode,
         "tally_consumer_group_status",
         "1 for the group's current status (ok, warn, err), 0 for the others",
     );
     let mut part_status = Family::gauge(
+        mode,
         "tally_consumer_partition_status",
         "1 for the partition's current status (ok, warn, stop, stall, rewind); only the current status has a series",
     );
     let mut estimated = Family::gauge(
+        mode,
         "tally_consumer_lag_estimated",
         "1 where the partition's lag seconds are estimated from offsets and timestamps seen before (the record at the committed offset could not be read), 0 where read from the record",
     );
     let mut stale = Family::gauge(
+        mode,
         "tally_consumer_lag_stale",
         "1 where the partition's lag was not refreshed for 3 lag intervals of its source (source down, cluster unreachable): its lag, committed offset and estimated series are left out until it is; 0 where current",
     );
+    // One series per (group, topic, partition) each: written once, not
+    // copied again and again as the text grows.
+    let lag_partitions: usize = s.groups.iter().map(|g| g.partitions.len()).sum();
+    for f in [
+        &mut lag,
+        &mut lag_s,
+        &mut committed,
+        &mut part_status,
+        &mut estimated,
+        &mut stale,
+    ] {
+        f.reserve(lag_partitions);
+    }
     let mut topic_lag = Family::gauge(
+        mode,
         "tally_consumer_group_topic_lag_records",
         "Consumer lag in records per group and topic (sum over the partitions with current lag)",
     );
     let mut topic_lag_s = Family::gauge(
+        mode,
         "tally_consumer_group_topic_max_lag_seconds",
         "Largest lag in seconds of any partition of the topic with current lag, per group",
     );
@@ -498,8 +769,13 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             e.1 = e.1.max(p.start_offset);
         }
     }
-    let mut end = Family::gauge("tally_partition_end_offset", "Log end offset per partition");
+    let mut end = Family::gauge(
+        mode,
+        "tally_partition_end_offset",
+        "Log end offset per partition",
+    );
     let mut start = Family::gauge(
+        mode,
         "tally_partition_start_offset",
         "Log start offset per partition",
     );
@@ -514,13 +790,15 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         start.push(&l, st as f64);
     }
 
-    let cluster_families = cluster_families(s);
+    let cluster_families = cluster_families(s, mode);
 
     let mut last_seen = Family::gauge(
+        mode,
         "tally_source_last_seen_timestamp_seconds",
         "When the source last sent a message",
     );
     let mut messages = Family::counter(
+        mode,
         "tally_ingest_messages_total",
         "Ingest messages accepted per source and type",
     );
@@ -543,6 +821,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     }
 
     let mut alerts = Family::gauge(
+        mode,
         "tally_alerts",
         "Alerts per name, severity and state (pending or firing)",
     );
@@ -573,6 +852,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     }
 
     [
+        evaluated,
         records,
         missing,
         excess,
@@ -601,42 +881,48 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     ]
     .into_iter()
     .chain(cluster_families)
-    .filter(|f| !f.mf.get_metric().is_empty())
-    .map(|f| f.mf)
+    .filter(|f| !f.is_empty())
     .collect()
 }
 
 /// The series of the cluster states that collectors report. Where two
 /// sources report one cluster, the one heard from last is shown, so that no
 /// series appears twice.
-fn cluster_families(s: &Snapshot) -> Vec<Family> {
-    let mut brokers = Family::gauge("tally_cluster_brokers", "Live brokers of the cluster");
+fn cluster_families(s: &Snapshot, mode: Mode) -> Vec<Family> {
+    let mut brokers = Family::gauge(mode, "tally_cluster_brokers", "Live brokers of the cluster");
     let mut offline = Family::gauge(
+        mode,
         "tally_cluster_offline_partitions",
         "Partitions without a leader",
     );
-    let mut partitions = Family::gauge("tally_topic_partitions", "Partitions of the topic");
+    let mut partitions = Family::gauge(mode, "tally_topic_partitions", "Partitions of the topic");
     let mut leader = Family::gauge(
+        mode,
         "tally_partition_leader",
         "Broker id of the partition's leader; -1 when it has none (offline)",
     );
     let mut replicas = Family::gauge(
+        mode,
         "tally_partition_replicas",
         "Replicas assigned to the partition",
     );
     let mut isr = Family::gauge(
+        mode,
         "tally_partition_in_sync_replicas",
         "Replicas of the partition in sync",
     );
     let mut under = Family::gauge(
+        mode,
         "tally_partition_under_replicated",
         "1 when fewer replicas of the partition are in sync than assigned, 0 otherwise",
     );
     let mut members = Family::gauge(
+        mode,
         "tally_consumer_group_members",
         "Members of the consumer group",
     );
     let mut state = Family::gauge(
+        mode,
         "tally_consumer_group_state",
         "1 for the consumer group's current state as Kafka names it, 0 for the others",
     );
@@ -690,4 +976,109 @@ fn cluster_families(s: &Snapshot) -> Vec<Family> {
     vec![
         brokers, offline, partitions, leader, replicas, isr, under, members, state,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot with every kind of series: books of a broker and two group
+    /// tiers, lag (estimated and stale among it), latency histograms, an
+    /// alert, a source, a collector's cluster state, and a group name whose
+    /// quote, backslash and non-ASCII letters must be escaped or kept.
+    fn snapshot() -> Snapshot {
+        let group = "we\"ird\\grüp";
+        serde_json::from_value(serde_json::json!({
+            "at_ms": 1_732_800_000_123_i64, "width_ms": 60_000, "grace_ms": 120_000,
+            "window_ms": 3_600_000,
+            "topics": [{"cluster": "local", "topic": "orders", "reference": "broker",
+                "tiers": {
+                    "broker": {"records": 1200, "bytes": 120_000, "completeness": 1.0,
+                        "missing": 0, "excess": 0, "no_timestamp": 3, "aborted": 7,
+                        "buckets": {"complete": 4, "open": 1}},
+                    "group:billing": {"records": 1150, "bytes": 0, "completeness": 0.958_333_333_3,
+                        "missing": 2, "excess": 1, "pending": 50, "expired": 4, "skipped": 0,
+                        "no_timestamp": 0, "buckets": {"pending": 1, "late": 2}},
+                    (format!("group:{group}")): {"records": 0, "bytes": 0, "completeness": 0.0,
+                        "missing": 0, "excess": 0, "pending": 1200, "expired": 0, "skipped": 5,
+                        "no_timestamp": 0, "buckets": {}}}}],
+            "buckets": [],
+            "groups": [{"cluster": "local", "group": "billing", "status": "warn",
+                "lag_records": 50, "max_lag_seconds": 3.25, "stale": false,
+                "partitions": [
+                    {"topic": "orders", "partition": 0, "committed": 350, "end_offset": 400,
+                     "start_offset": 0, "lag_records": 50, "lag_seconds": 3.25, "status": "ok",
+                     "commit_at_ms": 1_732_799_999_000_i64, "commits": [], "estimated": true},
+                    {"topic": "orders", "partition": 1, "committed": 10, "end_offset": 10,
+                     "start_offset": 2, "lag_records": 0, "lag_seconds": 0.0, "status": "stall",
+                     "commit_at_ms": 1_732_799_000_000_i64, "commits": [], "stale": true}]},
+                {"cluster": "copy", "group": group, "status": "ok", "lag_records": 0,
+                 "max_lag_seconds": 0.0, "partitions": []}],
+            "sources": [{"source": "broker-1", "cluster": "local", "tier_kinds": ["broker", "group"],
+                "last_seen_ms": 1_732_800_000_000_i64, "messages": {"counts": 12, "lag": 3},
+                "errors": 1, "connected": true}],
+            "alerts": [{"alertname": "ConsumerLagHigh", "state": "firing", "severity": "page",
+                "labels": {"group": "billing"}, "annotations": {}, "since_ms": 1_732_799_000_000_i64,
+                "value": 3.25}],
+            "latency": [{"cluster": "local", "topic": "orders", "tier": "broker",
+                "bounds_ms": [5, 10, 2_500, 3_600_000], "counts": [1, 4, 9, 9], "count": 10,
+                "sum_ms": 12_345}],
+            "clusters": [{"cluster": "copy", "source": "collect-copy", "at_ms": 1_732_800_000_000_i64,
+                "received_ms": 1_732_800_000_001_i64, "brokers": 3, "partitions": 2,
+                "offline_partitions": 1, "under_replicated_partitions": 1,
+                "topics": [{"topic": "orders", "partitions": [
+                    {"partition": 0, "leader": 1, "replicas": 3, "in_sync_replicas": 3},
+                    {"partition": 1, "leader": -1, "replicas": 3, "in_sync_replicas": 0}]}],
+                "groups": [{"group": group, "state": "Stable", "members": 2}]}]
+        }))
+        .expect("a valid snapshot")
+    }
+
+    #[test]
+    fn values_are_written_as_rust_prints_an_f64() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            7.0,
+            1200.0,
+            -1_234_567.0,
+            0.5,
+            3.25,
+            1_732_800_000.123,
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            1e300,
+            -1e-300,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let mut out = String::new();
+            push_value(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
+
+    /// The text written straight from the snapshot is, byte for byte, what the
+    /// `prometheus` crate's encoder writes of the same series: the families
+    /// the OTLP export reads and the text `/metrics` serves cannot drift.
+    #[test]
+    fn the_text_written_directly_equals_the_prometheus_encoders() {
+        let s = snapshot();
+        let direct = String::from_utf8(snapshot_text(&s)).unwrap();
+        let encoded = String::from_utf8(encode(&snapshot_families(&s))).unwrap();
+        assert_eq!(direct, encoded);
+        // The cases that matter are in it.
+        for needle in [
+            r#"group="we\"ird\\grüp""#,
+            "tally_audit_latency_seconds_bucket{cluster=\"local\",topic=\"orders\",tier=\"broker\",le=\"+Inf\"} 10",
+            "tally_audit_aborted_records_total{cluster=\"local\",topic=\"orders\"} 7",
+            "tally_partition_leader{cluster=\"copy\",topic=\"orders\",partition=\"1\"} -1",
+            "tally_agent_evaluated_timestamp_seconds 1732800000.123",
+        ] {
+            assert!(direct.contains(needle), "{needle} is not in:\n{direct}");
+        }
+    }
 }

@@ -48,6 +48,30 @@ pub(crate) enum Command {
 }
 
 impl Shared {
+    /// The Prometheus text of the current snapshot: the cached one when this
+    /// snapshot was rendered before, else rendered now (off the async
+    /// threads), once however many scrapes wait for it.
+    pub(crate) async fn exposition(&self) -> Arc<Vec<u8>> {
+        let snapshot = self.snapshot.borrow().clone();
+        let mut cached = self.rendered.lock().await;
+        if let Some((s, text)) = cached.as_ref()
+            && Arc::ptr_eq(s, &snapshot)
+        {
+            return text.clone();
+        }
+        let metrics = self.metrics.clone();
+        let render = snapshot.clone();
+        let text = match tokio::task::spawn_blocking(move || metrics.render_snapshot(&render)).await
+        {
+            Ok(text) => Arc::new(text),
+            // The render panicked: serve the last text rather than none.
+            Err(_) => return cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+        };
+        self.metrics.renders.inc();
+        *cached = Some((snapshot, text.clone()));
+        text
+    }
+
     /// The range of buckets accepted now.
     pub(crate) fn accept_range(&self) -> AcceptRange {
         AcceptRange::at(
@@ -59,12 +83,16 @@ impl Shared {
     }
 }
 
+/// A snapshot and its Prometheus text.
+pub(crate) type Rendered = (Arc<Snapshot>, Arc<Vec<u8>>);
+
 /// What every connection and request handler shares.
 pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// The snapshot's Prometheus text, rendered once per evaluation.
-    pub(crate) exposition: watch::Sender<Arc<Vec<u8>>>,
+    /// The Prometheus text of the last snapshot a scrape asked for, rendered
+    /// then: no scrape, no render; many scrapes of one snapshot, one render.
+    pub(crate) rendered: tokio::sync::Mutex<Option<Rendered>>,
     pub(crate) metrics: AgentMetrics,
     pub(crate) limits: Limits,
     /// Retention and grace, in milliseconds: what the accepted range of
@@ -179,7 +207,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
     let shared = Arc::new(Shared {
         commands: commands_tx,
         snapshot: snapshot_rx.clone(),
-        exposition: watch::channel(Arc::new(Vec::new())).0,
+        rendered: tokio::sync::Mutex::new(None),
         metrics: metrics.clone(),
         limits: Limits {
             max_message_bytes: cfg.max_message_bytes,
@@ -408,26 +436,14 @@ async fn run_ledger(
             .set(format!("cannot start the store writer: {e}"));
         return;
     }
-    // Evaluation runs on this task; rendering the exposition runs beside it,
-    // and the snapshot and its text are published together, so the API and
-    // /metrics always show the same evaluation.
-    let rendering = Arc::new(AtomicBool::new(false));
+    // The snapshot is published as soon as it is evaluated; `/metrics` renders
+    // it when a scrape asks (see `Shared::exposition`).
     let publish = |ledger: &mut Ledger, evaluator: &mut Evaluator| {
-        if rendering.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let mut snap = ledger.evaluate(now_ms());
         // The alerts are part of the same snapshot as the books they judge.
         evaluator.evaluate(&mut snap);
-        let snap = Arc::new(snap);
         shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
-        let (shared, snapshot, rendering) = (shared.clone(), snapshot.clone(), rendering.clone());
-        tokio::task::spawn_blocking(move || {
-            let text = shared.metrics.render_snapshot(&snap);
-            shared.exposition.send_replace(Arc::new(text));
-            snapshot.send_replace(snap);
-            rendering.store(false, Ordering::Release);
-        });
+        snapshot.send_replace(Arc::new(snap));
     };
     publish(&mut ledger, &mut evaluator);
     shared.ready.store(true, Ordering::Release);
