@@ -20,39 +20,14 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use common::collector::Collector;
-use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts as scripts, now_ms};
+use common::{Agent, Broker, client_scripts as scripts, now_ms};
 
 const LATENCY: &str = "tally_audit_latency_seconds";
-
-/// A `tally collect` on `broker` as cluster `copy`, reading `topics` (a regex) for
-/// its books, in buckets of the test's width.
-fn copy_collector(agent: &Agent, broker: &Broker, topics: &str) -> Collector {
-    Collector::start(
-        agent,
-        &[
-            "--cluster",
-            "copy",
-            "--bootstrap",
-            broker.addr(),
-            "--bucket-width",
-            "60s",
-            "--audit-topics",
-            topics,
-        ],
-    )
-}
-
-/// Runs a client script with `stdin` as its input, killed after `CLIENT_TIMEOUT`;
-/// its JSON result, failing with everything it said when it exited with an error or
-/// listed mismatches.
-fn client(what: &str, cmd: &mut Command, stdin: &Value, broker: &Broker) -> Value {
-    common::run(cmd, stdin.to_string().as_bytes(), CLIENT_TIMEOUT).accept(what, broker)
-}
 
 /// Produces `plan` (see reconcile_produce.py) with confluent-kafka; the timestamp
 /// each record was acknowledged with (the append time on a LogAppendTime topic).
 fn produce(python: &PathBuf, broker: &Broker, topic: &str, plan: &Value) -> Vec<i64> {
-    let result = client(
+    let result = common::client_result(
         &format!("confluent-kafka producing to {topic}"),
         Command::new(python)
             .arg(scripts().join("reconcile_produce.py"))
@@ -156,7 +131,7 @@ fn a_collected_cluster_shows_read_and_commit_latency_of_real_records() {
         &["--bucket-width", "60s", "--tick", "200ms"],
     );
     let broker = Broker::reporting_to(agent.addr, &["--bucket-width", "60s"]);
-    let copy = copy_collector(&agent, &broker, "orders|stamped");
+    let copy = Collector::copy_of(&agent, &broker, "orders|stamped");
 
     let ts = now_ms() - 200_000;
     let before_produce = now_ms();
@@ -184,7 +159,7 @@ fn a_collected_cluster_shows_read_and_commit_latency_of_real_records() {
     let before_commit = now_ms();
     let steps = json!({"steps": [{"offsets": {"0": 0, "1": 0}, "pause_ms": 0},
                                  {"offsets": {"0": 3, "1": 3}, "pause_ms": 0}]});
-    client(
+    common::client_result(
         "group billing committing",
         Command::new(&python)
             .arg(scripts().join("reconcile_group.py"))

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::collector::Collector;
-use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts as scripts, now_ms, tail};
+use common::{Agent, Broker, client_scripts as scripts, now_ms, tail};
 
 /// The bucket width of every test (the agent's, the broker's, the collector's).
 const WIDTH_MS: i64 = 60_000;
@@ -78,30 +78,6 @@ fn start_broker(agent: &Agent) -> Broker {
     Broker::reporting_to(agent.addr, &["--bucket-width", "60s"])
 }
 
-/// A `tally collect` on `broker` as cluster `copy`, auditing `topic`.
-fn copy_collector(agent: &Agent, broker: &Broker, topic: &str) -> Collector {
-    Collector::start(
-        agent,
-        &[
-            "--cluster",
-            "copy",
-            "--bootstrap",
-            broker.addr(),
-            "--bucket-width",
-            "60s",
-            "--audit-topics",
-            topic,
-        ],
-    )
-}
-
-/// Runs a client script with `stdin` as its input, killed after
-/// `CLIENT_TIMEOUT`; its JSON result, failing with everything it said when it
-/// exited with an error or listed mismatches.
-fn client(what: &str, cmd: &mut Command, stdin: &Value, broker: &Broker) -> Value {
-    common::run(cmd, stdin.to_string().as_bytes(), CLIENT_TIMEOUT).accept(what, broker)
-}
-
 /// One acknowledged record, with the timestamp it was sent with (-1: none).
 #[derive(Clone, Copy, Debug)]
 struct Rec {
@@ -113,7 +89,7 @@ struct Rec {
 /// Creates `topic` and produces `plan`'s batches (see reconcile_produce.py) with
 /// kafka-python, each planned batch as one record batch.
 fn produce(python: &PathBuf, broker: &Broker, topic: &str, plan: &Value) -> Vec<Rec> {
-    let result = client(
+    let result = common::client_result(
         &format!("kafka-python producing to {topic}"),
         Command::new(python)
             .arg(scripts().join("reconcile_produce.py"))
@@ -150,7 +126,7 @@ fn group(
     group: &str,
     args: &Value,
 ) -> Value {
-    client(
+    common::client_result(
         &format!("group {group} ({mode})"),
         Command::new(python)
             .arg(scripts().join("reconcile_group.py"))
@@ -340,7 +316,7 @@ fn records_without_a_timestamp_are_bucketed_by_append_time_in_the_broker_and_rea
         return;
     };
     let broker = start_broker(&agent);
-    let copy = copy_collector(&agent, &broker, "untimed");
+    let copy = Collector::copy_of(&agent, &broker, "untimed");
     let b = hour_ago();
     // Whole batches without timestamps (base and max timestamp -1), plain and
     // gzip; stamped batches; and batches that mix the two, with the record
@@ -484,7 +460,7 @@ fn a_group_behind_on_records_without_a_timestamp_lags_by_seconds_not_by_the_epoc
         return;
     };
     let broker = start_broker(&agent);
-    let copy = copy_collector(&agent, &broker, "behind");
+    let copy = Collector::copy_of(&agent, &broker, "behind");
     let plan = json!({
         "create": {"partitions": 1},
         "batches": [batch(0, "none", &[NONE, NONE, NONE, NONE])],

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::collector::Collector;
-use common::{Agent, Broker, CLIENT_TIMEOUT, client_scripts as scripts, tail};
+use common::{Agent, Broker, client_scripts as scripts, tail};
 
 /// The bucket width of every test, so that explicit timestamps pick buckets.
 const WIDTH_MS: i64 = 60_000;
@@ -78,31 +78,6 @@ fn start_broker(agent: &Agent, extra: &[&str]) -> Broker {
     Broker::reporting_to(agent.addr, &flags)
 }
 
-/// A `tally collect` on `broker` as cluster `copy`, reading `topic` for its books
-/// (`--audit-topics`), in buckets of the tests' width.
-fn copy_collector(agent: &Agent, broker: &Broker, topic: &str) -> Collector {
-    Collector::start(
-        agent,
-        &[
-            "--cluster",
-            "copy",
-            "--bootstrap",
-            broker.addr(),
-            "--bucket-width",
-            "60s",
-            "--audit-topics",
-            topic,
-        ],
-    )
-}
-
-/// Runs a client with `stdin` as its input, killed after `CLIENT_TIMEOUT`,
-/// and returns its JSON result, failing with everything it said when it
-/// exited with an error or listed mismatches.
-fn client(what: &str, cmd: &mut Command, stdin: &Value, broker: &Broker) -> Value {
-    common::run(cmd, stdin.to_string().as_bytes(), CLIENT_TIMEOUT).accept(what, broker)
-}
-
 /// The real clients the tests drive.
 struct Clients {
     python: PathBuf,
@@ -135,7 +110,7 @@ impl Clients {
             c
         };
         cmd.arg(broker.addr()).arg(topic);
-        let result = client(
+        let result = common::client_result(
             &format!("{which} producing to {topic}"),
             &mut cmd,
             plan,
@@ -174,7 +149,7 @@ impl Clients {
     }
 
     fn group(&self, mode: &str, broker: &Broker, topic: &str, group: &str, args: &Value) -> Value {
-        client(
+        common::client_result(
             &format!("group {group} ({mode})"),
             Command::new(&self.python)
                 .arg(scripts().join("reconcile_group.py"))
@@ -750,7 +725,7 @@ fn three_clients_codecs_and_straddling_batches_reconcile_exactly() {
     // A collector on the same broker keeps books of its own (cluster `copy`), from
     // the records it reads and the offsets the groups commit: they must equal the
     // broker's, and the truth, bucket by bucket and tier by tier.
-    let copy = copy_collector(&agent, &broker, "orders");
+    let copy = Collector::copy_of(&agent, &broker, "orders");
     let mut truth = Truth::new("orders");
     let b = hour_ago();
 
@@ -920,7 +895,7 @@ fn retention_expires_what_a_group_had_not_consumed() {
     let broker = start_broker(&agent, &["--retention-check", "1s"]);
     // The collector reads the records before retention deletes them, and sees the
     // log start move in its Fetch answers.
-    let copy = copy_collector(&agent, &broker, "expiring");
+    let copy = Collector::copy_of(&agent, &broker, "expiring");
     let mut truth = Truth::new("expiring");
     // Every batch ends with a record that turns an hour old `AGES_OUT` from
     // now; segments are judged by their newest record, so none can go
@@ -1435,7 +1410,7 @@ fn a_second_source_for_a_reported_cluster_is_refused_and_the_books_hold() {
         return;
     };
     let broker = start_broker(&agent, &[]);
-    let copy = copy_collector(&agent, &broker, "twice");
+    let copy = Collector::copy_of(&agent, &broker, "twice");
     let mut truth = Truth::new("twice");
     let b = hour_ago();
     truth.records.extend(clients.produce(
@@ -1492,7 +1467,7 @@ fn a_second_source_for_a_reported_cluster_is_refused_and_the_books_hold() {
     // A second collector for the `copy` cluster: the same source id, whose
     // session is live, so its hello is refused and the books stay as they are.
     let copied = books_of(&view_in(&agent, "copy", "twice").unwrap());
-    let second = copy_collector(&agent, &broker, "twice");
+    let second = Collector::copy_of(&agent, &broker, "twice");
     let deadline = Instant::now() + SETTLE;
     while !second.log().contains("duplicate_source") {
         assert!(
@@ -1518,7 +1493,7 @@ fn a_log_append_time_topic_is_bucketed_by_append_time_in_the_broker_and_the_coll
         return;
     };
     let broker = start_broker(&agent, &[]);
-    let copy = copy_collector(&agent, &broker, "stamped");
+    let copy = Collector::copy_of(&agent, &broker, "stamped");
     let b = hour_ago();
     let plan = json!({
         "create": {"partitions": 2, "configs": {"message.timestamp.type": "LogAppendTime"}},

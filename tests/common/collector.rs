@@ -32,6 +32,25 @@ impl Collector {
         Collector::launch(agent, &dir, args, Some(owned))
     }
 
+    /// A collector on `broker` as cluster `copy`, reading the topics `topics` (a
+    /// regex) for its books, in 60 s buckets: the second view of a broker whose own
+    /// instrumentation reports as `local`.
+    pub fn copy_of(agent: &Agent, broker: &super::Broker, topics: &str) -> Collector {
+        Collector::start(
+            agent,
+            &[
+                "--cluster",
+                "copy",
+                "--bootstrap",
+                broker.addr(),
+                "--bucket-width",
+                "60s",
+                "--audit-topics",
+                topics,
+            ],
+        )
+    }
+
     /// Starts it with `args` keeping its state in `dir` (which a restart may reuse),
     /// and waits until its /metrics answers.
     pub fn start_in(agent: &Agent, dir: &Path, args: &[&str]) -> Collector {

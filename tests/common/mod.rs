@@ -522,6 +522,18 @@ impl ClientRun {
     }
 }
 
+/// Runs a client script with `stdin` (JSON) as its input, killed after
+/// [`CLIENT_TIMEOUT`]; its JSON result, failing with everything it and `broker`
+/// said when it exited with an error or listed mismatches.
+pub fn client_result(
+    what: &str,
+    cmd: &mut Command,
+    stdin: &serde_json::Value,
+    broker: &Broker,
+) -> serde_json::Value {
+    run(cmd, stdin.to_string().as_bytes(), CLIENT_TIMEOUT).accept(what, broker)
+}
+
 /// Runs `cmd` with `stdin` as its input to its end, killing it (and failing)
 /// after `timeout`.
 pub fn run(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> ClientRun {

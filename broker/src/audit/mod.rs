@@ -716,6 +716,18 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
 mod tests {
     use super::*;
 
+    /// What the tests count with: cluster `local`, no agent.
+    fn test_config(width: BucketWidth) -> AuditConfig {
+        AuditConfig {
+            width,
+            cluster: "local".into(),
+            source: "test".into(),
+            agent: None,
+            token: None,
+            agent_ca: None,
+        }
+    }
+
     /// The produce path (the log's observer), the audit tick and retention
     /// share the books' locks; taken in different orders they deadlocked
     /// the demo's broker within a minute. Run the three at once, bounded.
@@ -730,14 +742,7 @@ mod tests {
         topics.create("t", 1, BTreeMap::new(), false).unwrap();
         let groups =
             Arc::new(Groups::open(dir.path(), crate::groups::GroupsConfig::default()).unwrap());
-        let cfg = AuditConfig {
-            width: BucketWidth::new(1_000).unwrap(),
-            cluster: "local".into(),
-            source: "test".into(),
-            agent: None,
-            token: None,
-            agent_ca: None,
-        };
+        let cfg = test_config(BucketWidth::new(1_000).unwrap());
         let audit = Arc::new(Instrumentation::open(dir.path(), cfg, &topics).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let (done, finished) = std::sync::mpsc::channel();
@@ -792,14 +797,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let topics = Arc::new(Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap());
         topics.create("t", 2, BTreeMap::new(), false).unwrap();
-        let cfg = AuditConfig {
-            width: BucketWidth::new(1_000).unwrap(),
-            cluster: "local".into(),
-            source: "test".into(),
-            agent: None,
-            token: None,
-            agent_ca: None,
-        };
+        let cfg = test_config(BucketWidth::new(1_000).unwrap());
         let audit = Arc::new(Instrumentation::open(dir.path(), cfg, &topics).unwrap());
         let append = |p: i32, ts: i64| {
             let batch = lying_batch(1, ts);
@@ -907,14 +905,7 @@ mod tests {
                 log.append_checked(batch, &[header], 9_000).unwrap();
             }
         }
-        let cfg = AuditConfig {
-            width,
-            cluster: "local".into(),
-            source: "test".into(),
-            agent: None,
-            token: None,
-            agent_ca: None,
-        };
+        let cfg = test_config(width);
         let audit = Instrumentation::open(dir.path(), cfg, &topics).unwrap();
         let books = audit.books("t", 0).unwrap();
         assert_eq!(
@@ -932,14 +923,7 @@ mod tests {
     fn a_batch_without_timestamps_whose_append_time_was_lost_is_placed_at_the_rebuild() {
         let dir = tempfile::tempdir().unwrap();
         let width = BucketWidth::new(1_000).unwrap();
-        let cfg = AuditConfig {
-            width,
-            cluster: "local".into(),
-            source: "test".into(),
-            agent: None,
-            token: None,
-            agent_ca: None,
-        };
+        let cfg = test_config(width);
         let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
         topics.create("t", 1, BTreeMap::new(), false).unwrap();
         {
@@ -977,14 +961,7 @@ mod tests {
     fn books_of_a_topic_deleted_before_a_crash_are_not_handed_to_its_successor() {
         let dir = tempfile::tempdir().unwrap();
         let width = BucketWidth::new(1_000).unwrap();
-        let cfg = AuditConfig {
-            width,
-            cluster: "local".into(),
-            source: "test".into(),
-            agent: None,
-            token: None,
-            agent_ca: None,
-        };
+        let cfg = test_config(width);
         {
             let topics = Topics::open(dir.path(), crate::log::LogConfig::default()).unwrap();
             topics.create("t", 1, BTreeMap::new(), false).unwrap();
