@@ -188,15 +188,23 @@ async fn readyz(State(shared): State<AppState>) -> Response {
 }
 
 async fn metrics(State(shared): State<AppState>) -> Response {
+    // The evaluation's text is shared, not copied: the body is that text
+    // and then the live counters.
     let cached = shared.exposition().await;
-    let mut body = Vec::with_capacity(cached.len() + 4096);
-    body.extend_from_slice(&cached);
-    body.extend_from_slice(&shared.metrics.render_live());
+    let live = axum::body::Bytes::from(shared.metrics.render_live());
+    let length = cached.len() + live.len();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter([
+        Ok::<_, std::convert::Infallible>(cached),
+        Ok(live),
+    ]));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8".to_owned(),
+            ),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
         body,
     )
         .into_response()

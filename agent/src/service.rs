@@ -51,7 +51,7 @@ impl Shared {
     /// The Prometheus text of the current snapshot: the cached one when this
     /// snapshot was rendered before, else rendered now (off the async
     /// threads), once however many scrapes wait for it.
-    pub(crate) async fn exposition(&self) -> Arc<Vec<u8>> {
+    pub(crate) async fn exposition(&self) -> axum::body::Bytes {
         let snapshot = self.snapshot.borrow().clone();
         let mut cached = self.rendered.lock().await;
         if let Some((s, text)) = cached.as_ref()
@@ -63,7 +63,7 @@ impl Shared {
         let render = snapshot.clone();
         let text = match tokio::task::spawn_blocking(move || metrics.render_snapshot(&render)).await
         {
-            Ok(text) => Arc::new(text),
+            Ok(text) => axum::body::Bytes::from(text),
             // The render panicked: serve the last text rather than none.
             Err(_) => return cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
         };
@@ -84,7 +84,7 @@ impl Shared {
 }
 
 /// A snapshot and its Prometheus text.
-pub(crate) type Rendered = (Arc<Snapshot>, Arc<Vec<u8>>);
+pub(crate) type Rendered = (Arc<Snapshot>, axum::body::Bytes);
 
 /// What every connection and request handler shares.
 pub(crate) struct Shared {
