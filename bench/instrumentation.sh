@@ -70,7 +70,9 @@ run_once() { # mode rep -> "produce_rps consume_rps cpu_per_million"
 declare -A results
 for rep in $(seq "$REPS"); do
     for mode in on off; do
-        r=$(run_once "$mode" "$rep")
+        # Not in a $(...) subshell: the broker's pid must reach `pids` for the cleanup.
+        run_once "$mode" "$rep" > "$work/result"
+        r=$(<"$work/result")
         echo "instrumentation: rep $rep $mode: produce/s consume/s cpu-s/M = $r" >&2
         results[$mode]+="$r"$'\n'
     done
