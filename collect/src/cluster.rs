@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tally_audit::BucketWidth;
 use tally_audit::emitter::Emitter;
@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::config::ClusterSettings;
 use crate::lag::{self, CommitEntry, CommitTimes, PartitionTimes, RecordTime};
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::offsets_topic::OffsetsTopic;
 use crate::tail::{Commit, Tailer};
 
@@ -49,12 +50,6 @@ const READ_MAX_BYTES: i32 = 4096;
 const TAIL_IDLE: Duration = Duration::from_millis(200);
 /// How often the commit times are saved at most.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// What one poll found, for the tests and the benchmark.
 #[derive(Clone, Debug, Default)]

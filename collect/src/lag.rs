@@ -44,12 +44,6 @@ pub fn lag_seconds(now_ms: i64, timestamp_ms: i64) -> f64 {
     seconds
 }
 
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// A timestamp for the record at a committed offset: read from the log, or estimated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordTime {
@@ -93,7 +87,7 @@ impl PartitionTimes {
         if timestamp_ms < 0 {
             let first_seen = match self.cache.get(&offset) {
                 Some((RecordTime::Read(t), _)) => *t,
-                _ => wall_clock_ms(),
+                _ => crate::now_ms(),
             };
             self.cache
                 .insert(offset, (RecordTime::Read(first_seen), generation));
@@ -391,13 +385,13 @@ mod tests {
     #[test]
     fn a_record_without_a_timestamp_is_timed_by_its_first_read() {
         let mut times = PartitionTimes::default();
-        let before = wall_clock_ms();
+        let before = crate::now_ms();
         times.read(5, 5, -1, 1);
         let Some(RecordTime::Read(first)) = times.cached(5, 1) else {
             panic!("the read is cached")
         };
-        assert!((before..=wall_clock_ms()).contains(&first), "{first}");
-        assert!(lag_seconds(wall_clock_ms(), first) < 60.0);
+        assert!((before..=crate::now_ms()).contains(&first), "{first}");
+        assert!(lag_seconds(crate::now_ms(), first) < 60.0);
         times.end_poll(1);
         std::thread::sleep(std::time::Duration::from_millis(5));
         times.read(5, 5, -1, 2);

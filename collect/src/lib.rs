@@ -24,3 +24,10 @@ mod state_file;
 pub mod tail;
 
 pub use service::run;
+
+/// The wall clock, in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

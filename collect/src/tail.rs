@@ -41,6 +41,8 @@ use tally_kafka::client::{
 use tally_kafka::records::{self, BatchHeader};
 use tracing::{debug, warn};
 
+use crate::now_ms;
+
 use crate::state_file;
 
 /// Where a partition read for the first time starts.
@@ -178,12 +180,6 @@ pub struct Tailer {
     /// For `max_read_rate`: when the current second of reading began and the bytes
     /// fetched since.
     rate_window: (Instant, u64),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn state_path(dir: &Path, tp: &TopicPartition) -> PathBuf {

@@ -716,6 +716,18 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
 mod tests {
     use super::*;
 
+    /// Produces one record stamped `ts` to partition `p` of topic `t`, as the
+    /// produce path does: under the partition's log lock, 5 ms after `ts`.
+    fn append_one(topics: &Topics, p: i32, ts: i64) {
+        let batch = lying_batch(1, ts);
+        let header = BatchHeader::parse(&batch).unwrap();
+        let part = topics.get("t").unwrap().partition(p).unwrap().clone();
+        part.log
+            .lock()
+            .append_read(&batch, &[header], &[vec![ts]], ts + 5)
+            .unwrap();
+    }
+
     /// What the tests count with: cluster `local`, no agent.
     fn test_config(width: BucketWidth) -> AuditConfig {
         AuditConfig {
@@ -758,16 +770,7 @@ mod tests {
             });
         };
         let t = topics.clone();
-        spawn(Box::new(move |i| {
-            let ts = 1_000 + i as i64;
-            let batch = lying_batch(1, ts);
-            let header = BatchHeader::parse(&batch).unwrap();
-            let part = t.get("t").unwrap().partition(0).unwrap().clone();
-            part.log
-                .lock()
-                .append_read(&batch, &[header], &[vec![ts]], ts + 5)
-                .unwrap();
-        }));
+        spawn(Box::new(move |i| append_one(&t, 0, 1_000 + i as i64)));
         let (a, t, g) = (audit.clone(), topics.clone(), groups.clone());
         spawn(Box::new(move |i| a.tick(2_000 + i as i64, &t, &g)));
         let (a, t) = (audit.clone(), topics.clone());
@@ -799,30 +802,14 @@ mod tests {
         topics.create("t", 2, BTreeMap::new(), false).unwrap();
         let cfg = test_config(BucketWidth::new(1_000).unwrap());
         let audit = Arc::new(Instrumentation::open(dir.path(), cfg, &topics).unwrap());
-        let append = |p: i32, ts: i64| {
-            let batch = lying_batch(1, ts);
-            let header = BatchHeader::parse(&batch).unwrap();
-            let part = topics.get("t").unwrap().partition(p).unwrap().clone();
-            part.log
-                .lock()
-                .append_read(&batch, &[header], &[vec![ts]], ts + 5)
-                .unwrap();
-        };
-        append(1, 5_000);
+        append_one(&topics, 1, 5_000);
         let held = audit.books.get("t", 1).unwrap();
         let writing = held.store.lock();
         let (done, appended) = std::sync::mpsc::channel();
         let t = topics.clone();
         let producer = std::thread::spawn(move || {
             for i in 0..100 {
-                let ts = 6_000 + i;
-                let batch = lying_batch(1, ts);
-                let header = BatchHeader::parse(&batch).unwrap();
-                let part = t.get("t").unwrap().partition(0).unwrap().clone();
-                part.log
-                    .lock()
-                    .append_read(&batch, &[header], &[vec![ts]], ts + 5)
-                    .unwrap();
+                append_one(&t, 0, 6_000 + i);
             }
             done.send(()).unwrap();
         });
