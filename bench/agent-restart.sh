@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Restart to ready: how long the agent takes, from exec to `GET /readyz` = 200,
-# with 1,000,000 cells in its state database.
+# with 1,000,000 cells in its state database (it loads those of its window).
 #
 # Target (see BENCHMARKS.md): at most 1 s. The clock covers process start,
 # opening SQLite, loading every row, rebuilding the ledger and the first
@@ -83,8 +83,10 @@ for run in $(seq 1 "$RUNS"); do
     kill "$agent_pid"
     wait "$agent_pid" 2>/dev/null || true
     agent_pid=""
-    if [[ "$cells" != "$CELLS" ]]; then
-        echo "agent-restart: the agent holds \"$cells\" cells, expected $CELLS" >&2
+    # Since issue 16 the agent loads the window plus grace only (63 of the
+    # seeded one-minute buckets at its defaults): fewer cells than stored.
+    if [[ -z "$cells" ]] || ((cells == 0 || cells > CELLS)); then
+        echo "agent-restart: the agent holds \"$cells\" cells of the $CELLS stored" >&2
         exit 1
     fi
     # The agent logs how long reading SQLite and rebuilding the ledger took.

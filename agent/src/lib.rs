@@ -5,6 +5,7 @@
 
 pub mod config;
 mod error;
+mod feed;
 pub mod health;
 mod http;
 pub mod ledger;

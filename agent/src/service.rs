@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::AgentConfig;
 use crate::ledger::{Applied, Ledger, Session};
 use crate::metrics::AgentMetrics;
-use crate::store::{Store, WriteBatch};
+use crate::store::{ColdReader, Store, WriteBatch};
 use crate::{Error, Result};
 
 /// Milliseconds since the epoch, now.
@@ -44,6 +44,12 @@ pub(crate) enum Command {
     },
     Goodbye {
         session: Session,
+    },
+    /// What reading a topic's buckets from the store needs (per cluster).
+    Plans {
+        cluster: Option<String>,
+        topic: String,
+        reply: oneshot::Sender<Vec<crate::ledger::TopicPlan>>,
     },
 }
 
@@ -111,6 +117,10 @@ pub(crate) struct Shared {
     pub(crate) failed: std::sync::OnceLock<String>,
     /// The alert rules in force and the notification counters.
     pub(crate) alerting: Arc<Alerting>,
+    /// The state database, which the bucket view reads beyond the window.
+    pub(crate) store_path: std::path::PathBuf,
+    /// The dashboard feed's one update per tick, started by the first dashboard.
+    pub(crate) feed: std::sync::OnceLock<crate::feed::Feed>,
 }
 
 /// A running agent. Dropping it does not stop it; call [`RunningAgent::shutdown`].
@@ -161,13 +171,14 @@ struct Piece {
 /// that a piece that cannot be stored fails alone.
 struct Flush {
     pieces: Vec<Piece>,
-    prune_before: Option<i64>,
+    /// The ledger's generation these rows close ([`Ledger::seal`]).
+    generation: u64,
 }
 
 impl Flush {
     fn absorb(&mut self, more: Flush) {
         self.pieces.extend(more.pieces);
-        self.prune_before = more.prune_before.or(self.prune_before);
+        self.generation = self.generation.max(more.generation);
     }
 }
 
@@ -222,6 +233,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         ready: AtomicBool::new(false),
         failed: std::sync::OnceLock::new(),
         alerting: alerting.clone(),
+        store_path: store.path().to_path_buf(),
+        feed: std::sync::OnceLock::new(),
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -344,38 +357,56 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-/// Loads the stored state: one thread reads the cells in chunks while this
-/// one rebuilds the ledger from them.
+/// Loads the stored state of the window plus grace (older buckets stay in
+/// the file, DESIGN §8): two threads read the cells, each half of the
+/// buckets, in chunks, while this one rebuilds the ledger from them.
 fn restore(
     store: Store,
     cfg: crate::ledger::LedgerConfig,
 ) -> Result<(Store, Ledger, Option<String>)> {
-    let meta = store.load_without_cells()?;
+    let now = now_ms();
+    let from = cfg.resident_from(now);
+    let meta = store.load_without_cells(from)?;
     let alert_state = meta
         .kv
         .iter()
         .find(|(k, _)| k == tally_alerts::STATE_KEY)
         .map(|(_, v)| v.clone());
+    let width = cfg.width.ms() as i64;
     let mut ledger = Ledger::restore(cfg, meta)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::store::CellRow>>(4);
     let mut unread = crate::store::Skipped::default();
+    // The window's buckets split in two at a bucket boundary; the newest
+    // half also takes whatever lies in the future.
+    let middle = from.saturating_add((now.saturating_sub(from) / 2) / width * width);
     std::thread::scope(|scope| {
-        let path = store.path().to_path_buf();
-        let reader =
-            scope.spawn(move || Store::stream_cells(&path, 65_536, |chunk| tx.send(chunk).is_ok()));
+        let readers: Vec<_> = [from..middle, middle..i64::MAX]
+            .into_iter()
+            .map(|buckets| {
+                let path = store.path().to_path_buf();
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    Store::stream_cells(&path, 65_536, buckets, |chunk| tx.send(chunk).is_ok())
+                })
+            })
+            .collect();
+        drop(tx);
         let mut restored = Ok(());
         for chunk in rx.iter() {
             if restored.is_ok() {
                 restored = ledger.restore_cells(chunk);
             }
         }
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
-        unread = read?;
+        for reader in readers {
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
+            unread.absorb(read?);
+        }
         restored
     })?;
     ledger.note_unread(unread);
+    ledger.attach_cold(Box::new(ColdReader::open(store.path())?), now);
     Ok((store, ledger, alert_state))
 }
 
@@ -423,11 +454,15 @@ async fn run_ledger(
     tick: Duration,
 ) {
     let (flush_tx, flush_rx) = mpsc::channel::<Flush>(8);
+    // The newest generation of the ledger's rows that is committed: what the
+    // ledger may drop from memory and read back from the file.
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = std::thread::Builder::new()
         .name("tally-store".into())
         .spawn({
             let metrics = shared.metrics.clone();
-            move || write_loop(store, flush_rx, &metrics)
+            let committed = committed.clone();
+            move || write_loop(store, flush_rx, &metrics, &committed)
         });
     if let Err(e) = writer {
         error!("cannot start the store writer: {e}");
@@ -439,7 +474,9 @@ async fn run_ledger(
     // The snapshot is published as soon as it is evaluated; `/metrics` renders
     // it when a scrape asks (see `Shared::exposition`).
     let publish = |ledger: &mut Ledger, evaluator: &mut Evaluator| {
-        let mut snap = ledger.evaluate(now_ms());
+        let now = now_ms();
+        ledger.evict(now, committed.load(Ordering::Acquire));
+        let mut snap = ledger.evaluate(now);
         // The alerts are part of the same snapshot as the books they judge.
         evaluator.evaluate(&mut snap);
         shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
@@ -475,7 +512,10 @@ async fn run_ledger(
                     pieces.push(Piece { batch, ack: None });
                 }
                 if !pieces.is_empty() {
-                    let f = Flush { pieces: std::mem::take(&mut pieces), prune_before: None };
+                    let f = Flush {
+                        pieces: std::mem::take(&mut pieces),
+                        generation: ledger.seal(),
+                    };
                     if flush_tx.send(f).await.is_err() {
                         error!("the store writer stopped; the agent stops acknowledging");
                         break;
@@ -484,13 +524,18 @@ async fn run_ledger(
             }
             _ = evaluate.tick() => publish(&mut ledger, &mut evaluator),
             _ = prune.tick() => {
-                let dropped = ledger.prune(now_ms());
-                if dropped > 0 {
-                    info!(dropped, "pruned cells older than the retention");
-                    let horizon = ledger.prune_horizon(now_ms());
-                    let piece = Piece { batch: ledger.take_dirty(), ack: None };
-                    let f = Flush { pieces: vec![piece], prune_before: Some(horizon) };
-                    let _ = flush_tx.send(f).await;
+                match ledger.prune(now_ms(), committed.load(Ordering::Acquire)) {
+                    Ok(Some(batch)) => {
+                        info!(
+                            before = batch.prune_before.unwrap_or_default(),
+                            "pruning the buckets older than the retention"
+                        );
+                        let piece = Piece { batch, ack: None };
+                        let f = Flush { pieces: vec![piece], generation: ledger.seal() };
+                        let _ = flush_tx.send(f).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("cannot prune by retention now, trying again in a minute: {e}"),
                 }
             }
         }
@@ -501,7 +546,7 @@ async fn run_ledger(
     let _ = flush_tx
         .send(Flush {
             pieces,
-            prune_before: None,
+            generation: ledger.seal(),
         })
         .await;
 }
@@ -602,18 +647,36 @@ fn handle(ledger: &mut Ledger, cmd: Command, pieces: &mut Vec<Piece>, shared: &S
         }
         Command::Refused { session } => ledger.refused(session),
         Command::Goodbye { session } => ledger.goodbye(session),
+        Command::Plans {
+            cluster,
+            topic,
+            reply,
+        } => {
+            let _ = reply.send(ledger.topic_plans(cluster.as_deref(), &topic));
+        }
     }
 }
 
-fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>, metrics: &AgentMetrics) {
+fn write_loop(
+    mut store: Store,
+    mut flushes: mpsc::Receiver<Flush>,
+    metrics: &AgentMetrics,
+    committed: &std::sync::atomic::AtomicU64,
+) {
     while let Some(mut f) = flushes.blocking_recv() {
         // Merge what queued up meanwhile into one transaction.
         while let Ok(more) = flushes.try_recv() {
             f.absorb(more);
         }
-        let refused = write_flush(&mut store, f);
+        let generation = f.generation;
+        let (stored, refused) = write_flush(&mut store, f);
         if refused > 0 {
             metrics.refused_entries("", tally_audit::Reason::BadField, refused);
+        }
+        // A flush that failed as a whole keeps its rows in the ledger's
+        // memory only: nothing after it counts as committed.
+        if stored {
+            committed.fetch_max(generation, Ordering::Release);
         }
     }
 }
@@ -622,16 +685,13 @@ fn write_loop(mut store: Store, mut flushes: mpsc::Receiver<Flush>, metrics: &Ag
 /// ack, one whose rows cannot be stored gets an error of its own, and when
 /// the transaction fails as a whole no one gets an answer (their emitters
 /// resend after the connection drops, so nothing acknowledged is lost).
-/// Returns how many messages were refused because their rows could not be stored.
-fn write_flush(store: &mut Store, f: Flush) -> u64 {
+/// Returns whether the transaction committed, and how many messages were
+/// refused because their rows could not be stored.
+fn write_flush(store: &mut Store, f: Flush) -> (bool, u64) {
     let mut refused = 0;
     let batches: Vec<&WriteBatch> = f.pieces.iter().map(|p| &p.batch).collect();
-    let result = store.write_each(&batches).and_then(|outcomes| {
-        if let Some(before) = f.prune_before {
-            store.prune_before(before)?;
-        }
-        Ok(outcomes)
-    });
+    let result = store.write_each(&batches);
+    let stored = result.is_ok();
     match result {
         Ok(outcomes) => {
             for (piece, outcome) in f.pieces.into_iter().zip(outcomes) {
@@ -658,7 +718,7 @@ fn write_flush(store: &mut Store, f: Flush) -> u64 {
             error!("cannot write the state database: {e}");
         }
     }
-    refused
+    (stored, refused)
 }
 
 /// Runs the agent until ctrl-c (or SIGTERM).
@@ -760,10 +820,10 @@ mod tests {
             &mut store,
             Flush {
                 pieces: vec![first, bad, last, sources],
-                prune_before: None,
+                generation: 1,
             },
         );
-        assert_eq!(refused, 1);
+        assert_eq!(refused, (true, 1));
         assert_eq!(first_rx.blocking_recv().unwrap(), Ok(()));
         assert_eq!(last_rx.try_recv().unwrap(), Ok(()));
         let refused = bad_rx.try_recv().unwrap().unwrap_err();

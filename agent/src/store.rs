@@ -23,7 +23,7 @@ use tally_audit::CellCounts;
 use crate::{Error, Result};
 
 /// The schema version this agent writes; a database of a higher version is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The database's file name inside the data directory.
 pub const FILE_NAME: &str = "agent.db";
@@ -40,6 +40,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// those rows sit together at the end of the tree instead of on one page per
 /// (source, series, partition) — which made a commit of 10,000 new cells over ten
 /// times slower. Pruning by age is then a range delete on the key.
+///
+/// Only the buckets of the window are loaded back into memory (DESIGN §8);
+/// what the agent reads of older ones goes by series: `bucket_sum` holds each
+/// (series, bucket)'s sum of cells, keyed series first so that a topic's
+/// history over a day is a few short range reads, and `history` has an index
+/// by series for the same reason. A series row carries its totals over the
+/// stored cells (`live_*`) and its first bucket, so that a restart need not
+/// read every cell to know them.
 const SCHEMA: &str = "
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -58,12 +66,19 @@ CREATE TABLE source (
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE series (
-    id             INTEGER PRIMARY KEY,
-    cluster        TEXT NOT NULL,
-    topic          TEXT NOT NULL,
-    tier           TEXT NOT NULL,
-    pruned_records INTEGER NOT NULL,
-    pruned_expired INTEGER NOT NULL
+    id                INTEGER PRIMARY KEY,
+    cluster           TEXT NOT NULL,
+    topic             TEXT NOT NULL,
+    tier              TEXT NOT NULL,
+    pruned_records    INTEGER NOT NULL,
+    pruned_expired    INTEGER NOT NULL,
+    first_bucket      INTEGER,
+    live_records      INTEGER NOT NULL DEFAULT 0,
+    live_bytes        INTEGER NOT NULL DEFAULT 0,
+    live_no_timestamp INTEGER NOT NULL DEFAULT 0,
+    live_expired      INTEGER NOT NULL DEFAULT 0,
+    live_skipped      INTEGER NOT NULL DEFAULT 0,
+    live_aborted      INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE cell (
@@ -96,6 +111,20 @@ CREATE TABLE history (
     PRIMARY KEY (bucket, series)
 ) STRICT, WITHOUT ROWID;
 
+CREATE INDEX history_by_series ON history (series, bucket);
+
+CREATE TABLE bucket_sum (
+    series       INTEGER NOT NULL,
+    bucket       INTEGER NOT NULL,
+    records      INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    no_timestamp INTEGER NOT NULL,
+    expired      INTEGER NOT NULL,
+    skipped      INTEGER NOT NULL,
+    aborted      INTEGER NOT NULL,
+    PRIMARY KEY (series, bucket)
+) STRICT, WITHOUT ROWID;
+
 CREATE TABLE health (
     cluster        TEXT NOT NULL,
     consumer_group TEXT NOT NULL,
@@ -120,11 +149,60 @@ ON CONFLICT (id) DO UPDATE SET
     messages = excluded.messages, errors = excluded.errors";
 
 const UPSERT_SERIES: &str = "
-INSERT INTO series (id, cluster, topic, tier, pruned_records, pruned_expired)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+INSERT INTO series (id, cluster, topic, tier, pruned_records, pruned_expired, first_bucket,
+                    live_records, live_bytes, live_no_timestamp, live_expired, live_skipped,
+                    live_aborted)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
 ON CONFLICT (id) DO UPDATE SET
     cluster = excluded.cluster, topic = excluded.topic, tier = excluded.tier,
-    pruned_records = excluded.pruned_records, pruned_expired = excluded.pruned_expired";
+    pruned_records = excluded.pruned_records, pruned_expired = excluded.pruned_expired,
+    first_bucket = excluded.first_bucket, live_records = excluded.live_records,
+    live_bytes = excluded.live_bytes, live_no_timestamp = excluded.live_no_timestamp,
+    live_expired = excluded.live_expired, live_skipped = excluded.live_skipped,
+    live_aborted = excluded.live_aborted";
+
+const UPSERT_SUM: &str = "
+INSERT INTO bucket_sum (series, bucket, records, bytes, no_timestamp, expired, skipped, aborted)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (series, bucket) DO UPDATE SET
+    records = excluded.records, bytes = excluded.bytes, no_timestamp = excluded.no_timestamp,
+    expired = excluded.expired, skipped = excluded.skipped, aborted = excluded.aborted";
+
+/// Upgrades a version-2 database: the series' totals and first buckets and
+/// the per-(series, bucket) sums are computed once from the cells.
+const UPGRADE_2_TO_3: &str = "
+ALTER TABLE series ADD COLUMN first_bucket INTEGER;
+ALTER TABLE series ADD COLUMN live_records INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN live_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN live_no_timestamp INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN live_expired INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN live_skipped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN live_aborted INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX history_by_series ON history (series, bucket);
+CREATE TABLE bucket_sum (
+    series       INTEGER NOT NULL,
+    bucket       INTEGER NOT NULL,
+    records      INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    no_timestamp INTEGER NOT NULL,
+    expired      INTEGER NOT NULL,
+    skipped      INTEGER NOT NULL,
+    aborted      INTEGER NOT NULL,
+    PRIMARY KEY (series, bucket)
+) STRICT, WITHOUT ROWID;
+INSERT INTO bucket_sum
+    SELECT series, bucket, sum(records), sum(bytes), sum(no_timestamp), sum(expired),
+           sum(skipped), sum(aborted)
+    FROM cell GROUP BY series, bucket;
+UPDATE series SET
+    (first_bucket, live_records, live_bytes, live_no_timestamp, live_expired, live_skipped,
+     live_aborted) =
+    (SELECT min(bucket), coalesce(sum(records), 0), coalesce(sum(bytes), 0),
+            coalesce(sum(no_timestamp), 0), coalesce(sum(expired), 0),
+            coalesce(sum(skipped), 0), coalesce(sum(aborted), 0)
+     FROM bucket_sum WHERE bucket_sum.series = series.id);
+UPDATE meta SET value = 3 WHERE key = 'schema_version';
+";
 
 const UPSERT_CELL: &str = "
 INSERT INTO cell (source, series, partition_no, bucket, epoch, seq,
@@ -194,6 +272,21 @@ pub struct SeriesRow {
     pub pruned_records: u64,
     /// Expired records of the cells already pruned.
     pub pruned_expired: u64,
+    /// The first bucket it ever counted in, if any.
+    pub first_bucket: Option<i64>,
+    /// The sum of its stored cells (those not pruned yet).
+    pub live: CellCounts,
+}
+
+/// The sum of the cells of one series in one bucket, keyed by (`series`, `bucket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumRow {
+    /// The [`SeriesRow::id`].
+    pub series: u32,
+    /// The bucket start, epoch milliseconds.
+    pub bucket: i64,
+    /// The sum of the series' cells in the bucket.
+    pub counts: CellCounts,
 }
 
 /// The latest cumulative count of one source for one series, partition and
@@ -268,6 +361,8 @@ pub struct WriteBatch {
     pub series: Vec<SeriesRow>,
     /// Cells to insert or replace.
     pub cells: Vec<CellRow>,
+    /// Per-(series, bucket) sums to insert or replace.
+    pub sums: Vec<SumRow>,
     /// Closed-bucket history to insert or replace.
     pub history: Vec<HistoryRow>,
     /// Health windows to insert or replace.
@@ -278,6 +373,10 @@ pub struct WriteBatch {
     pub kv: Vec<(String, String)>,
     /// Keys to delete from the free-form settings, applied after `kv`.
     pub kv_deleted: Vec<String>,
+    /// Deletes the cells, sums and history of every bucket that starts
+    /// before this (retention), last, in the same transaction as the rows
+    /// above (which carry the series' totals that moved to `pruned`).
+    pub prune_before: Option<i64>,
 }
 
 impl WriteBatch {
@@ -291,11 +390,13 @@ impl WriteBatch {
         self.sources.len()
             + self.series.len()
             + self.cells.len()
+            + self.sums.len()
             + self.history.len()
             + self.health.len()
             + self.health_deleted.len()
             + self.kv.len()
             + self.kv_deleted.len()
+            + usize::from(self.prune_before.is_some())
     }
 }
 
@@ -482,7 +583,7 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Deletes the cells and the history of every bucket that starts before
+    /// Deletes the cells, sums and history of every bucket that starts before
     /// `bucket_ms`, in one transaction, and returns how many rows it deleted.
     /// Sources, series, health and keys are left alone.
     pub fn prune_before(&mut self, bucket_ms: i64) -> Result<u64> {
@@ -490,14 +591,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
-                let cells = tx
-                    .prepare_cached("DELETE FROM cell WHERE bucket < ?1")?
-                    .execute([bucket_ms])?;
-                let history = tx
-                    .prepare_cached("DELETE FROM history WHERE bucket < ?1")?
-                    .execute([bucket_ms])?;
+                let deleted = prune_rows(&tx, bucket_ms)?;
                 tx.commit()?;
-                Ok(cells + history)
+                Ok(deleted)
             });
         let deleted = result.map_err(|source| self.error(source))?;
         Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
@@ -555,14 +651,24 @@ impl Store {
                 .and_then(|_| tx.commit())
                 .map_err(failed),
             SchemaFound::Version(version) if version == SCHEMA_VERSION => Ok(()),
-            // Version 1 had no `aborted` count: every cell it holds counted none.
-            SchemaFound::Version(1) => tx
-                .execute_batch(
-                    "ALTER TABLE cell ADD COLUMN aborted INTEGER NOT NULL DEFAULT 0;
-                     UPDATE meta SET value = 2 WHERE key = 'schema_version';",
-                )
-                .and_then(|()| tx.commit())
-                .map_err(failed),
+            SchemaFound::Version(version @ (1 | 2)) => {
+                // Version 1 had no `aborted` count: every cell it holds counted none.
+                let to_2 = if version == 1 {
+                    "ALTER TABLE cell ADD COLUMN aborted INTEGER NOT NULL DEFAULT 0;"
+                } else {
+                    ""
+                };
+                tracing::info!(
+                    path = %path.display(),
+                    from = version,
+                    to = SCHEMA_VERSION,
+                    "upgrading the state database (sums are computed once from the stored cells)"
+                );
+                tx.execute_batch(to_2)
+                    .and_then(|()| tx.execute_batch(UPGRADE_2_TO_3))
+                    .and_then(|()| tx.commit())
+                    .map_err(failed)
+            }
             SchemaFound::Version(version) if version > SCHEMA_VERSION => Err(refuse(format!(
                 "has schema version {version}, but this agent reads schema versions up to \
                  {SCHEMA_VERSION}; run the newer tally that wrote it, or move the file aside \
@@ -582,18 +688,23 @@ impl Store {
     /// Everything but the cells, which [`Store::stream_cells`] reads. A row
     /// that cannot be read is left out and noted in [`Loaded::skipped`], so
     /// that one bad row does not keep the agent from starting.
-    pub fn load_without_cells(&self) -> Result<Loaded> {
-        self.read_tables(false, true)
+    ///
+    /// The history is read from bucket `from` on: the older history stays
+    /// in the file, read by series through a [`ColdReader`].
+    pub fn load_without_cells(&self, from: i64) -> Result<Loaded> {
+        self.read_tables(false, true, from)
             .map_err(|source| self.error(source))
     }
 
-    /// Reads every cell on a connection of its own, handing them to `sink` in
+    /// Reads the cells of the buckets in `buckets` (start inclusive, end
+    /// exclusive) on a connection of its own, handing them to `sink` in
     /// chunks of `chunk` rows, so that the caller can restore one chunk while
     /// the next is read. `sink` returns false to stop early. A cell that
     /// cannot be read is left out; what was left out is returned.
     pub fn stream_cells(
         path: &Path,
         chunk: usize,
+        buckets: std::ops::Range<i64>,
         mut sink: impl FnMut(Vec<CellRow>) -> bool,
     ) -> Result<Skipped> {
         let mut skipped = Skipped::default();
@@ -603,8 +714,8 @@ impl Store {
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
-            let mut select = conn.prepare(CELLS_SELECT)?;
-            let mut rows = select.query([])?;
+            let mut select = conn.prepare(CELLS_RANGE_SELECT)?;
+            let mut rows = select.query([buckets.start, buckets.end])?;
             let mut out = Vec::with_capacity(chunk);
             while let Some(row) = rows.next()? {
                 match cell_row(row) {
@@ -633,12 +744,12 @@ impl Store {
     }
 
     fn read_all(&self) -> rusqlite::Result<Loaded> {
-        self.read_tables(true, false)
+        self.read_tables(true, false, i64::MIN)
     }
 
     /// Reads the tables; `lenient` leaves out (and notes) rows that cannot
     /// be read instead of failing.
-    fn read_tables(&self, with_cells: bool, lenient: bool) -> rusqlite::Result<Loaded> {
+    fn read_tables(&self, with_cells: bool, lenient: bool, from: i64) -> rusqlite::Result<Loaded> {
         // A read transaction, so that the tables come from one snapshot even if
         // an operator's shell writes in between.
         let tx = self.conn.unchecked_transaction()?;
@@ -649,6 +760,7 @@ impl Store {
                 "source",
                 "SELECT id, name, cluster, tier_kinds, epoch, last_seen_ms, messages, errors
                  FROM source ORDER BY id",
+                i64::MIN,
                 &|row| {
                     Ok(SourceRow {
                         id: int(row, 0, "source.id")?,
@@ -666,8 +778,11 @@ impl Store {
             series: read_table(
                 &tx,
                 "series",
-                "SELECT id, cluster, topic, tier, pruned_records, pruned_expired
+                "SELECT id, cluster, topic, tier, pruned_records, pruned_expired, first_bucket,
+                        live_records, live_bytes, live_no_timestamp, live_expired,
+                        live_skipped, live_aborted
                  FROM series ORDER BY id",
+                i64::MIN,
                 &|row| {
                     Ok(SeriesRow {
                         id: int(row, 0, "series.id")?,
@@ -676,12 +791,21 @@ impl Store {
                         tier: row.get(3)?,
                         pruned_records: int(row, 4, "series.pruned_records")?,
                         pruned_expired: int(row, 5, "series.pruned_expired")?,
+                        first_bucket: row.get(6)?,
+                        live: CellCounts {
+                            records: int(row, 7, "series.live_records")?,
+                            bytes: int(row, 8, "series.live_bytes")?,
+                            no_timestamp: int(row, 9, "series.live_no_timestamp")?,
+                            expired: int(row, 10, "series.live_expired")?,
+                            skipped: int(row, 11, "series.live_skipped")?,
+                            aborted: int(row, 12, "series.live_aborted")?,
+                        },
                     })
                 },
                 &mut skipped,
             )?,
             cells: if with_cells {
-                read_table(&tx, "cell", CELLS_SELECT, &cell_row, &mut skipped)?
+                read_table(&tx, "cell", CELLS_SELECT, from, &cell_row, &mut skipped)?
             } else {
                 Vec::new()
             },
@@ -690,7 +814,8 @@ impl Store {
                 "history",
                 "SELECT series, bucket, status, unresolved_at_close, records, reference,
                         pending, expired, skipped, closed_at_ms
-                 FROM history ORDER BY bucket, series",
+                 FROM history WHERE bucket >= ?1 ORDER BY bucket, series",
+                from,
                 &|row| {
                     Ok(HistoryRow {
                         series: int(row, 0, "history.series")?,
@@ -712,6 +837,7 @@ impl Store {
                 "health",
                 "SELECT cluster, consumer_group, topic, partition_no, state
                  FROM health ORDER BY cluster, consumer_group, topic, partition_no",
+                i64::MIN,
                 &|row| {
                     Ok(HealthRow {
                         cluster: row.get(0)?,
@@ -727,6 +853,7 @@ impl Store {
                 &tx,
                 "kv",
                 "SELECT key, value FROM kv ORDER BY key",
+                i64::MIN,
                 &|row| Ok((row.get(0)?, row.get(1)?)),
                 &mut skipped,
             )?,
@@ -818,6 +945,13 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
                 s.tier,
                 stored(s.pruned_records, "series.pruned_records")?,
                 stored(s.pruned_expired, "series.pruned_expired")?,
+                s.first_bucket,
+                stored(s.live.records, "series.live_records")?,
+                stored(s.live.bytes, "series.live_bytes")?,
+                stored(s.live.no_timestamp, "series.live_no_timestamp")?,
+                stored(s.live.expired, "series.live_expired")?,
+                stored(s.live.skipped, "series.live_skipped")?,
+                stored(s.live.aborted, "series.live_aborted")?,
             ])?;
         }
     }
@@ -837,6 +971,21 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
                 stored(c.counts.expired, "cell.expired")?,
                 stored(c.counts.skipped, "cell.skipped")?,
                 stored(c.counts.aborted, "cell.aborted")?,
+            ])?;
+        }
+    }
+    if !batch.sums.is_empty() {
+        let mut upsert = tx.prepare_cached(UPSERT_SUM)?;
+        for s in &batch.sums {
+            upsert.execute(rusqlite::params![
+                s.series,
+                s.bucket,
+                stored(s.counts.records, "bucket_sum.records")?,
+                stored(s.counts.bytes, "bucket_sum.bytes")?,
+                stored(s.counts.no_timestamp, "bucket_sum.no_timestamp")?,
+                stored(s.counts.expired, "bucket_sum.expired")?,
+                stored(s.counts.skipped, "bucket_sum.skipped")?,
+                stored(s.counts.aborted, "bucket_sum.aborted")?,
             ])?;
         }
     }
@@ -887,12 +1036,236 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
             delete.execute([key])?;
         }
     }
+    if let Some(before) = batch.prune_before {
+        prune_rows(tx, before)?;
+    }
     Ok(())
+}
+
+/// Deletes the cells, sums and history of every bucket before `before`;
+/// returns the rows deleted.
+fn prune_rows(tx: &Connection, before: i64) -> rusqlite::Result<usize> {
+    let mut deleted = tx
+        .prepare_cached("DELETE FROM cell WHERE bucket < ?1")?
+        .execute([before])?;
+    deleted += tx
+        .prepare_cached("DELETE FROM history WHERE bucket < ?1")?
+        .execute([before])?;
+    // Keyed series first: one short range delete per series.
+    let series: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM series")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete =
+        tx.prepare_cached("DELETE FROM bucket_sum WHERE series = ?1 AND bucket < ?2")?;
+    for id in series {
+        deleted += delete.execute([id, before])?;
+    }
+    Ok(deleted)
 }
 
 const CELLS_SELECT: &str = "SELECT source, series, partition_no, bucket, epoch, seq,
         records, bytes, no_timestamp, expired, skipped, aborted
- FROM cell ORDER BY bucket, source, series, partition_no";
+ FROM cell WHERE bucket >= ?1 ORDER BY bucket, source, series, partition_no";
+
+const CELLS_RANGE_SELECT: &str = "SELECT source, series, partition_no, bucket, epoch, seq,
+        records, bytes, no_timestamp, expired, skipped, aborted
+ FROM cell WHERE bucket >= ?1 AND bucket < ?2 ORDER BY bucket, source, series, partition_no";
+
+/// Reads what the agent keeps only in the file: the cells, sums and history
+/// of buckets older than its window (DESIGN §8), on a read-only connection
+/// of its own. In WAL mode it reads what was committed, beside the writer.
+pub struct ColdReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for ColdReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColdReader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A stored bucket of one series, as the bucket view needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBucket {
+    /// The [`SeriesRow::id`].
+    pub series: u32,
+    /// The bucket start, epoch milliseconds.
+    pub bucket: i64,
+    /// The sum of the series' cells in the bucket.
+    pub counts: CellCounts,
+    /// Whether the bucket was pending or incomplete when its grace period
+    /// ended, where its close is on record.
+    pub unresolved_at_close: Option<bool>,
+}
+
+impl ColdReader {
+    /// Opens the database at `path` (a file [`Store::open`] made) for reading.
+    pub fn open(path: &Path) -> Result<ColdReader> {
+        let failed = |source| Error::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(failed)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+        conn.set_prepared_statement_cache_capacity(16);
+        Ok(ColdReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn error(&self, source: rusqlite::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The stored cell of (`bucket`, `source`, `series`, `partition`), if any.
+    pub fn cell(
+        &self,
+        bucket: i64,
+        source: u32,
+        series: u32,
+        partition: i32,
+    ) -> Result<Option<CellRow>> {
+        self.conn
+            .prepare_cached(
+                "SELECT source, series, partition_no, bucket, epoch, seq,
+                        records, bytes, no_timestamp, expired, skipped, aborted
+                 FROM cell WHERE bucket = ?1 AND source = ?2 AND series = ?3 AND partition_no = ?4",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(
+                        rusqlite::params![bucket, source, series, partition],
+                        cell_row,
+                    )
+                    .optional()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    /// The stored sum of `series` in `bucket`, if any.
+    pub fn sum(&self, series: u32, bucket: i64) -> Result<Option<CellCounts>> {
+        self.conn
+            .prepare_cached(
+                "SELECT records, bytes, no_timestamp, expired, skipped, aborted
+                 FROM bucket_sum WHERE series = ?1 AND bucket = ?2",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(rusqlite::params![series, bucket], |row| counts_at(row, 0))
+                    .optional()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    /// The stored close of `series` in `bucket`: its status and whether it
+    /// was unresolved at close.
+    pub fn closed(&self, series: u32, bucket: i64) -> Result<Option<(String, bool)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT status, unresolved_at_close FROM history WHERE series = ?1 AND bucket = ?2",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(rusqlite::params![series, bucket], |row| {
+                        Ok((row.get(0)?, flag(row, 1, "history.unresolved_at_close")?))
+                    })
+                    .optional()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    /// Per series, the sum of the stored cells of every bucket before
+    /// `before`: what retention is about to delete.
+    pub fn sums_before(&self, before: i64) -> Result<Vec<(u32, CellCounts)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT series, sum(records), sum(bytes), sum(no_timestamp), sum(expired),
+                        sum(skipped), sum(aborted)
+                 FROM cell WHERE bucket < ?1 GROUP BY series",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_map([before], |row| {
+                        Ok((int(row, 0, "cell.series")?, counts_at(row, 1)?))
+                    })?
+                    .collect()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    /// The stored buckets of each of `series` in `buckets` (start inclusive,
+    /// end exclusive), ordered by series and bucket, with their closes.
+    pub fn buckets(
+        &self,
+        series: &[u32],
+        buckets: std::ops::Range<i64>,
+    ) -> Result<Vec<StoredBucket>> {
+        let mut out = Vec::new();
+        let read = |out: &mut Vec<StoredBucket>| -> rusqlite::Result<()> {
+            // One read transaction, so that sums and closes agree.
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut sums = tx.prepare_cached(
+                    "SELECT bucket, records, bytes, no_timestamp, expired, skipped, aborted
+                     FROM bucket_sum WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3
+                     ORDER BY bucket",
+                )?;
+                let mut closes = tx.prepare_cached(
+                    "SELECT bucket, unresolved_at_close FROM history
+                     WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
+                )?;
+                for &s in series {
+                    let first = out.len();
+                    let mut rows = sums.query(rusqlite::params![s, buckets.start, buckets.end])?;
+                    while let Some(row) = rows.next()? {
+                        out.push(StoredBucket {
+                            series: s,
+                            bucket: row.get(0)?,
+                            counts: counts_at(row, 1)?,
+                            unresolved_at_close: None,
+                        });
+                    }
+                    let mut rows =
+                        closes.query(rusqlite::params![s, buckets.start, buckets.end])?;
+                    while let Some(row) = rows.next()? {
+                        let bucket: i64 = row.get(0)?;
+                        let unresolved = flag(row, 1, "history.unresolved_at_close")?;
+                        if let Ok(i) = out[first..].binary_search_by_key(&bucket, |b| b.bucket) {
+                            out[first + i].unresolved_at_close = Some(unresolved);
+                        }
+                    }
+                }
+            }
+            tx.commit()
+        };
+        read(&mut out).map_err(|e| self.error(e))?;
+        Ok(out)
+    }
+}
+
+/// Six counts from column `at` on.
+fn counts_at(row: &Row<'_>, at: usize) -> rusqlite::Result<CellCounts> {
+    Ok(CellCounts {
+        records: int(row, at, "records")?,
+        bytes: int(row, at + 1, "bytes")?,
+        no_timestamp: int(row, at + 2, "no_timestamp")?,
+        expired: int(row, at + 3, "expired")?,
+        skipped: int(row, at + 4, "skipped")?,
+        aborted: int(row, at + 5, "aborted")?,
+    })
+}
 
 fn cell_row(row: &Row<'_>) -> rusqlite::Result<CellRow> {
     Ok(CellRow {
@@ -915,19 +1288,35 @@ fn cell_row(row: &Row<'_>) -> rusqlite::Result<CellRow> {
 
 /// Reads a whole table into a vector sized by a count first, since growing a
 /// million-row vector by doubling would copy it about twenty times.
+///
+/// `from`, for a select that takes a parameter (`?1`), is the first bucket read.
 fn read_table<T>(
     tx: &Transaction<'_>,
     table: &str,
     select: &str,
+    from: i64,
     decode: &dyn Fn(&Row<'_>) -> rusqlite::Result<T>,
     skipped: &mut Option<Skipped>,
 ) -> rusqlite::Result<Vec<T>> {
-    let count: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
-        row.get(0)
-    })?;
+    let by_bucket = select.contains("?1");
+    let count: i64 = if by_bucket {
+        tx.query_row(
+            &format!("SELECT count(*) FROM {table} WHERE bucket >= ?1"),
+            [from],
+            |row| row.get(0),
+        )?
+    } else {
+        tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })?
+    };
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut select = tx.prepare_cached(select)?;
-    let mut rows = select.query([])?;
+    let mut rows = if by_bucket {
+        select.query([from])?
+    } else {
+        select.query([])?
+    };
     while let Some(row) = rows.next()? {
         match (decode(row), skipped.as_mut()) {
             (Ok(v), _) => out.push(v),
@@ -1011,6 +1400,12 @@ mod tests {
             tier: tier.into(),
             pruned_records: BIG,
             pruned_expired: 7,
+            first_bucket: Some(-60_000),
+            live: CellCounts {
+                records: BIG,
+                aborted: 3,
+                ..CellCounts::default()
+            },
         }
     }
 
@@ -1075,6 +1470,16 @@ mod tests {
                 health("ünïcode-gröup", 3, "{}"),
             ],
             health_deleted: Vec::new(),
+            sums: vec![SumRow {
+                series: 1,
+                bucket: 60_000,
+                counts: CellCounts {
+                    records: BIG,
+                    bytes: 5,
+                    ..CellCounts::default()
+                },
+            }],
+            prune_before: None,
             kv: vec![
                 ("bucket_width_ms".into(), "60000".into()),
                 ("z".into(), String::new()),
@@ -1107,18 +1512,24 @@ mod tests {
         assert_eq!(store.load().unwrap(), Loaded::default());
 
         let batch = every_kind();
-        assert_eq!(batch.len(), 14);
+        assert_eq!(batch.len(), 15);
         assert!(!batch.is_empty());
         store.write(&batch).unwrap();
         assert_eq!(store.load().unwrap(), loaded_from(&batch));
+        // The sums are read by series, not loaded.
+        let cold = ColdReader::open(store.path()).unwrap();
+        assert_eq!(cold.sum(1, 60_000).unwrap(), Some(batch.sums[0].counts));
+        assert_eq!(cold.sum(1, 0).unwrap(), None);
 
         store.write(&WriteBatch::default()).unwrap();
         assert_eq!(store.load().unwrap(), loaded_from(&batch));
     }
 
     /// A database written by an agent of schema version 1 (cells without
-    /// `aborted`) opens: it is upgraded in place, every cell it held reads
-    /// back with its counts and no aborted records, and new cells keep theirs.
+    /// `aborted`, no sums, series without totals) opens: it is upgraded in
+    /// place, every cell it held reads back with its counts and no aborted
+    /// records, the series' totals and first buckets and the per-bucket sums
+    /// are computed from the cells, and new cells keep their counts.
     #[test]
     fn a_version_1_database_is_upgraded_and_keeps_its_cells() {
         let dir = TempDir::new().unwrap();
@@ -1132,6 +1543,15 @@ mod tests {
             let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
             conn.execute_batch(
                 "ALTER TABLE cell DROP COLUMN aborted;
+                 DROP INDEX history_by_series;
+                 DROP TABLE bucket_sum;
+                 ALTER TABLE series DROP COLUMN first_bucket;
+                 ALTER TABLE series DROP COLUMN live_records;
+                 ALTER TABLE series DROP COLUMN live_bytes;
+                 ALTER TABLE series DROP COLUMN live_no_timestamp;
+                 ALTER TABLE series DROP COLUMN live_expired;
+                 ALTER TABLE series DROP COLUMN live_skipped;
+                 ALTER TABLE series DROP COLUMN live_aborted;
                  UPDATE meta SET value = 1 WHERE key = 'schema_version';",
             )
             .unwrap();
@@ -1141,7 +1561,27 @@ mod tests {
         for c in &mut expected.cells {
             c.counts.aborted = 0;
         }
+        // Each series' totals and first bucket are those of its cells.
+        for series in &mut expected.series {
+            let mine = || expected.cells.iter().filter(|c| c.series == series.id);
+            series.first_bucket = mine().map(|c| c.bucket).min();
+            series.live = CellCounts::default();
+            for c in mine() {
+                series.live.add(&c.counts);
+            }
+        }
+        assert_eq!(expected.series[0].live.records, BIG + 5);
+        assert_eq!(expected.series[0].first_bucket, Some(-60_000));
         assert_eq!(store.load().unwrap(), expected);
+        let cold = ColdReader::open(store.path()).unwrap();
+        assert_eq!(
+            cold.sum(1, 60_000).unwrap().map(|c| c.records),
+            Some(BIG + 5)
+        );
+        assert_eq!(
+            cold.sum(2, i64::MAX - 1).unwrap().map(|c| c.records),
+            Some(9)
+        );
         let version: i64 = Connection::open(dir.path().join(FILE_NAME))
             .unwrap()
             .query_row(
@@ -1185,6 +1625,7 @@ mod tests {
             health_deleted: vec![("local".into(), "ünïcode-gröup".into(), "orders".into(), 3)],
             kv: vec![("z".into(), "1".into()), ("z".into(), "2".into())],
             kv_deleted: Vec::new(),
+            ..WriteBatch::default()
         };
         store.write(&update).unwrap();
 
@@ -1285,12 +1726,12 @@ mod tests {
             .unwrap();
         // The strict reader still refuses, naming the column.
         assert!(store.load().is_err());
-        let meta = store.load_without_cells().unwrap();
+        let meta = store.load_without_cells(i64::MIN).unwrap();
         assert_eq!(meta.skipped.rows, 1);
         assert!(meta.skipped.examples[0].contains("source.messages holds -1"));
         assert_eq!(meta.sources.len(), every_kind().sources.len() - 1);
         let mut cells = Vec::new();
-        let skipped = Store::stream_cells(store.path(), 2, |chunk| {
+        let skipped = Store::stream_cells(store.path(), 2, i64::MIN..i64::MAX, |chunk| {
             cells.extend(chunk);
             true
         })
@@ -1437,7 +1878,15 @@ mod tests {
         };
         store.write(&batch).unwrap();
 
-        assert_eq!(store.prune_before(120_000).unwrap(), 5);
+        // 3 cells, 2 history rows and the sum of series 1 at 60,000.
+        assert_eq!(store.prune_before(120_000).unwrap(), 6);
+        assert_eq!(
+            ColdReader::open(store.path())
+                .unwrap()
+                .sum(1, 60_000)
+                .unwrap(),
+            None
+        );
         let loaded = store.load().unwrap();
         assert_eq!(
             loaded.cells,

@@ -185,8 +185,8 @@ fn what_the_decoder_and_ledger_accept_the_store_holds() {
     assert!(accepted > 100 && applied > 100 && refused > 100);
 
     // The store gives the same ledger back, with nothing left out.
-    let mut restored = Ledger::restore(cfg, store.load_without_cells().unwrap()).unwrap();
-    let unread = Store::stream_cells(store.path(), 4096, |chunk| {
+    let mut restored = Ledger::restore(cfg, store.load_without_cells(i64::MIN).unwrap()).unwrap();
+    let unread = Store::stream_cells(store.path(), 4096, i64::MIN..i64::MAX, |chunk| {
         restored.restore_cells(chunk).unwrap();
         true
     })

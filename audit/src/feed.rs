@@ -39,6 +39,15 @@
 //!
 //! Applying each update in turn to the first snapshot ([`Delta::apply`])
 //! reproduces the agent's snapshot of that tick exactly.
+//!
+//! # What changed
+//!
+//! [`Delta::between`] compares every item of both snapshots, and a window
+//! holds many buckets. The evaluation knows which topics and groups it
+//! touched, and says so in the snapshot's [`Changes`]: [`Delta::with_changes`]
+//! compares only those (and the small sections in full), and makes the same
+//! delta as [`Delta::between`] whenever the hint is true. The agent builds one
+//! update per tick this way and sends the same bytes to every dashboard.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
@@ -93,6 +102,34 @@ pub struct GroupKey {
     /// The group.
     pub group: String,
 }
+
+/// What an evaluation knows changed since the evaluation before it: which
+/// topics and groups [`Delta::with_changes`] must compare.
+///
+/// Carried by [`Snapshot::changes`]; never serialised.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// This snapshot's evaluation number; 0 = unknown.
+    pub seq: u64,
+    /// The (cluster, topic)s whose books or buckets may differ from those of
+    /// evaluation seq - 1 (added and removed topics included); None =
+    /// unknown, compare all.
+    pub topics: Option<HashSet<TopicKey>>,
+    /// The (cluster, group)s whose health may differ; None = unknown,
+    /// compare all.
+    pub groups: Option<HashSet<GroupKey>>,
+}
+
+/// Any two hints are equal: a hint tells how a snapshot was made, not what it
+/// holds, so snapshots with the same items are equal whatever their hints
+/// (the dashboard's copy, rebuilt from deltas, has none).
+impl PartialEq for Changes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Changes {}
 
 /// Identity of an alert: its name and labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -291,54 +328,75 @@ fn reorder<T: Keyed>(items: &mut [T], order: &[T::Key]) {
     items.sort_by_key(|t| rank.get(&t.key()).copied().unwrap_or(usize::MAX));
 }
 
-/// The order that `merge` would leave, compared with `new`'s: `Some(keys)`
-/// when they differ.
-fn order_after<T: Keyed>(old: &[T], new: &[T], removed: &HashSet<T::Key>) -> Option<Vec<T::Key>> {
-    let old_keys: HashSet<T::Key> = old.iter().map(Keyed::key).collect();
-    let mut merged: Vec<T::Key> = old
+/// What turns `old` into `new` in one section. `entry(old, new)` makes the
+/// entry to upsert for an item that is new (`old` is `None`) or differs, and
+/// `None` for one that does not; `may_differ` says which items present in
+/// both can differ at all: the others are not compared. Identities are always
+/// compared in full, so items that come, go or move are found whatever
+/// `may_differ` says.
+fn section_between<T: Keyed, U>(
+    old: &[T],
+    new: &[T],
+    may_differ: impl Fn(&T) -> bool,
+    entry: impl Fn(Option<&T>, &T) -> Option<U>,
+) -> SectionDelta<U, T::Key> {
+    // Most ticks keep every item in its place: compare pairwise then.
+    if same_keys(old, new) {
+        return SectionDelta {
+            upsert: old
+                .iter()
+                .zip(new)
+                .filter(|(_, n)| may_differ(n))
+                .filter_map(|(o, n)| entry(Some(o), n))
+                .collect(),
+            remove: Vec::new(),
+            order: None,
+        };
+    }
+    let before: HashMap<T::Key, &T> = old.iter().map(|t| (t.key(), t)).collect();
+    let upsert = new
+        .iter()
+        .filter_map(|n| match before.get(&n.key()) {
+            None => entry(None, n),
+            Some(o) if may_differ(n) => entry(Some(o), n),
+            Some(_) => None,
+        })
+        .collect();
+    let now: HashSet<T::Key> = new.iter().map(Keyed::key).collect();
+    let remove: Vec<T::Key> = old
         .iter()
         .map(Keyed::key)
-        .filter(|k| !removed.contains(k))
+        .filter(|k| !now.contains(k))
         .collect();
-    merged.extend(new.iter().map(Keyed::key).filter(|k| !old_keys.contains(k)));
-    let wanted: Vec<T::Key> = new.iter().map(Keyed::key).collect();
-    (merged != wanted).then_some(wanted)
+    // The order that `merge` leaves: the items kept where they were, the new
+    // ones after them. `order` is sent only when the agent's differs.
+    let merged = old
+        .iter()
+        .map(Keyed::key)
+        .filter(|k| now.contains(k))
+        .chain(
+            new.iter()
+                .map(Keyed::key)
+                .filter(|k| !before.contains_key(k)),
+        );
+    let order =
+        (!merged.eq(new.iter().map(Keyed::key))).then(|| new.iter().map(Keyed::key).collect());
+    SectionDelta {
+        upsert,
+        remove,
+        order,
+    }
+}
+
+/// The entry of a plain section: the new item whole, where it differs.
+fn whole<T: PartialEq + Clone>(old: Option<&T>, new: &T) -> Option<T> {
+    (old != Some(new)).then(|| new.clone())
 }
 
 impl<T: Keyed + Clone + PartialEq> SectionDelta<T, T::Key> {
     /// What turns `old` into `new`.
     pub fn between(old: &[T], new: &[T]) -> Self {
-        // Most ticks keep every item in its place: compare pairwise then.
-        if same_keys(old, new) {
-            return SectionDelta {
-                upsert: old
-                    .iter()
-                    .zip(new)
-                    .filter(|(o, n)| o != n)
-                    .map(|(_, n)| n.clone())
-                    .collect(),
-                remove: Vec::new(),
-                order: None,
-            };
-        }
-        let before: HashMap<T::Key, &T> = old.iter().map(|t| (t.key(), t)).collect();
-        let upsert = new
-            .iter()
-            .filter(|t| before.get(&t.key()).is_none_or(|o| *o != *t))
-            .cloned()
-            .collect();
-        let now: HashSet<T::Key> = new.iter().map(Keyed::key).collect();
-        let remove: Vec<T::Key> = old
-            .iter()
-            .map(Keyed::key)
-            .filter(|k| !now.contains(k))
-            .collect();
-        let removed: HashSet<T::Key> = remove.iter().cloned().collect();
-        SectionDelta {
-            upsert,
-            remove,
-            order: order_after(old, new, &removed),
-        }
+        section_between(old, new, |_| true, whole)
     }
 
     /// Applies this delta to `items`.
@@ -380,55 +438,24 @@ impl Keyed for TopicBucketsDelta {
 /// The changes to the buckets section: per topic, only the buckets that changed.
 pub type BucketsDelta = SectionDelta<TopicBucketsDelta, TopicKey>;
 
-fn buckets_between(old: &[TopicBuckets], new: &[TopicBuckets]) -> BucketsDelta {
-    if same_keys(old, new) {
-        let upsert = old
-            .iter()
-            .zip(new)
-            .filter(|(o, n)| o != n)
-            .map(|(o, n)| TopicBucketsDelta {
-                cluster: n.cluster.clone(),
-                topic: n.topic.clone(),
-                width_ms: n.width_ms,
-                buckets: SectionDelta::between(&o.buckets, &n.buckets),
-            })
-            .collect();
-        return SectionDelta {
-            upsert,
-            remove: Vec::new(),
-            order: None,
-        };
+/// The entry of the buckets section: the topic's buckets that are new,
+/// changed or gone, where the topic differs.
+fn topic_buckets(old: Option<&TopicBuckets>, new: &TopicBuckets) -> Option<TopicBucketsDelta> {
+    if old == Some(new) {
+        return None;
     }
-    let before: HashMap<TopicKey, &TopicBuckets> = old.iter().map(|t| (t.key(), t)).collect();
-    let upsert = new
-        .iter()
-        .filter_map(|t| {
-            let was = before.get(&t.key());
-            if was.is_some_and(|o| *o == t) {
-                return None;
-            }
-            let previous = was.map_or(&[][..], |o| &o.buckets[..]);
-            Some(TopicBucketsDelta {
-                cluster: t.cluster.clone(),
-                topic: t.topic.clone(),
-                width_ms: t.width_ms,
-                buckets: SectionDelta::between(previous, &t.buckets),
-            })
-        })
-        .collect();
-    let now: HashSet<TopicKey> = new.iter().map(Keyed::key).collect();
-    let remove: Vec<TopicKey> = old
-        .iter()
-        .map(Keyed::key)
-        .filter(|k| !now.contains(k))
-        .collect();
-    let removed: HashSet<TopicKey> = remove.iter().cloned().collect();
-    SectionDelta {
-        upsert,
-        remove,
-        order: order_after(old, new, &removed),
-    }
+    let previous = old.map_or(&[][..], |o| &o.buckets[..]);
+    Some(TopicBucketsDelta {
+        cluster: new.cluster.clone(),
+        topic: new.topic.clone(),
+        width_ms: new.width_ms,
+        buckets: SectionDelta::between(previous, &new.buckets),
+    })
 }
+
+/// Borrowed (cluster, name) identities, to look items up in a hint without
+/// building owned keys.
+type Names<'a> = (&'a str, &'a str);
 
 fn apply_buckets(delta: BucketsDelta, items: &mut Vec<TopicBuckets>) {
     let mut at: HashMap<TopicKey, usize> = HashMap::new();
@@ -509,8 +536,74 @@ impl Delta {
             grace_ms: changed(old.grace_ms, new.grace_ms),
             window_ms: changed(old.window_ms, new.window_ms),
             topics: SectionDelta::between(&old.topics, &new.topics),
-            buckets: buckets_between(&old.buckets, &new.buckets),
+            buckets: section_between(&old.buckets, &new.buckets, |_| true, topic_buckets),
             groups: SectionDelta::between(&old.groups, &new.groups),
+            sources: SectionDelta::between(&old.sources, &new.sources),
+            alerts: SectionDelta::between(&old.alerts, &new.alerts),
+            latency: SectionDelta::between(&old.latency, &new.latency),
+            clusters: SectionDelta::between(&old.clusters, &new.clusters),
+        }
+    }
+
+    /// What turns `old` into `new`, comparing only the topics and groups that
+    /// `new.changes` names when `new` is the evaluation right after `old`'s
+    /// (its `seq` is one more, and `old`'s is known); else [`Delta::between`].
+    ///
+    /// The result equals [`Delta::between`]'s whenever the hint is true: no
+    /// item left out of it differs. Sources, alerts, latency, clusters and
+    /// the scalars are always compared in full (they are few), and so are
+    /// identities, so topics and groups that come, go or move are found
+    /// anyway. The cost is that of the hinted items and the number of topics
+    /// and groups, not that of the buckets in the window.
+    pub fn with_changes(old: &Snapshot, new: &Snapshot) -> Delta {
+        let follows =
+            old.changes.seq != 0 && old.changes.seq.checked_add(1) == Some(new.changes.seq);
+        if !follows {
+            return Delta::between(old, new);
+        }
+        let topics: Option<HashSet<Names<'_>>> = new.changes.topics.as_ref().map(|hint| {
+            hint.iter()
+                .map(|k| (k.cluster.as_str(), k.topic.as_str()))
+                .collect()
+        });
+        let groups: Option<HashSet<Names<'_>>> = new.changes.groups.as_ref().map(|hint| {
+            hint.iter()
+                .map(|k| (k.cluster.as_str(), k.group.as_str()))
+                .collect()
+        });
+        let topic_hinted = |cluster: &str, topic: &str| {
+            topics
+                .as_ref()
+                .is_none_or(|h| h.contains(&(cluster, topic)))
+        };
+        let changed = |a: u64, b: u64| (a != b).then_some(b);
+        Delta {
+            at_ms: new.at_ms,
+            width_ms: changed(old.width_ms, new.width_ms),
+            grace_ms: changed(old.grace_ms, new.grace_ms),
+            window_ms: changed(old.window_ms, new.window_ms),
+            topics: section_between(
+                &old.topics,
+                &new.topics,
+                |t| topic_hinted(&t.cluster, &t.topic),
+                whole,
+            ),
+            buckets: section_between(
+                &old.buckets,
+                &new.buckets,
+                |t| topic_hinted(&t.cluster, &t.topic),
+                topic_buckets,
+            ),
+            groups: section_between(
+                &old.groups,
+                &new.groups,
+                |g| {
+                    groups
+                        .as_ref()
+                        .is_none_or(|h| h.contains(&(g.cluster.as_str(), g.group.as_str())))
+                },
+                whole,
+            ),
             sources: SectionDelta::between(&old.sources, &new.sources),
             alerts: SectionDelta::between(&old.alerts, &new.alerts),
             latency: SectionDelta::between(&old.latency, &new.latency),
@@ -708,6 +801,7 @@ mod tests {
             alerts: a.into_iter().map(|i| alert(rng, i)).collect(),
             latency: Vec::new(),
             clusters: Vec::new(),
+            changes: Default::default(),
         }
     }
 
@@ -801,5 +895,346 @@ mod tests {
         let mut applied = old.clone();
         d.apply(&mut applied);
         assert_eq!(applied, new);
+    }
+
+    /// The agent's state as the property test evolves it, one evaluation at
+    /// a time, knowing what each evaluation changed as the ledger does.
+    struct World {
+        rng: Rng,
+        tick: i64,
+        seq: u64,
+        /// Sorted by (cluster, topic), as the ledger evaluates them.
+        topics: BTreeMap<TopicKey, (TopicBooks, TopicBuckets)>,
+        /// Sorted by (cluster, group), as the ledger evaluates them.
+        groups: BTreeMap<GroupKey, GroupHealth>,
+        /// The scalars and the small sections, compared in full.
+        rest: Snapshot,
+    }
+
+    fn topic_key(id: u64) -> TopicKey {
+        TopicKey {
+            cluster: format!("c{}", id % 2),
+            topic: format!("t{id}"),
+        }
+    }
+
+    fn group_key(id: u64) -> GroupKey {
+        GroupKey {
+            cluster: format!("c{}", id % 2),
+            group: format!("g{id}"),
+        }
+    }
+
+    fn latency(rng: &mut Rng, i: u64) -> LatencyBooks {
+        let counts: Vec<u64> = (0..3).map(|_| rng.below(5)).collect();
+        LatencyBooks {
+            cluster: "c0".into(),
+            topic: format!("t{i}"),
+            tier: ["broker", "group:a"][rng.below(2) as usize].into(),
+            bounds_ms: vec![10, 100, 1000],
+            count: counts.iter().sum(),
+            counts,
+            sum_ms: rng.below(1000),
+        }
+    }
+
+    fn cluster(rng: &mut Rng, i: u64) -> ClusterInfo {
+        ClusterInfo {
+            cluster: format!("c{}", i % 2),
+            source: format!("s{i}"),
+            brokers: rng.below(4) as u32,
+            partitions: rng.below(100),
+            ..Default::default()
+        }
+    }
+
+    impl World {
+        fn new(seed: u64) -> World {
+            let mut world = World {
+                rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+                tick: 0,
+                seq: 1,
+                topics: BTreeMap::new(),
+                groups: BTreeMap::new(),
+                rest: Snapshot {
+                    width_ms: 1000,
+                    grace_ms: 2000,
+                    window_ms: 60_000,
+                    ..Default::default()
+                },
+            };
+            for id in 0..40 {
+                if world.rng.chance(50) {
+                    world.add_topic(id);
+                }
+                if world.rng.chance(50) {
+                    world.add_group(id);
+                }
+            }
+            world.small_sections();
+            world
+        }
+
+        fn add_topic(&mut self, id: u64) {
+            let key = topic_key(id);
+            let mut books = topic(&mut self.rng, id);
+            let mut view = buckets(&mut self.rng, id, self.tick);
+            books.cluster.clone_from(&key.cluster);
+            view.cluster.clone_from(&key.cluster);
+            self.topics.insert(key, (books, view));
+        }
+
+        fn add_group(&mut self, id: u64) {
+            let key = group_key(id);
+            let mut g = group(&mut self.rng, id);
+            g.cluster.clone_from(&key.cluster);
+            self.groups.insert(key, g);
+        }
+
+        /// Changes a topic's books or buckets the way an evaluation does.
+        fn change_topic(&mut self, id: u64) {
+            let tick = self.tick;
+            let rng = &mut self.rng;
+            let Some((books, view)) = self.topics.get_mut(&topic_key(id)) else {
+                return;
+            };
+            match rng.below(6) {
+                0 => match books.tiers.values_mut().next() {
+                    Some(tier) => tier.records += 1 + rng.below(9),
+                    None => {
+                        books.tiers.insert("broker".into(), Default::default());
+                    }
+                },
+                1 => books.reference = rng.chance(50).then(|| "broker".into()),
+                // The open bucket moves: a new one at the end.
+                2 => {
+                    let open = tick * 1000;
+                    if view.buckets.last().is_none_or(|b| b.bucket < open) {
+                        view.buckets.push(BucketBooks {
+                            bucket: open,
+                            tiers: BTreeMap::new(),
+                        });
+                    }
+                }
+                // The window slides: the oldest bucket goes.
+                3 => {
+                    if !view.buckets.is_empty() {
+                        view.buckets.remove(0);
+                    }
+                }
+                4 => {
+                    if let Some(b) = view.buckets.last_mut() {
+                        let tier = BucketTier {
+                            records: rng.below(50),
+                            status: BucketStatus::ALL[rng.below(6) as usize],
+                            missing: rng.below(2),
+                            excess: 0,
+                            pending: None,
+                            expired: None,
+                            skipped: None,
+                            aborted: 0,
+                        };
+                        b.tiers.insert("broker".into(), tier);
+                    }
+                }
+                _ => view.width_ms = [1000, 2000][rng.below(2) as usize],
+            }
+        }
+
+        fn change_group(&mut self, id: u64) {
+            let rng = &mut self.rng;
+            let Some(g) = self.groups.get_mut(&group_key(id)) else {
+                return;
+            };
+            match rng.below(4) {
+                0 => g.lag_records += 1 + rng.below(9),
+                1 => g.status = GroupStatus::ALL[rng.below(3) as usize],
+                2 => g.stale = !g.stale,
+                _ => {
+                    if let Some(p) = g.partitions.first_mut() {
+                        p.committed += 1;
+                    } else {
+                        g.max_lag_seconds += 0.5;
+                    }
+                }
+            }
+        }
+
+        /// Sources, alerts, latency and clusters: a few each tick, often none.
+        fn small_sections(&mut self) {
+            let rng = &mut self.rng;
+            let pick = |rng: &mut Rng| -> Vec<u64> { (0..6).filter(|_| rng.chance(50)).collect() };
+            if rng.chance(30) {
+                let ids = pick(rng);
+                self.rest.sources = ids.into_iter().map(|i| source(rng, i)).collect();
+            }
+            if rng.chance(30) {
+                let ids = pick(rng);
+                self.rest.alerts = ids.into_iter().map(|i| alert(rng, i)).collect();
+            }
+            if rng.chance(20) {
+                let ids = pick(rng);
+                self.rest.latency = ids.into_iter().map(|i| latency(rng, i)).collect();
+            }
+            if rng.chance(10) {
+                let ids = pick(rng);
+                self.rest.clusters = ids.into_iter().map(|i| cluster(rng, i)).collect();
+            }
+            if rng.chance(5) {
+                self.rest.grace_ms = [2000, 3000][rng.below(2) as usize];
+            }
+            if rng.chance(3) {
+                self.rest.window_ms = [60_000, 120_000][rng.below(2) as usize];
+            }
+        }
+
+        /// The next evaluation: a few topics and groups added, changed or
+        /// removed, with a true hint of which (sometimes none, sometimes
+        /// naming more than changed), or an unknown or skipped number.
+        fn evaluate(&mut self) -> Snapshot {
+            self.tick += 1;
+            let mut topics = HashSet::new();
+            let mut groups = HashSet::new();
+            for _ in 0..self.rng.below(5) {
+                let id = self.rng.below(40);
+                match self.rng.below(10) {
+                    0 => {
+                        self.topics.remove(&topic_key(id));
+                    }
+                    1 => self.add_topic(id),
+                    _ => self.change_topic(id),
+                }
+                topics.insert(topic_key(id));
+            }
+            for _ in 0..self.rng.below(5) {
+                let id = self.rng.below(40);
+                match self.rng.below(10) {
+                    0 => {
+                        self.groups.remove(&group_key(id));
+                    }
+                    1 => self.add_group(id),
+                    _ => self.change_group(id),
+                }
+                groups.insert(group_key(id));
+            }
+            // A hint may name what did not change, or no longer exists.
+            if self.rng.chance(20) {
+                topics.insert(topic_key(self.rng.below(50)));
+            }
+            if self.rng.chance(20) {
+                groups.insert(group_key(self.rng.below(50)));
+            }
+            self.small_sections();
+            // An evaluation the feed did not see, or one that does not know.
+            self.seq += if self.rng.chance(4) { 2 } else { 1 };
+            let seq = if self.rng.chance(3) { 0 } else { self.seq };
+            let (books, views) = self.topics.values().cloned().unzip();
+            Snapshot {
+                at_ms: self.tick * 1000,
+                topics: books,
+                buckets: views,
+                groups: self.groups.values().cloned().collect(),
+                changes: Changes {
+                    seq,
+                    topics: (!self.rng.chance(10)).then_some(topics),
+                    groups: (!self.rng.chance(10)).then_some(groups),
+                },
+                ..self.rest.clone()
+            }
+        }
+    }
+
+    /// Through JSON, as the feed sends it.
+    fn wire(message: &FeedMessage) -> FeedMessage {
+        let text = serde_json::to_string(message).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The feed's deltas applied by the dashboard's reducer equal a fresh
+    /// snapshot, across many ticks with random changes; and with a true hint
+    /// the delta is the one that compares everything.
+    #[test]
+    fn hinted_deltas_applied_to_the_first_snapshot_reproduce_every_later_one() {
+        const SEEDS: u64 = 24;
+        const TICKS: usize = 250;
+        let mut hinted_ticks = 0;
+        let mut topic_order_sent = 0;
+        for seed in 1..=SEEDS {
+            let mut world = World::new(seed);
+            let mut agent = world.evaluate();
+            let FeedMessage::Snapshot { snapshot: first } = wire(&FeedMessage::Snapshot {
+                snapshot: Box::new(agent.clone()),
+            }) else {
+                panic!("not a snapshot");
+            };
+            let mut client = *first;
+            for tick in 0..TICKS {
+                let new = world.evaluate();
+                let delta = Delta::with_changes(&agent, &new);
+                assert_eq!(
+                    delta,
+                    Delta::between(&agent, &new),
+                    "seed {seed}, tick {tick}: the hinted delta is not the full one"
+                );
+                if agent.changes.seq != 0 && new.changes.seq == agent.changes.seq + 1 {
+                    hinted_ticks += 1;
+                }
+                topic_order_sent += usize::from(delta.topics.order.is_some());
+                let FeedMessage::Update(delta) = wire(&FeedMessage::Update(Box::new(delta))) else {
+                    panic!("not an update");
+                };
+                delta.apply(&mut client);
+                assert_eq!(client, new, "seed {seed}, tick {tick}");
+                agent = new;
+            }
+        }
+        // The hinted path and the `order` part are what this test is about.
+        let ticks = SEEDS as usize * TICKS;
+        assert!(
+            hinted_ticks > ticks * 4 / 5,
+            "{hinted_ticks} of {ticks} hinted"
+        );
+        assert!(
+            topic_order_sent > 100,
+            "{topic_order_sent} topic orders sent"
+        );
+    }
+
+    #[test]
+    fn the_hint_is_followed_only_from_the_evaluation_before() {
+        let mut rng = Rng(5);
+        let mut old = Snapshot {
+            topics: (0..4).map(|i| topic(&mut rng, i)).collect(),
+            groups: (0..4).map(|i| group(&mut rng, i)).collect(),
+            ..Default::default()
+        };
+        old.changes.seq = 7;
+        let mut new = old.clone();
+        new.topics[1].tiers.insert("x".into(), Default::default());
+        new.groups[2].lag_records += 1;
+        // A hint that leaves the changes out: followed, they are not seen.
+        new.changes = Changes {
+            seq: 8,
+            topics: Some(HashSet::new()),
+            groups: Some(HashSet::new()),
+        };
+        assert!(Delta::with_changes(&old, &new).is_quiet());
+        // Not the next evaluation, or an unknown one: everything is compared.
+        for (before, after) in [(7, 9), (0, 1), (7, 0)] {
+            old.changes.seq = before;
+            new.changes.seq = after;
+            assert_eq!(
+                Delta::with_changes(&old, &new),
+                Delta::between(&old, &new),
+                "{before} -> {after}"
+            );
+        }
+        // A hint of None compares that section in full.
+        old.changes.seq = 7;
+        new.changes.seq = 8;
+        new.changes.groups = None;
+        let d = Delta::with_changes(&old, &new);
+        assert!(d.topics.is_empty());
+        assert_eq!(d.groups.upsert, vec![new.groups[2].clone()]);
     }
 }

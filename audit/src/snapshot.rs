@@ -198,6 +198,11 @@ pub struct Snapshot {
     /// source (a collector) last reported.
     #[serde(default)]
     pub clusters: Vec<ClusterInfo>,
+    /// What changed since the evaluation before, as the evaluation knows it:
+    /// a hint for the feed's delta ([`crate::feed::Delta::with_changes`]),
+    /// not part of the snapshot's value, and never sent.
+    #[serde(skip)]
+    pub changes: crate::feed::Changes,
 }
 
 /// A cluster's metadata and its groups' state, as one source last reported

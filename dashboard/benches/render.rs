@@ -2,6 +2,11 @@
 //! 200×60 TestBackend, per tab; and what a feed update costs the state
 //! (apply the delta, rebuild the rows). Target: ≤ 5 ms per frame.
 //!
+//! And what a feed tick costs the agent at the same scale: the delta by
+//! comparing everything, the delta from the evaluation's hint, serialising it
+//! once, and sending those bytes to 10 dashboards over loopback WebSockets.
+//! Target (issue 16): ≤ 5 ms in all per tick for 10 dashboards.
+//!
 //! `cargo bench -p tally-dashboard --bench render`
 
 #![allow(missing_docs, clippy::unwrap_used, unreachable_pub)]
@@ -9,12 +14,19 @@
 #[path = "../tests/fixture/mod.rs"]
 mod fixture;
 
+use std::collections::HashSet;
 use std::hint::black_box;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use tally_audit::feed::{Delta, FeedMessage};
+use tally_audit::feed::{Changes, Delta, FeedMessage, Keyed};
 use tally_audit::{BucketStatus, PartitionStatus, Snapshot};
 use tally_dashboard::input::{Action, apply};
 use tally_dashboard::state::{State, Tab};
@@ -117,11 +129,50 @@ fn update(c: &mut Criterion) {
         g.lag_records += 1;
     }
     let delta = Delta::between(&snapshot, &next);
+    // The evaluation's hint for that tick: the topics it evaluated again and
+    // the groups it judged again, and that it follows the one before.
+    let mut before = snapshot.clone();
+    before.changes.seq = 1;
+    next.changes = Changes {
+        seq: 2,
+        topics: Some(next.topics.iter().step_by(100).map(Keyed::key).collect()),
+        groups: Some(next.groups.iter().map(Keyed::key).collect()),
+    };
+    assert_eq!(next.changes.topics.as_ref().map(HashSet::len), Some(50));
+    assert_eq!(next.changes.groups.as_ref().map(HashSet::len), Some(1_000));
+    assert_eq!(Delta::with_changes(&before, &next), delta);
+    let message = FeedMessage::Update(Box::new(delta.clone()));
+    let frame = serde_json::to_string(&message).unwrap();
+    eprintln!("update frame: {} bytes", frame.len());
     let mut group = c.benchmark_group("dashboard_update");
     group.sample_size(20);
     group.bench_function("delta_between_snapshots", |b| {
         b.iter(|| Delta::between(black_box(&snapshot), black_box(&next)));
     });
+    group.bench_function("delta_with_changes", |b| {
+        b.iter(|| Delta::with_changes(black_box(&before), black_box(&next)));
+    });
+    group.bench_function("serialise_update_frame", |b| {
+        b.iter(|| serde_json::to_string(black_box(&message)).unwrap());
+    });
+    let mut dashboards = Dashboards::connect(10);
+    let text = Utf8Bytes::from(frame);
+    group.bench_function("send_update_frame_to_10_dashboards", |b| {
+        b.iter(|| dashboards.send(&text));
+    });
+    // The same, in CPU time of the sending thread: the wall time above also
+    // holds the waits for the dashboards, which share this machine's 2 cores.
+    if thread_cpu().is_some() {
+        group.bench_function("send_update_frame_to_10_dashboards_cpu", |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu().unwrap_or_default();
+                for _ in 0..iters {
+                    dashboards.send(&text);
+                }
+                thread_cpu().unwrap_or_default().saturating_sub(start)
+            });
+        });
+    }
     group.bench_function("apply_delta_and_rebuild_rows", |b| {
         b.iter_batched(
             || (state.clone(), delta.clone()),
@@ -133,6 +184,70 @@ fn update(c: &mut Criterion) {
         );
     });
     group.finish();
+}
+
+/// The CPU time this thread has used (Linux), to the nanosecond.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// WebSockets to dashboards that read every frame and drop it: the agent's
+/// ends on a current-thread runtime (as one send is), the dashboards' ends on
+/// a runtime of their own, on another thread.
+struct Dashboards {
+    runtime: tokio::runtime::Runtime,
+    sockets: Vec<WebSocketStream<TcpStream>>,
+    _readers: tokio::runtime::Runtime,
+}
+
+impl Dashboards {
+    fn connect(n: usize) -> Dashboards {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let readers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut sockets = Vec::new();
+        for _ in 0..n {
+            readers.spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+                    .await
+                    .unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+            let socket = runtime.block_on(async {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio_tungstenite::accept_async(stream).await.unwrap()
+            });
+            sockets.push(socket);
+        }
+        Dashboards {
+            runtime,
+            sockets,
+            _readers: readers,
+        }
+    }
+
+    /// Sends `text` to every dashboard, one after the other, each send done
+    /// when the frame is in the kernel's hands.
+    fn send(&mut self, text: &Utf8Bytes) {
+        self.runtime.block_on(async {
+            for socket in &mut self.sockets {
+                socket.send(Message::Text(text.clone())).await.unwrap();
+            }
+        });
+    }
 }
 
 criterion_group!(benches, render, update);

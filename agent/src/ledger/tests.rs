@@ -352,7 +352,8 @@ fn buckets_older_than_retention_are_ignored_and_pruned() {
     let s = hello(&mut l, "b", 1);
     l.apply_counts(s, 1, &[entry("broker", 0, B0, 10)], B0)
         .unwrap();
-    assert_eq!(l.prune(B0 + 20_000), 1);
+    let batch = l.prune(B0 + 20_000, 0).unwrap().expect("a bucket to prune");
+    assert_eq!(batch.prune_before, Some(l.prune_horizon(B0 + 20_000)));
     assert_eq!(l.cell_count(), 0);
     // The cumulative total keeps what was pruned.
     assert_eq!(
@@ -1182,4 +1183,60 @@ fn the_lag_entry_round_trips_through_the_store() {
     let mut restored = restored;
     assert!(!restored.evaluate(9_000).groups[0].stale);
     assert!(restored.evaluate(9_001).groups[0].stale);
+}
+
+/// The change hint of each evaluation (what the stream feed diffs) is
+/// truthful: a topic it leaves out has the same books and buckets as in the
+/// evaluation before, across many ticks of random counts and clock steps.
+#[test]
+fn the_change_hint_names_every_topic_that_changed() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut now = B0;
+    let mut prev: Option<Snapshot> = None;
+    let (mut hinted, mut left_out) = (0, 0);
+    let mut seq = 0;
+    for tick in 0..400_u64 {
+        for _ in 0..next() % 3 {
+            seq += 1;
+            let tier = ["broker", "group:billing", "produced"][(next() % 3) as usize];
+            let bucket = (now / W as i64 - (next() % 5) as i64) * W as i64;
+            let mut e = entry(tier, (next() % 2) as i32, bucket.max(B0), next() % 50);
+            e.topic = format!("t{}", next() % 8);
+            l.apply_counts(s, seq, &[e], now).unwrap();
+        }
+        now += (next() % 700) as i64;
+        let snap = l.evaluate(now);
+        assert_eq!(snap.changes.seq, tick + 1);
+        if let (Some(prev), Some(topics)) = (&prev, &snap.changes.topics) {
+            hinted += 1;
+            for (books, view) in snap.topics.iter().zip(&snap.buckets) {
+                let key = tally_audit::feed::TopicKey {
+                    cluster: books.cluster.clone(),
+                    topic: books.topic.clone(),
+                };
+                if topics.contains(&key) {
+                    continue;
+                }
+                left_out += 1;
+                let before = prev
+                    .topics
+                    .iter()
+                    .position(|t| t.cluster == books.cluster && t.topic == books.topic)
+                    .expect("a topic the hint leaves out was there before");
+                assert_eq!(&prev.topics[before], books, "tick {tick}");
+                assert_eq!(&prev.buckets[before], view, "tick {tick}");
+            }
+        }
+        prev = Some(snap);
+    }
+    assert!(hinted > 100, "the hint was given in {hinted} of 400 ticks");
+    assert!(left_out > 500, "{left_out} topics left out of hints");
 }
