@@ -695,3 +695,91 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     );
     assert!(log.contains(" INFO "), "plain level names: {log}");
 }
+
+/// The exposition at the largest size the suite affords passes `promtool
+/// check metrics`: 400 topics of 5 partitions with their broker and group
+/// books, and 100 groups each lagging on 25 topics (12,500 lag partitions,
+/// about 100,000 series); a scrape with no new evaluation serves the same
+/// text, and one after a change shows it.
+#[test]
+fn the_exposition_of_a_large_agent_passes_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &[
+            "--bucket-width",
+            "1s",
+            "--grace",
+            "1s",
+            "--window",
+            "10m",
+            "--tick",
+            "1s",
+        ],
+    );
+    let bucket = past_bucket();
+    let topic = |t: u32| format!("orders-{t:03}");
+    let mut counts = Vec::new();
+    for t in 0..400 {
+        for p in 0..5 {
+            for tier in ["broker", "group:billing"] {
+                counts.push(json!({"tier": tier, "topic": topic(t), "partition": p,
+                    "bucket": bucket, "records": 100 + t, "bytes": 1000}));
+            }
+        }
+    }
+    let mut lag = Vec::new();
+    for g in 0..100 {
+        for t in 0..25 {
+            for p in 0..5 {
+                lag.push(
+                    json!({"group": format!("group-{g:03}"), "topic": topic((g * 4 + t) % 400),
+                    "partition": p, "committed": 90, "end_offset": 100 + t, "start_offset": 0,
+                    "lag_records": 10 + t, "lag_seconds": 1.5, "commit_at_ms": now_ms()}),
+                );
+            }
+        }
+    }
+    // Lag in messages of 2,500 partitions, each under the 1 MiB limit.
+    let mut batch = vec![
+        hello("big", 1),
+        json!({"v": 1, "type": "counts", "seq": 1, "counts": counts}),
+    ];
+    for (i, part) in lag.chunks(2_500).enumerate() {
+        batch.push(
+            json!({"v": 1, "type": "lag", "seq": 2 + i, "at_ms": now_ms(), "partitions": part}),
+        );
+    }
+    let batch = Value::Array(batch);
+    let (status, body) = post_ingest(agent.addr, &batch);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("error"), "{body}");
+    let text = agent.until(20, "every lag series in /metrics", |a| {
+        let text = a.metrics();
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("tally_consumer_lag_records{"))
+            .count();
+        (lines == 12_500).then_some(text)
+    });
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(series > 90_000, "{series} series");
+    common::promtool_check_metrics(&text);
+    // No new evaluation between two scrapes: the same text, rendered once.
+    let renders = |t: &str| metric(t, "tally_agent_metrics_renders_total", &[]).unwrap();
+    let at = |t: &str| metric(t, "tally_agent_evaluated_timestamp_seconds", &[]).unwrap();
+    let (first, second) = loop {
+        let (a, b) = (agent.metrics(), agent.metrics());
+        if at(&a) == at(&b) {
+            break (a, b);
+        }
+    };
+    assert_eq!(renders(&first), renders(&second));
+    let body = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("tally_audit_") || l.starts_with("tally_consumer_"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(body(&first), body(&second), "the cached text");
+}

@@ -149,9 +149,7 @@ fn main() -> Result<(), Failure> {
         }
     }
     let series: Vec<SeriesRow> = (0..topics)
-        .flat_map(|t| {
-            TIERS.iter().enumerate().map(move |(k, tier)| (t, k, tier))
-        })
+        .flat_map(|t| TIERS.iter().enumerate().map(move |(k, tier)| (t, k, tier)))
         .map(|(t, k, tier)| {
             let id = t * TIERS.len() + k;
             SeriesRow {
@@ -189,7 +187,8 @@ fn cell(i: usize, shape: Shape) -> CellRow {
     let partition = k / TIERS.len() % PARTITIONS;
     let topic = k / (TIERS.len() * PARTITIONS);
     // Every tier counts what the broker did: the books balance.
-    let records = 1_000 + ((bucket as u64 * 31 + (topic * PARTITIONS + partition) as u64) * 7) % 500;
+    let records =
+        1_000 + ((bucket as u64 * 31 + (topic * PARTITIONS + partition) as u64) * 7) % 500;
     CellRow {
         source: 0,
         series: (topic * TIERS.len() + tier) as u32,

@@ -18,14 +18,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_audit::feed::FeedMessage;
 use tally_audit::wire::{self, Refused};
-use tally_audit::{Message, Reason, Reply, Snapshot};
+use tally_audit::{Reason, Snapshot};
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::shown;
-use crate::ledger::Session;
+use crate::ingest::{Command, Ingest, Step, settle};
 use crate::listener::Slot;
-use crate::service::{Command, Outcome, Shared};
+use crate::shared::Shared;
 
 type AppState = Arc<Shared>;
 
@@ -523,132 +523,6 @@ async fn send_feed(socket: &mut WebSocket, text: Option<Utf8Bytes>) -> bool {
         return false;
     };
     socket.send(WsMessage::Text(text)).await.is_ok()
-}
-
-/// One ingest session: the hello's session, and what its messages do.
-struct Ingest {
-    shared: AppState,
-    session: Option<Session>,
-    cluster: String,
-}
-
-enum Step {
-    /// Answer now.
-    Reply(Reply),
-    /// Answer when the ledger (and the store) are done.
-    Later(Option<u64>, oneshot::Receiver<Outcome>),
-}
-
-impl Ingest {
-    fn new(shared: AppState) -> Self {
-        Ingest {
-            shared,
-            session: None,
-            cluster: String::new(),
-        }
-    }
-
-    fn refuse(&self, refused: &Refused) -> Reply {
-        self.shared
-            .metrics
-            .refused(&self.cluster, refused.error.reason);
-        warn!(reason = %refused.error.reason, "ingest refused: {}", refused.error.detail);
-        let _ = self.shared.commands.try_send(Command::Refused {
-            session: self.session,
-        });
-        refused.reply()
-    }
-
-    async fn step(&mut self, bytes: &[u8]) -> Step {
-        let message = match wire::decode(bytes, &self.shared.limits) {
-            Ok(m) => m,
-            Err(refused) => return Step::Reply(self.refuse(&refused)),
-        };
-        match (message, self.session) {
-            (Message::Hello(hello), None) => {
-                let (tx, rx) = oneshot::channel();
-                let cluster = hello.cluster.clone();
-                if self
-                    .shared
-                    .commands
-                    .send(Command::Hello { hello, reply: tx })
-                    .await
-                    .is_err()
-                {
-                    return Step::Reply(self.refuse(&stopping()));
-                }
-                match rx.await {
-                    Ok(Err(error)) => Step::Reply(self.refuse(&Refused { seq: None, error })),
-                    Ok(Ok(session)) => {
-                        self.session = Some(session);
-                        self.cluster = cluster;
-                        let range = self.shared.accept_range();
-                        Step::Reply(Reply::Welcome {
-                            bucket_width_ms: self.shared.limits.width.ms(),
-                            accept_from_ms: Some(range.from_ms),
-                            accept_to_ms: Some(range.to_ms),
-                        })
-                    }
-                    Err(_) => Step::Reply(self.refuse(&stopping())),
-                }
-            }
-            (Message::Hello(_), Some(_)) => Step::Reply(self.refuse(&Refused {
-                seq: None,
-                error: tally_audit::Error::new(
-                    Reason::Protocol,
-                    "a session is already open on this connection: send hello once",
-                ),
-            })),
-            (message, None) => Step::Reply(self.refuse(&Refused {
-                seq: message.seq(),
-                error: tally_audit::Error::new(
-                    Reason::Protocol,
-                    format!(
-                        "\"{}\" before hello: open the session with a hello first",
-                        message.kind()
-                    ),
-                ),
-            })),
-            (message, Some(session)) => {
-                let seq = message.seq();
-                let (tx, rx) = oneshot::channel();
-                let cmd = Command::Apply {
-                    session,
-                    message,
-                    done: tx,
-                };
-                if self.shared.commands.send(cmd).await.is_err() {
-                    return Step::Reply(self.refuse(&stopping()));
-                }
-                Step::Later(seq, rx)
-            }
-        }
-    }
-
-    fn close(self) {
-        if let Some(session) = self.session {
-            let _ = self.shared.commands.try_send(Command::Goodbye { session });
-        }
-    }
-}
-
-fn stopping() -> Refused {
-    Refused {
-        seq: None,
-        error: tally_audit::Error::new(Reason::Protocol, "the agent is stopping"),
-    }
-}
-
-/// Turns a finished message into its reply; `None` when it was not stored
-/// (the connection then closes so the emitter resends).
-fn settle(seq: Option<u64>, outcome: Result<Outcome, oneshot::error::RecvError>) -> Option<Reply> {
-    match outcome {
-        Ok(Ok(())) => Some(Reply::Ack {
-            seq: seq.unwrap_or(0),
-        }),
-        Ok(Err(e)) => Some(Reply::error(seq, &e)),
-        Err(_) => None,
-    }
 }
 
 async fn ingest_ws(

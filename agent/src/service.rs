@@ -5,123 +5,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tally_alerts::{Alerting, Evaluator};
-use tally_audit::wire::{AcceptRange, Limits};
-use tally_audit::{Hello, Message, Snapshot};
+use tally_audit::wire::Limits;
+use tally_audit::{Message, Snapshot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::ledger::{Applied, Ledger, Session};
+use crate::ingest::{Command, Outcome};
+use crate::ledger::{Applied, Ledger};
 use crate::metrics::AgentMetrics;
+use crate::shared::Shared;
 use crate::store::{ColdReader, Store, WriteBatch};
 use crate::{Error, Result};
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The outcome of one message, sent once it is durable (or refused).
-pub(crate) type Outcome = std::result::Result<(), tally_audit::Error>;
-
-pub(crate) enum Command {
-    Hello {
-        hello: Hello,
-        reply: oneshot::Sender<std::result::Result<Session, tally_audit::Error>>,
-    },
-    Apply {
-        session: Session,
-        message: Message,
-        done: oneshot::Sender<Outcome>,
-    },
-    Refused {
-        session: Option<Session>,
-    },
-    Goodbye {
-        session: Session,
-    },
-    /// What reading a topic's buckets from the store needs (per cluster).
-    Plans {
-        cluster: Option<String>,
-        topic: String,
-        reply: oneshot::Sender<Vec<crate::ledger::TopicPlan>>,
-    },
-}
-
-impl Shared {
-    /// The Prometheus text of the current snapshot: the cached one when this
-    /// snapshot was rendered before, else rendered now (off the async
-    /// threads), once however many scrapes wait for it.
-    pub(crate) async fn exposition(&self) -> axum::body::Bytes {
-        let snapshot = self.snapshot.borrow().clone();
-        let mut cached = self.rendered.lock().await;
-        if let Some((s, text)) = cached.as_ref()
-            && Arc::ptr_eq(s, &snapshot)
-        {
-            return text.clone();
-        }
-        let metrics = self.metrics.clone();
-        let render = snapshot.clone();
-        let text = match tokio::task::spawn_blocking(move || metrics.render_snapshot(&render)).await
-        {
-            Ok(text) => axum::body::Bytes::from(text),
-            // The render panicked: serve the last text rather than none.
-            Err(_) => return cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
-        };
-        self.metrics.renders.inc();
-        *cached = Some((snapshot, text.clone()));
-        text
-    }
-
-    /// The range of buckets accepted now.
-    pub(crate) fn accept_range(&self) -> AcceptRange {
-        AcceptRange::at(
-            now_ms(),
-            self.limits.width,
-            self.retention_ms,
-            self.grace_ms,
-        )
-    }
-}
-
-/// A snapshot and its Prometheus text.
-pub(crate) type Rendered = (Arc<Snapshot>, axum::body::Bytes);
-
-/// What every connection and request handler shares.
-pub(crate) struct Shared {
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// The Prometheus text of the last snapshot a scrape asked for, rendered
-    /// then: no scrape, no render; many scrapes of one snapshot, one render.
-    pub(crate) rendered: tokio::sync::Mutex<Option<Rendered>>,
-    pub(crate) metrics: AgentMetrics,
-    pub(crate) limits: Limits,
-    /// Retention and grace, in milliseconds: what the accepted range of
-    /// buckets given in each `welcome` is made of.
-    pub(crate) retention_ms: u64,
-    pub(crate) grace_ms: u64,
-    /// How long an ingest WebSocket may wait before its `hello`.
-    pub(crate) hello_timeout: Duration,
-    /// How long a POST may take to send its body.
-    pub(crate) body_timeout: Duration,
-    pub(crate) token: Option<String>,
-    pub(crate) protect_metrics: bool,
-    pub(crate) ready: AtomicBool,
-    /// Why the agent cannot serve its books (the stored state did not load):
-    /// `/healthz` and `/readyz` say so instead of staying 200 and 503.
-    pub(crate) failed: std::sync::OnceLock<String>,
-    /// The alert rules in force and the notification counters.
-    pub(crate) alerting: Arc<Alerting>,
-    /// The state database, which the bucket view reads beyond the window.
-    pub(crate) store_path: std::path::PathBuf,
-    /// The dashboard feed's one update per tick, started by the first dashboard.
-    pub(crate) feed: std::sync::OnceLock<crate::feed::Feed>,
-}
+pub use crate::now_ms;
 
 /// A running agent. Dropping it does not stop it; call [`RunningAgent::shutdown`].
 pub struct RunningAgent {
