@@ -192,11 +192,11 @@ async fn metrics(State(shared): State<AppState>) -> Response {
     // and then the live counters.
     let cached = shared.exposition().await;
     let live = axum::body::Bytes::from(shared.metrics.render_live());
-    let length = cached.len() + live.len();
-    let body = axum::body::Body::from_stream(futures_util::stream::iter([
-        Ok::<_, std::convert::Infallible>(cached),
-        Ok(live),
-    ]));
+    let length = cached.iter().map(|c| c.len()).sum::<usize>() + live.len();
+    let pieces: Vec<axum::body::Bytes> = cached.iter().cloned().chain([live]).collect();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
     (
         [
             (

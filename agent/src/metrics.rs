@@ -122,17 +122,18 @@ impl AgentMetrics {
             .inc_by(n);
     }
 
-    /// The text exposition of `snapshot` and the live counters.
+    /// The text exposition of `snapshot` and the live counters, in one piece.
     pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
-        let mut out = self.render_snapshot(snapshot);
+        let mut out = snapshot_text(snapshot);
         out.extend(self.render_live());
         out
     }
 
-    /// The text exposition of the series derived from `snapshot`; the agent
-    /// renders it when a scrape asks for a snapshot not rendered yet.
-    pub fn render_snapshot(&self, snapshot: &Snapshot) -> Vec<u8> {
-        snapshot_text(snapshot)
+    /// The text exposition of the series derived from `snapshot`, a piece per
+    /// family ([`snapshot_chunks`]); the agent renders it when a scrape asks
+    /// for a snapshot not rendered yet.
+    pub fn render_snapshot(&self, snapshot: &Snapshot) -> Vec<axum::body::Bytes> {
+        snapshot_chunks(snapshot)
     }
 
     /// The text exposition of the live counters.
@@ -231,7 +232,6 @@ enum Sink {
 /// One metric family being built, as values or straight as text.
 struct Family {
     name: &'static str,
-    help: &'static str,
     kind: MetricType,
     sink: Sink,
 }
@@ -246,17 +246,27 @@ impl Family {
                 mf.set_field_type(kind);
                 Sink::Proto(mf)
             }
-            Mode::Text => Sink::Text {
-                body: String::new(),
-                series: 0,
-            },
+            // The family's text starts with its header, so that the text of
+            // a render is the families' texts one after the other, uncopied.
+            Mode::Text => {
+                let mut body = String::new();
+                body.push_str("# HELP ");
+                body.push_str(name);
+                body.push(' ');
+                escape_into(&mut body, help, false);
+                body.push_str("\n# TYPE ");
+                body.push_str(name);
+                body.push(' ');
+                body.push_str(match kind {
+                    MetricType::COUNTER => "counter",
+                    MetricType::HISTOGRAM => "histogram",
+                    _ => "gauge",
+                });
+                body.push('\n');
+                Sink::Text { body, series: 0 }
+            }
         };
-        Family {
-            name,
-            help,
-            kind,
-            sink,
-        }
+        Family { name, kind, sink }
     }
 
     fn gauge(mode: Mode, name: &'static str, help: &'static str) -> Self {
@@ -416,6 +426,78 @@ impl Family {
             }
         }
     }
+
+    /// [`Family::push`] with the labels also written out already (by
+    /// [`Labels::new`]), so that the many families of one (group, topic,
+    /// partition) escape and join its labels once, not once each.
+    fn push_labels(&mut self, labels: &Labels<'_>, value: f64) {
+        match &mut self.sink {
+            Sink::Proto(_) => self.push(labels.pairs, value),
+            Sink::Text { body, series } => {
+                body.push_str(self.name);
+                body.push_str(&labels.text);
+                body.push(' ');
+                push_value(body, value);
+                body.push('\n');
+                *series += 1;
+            }
+        }
+    }
+}
+
+impl Family {
+    /// [`Family::push_labels`] with one more label after `labels`.
+    fn push_labels_and(&mut self, labels: &Labels<'_>, extra: (&str, &str), value: f64) {
+        match &mut self.sink {
+            Sink::Proto(_) => {
+                let mut pairs = labels.pairs.to_vec();
+                pairs.push(extra);
+                self.push(&pairs, value);
+            }
+            Sink::Text { body, series } => {
+                body.push_str(self.name);
+                match labels.text.strip_suffix('}') {
+                    Some(open) => {
+                        body.push_str(open);
+                        body.push(',');
+                    }
+                    None => body.push('{'),
+                }
+                body.push_str(extra.0);
+                body.push_str("=\"");
+                escape_into(body, extra.1, true);
+                body.push_str("\"} ");
+                push_value(body, value);
+                body.push('\n');
+                *series += 1;
+            }
+        }
+    }
+}
+
+/// Label pairs, with their text as a sample line writes it (`{k="v",…}`).
+struct Labels<'a> {
+    pairs: &'a [(&'a str, &'a str)],
+    text: String,
+}
+
+impl<'a> Labels<'a> {
+    fn new(pairs: &'a [(&'a str, &'a str)], mode: Mode) -> Self {
+        let mut text = String::new();
+        if mode == Mode::Text && !pairs.is_empty() {
+            let mut sep = '{';
+            for (k, v) in pairs {
+                text.push(sep);
+                text.push_str(k);
+                text.push_str("=\"");
+                escape_into(&mut text, v, true);
+                text.push('"');
+                sep = ',';
+            }
+            text.push('}');
+        }
+        Labels { pairs, text }
+    }
 }
 
 /// Builds every snapshot-derived family (§6 of the design), as the
@@ -435,36 +517,20 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
 /// `TextEncoder` writes of [`snapshot_families`], without building its
 /// values first (a `String` per label name and value, a message per series).
 pub fn snapshot_text(s: &Snapshot) -> Vec<u8> {
-    let families = snapshot_series(s, Mode::Text);
-    let mut out = String::with_capacity(
-        families
-            .iter()
-            .map(|f| match &f.sink {
-                Sink::Text { body, .. } => body.len() + 256,
-                Sink::Proto(_) => 0,
-            })
-            .sum(),
-    );
-    for f in families {
-        let Sink::Text { body, .. } = f.sink else {
-            continue;
-        };
-        out.push_str("# HELP ");
-        out.push_str(f.name);
-        out.push(' ');
-        escape_into(&mut out, f.help, false);
-        out.push_str("\n# TYPE ");
-        out.push_str(f.name);
-        out.push(' ');
-        out.push_str(match f.kind {
-            MetricType::COUNTER => "counter",
-            MetricType::HISTOGRAM => "histogram",
-            _ => "gauge",
-        });
-        out.push('\n');
-        out.push_str(&body);
-    }
-    out.into_bytes()
+    snapshot_chunks(s).concat()
+}
+
+/// [`snapshot_text`] in pieces, one per family with series (its `# HELP` and
+/// `# TYPE` lines, then its samples), each kept as written: the text of a
+/// scrape is these pieces one after the other, never copied into one.
+pub fn snapshot_chunks(s: &Snapshot) -> Vec<axum::body::Bytes> {
+    snapshot_series(s, Mode::Text)
+        .into_iter()
+        .filter_map(|f| match f.sink {
+            Sink::Text { body, series } if series > 0 => Some(axum::body::Bytes::from(body)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Writes `v` as Rust prints an `f64` (what the `prometheus` crate's encoder
@@ -734,31 +800,23 @@ fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
         }
         for p in &g.partitions {
             let partition = p.partition.to_string();
-            let l = [
+            let pairs = [
                 ("cluster", g.cluster.as_str()),
                 ("group", g.group.as_str()),
                 ("topic", p.topic.as_str()),
                 ("partition", partition.as_str()),
             ];
-            stale.push(&l, f64::from(u8::from(p.stale)));
+            let l = Labels::new(&pairs, mode);
+            stale.push_labels(&l, f64::from(u8::from(p.stale)));
             if !p.stale {
-                lag.push(&l, p.lag_records as f64);
-                lag_s.push(&l, p.lag_seconds);
-                committed.push(&l, p.committed as f64);
-                estimated.push(&l, f64::from(u8::from(p.estimated)));
+                lag.push_labels(&l, p.lag_records as f64);
+                lag_s.push_labels(&l, p.lag_seconds);
+                committed.push_labels(&l, p.committed as f64);
+                estimated.push_labels(&l, f64::from(u8::from(p.estimated)));
             }
             // One series per partition, not five: at 100,000 partitions the
             // one-hot form would be half of all series.
-            part_status.push(
-                &[
-                    ("cluster", g.cluster.as_str()),
-                    ("group", g.group.as_str()),
-                    ("topic", p.topic.as_str()),
-                    ("partition", partition.as_str()),
-                    ("status", p.status.as_str()),
-                ],
-                1.0,
-            );
+            part_status.push_labels_and(&l, ("status", p.status.as_str()), 1.0);
             if p.stale {
                 continue;
             }

@@ -265,8 +265,16 @@ fn restore(
     cfg: crate::ledger::LedgerConfig,
 ) -> Result<(Store, Ledger, Option<String>)> {
     let now = now_ms();
+    let started = Instant::now();
     let from = cfg.resident_from(now);
     let meta = store.load_without_cells(from)?;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        series = meta.series.len(),
+        history = meta.history.len(),
+        health = meta.health.len(),
+        "loaded everything but the cells"
+    );
     let alert_state = meta
         .kv
         .iter()
@@ -305,6 +313,11 @@ fn restore(
         }
         restored
     })?;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        cells = ledger.cell_count(),
+        "loaded the cells of the window"
+    );
     ledger.note_unread(unread);
     ledger.attach_cold(Box::new(ColdReader::open(store.path())?), now);
     Ok((store, ledger, alert_state))
@@ -382,7 +395,12 @@ async fn run_ledger(
         shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
         snapshot.send_replace(Arc::new(snap));
     };
+    let first = Instant::now();
     publish(&mut ledger, &mut evaluator);
+    debug!(
+        elapsed_ms = first.elapsed().as_millis() as u64,
+        "first evaluation"
+    );
     shared.ready.store(true, Ordering::Release);
     shared.metrics.ready.set(1);
 
@@ -391,7 +409,12 @@ async fn run_ledger(
     evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(Duration::from_millis(5));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    // Retention moves by a bucket at a time: the first prune waits a minute,
+    // so that it does not hold up the first ticks after a start.
+    let mut prune = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
     loop {
         tokio::select! {
             cmd = commands.recv() => {
@@ -426,7 +449,7 @@ async fn run_ledger(
             _ = prune.tick() => {
                 match ledger.prune(now_ms(), committed.load(Ordering::Acquire)) {
                     Ok(Some(batch)) => {
-                        info!(
+                        debug!(
                             before = batch.prune_before.unwrap_or_default(),
                             "pruning the buckets older than the retention"
                         );

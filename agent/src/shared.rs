@@ -19,7 +19,7 @@ impl Shared {
     /// The Prometheus text of the current snapshot: the cached one when this
     /// snapshot was rendered before, else rendered now (off the async
     /// threads), once however many scrapes wait for it.
-    pub(crate) async fn exposition(&self) -> axum::body::Bytes {
+    pub(crate) async fn exposition(&self) -> Arc<[axum::body::Bytes]> {
         let snapshot = self.snapshot.borrow().clone();
         let mut cached = self.rendered.lock().await;
         if let Some((s, text)) = cached.as_ref()
@@ -31,9 +31,13 @@ impl Shared {
         let render = snapshot.clone();
         let text = match tokio::task::spawn_blocking(move || metrics.render_snapshot(&render)).await
         {
-            Ok(text) => axum::body::Bytes::from(text),
+            Ok(text) => Arc::<[axum::body::Bytes]>::from(text),
             // The render panicked: serve the last text rather than none.
-            Err(_) => return cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+            Err(_) => {
+                return cached
+                    .as_ref()
+                    .map_or_else(|| Arc::from(Vec::new()), |(_, t)| t.clone());
+            }
         };
         self.metrics.renders.inc();
         *cached = Some((snapshot, text.clone()));
@@ -52,7 +56,7 @@ impl Shared {
 }
 
 /// A snapshot and its Prometheus text.
-pub(crate) type Rendered = (Arc<Snapshot>, axum::body::Bytes);
+pub(crate) type Rendered = (Arc<Snapshot>, Arc<[axum::body::Bytes]>);
 
 /// What every connection and request handler shares.
 pub(crate) struct Shared {

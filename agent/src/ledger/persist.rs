@@ -438,7 +438,17 @@ impl Ledger {
         let mut rows = cells.into_iter().peekable();
         while let Some(bucket) = rows.peek().map(|c| c.bucket) {
             self.touched.entry(bucket).or_insert(0);
-            let dest = self.cells.by_bucket.entry(bucket).or_default();
+            // Buckets hold about as many cells as each other: a new one is
+            // sized like the largest so far, instead of growing by doubling
+            // (each doubling copies the cells and rehashes the index).
+            let like = self.cells.by_bucket.values().map(|b| b.cells.len()).max();
+            let dest = self.cells.by_bucket.entry(bucket).or_insert_with(|| {
+                let n = like.unwrap_or(0);
+                BucketCells {
+                    index: FxHashMap::with_capacity_and_hasher(n, Default::default()),
+                    cells: Vec::with_capacity(n),
+                }
+            });
             while let Some(c) = rows.next_if(|c| c.bucket == bucket) {
                 let known = self
                     .sources
