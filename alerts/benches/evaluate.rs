@@ -120,7 +120,8 @@ fn snapshot() -> Snapshot {
                         })
                         .collect(),
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         })
         .collect();
     Snapshot {

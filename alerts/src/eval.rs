@@ -127,7 +127,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                     continue;
                 }
                 let mut per_group: BTreeMap<&str, u64> = BTreeMap::new();
-                for b in &t.buckets {
+                for b in t.buckets.iter() {
                     for (tier, books) in &b.tiers {
                         if let Some(group) = tier.strip_prefix("group:")
                             && m.group.matches(group)
@@ -268,7 +268,8 @@ mod tests {
                         ]
                         .into(),
                     },
-                ],
+                ]
+                .into(),
             }],
             sources: vec![SourceInfo {
                 source: "broker-0".into(),

@@ -476,13 +476,15 @@ fn apply_buckets(delta: BucketsDelta, items: &mut Vec<TopicBuckets>) {
                     cluster: change.cluster,
                     topic: change.topic,
                     width_ms: change.width_ms,
-                    buckets: Vec::new(),
+                    buckets: Default::default(),
                 });
                 items.len() - 1
             }
         };
         items[i].width_ms = change.width_ms;
-        change.buckets.apply(&mut items[i].buckets);
+        change
+            .buckets
+            .apply(std::sync::Arc::make_mut(&mut items[i].buckets));
     }
     if let Some(order) = &delta.order {
         reorder(items, order);
@@ -717,7 +719,8 @@ mod tests {
                     )]
                     .into(),
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -817,7 +820,7 @@ mod tests {
         if rng.chance(70) {
             s.buckets = fresh.buckets;
         } else if let Some(b) = s.buckets.first_mut() {
-            b.buckets.retain(|x| x.bucket % 2000 == 0);
+            std::sync::Arc::make_mut(&mut b.buckets).retain(|x| x.bucket % 2000 == 0);
         }
         if rng.chance(50) {
             s.groups = fresh.groups;
@@ -883,11 +886,13 @@ mod tests {
             b = buckets(&mut rng, 1, 0);
         }
         let old = Snapshot {
-            buckets: vec![b],
+            buckets: vec![b].into(),
             ..Default::default()
         };
         let mut new = old.clone();
-        let last = new.buckets[0].buckets.last_mut().unwrap();
+        let last = std::sync::Arc::make_mut(&mut new.buckets[0].buckets)
+            .last_mut()
+            .unwrap();
         last.tiers.get_mut("broker").unwrap().records += 10;
         let d = Delta::between(&old, &new);
         assert_eq!(d.buckets.upsert.len(), 1);
@@ -1010,7 +1015,7 @@ mod tests {
                 2 => {
                     let open = tick * 1000;
                     if view.buckets.last().is_none_or(|b| b.bucket < open) {
-                        view.buckets.push(BucketBooks {
+                        std::sync::Arc::make_mut(&mut view.buckets).push(BucketBooks {
                             bucket: open,
                             tiers: BTreeMap::new(),
                         });
@@ -1019,11 +1024,11 @@ mod tests {
                 // The window slides: the oldest bucket goes.
                 3 => {
                     if !view.buckets.is_empty() {
-                        view.buckets.remove(0);
+                        std::sync::Arc::make_mut(&mut view.buckets).remove(0);
                     }
                 }
                 4 => {
-                    if let Some(b) = view.buckets.last_mut() {
+                    if let Some(b) = std::sync::Arc::make_mut(&mut view.buckets).last_mut() {
                         let tier = BucketTier {
                             records: rng.below(50),
                             status: BucketStatus::ALL[rng.below(6) as usize],

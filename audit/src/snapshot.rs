@@ -306,8 +306,10 @@ pub struct TopicBuckets {
     pub topic: String,
     /// The bucket width.
     pub width_ms: u64,
-    /// Oldest first.
-    pub buckets: Vec<BucketBooks>,
+    /// Oldest first. Shared: an evaluation in which the topic did not
+    /// change hands on the same buckets instead of a copy (serialised as a
+    /// plain array; `Arc::make_mut` to change them).
+    pub buckets: std::sync::Arc<Vec<BucketBooks>>,
 }
 
 /// One bucket of one topic, per tier.

@@ -119,7 +119,7 @@ fn update(c: &mut Criterion) {
         }
     }
     for t in next.buckets.iter_mut().step_by(100) {
-        if let Some(b) = t.buckets.last_mut() {
+        if let Some(b) = std::sync::Arc::make_mut(&mut t.buckets).last_mut() {
             for tier in b.tiers.values_mut() {
                 tier.records += 10;
             }

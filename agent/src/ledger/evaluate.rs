@@ -16,15 +16,36 @@ impl Ledger {
             let (a, b) = (&self.topics[*a as usize], &self.topics[*b as usize]);
             (&a.cluster, &a.topic).cmp(&(&b.cluster, &b.topic))
         });
+        let changes = self.changes(now_ms, window_start);
+        // A topic the hint leaves out is the same as at the last evaluation:
+        // its books are copied (a few tiers) and its buckets shared.
+        self.evaluated.resize_with(self.topics.len(), || None);
         for tid in order {
-            let (books, view) = self.evaluate_topic(tid, window_start, now_ms);
+            let reused = match (&changes.topics, &self.evaluated[tid as usize]) {
+                (Some(changed), Some((books, view)))
+                    if !changed.contains(&tally_audit::feed::TopicKey {
+                        cluster: books.cluster.clone(),
+                        topic: books.topic.clone(),
+                    }) =>
+                {
+                    Some((books.clone(), view.clone()))
+                }
+                _ => None,
+            };
+            let (books, view) = match reused {
+                Some(both) => both,
+                None => {
+                    let both = self.evaluate_topic(tid, window_start, now_ms);
+                    self.evaluated[tid as usize] = Some(both.clone());
+                    both
+                }
+            };
             topics.push(books);
             buckets.push(view);
         }
         if !self.late_outside.is_empty() {
             self.judge_late_outside(now_ms);
         }
-        let changes = self.changes(now_ms, window_start);
         Snapshot {
             at_ms: now_ms,
             width_ms: width.ms(),
@@ -218,12 +239,7 @@ impl Ledger {
             books.tiers.insert(name.clone(), tb);
             names.push(name);
         }
-        let mut view = TopicBuckets {
-            cluster: books.cluster.clone(),
-            topic: books.topic.clone(),
-            width_ms: width.ms(),
-            buckets: Vec::with_capacity(per_bucket.len()),
-        };
+        let mut view_buckets = Vec::with_capacity(per_bucket.len());
         // The closes to record, once the series are no longer borrowed.
         let mut to_close: Vec<(u32, i64, Judgement, CellCounts)> = Vec::new();
         for (bucket, present) in per_bucket {
@@ -256,8 +272,14 @@ impl Ledger {
                 bb.tiers
                     .insert(name.clone(), bucket_tier(plan[i].tier, &counts, &j));
             }
-            view.buckets.push(bb);
+            view_buckets.push(bb);
         }
+        let view = TopicBuckets {
+            cluster: books.cluster.clone(),
+            topic: books.topic.clone(),
+            width_ms: width.ms(),
+            buckets: Arc::new(view_buckets),
+        };
         for (s, bucket, j, counts) in to_close {
             self.close(s, bucket, &j, &counts, now_ms);
         }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tally_audit::snapshot::{
@@ -510,6 +511,9 @@ pub struct Ledger {
     /// bucket and the window's first bucket. While both stay, a topic whose
     /// counts did not change evaluates as before.
     last_epoch: Option<(i64, i64)>,
+    /// Per topic id: its books and buckets at the last evaluation, reused
+    /// while the change hint leaves it out.
+    evaluated: Vec<Option<(TopicBooks, TopicBuckets)>>,
     /// Series open over all sources (what [`LedgerConfig::max_series`] bounds).
     open_series: usize,
     /// What [`Ledger::restore`] left out.
@@ -583,6 +587,7 @@ impl Ledger {
             dirty_topics: FxHashSet::default(),
             all_topics_dirty: true,
             last_epoch: None,
+            evaluated: Vec::new(),
             open_series: 0,
             restore_skipped: Skipped::default(),
             sums: BTreeMap::new(),
