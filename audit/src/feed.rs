@@ -886,7 +886,7 @@ mod tests {
             b = buckets(&mut rng, 1, 0);
         }
         let old = Snapshot {
-            buckets: vec![b].into(),
+            buckets: vec![b],
             ..Default::default()
         };
         let mut new = old.clone();
