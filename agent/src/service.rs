@@ -453,9 +453,16 @@ async fn run_ledger(
                             before = batch.prune_before.unwrap_or_default(),
                             "pruning the buckets older than the retention"
                         );
-                        let piece = Piece { batch, ack: None };
-                        let f = Flush { pieces: vec![piece], generation: ledger.seal() };
-                        let _ = flush_tx.send(f).await;
+                        // The messages' rows still waiting for the next flush
+                        // belong to the generation sealed here: they go in the
+                        // same flush, so that this generation's commit covers them.
+                        let mut all = std::mem::take(&mut pieces);
+                        all.push(Piece { batch, ack: None });
+                        let f = Flush { pieces: all, generation: ledger.seal() };
+                        if flush_tx.send(f).await.is_err() {
+                            error!("the store writer stopped; the agent stops acknowledging");
+                            break;
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => warn!("cannot prune by retention now, trying again in a minute: {e}"),

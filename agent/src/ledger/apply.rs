@@ -322,6 +322,11 @@ impl Ledger {
         self.dirty_sources.insert(session.source);
 
         let mut last_touched = None;
+        let window_start = self
+            .cfg
+            .width
+            .bucket_of(now_ms.saturating_sub(self.cfg.window_ms as i64))
+            .start_ms();
         for (e, &series) in kept.into_iter().zip(&ids) {
             let key = CellKey {
                 source: session.source,
@@ -367,9 +372,10 @@ impl Ledger {
                 sr.first_bucket = Some(key.bucket);
             }
             // The topic's totals change even where the bucket is outside
-            // the window.
+            // the window; a bucket before the window, which no evaluation
+            // of the window judges, is judged again on its own.
             self.dirty_topics.insert(sr.tid);
-            if key.bucket < self.resident_from {
+            if key.bucket < window_start {
                 self.late_outside.insert((sr.tid, key.bucket));
             }
             if last_touched != Some(key.bucket) {

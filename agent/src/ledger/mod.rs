@@ -497,7 +497,7 @@ pub struct Ledger {
     touched: BTreeMap<i64, u64>,
     /// Buckets before this were moved to the series' pruned totals.
     pruned_before: i64,
-    /// (topic, bucket)s before `resident_from` that took a late count, to be
+    /// (topic, bucket)s before the window that took a late count, to be
     /// judged again at the next evaluation.
     late_outside: BTreeSet<(u32, i64)>,
     dirty_sums: FxHashSet<(u32, i64)>,

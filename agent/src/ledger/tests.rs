@@ -184,6 +184,37 @@ fn pending_at_close_then_caught_up_is_late() {
     );
 }
 
+/// A bucket that left the window is judged again when a late count comes:
+/// its history turns `late`, though no evaluation of the window shows it.
+#[test]
+fn a_late_count_before_the_window_corrects_the_history() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(s, 1, &[entry("broker", 0, B0, 10), group(4, 0, 0)], 0)
+        .unwrap();
+    assert_eq!(
+        status_of(&mut l, NOW_CLOSED, "group:billing"),
+        BucketStatus::Pending
+    );
+    let _ = l.take_dirty();
+    // Two minutes on, the bucket is before the 1-minute window.
+    let later = B0 + 120_000;
+    assert!(l.evaluate(later).buckets[0].buckets.is_empty());
+    l.apply_counts(s, 2, &[group(10, 0, 0)], later).unwrap();
+    let snap = l.evaluate(later + 1);
+    assert_eq!(
+        snap.topics[0].tiers["group:billing"].records, 10,
+        "the total follows the late count"
+    );
+    let history = l.take_dirty().history;
+    let group_series = history
+        .iter()
+        .find(|h| h.bucket == B0 && h.status == "late")
+        .unwrap_or_else(|| panic!("the bucket judged late again: {history:?}"));
+    assert!(group_series.unresolved_at_close);
+    assert_eq!((group_series.records, group_series.reference), (10, 10));
+}
+
 #[test]
 fn complete_at_close_is_not_late() {
     let mut l = ledger();
