@@ -380,7 +380,7 @@ fn each_series(s: &Snapshot, mut set: impl FnMut(usize, &[&str], f64)) {
                 f64::from(u8::from(g.status == status)),
             );
         }
-        for p in &g.partitions {
+        for p in g.partitions.iter() {
             partition.clear();
             let _ = write!(partition, "{}", p.partition);
             let l = [cluster, group, p.topic.as_str(), partition.as_str()];
@@ -825,7 +825,7 @@ fn changed(s: &Snapshot) -> Snapshot {
         }
     }
     for g in &mut s.groups {
-        for p in &mut g.partitions {
+        for p in std::sync::Arc::make_mut(&mut g.partitions).iter_mut() {
             p.committed += 100;
             p.end_offset += 101;
             p.start_offset += 50;
@@ -849,7 +849,7 @@ fn changed(s: &Snapshot) -> Snapshot {
 fn vanished(s: &Snapshot) -> Snapshot {
     let mut s = s.clone();
     s.groups.pop();
-    let partitions = &mut s.groups[0].partitions;
+    let partitions = std::sync::Arc::make_mut(&mut s.groups[0].partitions);
     partitions[0].stale = true;
     partitions[1].status = PartitionStatus::Stall;
     s

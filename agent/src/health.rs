@@ -225,6 +225,28 @@ impl PartitionHealth {
         silent_ms > threshold && self.waited_ms().is_none_or(|waited| waited > threshold)
     }
 
+    /// When [`PartitionHealth::status`] turns `stop` by the clock alone,
+    /// given the samples so far (the other statuses follow the samples):
+    /// None where the clock cannot stop it (no lag, no commit, or a wait the
+    /// source reports below the threshold).
+    pub fn stops_at(&self, cfg: &HealthConfig) -> Option<i64> {
+        if self.lag_records == 0 {
+            return None;
+        }
+        let skip = self.commits.len().saturating_sub(cfg.capacity());
+        let window: Vec<&CommitPoint> = self.commits.iter().skip(skip).collect();
+        let last = window.last()?;
+        let threshold = match burrow_stop_gap(&window, cfg.capacity()) {
+            Some(gap) => gap.min(cfg.stop_after_ms),
+            None => cfg.stop_after_ms,
+        }
+        .max(0);
+        if self.waited_ms().is_some_and(|waited| waited <= threshold) {
+            return None;
+        }
+        Some(last.at_ms.saturating_add(threshold).saturating_add(1))
+    }
+
     /// How long the oldest unconsumed record has waited, where the source knows it.
     fn waited_ms(&self) -> Option<i64> {
         // `as` saturates, which is what an absurdly large age should do.

@@ -798,7 +798,7 @@ fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
                 f64::from(u8::from(g.status == status)),
             );
         }
-        for p in &g.partitions {
+        for p in g.partitions.iter() {
             let partition = p.partition.to_string();
             let pairs = [
                 ("cluster", g.cluster.as_str()),

@@ -69,7 +69,8 @@ fn snapshot() -> Snapshot {
                         stale: false,
                     })
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         })
         .collect();
     let tier_books = |completeness| TierBooks {

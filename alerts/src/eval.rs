@@ -53,7 +53,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                 }
                 // Per topic: records summed over partitions, seconds the largest.
                 let mut per_topic: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
-                for p in &g.partitions {
+                for p in g.partitions.iter() {
                     if m.topic.matches(&p.topic) {
                         let e = per_topic.entry(p.topic.as_str()).or_default();
                         e.0 += p.lag_records;
@@ -228,7 +228,8 @@ mod tests {
                     partitions: vec![
                         partition("orders", 0, 10, 1.0),
                         partition("orders", 1, 20, 0.5),
-                    ],
+                    ]
+                    .into(),
                 },
                 GroupHealth {
                     cluster: "local".into(),
@@ -237,7 +238,7 @@ mod tests {
                     lag_records: 500,
                     max_lag_seconds: 90.0,
                     stale: false,
-                    partitions: vec![partition("orders", 0, 500, 90.0)],
+                    partitions: vec![partition("orders", 0, 500, 90.0)].into(),
                 },
             ],
             topics: vec![TopicBooks {

@@ -748,7 +748,8 @@ mod tests {
                     estimated: false,
                     stale: false,
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -1056,7 +1057,7 @@ mod tests {
                 1 => g.status = GroupStatus::ALL[rng.below(3) as usize],
                 2 => g.stale = !g.stale,
                 _ => {
-                    if let Some(p) = g.partitions.first_mut() {
+                    if let Some(p) = std::sync::Arc::make_mut(&mut g.partitions).first_mut() {
                         p.committed += 1;
                     } else {
                         g.max_lag_seconds += 0.5;

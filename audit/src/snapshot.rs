@@ -365,7 +365,9 @@ pub struct GroupHealth {
     /// The largest lag in seconds of any partition.
     pub max_lag_seconds: f64,
     /// Per (topic, partition).
-    pub partitions: Vec<PartitionLag>,
+    /// Shared: an evaluation in which the group did not change hands on the
+    /// same partitions (serialised as a plain array).
+    pub partitions: std::sync::Arc<Vec<PartitionLag>>,
     /// Whether every partition's lag is stale; `lag_records` and
     /// `max_lag_seconds` count only partitions whose lag is not.
     #[serde(default)]

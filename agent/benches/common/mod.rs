@@ -92,7 +92,7 @@ pub(crate) fn snapshot(topics: usize, groups: usize) -> Snapshot {
                 lag_records: partitions.iter().map(|p| p.lag_records).sum(),
                 max_lag_seconds: 0.4,
                 stale: false,
-                partitions,
+                partitions: partitions.into(),
             }
         })
         .collect();

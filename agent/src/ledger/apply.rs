@@ -482,6 +482,9 @@ impl Ledger {
                 entry.interval_ms = Some(gap);
             }
             entry.at_ms = entry.at_ms.max(lag.at_ms);
+            if !self.dirty_groups.contains(&(key.0.clone(), key.1.clone())) {
+                self.dirty_groups.insert((key.0.clone(), key.1.clone()));
+            }
             self.dirty_health.insert(key);
         }
         Ok(())
@@ -592,6 +595,7 @@ impl Ledger {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
+            self.dirty_groups.insert((key.0.clone(), key.1.clone()));
             if let Some(e) = self.lag.remove(&key) {
                 let owner = e.source.unwrap_or(session.source);
                 if let Some(s) = self.sources.get_mut(owner as usize) {

@@ -16,7 +16,9 @@ impl Ledger {
             let (a, b) = (&self.topics[*a as usize], &self.topics[*b as usize]);
             (&a.cluster, &a.topic).cmp(&(&b.cluster, &b.topic))
         });
-        let changes = self.changes(now_ms, window_start);
+        let mut changes = self.changes(now_ms, window_start);
+        let (groups, changed_groups) = self.evaluate_groups(now_ms);
+        changes.groups = Some(changed_groups);
         // A topic the hint leaves out is the same as at the last evaluation:
         // its books are copied (a few tiers) and its buckets shared.
         self.evaluated.resize_with(self.topics.len(), || None);
@@ -53,7 +55,7 @@ impl Ledger {
             window_ms: self.cfg.window_ms,
             topics,
             buckets,
-            groups: self.evaluate_groups(now_ms),
+            groups,
             sources: self.source_infos(),
             alerts: Vec::new(),
             latency: self.latency_books(),
@@ -441,50 +443,85 @@ impl Ledger {
         plans
     }
 
-    fn evaluate_groups(&self, now_ms: i64) -> Vec<GroupHealth> {
+    /// Each group's lag and health. A group whose lag did not change since
+    /// the last evaluation, and whose partitions the clock cannot have moved
+    /// (none went stale or stopped since), is the same as then and reused.
+    /// Returns the groups, and those that may differ from the last
+    /// evaluation's (the change hint).
+    fn evaluate_groups(
+        &mut self,
+        now_ms: i64,
+    ) -> (Vec<GroupHealth>, HashSet<tally_audit::feed::GroupKey>) {
+        let dirty = std::mem::take(&mut self.dirty_groups);
+        let mut before = std::mem::take(&mut self.judged_groups);
         let mut groups: Vec<GroupHealth> = Vec::new();
-        for ((cluster, group, topic, partition), e) in &self.lag {
-            let stale = e.is_stale(now_ms);
-            // Stale lag is judged as of its last refresh: a source that went
-            // away is no news of the consumer.
-            let judged_at = if stale { e.refreshed_ms } else { now_ms };
-            let status = e.health.status(judged_at, &self.cfg.health);
-            let p = PartitionLag {
-                stable_offset: e.last.stable_offset,
-                estimated: e.last.estimated,
-                stale,
-                topic: topic.clone(),
-                partition: *partition,
-                committed: e.last.committed,
-                end_offset: e.last.end_offset,
-                start_offset: e.last.start_offset,
-                lag_records: e.last.lag_records,
-                lag_seconds: e.last.lag_seconds,
-                status,
-                commit_at_ms: e.last.commit_at_ms,
-                commits: e.health.commits().cloned().collect(),
-            };
-            match groups.last_mut() {
-                Some(g) if g.cluster == *cluster && g.group == *group => g.partitions.push(p),
-                _ => groups.push(GroupHealth {
-                    cluster: cluster.clone(),
-                    group: group.clone(),
-                    status: GroupStatus::Ok,
-                    lag_records: 0,
-                    max_lag_seconds: 0.0,
-                    partitions: vec![p],
-                    stale: false,
-                }),
+        let mut changed = HashSet::new();
+        let mut entries = self.lag.iter().peekable();
+        while let Some(((cluster, group, _, _), _)) = entries.peek() {
+            let key = ((*cluster).clone(), (*group).clone());
+            let same = |((c, g, _, _), _): &(&HealthKey, &LagEntry)| *c == key.0 && *g == key.1;
+            let last = before.remove(&key);
+            if let Some(judged) = last.filter(|j| !dirty.contains(&key) && now_ms < j.until_ms) {
+                while entries.next_if(same).is_some() {}
+                groups.push(judged.health.clone());
+                self.judged_groups.insert(key, judged);
+                continue;
             }
+            let mut partitions = Vec::new();
+            let mut until_ms = i64::MAX;
+            while let Some(((_, _, topic, partition), e)) = entries.next_if(same) {
+                let stale = e.is_stale(now_ms);
+                // Stale lag is judged as of its last refresh: a source that
+                // went away is no news of the consumer.
+                let judged_at = if stale { e.refreshed_ms } else { now_ms };
+                let status = e.health.status(judged_at, &self.cfg.health);
+                if !stale {
+                    until_ms = until_ms.min(e.stale_after().saturating_add(1));
+                    if let Some(stop) = e.health.stops_at(&self.cfg.health)
+                        && stop > now_ms
+                    {
+                        until_ms = until_ms.min(stop);
+                    }
+                }
+                partitions.push(PartitionLag {
+                    stable_offset: e.last.stable_offset,
+                    estimated: e.last.estimated,
+                    stale,
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: e.last.committed,
+                    end_offset: e.last.end_offset,
+                    start_offset: e.last.start_offset,
+                    lag_records: e.last.lag_records,
+                    lag_seconds: e.last.lag_seconds,
+                    status,
+                    commit_at_ms: e.last.commit_at_ms,
+                    commits: e.health.commits().cloned().collect(),
+                });
+            }
+            let fresh = || partitions.iter().filter(|p| !p.stale);
+            let health = GroupHealth {
+                cluster: key.0.clone(),
+                group: key.1.clone(),
+                status: group_status(partitions.iter().map(|p| p.status)),
+                lag_records: fresh().map(|p| p.lag_records).sum(),
+                max_lag_seconds: fresh().map(|p| p.lag_seconds).fold(0.0, f64::max),
+                stale: partitions.iter().all(|p| p.stale),
+                partitions: Arc::new(partitions),
+            };
+            changed.insert(tally_audit::feed::GroupKey {
+                cluster: key.0.clone(),
+                group: key.1.clone(),
+            });
+            groups.push(health.clone());
+            self.judged_groups
+                .insert(key, JudgedGroup { health, until_ms });
         }
-        for g in &mut groups {
-            g.status = group_status(g.partitions.iter().map(|p| p.status));
-            let fresh = || g.partitions.iter().filter(|p| !p.stale);
-            g.lag_records = fresh().map(|p| p.lag_records).sum();
-            g.max_lag_seconds = fresh().map(|p| p.lag_seconds).fold(0.0, f64::max);
-            g.stale = g.partitions.iter().all(|p| p.stale);
+        // Groups gone since: their lag was forgotten.
+        for (cluster, group) in before.into_keys() {
+            changed.insert(tally_audit::feed::GroupKey { cluster, group });
         }
-        groups
+        (groups, changed)
     }
 
     fn source_infos(&self) -> Vec<SourceInfo> {

@@ -23,8 +23,8 @@ use tally_audit::snapshot::{
 };
 use tally_audit::wire::AcceptRange;
 use tally_audit::{
-    BucketStatus, BucketWidth, CellCounts, CountEntry, Error as AuditError, GroupStatus, Hello,
-    Lag, Latency, LatencyHistogram, Reason, Snapshot, Tier, TierKind,
+    BucketStatus, BucketWidth, CellCounts, CountEntry, Error as AuditError, Hello, Lag, Latency,
+    LatencyHistogram, Reason, Snapshot, Tier, TierKind,
 };
 
 use crate::health::{HealthConfig, PartitionHealth, group_status};
@@ -420,12 +420,26 @@ impl LagEntry {
     /// Whether the lag was not refreshed for [`STALE_AFTER_INTERVALS`] lag
     /// intervals at `now_ms`.
     fn is_stale(&self, now_ms: i64) -> bool {
+        now_ms > self.stale_after()
+    }
+
+    /// The last moment the lag is still fresh.
+    fn stale_after(&self) -> i64 {
         let interval = self
             .interval_ms
             .unwrap_or(DEFAULT_LAG_INTERVAL_MS)
             .max(MIN_LAG_INTERVAL_MS);
-        now_ms.saturating_sub(self.refreshed_ms) > interval.saturating_mul(STALE_AFTER_INTERVALS)
+        self.refreshed_ms
+            .saturating_add(interval.saturating_mul(STALE_AFTER_INTERVALS))
     }
+}
+
+/// A group's health as last evaluated, and the first moment the clock alone
+/// can change it (a partition going stale or stopping).
+#[derive(Debug)]
+struct JudgedGroup {
+    health: GroupHealth,
+    until_ms: i64,
 }
 
 /// The lag entry as stored in the health table.
@@ -514,6 +528,11 @@ pub struct Ledger {
     /// Per topic id: its books and buckets at the last evaluation, reused
     /// while the change hint leaves it out.
     evaluated: Vec<Option<(TopicBooks, TopicBuckets)>>,
+    /// Per (cluster, group): its health at the last evaluation, reused until
+    /// a sample changes it or the clock can.
+    judged_groups: HashMap<(String, String), JudgedGroup>,
+    /// Groups whose lag changed since the last evaluation.
+    dirty_groups: HashSet<(String, String)>,
     /// Series open over all sources (what [`LedgerConfig::max_series`] bounds).
     open_series: usize,
     /// What [`Ledger::restore`] left out.
@@ -588,6 +607,8 @@ impl Ledger {
             all_topics_dirty: true,
             last_epoch: None,
             evaluated: Vec::new(),
+            judged_groups: HashMap::new(),
+            dirty_groups: HashSet::new(),
             open_series: 0,
             restore_skipped: Skipped::default(),
             sums: BTreeMap::new(),

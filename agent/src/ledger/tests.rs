@@ -1277,3 +1277,64 @@ fn the_change_hint_names_every_topic_that_changed() {
     assert!(hinted > 100, "the hint was given in {hinted} of 400 ticks");
     assert!(left_out > 500, "{left_out} topics left out of hints");
 }
+
+/// A group the evaluation reuses (its lag unchanged, the clock unable to
+/// have moved it) equals one judged afresh, and the group hint names every
+/// group that differs from the evaluation before, across ticks of random
+/// lag samples and clock steps long enough to make partitions stale and stop.
+#[test]
+fn a_reused_group_equals_one_judged_afresh() {
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut now = B0;
+    let mut offsets = [[0_i64; 3]; 5];
+    let mut prev: Option<Snapshot> = None;
+    let (mut reused, mut hinted) = (0, 0);
+    for tick in 0..400_u64 {
+        if next() % 3 == 0 {
+            let g = (next() % 5) as usize;
+            let p = (next() % 3) as usize;
+            offsets[g][p] += (next() % 4) as i64;
+            let end = offsets[g][p] + (next() % 3) as i64 * 10;
+            let mut sample = lag(&format!("g{g}"), p as i32, offsets[g][p], end, now);
+            sample.seq = tick + 1;
+            l.apply_lag(s, &sample, now).unwrap();
+        }
+        now += (next() % 9_000) as i64;
+        let snap = l.evaluate(now);
+        let judged = l.judged_groups.len();
+        l.judged_groups.clear();
+        let fresh = l.evaluate(now);
+        assert_eq!(snap.groups, fresh.groups, "tick {tick}");
+        if let (Some(prev), Some(changed)) = (&prev, &snap.changes.groups) {
+            hinted += 1;
+            for g in &snap.groups {
+                let key = tally_audit::feed::GroupKey {
+                    cluster: g.cluster.clone(),
+                    group: g.group.clone(),
+                };
+                if changed.contains(&key) {
+                    continue;
+                }
+                reused += 1;
+                let before = prev
+                    .groups
+                    .iter()
+                    .find(|b| b.cluster == g.cluster && b.group == g.group)
+                    .expect("a group the hint leaves out was there before");
+                assert_eq!(before, g, "tick {tick}");
+            }
+        }
+        assert!(judged <= 5);
+        prev = Some(fresh);
+    }
+    assert!(hinted > 300, "{hinted}");
+    assert!(reused > 200, "groups reused: {reused}");
+}
