@@ -1,5 +1,5 @@
 use super::*;
-use tally_audit::{LagSample, Latency, LatencyHistogram};
+use tally_audit::{GroupStatus, LagSample, Latency, LatencyHistogram};
 
 const W: u64 = 1_000;
 /// A bucket start well in the past of `NOW`, so that its grace is over.
