@@ -111,19 +111,6 @@ CREATE TABLE history (
     PRIMARY KEY (bucket, series)
 ) STRICT, WITHOUT ROWID;
 
-CREATE INDEX history_by_series ON history (series, bucket);
-
-CREATE TABLE bucket_sum (
-    series       INTEGER NOT NULL,
-    bucket       INTEGER NOT NULL,
-    records      INTEGER NOT NULL,
-    bytes        INTEGER NOT NULL,
-    no_timestamp INTEGER NOT NULL,
-    expired      INTEGER NOT NULL,
-    skipped      INTEGER NOT NULL,
-    aborted      INTEGER NOT NULL,
-    PRIMARY KEY (series, bucket)
-) STRICT, WITHOUT ROWID;
 
 CREATE TABLE health (
     cluster        TEXT NOT NULL,
@@ -137,6 +124,24 @@ CREATE TABLE health (
 CREATE TABLE kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+/// The tables and index version 3 added: part of a new database's schema,
+/// and of the upgrade from version 2.
+const SCHEMA_3_ADDED: &str = "
+CREATE INDEX history_by_series ON history (series, bucket);
+
+CREATE TABLE bucket_sum (
+    series       INTEGER NOT NULL,
+    bucket       INTEGER NOT NULL,
+    records      INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    no_timestamp INTEGER NOT NULL,
+    expired      INTEGER NOT NULL,
+    skipped      INTEGER NOT NULL,
+    aborted      INTEGER NOT NULL,
+    PRIMARY KEY (series, bucket)
 ) STRICT, WITHOUT ROWID;
 ";
 
@@ -168,8 +173,9 @@ ON CONFLICT (series, bucket) DO UPDATE SET
     records = excluded.records, bytes = excluded.bytes, no_timestamp = excluded.no_timestamp,
     expired = excluded.expired, skipped = excluded.skipped, aborted = excluded.aborted";
 
-/// Upgrades a version-2 database: the series' totals and first buckets and
-/// the per-(series, bucket) sums are computed once from the cells.
+/// Upgrades a version-2 database (after [`SCHEMA_3_ADDED`]): the series'
+/// totals and first buckets and the per-(series, bucket) sums are computed
+/// once from the cells.
 const UPGRADE_2_TO_3: &str = "
 ALTER TABLE series ADD COLUMN first_bucket INTEGER;
 ALTER TABLE series ADD COLUMN live_records INTEGER NOT NULL DEFAULT 0;
@@ -178,18 +184,6 @@ ALTER TABLE series ADD COLUMN live_no_timestamp INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE series ADD COLUMN live_expired INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE series ADD COLUMN live_skipped INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE series ADD COLUMN live_aborted INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX history_by_series ON history (series, bucket);
-CREATE TABLE bucket_sum (
-    series       INTEGER NOT NULL,
-    bucket       INTEGER NOT NULL,
-    records      INTEGER NOT NULL,
-    bytes        INTEGER NOT NULL,
-    no_timestamp INTEGER NOT NULL,
-    expired      INTEGER NOT NULL,
-    skipped      INTEGER NOT NULL,
-    aborted      INTEGER NOT NULL,
-    PRIMARY KEY (series, bucket)
-) STRICT, WITHOUT ROWID;
 INSERT INTO bucket_sum
     SELECT series, bucket, sum(records), sum(bytes), sum(no_timestamp), sum(expired),
            sum(skipped), sum(aborted)
@@ -642,6 +636,7 @@ impl Store {
         match schema_version(&tx).map_err(failed)? {
             SchemaFound::Empty => tx
                 .execute_batch(SCHEMA)
+                .and_then(|()| tx.execute_batch(SCHEMA_3_ADDED))
                 .and_then(|()| {
                     tx.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
@@ -665,6 +660,7 @@ impl Store {
                     "upgrading the state database (sums are computed once from the stored cells)"
                 );
                 tx.execute_batch(to_2)
+                    .and_then(|()| tx.execute_batch(SCHEMA_3_ADDED))
                     .and_then(|()| tx.execute_batch(UPGRADE_2_TO_3))
                     .and_then(|()| tx.commit())
                     .map_err(failed)

@@ -192,18 +192,7 @@ impl Ledger {
         let topic = &self.topics[tid as usize];
         let reference = self.reference_of(topic);
         let width = self.cfg.width;
-        let plan: Vec<SeriesRef<'_>> = topic
-            .series
-            .iter()
-            .map(|&s| {
-                let sr = &self.series[s as usize];
-                SeriesRef {
-                    id: s,
-                    tier: &sr.tier,
-                    first_bucket: sr.first_bucket,
-                }
-            })
-            .collect();
+        let plan = self.plan_of(&topic.series);
         let mut per_bucket: BTreeMap<i64, Vec<(u32, CellCounts)>> = BTreeMap::new();
         for s in &plan {
             for (&(_, b), c) in self.sums.range((s.id, window_start)..=(s.id, i64::MAX)) {
@@ -295,6 +284,20 @@ impl Ledger {
             }
         }
         (books, view)
+    }
+
+    /// The series `ids` as judging their buckets needs them.
+    fn plan_of(&self, ids: &[u32]) -> Vec<SeriesRef<'_>> {
+        ids.iter()
+            .map(|&s| {
+                let sr = &self.series[s as usize];
+                SeriesRef {
+                    id: s,
+                    tier: &sr.tier,
+                    first_bucket: sr.first_bucket,
+                }
+            })
+            .collect()
     }
 
     /// Records the judgement of a closed bucket where it differs from the
@@ -390,17 +393,7 @@ impl Ledger {
                 self.late_outside.insert((tid, bucket));
                 continue;
             }
-            let plan: Vec<SeriesRef<'_>> = ids
-                .iter()
-                .map(|&s| {
-                    let sr = &self.series[s as usize];
-                    SeriesRef {
-                        id: s,
-                        tier: &sr.tier,
-                        first_bucket: sr.first_bucket,
-                    }
-                })
-                .collect();
+            let plan = self.plan_of(&ids);
             let closes = &self.closed;
             let judged = judge_bucket(&plan, reference, bucket, &present, true, |s| {
                 closes

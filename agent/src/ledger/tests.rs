@@ -1216,6 +1216,16 @@ fn the_lag_entry_round_trips_through_the_store() {
     assert!(restored.evaluate(9_001).groups[0].stale);
 }
 
+/// A small seeded generator for the randomised tests.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// The change hint of each evaluation (what the stream feed diffs, and what
 /// the evaluation itself reuses) is truthful: a topic it leaves out has the
 /// same books and buckets as in the evaluation before, and an evaluation that
@@ -1225,13 +1235,7 @@ fn the_lag_entry_round_trips_through_the_store() {
 fn the_change_hint_names_every_topic_that_changed() {
     let mut l = ledger();
     let s = hello(&mut l, "b", 1);
-    let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     let mut now = B0;
     let mut prev: Option<Snapshot> = None;
     let (mut hinted, mut left_out) = (0, 0);
@@ -1286,13 +1290,7 @@ fn the_change_hint_names_every_topic_that_changed() {
 fn a_reused_group_equals_one_judged_afresh() {
     let mut l = ledger();
     let s = hello(&mut l, "b", 1);
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     let mut now = B0;
     let mut offsets = [[0_i64; 3]; 5];
     let mut prev: Option<Snapshot> = None;
