@@ -1296,7 +1296,7 @@ fn a_reused_group_equals_one_judged_afresh() {
     let mut prev: Option<Snapshot> = None;
     let (mut reused, mut hinted) = (0, 0);
     for tick in 0..400_u64 {
-        if next() % 3 == 0 {
+        if next().is_multiple_of(3) {
             let g = (next() % 5) as usize;
             let p = (next() % 3) as usize;
             offsets[g][p] += (next() % 4) as i64;
