@@ -593,62 +593,107 @@ fn write_loop(
     metrics: &AgentMetrics,
     committed: &std::sync::atomic::AtomicU64,
 ) {
-    while let Some(mut f) = flushes.blocking_recv() {
+    // A flush whose transaction failed (a full disk, a lock held too long),
+    // kept with its acks and written again, with what arrived meanwhile: its
+    // rows are the ledger's newest values, which no resend would bring back
+    // (a resend of an applied value changes nothing).
+    let mut retry: Option<Flush> = None;
+    let mut failures = 0_u32;
+    loop {
+        let mut f = match retry.take() {
+            Some(mut f) => {
+                // Taking in what arrives meanwhile, so that the ledger's
+                // task never waits on a full channel.
+                let until = Instant::now() + RETRY_PAUSE;
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                    while let Ok(more) = flushes.try_recv() {
+                        f.absorb(more);
+                    }
+                }
+                f
+            }
+            None => match flushes.blocking_recv() {
+                Some(f) => f,
+                None => break,
+            },
+        };
         // Merge what queued up meanwhile into one transaction.
         while let Ok(more) = flushes.try_recv() {
             f.absorb(more);
         }
         let generation = f.generation;
-        let (stored, refused) = write_flush(&mut store, f);
-        if refused > 0 {
-            metrics.refused_entries("", tally_audit::Reason::BadField, refused);
+        match write_flush(&mut store, f) {
+            Ok(refused) => {
+                if refused > 0 {
+                    metrics.refused_entries("", tally_audit::Reason::BadField, refused);
+                }
+                if failures > 0 {
+                    info!(
+                        attempts = failures + 1,
+                        "the state database took the rows again"
+                    );
+                    failures = 0;
+                }
+                committed.fetch_max(generation, Ordering::Release);
+            }
+            Err(failed) => {
+                let (f, e) = *failed;
+                // Logged once per run of failures, not on every attempt.
+                if failures == 0 {
+                    error!(
+                        "cannot write the state database, trying again every {} ms; nothing is acknowledged meanwhile: {e}",
+                        RETRY_PAUSE.as_millis()
+                    );
+                }
+                failures = failures.saturating_add(1);
+                retry = Some(f);
+            }
         }
-        // A flush that failed as a whole keeps its rows in the ledger's
-        // memory only: nothing after it counts as committed.
-        if stored {
-            committed.fetch_max(generation, Ordering::Release);
-        }
+    }
+    if let Some(f) = retry
+        && let Err(failed) = write_flush(&mut store, f)
+    {
+        error!(
+            "stopping with rows the state database did not take; their emitters resend them: {}",
+            failed.1
+        );
     }
 }
 
+/// How long the writer waits before writing a failed flush again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// Stores one flush and answers its messages: each that was stored gets its
-/// ack, one whose rows cannot be stored gets an error of its own, and when
-/// the transaction fails as a whole no one gets an answer (their emitters
-/// resend after the connection drops, so nothing acknowledged is lost).
-/// Returns whether the transaction committed, and how many messages were
-/// refused because their rows could not be stored.
-fn write_flush(store: &mut Store, f: Flush) -> (bool, u64) {
+/// ack, one whose rows cannot be stored gets an error of its own. Returns how
+/// many messages were refused because their rows could not be stored; when
+/// the transaction fails as a whole, the flush itself (no one answered yet)
+/// and the error.
+fn write_flush(store: &mut Store, f: Flush) -> std::result::Result<u64, Box<(Flush, Error)>> {
     let mut refused = 0;
     let batches: Vec<&WriteBatch> = f.pieces.iter().map(|p| &p.batch).collect();
-    let result = store.write_each(&batches);
-    let stored = result.is_ok();
-    match result {
-        Ok(outcomes) => {
-            for (piece, outcome) in f.pieces.into_iter().zip(outcomes) {
-                match (piece.ack, outcome) {
-                    (Some(ack), Ok(())) => {
-                        let _ = ack.send(Ok(()));
-                    }
-                    (Some(ack), Err(e)) => {
-                        refused += 1;
-                        error!("a message's rows cannot be stored, it is refused alone: {e}");
-                        let _ = ack.send(Err(tally_audit::Error::new(
-                            tally_audit::Reason::BadField,
-                            format!("not stored: {e}"),
-                        )));
-                    }
-                    (None, Err(e)) => error!("rows of no message cannot be stored: {e}"),
-                    (None, Ok(())) => {}
-                }
+    let outcomes = match store.write_each(&batches) {
+        Ok(outcomes) => outcomes,
+        Err(e) => return Err(Box::new((f, e))),
+    };
+    for (piece, outcome) in f.pieces.into_iter().zip(outcomes) {
+        match (piece.ack, outcome) {
+            (Some(ack), Ok(())) => {
+                let _ = ack.send(Ok(()));
             }
-        }
-        Err(e) => {
-            // Unacknowledged messages are resent by their emitters after
-            // the connection drops, so dropping the acks loses nothing.
-            error!("cannot write the state database: {e}");
+            (Some(ack), Err(e)) => {
+                refused += 1;
+                error!("a message's rows cannot be stored, it is refused alone: {e}");
+                let _ = ack.send(Err(tally_audit::Error::new(
+                    tally_audit::Reason::BadField,
+                    format!("not stored: {e}"),
+                )));
+            }
+            (None, Err(e)) => error!("rows of no message cannot be stored: {e}"),
+            (None, Ok(())) => {}
         }
     }
-    (stored, refused)
+    Ok(refused)
 }
 
 /// Runs the agent until ctrl-c (or SIGTERM).
@@ -719,6 +764,44 @@ mod tests {
         )
     }
 
+    /// A flush whose transaction fails as a whole (here another connection
+    /// holds the write lock past the busy timeout, as a full disk would fail
+    /// every write) is not dropped: it is written again once the database
+    /// takes it, and only then acknowledged and counted as committed.
+    #[test]
+    fn a_flush_that_fails_whole_is_written_again_then_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blocker = rusqlite::Connection::open(store.path()).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = std::thread::spawn({
+            let committed = committed.clone();
+            move || write_loop(store, rx, &AgentMetrics::new(), &committed)
+        });
+        let (p, mut ack) = piece(WriteBatch {
+            cells: vec![cell(0, 1)],
+            ..WriteBatch::default()
+        });
+        tx.blocking_send(Flush {
+            pieces: vec![p],
+            generation: 7,
+        })
+        .unwrap();
+        // Past the writer's 5 s busy timeout: its first attempt failed.
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(ack.try_recv().is_err(), "not acknowledged while not stored");
+        assert_eq!(committed.load(Ordering::Acquire), 0);
+        blocker.execute_batch("COMMIT").unwrap();
+        assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(committed.load(Ordering::Acquire), 7);
+        drop(tx);
+        writer.join().unwrap();
+        let stored = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(stored.cells, vec![cell(0, 1)]);
+    }
+
     #[test]
     fn a_message_that_cannot_be_stored_does_not_cost_the_others_their_acks() {
         let dir = tempfile::tempdir().unwrap();
@@ -753,7 +836,7 @@ mod tests {
                 generation: 1,
             },
         );
-        assert_eq!(refused, (true, 1));
+        assert_eq!(refused.ok(), Some(1));
         assert_eq!(first_rx.blocking_recv().unwrap(), Ok(()));
         assert_eq!(last_rx.try_recv().unwrap(), Ok(()));
         let refused = bad_rx.try_recv().unwrap().unwrap_err();
