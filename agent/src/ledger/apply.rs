@@ -456,6 +456,7 @@ impl Ledger {
         src.last_seen_ms = now_ms;
         src.messages[2] += 1;
         self.dirty_sources.insert(session.source);
+        let mut last_group: Option<&str> = None;
         for s in &lag.partitions {
             let key = (
                 cluster.clone(),
@@ -482,8 +483,10 @@ impl Ledger {
                 entry.interval_ms = Some(gap);
             }
             entry.at_ms = entry.at_ms.max(lag.at_ms);
-            if !self.dirty_groups.contains(&(key.0.clone(), key.1.clone())) {
+            // A message lists a group's partitions together: one insert each.
+            if last_group != Some(s.group.as_str()) {
                 self.dirty_groups.insert((key.0.clone(), key.1.clone()));
+                last_group = Some(s.group.as_str());
             }
             self.dirty_health.insert(key);
         }

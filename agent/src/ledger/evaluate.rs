@@ -16,22 +16,15 @@ impl Ledger {
             let (a, b) = (&self.topics[*a as usize], &self.topics[*b as usize]);
             (&a.cluster, &a.topic).cmp(&(&b.cluster, &b.topic))
         });
-        let mut changes = self.changes(now_ms, window_start);
+        let changed_topics = self.changed_topics(now_ms, window_start);
         let (groups, changed_groups) = self.evaluate_groups(now_ms);
-        changes.groups = Some(changed_groups);
-        // A topic the hint leaves out is the same as at the last evaluation:
+        // A topic that did not change is the same as at the last evaluation:
         // its books are copied (a few tiers) and its buckets shared.
         self.evaluated.resize_with(self.topics.len(), || None);
         for tid in order {
-            let reused = match (&changes.topics, &self.evaluated[tid as usize]) {
-                (Some(changed), Some((books, view)))
-                    if !changed.contains(&tally_audit::feed::TopicKey {
-                        cluster: books.cluster.clone(),
-                        topic: books.topic.clone(),
-                    }) =>
-                {
-                    Some((books.clone(), view.clone()))
-                }
+            let unchanged = changed_topics.as_ref().is_some_and(|c| !c.contains(&tid));
+            let reused = match &self.evaluated[tid as usize] {
+                Some((books, view)) if unchanged => Some((books.clone(), view.clone())),
                 _ => None,
             };
             let (books, view) = match reused {
@@ -48,6 +41,21 @@ impl Ledger {
         if !self.late_outside.is_empty() {
             self.judge_late_outside(now_ms);
         }
+        self.evaluations += 1;
+        let changes = tally_audit::feed::Changes {
+            seq: self.evaluations,
+            topics: changed_topics.map(|changed| {
+                changed
+                    .into_iter()
+                    .filter_map(|tid| self.topics.get(tid as usize))
+                    .map(|t| tally_audit::feed::TopicKey {
+                        cluster: t.cluster.clone(),
+                        topic: t.topic.clone(),
+                    })
+                    .collect()
+            }),
+            groups: Some(changed_groups),
+        };
         Snapshot {
             at_ms: now_ms,
             width_ms: width.ms(),
@@ -64,11 +72,11 @@ impl Ledger {
         }
     }
 
-    /// The hint of what this evaluation changed since the last (for the
-    /// stream feed): the topics whose counts changed, unless the time moved
-    /// a bucket's close or the window's start, which touches every topic.
-    /// Groups are judged against the clock: always compared.
-    fn changes(&mut self, now_ms: i64, window_start: i64) -> tally_audit::feed::Changes {
+    /// The topics that may differ from the last evaluation (for the reuse
+    /// of the others and the stream feed's hint): those whose counts changed,
+    /// or None (every topic) when the clock moved a bucket's close or the
+    /// window's start since.
+    fn changed_topics(&mut self, now_ms: i64, window_start: i64) -> Option<FxHashSet<u32>> {
         let width = self.cfg.width;
         let span = width.ms().saturating_add(self.cfg.grace_ms);
         let newest_closed = width
@@ -78,21 +86,7 @@ impl Ledger {
         let dirty = std::mem::take(&mut self.dirty_topics);
         let all = std::mem::replace(&mut self.all_topics_dirty, false)
             || self.last_epoch.replace(epoch) != Some(epoch);
-        self.evaluations += 1;
-        tally_audit::feed::Changes {
-            seq: self.evaluations,
-            topics: (!all).then(|| {
-                dirty
-                    .into_iter()
-                    .filter_map(|tid| self.topics.get(tid as usize))
-                    .map(|t| tally_audit::feed::TopicKey {
-                        cluster: t.cluster.clone(),
-                        topic: t.topic.clone(),
-                    })
-                    .collect()
-            }),
-            groups: None,
-        }
+        (!all).then_some(dirty)
     }
 
     /// Each (cluster, topic, tier)'s latency, summed over its sources. Sums
@@ -350,9 +344,7 @@ impl Ledger {
                 {
                     match link.0.closed(s, bucket) {
                         Ok(Some((status, unresolved))) => {
-                            if let Some(status) =
-                                BucketStatus::ALL.into_iter().find(|x| x.as_str() == status)
-                            {
+                            if let Some(status) = status_named(&status) {
                                 self.closed.insert(
                                     (s, bucket),
                                     Closed {

@@ -248,6 +248,11 @@ pub trait Cold: Send {
     fn sums_before(&self, before: i64) -> Result<Vec<(u32, CellCounts)>>;
 }
 
+/// The bucket status a history row names, if it names one.
+fn status_named(name: &str) -> Option<BucketStatus> {
+    BucketStatus::ALL.into_iter().find(|s| s.as_str() == name)
+}
+
 /// The store behind [`Cold`], shown by name only.
 struct ColdLink(Box<dyn Cold>);
 

@@ -25,23 +25,13 @@ impl Ledger {
         if self.cold.is_some() && self.touched.range(..horizon).any(|(_, &g)| g > committed) {
             return Ok(None);
         }
-        let mut moved: Vec<(u32, CellCounts)> = Vec::new();
-        match &self.cold {
-            // The store holds every cell not pruned yet: its sums are the ones.
-            Some(link) => moved = link.0.sums_before(horizon)?,
-            None => {
-                let old: Vec<i64> = self
-                    .cells
-                    .by_bucket
-                    .range(..horizon)
-                    .map(|(b, _)| *b)
-                    .collect();
-                for b in old {
-                    self.cells
-                        .drop_bucket(b, |k, c| moved.push((k.series, c.v)));
-                }
-            }
-        }
+        // With a store, it holds every cell not pruned yet: its sums are the
+        // ones to move; without, memory holds them all.
+        let mut moved: Vec<(u32, CellCounts)> = match &self.cold {
+            Some(link) => link.0.sums_before(horizon)?,
+            None => Vec::new(),
+        };
+        let from_memory = self.cold.is_none();
         let old: Vec<i64> = self
             .cells
             .by_bucket
@@ -49,15 +39,17 @@ impl Ledger {
             .map(|(b, _)| *b)
             .collect();
         for b in old {
-            self.cells.drop_bucket(b, |_, _| {});
+            self.cells.drop_bucket(b, |k, c| {
+                if from_memory {
+                    moved.push((k.series, c.v));
+                }
+            });
         }
         for (series, v) in moved {
             let Some(s) = self.series.get_mut(series as usize) else {
                 continue;
             };
-            let mut live = s.live;
-            live.swap(&v, &CellCounts::default());
-            s.live = live;
+            s.live.swap(&v, &CellCounts::default());
             s.pruned.add(&v);
             self.dirty_series.insert(series);
             self.all_topics_dirty = true;
@@ -372,10 +364,7 @@ impl Ledger {
         ledger.dirty_series.clear();
         let cells = std::mem::take(&mut loaded.cells);
         for h in loaded.history {
-            if let Some(status) = BucketStatus::ALL
-                .into_iter()
-                .find(|s| s.as_str() == h.status)
-            {
+            if let Some(status) = status_named(&h.status) {
                 ledger.touched.entry(h.bucket).or_insert(0);
                 ledger.closed.insert(
                     (h.series, h.bucket),
