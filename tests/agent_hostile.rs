@@ -725,7 +725,7 @@ fn a_store_that_cannot_be_loaded_makes_healthz_fail_instead_of_hanging_unready()
     // A table gone: nothing the agent could load around.
     let dropped = std::process::Command::new(python)
         .arg("-c")
-        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DROP TABLE health'); c.commit()")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DROP TABLE lag_health'); c.commit()")
         .arg(data.join(tally_agent::store::FILE_NAME))
         .status()
         .unwrap();
@@ -753,7 +753,7 @@ fn a_store_that_cannot_be_loaded_makes_healthz_fail_instead_of_hanging_unready()
     let body: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(body["error"], "failed", "{body}");
     assert!(
-        body["detail"].as_str().unwrap().contains("health"),
+        body["detail"].as_str().unwrap().contains("lag_health"),
         "{body}"
     );
     assert_eq!(common::get(addr, "/readyz", None).0, 503);

@@ -62,6 +62,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use tally_audit::LagSample;
 
+use crate::compact::{get_f64, get_i64, get_u64, put_f64, put_i64, put_u64};
+
 pub use tally_audit::snapshot::{CommitPoint, GroupStatus, PartitionStatus};
 
 /// The default number of commits kept per partition.
@@ -142,6 +144,56 @@ impl PartitionHealth {
         while self.commits.len() > cfg.capacity() {
             self.commits.pop_front();
         }
+    }
+
+    /// Appends the health in the compact form [`PartitionHealth::decode`]
+    /// reads: the latest sample, then the window's commits, each as its
+    /// difference from the one before (a byte or two where they move little).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_i64(out, self.committed);
+        put_i64(out, self.end_offset.wrapping_sub(self.committed));
+        put_i64(out, self.start_offset);
+        put_u64(out, self.lag_records);
+        put_f64(out, self.lag_seconds);
+        put_u64(out, self.commits.len() as u64);
+        let (mut offset, mut lag, mut at_ms) = (self.committed, 0u64, 0i64);
+        for c in &self.commits {
+            put_i64(out, c.offset.wrapping_sub(offset));
+            put_i64(out, c.lag.wrapping_sub(lag) as i64);
+            put_i64(out, c.at_ms.wrapping_sub(at_ms));
+            (offset, lag, at_ms) = (c.offset, c.lag, c.at_ms);
+        }
+    }
+
+    /// Reads what [`PartitionHealth::encode`] wrote from the front of
+    /// `input`; None where it is cut short or is not that encoding.
+    pub fn decode(input: &mut &[u8]) -> Option<PartitionHealth> {
+        let committed = get_i64(input)?;
+        let end_offset = committed.wrapping_add(get_i64(input)?);
+        let start_offset = get_i64(input)?;
+        let lag_records = get_u64(input)?;
+        let lag_seconds = get_f64(input)?;
+        let n = get_u64(input)?;
+        // A commit takes 3 bytes at least: a larger count is not this encoding.
+        if n > (input.len() / 3) as u64 {
+            return None;
+        }
+        let mut commits = VecDeque::with_capacity(n as usize);
+        let (mut offset, mut lag, mut at_ms) = (committed, 0u64, 0i64);
+        for _ in 0..n {
+            offset = offset.wrapping_add(get_i64(input)?);
+            lag = lag.wrapping_add(get_i64(input)? as u64);
+            at_ms = at_ms.wrapping_add(get_i64(input)?);
+            commits.push_back(CommitPoint { offset, lag, at_ms });
+        }
+        Some(PartitionHealth {
+            commits,
+            committed,
+            end_offset,
+            start_offset,
+            lag_records,
+            lag_seconds,
+        })
     }
 
     /// The partition's status at `now_ms` (see the module documentation for the rules).
@@ -333,6 +385,40 @@ mod tests {
 
     fn minute_of_last(commits: &[(i64, u64)]) -> i64 {
         T0 + (commits.len() as i64 - 1) * MIN
+    }
+
+    #[test]
+    fn the_compact_form_reads_back_to_the_same_health_and_is_small() {
+        let cfg = HealthConfig::default();
+        let commits: Vec<(i64, u64)> = (0..12)
+            .map(|i| (2_171 + i * 25, 1_172 + i as u64 * 25))
+            .collect();
+        let mut health = committed_every_minute(&commits, &cfg);
+        // A rewind and extreme values read back too.
+        health.observe(
+            &sample(5, u64::MAX, minute_of_last(&commits) + MIN, 279.31),
+            &cfg,
+        );
+        health.observe(&sample(i64::MIN, 0, i64::MAX, 0.0), &cfg);
+        let mut out = vec![7];
+        health.encode(&mut out);
+        out.push(9);
+        let mut input = &out[1..];
+        assert_eq!(PartitionHealth::decode(&mut input), Some(health.clone()));
+        assert_eq!(input, &[9]);
+        // A full window of one-minute commits fits in well under the 600 bytes of its JSON.
+        let steady = committed_every_minute(&commits, &cfg);
+        let mut out = Vec::new();
+        steady.encode(&mut out);
+        assert!(out.len() < 100, "{} bytes", out.len());
+        // Every cut of it is refused, never read as something else.
+        for cut in 0..out.len() {
+            assert_eq!(
+                PartitionHealth::decode(&mut &out[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

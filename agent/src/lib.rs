@@ -3,6 +3,7 @@
 //! immutable snapshot, and serves that snapshot over HTTP, Prometheus and a
 //! WebSocket feed. Its state lives in SQLite under the data directory.
 
+mod compact;
 pub mod config;
 mod error;
 mod feed;

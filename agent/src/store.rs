@@ -23,7 +23,7 @@ use tally_audit::CellCounts;
 use crate::{Error, Result};
 
 /// The schema version this agent writes; a database of a higher version is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The database's file name inside the data directory.
 pub const FILE_NAME: &str = "agent.db";
@@ -112,15 +112,6 @@ CREATE TABLE history (
 ) STRICT, WITHOUT ROWID;
 
 
-CREATE TABLE health (
-    cluster        TEXT NOT NULL,
-    consumer_group TEXT NOT NULL,
-    topic          TEXT NOT NULL,
-    partition_no   INTEGER NOT NULL,
-    state          TEXT NOT NULL,
-    PRIMARY KEY (cluster, consumer_group, topic, partition_no)
-) STRICT, WITHOUT ROWID;
-
 CREATE TABLE kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -143,6 +134,32 @@ CREATE TABLE bucket_sum (
     aborted      INTEGER NOT NULL,
     PRIMARY KEY (series, bucket)
 ) STRICT, WITHOUT ROWID;
+";
+
+/// The table version 4 added: each lag entry's health by a row id, its state
+/// in a compact binary form, so that a lag sample rewrites a row of some
+/// 100 bytes found by its integer key (version 3 kept it as JSON under its
+/// four names, 850 bytes).
+const SCHEMA_4_ADDED: &str = "
+CREATE TABLE lag_health (
+    id             INTEGER PRIMARY KEY,
+    cluster        TEXT NOT NULL,
+    consumer_group TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    partition_no   INTEGER NOT NULL,
+    state          BLOB NOT NULL
+) STRICT;
+";
+
+/// Upgrades a version-3 database (after [`SCHEMA_4_ADDED`]): the health rows
+/// move to `lag_health` with their JSON state, which the ledger still reads,
+/// and which the next sample of each rewrites in the compact form.
+const UPGRADE_3_TO_4: &str = "
+INSERT INTO lag_health (cluster, consumer_group, topic, partition_no, state)
+    SELECT cluster, consumer_group, topic, partition_no, CAST(state AS BLOB) FROM health
+    ORDER BY cluster, consumer_group, topic, partition_no;
+DROP TABLE health;
+UPDATE meta SET value = 4 WHERE key = 'schema_version';
 ";
 
 const UPSERT_SOURCE: &str = "
@@ -217,12 +234,13 @@ ON CONFLICT (bucket, series) DO UPDATE SET
     expired = excluded.expired, skipped = excluded.skipped, closed_at_ms = excluded.closed_at_ms";
 
 const UPSERT_HEALTH: &str = "
-INSERT INTO health (cluster, consumer_group, topic, partition_no, state)
-VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (cluster, consumer_group, topic, partition_no) DO UPDATE SET state = excluded.state";
+INSERT INTO lag_health (id, cluster, consumer_group, topic, partition_no, state)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (id) DO UPDATE SET
+    cluster = excluded.cluster, consumer_group = excluded.consumer_group,
+    topic = excluded.topic, partition_no = excluded.partition_no, state = excluded.state";
 
-const DELETE_HEALTH: &str = "
-DELETE FROM health WHERE cluster = ?1 AND consumer_group = ?2 AND topic = ?3 AND partition_no = ?4";
+const DELETE_HEALTH: &str = "DELETE FROM lag_health WHERE id = ?1";
 
 const DELETE_KV: &str = "DELETE FROM kv WHERE key = ?1";
 
@@ -328,10 +346,12 @@ pub struct HistoryRow {
     pub closed_at_ms: i64,
 }
 
-/// The health window of one consumer group on one partition, keyed by
-/// (`cluster`, `group`, `topic`, `partition`).
+/// The health window of one consumer group on one partition, keyed by its
+/// row `id` (the ledger's), with the names it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthRow {
+    /// The row id the ledger gave the lag entry.
+    pub id: i64,
     /// The cluster.
     pub cluster: String,
     /// The consumer group.
@@ -340,8 +360,9 @@ pub struct HealthRow {
     pub topic: String,
     /// The topic partition.
     pub partition: i32,
-    /// The window's state, as JSON.
-    pub state: String,
+    /// The window's state, in the ledger's compact form (or JSON, as a
+    /// version-3 database held it).
+    pub state: Vec<u8>,
 }
 
 /// Rows to store in one transaction. Every `Vec` is an upsert by its row's key,
@@ -361,8 +382,8 @@ pub struct WriteBatch {
     pub history: Vec<HistoryRow>,
     /// Health windows to insert or replace.
     pub health: Vec<HealthRow>,
-    /// Health windows to delete, by (cluster, group, topic, partition).
-    pub health_deleted: Vec<(String, String, String, i32)>,
+    /// Health windows to delete, by row id.
+    pub health_deleted: Vec<i64>,
     /// Free-form settings of the ledger to insert or replace, by key.
     pub kv: Vec<(String, String)>,
     /// Keys to delete from the free-form settings, applied after `kv`.
@@ -637,6 +658,7 @@ impl Store {
             SchemaFound::Empty => tx
                 .execute_batch(SCHEMA)
                 .and_then(|()| tx.execute_batch(SCHEMA_3_ADDED))
+                .and_then(|()| tx.execute_batch(SCHEMA_4_ADDED))
                 .and_then(|()| {
                     tx.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
@@ -646,7 +668,7 @@ impl Store {
                 .and_then(|_| tx.commit())
                 .map_err(failed),
             SchemaFound::Version(version) if version == SCHEMA_VERSION => Ok(()),
-            SchemaFound::Version(version @ (1 | 2)) => {
+            SchemaFound::Version(version @ 1..=3) => {
                 // Version 1 had no `aborted` count: every cell it holds counted none.
                 let to_2 = if version == 1 {
                     "ALTER TABLE cell ADD COLUMN aborted INTEGER NOT NULL DEFAULT 0;"
@@ -657,11 +679,21 @@ impl Store {
                     path = %path.display(),
                     from = version,
                     to = SCHEMA_VERSION,
-                    "upgrading the state database (sums are computed once from the stored cells)"
+                    "upgrading the state database{}",
+                    if version < 3 {
+                        " (sums are computed once from the stored cells)"
+                    } else {
+                        ""
+                    }
                 );
-                tx.execute_batch(to_2)
-                    .and_then(|()| tx.execute_batch(SCHEMA_3_ADDED))
-                    .and_then(|()| tx.execute_batch(UPGRADE_2_TO_3))
+                let mut steps = vec![to_2];
+                if version < 3 {
+                    steps.extend([SCHEMA_3_ADDED, UPGRADE_2_TO_3]);
+                }
+                steps.extend([SCHEMA_4_ADDED, UPGRADE_3_TO_4]);
+                steps
+                    .into_iter()
+                    .try_for_each(|sql| tx.execute_batch(sql))
                     .and_then(|()| tx.commit())
                     .map_err(failed)
             }
@@ -830,17 +862,18 @@ impl Store {
             )?,
             health: read_table(
                 &tx,
-                "health",
-                "SELECT cluster, consumer_group, topic, partition_no, state
-                 FROM health ORDER BY cluster, consumer_group, topic, partition_no",
+                "lag_health",
+                "SELECT id, cluster, consumer_group, topic, partition_no, state
+                 FROM lag_health ORDER BY id",
                 i64::MIN,
                 &|row| {
                     Ok(HealthRow {
-                        cluster: row.get(0)?,
-                        group: row.get(1)?,
-                        topic: row.get(2)?,
-                        partition: int(row, 3, "health.partition_no")?,
-                        state: row.get(4)?,
+                        id: row.get(0)?,
+                        cluster: row.get(1)?,
+                        group: row.get(2)?,
+                        topic: row.get(3)?,
+                        partition: int(row, 4, "lag_health.partition_no")?,
+                        state: row.get(5)?,
                     })
                 },
                 &mut skipped,
@@ -1006,6 +1039,7 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
         let mut upsert = tx.prepare_cached(UPSERT_HEALTH)?;
         for h in &batch.health {
             upsert.execute(rusqlite::params![
+                h.id,
                 h.cluster,
                 h.group,
                 h.topic,
@@ -1016,8 +1050,8 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
     }
     if !batch.health_deleted.is_empty() {
         let mut delete = tx.prepare_cached(DELETE_HEALTH)?;
-        for (cluster, group, topic, partition) in &batch.health_deleted {
-            delete.execute(rusqlite::params![cluster, group, topic, partition])?;
+        for id in &batch.health_deleted {
+            delete.execute([id])?;
         }
     }
     if !batch.kv.is_empty() {
@@ -1439,8 +1473,9 @@ mod tests {
         }
     }
 
-    fn health(group: &str, partition: i32, state: &str) -> HealthRow {
+    fn health(id: i64, group: &str, partition: i32, state: &str) -> HealthRow {
         HealthRow {
+            id,
             cluster: "local".into(),
             group: group.into(),
             topic: "orders".into(),
@@ -1462,8 +1497,8 @@ mod tests {
             ],
             history: vec![history(1, 0, "complete"), history(2, 0, "pending")],
             health: vec![
-                health("billing", 0, r#"{"commits":[]}"#),
-                health("ünïcode-gröup", 3, "{}"),
+                health(1, "billing", 0, r#"{"commits":[]}"#),
+                health(2, "ünïcode-gröup", 3, "{}"),
             ],
             health_deleted: Vec::new(),
             sums: vec![SumRow {
@@ -1525,7 +1560,9 @@ mod tests {
     /// `aborted`, no sums, series without totals) opens: it is upgraded in
     /// place, every cell it held reads back with its counts and no aborted
     /// records, the series' totals and first buckets and the per-bucket sums
-    /// are computed from the cells, and new cells keep their counts.
+    /// are computed from the cells, the health rows move to `lag_health` (ids
+    /// in key order, the JSON state kept as it was), and new cells keep their
+    /// counts.
     #[test]
     fn a_version_1_database_is_upgraded_and_keeps_its_cells() {
         let dir = TempDir::new().unwrap();
@@ -1548,6 +1585,18 @@ mod tests {
                  ALTER TABLE series DROP COLUMN live_expired;
                  ALTER TABLE series DROP COLUMN live_skipped;
                  ALTER TABLE series DROP COLUMN live_aborted;
+                 DROP TABLE lag_health;
+                 CREATE TABLE health (
+                     cluster        TEXT NOT NULL,
+                     consumer_group TEXT NOT NULL,
+                     topic          TEXT NOT NULL,
+                     partition_no   INTEGER NOT NULL,
+                     state          TEXT NOT NULL,
+                     PRIMARY KEY (cluster, consumer_group, topic, partition_no)
+                 ) STRICT, WITHOUT ROWID;
+                 INSERT INTO health VALUES
+                     ('local', 'ünïcode-gröup', 'orders', 3, '{}'),
+                     ('local', 'billing', 'orders', 0, '{\"commits\":[]}');
                  UPDATE meta SET value = 1 WHERE key = 'schema_version';",
             )
             .unwrap();
@@ -1615,10 +1664,10 @@ mod tests {
             cells: vec![cell(1, 1, 0, 60_000, 1), newer_cell.clone()],
             history: vec![resolved.clone()],
             health: vec![
-                health("billing", 0, "first"),
-                health("billing", 0, "second"),
+                health(1, "billing", 0, "first"),
+                health(1, "billing", 0, "second"),
             ],
-            health_deleted: vec![("local".into(), "ünïcode-gröup".into(), "orders".into(), 3)],
+            health_deleted: vec![2],
             kv: vec![("z".into(), "1".into()), ("z".into(), "2".into())],
             kv_deleted: Vec::new(),
             ..WriteBatch::default()
@@ -1630,7 +1679,7 @@ mod tests {
         expected.series[1] = renamed;
         expected.cells[2] = newer_cell;
         expected.history[1] = resolved;
-        expected.health = vec![health("billing", 0, "second")];
+        expected.health = vec![health(1, "billing", 0, "second")];
         expected.kv[1].1 = "2".into();
         assert_eq!(store.load().unwrap(), expected);
     }
@@ -1641,12 +1690,15 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         store
             .write(&WriteBatch {
-                health: vec![health("billing", 0, "{}"), health("audit", 1, "{}")],
-                health_deleted: vec![("local".into(), "billing".into(), "orders".into(), 0)],
+                health: vec![health(1, "billing", 0, "{}"), health(3, "audit", 1, "{}")],
+                health_deleted: vec![1],
                 ..WriteBatch::default()
             })
             .unwrap();
-        assert_eq!(store.load().unwrap().health, vec![health("audit", 1, "{}")]);
+        assert_eq!(
+            store.load().unwrap().health,
+            vec![health(3, "audit", 1, "{}")]
+        );
         store
             .write(&WriteBatch {
                 kv: vec![("a".into(), "1".into()), ("b".into(), "2".into())],

@@ -437,18 +437,21 @@ impl Ledger {
             .get(session.source as usize)
             .ok_or_else(|| refuse(Reason::Protocol, "lag before hello".into()))?;
         let cluster = src.cluster.clone();
-        let fresh = lag
-            .partitions
-            .iter()
-            .filter(|s| {
-                !self.lag.contains_key(&(
-                    cluster.clone(),
-                    s.group.clone(),
-                    s.topic.clone(),
-                    s.partition,
-                ))
+        // A message lists a group's partitions together: the group is looked
+        // up once per run of them, and each partition by borrowing its names.
+        let runs = || lag.partitions.chunk_by(|a, b| a.group == b.group);
+        let fresh: usize = runs()
+            .map(|run| {
+                let known = self.lag.get(&(cluster.clone(), run[0].group.clone()));
+                run.iter()
+                    .filter(|s| {
+                        !known
+                            .and_then(|g| g.topics.get(s.topic.as_str()))
+                            .is_some_and(|parts| parts.contains_key(&s.partition))
+                    })
+                    .count()
             })
-            .count();
+            .sum();
         self.admit(src, fresh)?;
         self.open_series += fresh;
         let src = &mut self.sources[session.source as usize];
@@ -456,38 +459,45 @@ impl Ledger {
         src.last_seen_ms = now_ms;
         src.messages[2] += 1;
         self.dirty_sources.insert(session.source);
-        let mut last_group: Option<&str> = None;
-        for s in &lag.partitions {
-            let key = (
-                cluster.clone(),
-                s.group.clone(),
-                s.topic.clone(),
-                s.partition,
-            );
-            let entry = self.lag.entry(key.clone()).or_insert_with(|| LagEntry {
-                health: PartitionHealth::default(),
-                last: s.clone(),
-                source: Some(session.source),
-                refreshed_ms: now_ms,
-                at_ms: lag.at_ms,
-                interval_ms: None,
-            });
-            entry.health.observe(s, &self.cfg.health);
-            entry.last = s.clone();
-            entry.source = Some(session.source);
-            entry.refreshed_ms = now_ms;
-            // One sample per partition per poll: the gap between two is the
-            // source's lag interval (a resend repeats the `at_ms`).
-            let gap = lag.at_ms.saturating_sub(entry.at_ms);
-            if gap > 0 {
-                entry.interval_ms = Some(gap);
+        let health_cfg = self.cfg.health;
+        for run in runs() {
+            let key: GroupKey = (cluster.clone(), run[0].group.clone());
+            let group = self.lag.entry(key.clone()).or_default();
+            for s in run {
+                if !group.topics.contains_key(s.topic.as_str()) {
+                    group.topics.insert(s.topic.clone(), BTreeMap::new());
+                }
+                let Some(parts) = group.topics.get_mut(s.topic.as_str()) else {
+                    continue;
+                };
+                let entry = parts.entry(s.partition).or_insert_with(|| {
+                    let id = self.next_lag_id;
+                    self.next_lag_id += 1;
+                    LagEntry {
+                        id,
+                        dirty: true,
+                        health: PartitionHealth::default(),
+                        last: LastLag::from(s),
+                        source: Some(session.source),
+                        refreshed_ms: now_ms,
+                        at_ms: lag.at_ms,
+                        interval_ms: None,
+                    }
+                });
+                entry.health.observe(s, &health_cfg);
+                entry.last = LastLag::from(s);
+                entry.source = Some(session.source);
+                entry.refreshed_ms = now_ms;
+                // One sample per partition per poll: the gap between two is the
+                // source's lag interval (a resend repeats the `at_ms`).
+                let gap = lag.at_ms.saturating_sub(entry.at_ms);
+                if gap > 0 {
+                    entry.interval_ms = Some(gap);
+                }
+                entry.at_ms = entry.at_ms.max(lag.at_ms);
+                entry.dirty = true;
             }
-            entry.at_ms = entry.at_ms.max(lag.at_ms);
-            // A message lists a group's partitions together: one insert each.
-            if last_group != Some(s.group.as_str()) {
-                self.dirty_groups.insert((key.0.clone(), key.1.clone()));
-                last_group = Some(s.group.as_str());
-            }
+            self.dirty_groups.insert(key.clone());
             self.dirty_health.insert(key);
         }
         Ok(())
@@ -587,27 +597,41 @@ impl Ledger {
         let cluster = src.cluster.clone();
         let groups: HashSet<&str> = forget.groups.iter().map(String::as_str).collect();
         let topics: HashSet<&str> = forget.topics.iter().map(String::as_str).collect();
-        let gone: Vec<HealthKey> = self
-            .lag
-            .iter()
-            .filter(|((c, g, t, _), e)| {
-                *c == cluster
-                    && e.source.is_none_or(|s| s == session.source)
-                    && (groups.contains(g.as_str()) || topics.contains(t.as_str()))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            self.dirty_groups.insert((key.0.clone(), key.1.clone()));
-            if let Some(e) = self.lag.remove(&key) {
+        let mut gone: Vec<(GroupKey, String, i32)> = Vec::new();
+        for (key, group) in self.lag.range((cluster.clone(), String::new())..) {
+            if key.0 != cluster {
+                break;
+            }
+            for (topic, partition, e) in group.entries() {
+                if e.source.is_none_or(|s| s == session.source)
+                    && (groups.contains(key.1.as_str()) || topics.contains(topic.as_str()))
+                {
+                    gone.push((key.clone(), topic.clone(), partition));
+                }
+            }
+        }
+        for (key, topic, partition) in gone {
+            let Some(group) = self.lag.get_mut(&key) else {
+                continue;
+            };
+            let Some(parts) = group.topics.get_mut(&topic) else {
+                continue;
+            };
+            if let Some(e) = parts.remove(&partition) {
                 let owner = e.source.unwrap_or(session.source);
                 if let Some(s) = self.sources.get_mut(owner as usize) {
                     s.lag_series = s.lag_series.saturating_sub(1);
                 }
                 self.open_series = self.open_series.saturating_sub(1);
+                self.dirty_health_deleted.push(e.id);
             }
-            self.dirty_health.remove(&key);
-            self.dirty_health_deleted.push(key);
+            if parts.is_empty() {
+                group.topics.remove(&topic);
+            }
+            if group.topics.is_empty() {
+                self.lag.remove(&key);
+            }
+            self.dirty_groups.insert(key);
         }
         let latency_gone: Vec<LatencyKey> = self
             .latency

@@ -441,20 +441,16 @@ impl Ledger {
         let mut before = std::mem::take(&mut self.judged_groups);
         let mut groups: Vec<GroupHealth> = Vec::new();
         let mut changed = HashSet::new();
-        let mut entries = self.lag.iter().peekable();
-        while let Some(((cluster, group, _, _), _)) = entries.peek() {
-            let key = ((*cluster).clone(), (*group).clone());
-            let same = |((c, g, _, _), _): &(&HealthKey, &LagEntry)| *c == key.0 && *g == key.1;
-            let last = before.remove(&key);
-            if let Some(judged) = last.filter(|j| !dirty.contains(&key) && now_ms < j.until_ms) {
-                while entries.next_if(same).is_some() {}
+        for (key, group) in &self.lag {
+            let last = before.remove(key);
+            if let Some(judged) = last.filter(|j| !dirty.contains(key) && now_ms < j.until_ms) {
                 groups.push(judged.health.clone());
-                self.judged_groups.insert(key, judged);
+                self.judged_groups.insert(key.clone(), judged);
                 continue;
             }
             let mut partitions = Vec::new();
             let mut until_ms = i64::MAX;
-            while let Some(((_, _, topic, partition), e)) = entries.next_if(same) {
+            for (topic, partition, e) in group.entries() {
                 let stale = e.is_stale(now_ms);
                 // Stale lag is judged as of its last refresh: a source that
                 // went away is no news of the consumer.
@@ -473,7 +469,7 @@ impl Ledger {
                     estimated: e.last.estimated,
                     stale,
                     topic: topic.clone(),
-                    partition: *partition,
+                    partition,
                     committed: e.last.committed,
                     end_offset: e.last.end_offset,
                     start_offset: e.last.start_offset,
@@ -500,7 +496,7 @@ impl Ledger {
             });
             groups.push(health.clone());
             self.judged_groups
-                .insert(key, JudgedGroup { health, until_ms });
+                .insert(key.clone(), JudgedGroup { health, until_ms });
         }
         // Groups gone since: their lag was forgotten.
         for (cluster, group) in before.into_keys() {

@@ -403,12 +403,60 @@ struct Closed {
     unresolved_at_close: bool,
 }
 
-type HealthKey = (String, String, String, i32);
+/// A consumer group on one cluster: (cluster, group).
+type GroupKey = (String, String);
+
+/// A group's lag entries, by topic and partition: nested so that a sample is
+/// found by borrowing its names.
+#[derive(Debug, Default)]
+struct GroupLag {
+    topics: BTreeMap<String, BTreeMap<i32, LagEntry>>,
+}
+
+impl GroupLag {
+    fn entries(&self) -> impl Iterator<Item = (&String, i32, &LagEntry)> {
+        self.topics
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().map(move |(p, e)| (t, *p, e)))
+    }
+}
+
+/// The latest lag sample of a partition, without the names its key holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LastLag {
+    committed: i64,
+    end_offset: i64,
+    start_offset: i64,
+    lag_records: u64,
+    lag_seconds: f64,
+    commit_at_ms: i64,
+    stable_offset: Option<i64>,
+    estimated: bool,
+}
+
+impl From<&tally_audit::LagSample> for LastLag {
+    fn from(s: &tally_audit::LagSample) -> Self {
+        LastLag {
+            committed: s.committed,
+            end_offset: s.end_offset,
+            start_offset: s.start_offset,
+            lag_records: s.lag_records,
+            lag_seconds: s.lag_seconds,
+            commit_at_ms: s.commit_at_ms,
+            stable_offset: s.stable_offset,
+            estimated: s.estimated,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct LagEntry {
+    /// Its row in the store.
+    id: i64,
+    /// Changed since its row was last handed to the store.
+    dirty: bool,
     health: PartitionHealth,
-    last: tally_audit::LagSample,
+    last: LastLag,
     /// The source that last reported it (None when restored from a store
     /// that did not say).
     source: Option<u32>,
@@ -419,6 +467,102 @@ struct LagEntry {
     /// The gap between the last two `at_ms` of this partition: its source's
     /// lag interval, where seen.
     interval_ms: Option<i64>,
+}
+
+/// The first byte of a lag entry's compact form (a stored JSON state, the
+/// form before it, starts with `{`).
+const LAG_STATE_V1: u8 = 1;
+
+impl LagEntry {
+    /// The entry's stored state: [`LAG_STATE_V1`], the times, the latest
+    /// sample as differences from the health's copy of it, then the health
+    /// (typically 60–90 bytes where its JSON took 850).
+    fn encode(&self, out: &mut Vec<u8>) {
+        use crate::compact::{put_f64, put_i64, put_u64};
+        let h = &self.health;
+        let l = &self.last;
+        out.push(LAG_STATE_V1);
+        put_u64(out, self.source.map_or(0, |s| u64::from(s) + 1));
+        put_i64(out, self.refreshed_ms);
+        put_i64(out, self.at_ms.wrapping_sub(self.refreshed_ms));
+        put_i64(out, self.interval_ms.map_or(-1, |i| i.max(0)));
+        let flags = u8::from(l.stable_offset.is_some())
+            | u8::from(l.estimated) << 1
+            | u8::from(l.lag_seconds.to_bits() != h.lag_seconds().to_bits()) << 2;
+        out.push(flags);
+        put_i64(out, l.committed.wrapping_sub(h.committed()));
+        put_i64(out, l.end_offset.wrapping_sub(h.end_offset()));
+        put_i64(out, l.start_offset.wrapping_sub(h.start_offset()));
+        put_i64(out, l.lag_records.wrapping_sub(h.lag_records()) as i64);
+        put_i64(out, l.commit_at_ms.wrapping_sub(self.refreshed_ms));
+        if let Some(stable) = l.stable_offset {
+            put_i64(out, stable.wrapping_sub(l.end_offset));
+        }
+        if flags & 4 != 0 {
+            put_f64(out, l.lag_seconds);
+        }
+        h.encode(out);
+    }
+
+    /// Reads [`LagEntry::encode`]'s form; None where it is not that.
+    fn decode(id: i64, mut input: &[u8]) -> Option<LagEntry> {
+        use crate::compact::{get_f64, get_i64, get_u64};
+        let input = &mut input;
+        let (&version, rest) = input.split_first()?;
+        if version != LAG_STATE_V1 {
+            return None;
+        }
+        *input = rest;
+        let source = match get_u64(input)? {
+            0 => None,
+            s => Some(u32::try_from(s - 1).ok()?),
+        };
+        let refreshed_ms = get_i64(input)?;
+        let at_ms = refreshed_ms.wrapping_add(get_i64(input)?);
+        let interval_ms = Some(get_i64(input)?).filter(|&i| i >= 0);
+        let (&flags, rest) = input.split_first()?;
+        *input = rest;
+        let d_committed = get_i64(input)?;
+        let d_end = get_i64(input)?;
+        let d_start = get_i64(input)?;
+        let d_lag = get_i64(input)?;
+        let commit_at_ms = refreshed_ms.wrapping_add(get_i64(input)?);
+        let stable = if flags & 1 != 0 {
+            Some(get_i64(input)?)
+        } else {
+            None
+        };
+        let lag_seconds = if flags & 4 != 0 {
+            Some(get_f64(input)?)
+        } else {
+            None
+        };
+        let health = PartitionHealth::decode(input)?;
+        if !input.is_empty() {
+            return None;
+        }
+        let end_offset = health.end_offset().wrapping_add(d_end);
+        let last = LastLag {
+            committed: health.committed().wrapping_add(d_committed),
+            end_offset,
+            start_offset: health.start_offset().wrapping_add(d_start),
+            lag_records: health.lag_records().wrapping_add(d_lag as u64),
+            lag_seconds: lag_seconds.unwrap_or(health.lag_seconds()),
+            commit_at_ms,
+            stable_offset: stable.map(|s| end_offset.wrapping_add(s)),
+            estimated: flags & 2 != 0,
+        };
+        Some(LagEntry {
+            id,
+            dirty: false,
+            health,
+            last,
+            source,
+            refreshed_ms,
+            at_ms,
+            interval_ms,
+        })
+    }
 }
 
 impl LagEntry {
@@ -447,7 +591,8 @@ struct JudgedGroup {
     until_ms: i64,
 }
 
-/// The lag entry as stored in the health table.
+/// A lag entry as the health table stored it before [`LAG_STATE_V1`] (JSON),
+/// read from databases that a version before it wrote.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredLag {
     health: PartitionHealth,
@@ -459,19 +604,6 @@ struct StoredLag {
     #[serde(default)]
     at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    interval_ms: Option<i64>,
-}
-
-/// A [`StoredLag`] written from the entry in place, without copies.
-#[derive(serde::Serialize)]
-struct StoredLagRef<'a> {
-    health: &'a PartitionHealth,
-    last: &'a tally_audit::LagSample,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<u32>,
-    refreshed_ms: i64,
-    at_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     interval_ms: Option<i64>,
 }
 
@@ -544,11 +676,14 @@ pub struct Ledger {
     restore_skipped: Skipped,
     sums: BTreeMap<(u32, i64), CellCounts>,
     closed: HashMap<(u32, i64), Closed>,
-    lag: BTreeMap<HealthKey, LagEntry>,
+    lag: BTreeMap<GroupKey, GroupLag>,
+    /// The store row id of the next new lag entry.
+    next_lag_id: i64,
     /// Per source: its latest cluster state (in memory only: its emitter
     /// sends the latest again whenever it connects).
     clusters: BTreeMap<u32, HeldCluster>,
-    dirty_health_deleted: Vec<HealthKey>,
+    /// Store rows of lag entries forgotten since the last flush.
+    dirty_health_deleted: Vec<i64>,
     dirty_kv_deleted: Vec<String>,
     latency: BTreeMap<LatencyKey, LatencyCell>,
     /// (source, cluster, topic, tier) already warned about for differing bounds.
@@ -558,7 +693,9 @@ pub struct Ledger {
     dirty_sources: HashSet<u32>,
     dirty_series: FxHashSet<u32>,
     dirty_history: Vec<HistoryRow>,
-    dirty_health: HashSet<HealthKey>,
+    /// Groups with a lag entry changed since the last flush (each such
+    /// entry is marked `dirty`).
+    dirty_health: HashSet<GroupKey>,
     dirty_latency: BTreeSet<LatencyKey>,
     /// Per cluster and topic, the source whose `broker` and `group:` counts are
     /// taken (DESIGN §5); nested so that a lookup borrows the names.
@@ -619,6 +756,7 @@ impl Ledger {
             sums: BTreeMap::new(),
             closed: HashMap::new(),
             lag: BTreeMap::new(),
+            next_lag_id: 1,
             clusters: BTreeMap::new(),
             dirty_health_deleted: Vec::new(),
             dirty_kv_deleted: Vec::new(),

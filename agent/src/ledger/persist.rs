@@ -194,23 +194,23 @@ impl Ledger {
         batch.health_deleted = std::mem::take(&mut self.dirty_health_deleted);
         batch.kv_deleted = std::mem::take(&mut self.dirty_kv_deleted);
         for key in std::mem::take(&mut self.dirty_health) {
-            if let Some(e) = self.lag.get(&key) {
-                let state = serde_json::to_string(&StoredLagRef {
-                    health: &e.health,
-                    last: &e.last,
-                    source: e.source,
-                    refreshed_ms: e.refreshed_ms,
-                    at_ms: e.at_ms,
-                    interval_ms: e.interval_ms,
-                })
-                .unwrap_or_default();
-                batch.health.push(HealthRow {
-                    cluster: key.0.clone(),
-                    group: key.1.clone(),
-                    topic: key.2.clone(),
-                    partition: key.3,
-                    state,
-                });
+            let Some(group) = self.lag.get_mut(&key) else {
+                continue;
+            };
+            for (topic, parts) in &mut group.topics {
+                for (&partition, e) in parts.iter_mut().filter(|(_, e)| e.dirty) {
+                    e.dirty = false;
+                    let mut state = Vec::with_capacity(96);
+                    e.encode(&mut state);
+                    batch.health.push(HealthRow {
+                        id: e.id,
+                        cluster: key.0.clone(),
+                        group: key.1.clone(),
+                        topic: topic.clone(),
+                        partition,
+                        state,
+                    });
+                }
             }
         }
         batch
@@ -375,41 +375,67 @@ impl Ledger {
                 );
             }
         }
+        let mut lag_entries = 0;
         for h in loaded.health {
-            match serde_json::from_str::<StoredLag>(&h.state) {
-                Ok(state) => {
-                    let source = state.source.filter(|&s| {
-                        ledger
-                            .sources
-                            .get(s as usize)
-                            .is_some_and(|s| !s.is_placeholder())
-                    });
-                    if let Some(s) = source {
-                        ledger.sources[s as usize].lag_series += 1;
-                    }
-                    ledger.lag.insert(
-                        (h.cluster, h.group, h.topic, h.partition),
-                        LagEntry {
-                            health: state.health,
-                            last: state.last,
-                            source,
-                            refreshed_ms: state.refreshed_ms,
-                            at_ms: state.at_ms,
-                            interval_ms: state.interval_ms,
-                        },
-                    );
+            // Ids are never given twice, not even an unreadable row's.
+            ledger.next_lag_id = ledger.next_lag_id.max(h.id.saturating_add(1));
+            let entry = if h.state.first() == Some(&b'{') {
+                serde_json::from_slice::<StoredLag>(&h.state)
+                    .map(|state| LagEntry {
+                        id: h.id,
+                        dirty: false,
+                        health: state.health,
+                        last: LastLag::from(&state.last),
+                        source: state.source,
+                        refreshed_ms: state.refreshed_ms,
+                        at_ms: state.at_ms,
+                        interval_ms: state.interval_ms,
+                    })
+                    .map_err(|e| e.to_string())
+            } else {
+                LagEntry::decode(h.id, &h.state)
+                    .ok_or_else(|| "its stored state does not read".to_owned())
+            };
+            let shown = |problem: &str| {
+                format!(
+                    "the health of group \"{}\" on \"{}\" {}: {problem}",
+                    crate::error::shown(&h.group),
+                    crate::error::shown(&h.topic),
+                    h.partition
+                )
+            };
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    ledger.restore_skipped.note(|| shown(&e));
+                    continue;
                 }
-                Err(e) => ledger.restore_skipped.note(|| {
-                    format!(
-                        "the health of group \"{}\" on \"{}\" {}: {e}",
-                        crate::error::shown(&h.group),
-                        crate::error::shown(&h.topic),
-                        h.partition
-                    )
-                }),
+            };
+            entry.source = entry.source.filter(|&s| {
+                ledger
+                    .sources
+                    .get(s as usize)
+                    .is_some_and(|s| !s.is_placeholder())
+            });
+            let parts = ledger
+                .lag
+                .entry((h.cluster.clone(), h.group.clone()))
+                .or_default()
+                .topics
+                .entry(h.topic.clone())
+                .or_default();
+            if parts.contains_key(&h.partition) {
+                ledger.restore_skipped.note(|| shown("it is stored twice"));
+                ledger.dirty_health_deleted.push(h.id);
+                continue;
             }
+            if let Some(s) = entry.source {
+                ledger.sources[s as usize].lag_series += 1;
+            }
+            lag_entries += 1;
+            parts.insert(h.partition, entry);
         }
-        ledger.open_series += ledger.lag.len();
+        ledger.open_series += lag_entries;
         ledger.restore_cells(cells)?;
         Ok(ledger)
     }

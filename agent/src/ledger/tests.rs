@@ -418,6 +418,98 @@ fn lag(group: &str, partition: i32, committed: i64, end: i64, commit_at_ms: i64)
 }
 
 #[test]
+fn lag_health_restores_from_its_compact_rows_and_from_version_3_json() {
+    let mut l = ledger();
+    let s = hello(&mut l, "collect-local", 1);
+    let mut batches = Vec::new();
+    // A window that falls behind, then rewinds; and a partition with an
+    // estimated lag, a stable offset and a sample older than its window.
+    for i in 0..12 {
+        let mut m = lag(
+            "billing",
+            0,
+            1_000 + i * 25,
+            2_000 + i * 60,
+            60_000 * (i + 1),
+        );
+        m.partitions.push(LagSample {
+            partition: 1,
+            estimated: i % 2 == 0,
+            stable_offset: Some(5_000 - i),
+            lag_seconds: 0.1 * i as f64,
+            ..lag("audit", 1, 40, 90, 1_000).partitions[0].clone()
+        });
+        m.partitions[1].group = "billing".into();
+        l.apply_lag(s, &m, 60_000 * (i + 1) + 7).unwrap();
+        batches.push(l.take_dirty());
+    }
+    l.apply_lag(s, &lag("billing", 0, 3, 2_800, 800_000), 800_005)
+        .unwrap();
+    l.apply_lag(s, &lag("audit", 2, 10, 10, 1_000), 1_000)
+        .unwrap();
+    batches.push(l.take_dirty());
+    let rows = &batches.last().unwrap().health;
+    assert!(
+        rows.iter().all(|h| h.state.len() < 200),
+        "compact rows: {:?}",
+        rows.iter().map(|h| h.state.len()).collect::<Vec<_>>()
+    );
+    let now = 900_000;
+    let expected = l.evaluate(now).groups;
+    let mut restored = Ledger::restore(l.config().clone(), persisted(batches.clone())).unwrap();
+    assert_eq!(restored.restore_skipped().rows, 0);
+    assert_eq!(restored.evaluate(now).groups, expected);
+    assert_eq!(restored.open_series(), l.open_series());
+    // New entries after a restore get new rows.
+    restored
+        .apply_lag(s, &lag("audit", 3, 1, 2, 2_000), 2_000)
+        .unwrap();
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| &b.health)
+        .map(|h| h.id)
+        .collect();
+    let new = restored.take_message_rows().health;
+    assert!(new.len() == 1 && !ids.contains(&new[0].id), "{new:?}");
+
+    // Version 3 kept the state as JSON; a row that reads as neither is skipped.
+    let mut loaded = persisted(batches);
+    let json = r#"{"health":{"commits":[{"offset":2171,"lag":1172,"at_ms":1000}],"committed":2171,"end_offset":3343,"start_offset":0,"lag_records":1172,"lag_seconds":2.5},"last":{"group":"ops","topic":"orders","partition":0,"committed":2171,"end_offset":3343,"start_offset":0,"lag_records":1172,"lag_seconds":2.5,"commit_at_ms":1000},"source":0,"refreshed_ms":1000,"at_ms":1000,"interval_ms":10000}"#;
+    let row = |id: i64, group: &str, state: &[u8]| tally_agent_health_row(id, group, state);
+    loaded.health.push(row(90, "ops", json.as_bytes()));
+    loaded.health.push(row(91, "broken", &[1, 0xff]));
+    let mut restored = Ledger::restore(l.config().clone(), loaded).unwrap();
+    assert_eq!(restored.restore_skipped().rows, 1);
+    let snap = restored.evaluate(2_000);
+    let ops = snap.groups.iter().find(|g| g.group == "ops").unwrap();
+    assert_eq!(
+        (
+            ops.lag_records,
+            ops.partitions[0].committed,
+            ops.partitions[0].commits.len()
+        ),
+        (1172, 2171, 1)
+    );
+    assert!(snap.groups.iter().all(|g| g.group != "broken"));
+    // A new partition takes an id after every stored one.
+    restored
+        .apply_lag(s, &lag("ops", 1, 1, 2, 2_000), 2_000)
+        .unwrap();
+    assert_eq!(restored.take_message_rows().health[0].id, 92);
+}
+
+fn tally_agent_health_row(id: i64, group: &str, state: &[u8]) -> crate::store::HealthRow {
+    crate::store::HealthRow {
+        id,
+        cluster: "local".into(),
+        group: group.into(),
+        topic: "orders".into(),
+        partition: 0,
+        state: state.to_vec(),
+    }
+}
+
+#[test]
 fn lag_rolls_up_per_group() {
     let mut l = ledger();
     let s = hello(&mut l, "b", 1);
@@ -459,14 +551,7 @@ fn persisted(batches: Vec<WriteBatch>) -> Loaded {
         series: upsert(all.series, |r| r.id),
         cells: upsert(all.cells, |r| (r.source, r.series, r.partition, r.bucket)),
         history: upsert(all.history, |r| (r.series, r.bucket)),
-        health: upsert(all.health, |r| {
-            (
-                r.cluster.clone(),
-                r.group.clone(),
-                r.topic.clone(),
-                r.partition,
-            )
-        }),
+        health: upsert(all.health, |r| r.id),
         kv: upsert(all.kv, |r| r.0.clone()),
         skipped: Default::default(),
     }
@@ -1077,7 +1162,13 @@ fn forget_drops_the_sources_lag_and_latency_and_stores_the_deletion() {
         1_000,
     )
     .unwrap();
-    l.take_dirty();
+    let stored = l.take_dirty();
+    let billing_row = stored
+        .health
+        .iter()
+        .find(|h| h.group == "billing")
+        .map(|h| h.id)
+        .expect("billing's health is stored");
     let open = l.open_series();
     l.apply_forget(
         s,
@@ -1095,15 +1186,7 @@ fn forget_drops_the_sources_lag_and_latency_and_stores_the_deletion() {
     assert!(snap.latency.is_empty());
     assert_eq!(l.open_series(), open - 2);
     let rows = l.take_message_rows();
-    assert_eq!(
-        rows.health_deleted,
-        [(
-            "local".to_owned(),
-            "billing".to_owned(),
-            "orders".to_owned(),
-            0
-        )]
-    );
+    assert_eq!(rows.health_deleted, [billing_row]);
     assert_eq!(rows.kv_deleted.len(), 1);
     assert_eq!(snap.sources[0].messages["forget"], 1);
     // Another source's forget leaves this source's lag alone.
