@@ -188,6 +188,23 @@ fn a_day_of_closed_buckets_is_served_from_storage_takes_a_late_count_and_survive
     let agent = Agent::start_at(addr, &data, FLAGS);
     assert_eq!(totals(&agent), (broker_total, group_total + 3));
     assert_day(&agent, newest, "late", short_full);
+    // Resends right after the start (the window's cells may still be being
+    // read in) are recognised: the newest bucket's counts and the late one.
+    let newest_counts: Vec<Value> = (0..2)
+        .flat_map(|p| {
+            [
+                count("group:billing", p, newest, group_records(0, p)),
+                count("broker", p, newest, broker_records(0, p)),
+            ]
+        })
+        .collect();
+    let resend = json!([hello(), {"v": 1, "type": "counts", "seq": 1, "counts": newest_counts},
+        late[1].clone()]);
+    let (status, body) = post_ingest(agent.addr, &resend);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches(r#""type":"ack""#).count(), 2, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(totals(&agent), (broker_total, group_total + 3));
     let cells = metric(&agent.metrics(), "tally_ledger_cells", &[]).unwrap();
     assert!(
         cells <= 64.0 * 4.0,

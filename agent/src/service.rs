@@ -151,7 +151,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         let ledger_task = tokio::spawn(async move {
             let started = Instant::now();
             let restored = tokio::task::spawn_blocking(move || restore(store, ledger_cfg)).await;
-            let (store, ledger, alert_state) = match restored {
+            let (store, ledger, alert_state, warm) = match restored {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     error!("cannot load stored state: {e}");
@@ -168,7 +168,6 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                     return;
                 }
             };
-            let cells = ledger.cell_count();
             let skipped = ledger.restore_skipped();
             loader_shared
                 .metrics
@@ -182,15 +181,14 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 );
             }
             info!(
-                cells,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "stored state loaded"
+                "stored state loaded; the window's cells are read in while the agent serves"
             );
             let evaluator = Evaluator::new(alerting, notify_cfg, alert_state.as_deref());
             run_ledger(
                 ledger,
                 evaluator,
-                store,
+                (store, warm),
                 commands_rx,
                 Arc::new(snapshot_tx),
                 loader_shared,
@@ -257,22 +255,43 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-/// Loads the stored state of the window plus grace (older buckets stay in
-/// the file, DESIGN §8): two threads read the cells, each half of the
-/// buckets, in chunks, while this one rebuilds the ledger from them.
+/// Where and what the window's stored cells are read from after a start
+/// (see [`warm_up`]).
+struct WarmUp {
+    path: std::path::PathBuf,
+    /// The halves of the window's buckets, one per reader thread.
+    halves: [std::ops::Range<i64>; 2],
+}
+
+/// Loads the stored state the agent needs to be ready (DESIGN §8): the
+/// sources, series, lag health, the window's history and each (series,
+/// bucket)'s sum of the window, read beside the rest on a thread of its own.
+/// The window's cells, which only later counts need (the last value of each
+/// source), are read in after the agent is ready ([`warm_up`]); until then a
+/// count reads its cell from the file, as a late count does.
 fn restore(
     store: Store,
     cfg: crate::ledger::LedgerConfig,
-) -> Result<(Store, Ledger, Option<String>)> {
+) -> Result<(Store, Ledger, Option<String>, WarmUp)> {
     let now = now_ms();
     let started = Instant::now();
     let from = cfg.resident_from(now);
-    let meta = store.load_without_cells(from)?;
+    let path = store.path().to_path_buf();
+    let (meta, sums) = std::thread::scope(|scope| {
+        let sums = scope.spawn(|| Store::read_sums(&path, from));
+        let meta = store.load_without_cells(from);
+        let sums = sums
+            .join()
+            .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
+        (meta, sums)
+    });
+    let (meta, (sums, unread)) = (meta?, sums?);
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         series = meta.series.len(),
         history = meta.history.len(),
         health = meta.health.len(),
+        sums = sums.len(),
         "loaded everything but the cells"
     );
     let alert_state = meta
@@ -282,45 +301,46 @@ fn restore(
         .map(|(_, v)| v.clone());
     let width = cfg.width.ms() as i64;
     let mut ledger = Ledger::restore(cfg, meta)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::store::CellRow>>(4);
-    let mut unread = crate::store::Skipped::default();
+    ledger.restore_sums(sums);
+    ledger.note_unread(unread);
+    ledger.attach_cold(Box::new(ColdReader::open(store.path())?), now);
+    ledger.begin_warming();
     // The window's buckets split in two at a bucket boundary; the newest
     // half also takes whatever lies in the future.
     let middle = from.saturating_add((now.saturating_sub(from) / 2) / width * width);
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = [from..middle, middle..i64::MAX]
-            .into_iter()
-            .map(|buckets| {
-                let path = store.path().to_path_buf();
-                let tx = tx.clone();
-                scope.spawn(move || {
-                    Store::stream_cells(&path, 65_536, buckets, |chunk| tx.send(chunk).is_ok())
-                })
-            })
-            .collect();
-        drop(tx);
-        let mut restored = Ok(());
-        for chunk in rx.iter() {
-            if restored.is_ok() {
-                restored = ledger.restore_cells(chunk);
-            }
+    let warm = WarmUp {
+        path,
+        halves: [from..middle, middle..i64::MAX],
+    };
+    Ok((store, ledger, alert_state, warm))
+}
+
+/// What a reader of the window's cells hands the ledger.
+enum Warm {
+    Cells(Vec<crate::store::CellRow>),
+    Done(Result<crate::store::Skipped>),
+}
+
+/// Starts two threads that read the window's stored cells, each half of its
+/// buckets, in chunks, into `tx`; each ends with [`Warm::Done`].
+fn warm_up(warm: WarmUp, tx: mpsc::Sender<Warm>) {
+    for (i, buckets) in warm.halves.into_iter().enumerate() {
+        let path = warm.path.clone();
+        let sender = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tally-warm-{i}"))
+            .spawn(move || {
+                let read = Store::stream_cells(&path, 65_536, buckets, |chunk| {
+                    sender.blocking_send(Warm::Cells(chunk)).is_ok()
+                });
+                let _ = sender.blocking_send(Warm::Done(read));
+            });
+        if let Err(e) = spawned {
+            let _ = tx.try_send(Warm::Done(Err(Error::Config(format!(
+                "cannot start a reader of the stored cells: {e}"
+            )))));
         }
-        for reader in readers {
-            let read = reader
-                .join()
-                .unwrap_or_else(|_| Err(Error::Config("the state reader thread panicked".into())));
-            unread.absorb(read?);
-        }
-        restored
-    })?;
-    debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        cells = ledger.cell_count(),
-        "loaded the cells of the window"
-    );
-    ledger.note_unread(unread);
-    ledger.attach_cold(Box::new(ColdReader::open(store.path())?), now);
-    Ok((store, ledger, alert_state))
+    }
 }
 
 /// Reloads the alert rules, where they come from a file, and the
@@ -360,7 +380,7 @@ async fn reload_on_hangup(alerting: Arc<Alerting>, tls: Option<Arc<crate::tls::S
 async fn run_ledger(
     mut ledger: Ledger,
     mut evaluator: Evaluator,
-    store: Store,
+    (store, warm): (Store, WarmUp),
     mut commands: mpsc::Receiver<Command>,
     snapshot: Arc<watch::Sender<Arc<Snapshot>>>,
     shared: Arc<Shared>,
@@ -403,6 +423,18 @@ async fn run_ledger(
     );
     shared.ready.store(true, Ordering::Release);
     shared.metrics.ready.set(1);
+    // Ready: now the window's cells are read in, beside the ingest.
+    let warming_since = Instant::now();
+    let (warm_tx, mut warm_rx) = mpsc::channel::<Warm>(4);
+    let mut readers = if ledger.is_warming() {
+        warm.halves.len()
+    } else {
+        0
+    };
+    if readers > 0 {
+        warm_up(warm, warm_tx);
+    }
+    let mut warm_failed = false;
 
     let mut pieces: Vec<Piece> = Vec::new();
     let mut evaluate = tokio::time::interval(tick);
@@ -445,6 +477,30 @@ async fn run_ledger(
                     }
                 }
             }
+            Some(warm) = warm_rx.recv(), if readers > 0 => match warm {
+                Warm::Cells(chunk) => ledger.warm_cells(chunk),
+                Warm::Done(read) => {
+                    readers -= 1;
+                    match read {
+                        Ok(unread) => ledger.note_unread(unread),
+                        Err(e) => {
+                            warm_failed = true;
+                            warn!("cannot read the window's stored cells in; counts keep reading theirs from the file: {e}");
+                        }
+                    }
+                    if readers == 0 && !warm_failed {
+                        ledger.warmed();
+                        shared.metrics.store_rows_skipped.set(
+                            i64::try_from(ledger.restore_skipped().rows).unwrap_or(i64::MAX),
+                        );
+                        info!(
+                            cells = ledger.cell_count(),
+                            elapsed_ms = warming_since.elapsed().as_millis() as u64,
+                            "the window's stored cells are in memory"
+                        );
+                    }
+                }
+            },
             _ = evaluate.tick() => publish(&mut ledger, &mut evaluator),
             _ = prune.tick() => {
                 match ledger.prune(now_ms(), committed.load(Ordering::Acquire)) {

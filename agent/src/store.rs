@@ -724,6 +724,54 @@ impl Store {
             .map_err(|source| self.error(source))
     }
 
+    /// Reads each (series, bucket)'s sum of the buckets from `from` on, on a
+    /// connection of its own (so that it can run beside
+    /// [`Store::load_without_cells`]): a range read per series, since the
+    /// sums are keyed series first. A sum that cannot be read is left out;
+    /// what was left out is returned with them.
+    pub fn read_sums(path: &Path, from: i64) -> Result<(Vec<SumRow>, Skipped)> {
+        let mut skipped = Skipped::default();
+        let read = |skipped: &mut Skipped| -> rusqlite::Result<Vec<SumRow>> {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            let tx = conn.unchecked_transaction()?;
+            let series: Vec<i64> = tx
+                .prepare("SELECT id FROM series ORDER BY id")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut select = tx.prepare(
+                "SELECT bucket, records, bytes, no_timestamp, expired, skipped, aborted
+                 FROM bucket_sum WHERE series = ?1 AND bucket >= ?2 ORDER BY bucket",
+            )?;
+            let mut out = Vec::new();
+            for id in series {
+                let Ok(id32) = u32::try_from(id) else {
+                    continue;
+                };
+                let mut rows = select.query(rusqlite::params![id, from])?;
+                while let Some(row) = rows.next()? {
+                    match counts_at(row, 1) {
+                        Ok(counts) => out.push(SumRow {
+                            series: id32,
+                            bucket: row.get(0)?,
+                            counts,
+                        }),
+                        Err(e) => skipped.note(|| format!("a bucket sum of series {id}: {e}")),
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let sums = read(&mut skipped).map_err(|source| Error::Store {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok((sums, skipped))
+    }
+
     /// Reads the cells of the buckets in `buckets` (start inclusive, end
     /// exclusive) on a connection of its own, handing them to `sink` in
     /// chunks of `chunk` rows, so that the caller can restore one chunk while

@@ -51,16 +51,32 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                 {
                     continue;
                 }
-                // Per topic: records summed over partitions, seconds the largest.
-                let mut per_topic: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
-                for p in g.partitions.iter() {
-                    if m.topic.matches(&p.topic) {
-                        let e = per_topic.entry(p.topic.as_str()).or_default();
-                        e.0 += p.lag_records;
-                        e.1 = e.1.max(p.lag_seconds);
+                // Per topic: records summed over partitions, seconds the
+                // largest. A group's partitions come sorted by topic: each
+                // run of one topic is matched and summed once.
+                let mut per_topic: Vec<(&str, u64, f64)> = Vec::new();
+                for run in g.partitions.chunk_by(|a, b| a.topic == b.topic) {
+                    if m.topic.matches(&run[0].topic) {
+                        per_topic.push((
+                            run[0].topic.as_str(),
+                            run.iter().map(|p| p.lag_records).sum(),
+                            run.iter().map(|p| p.lag_seconds).fold(0.0, f64::max),
+                        ));
                     }
                 }
-                for (topic, (lag_records, lag_seconds)) in per_topic {
+                if !per_topic.is_sorted_by(|a, b| a.0 < b.0) {
+                    // Not sorted after all: merge the runs of each topic.
+                    per_topic.sort_by(|a, b| a.0.cmp(b.0));
+                    per_topic.dedup_by(|later, kept| {
+                        let same = later.0 == kept.0;
+                        if same {
+                            kept.1 += later.1;
+                            kept.2 = kept.2.max(later.2);
+                        }
+                        same
+                    });
+                }
+                for (topic, lag_records, lag_seconds) in per_topic {
                     let by_records = records.is_some_and(|r| lag_records > r);
                     let by_seconds = seconds.is_some_and(|s| lag_seconds > s);
                     if by_records || by_seconds {
@@ -311,6 +327,32 @@ mod tests {
         let a = run("{name: L, kind: consumer_lag, records: 25, tier: \"group:an*\"}");
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].labels["group"], "analytics");
+    }
+
+    #[test]
+    fn consumer_lag_is_per_topic_whatever_the_order_of_the_partitions() {
+        let set = RuleSet::parse(
+            "rules:\n  - {name: L, kind: consumer_lag, records: 1, topic: \"o*\"}\n",
+            "t",
+        )
+        .unwrap();
+        let mut snap = snapshot();
+        snap.groups[0].partitions = vec![
+            partition("payments", 0, 10, 1.0),
+            partition("orders", 0, 10, 1.0),
+            partition("payments", 1, 10, 1.0),
+            partition("orders", 1, 5, 7.0),
+            partition("outbox", 0, 1, 0.5),
+        ]
+        .into();
+        let a = active(&set.rules[0], &snap);
+        let billing: Vec<_> = a
+            .iter()
+            .filter(|a| a.labels["group"] == "billing")
+            .map(|a| (a.labels["topic"].as_str(), a.value))
+            .collect();
+        // `outbox` lags 1 record: not more than the threshold.
+        assert_eq!(billing, [("orders", 15.0)]);
     }
 
     #[test]

@@ -9,6 +9,10 @@ use std::fmt;
 pub struct Glob {
     pattern: String,
     chars: Vec<char>,
+    /// Only stars: matches everything.
+    any: bool,
+    /// No `*` or `?`: matches itself only.
+    literal: bool,
 }
 
 impl Glob {
@@ -19,9 +23,12 @@ impl Glob {
 
     /// Compiles `pattern`; every string is a valid pattern.
     pub fn new(pattern: &str) -> Glob {
+        let chars: Vec<char> = pattern.chars().collect();
         Glob {
             pattern: pattern.to_owned(),
-            chars: pattern.chars().collect(),
+            any: !chars.is_empty() && chars.iter().all(|c| *c == '*'),
+            literal: !chars.iter().any(|c| matches!(c, '*' | '?')),
+            chars,
         }
     }
 
@@ -32,13 +39,16 @@ impl Glob {
 
     /// Whether this glob selects everything.
     pub fn is_any(&self) -> bool {
-        !self.chars.is_empty() && self.chars.iter().all(|c| *c == '*')
+        self.any
     }
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
-        if self.is_any() {
+        if self.any {
             return true;
+        }
+        if self.literal {
+            return self.pattern == text;
         }
         let text: Vec<char> = text.chars().collect();
         let (p, t) = (&self.chars, &text);

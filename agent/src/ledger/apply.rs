@@ -265,11 +265,12 @@ impl Ledger {
             last = Some((&e.topic, &e.tier, id));
             ids.push(id);
         }
-        // A late count for a bucket left to the store reads its cell and sum
-        // back first (a failed read refuses the message, changing nothing).
+        // A late count for a bucket left to the store (or any count while the
+        // window's cells are still read in after a start) reads its cell and
+        // sum back first (a failed read refuses the message, changing nothing).
         for (e, id) in kept.iter().zip(&ids) {
             if let Some(series) = id
-                && e.bucket.start_ms() < self.resident_from
+                && (self.warming || e.bucket.start_ms() < self.resident_from)
             {
                 self.load_outside(session.source, *series, e.partition, e.bucket.start_ms())?;
             }

@@ -640,6 +640,9 @@ pub struct Ledger {
     /// to the store (their cells, sums and closes are read back when a late
     /// count comes). Never moves back.
     resident_from: i64,
+    /// The window's stored cells are still being read in (see
+    /// [`Ledger::begin_warming`]).
+    warming: bool,
     /// The generation that changes made now belong to (see [`Ledger::seal`]).
     generation: u64,
     /// Per bucket held in memory, whole or in part: the generation of its
@@ -739,6 +742,7 @@ impl Ledger {
             cells: Cells::default(),
             cold: None,
             resident_from: i64::MIN,
+            warming: false,
             generation: 1,
             touched: BTreeMap::new(),
             pruned_before: i64::MIN,

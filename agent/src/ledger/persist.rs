@@ -445,6 +445,53 @@ impl Ledger {
     /// of an unknown source or series is left out and counted in
     /// [`Ledger::restore_skipped`].
     pub fn restore_cells(&mut self, cells: Vec<CellRow>) -> Result<()> {
+        self.take_cells(cells, false);
+        Ok(())
+    }
+
+    /// Sets each (series, bucket)'s sum as stored (the window's, read at a
+    /// start in place of its cells, which [`Ledger::warm_cells`] then brings).
+    pub fn restore_sums(&mut self, sums: Vec<crate::store::SumRow>) {
+        for s in sums {
+            if self
+                .series
+                .get(s.series as usize)
+                .is_some_and(|r| !r.is_placeholder())
+            {
+                self.sums.insert((s.series, s.bucket), s.counts);
+                self.touched.entry(s.bucket).or_insert(0);
+            }
+        }
+    }
+
+    /// From a start until [`Ledger::warmed`]: the window's stored cells are
+    /// not all in memory yet, so a count for any bucket reads its stored cell
+    /// first (as a late count before the window does), and the agent is
+    /// ready without waiting for them. Needs [`Ledger::attach_cold`].
+    pub fn begin_warming(&mut self) {
+        self.warming = self.cold.is_some();
+    }
+
+    /// Adds stored cells of the window while warming: a cell already in
+    /// memory (read for a count since, or given one) is newer and stays, a
+    /// cell of a bucket that has left the window since is not taken, and the
+    /// sums, set by [`Ledger::restore_sums`], are left as they are.
+    pub fn warm_cells(&mut self, cells: Vec<CellRow>) {
+        self.take_cells(cells, true);
+    }
+
+    /// Every stored cell of the window is in memory: counts stop reading
+    /// their cells from the store, but for buckets before the window.
+    pub fn warmed(&mut self) {
+        self.warming = false;
+    }
+
+    /// Whether [`Ledger::warmed`] is still to come.
+    pub fn is_warming(&self) -> bool {
+        self.warming
+    }
+
+    fn take_cells(&mut self, cells: Vec<CellRow>, warm: bool) {
         // The store hands cells in key order (bucket, source, series,
         // partition): one bucket's cells in a row, and one series' sum
         // added once per run of its partitions.
@@ -452,6 +499,10 @@ impl Ledger {
         let mut last_series = None;
         let mut rows = cells.into_iter().peekable();
         while let Some(bucket) = rows.peek().map(|c| c.bucket) {
+            if warm && bucket < self.resident_from {
+                while rows.next_if(|c| c.bucket == bucket).is_some() {}
+                continue;
+            }
             self.touched.entry(bucket).or_insert(0);
             // Buckets hold about as many cells as each other: a new one is
             // sized like the largest so far, instead of growing by doubling
@@ -482,9 +533,19 @@ impl Ledger {
                     });
                     continue;
                 }
+                let id = CellId {
+                    source: c.source,
+                    series: c.series,
+                    partition: c.partition,
+                };
+                if warm && dest.index.contains_key(&id) {
+                    continue;
+                }
                 // The series' totals were stored with it: the cells add to
-                // the sums of their buckets only.
+                // the sums of their buckets only (while warming, the sums
+                // were read whole).
                 match &mut sum {
+                    _ if warm => {}
                     Some((key, counts)) if *key == (c.series, bucket) => counts.add(&c.counts),
                     _ => {
                         if let Some((key, counts)) = sum.take() {
@@ -502,11 +563,6 @@ impl Ledger {
                     }
                     last_series = Some((c.source, c.series, c.partition));
                 }
-                let id = CellId {
-                    source: c.source,
-                    series: c.series,
-                    partition: c.partition,
-                };
                 let cell = Cell {
                     epoch: c.epoch,
                     seq: c.seq,
@@ -520,7 +576,6 @@ impl Ledger {
         if let Some((key, counts)) = sum {
             self.sums.entry(key).or_default().add(&counts);
         }
-        Ok(())
     }
 }
 

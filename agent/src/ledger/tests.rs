@@ -1419,3 +1419,76 @@ fn a_reused_group_equals_one_judged_afresh() {
     assert!(hinted > 300, "{hinted}");
     assert!(reused > 200, "groups reused: {reused}");
 }
+
+/// A start reads everything but the window's cells (their sums instead) and
+/// serves at once; a count meanwhile reads its stored cell, so a resend is
+/// still recognised and a new value replaces the stored one; the cells read
+/// in afterwards never overwrite what memory holds.
+#[test]
+fn a_start_serves_before_the_cells_are_read_in_and_counts_stay_exact() {
+    use crate::store::{ColdReader, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = ledger();
+    let s = hello(&mut l, "b", 1);
+    l.apply_counts(
+        s,
+        1,
+        &[entry("broker", 0, B0, 10), entry("broker", 1, B0, 20)],
+        0,
+    )
+    .unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    store.write(&l.take_dirty()).unwrap();
+    let records = |l: &mut Ledger| l.evaluate(NOW_CLOSED).topics[0].tiers["broker"].records;
+    assert_eq!(records(&mut l), 30);
+
+    let from = l.config().resident_from(NOW_CLOSED);
+    assert!(from <= B0);
+    let mut r =
+        Ledger::restore(l.config().clone(), store.load_without_cells(from).unwrap()).unwrap();
+    let (sums, unread) = Store::read_sums(store.path(), from).unwrap();
+    assert_eq!((sums.len(), unread.rows), (1, 0));
+    r.restore_sums(sums);
+    r.attach_cold(
+        Box::new(ColdReader::open(store.path()).unwrap()),
+        NOW_CLOSED,
+    );
+    r.begin_warming();
+    assert!(r.is_warming());
+    assert_eq!(r.cell_count(), 0);
+    assert_eq!(records(&mut r), 30, "the books come from the stored sums");
+
+    let s2 = hello(&mut r, "b", 2);
+    let resent = r
+        .apply_counts(s2, 1, &[entry("broker", 0, B0, 10)], 0)
+        .unwrap();
+    assert_eq!((resent.changed, resent.unchanged), (0, 1));
+    r.apply_counts(s2, 2, &[entry("broker", 1, B0, 25)], 0)
+        .unwrap();
+    assert_eq!(records(&mut r), 35, "25 replaced the stored 20");
+
+    // The stored cells arrive: partition 1's 20 is older than memory's 25.
+    let mut chunks = Vec::new();
+    Store::stream_cells(store.path(), 1, from..i64::MAX, |c| {
+        chunks.push(c);
+        true
+    })
+    .unwrap();
+    assert_eq!(chunks.len(), 2);
+    for chunk in chunks {
+        r.warm_cells(chunk);
+    }
+    r.warmed();
+    assert!(!r.is_warming());
+    assert_eq!(r.cell_count(), 2);
+    assert_eq!(records(&mut r), 35);
+    r.apply_counts(
+        s2,
+        3,
+        &[entry("broker", 0, B0, 12), entry("broker", 1, B0, 25)],
+        0,
+    )
+    .unwrap();
+    assert_eq!(records(&mut r), 37);
+    assert_eq!(r.open_series(), l.open_series());
+}
