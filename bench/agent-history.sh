@@ -18,6 +18,7 @@
 #
 # Usage: bench/agent-history.sh [RUNS] [WARM]   (defaults: 3 10)
 # Environment: FIXTURE, CELLS (43200000), TOPICS (1000), PORT (39472),
+# MAX_AGE (minutes a fixture is used before it is seeded again, 10),
 # KEEP=1 keeps the work folder.
 set -euo pipefail
 
@@ -58,10 +59,13 @@ if curl -s -o /dev/null "http://127.0.0.1:$PORT/readyz"; then
     exit 2
 fi
 
-# The fixture's buckets end at the minute it was seeded: a fixture older than
-# a few hours no longer holds "24 h ending now", so it is seeded again.
-if [[ -f "$FIXTURE/agent.db" ]] && [[ -n $(find "$FIXTURE/agent.db" -mmin +180) ]]; then
-    echo "agent-history: the fixture is older than 3 h; seeding it again" >&2
+# The fixture's buckets end at the minute it was seeded: the agent's 1 h
+# window holds only the buckets of the last hour, so a fixture older than
+# MAX_AGE minutes (default 10) is seeded again, so that the window holds at
+# least 50 of its 60 buckets (what restart and memory are measured with).
+MAX_AGE=${MAX_AGE:-10}
+if [[ -f "$FIXTURE/agent.db" ]] && [[ -n $(find "$FIXTURE/agent.db" -mmin +"$MAX_AGE") ]]; then
+    echo "agent-history: the fixture is older than $MAX_AGE min; seeding it again" >&2
     rm -rf "$FIXTURE"
 fi
 if [[ ! -f "$FIXTURE/agent.db" ]]; then
@@ -101,6 +105,13 @@ for run in $(seq 1 "$RUNS"); do
         sleep 0.01
     done
     rss_ready=$(rss_mib "$agent_pid")
+    # Ready comes before the window's cells are in memory: when they are,
+    # the agent logs it.
+    cells_in="?"
+    while (($(now_ms) < deadline)); do
+        if grep -q "stored cells are in memory" "$work/agent-$run.log"; then cells_in=$(($(now_ms) - start)); break; fi
+        sleep 0.01
+    done
     sleep "$WARM"
     rss_warm=$(rss_mib "$agent_pid")
     cells=$(metric tally_ledger_cells)
@@ -145,5 +156,5 @@ EOF
     wait "$agent_pid" 2>/dev/null || true
     agent_pid=""
     loaded=$(sed 's/\x1b\[[0-9;]*m//g' "$work/agent-$run.log" | sed -n 's/.*stored state loaded.*elapsed_ms=\([0-9]*\).*/\1/p')
-    echo "run $run: ready in $((ready - start)) ms (load ${loaded:-?} ms), $cells cells in memory, RSS ${rss_ready} MiB ready / ${rss_warm} MiB after ${WARM}s; late count acked in $(ms "$t_ack") ms, then the stored bucket view with it in $(ms "$t_view") ms"
+    echo "run $run: ready in $((ready - start)) ms (load ${loaded:-?} ms), the window's cells in memory at ${cells_in} ms, $cells cells in memory, RSS ${rss_ready} MiB ready / ${rss_warm} MiB after ${WARM}s; late count acked in $(ms "$t_ack") ms, then the stored bucket view with it in $(ms "$t_view") ms"
 done

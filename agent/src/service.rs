@@ -73,12 +73,16 @@ struct Flush {
     pieces: Vec<Piece>,
     /// The ledger's generation these rows close ([`Ledger::seal`]).
     generation: u64,
+    /// Copy the write-ahead log into the database file after writing (see
+    /// [`Store::checkpoint`]).
+    checkpoint: bool,
 }
 
 impl Flush {
     fn absorb(&mut self, more: Flush) {
         self.pieces.extend(more.pieces);
         self.generation = self.generation.max(more.generation);
+        self.checkpoint |= more.checkpoint;
     }
 }
 
@@ -185,16 +189,48 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
                 "stored state loaded; the window's cells are read in while the agent serves"
             );
             let evaluator = Evaluator::new(alerting, notify_cfg, alert_state.as_deref());
-            run_ledger(
-                ledger,
-                evaluator,
-                (store, warm),
-                commands_rx,
-                Arc::new(snapshot_tx),
-                loader_shared,
-                tick,
-            )
-            .await;
+            // The ledger gets a thread (and a runtime) of its own: its work
+            // (a tick's evaluation, a chunk of cells read in, a large
+            // message) then never holds up the tasks of the listener, which
+            // keep the runtime's workers.
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let failed = loader_shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tally-ledger".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(run_ledger(
+                            ledger,
+                            evaluator,
+                            (store, warm),
+                            commands_rx,
+                            Arc::new(snapshot_tx),
+                            loader_shared,
+                            tick,
+                        )),
+                        Err(e) => {
+                            error!("cannot start the ledger's runtime: {e}");
+                            let _ = loader_shared
+                                .failed
+                                .set(format!("cannot start the ledger's runtime: {e}"));
+                        }
+                    }
+                    let _ = done_tx.send(());
+                });
+            match spawned {
+                Ok(_) => {
+                    let _ = done_rx.await;
+                }
+                Err(e) => {
+                    error!("cannot start the ledger's thread: {e}");
+                    let _ = failed
+                        .failed
+                        .set(format!("cannot start the ledger's thread: {e}"));
+                }
+            }
         });
         let reloads = tokio::spawn(reload_on_hangup(loader_alerting, tls.clone()));
         let serve = crate::listener::serve(
@@ -435,6 +471,7 @@ async fn run_ledger(
         warm_up(warm, warm_tx);
     }
     let mut warm_failed = false;
+    let skipped_at_start = ledger.restore_skipped().rows;
 
     let mut pieces: Vec<Piece> = Vec::new();
     let mut evaluate = tokio::time::interval(tick);
@@ -470,6 +507,7 @@ async fn run_ledger(
                     let f = Flush {
                         pieces: std::mem::take(&mut pieces),
                         generation: ledger.seal(),
+                        checkpoint: false,
                     };
                     if flush_tx.send(f).await.is_err() {
                         error!("the store writer stopped; the agent stops acknowledging");
@@ -478,7 +516,13 @@ async fn run_ledger(
                 }
             }
             Some(warm) = warm_rx.recv(), if readers > 0 => match warm {
-                Warm::Cells(chunk) => ledger.warm_cells(chunk),
+                Warm::Cells(chunk) => {
+                    ledger.warm_cells(chunk);
+                    // A chunk keeps the ledger busy for tens of ms and the
+                    // next is ready at once: the commands waiting meanwhile
+                    // get their turn between chunks.
+                    tokio::task::yield_now().await;
+                }
                 Warm::Done(read) => {
                     readers -= 1;
                     match read {
@@ -488,11 +532,30 @@ async fn run_ledger(
                             warn!("cannot read the window's stored cells in; counts keep reading theirs from the file: {e}");
                         }
                     }
+                    if readers == 0 {
+                        // The readers kept the log from being copied into
+                        // the file meanwhile (the closes of the first
+                        // evaluation, some MB): copied now, rather than at
+                        // the commit of the first message that comes.
+                        let f = Flush { pieces: Vec::new(), generation: ledger.seal(), checkpoint: true };
+                        if flush_tx.send(f).await.is_err() {
+                            error!("the store writer stopped; the agent stops acknowledging");
+                            break;
+                        }
+                    }
                     if readers == 0 && !warm_failed {
                         ledger.warmed();
+                        let skipped = ledger.restore_skipped();
                         shared.metrics.store_rows_skipped.set(
-                            i64::try_from(ledger.restore_skipped().rows).unwrap_or(i64::MAX),
+                            i64::try_from(skipped.rows).unwrap_or(i64::MAX),
                         );
+                        if skipped.rows > skipped_at_start {
+                            warn!(
+                                rows = skipped.rows - skipped_at_start,
+                                first = ?skipped.examples,
+                                "left out stored rows that cannot be read or used (cells of the window); the rest is loaded"
+                            );
+                        }
                         info!(
                             cells = ledger.cell_count(),
                             elapsed_ms = warming_since.elapsed().as_millis() as u64,
@@ -514,7 +577,7 @@ async fn run_ledger(
                         // same flush, so that this generation's commit covers them.
                         let mut all = std::mem::take(&mut pieces);
                         all.push(Piece { batch, ack: None });
-                        let f = Flush { pieces: all, generation: ledger.seal() };
+                        let f = Flush { pieces: all, generation: ledger.seal(), checkpoint: false };
                         if flush_tx.send(f).await.is_err() {
                             error!("the store writer stopped; the agent stops acknowledging");
                             break;
@@ -533,6 +596,7 @@ async fn run_ledger(
         .send(Flush {
             pieces,
             generation: ledger.seal(),
+            checkpoint: false,
         })
         .await;
 }
@@ -679,6 +743,7 @@ fn write_loop(
             f.absorb(more);
         }
         let generation = f.generation;
+        let checkpoint = f.checkpoint;
         match write_flush(&mut store, f) {
             Ok(refused) => {
                 if refused > 0 {
@@ -692,6 +757,20 @@ fn write_loop(
                     failures = 0;
                 }
                 committed.fetch_max(generation, Ordering::Release);
+                if checkpoint {
+                    let started = Instant::now();
+                    match store.checkpoint() {
+                        Ok((log, copied)) => debug!(
+                            log,
+                            copied,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "copied the write-ahead log into the state database"
+                        ),
+                        Err(e) => warn!(
+                            "cannot copy the write-ahead log into the state database now: {e}"
+                        ),
+                    }
+                }
             }
             Err(failed) => {
                 let (f, e) = *failed;
@@ -843,6 +922,7 @@ mod tests {
         tx.blocking_send(Flush {
             pieces: vec![p],
             generation: 7,
+            checkpoint: true,
         })
         .unwrap();
         // Past the writer's 5 s busy timeout: its first attempt failed.
@@ -890,6 +970,7 @@ mod tests {
             Flush {
                 pieces: vec![first, bad, last, sources],
                 generation: 1,
+                checkpoint: false,
             },
         );
         assert_eq!(refused.ok(), Some(1));

@@ -724,6 +724,18 @@ impl Store {
             .map_err(|source| self.error(source))
     }
 
+    /// Copies what the write-ahead log holds into the database file, as far
+    /// as no reader still needs it (SQLite's passive checkpoint, which a
+    /// commit runs by itself once the log passes 1,000 pages, unless readers
+    /// hold it back). Returns the pages in the log and those of them copied.
+    pub fn checkpoint(&mut self) -> Result<(i64, i64)> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(1)?, row.get(2)?))
+            })
+            .map_err(|e| self.error(e))
+    }
+
     /// Reads each (series, bucket)'s sum of the buckets from `from` on, on a
     /// connection of its own (so that it can run beside
     /// [`Store::load_without_cells`]): a range read per series, since the
@@ -1730,6 +1742,35 @@ mod tests {
         expected.health = vec![health(1, "billing", 0, "second")];
         expected.kv[1].1 = "2".into();
         assert_eq!(store.load().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_checkpoint_a_reader_held_back_completes_once_the_reader_is_done() {
+        let dir = TempDir::new().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write(&every_kind()).unwrap();
+        let reader = Connection::open(store.path()).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM cell;")
+            .unwrap();
+        store
+            .write(&WriteBatch {
+                cells: vec![cell(1, 1, 0, 120_000, 3)],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let (log, copied) = store.checkpoint().unwrap();
+        assert!(log > 0 && copied < log, "{copied} of {log} pages copied");
+        reader.execute_batch("COMMIT").unwrap();
+        let (log, copied) = store.checkpoint().unwrap();
+        assert_eq!(copied, log);
+        assert!(
+            store
+                .load()
+                .unwrap()
+                .cells
+                .contains(&cell(1, 1, 0, 120_000, 3))
+        );
     }
 
     #[test]

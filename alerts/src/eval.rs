@@ -142,17 +142,30 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                 if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
                     continue;
                 }
-                let mut per_group: BTreeMap<&str, u64> = BTreeMap::new();
+                // A topic has a few group tiers, the same in most of its
+                // buckets: a short list, each tier's place remembered.
+                let mut per_group: Vec<(&str, u64)> = Vec::new();
                 for b in t.buckets.iter() {
+                    let mut at = 0;
                     for (tier, books) in &b.tiers {
-                        if let Some(group) = tier.strip_prefix("group:")
-                            && m.group.matches(group)
-                            && m.tier.matches(tier)
-                        {
-                            *per_group.entry(group).or_default() += books.expired.unwrap_or(0);
+                        let Some(group) = tier.strip_prefix("group:") else {
+                            continue;
+                        };
+                        if per_group.get(at).is_none_or(|(g, _)| *g != group) {
+                            match per_group.iter().position(|(g, _)| *g == group) {
+                                Some(i) => at = i,
+                                None if m.group.matches(group) && m.tier.matches(tier) => {
+                                    at = per_group.len();
+                                    per_group.push((group, 0));
+                                }
+                                None => continue,
+                            }
                         }
+                        per_group[at].1 += books.expired.unwrap_or(0);
+                        at += 1;
                     }
                 }
+                per_group.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 for (group, expired) in per_group {
                     if expired >= *min_records {
                         out.push(Active {
@@ -327,6 +340,42 @@ mod tests {
         let a = run("{name: L, kind: consumer_lag, records: 25, tier: \"group:an*\"}");
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].labels["group"], "analytics");
+    }
+
+    #[test]
+    fn expired_sums_each_selected_group_over_buckets_with_differing_tiers() {
+        let set =
+            RuleSet::parse("rules:\n  - {name: E, kind: expired, group: \"a*\"}\n", "t").unwrap();
+        let tier = |expired| BucketTier {
+            records: 10,
+            status: BucketStatus::Incomplete,
+            missing: expired,
+            excess: 0,
+            pending: Some(0),
+            expired: Some(expired),
+            skipped: Some(0),
+            aborted: 0,
+        };
+        let bucket = |bucket, tiers: &[(&str, u64)]| BucketBooks {
+            bucket,
+            tiers: tiers
+                .iter()
+                .map(|(g, n)| (format!("group:{g}"), tier(*n)))
+                .chain([("broker".to_owned(), tier(0))])
+                .collect(),
+        };
+        let mut snap = snapshot();
+        snap.buckets[0].buckets = vec![
+            bucket(0, &[("alpha", 3)]),
+            bucket(1000, &[("beta", 5), ("apex", 2)]),
+            bucket(2000, &[("apex", 1), ("alpha", 4), ("beta", 9)]),
+        ]
+        .into();
+        let a: Vec<_> = active(&set.rules[0], &snap)
+            .into_iter()
+            .map(|a| (a.labels["group"].clone(), a.value))
+            .collect();
+        assert_eq!(a, [("alpha".to_owned(), 7.0), ("apex".to_owned(), 3.0)]);
     }
 
     #[test]
