@@ -810,7 +810,7 @@ fn changed(s: &Snapshot) -> Snapshot {
     let mut s = s.clone();
     s.at_ms += 1_000;
     for t in &mut s.topics {
-        for b in t.tiers.values_mut() {
+        for b in std::sync::Arc::make_mut(t).tiers.values_mut() {
             b.records += 100;
             b.missing += 1;
             b.excess += 1;

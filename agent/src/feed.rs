@@ -166,9 +166,11 @@ mod tests {
         s.at_ms = seq as i64 * 1000;
         let name = format!("t{}", seq % 5);
         match s.topics.iter_mut().find(|t| t.topic == name) {
-            Some(t) => t.tiers.get_mut("broker").unwrap().records += 1,
+            Some(t) => {
+                Arc::make_mut(t).tiers.get_mut("broker").unwrap().records += 1;
+            }
             None => {
-                s.topics.push(topic(&name, 1));
+                s.topics.push(Arc::new(topic(&name, 1)));
                 s.topics.sort_by(|a, b| a.topic.cmp(&b.topic));
             }
         }

@@ -13,6 +13,7 @@
 //! necessarily a power cut, and costs no fsync per commit.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::Type;
@@ -353,11 +354,11 @@ pub struct HealthRow {
     /// The row id the ledger gave the lag entry.
     pub id: i64,
     /// The cluster.
-    pub cluster: String,
+    pub cluster: Arc<str>,
     /// The consumer group.
-    pub group: String,
+    pub group: Arc<str>,
     /// The topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// The topic partition.
     pub partition: i32,
     /// The window's state, in the ledger's compact form (or JSON, as a
@@ -929,9 +930,9 @@ impl Store {
                 &|row| {
                     Ok(HealthRow {
                         id: row.get(0)?,
-                        cluster: row.get(1)?,
-                        group: row.get(2)?,
-                        topic: row.get(3)?,
+                        cluster: row.get::<_, String>(1)?.into(),
+                        group: row.get::<_, String>(2)?.into(),
+                        topic: row.get::<_, String>(3)?.into(),
                         partition: int(row, 4, "lag_health.partition_no")?,
                         state: row.get(5)?,
                     })
@@ -1100,9 +1101,9 @@ fn write_rows(tx: &Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
         for h in &batch.health {
             upsert.execute(rusqlite::params![
                 h.id,
-                h.cluster,
-                h.group,
-                h.topic,
+                &*h.cluster,
+                &*h.group,
+                &*h.topic,
                 h.partition,
                 h.state
             ])?;

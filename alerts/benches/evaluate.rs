@@ -85,12 +85,12 @@ fn snapshot() -> Snapshot {
                 let c = if lagging(*g) { 0.5 } else { 1.0 };
                 tiers.insert(format!("group:{}", group(*g)), tier_books(c));
             }
-            TopicBooks {
+            std::sync::Arc::new(TopicBooks {
                 cluster: "local".into(),
                 topic: topic(t),
                 reference: Some("broker".into()),
                 tiers,
-            }
+            })
         })
         .collect();
     let buckets = (0..TOPICS)

@@ -270,17 +270,20 @@ mod tests {
                     partitions: vec![partition("orders", 0, 500, 90.0)].into(),
                 },
             ],
-            topics: vec![TopicBooks {
-                cluster: "local".into(),
-                topic: "orders".into(),
-                reference: Some("broker".into()),
-                tiers: [
-                    ("broker".to_owned(), tier(100, 1.0)),
-                    ("group:analytics".to_owned(), tier(70, 0.7)),
-                    ("group:billing".to_owned(), tier(100, 1.0)),
-                ]
+            topics: vec![
+                TopicBooks {
+                    cluster: "local".into(),
+                    topic: "orders".into(),
+                    reference: Some("broker".into()),
+                    tiers: [
+                        ("broker".to_owned(), tier(100, 1.0)),
+                        ("group:analytics".to_owned(), tier(70, 0.7)),
+                        ("group:billing".to_owned(), tier(100, 1.0)),
+                    ]
+                    .into(),
+                }
                 .into(),
-            }],
+            ],
             buckets: vec![TopicBuckets {
                 cluster: "local".into(),
                 topic: "orders".into(),

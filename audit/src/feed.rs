@@ -85,6 +85,16 @@ pub trait Keyed {
     }
 }
 
+impl<T: Keyed> Keyed for std::sync::Arc<T> {
+    type Key = T::Key;
+    fn key(&self) -> Self::Key {
+        (**self).key()
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        (**self).same_key(other)
+    }
+}
+
 /// Identity of a topic: (cluster, topic).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TopicKey {
@@ -507,7 +517,7 @@ pub struct Delta {
     pub window_ms: Option<u64>,
     /// Topic books that changed.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
-    pub topics: SectionDelta<TopicBooks, TopicKey>,
+    pub topics: SectionDelta<std::sync::Arc<TopicBooks>, TopicKey>,
     /// Buckets that changed, per topic.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
     pub buckets: BucketsDelta,
@@ -798,7 +808,7 @@ mod tests {
             width_ms: 1000,
             grace_ms: if rng.chance(10) { 3000 } else { 2000 },
             window_ms: 60_000,
-            topics: t.into_iter().map(|i| topic(rng, i)).collect(),
+            topics: t.into_iter().map(|i| topic(rng, i).into()).collect(),
             buckets: b.into_iter().map(|i| buckets(rng, i, tick)).collect(),
             groups: g.into_iter().map(|i| group(rng, i)).collect(),
             sources: s.into_iter().map(|i| source(rng, i)).collect(),
@@ -861,13 +871,15 @@ mod tests {
     fn an_unchanged_item_is_not_sent_and_a_changed_one_is_sent_alone() {
         let mut rng = Rng(7);
         let old = Snapshot {
-            topics: (0..5).map(|i| topic(&mut rng, i)).collect(),
+            topics: (0..5).map(|i| topic(&mut rng, i).into()).collect(),
             ..Default::default()
         };
         let mut new = old.clone();
         new.at_ms = 5;
         assert!(Delta::between(&old, &new).is_quiet());
-        new.topics[2].tiers.insert("x".into(), Default::default());
+        std::sync::Arc::make_mut(&mut new.topics[2])
+            .tiers
+            .insert("x".into(), Default::default());
         let d = Delta::between(&old, &new);
         assert_eq!(d.topics.upsert.len(), 1);
         assert_eq!(d.topics.upsert[0].topic, "t2");
@@ -1134,7 +1146,11 @@ mod tests {
             // An evaluation the feed did not see, or one that does not know.
             self.seq += if self.rng.chance(4) { 2 } else { 1 };
             let seq = if self.rng.chance(3) { 0 } else { self.seq };
-            let (books, views) = self.topics.values().cloned().unzip();
+            let (books, views) = self
+                .topics
+                .values()
+                .map(|(b, v)| (std::sync::Arc::new(b.clone()), v.clone()))
+                .unzip();
             Snapshot {
                 at_ms: self.tick * 1000,
                 topics: books,
@@ -1210,13 +1226,15 @@ mod tests {
     fn the_hint_is_followed_only_from_the_evaluation_before() {
         let mut rng = Rng(5);
         let mut old = Snapshot {
-            topics: (0..4).map(|i| topic(&mut rng, i)).collect(),
+            topics: (0..4).map(|i| topic(&mut rng, i).into()).collect(),
             groups: (0..4).map(|i| group(&mut rng, i)).collect(),
             ..Default::default()
         };
         old.changes.seq = 7;
         let mut new = old.clone();
-        new.topics[1].tiers.insert("x".into(), Default::default());
+        std::sync::Arc::make_mut(&mut new.topics[1])
+            .tiers
+            .insert("x".into(), Default::default());
         new.groups[2].lag_records += 1;
         // A hint that leaves the changes out: followed, they are not seen.
         new.changes = Changes {

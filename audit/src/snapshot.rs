@@ -180,8 +180,10 @@ pub struct Snapshot {
     pub grace_ms: u64,
     /// How far back the window of gauges and buckets reaches.
     pub window_ms: u64,
-    /// Per (cluster, topic): the books of every tier.
-    pub topics: Vec<TopicBooks>,
+    /// Per (cluster, topic): the books of every tier. Shared: an evaluation
+    /// in which the topic did not change hands on the same books instead of
+    /// a copy (serialised as plain objects; `Arc::make_mut` to change them).
+    pub topics: Vec<std::sync::Arc<TopicBooks>>,
     /// Per (cluster, topic): the buckets of the window.
     pub buckets: Vec<TopicBuckets>,
     /// Per (cluster, group): lag and health.

@@ -36,7 +36,7 @@ use tally_dashboard::state::{State, Tab};
 fn big() -> Snapshot {
     let mut s = fixture::snapshot();
     s.topics = (0..5_000)
-        .map(|i| fixture::topic(&format!("topic-{i:05}"), 1_000 + i, 990 + i, i % 3))
+        .map(|i| fixture::topic(&format!("topic-{i:05}"), 1_000 + i, 990 + i, i % 3).into())
         .collect();
     let statuses: Vec<BucketStatus> = (0..30)
         .map(|i| BucketStatus::ALL[(i * 7) % BucketStatus::ALL.len()])
@@ -114,7 +114,7 @@ fn update(c: &mut Criterion) {
     let mut next = snapshot.clone();
     next.at_ms += 1000;
     for t in next.topics.iter_mut().step_by(100) {
-        for b in t.tiers.values_mut() {
+        for b in std::sync::Arc::make_mut(t).tiers.values_mut() {
             b.records += 10;
         }
     }

@@ -78,7 +78,7 @@ fn a_long_table_scrolls_with_the_cursor() {
     let mut s = state();
     let mut big = fixture::snapshot();
     big.topics = (0..500)
-        .map(|i| fixture::topic(&format!("t{i:04}"), 100, 90, 0))
+        .map(|i| fixture::topic(&format!("t{i:04}"), 100, 90, 0).into())
         .collect();
     s.feed(
         FeedMessage::Snapshot {

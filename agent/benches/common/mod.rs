@@ -51,12 +51,12 @@ pub(crate) fn snapshot(topics: usize, groups: usize) -> Snapshot {
             for &g in &readers[t] {
                 tiers.insert(format!("group:{}", group_name(g)), books(4_999_880, true));
             }
-            TopicBooks {
+            std::sync::Arc::new(TopicBooks {
                 cluster: "local".into(),
                 topic: topic_name(t),
                 reference: Some("broker".into()),
                 tiers,
-            }
+            })
         })
         .collect();
     let group_health = (0..groups)

@@ -437,13 +437,15 @@ impl Ledger {
             .sources
             .get(session.source as usize)
             .ok_or_else(|| refuse(Reason::Protocol, "lag before hello".into()))?;
-        let cluster = src.cluster.clone();
+        let cluster: Arc<str> = src.cluster.as_str().into();
         // A message lists a group's partitions together: the group is looked
         // up once per run of them, and each partition by borrowing its names.
         let runs = || lag.partitions.chunk_by(|a, b| a.group == b.group);
         let fresh: usize = runs()
             .map(|run| {
-                let known = self.lag.get(&(cluster.clone(), run[0].group.clone()));
+                let known = self
+                    .lag
+                    .get(&(cluster.clone(), Arc::from(run[0].group.as_str())));
                 run.iter()
                     .filter(|s| {
                         !known
@@ -462,11 +464,13 @@ impl Ledger {
         self.dirty_sources.insert(session.source);
         let health_cfg = self.cfg.health;
         for run in runs() {
-            let key: GroupKey = (cluster.clone(), run[0].group.clone());
+            let key: GroupKey = (cluster.clone(), run[0].group.as_str().into());
             let group = self.lag.entry(key.clone()).or_default();
             for s in run {
                 if !group.topics.contains_key(s.topic.as_str()) {
-                    group.topics.insert(s.topic.clone(), BTreeMap::new());
+                    group
+                        .topics
+                        .insert(s.topic.as_str().into(), BTreeMap::new());
                 }
                 let Some(parts) = group.topics.get_mut(s.topic.as_str()) else {
                     continue;
@@ -598,14 +602,17 @@ impl Ledger {
         let cluster = src.cluster.clone();
         let groups: HashSet<&str> = forget.groups.iter().map(String::as_str).collect();
         let topics: HashSet<&str> = forget.topics.iter().map(String::as_str).collect();
-        let mut gone: Vec<(GroupKey, String, i32)> = Vec::new();
-        for (key, group) in self.lag.range((cluster.clone(), String::new())..) {
-            if key.0 != cluster {
+        let mut gone: Vec<(GroupKey, Arc<str>, i32)> = Vec::new();
+        for (key, group) in self
+            .lag
+            .range((Arc::from(cluster.as_str()), Arc::from(""))..)
+        {
+            if *key.0 != *cluster {
                 break;
             }
             for (topic, partition, e) in group.entries() {
                 if e.source.is_none_or(|s| s == session.source)
-                    && (groups.contains(key.1.as_str()) || topics.contains(topic.as_str()))
+                    && (groups.contains(&*key.1) || topics.contains(&**topic))
                 {
                     gone.push((key.clone(), topic.clone(), partition));
                 }

@@ -19,7 +19,7 @@ impl Ledger {
         let changed_topics = self.changed_topics(now_ms, window_start);
         let (groups, changed_groups) = self.evaluate_groups(now_ms);
         // A topic that did not change is the same as at the last evaluation:
-        // its books are copied (a few tiers) and its buckets shared.
+        // its books and buckets are shared.
         self.evaluated.resize_with(self.topics.len(), || None);
         for tid in order {
             let unchanged = changed_topics.as_ref().is_some_and(|c| !c.contains(&tid));
@@ -30,7 +30,8 @@ impl Ledger {
             let (books, view) = match reused {
                 Some(both) => both,
                 None => {
-                    let both = self.evaluate_topic(tid, window_start, now_ms);
+                    let (books, view) = self.evaluate_topic(tid, window_start, now_ms);
+                    let both = (Arc::new(books), view);
                     self.evaluated[tid as usize] = Some(both.clone());
                     both
                 }
@@ -468,7 +469,7 @@ impl Ledger {
                     stable_offset: e.last.stable_offset,
                     estimated: e.last.estimated,
                     stale,
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     partition,
                     committed: e.last.committed,
                     end_offset: e.last.end_offset,
@@ -482,8 +483,8 @@ impl Ledger {
             }
             let fresh = || partitions.iter().filter(|p| !p.stale);
             let health = GroupHealth {
-                cluster: key.0.clone(),
-                group: key.1.clone(),
+                cluster: key.0.to_string(),
+                group: key.1.to_string(),
                 status: group_status(partitions.iter().map(|p| p.status)),
                 lag_records: fresh().map(|p| p.lag_records).sum(),
                 max_lag_seconds: fresh().map(|p| p.lag_seconds).fold(0.0, f64::max),
@@ -491,8 +492,8 @@ impl Ledger {
                 partitions: Arc::new(partitions),
             };
             changed.insert(tally_audit::feed::GroupKey {
-                cluster: key.0.clone(),
-                group: key.1.clone(),
+                cluster: key.0.to_string(),
+                group: key.1.to_string(),
             });
             groups.push(health.clone());
             self.judged_groups
@@ -500,7 +501,10 @@ impl Ledger {
         }
         // Groups gone since: their lag was forgotten.
         for (cluster, group) in before.into_keys() {
-            changed.insert(tally_audit::feed::GroupKey { cluster, group });
+            changed.insert(tally_audit::feed::GroupKey {
+                cluster: cluster.to_string(),
+                group: group.to_string(),
+            });
         }
         (groups, changed)
     }

@@ -403,18 +403,19 @@ struct Closed {
     unresolved_at_close: bool,
 }
 
-/// A consumer group on one cluster: (cluster, group).
-type GroupKey = (String, String);
+/// A consumer group on one cluster: (cluster, group), shared by the lag
+/// entries' store rows without copies.
+type GroupKey = (Arc<str>, Arc<str>);
 
 /// A group's lag entries, by topic and partition: nested so that a sample is
 /// found by borrowing its names.
 #[derive(Debug, Default)]
 struct GroupLag {
-    topics: BTreeMap<String, BTreeMap<i32, LagEntry>>,
+    topics: BTreeMap<Arc<str>, BTreeMap<i32, LagEntry>>,
 }
 
 impl GroupLag {
-    fn entries(&self) -> impl Iterator<Item = (&String, i32, &LagEntry)> {
+    fn entries(&self) -> impl Iterator<Item = (&Arc<str>, i32, &LagEntry)> {
         self.topics
             .iter()
             .flat_map(|(t, parts)| parts.iter().map(move |(p, e)| (t, *p, e)))
@@ -667,18 +668,18 @@ pub struct Ledger {
     last_epoch: Option<(i64, i64)>,
     /// Per topic id: its books and buckets at the last evaluation, reused
     /// while the change hint leaves it out.
-    evaluated: Vec<Option<(TopicBooks, TopicBuckets)>>,
+    evaluated: Vec<Option<(Arc<TopicBooks>, TopicBuckets)>>,
     /// Per (cluster, group): its health at the last evaluation, reused until
     /// a sample changes it or the clock can.
-    judged_groups: HashMap<(String, String), JudgedGroup>,
+    judged_groups: HashMap<GroupKey, JudgedGroup>,
     /// Groups whose lag changed since the last evaluation.
-    dirty_groups: HashSet<(String, String)>,
+    dirty_groups: HashSet<GroupKey>,
     /// Series open over all sources (what [`LedgerConfig::max_series`] bounds).
     open_series: usize,
     /// What [`Ledger::restore`] left out.
     restore_skipped: Skipped,
     sums: BTreeMap<(u32, i64), CellCounts>,
-    closed: HashMap<(u32, i64), Closed>,
+    closed: FxHashMap<(u32, i64), Closed>,
     lag: BTreeMap<GroupKey, GroupLag>,
     /// The store row id of the next new lag entry.
     next_lag_id: i64,
@@ -758,7 +759,7 @@ impl Ledger {
             open_series: 0,
             restore_skipped: Skipped::default(),
             sums: BTreeMap::new(),
-            closed: HashMap::new(),
+            closed: FxHashMap::default(),
             lag: BTreeMap::new(),
             next_lag_id: 1,
             clusters: BTreeMap::new(),

@@ -1166,7 +1166,7 @@ fn forget_drops_the_sources_lag_and_latency_and_stores_the_deletion() {
     let billing_row = stored
         .health
         .iter()
-        .find(|h| h.group == "billing")
+        .find(|h| &*h.group == "billing")
         .map(|h| h.id)
         .expect("billing's health is stored");
     let open = l.open_series();
