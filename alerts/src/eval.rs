@@ -1,10 +1,14 @@
 //! What each rule finds active in a snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
 
 use tally_audit::Snapshot;
+use tally_audit::feed::{GroupKey, TopicKey};
+use tally_audit::snapshot::{GroupHealth, TopicBooks, TopicBuckets};
 
-use crate::rules::{Matchers, Rule, RuleKind};
+use crate::rules::{Matchers, Rule, RuleKind, RuleSet};
 
 /// One alert a rule finds active in a snapshot: its labels (the kind's
 /// labels, not yet the rule's own) and the value that crossed the threshold.
@@ -40,164 +44,331 @@ fn tier_matches(m: &Matchers, tier: &str) -> bool {
 
 /// The alerts `rule` finds active in `snapshot`.
 pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
-    let m = &rule.matchers;
     let mut out = Vec::new();
     match &rule.kind {
-        RuleKind::ConsumerLag { records, seconds } => {
+        RuleKind::ConsumerLag { .. } | RuleKind::GroupStatus { .. } => {
             for g in &snapshot.groups {
-                if !m.cluster.matches(&g.cluster)
-                    || !m.group.matches(&g.group)
-                    || !group_tier_matches(m, &g.group)
-                {
-                    continue;
-                }
-                // Per topic: records summed over partitions, seconds the
-                // largest. A group's partitions come sorted by topic: each
-                // run of one topic is matched and summed once.
-                let mut per_topic: Vec<(&str, u64, f64)> = Vec::new();
-                for run in g.partitions.chunk_by(|a, b| a.topic == b.topic) {
-                    if m.topic.matches(&run[0].topic) {
-                        per_topic.push((
-                            run[0].topic.as_str(),
-                            run.iter().map(|p| p.lag_records).sum(),
-                            run.iter().map(|p| p.lag_seconds).fold(0.0, f64::max),
-                        ));
+                group_active(rule, g, &mut out);
+            }
+        }
+        RuleKind::Completeness { .. } => {
+            for t in &snapshot.topics {
+                topic_active(rule, t, &mut out);
+            }
+        }
+        RuleKind::Expired { .. } => {
+            for t in &snapshot.buckets {
+                buckets_active(rule, t, &mut out);
+            }
+        }
+        RuleKind::SourceSilent { .. } => sources_active(rule, snapshot, &mut out),
+    }
+    out
+}
+
+/// What each rule found per group and per topic at the last evaluation, so
+/// that an evaluation judges again only the groups and topics that the
+/// snapshot's change hint ([`tally_audit::feed::Changes`]) names. A
+/// snapshot that does not follow the last one (its `seq`), or new rules,
+/// start it afresh; `source_silent` follows the clock and is judged each time.
+#[derive(Debug, Default)]
+pub struct ActiveCache {
+    rules: Option<Arc<RuleSet>>,
+    seq: u64,
+    per_rule: Vec<RuleCache>,
+}
+
+#[derive(Debug, Default)]
+struct RuleCache {
+    groups: HashMap<GroupKey, Vec<Active>>,
+    topics: HashMap<TopicKey, Vec<Active>>,
+}
+
+/// Takes `key`'s findings from `before` where `unchanged`, else judges
+/// them; adds them to `out` and keeps them in `next`.
+fn reuse_or_judge<'r, K: Hash + Eq>(
+    rule: &'r Rule,
+    before: &mut HashMap<K, Vec<Active>>,
+    next: &mut HashMap<K, Vec<Active>>,
+    key: K,
+    unchanged: bool,
+    judge: impl FnOnce(&mut Vec<Active>),
+    out: &mut Vec<(&'r Rule, Active)>,
+) {
+    let found = match before.remove(&key) {
+        Some(found) if unchanged => found,
+        _ => {
+            let mut found = Vec::new();
+            judge(&mut found);
+            found
+        }
+    };
+    out.extend(found.iter().map(|a| (rule, a.clone())));
+    next.insert(key, found);
+}
+
+impl ActiveCache {
+    /// What `rules` find active in `snapshot`: the same as [`active`] for
+    /// each rule, in the same order.
+    pub fn active<'r>(
+        &mut self,
+        rules: &'r Arc<RuleSet>,
+        snapshot: &Snapshot,
+    ) -> Vec<(&'r Rule, Active)> {
+        let hint = &snapshot.changes;
+        let follows = hint.seq != 0
+            && hint.seq == self.seq.wrapping_add(1)
+            && self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, rules));
+        self.seq = hint.seq;
+        if !follows {
+            self.rules = Some(rules.clone());
+            self.per_rule = rules.rules.iter().map(|_| RuleCache::default()).collect();
+        }
+        let topics = hint.topics.as_ref().filter(|_| follows);
+        let groups = hint.groups.as_ref().filter(|_| follows);
+        let mut out = Vec::new();
+        for (rule, cache) in rules.rules.iter().zip(&mut self.per_rule) {
+            match &rule.kind {
+                RuleKind::ConsumerLag { .. } | RuleKind::GroupStatus { .. } => {
+                    let mut next = HashMap::with_capacity(snapshot.groups.len());
+                    for g in &snapshot.groups {
+                        let key = GroupKey {
+                            cluster: g.cluster.clone(),
+                            group: g.group.clone(),
+                        };
+                        let unchanged = groups.is_some_and(|c| !c.contains(&key));
+                        let judge = |found: &mut Vec<Active>| group_active(rule, g, found);
+                        reuse_or_judge(
+                            rule,
+                            &mut cache.groups,
+                            &mut next,
+                            key,
+                            unchanged,
+                            judge,
+                            &mut out,
+                        );
                     }
+                    cache.groups = next;
                 }
-                if !per_topic.is_sorted_by(|a, b| a.0 < b.0) {
-                    // Not sorted after all: merge the runs of each topic.
-                    per_topic.sort_by(|a, b| a.0.cmp(b.0));
-                    per_topic.dedup_by(|later, kept| {
-                        let same = later.0 == kept.0;
-                        if same {
-                            kept.1 += later.1;
-                            kept.2 = kept.2.max(later.2);
-                        }
-                        same
-                    });
-                }
-                for (topic, lag_records, lag_seconds) in per_topic {
-                    let by_records = records.is_some_and(|r| lag_records > r);
-                    let by_seconds = seconds.is_some_and(|s| lag_seconds > s);
-                    if by_records || by_seconds {
-                        out.push(Active {
-                            labels: labels(&[
-                                ("cluster", &g.cluster),
-                                ("group", &g.group),
-                                ("topic", topic),
-                            ]),
-                            value: if by_records {
-                                lag_records as f64
-                            } else {
-                                lag_seconds
-                            },
-                        });
+                RuleKind::Completeness { .. } => {
+                    let mut next = HashMap::with_capacity(snapshot.topics.len());
+                    for t in &snapshot.topics {
+                        let key = TopicKey {
+                            cluster: t.cluster.clone(),
+                            topic: t.topic.clone(),
+                        };
+                        let unchanged = topics.is_some_and(|c| !c.contains(&key));
+                        let judge = |found: &mut Vec<Active>| topic_active(rule, t, found);
+                        reuse_or_judge(
+                            rule,
+                            &mut cache.topics,
+                            &mut next,
+                            key,
+                            unchanged,
+                            judge,
+                            &mut out,
+                        );
                     }
+                    cache.topics = next;
+                }
+                RuleKind::Expired { .. } => {
+                    let mut next = HashMap::with_capacity(snapshot.buckets.len());
+                    for t in &snapshot.buckets {
+                        let key = TopicKey {
+                            cluster: t.cluster.clone(),
+                            topic: t.topic.clone(),
+                        };
+                        let unchanged = topics.is_some_and(|c| !c.contains(&key));
+                        let judge = |found: &mut Vec<Active>| buckets_active(rule, t, found);
+                        reuse_or_judge(
+                            rule,
+                            &mut cache.topics,
+                            &mut next,
+                            key,
+                            unchanged,
+                            judge,
+                            &mut out,
+                        );
+                    }
+                    cache.topics = next;
+                }
+                RuleKind::SourceSilent { .. } => {
+                    let mut found = Vec::new();
+                    sources_active(rule, snapshot, &mut found);
+                    out.extend(found.into_iter().map(|a| (rule, a)));
                 }
             }
         }
-        RuleKind::GroupStatus { statuses } => {
-            for g in &snapshot.groups {
-                let topic_ok =
-                    m.topic.is_any() || g.partitions.iter().any(|p| m.topic.matches(&p.topic));
-                if m.cluster.matches(&g.cluster)
-                    && m.group.matches(&g.group)
-                    && group_tier_matches(m, &g.group)
-                    && topic_ok
-                    && statuses.contains(&g.status)
-                {
+        out
+    }
+}
+
+/// What a `consumer_lag` or `group_status` rule finds active in one group.
+fn group_active(rule: &Rule, g: &GroupHealth, out: &mut Vec<Active>) {
+    let m = &rule.matchers;
+    match &rule.kind {
+        RuleKind::ConsumerLag { records, seconds } => {
+            if !m.cluster.matches(&g.cluster)
+                || !m.group.matches(&g.group)
+                || !group_tier_matches(m, &g.group)
+            {
+                return;
+            }
+            // Per topic: records summed over partitions, seconds the
+            // largest. A group's partitions come sorted by topic: each
+            // run of one topic is matched and summed once.
+            let mut per_topic: Vec<(&str, u64, f64)> = Vec::new();
+            for run in g.partitions.chunk_by(|a, b| a.topic == b.topic) {
+                if m.topic.matches(&run[0].topic) {
+                    per_topic.push((
+                        run[0].topic.as_str(),
+                        run.iter().map(|p| p.lag_records).sum(),
+                        run.iter().map(|p| p.lag_seconds).fold(0.0, f64::max),
+                    ));
+                }
+            }
+            if !per_topic.is_sorted_by(|a, b| a.0 < b.0) {
+                // Not sorted after all: merge the runs of each topic.
+                per_topic.sort_by(|a, b| a.0.cmp(b.0));
+                per_topic.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        kept.1 += later.1;
+                        kept.2 = kept.2.max(later.2);
+                    }
+                    same
+                });
+            }
+            for (topic, lag_records, lag_seconds) in per_topic {
+                let by_records = records.is_some_and(|r| lag_records > r);
+                let by_seconds = seconds.is_some_and(|s| lag_seconds > s);
+                if by_records || by_seconds {
                     out.push(Active {
                         labels: labels(&[
                             ("cluster", &g.cluster),
                             ("group", &g.group),
-                            ("status", g.status.as_str()),
+                            ("topic", topic),
                         ]),
-                        value: 1.0,
+                        value: if by_records {
+                            lag_records as f64
+                        } else {
+                            lag_seconds
+                        },
                     });
                 }
             }
         }
-        RuleKind::Completeness { min_ratio } => {
-            for t in &snapshot.topics {
-                if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
-                    continue;
-                }
-                for (tier, books) in &t.tiers {
-                    let is_reference = t.reference.as_deref() == Some(tier.as_str());
-                    if !is_reference && tier_matches(m, tier) && books.completeness < *min_ratio {
-                        out.push(Active {
-                            labels: labels(&[
-                                ("cluster", &t.cluster),
-                                ("topic", &t.topic),
-                                ("tier", tier),
-                            ]),
-                            value: books.completeness,
-                        });
-                    }
-                }
+        RuleKind::GroupStatus { statuses } => {
+            let topic_ok =
+                m.topic.is_any() || g.partitions.iter().any(|p| m.topic.matches(&p.topic));
+            if m.cluster.matches(&g.cluster)
+                && m.group.matches(&g.group)
+                && group_tier_matches(m, &g.group)
+                && topic_ok
+                && statuses.contains(&g.status)
+            {
+                out.push(Active {
+                    labels: labels(&[
+                        ("cluster", &g.cluster),
+                        ("group", &g.group),
+                        ("status", g.status.as_str()),
+                    ]),
+                    value: 1.0,
+                });
             }
         }
-        RuleKind::Expired { min_records } => {
-            for t in &snapshot.buckets {
-                if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
-                    continue;
-                }
-                // A topic has a few group tiers, the same in most of its
-                // buckets: a short list, each tier's place remembered.
-                let mut per_group: Vec<(&str, u64)> = Vec::new();
-                for b in t.buckets.iter() {
-                    let mut at = 0;
-                    for (tier, books) in &b.tiers {
-                        let Some(group) = tier.strip_prefix("group:") else {
-                            continue;
-                        };
-                        if per_group.get(at).is_none_or(|(g, _)| *g != group) {
-                            match per_group.iter().position(|(g, _)| *g == group) {
-                                Some(i) => at = i,
-                                None if m.group.matches(group) && m.tier.matches(tier) => {
-                                    at = per_group.len();
-                                    per_group.push((group, 0));
-                                }
-                                None => continue,
-                            }
-                        }
-                        per_group[at].1 += books.expired.unwrap_or(0);
-                        at += 1;
-                    }
-                }
-                per_group.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                for (group, expired) in per_group {
-                    if expired >= *min_records {
-                        out.push(Active {
-                            labels: labels(&[
-                                ("cluster", &t.cluster),
-                                ("topic", &t.topic),
-                                ("group", group),
-                            ]),
-                            value: expired as f64,
-                        });
-                    }
-                }
-            }
-        }
-        RuleKind::SourceSilent { after_ms } => {
-            for s in &snapshot.sources {
-                let silent_ms = snapshot.at_ms.saturating_sub(s.last_seen_ms);
-                let tier_ok = m.tier.is_any() || s.tier_kinds.iter().any(|k| m.tier.matches(k));
-                if m.cluster.matches(&s.cluster)
-                    && m.source.matches(&s.source)
-                    && tier_ok
-                    && silent_ms > i64::try_from(*after_ms).unwrap_or(i64::MAX)
-                {
-                    out.push(Active {
-                        labels: labels(&[("cluster", &s.cluster), ("source", &s.source)]),
-                        value: silent_ms as f64 / 1000.0,
-                    });
-                }
-            }
+        _ => {}
+    }
+}
+
+/// What a `completeness` rule finds active in one topic's books.
+fn topic_active(rule: &Rule, t: &TopicBooks, out: &mut Vec<Active>) {
+    let m = &rule.matchers;
+    let RuleKind::Completeness { min_ratio } = &rule.kind else {
+        return;
+    };
+    if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
+        return;
+    }
+    for (tier, books) in &t.tiers {
+        let is_reference = t.reference.as_deref() == Some(tier.as_str());
+        if !is_reference && tier_matches(m, tier) && books.completeness < *min_ratio {
+            out.push(Active {
+                labels: labels(&[("cluster", &t.cluster), ("topic", &t.topic), ("tier", tier)]),
+                value: books.completeness,
+            });
         }
     }
-    out
+}
+
+/// What an `expired` rule finds active in one topic's buckets.
+fn buckets_active(rule: &Rule, t: &TopicBuckets, out: &mut Vec<Active>) {
+    let m = &rule.matchers;
+    let RuleKind::Expired { min_records } = &rule.kind else {
+        return;
+    };
+    if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
+        return;
+    }
+    // A topic has a few group tiers, the same in most of its
+    // buckets: a short list, each tier's place remembered.
+    let mut per_group: Vec<(&str, u64)> = Vec::new();
+    for b in t.buckets.iter() {
+        let mut at = 0;
+        for (tier, books) in &b.tiers {
+            let Some(group) = tier.strip_prefix("group:") else {
+                continue;
+            };
+            if per_group.get(at).is_none_or(|(g, _)| *g != group) {
+                match per_group.iter().position(|(g, _)| *g == group) {
+                    Some(i) => at = i,
+                    None if m.group.matches(group) && m.tier.matches(tier) => {
+                        at = per_group.len();
+                        per_group.push((group, 0));
+                    }
+                    None => continue,
+                }
+            }
+            per_group[at].1 += books.expired.unwrap_or(0);
+            at += 1;
+        }
+    }
+    per_group.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (group, expired) in per_group {
+        if expired >= *min_records {
+            out.push(Active {
+                labels: labels(&[
+                    ("cluster", &t.cluster),
+                    ("topic", &t.topic),
+                    ("group", group),
+                ]),
+                value: expired as f64,
+            });
+        }
+    }
+}
+
+/// What a `source_silent` rule finds active: judged afresh each time, as
+/// the clock moves it.
+fn sources_active(rule: &Rule, snapshot: &Snapshot, out: &mut Vec<Active>) {
+    let m = &rule.matchers;
+    let RuleKind::SourceSilent { after_ms } = &rule.kind else {
+        return;
+    };
+    for s in &snapshot.sources {
+        let silent_ms = snapshot.at_ms.saturating_sub(s.last_seen_ms);
+        let tier_ok = m.tier.is_any() || s.tier_kinds.iter().any(|k| m.tier.matches(k));
+        if m.cluster.matches(&s.cluster)
+            && m.source.matches(&s.source)
+            && tier_ok
+            && silent_ms > i64::try_from(*after_ms).unwrap_or(i64::MAX)
+        {
+            out.push(Active {
+                labels: labels(&[("cluster", &s.cluster), ("source", &s.source)]),
+                value: silent_ms as f64 / 1000.0,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +550,103 @@ mod tests {
             .map(|a| (a.labels["group"].clone(), a.value))
             .collect();
         assert_eq!(a, [("alpha".to_owned(), 7.0), ("apex".to_owned(), 3.0)]);
+    }
+
+    /// The cache finds what `active` finds, judging again only what the
+    /// hint names, and starts afresh on a snapshot that does not follow or
+    /// on new rules.
+    #[test]
+    fn the_cache_finds_what_a_fresh_evaluation_finds() {
+        use std::collections::HashSet;
+        use tally_audit::feed::Changes;
+        let yaml = "rules:
+  - {name: L, kind: consumer_lag, records: 25}
+  - {name: S, kind: group_status, statuses: [err]}
+  - {name: C, kind: completeness, min_ratio: 0.99}
+  - {name: E, kind: expired}
+  - {name: Q, kind: source_silent, after: 5m}
+";
+        let rules = Arc::new(RuleSet::parse(yaml, "t").unwrap());
+        let fresh = |snap: &Snapshot| -> Vec<(String, Active)> {
+            rules
+                .rules
+                .iter()
+                .flat_map(|r| active(r, snap).into_iter().map(|a| (r.name.clone(), a)))
+                .collect()
+        };
+        let cached = |cache: &mut ActiveCache, rules: &Arc<RuleSet>, snap: &Snapshot| {
+            cache
+                .active(rules, snap)
+                .into_iter()
+                .map(|(r, a)| (r.name.clone(), a))
+                .collect::<Vec<_>>()
+        };
+        let hint = |seq, topics: &[&str], groups: &[&str]| Changes {
+            seq,
+            topics: Some(
+                topics
+                    .iter()
+                    .map(|t| TopicKey {
+                        cluster: "local".into(),
+                        topic: (*t).into(),
+                    })
+                    .collect::<HashSet<_>>(),
+            ),
+            groups: Some(
+                groups
+                    .iter()
+                    .map(|g| GroupKey {
+                        cluster: "local".into(),
+                        group: (*g).into(),
+                    })
+                    .collect::<HashSet<_>>(),
+            ),
+        };
+        let mut cache = ActiveCache::default();
+        let mut snap = snapshot();
+        snap.changes = Changes {
+            seq: 1,
+            ..Changes::default()
+        };
+        let first = cached(&mut cache, &rules, &snap);
+        assert_eq!(first, fresh(&snap));
+        assert_eq!(first.len(), 6, "{first:?}");
+
+        // billing falls behind and analytics catches up; the hint names both.
+        let mut next = snap.clone();
+        next.groups[0].partitions = vec![partition("orders", 0, 40, 1.0)].into();
+        next.groups[1].partitions = vec![partition("orders", 0, 0, 0.0)].into();
+        next.groups[1].status = GroupStatus::Ok;
+        next.at_ms += 1_000;
+        next.changes = hint(2, &[], &["billing", "analytics"]);
+        let second = cached(&mut cache, &rules, &next);
+        assert_eq!(second, fresh(&next));
+        let lagging: Vec<_> = second
+            .iter()
+            .filter(|(r, _)| r == "L")
+            .map(|(_, a)| a.labels["group"].as_str())
+            .collect();
+        assert_eq!(lagging, ["billing"]);
+
+        // A change the hint leaves out, in a snapshot that does not follow
+        // (seq 9 after 2): judged afresh, so it is seen.
+        let mut later = next.clone();
+        std::sync::Arc::make_mut(&mut later.topics[0])
+            .tiers
+            .get_mut("group:billing")
+            .unwrap()
+            .completeness = 0.5;
+        later.changes = hint(9, &[], &[]);
+        assert_eq!(cached(&mut cache, &rules, &later), fresh(&later));
+        // Rules reloaded (another set, the same text): afresh too.
+        let reloaded = Arc::new(RuleSet::parse(yaml, "t").unwrap());
+        let mut again = later.clone();
+        again.changes = hint(10, &[], &[]);
+        assert_eq!(cached(&mut cache, &reloaded, &again), fresh(&again));
+        // Followed by a hint naming nothing: the findings are kept as they were.
+        let mut quiet = again.clone();
+        quiet.changes = hint(11, &[], &[]);
+        assert_eq!(cached(&mut cache, &reloaded, &quiet), fresh(&quiet));
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct Evaluator {
     alerting: Arc<Alerting>,
     book: AlertBook,
     notifiers: Notifiers,
+    /// What the rules found per group and topic at the last evaluation.
+    cache: eval::ActiveCache,
 }
 
 impl Evaluator {
@@ -118,6 +120,7 @@ impl Evaluator {
             alerting,
             book,
             notifiers,
+            cache: eval::ActiveCache::default(),
         }
     }
 
@@ -125,7 +128,8 @@ impl Evaluator {
     /// puts them into `snapshot.alerts`, and notifies.
     pub fn evaluate(&mut self, snapshot: &mut Snapshot) {
         let rules = self.alerting.rules();
-        let transitions = self.book.evaluate(snapshot.at_ms, &rules, snapshot);
+        let found = self.cache.active(&rules, snapshot);
+        let transitions = self.book.step(snapshot.at_ms, &found);
         for t in &transitions {
             match t {
                 Transition::Fired(a) => info!(alert = %a.fingerprint, "alert firing"),
