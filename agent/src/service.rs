@@ -545,6 +545,7 @@ async fn run_ledger(
                     }
                     if readers == 0 && !warm_failed {
                         ledger.warmed();
+                        shared.metrics.ledger_cells.set(ledger.cell_count() as i64);
                         let skipped = ledger.restore_skipped();
                         shared.metrics.store_rows_skipped.set(
                             i64::try_from(skipped.rows).unwrap_or(i64::MAX),
