@@ -1,6 +1,6 @@
 //! What each rule finds active in a snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -84,27 +84,34 @@ struct RuleCache {
     topics: HashMap<TopicKey, Vec<Active>>,
 }
 
-/// Takes `key`'s findings from `before` where `unchanged`, else judges
-/// them; adds them to `out` and keeps them in `next`.
-fn reuse_or_judge<'r, K: Hash + Eq>(
+/// Each item's findings: those of the last evaluation where the hint
+/// (`changed`, None = all) leaves the item out, else judged afresh; added
+/// to `out` in the items' order, and kept in `cache` for the next time.
+fn judge_each<'r, T, K: Hash + Eq>(
     rule: &'r Rule,
-    before: &mut HashMap<K, Vec<Active>>,
-    next: &mut HashMap<K, Vec<Active>>,
-    key: K,
-    unchanged: bool,
-    judge: impl FnOnce(&mut Vec<Active>),
+    items: &[T],
+    key_of: impl Fn(&T) -> K,
+    changed: Option<&HashSet<K>>,
+    cache: &mut HashMap<K, Vec<Active>>,
+    judge: impl Fn(&T, &mut Vec<Active>),
     out: &mut Vec<(&'r Rule, Active)>,
 ) {
-    let found = match before.remove(&key) {
-        Some(found) if unchanged => found,
-        _ => {
-            let mut found = Vec::new();
-            judge(&mut found);
-            found
-        }
-    };
-    out.extend(found.iter().map(|a| (rule, a.clone())));
-    next.insert(key, found);
+    let mut next = HashMap::with_capacity(items.len());
+    for item in items {
+        let key = key_of(item);
+        let unchanged = changed.is_some_and(|c| !c.contains(&key));
+        let found = match cache.remove(&key) {
+            Some(found) if unchanged => found,
+            _ => {
+                let mut found = Vec::new();
+                judge(item, &mut found);
+                found
+            }
+        };
+        out.extend(found.iter().map(|a| (rule, a.clone())));
+        next.insert(key, found);
+    }
+    *cache = next;
 }
 
 impl ActiveCache {
@@ -129,69 +136,42 @@ impl ActiveCache {
         let mut out = Vec::new();
         for (rule, cache) in rules.rules.iter().zip(&mut self.per_rule) {
             match &rule.kind {
-                RuleKind::ConsumerLag { .. } | RuleKind::GroupStatus { .. } => {
-                    let mut next = HashMap::with_capacity(snapshot.groups.len());
-                    for g in &snapshot.groups {
-                        let key = GroupKey {
-                            cluster: g.cluster.clone(),
-                            group: g.group.clone(),
-                        };
-                        let unchanged = groups.is_some_and(|c| !c.contains(&key));
-                        let judge = |found: &mut Vec<Active>| group_active(rule, g, found);
-                        reuse_or_judge(
-                            rule,
-                            &mut cache.groups,
-                            &mut next,
-                            key,
-                            unchanged,
-                            judge,
-                            &mut out,
-                        );
-                    }
-                    cache.groups = next;
-                }
-                RuleKind::Completeness { .. } => {
-                    let mut next = HashMap::with_capacity(snapshot.topics.len());
-                    for t in &snapshot.topics {
-                        let key = TopicKey {
-                            cluster: t.cluster.clone(),
-                            topic: t.topic.clone(),
-                        };
-                        let unchanged = topics.is_some_and(|c| !c.contains(&key));
-                        let judge = |found: &mut Vec<Active>| topic_active(rule, t, found);
-                        reuse_or_judge(
-                            rule,
-                            &mut cache.topics,
-                            &mut next,
-                            key,
-                            unchanged,
-                            judge,
-                            &mut out,
-                        );
-                    }
-                    cache.topics = next;
-                }
-                RuleKind::Expired { .. } => {
-                    let mut next = HashMap::with_capacity(snapshot.buckets.len());
-                    for t in &snapshot.buckets {
-                        let key = TopicKey {
-                            cluster: t.cluster.clone(),
-                            topic: t.topic.clone(),
-                        };
-                        let unchanged = topics.is_some_and(|c| !c.contains(&key));
-                        let judge = |found: &mut Vec<Active>| buckets_active(rule, t, found);
-                        reuse_or_judge(
-                            rule,
-                            &mut cache.topics,
-                            &mut next,
-                            key,
-                            unchanged,
-                            judge,
-                            &mut out,
-                        );
-                    }
-                    cache.topics = next;
-                }
+                RuleKind::ConsumerLag { .. } | RuleKind::GroupStatus { .. } => judge_each(
+                    rule,
+                    &snapshot.groups,
+                    |g| GroupKey {
+                        cluster: g.cluster.clone(),
+                        group: g.group.clone(),
+                    },
+                    groups,
+                    &mut cache.groups,
+                    |g, found| group_active(rule, g, found),
+                    &mut out,
+                ),
+                RuleKind::Completeness { .. } => judge_each(
+                    rule,
+                    &snapshot.topics,
+                    |t| TopicKey {
+                        cluster: t.cluster.clone(),
+                        topic: t.topic.clone(),
+                    },
+                    topics,
+                    &mut cache.topics,
+                    |t, found| topic_active(rule, t, found),
+                    &mut out,
+                ),
+                RuleKind::Expired { .. } => judge_each(
+                    rule,
+                    &snapshot.buckets,
+                    |t| TopicKey {
+                        cluster: t.cluster.clone(),
+                        topic: t.topic.clone(),
+                    },
+                    topics,
+                    &mut cache.topics,
+                    |t, found| buckets_active(rule, t, found),
+                    &mut out,
+                ),
                 RuleKind::SourceSilent { .. } => {
                     let mut found = Vec::new();
                     sources_active(rule, snapshot, &mut found);
