@@ -472,6 +472,8 @@ async fn run_ledger(
     }
     let mut warm_failed = false;
     let skipped_at_start = ledger.restore_skipped().rows;
+    // Copy the write-ahead log into the file after the next flush.
+    let mut checkpoint = false;
 
     let mut pieces: Vec<Piece> = Vec::new();
     let mut evaluate = tokio::time::interval(tick);
@@ -503,11 +505,13 @@ async fn run_ledger(
                 if !batch.is_empty() {
                     pieces.push(Piece { batch, ack: None });
                 }
-                if !pieces.is_empty() {
+                if !pieces.is_empty() || checkpoint {
+                    // Every row handed out so far is in this flush: the
+                    // generation sealed here is committed with it.
                     let f = Flush {
                         pieces: std::mem::take(&mut pieces),
                         generation: ledger.seal(),
-                        checkpoint: false,
+                        checkpoint: std::mem::take(&mut checkpoint),
                     };
                     if flush_tx.send(f).await.is_err() {
                         error!("the store writer stopped; the agent stops acknowledging");
@@ -535,13 +539,10 @@ async fn run_ledger(
                     if readers == 0 {
                         // The readers kept the log from being copied into
                         // the file meanwhile (the closes of the first
-                        // evaluation, some MB): copied now, rather than at
-                        // the commit of the first message that comes.
-                        let f = Flush { pieces: Vec::new(), generation: ledger.seal(), checkpoint: true };
-                        if flush_tx.send(f).await.is_err() {
-                            error!("the store writer stopped; the agent stops acknowledging");
-                            break;
-                        }
+                        // evaluation, some MB): copied after the next
+                        // flush, rather than at the commit of the first
+                        // message that comes.
+                        checkpoint = true;
                     }
                     if readers == 0 && !warm_failed {
                         ledger.warmed();
