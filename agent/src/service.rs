@@ -520,13 +520,7 @@ async fn run_ledger(
                 }
             }
             Some(warm) = warm_rx.recv(), if readers > 0 => match warm {
-                Warm::Cells(chunk) => {
-                    ledger.warm_cells(chunk);
-                    // A chunk keeps the ledger busy for tens of ms and the
-                    // next is ready at once: the commands waiting meanwhile
-                    // get their turn between chunks.
-                    tokio::task::yield_now().await;
-                }
+                Warm::Cells(chunk) => ledger.warm_cells(chunk),
                 Warm::Done(read) => {
                     readers -= 1;
                     match read {

@@ -237,9 +237,7 @@ ON CONFLICT (bucket, series) DO UPDATE SET
 const UPSERT_HEALTH: &str = "
 INSERT INTO lag_health (id, cluster, consumer_group, topic, partition_no, state)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-ON CONFLICT (id) DO UPDATE SET
-    cluster = excluded.cluster, consumer_group = excluded.consumer_group,
-    topic = excluded.topic, partition_no = excluded.partition_no, state = excluded.state";
+ON CONFLICT (id) DO UPDATE SET state = excluded.state";
 
 const DELETE_HEALTH: &str = "DELETE FROM lag_health WHERE id = ?1";
 

@@ -594,17 +594,17 @@ struct JudgedGroup {
 
 /// A lag entry as the health table stored it before [`LAG_STATE_V1`] (JSON),
 /// read from databases that a version before it wrote.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct StoredLag {
     health: PartitionHealth,
     last: tally_audit::LagSample,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     source: Option<u32>,
     #[serde(default)]
     refreshed_ms: i64,
     #[serde(default)]
     at_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     interval_ms: Option<i64>,
 }
 
