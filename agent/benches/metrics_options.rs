@@ -825,6 +825,7 @@ fn changed(s: &Snapshot) -> Snapshot {
         }
     }
     for g in &mut s.groups {
+        let g = std::sync::Arc::make_mut(g);
         for p in std::sync::Arc::make_mut(&mut g.partitions).iter_mut() {
             p.committed += 100;
             p.end_offset += 101;
@@ -849,7 +850,7 @@ fn changed(s: &Snapshot) -> Snapshot {
 fn vanished(s: &Snapshot) -> Snapshot {
     let mut s = s.clone();
     s.groups.pop();
-    let partitions = std::sync::Arc::make_mut(&mut s.groups[0].partitions);
+    let partitions = std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut s.groups[0]).partitions);
     partitions[0].stale = true;
     partitions[1].status = PartitionStatus::Stall;
     s

@@ -608,9 +608,43 @@ async fn ingest_session(shared: AppState, socket: WebSocket) {
     ingest.close();
 }
 
+/// How many buffers of POST bodies are kept for later bodies (each as large
+/// as the largest body read into it, at most the body limit).
+const BODY_BUFFERS_KEPT: usize = 2;
+
+/// A POST body, read into a buffer that goes back to
+/// [`Shared::body_buffers`] when dropped: a steady feed of large batches
+/// reuses the same memory, where a fresh buffer per body had its pages
+/// faulted in and zeroed each time (a tenth of the agent's CPU at 100,000
+/// lag partitions).
+struct BodyBuffer<'a> {
+    bytes: Vec<u8>,
+    pool: &'a std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl std::ops::Deref for BodyBuffer<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for BodyBuffer<'_> {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() < BODY_BUFFERS_KEPT
+        {
+            pool.push(bytes);
+        }
+    }
+}
+
 /// Reads a POST body within the size limit and the body timeout; an
 /// answer to send instead when it cannot.
-async fn read_body(shared: &Shared, request: Request) -> Result<axum::body::Bytes, Response> {
+async fn read_body(shared: &Shared, request: Request) -> Result<BodyBuffer<'_>, Response> {
+    use http_body_util::BodyExt;
     let limit = shared.limits.max_message_bytes.saturating_mul(16);
     let too_large = |size: String| {
         shared.metrics.refused("", Reason::Oversize);
@@ -630,15 +664,28 @@ async fn read_body(shared: &Shared, request: Request) -> Result<axum::body::Byte
     if let Some(size) = declared.filter(|&n| n > limit as u64) {
         return Err(too_large(format!("\"{size}\"")));
     }
-    let body = request.into_body();
-    match tokio::time::timeout(shared.body_timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
-                return Err(too_large(format!("more than \"{limit}\"")));
+    let pool = &shared.body_buffers;
+    let mut buffer = BodyBuffer {
+        bytes: pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default(),
+        pool,
+    };
+    let mut body = request.into_body();
+    // Grows with what arrives, never with what the headers say.
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if buffer.bytes.len().saturating_add(data.len()) > limit {
+                    return Ok(false);
+                }
+                buffer.bytes.extend_from_slice(&data);
             }
+        }
+        Ok::<bool, axum::Error>(true)
+    };
+    match tokio::time::timeout(shared.body_timeout, read).await {
+        Ok(Ok(true)) => Ok(buffer),
+        Ok(Ok(false)) => Err(too_large(format!("more than \"{limit}\""))),
+        Ok(Err(e)) => {
             shared.metrics.refused("", Reason::Malformed);
             Err(error(
                 StatusCode::BAD_REQUEST,
@@ -675,7 +722,7 @@ async fn ingest_post(State(shared): State<AppState>, request: Request) -> Respon
             return error(StatusCode::BAD_REQUEST, e.reason.as_str(), e.detail);
         }
     };
-    let mut ingest = Ingest::new(shared);
+    let mut ingest = Ingest::new(shared.clone());
     let mut replies = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         if i > 0 && ingest.session.is_none() {

@@ -139,6 +139,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent> {
         alerting: alerting.clone(),
         store_path: store.path().to_path_buf(),
         feed: std::sync::OnceLock::new(),
+        body_buffers: std::sync::Mutex::new(Vec::new()),
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -87,4 +87,7 @@ pub(crate) struct Shared {
     pub(crate) store_path: std::path::PathBuf,
     /// The dashboard feed's one update per tick, started by the first dashboard.
     pub(crate) feed: std::sync::OnceLock<crate::feed::Feed>,
+    /// Buffers that `POST /api/v1/ingest` bodies were read into, kept for the
+    /// next bodies (see [`crate::http`]'s `BodyBuffer`).
+    pub(crate) body_buffers: std::sync::Mutex<Vec<Vec<u8>>>,
 }

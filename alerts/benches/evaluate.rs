@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
                 .collect::<Vec<_>>()
                 .into(),
         })
+        .map(std::sync::Arc::new)
         .collect();
     let tier_books = |completeness| TierBooks {
         records: 1_000,

@@ -410,7 +410,8 @@ mod tests {
                         partition("orders", 1, 20, 0.5),
                     ]
                     .into(),
-                },
+                }
+                .into(),
                 GroupHealth {
                     cluster: "local".into(),
                     group: "analytics".into(),
@@ -419,7 +420,8 @@ mod tests {
                     max_lag_seconds: 90.0,
                     stale: false,
                     partitions: vec![partition("orders", 0, 500, 90.0)].into(),
-                },
+                }
+                .into(),
             ],
             topics: vec![
                 TopicBooks {
@@ -594,9 +596,11 @@ mod tests {
 
         // billing falls behind and analytics catches up; the hint names both.
         let mut next = snap.clone();
-        next.groups[0].partitions = vec![partition("orders", 0, 40, 1.0)].into();
-        next.groups[1].partitions = vec![partition("orders", 0, 0, 0.0)].into();
-        next.groups[1].status = GroupStatus::Ok;
+        Arc::make_mut(&mut next.groups[0]).partitions =
+            vec![partition("orders", 0, 40, 1.0)].into();
+        let analytics = Arc::make_mut(&mut next.groups[1]);
+        analytics.partitions = vec![partition("orders", 0, 0, 0.0)].into();
+        analytics.status = GroupStatus::Ok;
         next.at_ms += 1_000;
         next.changes = hint(2, &[], &["billing", "analytics"]);
         let second = cached(&mut cache, &rules, &next);
@@ -637,7 +641,7 @@ mod tests {
         )
         .unwrap();
         let mut snap = snapshot();
-        snap.groups[0].partitions = vec![
+        Arc::make_mut(&mut snap.groups[0]).partitions = vec![
             partition("payments", 0, 10, 1.0),
             partition("orders", 0, 10, 1.0),
             partition("payments", 1, 10, 1.0),

@@ -523,7 +523,7 @@ pub struct Delta {
     pub buckets: BucketsDelta,
     /// Groups that changed.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
-    pub groups: SectionDelta<GroupHealth, GroupKey>,
+    pub groups: SectionDelta<std::sync::Arc<GroupHealth>, GroupKey>,
     /// Sources that changed.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
     pub sources: SectionDelta<SourceInfo, String>,
@@ -810,7 +810,7 @@ mod tests {
             window_ms: 60_000,
             topics: t.into_iter().map(|i| topic(rng, i).into()).collect(),
             buckets: b.into_iter().map(|i| buckets(rng, i, tick)).collect(),
-            groups: g.into_iter().map(|i| group(rng, i)).collect(),
+            groups: g.into_iter().map(|i| group(rng, i).into()).collect(),
             sources: s.into_iter().map(|i| source(rng, i)).collect(),
             alerts: a.into_iter().map(|i| alert(rng, i)).collect(),
             latency: Vec::new(),
@@ -1155,7 +1155,7 @@ mod tests {
                 at_ms: self.tick * 1000,
                 topics: books,
                 buckets: views,
-                groups: self.groups.values().cloned().collect(),
+                groups: self.groups.values().cloned().map(Into::into).collect(),
                 changes: Changes {
                     seq,
                     topics: (!self.rng.chance(10)).then_some(topics),
@@ -1227,7 +1227,7 @@ mod tests {
         let mut rng = Rng(5);
         let mut old = Snapshot {
             topics: (0..4).map(|i| topic(&mut rng, i).into()).collect(),
-            groups: (0..4).map(|i| group(&mut rng, i)).collect(),
+            groups: (0..4).map(|i| group(&mut rng, i).into()).collect(),
             ..Default::default()
         };
         old.changes.seq = 7;
@@ -1235,7 +1235,7 @@ mod tests {
         std::sync::Arc::make_mut(&mut new.topics[1])
             .tiers
             .insert("x".into(), Default::default());
-        new.groups[2].lag_records += 1;
+        std::sync::Arc::make_mut(&mut new.groups[2]).lag_records += 1;
         // A hint that leaves the changes out: followed, they are not seen.
         new.changes = Changes {
             seq: 8,

@@ -187,7 +187,9 @@ pub struct Snapshot {
     /// Per (cluster, topic): the buckets of the window.
     pub buckets: Vec<TopicBuckets>,
     /// Per (cluster, group): lag and health.
-    pub groups: Vec<GroupHealth>,
+    /// Shared: a group that did not change since the last evaluation is
+    /// the same allocation (serialised as a plain object).
+    pub groups: Vec<std::sync::Arc<GroupHealth>>,
     /// The emitters that have spoken to the agent.
     pub sources: Vec<SourceInfo>,
     /// Alerts pending or firing, and recently resolved.

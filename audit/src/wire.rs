@@ -1275,9 +1275,12 @@ fn check_latency(h: RawLatencyHistogram) -> Result<LatencyHistogram> {
 }
 
 /// Splits a `POST /api/v1/ingest` body, a JSON array of messages, into the
-/// raw text of each element.
-pub fn split_batch(body: &[u8], limits: &Limits) -> Result<Vec<Box<serde_json::value::RawValue>>> {
-    serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(body).map_err(|e| {
+/// raw text of each element (borrowed from the body, not copied).
+pub fn split_batch<'a>(
+    body: &'a [u8],
+    limits: &Limits,
+) -> Result<Vec<&'a serde_json::value::RawValue>> {
+    serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body).map_err(|e| {
         Error::new(
             Reason::Malformed,
             format!("malformed batch: expected a JSON array of messages whose first is a hello ({e})"),

@@ -71,7 +71,7 @@ fn state(snapshot: &Snapshot) -> State {
         let mut next = prev.clone();
         next.at_ms += 1000;
         for g in &mut next.groups {
-            g.lag_records = (g.lag_records + step * 7) % 5_000;
+            std::sync::Arc::make_mut(g).lag_records = (g.lag_records + step * 7) % 5_000;
         }
         state.feed(
             FeedMessage::Update(Box::new(Delta::between(&prev, &next))),
@@ -126,7 +126,7 @@ fn update(c: &mut Criterion) {
         }
     }
     for g in &mut next.groups {
-        g.lag_records += 1;
+        std::sync::Arc::make_mut(g).lag_records += 1;
     }
     let delta = Delta::between(&snapshot, &next);
     // The evaluation's hint for that tick: the topics it evaluated again and

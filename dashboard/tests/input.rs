@@ -200,7 +200,7 @@ fn p_freezes_the_screen_while_the_feed_goes_on() {
     let before = fixture::snapshot();
     let mut after = before.clone();
     after.at_ms = AT + 1000;
-    after.groups[0].lag_records = 77_777;
+    std::sync::Arc::make_mut(&mut after.groups[0]).lag_records = 77_777;
     s.feed(
         FeedMessage::Update(Box::new(Delta::between(&before, &after))),
         AT + 1000,

@@ -94,6 +94,7 @@ pub(crate) fn snapshot(topics: usize, groups: usize) -> Snapshot {
                 stale: false,
                 partitions: partitions.into(),
             }
+            .into()
         })
         .collect();
     Snapshot {

@@ -437,10 +437,10 @@ impl Ledger {
     fn evaluate_groups(
         &mut self,
         now_ms: i64,
-    ) -> (Vec<GroupHealth>, HashSet<tally_audit::feed::GroupKey>) {
+    ) -> (Vec<Arc<GroupHealth>>, HashSet<tally_audit::feed::GroupKey>) {
         let dirty = std::mem::take(&mut self.dirty_groups);
         let mut before = std::mem::take(&mut self.judged_groups);
-        let mut groups: Vec<GroupHealth> = Vec::new();
+        let mut groups: Vec<Arc<GroupHealth>> = Vec::new();
         let mut changed = HashSet::new();
         for (key, group) in &self.lag {
             let last = before.remove(key);
@@ -482,7 +482,7 @@ impl Ledger {
                 });
             }
             let fresh = || partitions.iter().filter(|p| !p.stale);
-            let health = GroupHealth {
+            let health = Arc::new(GroupHealth {
                 cluster: key.0.to_string(),
                 group: key.1.to_string(),
                 status: group_status(partitions.iter().map(|p| p.status)),
@@ -490,7 +490,7 @@ impl Ledger {
                 max_lag_seconds: fresh().map(|p| p.lag_seconds).fold(0.0, f64::max),
                 stale: partitions.iter().all(|p| p.stale),
                 partitions: Arc::new(partitions),
-            };
+            });
             changed.insert(tally_audit::feed::GroupKey {
                 cluster: key.0.to_string(),
                 group: key.1.to_string(),

@@ -588,7 +588,7 @@ impl LagEntry {
 /// can change it (a partition going stale or stopping).
 #[derive(Debug)]
 struct JudgedGroup {
-    health: GroupHealth,
+    health: Arc<GroupHealth>,
     until_ms: i64,
 }
 
