@@ -850,7 +850,8 @@ fn changed(s: &Snapshot) -> Snapshot {
 fn vanished(s: &Snapshot) -> Snapshot {
     let mut s = s.clone();
     s.groups.pop();
-    let partitions = std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut s.groups[0]).partitions);
+    let partitions =
+        std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut s.groups[0]).partitions);
     partitions[0].stale = true;
     partitions[1].status = PartitionStatus::Stall;
     s

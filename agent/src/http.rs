@@ -666,7 +666,11 @@ async fn read_body(shared: &Shared, request: Request) -> Result<BodyBuffer<'_>, 
     }
     let pool = &shared.body_buffers;
     let mut buffer = BodyBuffer {
-        bytes: pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default(),
+        bytes: pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default(),
         pool,
     };
     let mut body = request.into_body();
