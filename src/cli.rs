@@ -56,6 +56,14 @@ fn seconds_or_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A `--mirror` rule, checked whole (both sides, the `*`s).
+fn mirror_rule(s: &str) -> Result<tally_agent::mirror::MirrorConfig, String> {
+    let rule: tally_agent::mirror::MirrorConfig = s.parse().map_err(|e| format!("{e}"))?;
+    tally_agent::mirror::MirrorRules::parse(std::slice::from_ref(&rule))
+        .map_err(|e| e.to_string())?;
+    Ok(rule)
+}
+
 /// Flags of `tally agent`. Each has an environment variable and a config-file key.
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
@@ -149,6 +157,18 @@ pub(crate) struct AgentArgs {
         value_delimiter = ','
     )]
     pub(crate) webhook_url: Vec<String>,
+    /// A mirror to audit, FROM=TO as CLUSTER:TOPIC=CLUSTER:TOPIC (a:orders=b:a.orders); one
+    /// `*` on both sides makes a pattern, TO filled with what it matched in FROM (a:*=b:a.*).
+    /// The copy's broker count becomes tier mirror:<cluster> of the source topic (repeat, or
+    /// separate with commas; replaces the config file's [[mirror]] rules).
+    #[arg(
+        long,
+        env = "TALLY_AGENT_MIRROR",
+        value_name = "FROM=TO",
+        value_delimiter = ',',
+        value_parser = mirror_rule
+    )]
+    pub(crate) mirror: Vec<tally_agent::mirror::MirrorConfig>,
     /// The agent's URL as people reach it, for the alerts' generatorURL [default: http://<listen>].
     #[arg(long, env = "TALLY_AGENT_EXTERNAL_URL", value_name = "URL")]
     pub(crate) external_url: Option<String>,
@@ -210,6 +230,9 @@ impl AgentArgs {
             cfg.tls_key = self.tls_key.clone();
         }
         cfg.protect_metrics |= self.protect_metrics;
+        if !self.mirror.is_empty() {
+            cfg.mirror = self.mirror.clone();
+        }
         self.resolve_alerting(&mut cfg);
         cfg.ledger()?;
         cfg.notify(cfg.listen)?;

@@ -1,5 +1,7 @@
 //! `tally demo`: the broker, the agent and a workload through the Kafka
-//! protocol, in one process.
+//! protocol, in one process; and a second broker (cluster `replica`) that a
+//! mirror in the workload copies `orders` to, audited as tier
+//! `mirror:replica` of `orders`.
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -37,6 +39,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // The example rules, so that the demo's lagging, stalled and
         // expiring groups fire alerts.
         rules_text: Some(tally_alerts::EXAMPLE_RULES.to_owned()),
+        mirror: vec![tally_agent::mirror::MirrorConfig {
+            from: format!("local:{}", workload::MIRRORED),
+            to: format!("replica:{}", workload::MIRROR_COPY),
+        }],
         ..AgentConfig::default()
     };
     let agent = tally_agent::service::start(agent_cfg).await?;
@@ -52,15 +58,29 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let broker = tally_broker::server::start(broker_cfg).await?;
     let bootstrap = broker.addr().to_string();
+    // The second cluster, on a port of its own choosing.
+    let replica_cfg = BrokerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.join("broker-replica"),
+        metrics_listen: None,
+        agent: ingest.clone(),
+        cluster: "replica".to_owned(),
+        bucket_width: args.bucket_width,
+        ..BrokerConfig::default()
+    };
+    let replica = tally_broker::server::start(replica_cfg)
+        .await
+        .context("cannot start the second cluster's broker")?;
+    let replica_bootstrap = replica.addr().to_string();
     eprintln!(
-        "tally demo: Kafka on {bootstrap}, agent on http://{} (/api/v1/topics, /api/v1/groups, /metrics), broker metrics on http://{}/metrics; data in {}",
+        "tally demo: Kafka on {bootstrap} (cluster local; a mirror copies orders to cluster replica on {replica_bootstrap}), agent on http://{} (/api/v1/topics, /api/v1/groups, /metrics), broker metrics on http://{}/metrics; data in {}",
         agent.addr(),
         broker
             .metrics_addr()
             .map_or_else(String::new, |a| a.to_string()),
         data_dir.display()
     );
-    let pipeline = workload::start(&bootstrap, &ingest, width).await?;
+    let pipeline = workload::start(&bootstrap, &replica_bootstrap, &ingest, width).await?;
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -106,6 +126,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     pipeline.stop().await;
     broker.shutdown().await;
+    replica.shutdown().await;
     // One more evaluation so that the summary holds the last counts.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     println!("{}", summary::render(&agent.snapshot()));

@@ -1,9 +1,11 @@
 //! The demo's pipeline, through the Kafka protocol with librdkafka (the
 //! `rdkafka` crate): a producer that also reports what it sent (the
-//! `produced` tier) and loses a few records on purpose, and consumer groups
-//! scripted to show each status tally judges.
+//! `produced` tier) and loses a few records on purpose, consumer groups
+//! scripted to show each status tally judges, and a mirror that copies
+//! `orders` to a second cluster, losing, duplicating and delaying a few
+//! records on purpose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -138,6 +140,11 @@ const GROUPS: [GroupPlan; 8] = [
     },
 ];
 
+/// The topic the demo's mirror copies, and its name in the second cluster
+/// (MirrorMaker 2's naming: `<source cluster>.<topic>`).
+pub(crate) const MIRRORED: &str = "orders";
+pub(crate) const MIRROR_COPY: &str = "local.orders";
+
 /// The running workload.
 pub(crate) struct Workload {
     stop: Arc<AtomicBool>,
@@ -191,9 +198,11 @@ impl Tallies {
     }
 }
 
-/// Creates the topics, then starts the producer and every group.
+/// Creates the topics, then starts the producer, every group and the
+/// mirror to `replica` (the second cluster's bootstrap).
 pub(crate) async fn start(
     bootstrap: &str,
+    replica: &str,
     agent_url: &str,
     width: BucketWidth,
 ) -> anyhow::Result<Workload> {
@@ -216,7 +225,25 @@ pub(crate) async fn start(
         )
         .await
         .context("cannot create the demo topics")?;
-    for r in results {
+    let replica_admin: AdminClient<DefaultClientContext> = client(replica)
+        .create()
+        .context("cannot create the admin client of the second cluster")?;
+    let copy_partitions = TOPICS
+        .iter()
+        .find(|t| t.name == MIRRORED)
+        .map_or(1, |t| t.partitions);
+    let copies = replica_admin
+        .create_topics(
+            &[NewTopic::new(
+                MIRROR_COPY,
+                copy_partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("cannot create the mirror's topic")?;
+    for r in results.into_iter().chain(copies) {
         if let Err((topic, e)) = r
             && e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
         {
@@ -242,6 +269,18 @@ pub(crate) async fn start(
                 .spawn(move || {
                     if let Err(e) = produce(&bootstrap, &reporter, width, &stop) {
                         warn!("demo producer stopped: {e:#}");
+                    }
+                })?,
+        );
+    }
+    {
+        let (stop, bootstrap, replica) = (stop.clone(), bootstrap.to_owned(), replica.to_owned());
+        threads.push(
+            std::thread::Builder::new()
+                .name("demo-mirror".into())
+                .spawn(move || {
+                    if let Err(e) = mirror(&bootstrap, &replica, width, &stop) {
+                        warn!("demo mirror stopped: {e:#}");
                     }
                 })?,
         );
@@ -332,6 +371,115 @@ fn produce(
     }
     let _ = producer.flush(Duration::from_secs(3));
     tallies.flush(width, reporter);
+    Ok(())
+}
+
+/// A record on its way through the mirror.
+struct InFlight {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    timestamp: i64,
+}
+
+/// Copies `orders` from `source` to `local.orders` on `dest` in the same
+/// partition with the same timestamp, as MirrorMaker 2 does, in cycles of
+/// 12 bucket widths: at 2 widths it loses 3 records (a bucket `incomplete`),
+/// at 4 it copies 5 records twice (`excess`), and from 6 to 10 it holds each
+/// record back until it is 2.5 widths old, so that the buckets closing then
+/// are short while the copy still rises (`pending`) and catch up after
+/// (`late`). The rest of the time it keeps up (`complete`).
+fn mirror(source: &str, dest: &str, width: BucketWidth, stop: &AtomicBool) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client(source)
+        .set("client.id", "tally-demo-mirror")
+        .set("group.id", "mirror-replica")
+        .set("enable.auto.commit", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("cannot create the mirror's consumer")?;
+    consumer
+        .subscribe(&[MIRRORED])
+        .context("cannot subscribe the mirror")?;
+    let producer: BaseProducer = client(dest)
+        .set("client.id", "tally-demo-mirror")
+        .set("linger.ms", "20")
+        .create()
+        .context("cannot create the mirror's producer")?;
+    let w = i64::try_from(width.ms()).unwrap_or(i64::MAX);
+    let cycle = w.saturating_mul(12);
+    let started = now_ms();
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
+    // The cycle whose loss and duplicates were set up, and how many of each
+    // are still to come.
+    let (mut lost_in, mut doubled_in) = (-1, -1);
+    let (mut to_lose, mut to_double) = (0u32, 0u32);
+    while !stop.load(Ordering::Acquire) {
+        let wait = if queue.is_empty() { 100 } else { 10 };
+        let mut first = true;
+        while let Some(m) = consumer.poll(Duration::from_millis(if first { wait } else { 0 })) {
+            first = false;
+            match m {
+                Ok(m) => queue.push_back(InFlight {
+                    partition: m.partition(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp: m.timestamp().to_millis().unwrap_or_else(now_ms),
+                }),
+                Err(e) => debug!("demo mirror: {e}"),
+            }
+            if queue.len() >= 10_000 {
+                break;
+            }
+        }
+        let now = now_ms();
+        let (n, phase) = (
+            (now - started).div_euclid(cycle),
+            (now - started).rem_euclid(cycle),
+        );
+        if phase >= 2 * w && lost_in != n {
+            lost_in = n;
+            to_lose = 3;
+        }
+        if phase >= 4 * w && doubled_in != n {
+            doubled_in = n;
+            to_double = 5;
+        }
+        let hold = if (6 * w..10 * w).contains(&phase) {
+            w * 5 / 2
+        } else {
+            0
+        };
+        while queue.front().is_some_and(|r| r.timestamp <= now - hold) {
+            let Some(r) = queue.pop_front() else { break };
+            if to_lose > 0 {
+                to_lose -= 1;
+                continue;
+            }
+            let times = if to_double > 0 {
+                to_double -= 1;
+                2
+            } else {
+                1
+            };
+            for _ in 0..times {
+                let mut record = BaseRecord::<[u8], [u8]>::to(MIRROR_COPY)
+                    .partition(r.partition)
+                    .timestamp(r.timestamp);
+                if let Some(k) = &r.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(p) = &r.payload {
+                    record = record.payload(p.as_slice());
+                }
+                if let Err((e, _)) = producer.send(record) {
+                    debug!("demo mirror produce failed: {e}");
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    let _ = producer.flush(Duration::from_secs(3));
     Ok(())
 }
 

@@ -271,7 +271,7 @@ fn promtool_checks_and_tests_the_prometheus_rules() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     for alert in alerts {
         assert!(
             tests.contains(&format!("{alert} fires"))

@@ -1,6 +1,7 @@
 //! `tally demo` end to end: the broker, the agent and a librdkafka workload
 //! must show every group status and every bucket status through the agent's
-//! API within two minutes, and print the books when the demo stops.
+//! API within two minutes, the mirror to the second cluster every status of
+//! its tier too, and print the books when the demo stops.
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
@@ -63,8 +64,14 @@ fn the_demo_shows_every_status_and_prints_the_books() {
         "excess",
         "late",
     ]);
-    let (mut groups, mut partitions, mut buckets) =
-        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    // The mirror's tier of `orders`: every closed status.
+    let want_mirror = set(&["complete", "pending", "incomplete", "excess", "late"]);
+    let (mut groups, mut partitions, mut buckets, mut mirror) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
     let mut expired = 0;
     let mut skipped = 0;
     // The example rules fire on the lagging, stopped, stalled and expiring groups.
@@ -73,6 +80,7 @@ fn the_demo_shows_every_status_and_prints_the_books() {
         "ConsumerGroupUnhealthy",
         "AuditIncomplete",
         "RecordsExpiredUnconsumed",
+        "MirrorBehind",
     ]);
     let mut firing = BTreeSet::new();
     let mut firing_metric = false;
@@ -81,6 +89,7 @@ fn the_demo_shows_every_status_and_prints_the_books() {
         && (groups != want_groups
             || partitions != want_partitions
             || buckets != want_buckets
+            || !want_mirror.is_subset(&mirror)
             || expired == 0
             || firing != want_firing
             || !firing_metric)
@@ -115,8 +124,12 @@ fn the_demo_shows_every_status_and_prints_the_books() {
                 let name = topic["topic"].as_str().unwrap();
                 if let Some(b) = json(addr, &format!("/api/v1/topics/{name}/buckets")) {
                     for bucket in b["buckets"].as_array().unwrap() {
-                        for (_, tier) in bucket["tiers"].as_object().unwrap() {
-                            buckets.insert(tier["status"].as_str().unwrap().to_owned());
+                        for (name, tier) in bucket["tiers"].as_object().unwrap() {
+                            let status = tier["status"].as_str().unwrap().to_owned();
+                            if name == "mirror:replica" {
+                                mirror.insert(status.clone());
+                            }
+                            buckets.insert(status);
                         }
                     }
                 }
@@ -144,6 +157,10 @@ fn the_demo_shows_every_status_and_prints_the_books() {
     assert_eq!(groups, want_groups, "group statuses seen");
     assert_eq!(partitions, want_partitions, "partition statuses seen");
     assert_eq!(buckets, want_buckets, "bucket statuses seen");
+    assert!(
+        want_mirror.is_subset(&mirror),
+        "mirror:replica statuses seen: {mirror:?}, want {want_mirror:?}"
+    );
     assert!(expired > 0, "a group lost records to retention");
     assert_eq!(firing, want_firing, "alerts seen firing");
     assert!(

@@ -10,6 +10,7 @@ use tally_audit::BucketWidth;
 
 use crate::health::HealthConfig;
 use crate::ledger::LedgerConfig;
+use crate::mirror::{MirrorConfig, MirrorRules};
 use crate::{Error, Result};
 
 /// Every setting of `tally agent`. Field names are the config-file keys.
@@ -85,6 +86,10 @@ pub struct AgentConfig {
     /// How long one notification request may take.
     #[serde(with = "humantime_serde")]
     pub notify_timeout: Duration,
+    /// Mirror rules (`[[mirror]] from = "a:orders" to = "b:a.orders"`): the
+    /// destination's `broker` count becomes tier `mirror:<cluster>` of the
+    /// source topic.
+    pub mirror: Vec<MirrorConfig>,
     /// Rules as YAML text, used instead of `rules` (the demo's built-in
     /// rules); not a config-file key.
     #[serde(skip)]
@@ -121,6 +126,7 @@ impl Default for AgentConfig {
             external_url: None,
             alert_resend: Duration::from_secs(60),
             notify_timeout: Duration::from_secs(10),
+            mirror: Vec::new(),
             rules_text: None,
         }
     }
@@ -163,6 +169,7 @@ impl AgentConfig {
         }
         cfg.window_ms = ms(self.window);
         cfg.retention_ms = ms(self.retention);
+        cfg.mirrors = MirrorRules::parse(&self.mirror)?;
         cfg.live_ms = ms(self.tick)
             .saturating_mul(3)
             .max(crate::ledger::MIN_LIVE_MS);
@@ -351,6 +358,38 @@ mod tests {
             err.contains("\"localhost:8080\"") && err.contains("http://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mirror_rules_parse_from_the_file_and_a_bad_one_is_named() {
+        let cfg = AgentConfig::from_toml(
+            "[[mirror]]\nfrom = \"a:*\"\nto = \"b:a.*\"\n\n[[mirror]]\nfrom = \"a:orders\"\nto = \"c:orders\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.mirror.len(), 2);
+        let ledger = cfg.ledger().unwrap();
+        assert_eq!(
+            ledger.mirrors.source_of("b", "a.orders"),
+            Some(("a", "orders".to_owned()))
+        );
+        assert_eq!(
+            ledger.mirrors.source_of("c", "orders"),
+            Some(("a", "orders".to_owned()))
+        );
+        let bad =
+            AgentConfig::from_toml("[[mirror]]\nfrom = \"a:*\"\nto = \"b:orders\"\n", "a.toml")
+                .unwrap();
+        let err = bad.ledger().unwrap_err().to_string();
+        assert!(
+            err.contains("a:*=b:orders") && err.contains("one side only"),
+            "{err}"
+        );
+        let unknown =
+            AgentConfig::from_toml("[[mirror]]\nfrom = \"a:x\"\ntoo = \"b:x\"\n", "a.toml")
+                .unwrap_err()
+                .to_string();
+        assert!(unknown.contains("too"), "{unknown}");
     }
 
     #[test]

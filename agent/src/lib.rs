@@ -13,6 +13,7 @@ mod ingest;
 pub mod ledger;
 mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod otlp;
 pub mod service;
 mod shared;

@@ -628,6 +628,16 @@ fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
         "tally_audit_buckets",
         "Buckets of the window per status",
     );
+    let mut mirror_lag = Family::gauge(
+        mode,
+        "tally_audit_mirror_lag_records",
+        "Source records of closed buckets of the window not yet on the mirror's destination",
+    );
+    let mut mirror_lag_s = Family::gauge(
+        mode,
+        "tally_audit_mirror_lag_seconds",
+        "Age of the oldest source records not yet on the mirror's destination (0 when none)",
+    );
     let mut evaluated = Family::gauge(
         mode,
         "tally_agent_evaluated_timestamp_seconds",
@@ -665,6 +675,10 @@ fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
             completeness.push(&l, b.completeness);
             if let Some(p) = b.pending {
                 pending.push(&l, p as f64);
+            }
+            if let Some(m) = &b.mirror_lag {
+                mirror_lag.push(&l, m.records as f64);
+                mirror_lag_s.push(&l, m.seconds);
             }
             if tier == "broker" {
                 aborted.push(
@@ -919,6 +933,8 @@ fn snapshot_series(s: &Snapshot, mode: Mode) -> Vec<Family> {
         completeness,
         pending,
         buckets,
+        mirror_lag,
+        mirror_lag_s,
         latency,
         lag,
         lag_s,

@@ -51,7 +51,7 @@ pub fn active(rule: &Rule, snapshot: &Snapshot) -> Vec<Active> {
                 group_active(rule, g, &mut out);
             }
         }
-        RuleKind::Completeness { .. } => {
+        RuleKind::Completeness { .. } | RuleKind::Mirror { .. } => {
             for t in &snapshot.topics {
                 topic_active(rule, t, &mut out);
             }
@@ -148,7 +148,7 @@ impl ActiveCache {
                     |g, found| group_active(rule, g, found),
                     &mut out,
                 ),
-                RuleKind::Completeness { .. } => judge_each(
+                RuleKind::Completeness { .. } | RuleKind::Mirror { .. } => judge_each(
                     rule,
                     &snapshot.topics,
                     |t| TopicKey {
@@ -261,15 +261,45 @@ fn group_active(rule: &Rule, g: &GroupHealth, out: &mut Vec<Active>) {
     }
 }
 
-/// What a `completeness` rule finds active in one topic's books.
+/// What a `completeness` or `mirror` rule finds active in one topic's books.
 fn topic_active(rule: &Rule, t: &TopicBooks, out: &mut Vec<Active>) {
     let m = &rule.matchers;
-    let RuleKind::Completeness { min_ratio } = &rule.kind else {
-        return;
-    };
     if !m.cluster.matches(&t.cluster) || !m.topic.matches(&t.topic) {
         return;
     }
+    if let RuleKind::Mirror {
+        missing,
+        records,
+        seconds,
+    } = &rule.kind
+    {
+        for (tier, books) in &t.tiers {
+            let Some(lag) = books.mirror_lag.filter(|_| tier_matches(m, tier)) else {
+                continue;
+            };
+            // The value: records lost where that threshold is crossed,
+            // else the lag in records or seconds, whichever is crossed.
+            let value = if missing.is_some_and(|n| books.missing >= n) {
+                Some(books.missing as f64)
+            } else if records.is_some_and(|n| lag.records > n) {
+                Some(lag.records as f64)
+            } else if seconds.is_some_and(|s| lag.seconds > s) {
+                Some(lag.seconds)
+            } else {
+                None
+            };
+            if let Some(value) = value {
+                out.push(Active {
+                    labels: labels(&[("cluster", &t.cluster), ("topic", &t.topic), ("tier", tier)]),
+                    value,
+                });
+            }
+        }
+        return;
+    }
+    let RuleKind::Completeness { min_ratio } = &rule.kind else {
+        return;
+    };
     for (tier, books) in &t.tiers {
         let is_reference = t.reference.as_deref() == Some(tier.as_str());
         if !is_reference && tier_matches(m, tier) && books.completeness < *min_ratio {

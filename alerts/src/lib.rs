@@ -155,7 +155,7 @@ mod tests {
         let set = RuleSet::parse(EXAMPLE_RULES, "example").unwrap();
         let kinds: std::collections::BTreeSet<&str> =
             set.rules.iter().map(|r| r.kind.name()).collect();
-        assert_eq!(kinds.len(), 5, "the example shows every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 6, "the example shows every kind: {kinds:?}");
     }
 
     #[test]

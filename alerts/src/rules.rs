@@ -53,6 +53,17 @@ pub enum RuleKind {
         /// Expired records that make the rule active (at least 1).
         min_records: u64,
     },
+    /// A mirror tier (`mirror:<cluster>`) that lost at least `missing`
+    /// records in closed buckets of the window, or whose lag is above
+    /// `records` or above `seconds` (DESIGN §11).
+    Mirror {
+        /// Records lost in the copy that make the rule active (1 or more).
+        missing: Option<u64>,
+        /// Mirror lag in records above which the rule is active.
+        records: Option<u64>,
+        /// Mirror lag in seconds above which the rule is active.
+        seconds: Option<f64>,
+    },
     /// A source from which no message came for longer than `after_ms`.
     SourceSilent {
         /// Silence, in milliseconds, after which the rule is active.
@@ -68,6 +79,7 @@ impl RuleKind {
             RuleKind::GroupStatus { .. } => "group_status",
             RuleKind::Completeness { .. } => "completeness",
             RuleKind::Expired { .. } => "expired",
+            RuleKind::Mirror { .. } => "mirror",
             RuleKind::SourceSilent { .. } => "source_silent",
         }
     }
@@ -79,6 +91,7 @@ impl RuleKind {
             RuleKind::GroupStatus { .. } => &["cluster", "group", "status"],
             RuleKind::Completeness { .. } => &["cluster", "topic", "tier"],
             RuleKind::Expired { .. } => &["cluster", "topic", "group"],
+            RuleKind::Mirror { .. } => &["cluster", "topic", "tier"],
             RuleKind::SourceSilent { .. } => &["cluster", "source"],
         }
     }
@@ -88,6 +101,7 @@ impl RuleKind {
     fn matchers(kind: &str) -> &'static [&'static str] {
         match kind {
             "source_silent" => &["cluster", "tier", "source"],
+            "mirror" => &["cluster", "topic", "tier"],
             _ => &["cluster", "topic", "group", "tier"],
         }
     }
@@ -98,26 +112,29 @@ impl RuleKind {
             "group_status" => &["statuses"],
             "completeness" => &["min_ratio"],
             "expired" => &["min_records"],
+            "mirror" => &["missing", "records", "seconds"],
             _ => &["after"],
         }
     }
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "consumer_lag",
     "group_status",
     "completeness",
     "expired",
+    "mirror",
     "source_silent",
 ];
 
 const MATCHERS: [&str; 5] = ["cluster", "topic", "group", "tier", "source"];
-const THRESHOLDS: [&str; 6] = [
+const THRESHOLDS: [&str; 7] = [
     "records",
     "seconds",
     "statuses",
     "min_ratio",
     "min_records",
+    "missing",
     "after",
 ];
 const COMMON: [&str; 6] = ["name", "kind", "for", "severity", "labels", "annotations"];
@@ -495,6 +512,33 @@ fn parse_rule(item: Value, index: usize, origin: &str) -> Result<Rule> {
             }
             RuleKind::Expired { min_records }
         }
+        "mirror" => {
+            let missing = f.take::<u64>("missing", "a number of records (1 or more)")?;
+            let records = f.take::<u64>("records", "a number of records (0 or more)")?;
+            let seconds = f.take::<f64>("seconds", "a number of seconds")?;
+            if missing == Some(0) {
+                return Err(f.error("missing", "\"0\" would always fire: expected 1 or more"));
+            }
+            if let Some(s) = seconds
+                && !(s.is_finite() && s >= 0.0)
+            {
+                return Err(f.error(
+                    "seconds",
+                    format!("\"{s}\" is not a lag: expected 0 or more seconds"),
+                ));
+            }
+            if missing.is_none() && records.is_none() && seconds.is_none() {
+                return Err(f.error(
+                    "missing",
+                    "missing: a mirror rule needs missing, records, seconds or more than one",
+                ));
+            }
+            RuleKind::Mirror {
+                missing,
+                records,
+                seconds,
+            }
+        }
         _ => {
             let after_ms = f
                 .duration("after")?
@@ -581,11 +625,20 @@ rules:
   - {name: Complete, kind: completeness, tier: "group:*", min_ratio: 0.99}
   - {name: Expired, kind: expired}
   - {name: Silent, kind: source_silent, after: 5m}
+  - {name: Mirror, kind: mirror, missing: 1, seconds: 600}
 "#,
             "t.yaml",
         )
         .unwrap();
-        assert_eq!(set.rules.len(), 5);
+        assert_eq!(set.rules.len(), 6);
+        assert_eq!(
+            set.rules[5].kind,
+            RuleKind::Mirror {
+                missing: Some(1),
+                records: None,
+                seconds: Some(600.0)
+            }
+        );
         let lag = &set.rules[0];
         assert_eq!(
             lag.kind,

@@ -774,6 +774,7 @@ fn count_entry_bytes(k: &CountKey, t: &CellCounts) -> usize {
         Tier::Broker => "broker".len(),
         Tier::Group(n) => "group:".len() + 2 * n.len(),
         Tier::Consumer(n) => "consumer:".len() + 2 * n.len(),
+        Tier::Mirror(n) => "mirror:".len() + 2 * n.len(),
     };
     FRAME.len()
         + tier_name

@@ -299,6 +299,21 @@ pub struct TierBooks {
     pub aborted: u64,
     /// Buckets of the window per status.
     pub buckets: BTreeMap<BucketStatus, u64>,
+    /// For mirror tiers: the mirror's lag (source records of closed buckets
+    /// of the window not yet on the destination, and their age).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_lag: Option<MirrorLag>,
+}
+
+/// How far a mirror is behind its source topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MirrorLag {
+    /// Source records of closed buckets of the window that the copy does
+    /// not hold yet (pending or lost).
+    pub records: u64,
+    /// How old the oldest of them is: now minus the start of the oldest
+    /// closed bucket the copy is short in (0 when none is).
+    pub seconds: f64,
 }
 
 /// The buckets of one topic in the window.

@@ -17,6 +17,10 @@ pub enum Tier {
     Group(String),
     /// Processed by an application that reports, client-side.
     Consumer(String),
+    /// Copied to the named cluster: the `broker` count of the topic's copy
+    /// there, under the agent's mirror rules (DESIGN §11). The agent derives
+    /// it; no source reports it.
+    Mirror(String),
 }
 
 /// The kind of a [`Tier`], without its name.
@@ -31,6 +35,8 @@ pub enum TierKind {
     Group,
     /// See [`Tier::Consumer`].
     Consumer,
+    /// See [`Tier::Mirror`].
+    Mirror,
 }
 
 impl Tier {
@@ -41,6 +47,7 @@ impl Tier {
             Tier::Broker => TierKind::Broker,
             Tier::Group(_) => TierKind::Group,
             Tier::Consumer(_) => TierKind::Consumer,
+            Tier::Mirror(_) => TierKind::Mirror,
         }
     }
 
@@ -60,6 +67,7 @@ impl fmt::Display for Tier {
             Tier::Broker => f.write_str("broker"),
             Tier::Group(g) => write!(f, "group:{g}"),
             Tier::Consumer(c) => write!(f, "consumer:{c}"),
+            Tier::Mirror(c) => write!(f, "mirror:{c}"),
         }
     }
 }
@@ -84,11 +92,23 @@ impl FromStr for Tier {
                     named(g, Tier::Group)
                 } else if let Some(c) = s.strip_prefix("consumer:") {
                     named(c, Tier::Consumer)
+                } else if let Some(c) = s.strip_prefix("mirror:") {
+                    crate::validate_topic(c).map_err(|_| {
+                        Error::new(
+                            Reason::BadField,
+                            format!(
+                                "tier \"{}\": cluster \"{}\" is not a cluster name: expected 1 to 249 characters of [a-zA-Z0-9._-]",
+                                printable(s),
+                                printable(c)
+                            ),
+                        )
+                    })?;
+                    Ok(Tier::Mirror(c.to_owned()))
                 } else {
                     Err(Error::new(
                         Reason::BadField,
                         format!(
-                            "tier \"{}\" is not known: expected \"produced\", \"broker\", \"group:<name>\" or \"consumer:<name>\"",
+                            "tier \"{}\" is not known: expected \"produced\", \"broker\", \"group:<name>\", \"consumer:<name>\" or \"mirror:<cluster>\"",
                             printable(s)
                         ),
                     ))
@@ -106,10 +126,11 @@ impl FromStr for TierKind {
             "broker" => Ok(TierKind::Broker),
             "group" => Ok(TierKind::Group),
             "consumer" => Ok(TierKind::Consumer),
+            "mirror" => Ok(TierKind::Mirror),
             _ => Err(Error::new(
                 Reason::BadField,
                 format!(
-                    "tier kind \"{}\" is not known: expected produced, broker, group or consumer",
+                    "tier kind \"{}\" is not known: expected produced, broker, group, consumer or mirror",
                     printable(s)
                 ),
             )),

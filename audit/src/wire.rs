@@ -1038,6 +1038,12 @@ fn check_hello(h: &Hello, width: BucketWidth) -> Result<()> {
             ),
         )
     })?;
+    if h.tier_kinds.contains(&TierKind::Mirror) {
+        return Err(Error::new(
+            Reason::BadField,
+            "tier kind \"mirror\" is not reported by sources: the agent derives mirror tiers from its --mirror rules".to_owned(),
+        ));
+    }
     if h.bucket_width_ms != width.ms() {
         return Err(Error::new(
             Reason::WidthMismatch,

@@ -143,7 +143,7 @@ pub struct TopicRow {
     pub produced: u64,
     /// This tier's records.
     pub consumed: u64,
-    /// Records not yet consumed (group tiers).
+    /// Records not yet consumed (group tiers), or not yet copied (mirror tiers).
     pub pending: Option<u64>,
     /// Records lost to retention (group tiers).
     pub expired: Option<u64>,
@@ -357,7 +357,10 @@ impl State {
                     tier: tier.clone(),
                     produced,
                     consumed: b.records,
-                    pending: b.pending,
+                    // A mirror tier's pending records: its lag less what it lost.
+                    pending: b
+                        .pending
+                        .or_else(|| b.mirror_lag.map(|m| m.records.saturating_sub(b.missing))),
                     expired: b.expired,
                     skipped: b.skipped,
                     missing: b.missing,

@@ -153,3 +153,39 @@ fn monochrome_heatmap_tells_statuses_apart_by_letter() {
     let payments = screen.lines().find(|l| l.contains("payments")).unwrap();
     assert!(payments.contains("= X = + p ."), "{payments}");
 }
+
+#[test]
+fn a_mirror_tier_is_a_topics_row_with_what_it_has_not_copied_yet_as_pending() {
+    let mut snapshot = fixture::snapshot();
+    let orders = std::sync::Arc::make_mut(&mut snapshot.topics[0]);
+    let mut copy = fixture::topic("orders", 1_000, 990, 3).tiers["broker"].clone();
+    copy.records = 990;
+    copy.missing = 3;
+    copy.mirror_lag = Some(tally_audit::snapshot::MirrorLag {
+        records: 10,
+        seconds: 42.0,
+    });
+    orders.tiers.insert("mirror:replica".into(), copy);
+    let mut s = State::new("http://127.0.0.1:9400", false);
+    s.feed(
+        tally_audit::feed::FeedMessage::Snapshot {
+            snapshot: Box::new(snapshot),
+        },
+        AT,
+    );
+    let row = s
+        .rows
+        .topics
+        .iter()
+        .find(|r| r.tier == "mirror:replica")
+        .expect("a row for the mirror tier");
+    // 10 behind, of which 3 lost: 7 pending, 3 missing.
+    assert_eq!((row.consumed, row.pending, row.missing), (990, Some(7), 3));
+    let screen = draw(&on_state(s, Tab::Topics), 200, 40);
+    assert!(screen.contains("mirror:replica"), "{screen}");
+}
+
+fn on_state(mut s: State, tab: Tab) -> State {
+    apply(&mut s, Action::Tab(tab));
+    s
+}

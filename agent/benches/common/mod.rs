@@ -44,6 +44,7 @@ pub(crate) fn snapshot(topics: usize, groups: usize) -> Snapshot {
                 57,
             ),
         ]),
+        mirror_lag: None,
     };
     let topic_books = (0..topics)
         .map(|t| {

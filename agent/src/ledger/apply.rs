@@ -252,23 +252,31 @@ impl Ledger {
             duplicate_source: entries.len() - out_of_range - kept.len(),
             ..Applied::default()
         };
+        // A `broker` count of a topic that the mirror rules name a copy of
+        // is also its source topic's `mirror:<this cluster>` count (§11).
+        let derived = self.mirrored(&cluster, &kept);
+        let kept: Vec<(&str, &CountEntry)> = kept
+            .into_iter()
+            .map(|e| (cluster.as_str(), e))
+            .chain(derived.iter().map(|(c, e)| (c.as_str(), e)))
+            .collect();
         // Look series up without creating any, so that a refused message
         // leaves nothing behind. Emitters group entries by topic and tier:
         // look each run up once.
         let mut ids: Vec<Option<u32>> = Vec::with_capacity(kept.len());
-        let mut last: Option<(&str, &Tier, Option<u32>)> = None;
-        for e in &kept {
+        let mut last: Option<(&str, &str, &Tier, Option<u32>)> = None;
+        for &(c, e) in &kept {
             let id = match last {
-                Some((topic, tier, id)) if topic == e.topic && *tier == e.tier => id,
-                _ => self.known_series(&cluster, &e.topic, &e.tier),
+                Some((cl, topic, tier, id)) if cl == c && topic == e.topic && *tier == e.tier => id,
+                _ => self.known_series(c, &e.topic, &e.tier),
             };
-            last = Some((&e.topic, &e.tier, id));
+            last = Some((c, &e.topic, &e.tier, id));
             ids.push(id);
         }
         // A late count for a bucket left to the store (or any count while the
         // window's cells are still read in after a start) reads its cell and
         // sum back first (a failed read refuses the message, changing nothing).
-        for (e, id) in kept.iter().zip(&ids) {
+        for ((_, e), id) in kept.iter().zip(&ids) {
             if let Some(series) = id
                 && (self.warming || e.bucket.start_ms() < self.resident_from)
             {
@@ -277,15 +285,15 @@ impl Ledger {
         }
         let src = &self.sources[session.source as usize];
         let mut fresh: FxHashSet<(u32, i32)> = FxHashSet::default();
-        let mut fresh_new: FxHashSet<(&str, &Tier, i32)> = FxHashSet::default();
-        for (e, id) in kept.iter().zip(&ids) {
+        let mut fresh_new: FxHashSet<(&str, &str, &Tier, i32)> = FxHashSet::default();
+        for (&(c, e), id) in kept.iter().zip(&ids) {
             match id {
                 Some(id) if !src.series.contains(&(*id, e.partition)) => {
                     fresh.insert((*id, e.partition));
                 }
                 Some(_) => {}
                 None => {
-                    fresh_new.insert((&e.topic, &e.tier, e.partition));
+                    fresh_new.insert((c, &e.topic, &e.tier, e.partition));
                 }
             }
             // Far more distinct series than allowed: stop counting early.
@@ -298,7 +306,7 @@ impl Ledger {
         let ids: Vec<u32> = kept
             .iter()
             .zip(ids)
-            .map(|(e, id)| id.unwrap_or_else(|| self.series_id(&cluster, &e.topic, &e.tier)))
+            .map(|((c, e), id)| id.unwrap_or_else(|| self.series_id(c, &e.topic, &e.tier)))
             .collect();
         for (topic, ours) in owned {
             let known = self.log_owners.get(&cluster).and_then(|t| t.get(topic));
@@ -316,7 +324,7 @@ impl Ledger {
         }
         let before = src.series.len();
         src.series
-            .extend(ids.iter().zip(&kept).map(|(&id, e)| (id, e.partition)));
+            .extend(ids.iter().zip(&kept).map(|(&id, (_, e))| (id, e.partition)));
         self.open_series += src.series.len() - before;
         src.last_seen_ms = now_ms;
         src.messages[1] += 1;
@@ -328,7 +336,7 @@ impl Ledger {
             .width
             .bucket_of(now_ms.saturating_sub(self.cfg.window_ms as i64))
             .start_ms();
-        for (e, &series) in kept.into_iter().zip(&ids) {
+        for ((_, e), &series) in kept.into_iter().zip(&ids) {
             let key = CellKey {
                 source: session.source,
                 series,
@@ -369,6 +377,14 @@ impl Ledger {
                 .swap(&old, &new);
             let sr = &mut self.series[series as usize];
             sr.live.swap(&old, &new);
+            if new.records > old.records && sr.tier.kind() == TierKind::Mirror {
+                // The copy is moving: a short bucket is pending, not lost,
+                // until a grace period passes without a rise.
+                self.mirror_rose.insert((series, key.bucket), now_ms);
+                let recheck = now_ms.saturating_add(self.cfg.grace_ms as i64);
+                let at = self.mirror_recheck.entry(sr.tid).or_insert(recheck);
+                *at = (*at).max(recheck);
+            }
             if sr.first_bucket.is_none_or(|f| key.bucket < f) {
                 sr.first_bucket = Some(key.bucket);
             }
@@ -388,6 +404,32 @@ impl Ledger {
             self.dirty_series.insert(series);
         }
         Ok(applied)
+    }
+
+    /// The mirror tier entries that the `broker` entries of `cluster` among
+    /// `kept` make, each with the cluster of its source topic.
+    fn mirrored(&self, cluster: &str, kept: &[&CountEntry]) -> Vec<(String, CountEntry)> {
+        if self.cfg.mirrors.is_empty() {
+            return Vec::new();
+        }
+        let mut sources: HashMap<&str, Option<(&str, String)>> = HashMap::new();
+        let mut out = Vec::new();
+        for e in kept.iter().filter(|e| e.tier == Tier::Broker) {
+            let source = sources
+                .entry(e.topic.as_str())
+                .or_insert_with(|| self.cfg.mirrors.source_of(cluster, &e.topic));
+            if let Some((from, topic)) = source {
+                out.push((
+                    (*from).to_owned(),
+                    CountEntry {
+                        topic: topic.clone(),
+                        tier: Tier::Mirror(cluster.to_owned()),
+                        ..(*e).clone()
+                    },
+                ));
+            }
+        }
+        out
     }
 
     /// Reads back the stored cell, and the series' sum, of a bucket left to

@@ -84,6 +84,23 @@ impl Ledger {
             .bucket_of(now_ms.saturating_sub(i64::try_from(span).unwrap_or(i64::MAX)))
             .start_ms();
         let epoch = (newest_closed, window_start);
+        // A copy that stopped rising a grace period ago turns its short
+        // buckets from pending to incomplete: judge its topic again.
+        if !self.mirror_recheck.is_empty() {
+            let grace = i64::try_from(self.cfg.grace_ms).unwrap_or(i64::MAX);
+            self.mirror_rose
+                .retain(|_, at| now_ms.saturating_sub(*at) < grace);
+            let due: Vec<u32> = self
+                .mirror_recheck
+                .iter()
+                .filter(|(_, at)| **at <= now_ms)
+                .map(|(tid, _)| *tid)
+                .collect();
+            for tid in due {
+                self.mirror_recheck.remove(&tid);
+                self.dirty_topics.insert(tid);
+            }
+        }
         let dirty = std::mem::take(&mut self.dirty_topics);
         let all = std::mem::replace(&mut self.all_topics_dirty, false)
             || self.last_epoch.replace(epoch) != Some(epoch);
@@ -214,6 +231,9 @@ impl Ledger {
                 aborted: sr.live.aborted,
                 ..TierBooks::default()
             };
+            if sr.tier.kind() == TierKind::Mirror {
+                tb.mirror_lag = Some(tally_audit::snapshot::MirrorLag::default());
+            }
             if is_group {
                 tb.expired = Some(sr.live.expired + sr.pruned.expired);
                 tb.skipped = Some(sr.live.skipped);
@@ -230,12 +250,7 @@ impl Ledger {
         let mut to_close: Vec<(u32, i64, Judgement, CellCounts)> = Vec::new();
         for (bucket, present) in per_bucket {
             let closed = self.cfg.is_closed(bucket, now_ms);
-            let closes = &self.closed;
-            let judged = judge_bucket(&plan, reference, bucket, &present, closed, |s| {
-                closes
-                    .get(&(s, bucket))
-                    .is_some_and(|p| p.unresolved_at_close)
-            });
+            let judged = self.judge(&plan, reference, bucket, &present, closed, now_ms);
             let mut bb = BucketBooks {
                 bucket,
                 tiers: BTreeMap::new(),
@@ -250,6 +265,18 @@ impl Ledger {
                     if let Some(tb) = books.tiers.get_mut(name) {
                         tb.missing += j.missing;
                         tb.excess += j.excess;
+                        if let Some(lag) = &mut tb.mirror_lag {
+                            let short = j.missing + j.pending.unwrap_or(0);
+                            if short > 0 {
+                                lag.records += short;
+                                // Buckets come oldest first: the first short
+                                // one holds the oldest records not copied.
+                                if lag.seconds == 0.0 {
+                                    lag.seconds =
+                                        now_ms.saturating_sub(bucket).max(0) as f64 / 1000.0;
+                                }
+                            }
+                        }
                     }
                 }
                 if let Some(tb) = books.tiers.get_mut(name) {
@@ -279,6 +306,32 @@ impl Ledger {
             }
         }
         (books, view)
+    }
+
+    /// Judges `bucket` of the series of `plan` from `present`, with what the
+    /// ledger holds of the bucket's closes and of the copies that rose.
+    fn judge(
+        &self,
+        plan: &[SeriesRef<'_>],
+        reference: Option<u32>,
+        bucket: i64,
+        present: &[(u32, CellCounts)],
+        closed: bool,
+        now_ms: i64,
+    ) -> Vec<(usize, CellCounts, Judgement)> {
+        judge_bucket(
+            plan,
+            reference,
+            bucket,
+            present,
+            closed,
+            |s| {
+                self.closed
+                    .get(&(s, bucket))
+                    .is_some_and(|p| p.unresolved_at_close)
+            },
+            |s| rising(&self.mirror_rose, s, bucket, now_ms, self.cfg.grace_ms),
+        )
     }
 
     /// The series `ids` as judging their buckets needs them.
@@ -387,12 +440,7 @@ impl Ledger {
                 continue;
             }
             let plan = self.plan_of(&ids);
-            let closes = &self.closed;
-            let judged = judge_bucket(&plan, reference, bucket, &present, true, |s| {
-                closes
-                    .get(&(s, bucket))
-                    .is_some_and(|p| p.unresolved_at_close)
-            });
+            let judged = self.judge(&plan, reference, bucket, &present, true, now_ms);
             let judged: Vec<(u32, CellCounts, Judgement)> = judged
                 .into_iter()
                 .map(|(i, c, j)| (plan[i].id, c, j))
@@ -571,6 +619,19 @@ struct SeriesRef<'a> {
 /// per series (its index in `series`) that counted in the bucket, or that is
 /// judged at zero because the reference counted there from the series'
 /// first bucket on, its counts and judgement.
+/// Whether mirror series `series` rose in `bucket` within the last grace
+/// period before `now_ms`.
+fn rising(
+    rose: &FxHashMap<(u32, i64), i64>,
+    series: u32,
+    bucket: i64,
+    now_ms: i64,
+    grace_ms: u64,
+) -> bool {
+    rose.get(&(series, bucket))
+        .is_some_and(|&at| now_ms.saturating_sub(at) < grace_ms as i64)
+}
+
 fn judge_bucket(
     series: &[SeriesRef<'_>],
     reference: Option<u32>,
@@ -578,6 +639,7 @@ fn judge_bucket(
     present: &[(u32, CellCounts)],
     closed: bool,
     unresolved_at_close: impl Fn(u32) -> bool,
+    rising: impl Fn(u32) -> bool,
 ) -> Vec<(usize, CellCounts, Judgement)> {
     let reference_counts = reference.map(|r| {
         present
@@ -606,6 +668,7 @@ fn judge_bucket(
             reference_counts.as_ref(),
             closed,
             unresolved_at_close(s.id),
+            rising(s.id),
         );
         j.reference = reference_counts.map_or(0, |r| r.records);
         out.push((i, counts, j));
@@ -675,13 +738,23 @@ impl TopicPlan {
                 let present: Vec<(u32, CellCounts)> =
                     entries.iter().map(|(s, c, _)| (*s, *c)).collect();
                 let closed = self.cfg.is_closed(bucket, now_ms);
-                let judged = judge_bucket(&plan, self.reference, bucket, &present, closed, |s| {
-                    entries
-                        .iter()
-                        .find(|(id, _, _)| *id == s)
-                        .and_then(|(_, _, u)| *u)
-                        .unwrap_or(false)
-                });
+                let judged = judge_bucket(
+                    &plan,
+                    self.reference,
+                    bucket,
+                    &present,
+                    closed,
+                    |s| {
+                        entries
+                            .iter()
+                            .find(|(id, _, _)| *id == s)
+                            .and_then(|(_, _, u)| *u)
+                            .unwrap_or(false)
+                    },
+                    // The store keeps no rises: its buckets are past any
+                    // grace period but the window's.
+                    |_| false,
+                );
                 BucketBooks {
                     bucket,
                     tiers: judged
@@ -724,6 +797,7 @@ fn judge(
     reference: Option<&CellCounts>,
     closed: bool,
     unresolved_at_close: bool,
+    rising: bool,
 ) -> Judgement {
     let settle = |status: BucketStatus| {
         if !closed {
@@ -767,6 +841,30 @@ fn judge(
                     counts.records,
                     reference.records.saturating_sub(counts.skipped),
                 ),
+                reference: 0,
+            }
+        }
+        TierKind::Mirror => {
+            // Short in a closed bucket: pending while the copy still rose
+            // within the last grace period, lost once it has not.
+            let short = reference.records.saturating_sub(counts.records);
+            let excess = counts.records.saturating_sub(reference.records);
+            let pending = if rising { short } else { 0 };
+            let status = if short > 0 && rising {
+                BucketStatus::Pending
+            } else if short > 0 {
+                BucketStatus::Incomplete
+            } else if excess > 0 {
+                BucketStatus::Excess
+            } else {
+                BucketStatus::Complete
+            };
+            Judgement {
+                status: settle(status),
+                missing: if closed { short - pending } else { 0 },
+                excess: if closed { excess } else { 0 },
+                pending: Some(if closed { pending } else { short }),
+                ratio: (counts.records, reference.records),
                 reference: 0,
             }
         }

@@ -60,6 +60,8 @@ pub struct LedgerConfig {
     /// emitters send nothing while nothing changes (no heartbeat), so a shorter
     /// silence is an idle emitter, not a lost one.
     pub live_ms: u64,
+    /// Which topics are copies of which (DESIGN §11).
+    pub mirrors: crate::mirror::MirrorRules,
 }
 
 impl LedgerConfig {
@@ -74,6 +76,7 @@ impl LedgerConfig {
             max_series: DEFAULT_MAX_SERIES,
             health: HealthConfig::default(),
             live_ms: MIN_LIVE_MS,
+            mirrors: crate::mirror::MirrorRules::default(),
         }
     }
 
@@ -704,6 +707,14 @@ pub struct Ledger {
     /// Per cluster and topic, the source whose `broker` and `group:` counts are
     /// taken (DESIGN §5); nested so that a lookup borrows the names.
     log_owners: HashMap<String, HashMap<String, u32>>,
+    /// When each (mirror series, bucket) last rose, while that is within a
+    /// grace period: a short closed bucket of a copy that is still rising is
+    /// `pending`, not `incomplete` (§11). Not stored: after a restart a short
+    /// copy is `incomplete` until it rises again.
+    mirror_rose: FxHashMap<(u32, i64), i64>,
+    /// Per topic with a mirror tier that rose: when a grace period after
+    /// its last rise ends, and it must be judged again though nothing changed.
+    mirror_recheck: FxHashMap<u32, i64>,
 }
 
 /// What applying a message changed.
@@ -771,6 +782,8 @@ impl Ledger {
             dirty_cells: Vec::new(),
             dirty_sources: HashSet::new(),
             dirty_series: FxHashSet::default(),
+            mirror_rose: FxHashMap::default(),
+            mirror_recheck: FxHashMap::default(),
             dirty_history: Vec::new(),
             dirty_health: HashSet::new(),
             dirty_latency: BTreeSet::new(),

@@ -1492,3 +1492,154 @@ fn a_start_serves_before_the_cells_are_read_in_and_counts_stay_exact() {
     assert_eq!(records(&mut r), 37);
     assert_eq!(r.open_series(), l.open_series());
 }
+
+/// A ledger with the mirror rule `a:orders=b:a.orders`, and one broker
+/// source per cluster.
+fn mirrored() -> (Ledger, Session, Session) {
+    let mut cfg = LedgerConfig::new(BucketWidth::new(W).unwrap());
+    cfg.window_ms = 60_000;
+    cfg.mirrors =
+        crate::mirror::MirrorRules::parse(&["a:orders=b:a.orders".parse().unwrap()]).unwrap();
+    let mut l = Ledger::new(cfg);
+    let open = |l: &mut Ledger, source: &str, cluster: &str| {
+        l.hello(
+            &Hello {
+                source: source.into(),
+                cluster: cluster.into(),
+                tier_kinds: vec![TierKind::Broker],
+                bucket_width_ms: W,
+                started_at_ms: 1,
+            },
+            0,
+        )
+        .unwrap()
+    };
+    let a = open(&mut l, "broker-a", "a");
+    let b = open(&mut l, "broker-b", "b");
+    (l, a, b)
+}
+
+fn copy(bucket: i64, records: u64) -> CountEntry {
+    CountEntry {
+        topic: "a.orders".into(),
+        ..entry("broker", 0, bucket, records)
+    }
+}
+
+/// The mirror tier of `orders` on cluster `a`, per bucket: (status, missing, excess).
+fn mirror_buckets(snap: &Snapshot) -> Vec<(i64, BucketStatus, u64, u64)> {
+    let t = snap
+        .buckets
+        .iter()
+        .find(|t| t.cluster == "a" && t.topic == "orders")
+        .expect("a:orders has buckets");
+    t.buckets
+        .iter()
+        .filter_map(|b| {
+            let m = b.tiers.get("mirror:b")?;
+            Some((b.bucket, m.status, m.missing, m.excess))
+        })
+        .collect()
+}
+
+#[test]
+fn a_mirror_is_a_tier_of_its_source_topic_judged_bucket_by_bucket() {
+    let (mut l, a, b) = mirrored();
+    let (b1, b2, b3) = (B0, B0 + 1_000, B0 + 2_000);
+    l.apply_counts(
+        a,
+        1,
+        &[
+            entry("broker", 0, b1, 10),
+            entry("broker", 0, b2, 20),
+            entry("broker", 0, b3, 30),
+        ],
+        0,
+    )
+    .unwrap();
+    // The copy: complete, 3 records lost, 5 copied twice.
+    l.apply_counts(b, 1, &[copy(b1, 10), copy(b2, 17), copy(b3, 35)], 0)
+        .unwrap();
+    // Long after the last rise: short is lost, not pending.
+    let now = b3 + 10_000;
+    let snap = l.evaluate(now);
+    assert_eq!(
+        mirror_buckets(&snap),
+        vec![
+            (b1, BucketStatus::Complete, 0, 0),
+            (b2, BucketStatus::Incomplete, 3, 0),
+            (b3, BucketStatus::Excess, 0, 5),
+        ]
+    );
+    let books = snap
+        .topics
+        .iter()
+        .find(|t| t.cluster == "a" && t.topic == "orders")
+        .unwrap();
+    let m = &books.tiers["mirror:b"];
+    assert_eq!((m.records, m.missing, m.excess), (62, 3, 5));
+    // 3 records of b2 are not on the copy: the lag is their bucket's age.
+    let lag = m.mirror_lag.expect("a mirror tier has a lag");
+    assert_eq!(lag.records, 3);
+    assert_eq!(lag.seconds, (now - b2) as f64 / 1000.0);
+    // The destination keeps its own books as well.
+    let dest = snap
+        .topics
+        .iter()
+        .find(|t| t.cluster == "b" && t.topic == "a.orders")
+        .unwrap();
+    assert_eq!(dest.tiers["broker"].records, 62);
+    assert!(!dest.tiers.contains_key("mirror:b"));
+}
+
+#[test]
+fn a_slow_mirror_is_pending_then_late_once_it_catches_up() {
+    let (mut l, a, b) = mirrored();
+    let grace = l.cfg.grace_ms as i64;
+    l.apply_counts(a, 1, &[entry("broker", 0, B0, 10)], 0)
+        .unwrap();
+    let closed = B0 + 1_000 + grace;
+    // Rising just before the bucket closes, still short.
+    l.apply_counts(b, 1, &[copy(B0, 4)], closed - 10).unwrap();
+    let snap = l.evaluate(closed);
+    assert_eq!(
+        mirror_buckets(&snap),
+        vec![(B0, BucketStatus::Pending, 0, 0)]
+    );
+    let tb = &snap
+        .buckets
+        .iter()
+        .find(|t| t.cluster == "a")
+        .unwrap()
+        .buckets[0]
+        .tiers["mirror:b"];
+    assert_eq!(tb.pending, Some(6));
+    // Still rising: pending.
+    l.apply_counts(b, 2, &[copy(B0, 7)], closed + 500).unwrap();
+    assert_eq!(
+        mirror_buckets(&l.evaluate(closed + 1_000)),
+        vec![(B0, BucketStatus::Pending, 0, 0)]
+    );
+    // A grace period without a rise: lost, though no count came (the
+    // clock alone turns it).
+    assert_eq!(
+        mirror_buckets(&l.evaluate(closed + 500 + grace)),
+        vec![(B0, BucketStatus::Incomplete, 3, 0)]
+    );
+    // The copy catches up: late.
+    l.apply_counts(b, 3, &[copy(B0, 10)], closed + 5_000)
+        .unwrap();
+    assert_eq!(
+        mirror_buckets(&l.evaluate(closed + 5_001)),
+        vec![(B0, BucketStatus::Late, 0, 0)]
+    );
+}
+
+#[test]
+fn a_source_cannot_report_a_mirror_tier_itself() {
+    let (mut l, a, _) = mirrored();
+    let e = l
+        .apply_counts(a, 1, &[entry("mirror:b", 0, B0, 10)], 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("mirror:b"), "{e}");
+}
