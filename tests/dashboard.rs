@@ -305,7 +305,7 @@ fn the_demo_shows_the_dashboard_and_q_ends_it_with_the_books_printed() {
         log.path().display()
     ));
     let screen = tmux.wait_for(60, "the dashboard with the demo's topics and groups", |s| {
-        s.contains("● connected") && s.contains("Topics (3)") && s.contains("Groups (8)")
+        s.contains("● connected") && s.contains("Topics (4)") && s.contains("Groups (9)")
     });
     assert!(screen.contains(&format!("http://{agent}")), "{screen}");
     tmux.keys(&["q"]);

@@ -44,6 +44,8 @@ pub enum Action {
     FilterDone,
     /// Change the row order.
     Sort,
+    /// Show the next cluster (all, then each one).
+    Cluster,
     /// Freeze or unfreeze the screen.
     Pause,
     /// Show or hide the help.
@@ -91,6 +93,7 @@ pub fn action(state: &State, key: KeyEvent) -> Option<Action> {
         KeyCode::Esc => Action::Back,
         KeyCode::Char('/') => Action::StartFilter,
         KeyCode::Char('s') => Action::Sort,
+        KeyCode::Char('c') => Action::Cluster,
         KeyCode::Char('p') => Action::Pause,
         KeyCode::Char('?') => Action::Help,
         KeyCode::Char('q') => Action::Quit,
@@ -169,6 +172,7 @@ pub fn apply(state: &mut State, action: Action) {
             state.sort = state.sort.next();
             state.refresh();
         }
+        Action::Cluster => state.next_cluster(),
         Action::Pause => {
             state.paused = !state.paused;
             state.frozen = if state.paused {

@@ -172,6 +172,8 @@ pub struct Rows {
     pub alerts: Vec<usize>,
     /// Indexes into the snapshot's `sources`.
     pub sources: Vec<usize>,
+    /// Every cluster of the snapshot shown, sorted (whatever the filters).
+    pub clusters: Vec<String>,
 }
 
 /// Everything the dashboard draws from.
@@ -203,6 +205,8 @@ pub struct State {
     pub bucket_col: usize,
     /// The filter: rows whose names contain it (any case).
     pub filter: String,
+    /// The cluster shown (`c` cycles: all, then each one); None: all.
+    pub cluster: Option<String>,
     /// Whether keys are typed into the filter.
     pub editing_filter: bool,
     /// The row order.
@@ -236,6 +240,7 @@ impl State {
             cursor: [0; 6],
             bucket_col: 0,
             filter: String::new(),
+            cluster: None,
             editing_filter: false,
             sort: Sort::Name,
             paused: false,
@@ -310,6 +315,23 @@ impl State {
         }
     }
 
+    /// Whether `cluster` is shown under the cluster filter.
+    fn in_cluster(&self, cluster: &str) -> bool {
+        self.cluster.as_deref().is_none_or(|c| c == cluster)
+    }
+
+    /// Moves the cluster filter on: from all to the first cluster, from
+    /// each to the next, from the last back to all.
+    pub fn next_cluster(&mut self) {
+        let clusters = &self.rows.clusters;
+        self.cluster = match &self.cluster {
+            None => clusters.first().cloned(),
+            Some(c) => clusters.iter().skip_while(|x| *x != c).nth(1).cloned(),
+        };
+        self.drill = None;
+        self.refresh();
+    }
+
     fn matches(&self, names: &[&str]) -> bool {
         if self.filter.is_empty() {
             return true;
@@ -347,6 +369,9 @@ impl State {
                 .as_ref()
                 .and_then(|r| t.tiers.get(r))
                 .map_or(0, |b| b.records);
+            if !self.in_cluster(&t.cluster) {
+                continue;
+            }
             for (tier, b) in &t.tiers {
                 if !self.matches(&[&t.topic, tier, &t.cluster]) {
                     continue;
@@ -386,7 +411,10 @@ impl State {
         }
 
         let mut buckets: Vec<usize> = (0..s.buckets.len())
-            .filter(|&i| self.matches(&[&s.buckets[i].topic, &s.buckets[i].cluster]))
+            .filter(|&i| {
+                let t = &s.buckets[i];
+                self.in_cluster(&t.cluster) && self.matches(&[&t.topic, &t.cluster])
+            })
             .collect();
         let worst_bucket = |i: usize| {
             s.buckets[i]
@@ -417,6 +445,9 @@ impl State {
         let mut groups: Vec<usize> = (0..s.groups.len())
             .filter(|&i| {
                 let g = &s.groups[i];
+                if !self.in_cluster(&g.cluster) {
+                    return false;
+                }
                 let mut names: Vec<&str> = vec![&g.group, &g.cluster];
                 names.extend(g.partitions.iter().map(|p| p.topic.as_str()));
                 self.matches(&names)
@@ -443,6 +474,10 @@ impl State {
         let mut alerts: Vec<usize> = (0..s.alerts.len())
             .filter(|&i| {
                 let a = &s.alerts[i];
+                // An alert about no one cluster shows under every one.
+                if a.labels.get("cluster").is_some_and(|c| !self.in_cluster(c)) {
+                    return false;
+                }
                 let mut names: Vec<&str> = vec![&a.alertname, &a.severity, &a.state];
                 names.extend(a.labels.values().map(String::as_str));
                 self.matches(&names)
@@ -461,7 +496,10 @@ impl State {
         }
 
         let mut sources: Vec<usize> = (0..s.sources.len())
-            .filter(|&i| self.matches(&[&s.sources[i].source, &s.sources[i].cluster]))
+            .filter(|&i| {
+                let x = &s.sources[i];
+                self.in_cluster(&x.cluster) && self.matches(&[&x.source, &x.cluster])
+            })
             .collect();
         let source_name = |x: &SourceInfo| x.source.clone();
         match self.sort {
@@ -482,12 +520,21 @@ impl State {
             }),
         }
 
+        let clusters: std::collections::BTreeSet<&str> = s
+            .topics
+            .iter()
+            .map(|t| t.cluster.as_str())
+            .chain(s.groups.iter().map(|g| g.cluster.as_str()))
+            .chain(s.sources.iter().map(|x| x.cluster.as_str()))
+            .chain(s.clusters.iter().map(|c| c.cluster.as_str()))
+            .collect();
         Rows {
             topics,
             buckets,
             groups,
             alerts,
             sources,
+            clusters: clusters.into_iter().map(str::to_owned).collect(),
         }
     }
 

@@ -29,6 +29,81 @@ fn every_view_with_data() {
 }
 
 #[test]
+fn every_view_with_one_cluster_and_with_three_at_100x30_and_200x60() {
+    for (clusters, snapshot) in [(1, fixture::snapshot()), (3, fixture::three_clusters())] {
+        for tab in Tab::ALL {
+            let mut s = fixture::state_of(snapshot.clone());
+            apply(&mut s, Action::Tab(tab));
+            for (w, h) in [(100, 30), (200, 60)] {
+                let screen = draw(&s, w, h);
+                if clusters == 3 && tab != Tab::Overview {
+                    assert!(
+                        screen.contains("all 3 clusters (c: one)"),
+                        "the header says the clusters shown: {screen}"
+                    );
+                }
+                insta::assert_snapshot!(
+                    format!("clusters_{clusters}_{}_{w}x{h}", tab.title().to_lowercase()),
+                    screen
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cluster_key_cycles_what_every_view_shows() {
+    let mut s = fixture::state_of(fixture::three_clusters());
+    // Each topic × tier, group, bucket row, source and alert of each cluster.
+    assert_eq!(
+        s.rows.clusters,
+        ["east", "eu-central-1-production-main", "west"]
+    );
+    let all = (
+        s.rows.topics.len(),
+        s.rows.groups.len(),
+        s.rows.buckets.len(),
+        s.rows.sources.len(),
+        s.rows.alerts.len(),
+    );
+    assert_eq!(all, (18, 9, 9, 6, 9));
+    for cluster in ["east", "eu-central-1-production-main", "west"] {
+        handle_key(&mut s, KeyEvent::from(KeyCode::Char('c')));
+        assert_eq!(s.cluster.as_deref(), Some(cluster));
+        assert_eq!(
+            (
+                s.rows.topics.len(),
+                s.rows.groups.len(),
+                s.rows.buckets.len(),
+                s.rows.sources.len(),
+                s.rows.alerts.len(),
+            ),
+            (6, 3, 3, 2, 3),
+            "{cluster}"
+        );
+        assert!(s.rows.topics.iter().all(|r| r.cluster == cluster));
+        apply(&mut s, Action::Tab(Tab::Groups));
+        let screen = draw(&s, 120, 30);
+        assert!(
+            screen.contains(&format!("cluster {}", &cluster[..cluster.len().min(10)])),
+            "{screen}"
+        );
+        // A drill-in opens the group of the cluster shown.
+        handle_key(&mut s, KeyEvent::from(KeyCode::Enter));
+        let (g, _) = s.drilled_group().expect("a group drilled into");
+        assert_eq!(g.cluster, cluster);
+        let title = format!("{cluster}/{}: ", g.group);
+        let screen = draw(&s, 200, 40);
+        assert!(screen.contains(&title), "{title}: {screen}");
+        handle_key(&mut s, KeyEvent::from(KeyCode::Esc));
+    }
+    // After the last cluster, all of them again.
+    handle_key(&mut s, KeyEvent::from(KeyCode::Char('c')));
+    assert_eq!(s.cluster, None);
+    assert_eq!(s.rows.topics.len(), 18);
+}
+
+#[test]
 fn every_view_before_any_data() {
     for tab in Tab::ALL {
         let mut s = State::new("http://127.0.0.1:9400", true);

@@ -7,7 +7,7 @@ use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{Column, bold, col, fg, span, table, window};
+use super::{Column, bold, cluster_cell, col, fg, span, table, window, with_cluster};
 use crate::state::State;
 
 const COLUMNS: [Column; 7] = [
@@ -24,7 +24,8 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.alerts;
     let cursor = state.selected();
-    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let columns = with_cluster(state, &COLUMNS);
+    let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, &a)| {
         let a = &s.alerts[a];
         let state_style = match a.state.as_str() {
@@ -52,12 +53,13 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(span(s.at_ms - a.since_ms)),
             Cell::from(format!("{}", a.value)),
             Cell::from(a.annotations.get("summary").cloned().unwrap_or_default()),
+            cluster_cell(a.labels.get("cluster").map_or("", String::as_str)),
         ];
         (cells, selected)
     });
     let firing = s.alerts.iter().filter(|a| a.state == "firing").count();
     let pending = s.alerts.iter().filter(|a| a.state == "pending").count();
-    let widget = table(&COLUMNS, &kept, visible).block(
+    let widget = table(&columns, &kept, visible).block(
         Block::default().borders(Borders::ALL).title(format!(
             " Alerts: {firing} firing, {pending} pending{} ",
             position(cursor, rows.len())

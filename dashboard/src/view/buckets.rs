@@ -64,9 +64,15 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
         legend.push(Span::raw(format!(" {st}  ")));
     }
     lines.push(Line::from(legend));
+    // With more than one cluster, each label names the cluster too.
+    let clustered = state.rows.clusters.len() > 1;
     lines.push(Line::from(format!(
         "{:<LABEL$} {}",
-        " TOPIC",
+        if clustered {
+            " CLUSTER/TOPIC"
+        } else {
+            " TOPIC"
+        },
         selected_bucket.map_or_else(String::new, |b| format!(
             "← older   selected bucket {} UTC   newer →",
             clock(b)
@@ -74,8 +80,17 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     )));
     for (i, &t) in rows.iter().enumerate().skip(first).take(height) {
         let topic = &s.buckets[t];
-        let mut name: String = topic.topic.chars().take(LABEL - 2).collect();
-        name.insert(0, ' ');
+        let label = if clustered {
+            // The cluster gets at most half the label, so the topic shows.
+            format!(
+                "{}/{}",
+                super::cut(&topic.cluster, LABEL / 2 - 1),
+                topic.topic
+            )
+        } else {
+            topic.topic.clone()
+        };
+        let name = format!(" {}", super::cut(&label, LABEL - 2));
         let mut spans = vec![Span::styled(
             format!("{name:<LABEL$} "),
             if i == cursor { selected() } else { bold() },
@@ -146,9 +161,14 @@ fn detail(
     let n = rows.len();
     let popup = centered(area, 96, u16::try_from(n + 4).unwrap_or(u16::MAX).max(5));
     frame.render_widget(Clear, popup);
+    // Named whole, with its cluster where there is more than one.
+    let name = if state.rows.clusters.len() > 1 {
+        format!("{}/{}", key.cluster, key.topic)
+    } else {
+        key.topic.clone()
+    };
     let title = format!(
-        " {} / bucket {} UTC{} (Esc back) ",
-        key.topic,
+        " {name} / bucket {} UTC{} (Esc back) ",
         clock(bucket),
         if books.is_none() { ": no counts" } else { "" }
     );

@@ -8,7 +8,10 @@ use ratatui::widgets::{Block, Borders, Cell, Clear};
 use tally_audit::feed::Keyed;
 
 use super::topics::position;
-use super::{Column, centered, col, group_style, partition_style, span, sparkline, table, window};
+use super::{
+    Column, centered, cluster_cell, col, group_style, partition_style, span, sparkline, table,
+    window, with_cluster,
+};
 use crate::state::State;
 
 const HISTORY: u16 = 30;
@@ -38,7 +41,8 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.groups;
     let cursor = state.selected();
-    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let columns = with_cluster(state, &COLUMNS);
+    let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, &g)| {
         let g = &s.groups[g];
         let history = state
@@ -56,11 +60,12 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(format!("{:.1}", g.max_lag_seconds)),
             Cell::from(g.partitions.len().to_string()),
             Cell::from(history),
+            cluster_cell(&g.cluster),
         ];
         (cells, selected)
     });
     let table_widget =
-        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+        table(&columns, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             format!(" Groups: {}{} ", rows.len(), position(cursor, rows.len())),
         ));
     frame.render_widget(table_widget, area);
@@ -94,7 +99,11 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             table(&PARTITION_COLUMNS, &kept, rows).block(
                 Block::default().borders(Borders::ALL).title(format!(
                     " {}: {} partitions, status {} (Esc back) ",
-                    g.group,
+                    if state.rows.clusters.len() > 1 {
+                        format!("{}/{}", g.cluster, g.group)
+                    } else {
+                        g.group.clone()
+                    },
                     g.partitions.len(),
                     g.status
                 )),

@@ -247,6 +247,21 @@ fn header_line(state: &State) -> Line<'static> {
     if let Some(s) = state.shown() {
         spans.push(Span::raw(format!("data of {} UTC │ ", clock(s.at_ms))));
     }
+    // Which clusters are on screen, where there is a choice.
+    let clusters = state.rows.clusters.len();
+    match &state.cluster {
+        Some(c) => {
+            spans.push(Span::styled(
+                format!("cluster {} ", cut(c, CLUSTER_WIDTH)),
+                bold(),
+            ));
+            spans.push(Span::raw(format!("(c: next of {clusters}) │ ")));
+        }
+        None if clusters > 1 => {
+            spans.push(Span::raw(format!("all {clusters} clusters (c: one) │ ")));
+        }
+        None => {}
+    }
     let (text, style) = match &state.link {
         Link::Connected => ("● connected".to_owned(), fg(state, Color::Green)),
         Link::Connecting { attempt } => (
@@ -296,7 +311,8 @@ fn footer_line(state: &State) -> Line<'static> {
     }
     spans.push(Span::raw(format!(" sort: {} │ ", state.sort.label())));
     spans.push(Span::raw(
-        "Tab/1-6 views  ↑↓/jk move  Enter drill  Esc back  / filter  s sort  p pause  ? help  q quit",
+        // Quitting and the help first: a narrow screen cuts the end.
+        "q quit  ? help  Tab/1-6 views  ↑↓/jk move  Enter drill  Esc back  / filter  s sort  c cluster  p pause",
     ));
     Line::from(spans)
 }
@@ -326,6 +342,7 @@ fn help(_state: &State, frame: &mut Frame<'_>, area: Rect) {
         ("Esc", "back; clears the filter"),
         ("/", "filter by name (topic, tier, group, alert, source)"),
         ("s", "sort: name, worst first, largest first"),
+        ("c", "cluster: all, then each one in turn"),
         ("p", "pause the screen (the feed keeps running)"),
         ("?", "this help"),
         ("q", "quit"),
@@ -348,12 +365,15 @@ fn help(_state: &State, frame: &mut Frame<'_>, area: Rect) {
 }
 
 /// A table column: its title, its narrowest width, whether it takes spare
-/// room, and how readily it is left out on a narrow screen (higher first).
+/// room, how readily it is left out on a narrow screen (higher first), and
+/// whether it is shown first whatever its place in the list.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Column {
     pub(crate) title: &'static str,
     pub(crate) min: u16,
     pub(crate) grow: bool,
     pub(crate) drop: u8,
+    pub(crate) lead: bool,
 }
 
 /// Shorthand for a [`Column`].
@@ -363,7 +383,49 @@ pub(crate) const fn col(title: &'static str, min: u16, grow: bool, drop: u8) -> 
         min,
         grow,
         drop,
+        lead: false,
     }
+}
+
+/// The widest a CLUSTER column gets; longer names are cut with an ellipsis.
+const CLUSTER_WIDTH: usize = 20;
+
+/// `columns`, and where the snapshot holds more than one cluster a CLUSTER
+/// column after them, shown first and as wide as the longest name: a row
+/// gives its cluster as the cell after its last column's.
+pub(crate) fn with_cluster(state: &State, columns: &[Column]) -> Vec<Column> {
+    let mut out = columns.to_vec();
+    if state.rows.clusters.len() > 1 {
+        let widest = state
+            .rows
+            .clusters
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp("CLUSTER".len(), CLUSTER_WIDTH);
+        out.push(Column {
+            lead: true,
+            ..col("CLUSTER", u16::try_from(widest).unwrap_or(7), false, 0)
+        });
+    }
+    out
+}
+
+/// `name` cut to `width` characters, the last of them an ellipsis where it
+/// was longer.
+pub(crate) fn cut(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_owned();
+    }
+    let mut out: String = name.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The cell of a row's cluster (see [`with_cluster`]).
+pub(crate) fn cluster_cell<'a>(cluster: &str) -> ratatui::widgets::Cell<'a> {
+    ratatui::widgets::Cell::from(cut(cluster, CLUSTER_WIDTH))
 }
 
 /// The columns that fit in `width`: the most droppable go first.
@@ -382,6 +444,7 @@ pub(crate) fn fit(columns: &[Column], width: u16) -> Vec<usize> {
         };
         kept.remove(pos);
     }
+    kept.sort_by_key(|&i| !columns[i].lead);
     kept
 }
 

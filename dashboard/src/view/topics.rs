@@ -5,7 +5,10 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell};
 
-use super::{Column, bucket_style, col, completeness_style, opt, pct, table, window};
+use super::{
+    Column, bucket_style, cluster_cell, col, completeness_style, opt, pct, table, window,
+    with_cluster,
+};
 use crate::state::State;
 
 const COLUMNS: [Column; 10] = [
@@ -24,7 +27,8 @@ const COLUMNS: [Column; 10] = [
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let rows = &state.rows.topics;
     let cursor = state.selected();
-    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let columns = with_cluster(state, &COLUMNS);
+    let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, r)| {
         let cells = vec![
             Cell::from(r.topic.clone()),
@@ -43,11 +47,12 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
                 || Span::raw("-"),
                 |w| Span::styled(w.as_str(), bucket_style(state, w)),
             )),
+            cluster_cell(&r.cluster),
         ];
         (cells, selected)
     });
     let table =
-        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+        table(&columns, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             Line::from(format!(
                 " Topics × tiers: {} rows{} ",
                 rows.len(),
