@@ -118,6 +118,11 @@ fn bucket() -> i64 {
 /// Posts one ingest batch: `broker` counted `produced` records of orders in
 /// one past bucket, group billing `consumed` of them, and the lag between.
 fn post(agent: &Agent, seq: u64, produced: u64, consumed: u64) {
+    post_to(agent, "e2e-broker", "local", seq, produced, consumed);
+}
+
+/// [`post`] as `source` of `cluster`.
+fn post_to(agent: &Agent, source: &str, cluster: &str, seq: u64, produced: u64, consumed: u64) {
     let bucket = bucket();
     let count = |tier: &str, records: u64| {
         json!({"tier": tier, "topic": "orders", "partition": 0, "bucket": bucket,
@@ -125,7 +130,7 @@ fn post(agent: &Agent, seq: u64, produced: u64, consumed: u64) {
     };
     let lag = produced - consumed;
     let batch = json!([
-        {"v": 1, "type": "hello", "source": "e2e-broker", "cluster": "local",
+        {"v": 1, "type": "hello", "source": source, "cluster": cluster,
          "tier_kinds": ["broker", "group"], "bucket_width_ms": 1000, "started_at_ms": 1},
         {"v": 1, "type": "counts", "seq": seq * 2, "counts": [count("broker", produced), count("group:billing", consumed)]},
         {"v": 1, "type": "lag", "seq": seq * 2 + 1, "at_ms": now_ms(), "partitions": [
@@ -159,7 +164,7 @@ fn the_dashboard_follows_a_live_agent_switches_views_and_quits_cleanly() {
         agent.addr
     ));
     let overview = tmux.wait_for(20, "the overview with data", |s| {
-        s.contains("● connected") && s.contains("Topics (1)") && s.contains("Groups (1)")
+        s.contains("● connected") && s.contains("TOPICS 1") && s.contains("GROUPS 1")
     });
     assert!(overview.contains("1 Overview"), "{overview}");
     assert!(
@@ -242,6 +247,122 @@ fn the_dashboard_follows_a_live_agent_switches_views_and_quits_cleanly() {
     drop(agent);
 }
 
+/// The rows of `cluster`'s panel that give its records/s: from its title
+/// to its list of topics.
+fn flow_rows(screen: &str, cluster: &str) -> String {
+    screen
+        .lines()
+        .skip_while(|l| !l.contains(&format!(" {cluster} │")))
+        .skip(1)
+        .take_while(|l| !l.contains("TOPICS"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn with_two_clusters_the_overview_flows_and_c_switches_what_every_view_shows() {
+    if require_tool("tmux").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("agent"), FLAGS);
+    // The same topic and group in both clusters, each from its own source.
+    post_to(&agent, "e2e-east", "east", 1, 1000, 900);
+    post_to(&agent, "e2e-west", "west", 1, 2000, 1500);
+
+    let tmux = Tmux::start(160, 45);
+    tmux.wait_for(10, "the shell prompt", |s| s.contains("shell-ready$"));
+    tmux.line(&format!(
+        "{} dashboard --agent http://{}",
+        env!("CARGO_BIN_EXE_tally"),
+        agent.addr
+    ));
+    let first = tmux.wait_for(20, "a panel per cluster", |s| {
+        s.contains("● connected")
+            && s.contains("all 2 clusters")
+            && s.contains(" east │")
+            && s.contains(" west │")
+            && s.matches("TOPICS 1").count() == 2
+    });
+    // Records flow into east: its sparkline moves between two captures.
+    let mut seq = 2;
+    let mut produced = 1000;
+    let before = flow_rows(&first, "east");
+    assert!(
+        before.contains(" in ") && before.contains(" out"),
+        "{first}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let moved = loop {
+        produced += 250;
+        post_to(&agent, "e2e-east", "east", seq, produced, produced - 100);
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        let screen = tmux.screen();
+        let now = flow_rows(&screen, "east");
+        if now != before && now.chars().any(|c| ('▁'..='█').contains(&c)) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "east's flow did not move from\n{before}\n{screen}"
+        );
+    };
+    // What was posted last is counted: records/s in and out above zero.
+    assert!(!moved.contains(" in       0/s"), "{moved}");
+    let later = {
+        std::thread::sleep(Duration::from_millis(600));
+        flow_rows(&tmux.screen(), "east")
+    };
+    assert_ne!(moved, later, "the graphs move on with time");
+
+    // c: east alone, in every view.
+    tmux.keys(&["c"]);
+    let east = tmux.wait_for(10, "east alone", |s| {
+        s.contains("cluster east") && s.contains(" east │") && !s.contains(" west │")
+    });
+    assert!(!east.contains("e2e-west"), "{east}");
+    let only = |what: &str, keep: &str, gone: &str, key: &str, marker: &str| {
+        tmux.keys(&[key]);
+        let screen = tmux.wait_for(10, what, |s| s.contains(marker) && s.contains(keep));
+        let body: Vec<&str> = screen.lines().skip(2).collect();
+        assert!(
+            !body.iter().any(|l| l.contains(gone)),
+            "{what}: {gone} still shown:\n{screen}"
+        );
+    };
+    only(
+        "east's topics",
+        "east",
+        "west",
+        "2",
+        "Topics × tiers: 2 rows",
+    );
+    only("east's groups", "east", "west", "4", "Groups: 1");
+    only("east's sources", "e2e-east", "e2e-west", "6", "Sources: 1");
+    // c again: west alone; and once more: both.
+    tmux.keys(&["c"]);
+    let west = tmux.wait_for(10, "west's sources", |s| {
+        s.contains("cluster west") && s.contains("e2e-west") && s.contains("Sources: 1")
+    });
+    assert!(!west.contains("e2e-east"), "{west}");
+    only(
+        "west's topics",
+        "west",
+        "east",
+        "2",
+        "Topics × tiers: 2 rows",
+    );
+    tmux.keys(&["c"]);
+    tmux.wait_for(10, "both clusters' topics", |s| {
+        s.contains("all 2 clusters") && s.contains("Topics × tiers: 4 rows")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_for(10, "the shell after q", |s| {
+        s.lines().filter(|l| l.starts_with("shell-ready$")).count() >= 2
+    });
+}
+
 #[test]
 fn a_bad_agent_url_is_refused_with_the_url_named() {
     let out = common::tally()
@@ -305,7 +426,11 @@ fn the_demo_shows_the_dashboard_and_q_ends_it_with_the_books_printed() {
         log.path().display()
     ));
     let screen = tmux.wait_for(60, "the dashboard with the demo's topics and groups", |s| {
-        s.contains("● connected") && s.contains("Topics (4)") && s.contains("Groups (9)")
+        s.contains("● connected")
+            && s.contains(" local │")
+            && s.contains(" replica │")
+            && s.contains("TOPICS 3")
+            && s.contains("TOPICS 1")
     });
     assert!(screen.contains(&format!("http://{agent}")), "{screen}");
     tmux.keys(&["q"]);

@@ -20,10 +20,10 @@ struct Frame {
     /// Counts the snapshots the feed saw, from 1.
     seq: u64,
     snapshot: Arc<Snapshot>,
-    /// The update from frame `seq - 1`'s snapshot to this one, as sent;
-    /// `None` when no dashboard was there to need it, or it could not be
-    /// encoded.
-    update: Option<Utf8Bytes>,
+    /// The update from frame `seq - 1`'s snapshot to this one, as sent (in
+    /// parts where it is large); `None` when no dashboard was there to need
+    /// it, or it could not be encoded.
+    update: Option<Parts>,
 }
 
 /// The feed's frames; made once per agent, on the first dashboard.
@@ -53,9 +53,7 @@ impl Feed {
                 let update = if tx.receiver_count() > 1 {
                     let next = new.clone();
                     tokio::task::spawn_blocking(move || {
-                        encode(&FeedMessage::Update(Box::new(Delta::with_changes(
-                            &old, &next,
-                        ))))
+                        encode_update(Delta::with_changes(&old, &next))
                     })
                     .await
                     .ok()
@@ -101,7 +99,7 @@ impl Follower {
     ///
     /// Cancel-safe: dropped before it returns, it leaves the follower at the
     /// frame it sent last, and the next call starts from there.
-    pub(crate) async fn next(&mut self) -> Option<Utf8Bytes> {
+    pub(crate) async fn next(&mut self) -> Option<Parts> {
         let frame = loop {
             let frame = self.frames.borrow_and_update().clone();
             if frame.seq != self.seq {
@@ -113,12 +111,10 @@ impl Follower {
             Some(text) if frame.seq == self.seq + 1 => text,
             _ => {
                 let (old, new) = (self.last.clone(), frame.snapshot.clone());
-                tokio::task::spawn_blocking(move || {
-                    encode(&FeedMessage::Update(Box::new(Delta::between(&old, &new))))
-                })
-                .await
-                .ok()
-                .flatten()?
+                tokio::task::spawn_blocking(move || encode_update(Delta::between(&old, &new)))
+                    .await
+                    .ok()
+                    .flatten()?
             }
         };
         self.seq = frame.seq;
@@ -127,9 +123,36 @@ impl Follower {
     }
 }
 
-/// A feed message as the text of one WebSocket frame.
-pub(crate) fn encode(message: &FeedMessage) -> Option<Utf8Bytes> {
+/// The texts of the WebSocket messages of one feed frame, sent in order.
+pub(crate) type Parts = Arc<[Utf8Bytes]>;
+
+/// About how much of the books one WebSocket message of the feed carries
+/// (units of [`tally_audit::feed::Weigh`], about 4 MiB of JSON): well under
+/// tungstenite's default limits (16 MiB a frame, 64 MiB a message), and
+/// quick to encode and decode.
+pub(crate) const PART_BUDGET: usize = (4 << 20) / tally_audit::feed::BYTES_PER_UNIT;
+
+/// A feed message as the text of one WebSocket message.
+fn encode(message: &FeedMessage) -> Option<Utf8Bytes> {
     serde_json::to_string(message).ok().map(Utf8Bytes::from)
+}
+
+/// An update, in parts of [`PART_BUDGET`].
+fn encode_update(delta: Delta) -> Option<Parts> {
+    delta
+        .split(PART_BUDGET)
+        .into_iter()
+        .map(|d| encode(&FeedMessage::Update(Box::new(d))))
+        .collect()
+}
+
+/// The frames that open a dashboard's feed: `snapshot`, in parts of
+/// [`PART_BUDGET`] where it is large.
+pub(crate) fn encode_opening(snapshot: &Snapshot) -> Option<Parts> {
+    FeedMessage::opening(snapshot, PART_BUDGET)
+        .iter()
+        .map(encode)
+        .collect()
 }
 
 #[cfg(test)]
@@ -185,8 +208,10 @@ mod tests {
         s
     }
 
-    fn decode(text: &Utf8Bytes) -> Delta {
-        match serde_json::from_str(text.as_str()).unwrap() {
+    /// The update a small frame sends: one part.
+    fn decode(parts: &Parts) -> Delta {
+        assert_eq!(parts.len(), 1, "a small update goes in one part");
+        match serde_json::from_str(parts[0].as_str()).unwrap() {
             FeedMessage::Update(d) => *d,
             other => panic!("not an update: {other:?}"),
         }
@@ -223,8 +248,8 @@ mod tests {
             let text_a = a.next().await.unwrap();
             let text_b = b.next().await.unwrap();
             assert_eq!(
-                text_a.as_str().as_ptr(),
-                text_b.as_str().as_ptr(),
+                text_a[0].as_str().as_ptr(),
+                text_b[0].as_str().as_ptr(),
                 "in step, both send the shared bytes ({seq})"
             );
             decode(&text_a).apply(&mut shown_a);
@@ -234,13 +259,52 @@ mod tests {
             // c reads every third tick: it missed two frames each time.
             if seq % 3 == 0 {
                 let text_c = c.next().await.unwrap();
-                assert_ne!(text_c.as_str().as_ptr(), text_a.as_str().as_ptr(), "{seq}");
+                assert_ne!(
+                    text_c[0].as_str().as_ptr(),
+                    text_a[0].as_str().as_ptr(),
+                    "{seq}"
+                );
                 decode(&text_c).apply(&mut shown_c);
                 assert_eq!(shown_c, agent, "c at {seq}");
             }
         }
         drop(tx);
         assert!(a.next().await.is_none(), "the feed ends with the agent");
+    }
+
+    /// A large agent's first frame goes in parts, each far under the
+    /// WebSocket limits, that rebuild its snapshot exactly.
+    #[test]
+    fn a_large_snapshot_opens_the_feed_in_parts() {
+        let mut agent = Snapshot {
+            at_ms: 5_000,
+            width_ms: 60_000,
+            ..Snapshot::default()
+        };
+        agent.topics = (0..40_000)
+            .map(|i| Arc::new(topic(&format!("topic-with-a-long-name-{i:06}"), i)))
+            .collect();
+        let parts = encode_opening(&agent).unwrap();
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut shown = None;
+        for (i, text) in parts.iter().enumerate() {
+            assert!(text.len() < 8 << 20, "part {i}: {} bytes", text.len());
+            match serde_json::from_str(text.as_str()).unwrap() {
+                FeedMessage::Snapshot { snapshot, more } => {
+                    assert!(more && i == 0);
+                    assert!(snapshot.topics.is_empty());
+                    shown = Some(*snapshot);
+                }
+                FeedMessage::Update(d) => {
+                    assert_eq!(d.more, i + 1 < parts.len(), "part {i}");
+                    d.apply(shown.as_mut().unwrap());
+                }
+            }
+        }
+        assert_eq!(shown.unwrap(), agent);
+        // A small one goes whole.
+        agent.topics.truncate(10);
+        assert_eq!(encode_opening(&agent).unwrap().len(), 1);
     }
 
     #[tokio::test]

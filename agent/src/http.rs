@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -16,7 +16,6 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tally_audit::feed::FeedMessage;
 use tally_audit::wire::{self, Refused};
 use tally_audit::{Reason, Snapshot};
 use tokio::sync::oneshot;
@@ -495,10 +494,12 @@ async fn feed(shared: AppState, mut socket: WebSocket) {
         .feed
         .get_or_init(|| crate::feed::Feed::start(shared.snapshot.clone()))
         .follow();
-    let hello = FeedMessage::Snapshot {
-        snapshot: Box::new((*start).clone()),
-    };
-    if !send_feed(&mut socket, crate::feed::encode(&hello)).await {
+    // A large agent's snapshot takes a while to encode: not on the runtime.
+    let hello = tokio::task::spawn_blocking(move || crate::feed::encode_opening(&start))
+        .await
+        .ok()
+        .flatten();
+    if !send_feed(&mut socket, hello).await {
         return;
     }
     loop {
@@ -516,13 +517,18 @@ async fn feed(shared: AppState, mut socket: WebSocket) {
     }
 }
 
-/// Sends one frame; false when there is none (the feed ended) or the
-/// dashboard is gone.
-async fn send_feed(socket: &mut WebSocket, text: Option<Utf8Bytes>) -> bool {
-    let Some(text) = text else {
+/// Sends one frame, in its parts; false when there is none (the feed
+/// ended) or the dashboard is gone.
+async fn send_feed(socket: &mut WebSocket, parts: Option<crate::feed::Parts>) -> bool {
+    let Some(parts) = parts else {
         return false;
     };
-    socket.send(WsMessage::Text(text)).await.is_ok()
+    for text in parts.iter() {
+        if socket.send(WsMessage::Text(text.clone())).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn ingest_ws(

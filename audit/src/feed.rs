@@ -68,9 +68,42 @@ pub enum FeedMessage {
     Snapshot {
         /// The agent's latest snapshot.
         snapshot: Box<Snapshot>,
+        /// The snapshot holds only the scalars, and updates that say
+        /// [`Delta::more`] bring the rest ([`FeedMessage::opening`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// What changed since the previous frame.
     Update(Box<Delta>),
+}
+
+impl FeedMessage {
+    /// The frames that open a feed: `snapshot` whole where it weighs at most
+    /// `budget` units ([`Weigh`]); else its scalars in a snapshot that says
+    /// `more`, then its sections in the parts of [`Delta::split`].
+    pub fn opening(snapshot: &Snapshot, budget: usize) -> Vec<FeedMessage> {
+        let header = Snapshot {
+            at_ms: snapshot.at_ms,
+            width_ms: snapshot.width_ms,
+            grace_ms: snapshot.grace_ms,
+            window_ms: snapshot.window_ms,
+            ..Snapshot::default()
+        };
+        let parts = Delta::between(&header, snapshot).split(budget);
+        if parts.len() <= 1 {
+            return vec![FeedMessage::Snapshot {
+                snapshot: Box::new(snapshot.clone()),
+                more: false,
+            }];
+        }
+        let mut frames = Vec::with_capacity(parts.len() + 1);
+        frames.push(FeedMessage::Snapshot {
+            snapshot: Box::new(header),
+            more: true,
+        });
+        frames.extend(parts.into_iter().map(|d| FeedMessage::Update(Box::new(d))));
+        frames
+    }
 }
 
 /// Something with an identity inside its section.
@@ -536,6 +569,109 @@ pub struct Delta {
     /// Cluster states that changed.
     #[serde(default, skip_serializing_if = "SectionDelta::is_empty")]
     pub clusters: SectionDelta<ClusterInfo, ClusterKey>,
+    /// More parts of this frame follow ([`Delta::split`]): the books are
+    /// whole again only after the part without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// About how many bytes one unit of [`Weigh::weight`] takes in a frame.
+pub const BYTES_PER_UNIT: usize = 256;
+
+/// The weight of an item in a frame, in units of about
+/// [`BYTES_PER_UNIT`] bytes: what [`Delta::split`] packs parts by.
+pub trait Weigh {
+    /// The item's weight, at least 1.
+    fn weight(&self) -> usize;
+}
+
+impl<T: Weigh> Weigh for std::sync::Arc<T> {
+    fn weight(&self) -> usize {
+        (**self).weight()
+    }
+}
+
+impl Weigh for TopicBooks {
+    fn weight(&self) -> usize {
+        1 + self.tiers.len()
+    }
+}
+
+impl Weigh for TopicBucketsDelta {
+    fn weight(&self) -> usize {
+        1 + self
+            .buckets
+            .upsert
+            .iter()
+            .map(|b| b.tiers.len())
+            .sum::<usize>()
+            + self.buckets.remove.len() / 8
+    }
+}
+
+impl Weigh for GroupHealth {
+    fn weight(&self) -> usize {
+        1 + self
+            .partitions
+            .iter()
+            .map(|p| 1 + p.commits.len() / 4)
+            .sum::<usize>()
+    }
+}
+
+impl Weigh for SourceInfo {
+    fn weight(&self) -> usize {
+        1 + self.messages.len() / 4
+    }
+}
+
+impl Weigh for AlertInfo {
+    fn weight(&self) -> usize {
+        1 + (self.labels.len() + self.annotations.len()) / 4
+    }
+}
+
+impl Weigh for LatencyBooks {
+    fn weight(&self) -> usize {
+        1 + self.bounds_ms.len() / 8
+    }
+}
+
+impl Weigh for ClusterInfo {
+    fn weight(&self) -> usize {
+        1 + self
+            .topics
+            .iter()
+            .map(|t| 1 + t.partitions.len() / 4)
+            .sum::<usize>()
+            + self.groups.len() / 4
+    }
+}
+
+/// Moves `from`'s upserts into the parts, a new part whenever the one being
+/// filled would pass `budget`.
+fn pack<T: Weigh, K>(
+    from: Vec<T>,
+    budget: usize,
+    parts: &mut Vec<Delta>,
+    filled: &mut usize,
+    section: impl Fn(&mut Delta) -> &mut SectionDelta<T, K>,
+) {
+    for item in from {
+        let w = item.weight();
+        if *filled > 0 && *filled + w > budget {
+            let at_ms = parts.last().map_or(0, |p| p.at_ms);
+            parts.push(Delta {
+                at_ms,
+                ..Delta::default()
+            });
+            *filled = 0;
+        }
+        *filled += w;
+        if let Some(part) = parts.last_mut() {
+            section(part).upsert.push(item);
+        }
+    }
 }
 
 impl Delta {
@@ -554,6 +690,7 @@ impl Delta {
             alerts: SectionDelta::between(&old.alerts, &new.alerts),
             latency: SectionDelta::between(&old.latency, &new.latency),
             clusters: SectionDelta::between(&old.clusters, &new.clusters),
+            more: false,
         }
     }
 
@@ -620,7 +757,68 @@ impl Delta {
             alerts: SectionDelta::between(&old.alerts, &new.alerts),
             latency: SectionDelta::between(&old.latency, &new.latency),
             clusters: SectionDelta::between(&old.clusters, &new.clusters),
+            more: false,
         }
+    }
+
+    /// This delta as parts of about `budget` units of [`Weigh::weight`]
+    /// each (an item heavier than that alone in its part), which applied in
+    /// order make the same change: the first part holds the scalars, the
+    /// last the removals and orders, and every part but the last says
+    /// [`Delta::more`]. A frame of a large agent stays under the WebSocket
+    /// message limits this way, and no part takes long to encode or decode.
+    pub fn split(self, budget: usize) -> Vec<Delta> {
+        let budget = budget.max(1);
+        let mut parts = vec![Delta {
+            at_ms: self.at_ms,
+            width_ms: self.width_ms,
+            grace_ms: self.grace_ms,
+            window_ms: self.window_ms,
+            ..Delta::default()
+        }];
+        let mut filled = 0;
+        pack(self.topics.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.topics
+        });
+        pack(self.buckets.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.buckets
+        });
+        pack(self.groups.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.groups
+        });
+        pack(self.sources.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.sources
+        });
+        pack(self.alerts.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.alerts
+        });
+        pack(self.latency.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.latency
+        });
+        pack(self.clusters.upsert, budget, &mut parts, &mut filled, |d| {
+            &mut d.clusters
+        });
+        let n = parts.len();
+        for (i, part) in parts.iter_mut().enumerate() {
+            part.more = i + 1 < n;
+        }
+        if let Some(last) = parts.last_mut() {
+            last.topics.remove = self.topics.remove;
+            last.topics.order = self.topics.order;
+            last.buckets.remove = self.buckets.remove;
+            last.buckets.order = self.buckets.order;
+            last.groups.remove = self.groups.remove;
+            last.groups.order = self.groups.order;
+            last.sources.remove = self.sources.remove;
+            last.sources.order = self.sources.order;
+            last.alerts.remove = self.alerts.remove;
+            last.alerts.order = self.alerts.order;
+            last.latency.remove = self.latency.remove;
+            last.latency.order = self.latency.order;
+            last.clusters.remove = self.clusters.remove;
+            last.clusters.order = self.clusters.order;
+        }
+        parts
     }
 
     /// Whether only the time moved.
@@ -862,6 +1060,82 @@ mod tests {
                 };
                 delta.apply(&mut client);
                 assert_eq!(client, new, "seed {seed}, tick {tick}: {text}");
+                agent = new;
+            }
+        }
+    }
+
+    /// Split into parts of a small budget, every delta and every opening
+    /// still rebuilds the agent's snapshot exactly, no part but the heaviest
+    /// items passes the budget, and only the last part lacks `more`.
+    #[test]
+    fn split_frames_applied_in_order_make_the_same_books() {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let first = snapshot(&mut rng, 0);
+            for budget in [1, 7, 40, 1_000_000] {
+                let frames = FeedMessage::opening(&first, budget);
+                let mut client = Snapshot::default();
+                for (i, frame) in frames.iter().enumerate() {
+                    let last = i + 1 == frames.len();
+                    match wire(frame) {
+                        FeedMessage::Snapshot { snapshot, more } => {
+                            assert_eq!(i, 0, "seed {seed}: the snapshot comes first");
+                            assert_eq!(more, !last, "seed {seed}, budget {budget}");
+                            client = *snapshot;
+                        }
+                        FeedMessage::Update(d) => {
+                            assert!(i > 0, "seed {seed}: an update before the snapshot");
+                            assert_eq!(d.more, !last, "seed {seed}, budget {budget}, part {i}");
+                            d.apply(&mut client);
+                        }
+                    }
+                }
+                assert_eq!(client, first, "seed {seed}, budget {budget}");
+                if budget == 1_000_000 {
+                    assert_eq!(frames.len(), 1, "a light snapshot goes whole");
+                } else if budget <= 7 {
+                    assert!(frames.len() > 2, "seed {seed}, budget {budget}: not split");
+                }
+            }
+            let mut agent = first.clone();
+            let mut client = first;
+            for tick in 1..20 {
+                let new = next(&mut rng, &agent, tick);
+                let parts = Delta::between(&agent, &new).split(5);
+                for (i, part) in parts.iter().enumerate() {
+                    let weight: usize = part.topics.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part.buckets.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part.groups.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part.sources.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part.alerts.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part.latency.upsert.iter().map(Weigh::weight).sum::<usize>()
+                        + part
+                            .clusters
+                            .upsert
+                            .iter()
+                            .map(Weigh::weight)
+                            .sum::<usize>();
+                    let items = part.topics.upsert.len()
+                        + part.buckets.upsert.len()
+                        + part.groups.upsert.len()
+                        + part.sources.upsert.len()
+                        + part.alerts.upsert.len()
+                        + part.latency.upsert.len()
+                        + part.clusters.upsert.len();
+                    assert!(
+                        weight <= 5 || items == 1,
+                        "seed {seed}, tick {tick}, part {i}: {weight} units in {items} items"
+                    );
+                    assert_eq!(part.more, i + 1 < parts.len());
+                    let FeedMessage::Update(part) =
+                        wire(&FeedMessage::Update(Box::new(part.clone())))
+                    else {
+                        panic!("not an update");
+                    };
+                    part.apply(&mut client);
+                }
+                assert_eq!(client, new, "seed {seed}, tick {tick}");
                 agent = new;
             }
         }
@@ -1184,9 +1458,13 @@ mod tests {
         for seed in 1..=SEEDS {
             let mut world = World::new(seed);
             let mut agent = world.evaluate();
-            let FeedMessage::Snapshot { snapshot: first } = wire(&FeedMessage::Snapshot {
+            let FeedMessage::Snapshot {
+                snapshot: first, ..
+            } = wire(&FeedMessage::Snapshot {
                 snapshot: Box::new(agent.clone()),
-            }) else {
+                more: false,
+            })
+            else {
                 panic!("not a snapshot");
             };
             let mut client = *first;

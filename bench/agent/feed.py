@@ -129,7 +129,7 @@ class Source:
         self.index = index
         self.dep = dep
         self.args = args
-        self.name_id = f"agent-cpu-bench-{index}"
+        self.name_id = f"{args.source_prefix}-{index}"
         self.epoch = epoch_ms
         self.seq = 0
         self.topics = [t for t in range(args.topics) if t % args.sources == index]
@@ -288,6 +288,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", required=True, help="HOST:PORT of the agent")
     ap.add_argument("--cluster", default="local")
+    ap.add_argument("--source-prefix", default="agent-cpu-bench", help="sources are named PREFIX-0, PREFIX-1, ...")
     ap.add_argument("--topics", type=int, default=1000)
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--partitions", type=int, default=10)

@@ -62,6 +62,7 @@ fn state(snapshot: &Snapshot) -> State {
     state.feed(
         FeedMessage::Snapshot {
             snapshot: Box::new(snapshot.clone()),
+            more: false,
         },
         fixture::AT,
     );

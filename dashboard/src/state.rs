@@ -11,6 +11,32 @@ use tally_audit::{BucketStatus, GroupStatus, Snapshot};
 /// How many lag samples a group's sparkline keeps.
 pub const LAG_HISTORY: usize = 60;
 
+/// How many samples of records/s a cluster's flow keeps: five minutes at
+/// the agent's default tick of a second.
+pub const FLOW_HISTORY: usize = 300;
+
+/// A cluster's records per second, one sample per frame of the feed,
+/// oldest first: what the reference tiers counted (in), and what the
+/// consumer groups committed (out).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Flow {
+    /// Records/s counted by each topic's reference tier (produced).
+    pub produced: VecDeque<u64>,
+    /// Records/s counted by the group tiers (consumed).
+    pub consumed: VecDeque<u64>,
+}
+
+/// A frame of the feed that came in parts ([`tally_audit::feed::Delta::more`])
+/// and is not whole yet.
+#[derive(Clone, Debug, Default)]
+struct Partial {
+    /// When the books were before the frame's first part (the previous
+    /// frame's time), epoch ms.
+    from_ms: i64,
+    /// Records counted per cluster by the parts so far: (in, out).
+    grew: HashMap<String, (u64, u64)>,
+}
+
 /// With no frame for this long (or three of the agent's ticks, if longer),
 /// the data on screen is marked stale even while the connection looks open.
 pub const STALE_AFTER_MS: i64 = 5_000;
@@ -174,6 +200,28 @@ pub struct Rows {
     pub sources: Vec<usize>,
     /// Every cluster of the snapshot shown, sorted (whatever the filters).
     pub clusters: Vec<String>,
+    /// The longest names in the rows, for column widths from the data.
+    pub widths: Widths,
+}
+
+/// The longest name of each kind in the rows, in characters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Widths {
+    /// Topics (Topics tab).
+    pub topic: usize,
+    /// Tiers (Topics tab).
+    pub tier: usize,
+    /// Groups.
+    pub group: usize,
+    /// Alert names.
+    pub alert: usize,
+    /// Sources.
+    pub source: usize,
+}
+
+/// The length of the longest of `names`, in characters.
+fn widest<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(|n| n.chars().count()).max().unwrap_or(0)
 }
 
 /// Everything the dashboard draws from.
@@ -197,6 +245,13 @@ pub struct State {
     pub now_ms: i64,
     /// Lag in records per group, oldest first.
     pub lag_history: HashMap<GroupKey, VecDeque<u64>>,
+    /// Records/s per cluster, oldest first.
+    pub flow: HashMap<String, Flow>,
+    /// The opening snapshot while its parts arrive: it replaces `live`
+    /// when whole, so that a reconnect shows the old books until then.
+    incoming: Option<Snapshot>,
+    /// An update whose parts are arriving.
+    partial: Option<Partial>,
     /// The tab shown.
     pub tab: Tab,
     /// Selected row per tab.
@@ -236,6 +291,9 @@ impl State {
             feed_interval_ms: 1_000,
             now_ms: 0,
             lag_history: HashMap::new(),
+            flow: HashMap::new(),
+            incoming: None,
+            partial: None,
             tab: Tab::Overview,
             cursor: [0; 6],
             bucket_col: 0,
@@ -270,27 +328,86 @@ impl State {
                 }))
     }
 
-    /// Takes one frame of the feed. An update before any snapshot is
-    /// dropped (the agent always sends the snapshot first).
+    /// Whether the opening snapshot is arriving in parts.
+    pub fn receiving(&self) -> bool {
+        self.incoming.is_some()
+    }
+
+    /// Takes one frame of the feed (or one part of it). An update before
+    /// any snapshot is dropped (the agent always sends the snapshot first).
+    /// The books change on screen once a frame is whole.
     pub fn feed(&mut self, message: FeedMessage, now_ms: i64) {
         self.now_ms = now_ms;
         self.last_frame_ms = Some(now_ms);
         match message {
-            FeedMessage::Snapshot { snapshot } => self.live = Some(*snapshot),
-            FeedMessage::Update(delta) => match &mut self.live {
-                Some(s) => {
-                    if delta.at_ms > s.at_ms {
-                        self.feed_interval_ms = delta.at_ms - s.at_ms;
-                    }
-                    delta.apply(s);
+            FeedMessage::Snapshot { snapshot, more } => {
+                self.partial = None;
+                if more {
+                    self.incoming = Some(*snapshot);
+                    return;
                 }
-                None => return,
-            },
+                self.incoming = None;
+                self.live = Some(*snapshot);
+            }
+            FeedMessage::Update(delta) => {
+                if let Some(s) = &mut self.incoming {
+                    let more = delta.more;
+                    delta.apply(s);
+                    if more {
+                        return;
+                    }
+                    self.live = self.incoming.take();
+                } else {
+                    let Some(s) = &mut self.live else { return };
+                    let mut partial = self.partial.take().unwrap_or_else(|| Partial {
+                        from_ms: s.at_ms,
+                        grew: HashMap::new(),
+                    });
+                    count_growth(s, &delta, &mut partial.grew);
+                    let more = delta.more;
+                    let at_ms = delta.at_ms;
+                    delta.apply(s);
+                    if more {
+                        self.partial = Some(partial);
+                        return;
+                    }
+                    if at_ms > partial.from_ms {
+                        self.feed_interval_ms = at_ms - partial.from_ms;
+                        self.record_flow(&partial.grew, at_ms - partial.from_ms);
+                    }
+                }
+            }
         }
         self.record_lag();
         if !self.paused {
             self.refresh();
         }
+    }
+
+    /// One sample of records/s per cluster of the books: what `grew`
+    /// counted over `elapsed_ms`, zero where nothing was.
+    fn record_flow(&mut self, grew: &HashMap<String, (u64, u64)>, elapsed_ms: i64) {
+        let Some(s) = &self.live else { return };
+        let clusters: std::collections::HashSet<&str> =
+            s.topics.iter().map(|t| t.cluster.as_str()).collect();
+        let per_second = |n: u64| {
+            let ms = u64::try_from(elapsed_ms).unwrap_or(1).max(1);
+            n.saturating_mul(1000) / ms
+        };
+        for cluster in &clusters {
+            let (produced, consumed) = grew.get(*cluster).copied().unwrap_or((0, 0));
+            let flow = self.flow.entry((*cluster).to_owned()).or_default();
+            for (history, n) in [
+                (&mut flow.produced, produced),
+                (&mut flow.consumed, consumed),
+            ] {
+                if history.len() == FLOW_HISTORY {
+                    history.pop_front();
+                }
+                history.push_back(per_second(n));
+            }
+        }
+        self.flow.retain(|c, _| clusters.contains(c.as_str()));
     }
 
     /// The connection changed.
@@ -528,6 +645,13 @@ impl State {
             .chain(s.sources.iter().map(|x| x.cluster.as_str()))
             .chain(s.clusters.iter().map(|c| c.cluster.as_str()))
             .collect();
+        let widths = Widths {
+            topic: widest(topics.iter().map(|r| r.topic.as_str())),
+            tier: widest(topics.iter().map(|r| r.tier.as_str())),
+            group: widest(groups.iter().map(|&i| s.groups[i].group.as_str())),
+            alert: widest(alerts.iter().map(|&i| s.alerts[i].alertname.as_str())),
+            source: widest(sources.iter().map(|&i| s.sources[i].source.as_str())),
+        };
         Rows {
             topics,
             buckets,
@@ -535,6 +659,7 @@ impl State {
             alerts,
             sources,
             clusters: clusters.into_iter().map(str::to_owned).collect(),
+            widths,
         }
     }
 
@@ -582,6 +707,61 @@ impl State {
                 .map(|i| newest - width * i64::try_from(i).unwrap_or(0))
                 .collect(),
             None => Vec::new(),
+        }
+    }
+}
+
+/// Adds to `grew` the records each cluster's buckets gained in `delta`
+/// over `s`, the books before it: (in, out), in for each topic's
+/// reference tier, out for its group tiers. Only the buckets the delta
+/// carries are looked at.
+fn count_growth(
+    s: &Snapshot,
+    delta: &tally_audit::feed::Delta,
+    grew: &mut HashMap<String, (u64, u64)>,
+) {
+    if delta.buckets.upsert.is_empty() {
+        return;
+    }
+    let reference: HashMap<(&str, &str), &str> = s
+        .topics
+        .iter()
+        .chain(delta.topics.upsert.iter())
+        .filter_map(|t| {
+            t.reference
+                .as_deref()
+                .map(|r| ((t.cluster.as_str(), t.topic.as_str()), r))
+        })
+        .collect();
+    let before: HashMap<(&str, &str), &tally_audit::snapshot::TopicBuckets> = s
+        .buckets
+        .iter()
+        .map(|t| ((t.cluster.as_str(), t.topic.as_str()), t))
+        .collect();
+    for t in &delta.buckets.upsert {
+        let key = (t.cluster.as_str(), t.topic.as_str());
+        let reference = reference.get(&key).copied();
+        let old = before.get(&key);
+        let (mut produced, mut consumed) = (0u64, 0u64);
+        for b in &t.buckets.upsert {
+            let old_bucket =
+                old.and_then(|o| o.buckets.iter().rev().find(|x| x.bucket == b.bucket));
+            for (tier, cell) in &b.tiers {
+                let was = old_bucket
+                    .and_then(|o| o.tiers.get(tier))
+                    .map_or(0, |c| c.records);
+                let gained = cell.records.saturating_sub(was);
+                if reference == Some(tier.as_str()) {
+                    produced = produced.saturating_add(gained);
+                } else if tier.starts_with("group:") {
+                    consumed = consumed.saturating_add(gained);
+                }
+            }
+        }
+        if produced > 0 || consumed > 0 {
+            let entry = grew.entry(t.cluster.clone()).or_default();
+            entry.0 = entry.0.saturating_add(produced);
+            entry.1 = entry.1.saturating_add(consumed);
         }
     }
 }

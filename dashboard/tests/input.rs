@@ -83,6 +83,7 @@ fn a_long_table_scrolls_with_the_cursor() {
     s.feed(
         FeedMessage::Snapshot {
             snapshot: Box::new(big),
+            more: false,
         },
         AT,
     );

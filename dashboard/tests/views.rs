@@ -245,6 +245,7 @@ fn a_mirror_tier_is_a_topics_row_with_what_it_has_not_copied_yet_as_pending() {
     s.feed(
         tally_audit::feed::FeedMessage::Snapshot {
             snapshot: Box::new(snapshot),
+            more: false,
         },
         AT,
     );
@@ -263,4 +264,242 @@ fn a_mirror_tier_is_a_topics_row_with_what_it_has_not_copied_yet_as_pending() {
 fn on_state(mut s: State, tab: Tab) -> State {
     apply(&mut s, Action::Tab(tab));
     s
+}
+
+#[test]
+fn stale_lag_reads_stale_and_estimated_seconds_carry_a_tilde() {
+    let mut snapshot = fixture::snapshot();
+    // billing's lag went stale (its source is down); analytics' first
+    // partition has estimated seconds.
+    let billing = std::sync::Arc::make_mut(&mut snapshot.groups[0]);
+    billing.stale = true;
+    for p in std::sync::Arc::make_mut(&mut billing.partitions) {
+        p.stale = true;
+    }
+    let analytics = std::sync::Arc::make_mut(&mut snapshot.groups[1]);
+    std::sync::Arc::make_mut(&mut analytics.partitions)[0].estimated = true;
+    let mut s = fixture::state_of(snapshot);
+    apply(&mut s, Action::Tab(Tab::Groups));
+    let screen = draw(&s, 120, 30);
+    let row = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row of {name}: {screen}"))
+            .to_owned()
+    };
+    assert!(row("billing").contains("stale"), "{screen}");
+    assert!(!row("analytics").contains("stale"), "{screen}");
+    // Rows by name: analytics, billing, legacy-export.
+    handle_key(&mut s, KeyEvent::from(KeyCode::Enter));
+    let analytics = draw(&s, 120, 30);
+    assert!(analytics.contains("~40.0"), "{analytics}");
+    handle_key(&mut s, KeyEvent::from(KeyCode::Esc));
+    handle_key(&mut s, KeyEvent::from(KeyCode::Down));
+    handle_key(&mut s, KeyEvent::from(KeyCode::Enter));
+    let billing = draw(&s, 120, 30);
+    assert!(billing.contains("stale (ok)"), "{billing}");
+}
+
+#[test]
+fn the_overview_gives_each_cluster_its_flow_its_replicas_its_worst_topics_and_what_fires() {
+    let s = fixture::state_of(fixture::three_clusters());
+    let screen = draw(&s, 200, 60);
+    for cluster in ["east", "west", "eu-central-1-production-main"] {
+        let title = screen
+            .lines()
+            .find(|l| l.contains(&format!(" {cluster} │")))
+            .unwrap_or_else(|| panic!("no panel of {cluster}: {screen}"));
+        assert!(
+            title.contains("3 brokers │ 6 partitions │ 1 under-replicated"),
+            "{title}"
+        );
+        let offline = if cluster == "west" {
+            "1 offline"
+        } else {
+            "0 offline"
+        };
+        assert!(title.contains(offline), "{title}");
+        assert!(title.contains("sources 1/2"), "{title}");
+    }
+    // Records/s in and out: in the last second the newest bucket of each of
+    // the three topics went from 36/49 of its records to all of them, 73 to
+    // 100 in the broker tier, 71 to 97 in the group's.
+    assert_eq!(screen.matches(" in      81/s").count(), 3, "{screen}");
+    assert_eq!(screen.matches(" out     78/s").count(), 3, "{screen}");
+    // payments, short of 40 records, comes first, then the topics whose
+    // group is behind.
+    let first_topic = screen
+        .lines()
+        .skip_while(|l| !l.contains("TOPICS 3"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        first_topic.contains("payments") && first_topic.contains("87.5%"),
+        "{first_topic}"
+    );
+    assert!(first_topic.contains("incomplete"), "{first_topic}");
+    // Groups by lag in seconds: legacy-export first.
+    let first_group = screen
+        .lines()
+        .skip_while(|l| !l.contains("GROUPS 3"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        first_group.contains("legacy-export") && first_group.contains("1m30s"),
+        "{first_group}"
+    );
+    assert!(
+        screen.contains("ConsumerLagHigh legacy-export 2m05s"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("○ etl-reporter-west silent 1m35s"),
+        "{screen}"
+    );
+
+    // At 100x30, the three panels still fit; with c, one cluster has the room.
+    let small = draw(&s, 100, 30);
+    assert_eq!(small.matches("3 brokers").count(), 3, "{small}");
+    let mut one = s.clone();
+    handle_key(&mut one, KeyEvent::from(KeyCode::Char('c')));
+    let east = draw(&one, 100, 30);
+    assert!(
+        east.contains(" east │") && !east.contains(" west │"),
+        "{east}"
+    );
+}
+
+#[test]
+fn the_overview_sparklines_move_with_the_flow() {
+    let mut s = fixture::state_of(fixture::snapshot());
+    let before = draw(&s, 120, 30);
+    let mut next = s.live.clone().unwrap();
+    let mut grown = next.clone();
+    grown.at_ms += 1_000;
+    for t in &mut grown.buckets {
+        let newest = std::sync::Arc::make_mut(&mut t.buckets).last_mut().unwrap();
+        for cell in newest.tiers.values_mut() {
+            cell.records += 500;
+        }
+    }
+    s.feed(
+        tally_audit::feed::FeedMessage::Update(Box::new(tally_audit::feed::Delta::between(
+            &next, &grown,
+        ))),
+        grown.at_ms,
+    );
+    next = grown;
+    let flow = &s.flow["local"];
+    // Three topics gained 500 records in their broker tier and 500 in the
+    // group's, in one second.
+    assert_eq!(flow.produced.back(), Some(&1500));
+    assert_eq!(flow.consumed.back(), Some(&1500));
+    let after = draw(&s, 120, 30);
+    let line = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(" in "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(line(&before), line(&after), "the flow line did not move");
+    assert!(line(&after).contains("1.5k/s"), "{after}");
+    assert_eq!(next.at_ms, s.live.as_ref().unwrap().at_ms);
+}
+
+#[test]
+fn a_snapshot_in_parts_shows_when_whole_and_an_update_in_parts_counts_once() {
+    use tally_audit::feed::{Delta, FeedMessage};
+    let snapshot = fixture::three_clusters();
+    let mut s = State::new("http://127.0.0.1:9400", true);
+    s.set_link(Link::Connected, AT);
+    let frames = FeedMessage::opening(&snapshot, 4);
+    assert!(frames.len() > 5, "the snapshot is split: {}", frames.len());
+    let n = frames.len();
+    for (i, frame) in frames.into_iter().enumerate() {
+        s.feed(frame, AT);
+        if i + 1 < n {
+            assert!(s.shown().is_none(), "part {i} of {n} is on screen");
+            assert!(s.receiving());
+            assert!(draw(&s, 100, 30).contains("receiving the first snapshot"));
+        }
+    }
+    assert!(!s.receiving());
+    assert_eq!(s.shown(), Some(&snapshot));
+    assert_eq!(s.rows.groups.len(), 9);
+
+    // An update in parts: the lag history and the flow take one sample.
+    let mut next = snapshot.clone();
+    next.at_ms += 1_000;
+    for g in &mut next.groups {
+        std::sync::Arc::make_mut(g).lag_records += 1;
+    }
+    for t in &mut next.buckets {
+        let newest = std::sync::Arc::make_mut(&mut t.buckets).last_mut().unwrap();
+        newest.tiers.get_mut("broker").unwrap().records += 10;
+    }
+    let parts = Delta::between(&snapshot, &next).split(3);
+    assert!(parts.len() > 3, "the update is split: {}", parts.len());
+    for part in parts {
+        s.feed(FeedMessage::Update(Box::new(part)), AT + 1_000);
+    }
+    assert_eq!(s.shown(), Some(&next));
+    for g in &next.groups {
+        let key = tally_audit::feed::Keyed::key(&**g);
+        assert_eq!(s.lag_history[&key].len(), 2, "{key:?}");
+    }
+    // Three topics of each cluster gained 10 records in a second.
+    for cluster in ["east", "west", "eu-central-1-production-main"] {
+        assert_eq!(s.flow[cluster].produced, [30], "{cluster}");
+        assert_eq!(s.flow[cluster].consumed, [0], "{cluster}");
+    }
+    assert_eq!(s.feed_interval_ms, 1_000);
+}
+
+#[test]
+fn long_names_are_cut_with_an_ellipsis_and_columns_follow_the_data() {
+    let mut snapshot = fixture::snapshot();
+    let long = "orders-enriched-with-customer-profile-and-risk-score-v2";
+    std::sync::Arc::make_mut(&mut snapshot.topics[0]).topic = long.into();
+    let mut s = fixture::state_of(snapshot);
+    apply(&mut s, Action::Tab(Tab::Topics));
+    let screen = draw(&s, 200, 30);
+    assert!(!screen.contains(long), "{screen}");
+    assert!(
+        screen.contains("orders-enriched-with-customer-profile-a… "),
+        "{screen}"
+    );
+    // Six-letter names get a column of their width, not a share of the screen.
+    let mut short = fixture::state_of(fixture::snapshot());
+    apply(&mut short, Action::Tab(Tab::Topics));
+    let screen = draw(&short, 200, 30);
+    let header = screen.lines().find(|l| l.contains("TOPIC")).unwrap();
+    let gap = header.find("TIER").unwrap() - header.find("TOPIC").unwrap();
+    assert_eq!(gap, "payments".len() + 1, "{header}");
+}
+
+#[test]
+fn a_group_drill_in_marks_partitions_under_replicated_or_offline() {
+    let mut s = fixture::state_of(fixture::three_clusters());
+    apply(&mut s, Action::Tab(Tab::Groups));
+    // Rows by cluster, then name: east's analytics, billing, legacy-export,
+    // then eu-central-1's, then west's.
+    let drill = |rows_down: usize| {
+        let mut t = s.clone();
+        for _ in 0..rows_down {
+            handle_key(&mut t, KeyEvent::from(KeyCode::Down));
+        }
+        handle_key(&mut t, KeyEvent::from(KeyCode::Enter));
+        draw(&t, 160, 30)
+    };
+    let east = drill(0);
+    assert!(east.contains("east/analytics"), "{east}");
+    assert!(east.contains("3/3") && east.contains("2/3 under"), "{east}");
+    let west = drill(6);
+    assert!(west.contains("west/analytics"), "{west}");
+    assert!(
+        west.contains("offline") && !west.contains("2/3 under"),
+        "{west}"
+    );
 }

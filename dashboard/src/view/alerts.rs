@@ -7,7 +7,7 @@ use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{Column, bold, cluster_cell, col, fg, span, table, window, with_cluster};
+use super::{Column, bold, cluster_cell, col, cut, fg, sized, span, table, window, with_cluster};
 use crate::state::State;
 
 const COLUMNS: [Column; 7] = [
@@ -24,7 +24,8 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.alerts;
     let cursor = state.selected();
-    let columns = with_cluster(state, &COLUMNS);
+    let mut columns = with_cluster(state, &COLUMNS);
+    let name_width = sized(&mut columns, 2, state.rows.widths.alert, 32);
     let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, &a)| {
         let a = &s.alerts[a];
@@ -48,7 +49,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
         let cells = vec![
             Cell::from(Span::styled(a.state.clone(), state_style)),
             Cell::from(Span::styled(a.severity.clone(), severity_style)),
-            Cell::from(a.alertname.clone()),
+            Cell::from(cut(&a.alertname, name_width)),
             Cell::from(labels),
             Cell::from(span(s.at_ms - a.since_ms)),
             Cell::from(format!("{}", a.value)),

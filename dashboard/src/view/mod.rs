@@ -68,6 +68,9 @@ fn too_small(frame: &mut Frame<'_>, area: Rect) {
 
 fn waiting(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let text = match &state.link {
+        Link::Connected if state.receiving() => {
+            "Connected; receiving the first snapshot (it comes in parts)…".to_owned()
+        }
         Link::Connected => "Connected; waiting for the first snapshot…".to_owned(),
         Link::Connecting { .. } => format!("Connecting to {}…", state.agent),
         Link::Disconnected { error, .. } => {
@@ -131,6 +134,12 @@ pub(crate) fn group_style(state: &State, s: GroupStatus) -> Style {
         GroupStatus::Warn => fg(state, Color::Yellow).add_modifier(Modifier::BOLD),
         GroupStatus::Err => fg(state, Color::Red).add_modifier(Modifier::BOLD),
     }
+}
+
+/// Lag that no source refreshed for three of its intervals: dim, so that it
+/// does not read as current.
+pub(crate) fn stale_style(state: &State) -> Style {
+    fg(state, Color::DarkGray).add_modifier(Modifier::ITALIC)
 }
 
 /// A partition status's style.
@@ -385,6 +394,17 @@ pub(crate) const fn col(title: &'static str, min: u16, grow: bool, drop: u8) -> 
         drop,
         lead: false,
     }
+}
+
+/// Column `i` of `columns` sized to its data: as wide as the longest of
+/// its values (`widest` characters), at least its title and at most `cap`
+/// (longer values are cut with an ellipsis; the drill-in shows them
+/// whole), and no wider however much room the screen has. Returns the width.
+pub(crate) fn sized(columns: &mut [Column], i: usize, widest: usize, cap: usize) -> usize {
+    let width = widest.clamp(columns[i].title.chars().count(), cap);
+    columns[i].min = u16::try_from(width).unwrap_or(u16::MAX);
+    columns[i].grow = false;
+    width
 }
 
 /// The widest a CLUSTER column gets; longer names are cut with an ellipsis.

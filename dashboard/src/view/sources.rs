@@ -7,7 +7,7 @@ use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::topics::position;
-use super::{Column, col, fg, span, table, window};
+use super::{Column, col, cut, fg, sized, span, table, window};
 use crate::state::State;
 
 const COLUMNS: [Column; 7] = [
@@ -24,7 +24,9 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let Some(s) = state.shown() else { return };
     let rows = &state.rows.sources;
     let cursor = state.selected();
-    let (kept, shown) = window(rows, cursor, &COLUMNS, area);
+    let mut columns = COLUMNS;
+    let source_width = sized(&mut columns, 0, state.rows.widths.source, 40);
+    let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, &x)| {
         let x = &s.sources[x];
         let messages = x
@@ -34,7 +36,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             .collect::<Vec<_>>()
             .join(" ");
         let cells = vec![
-            Cell::from(x.source.clone()),
+            Cell::from(cut(&x.source, source_width)),
             Cell::from(x.cluster.clone()),
             Cell::from(x.tier_kinds.join(",")),
             Cell::from(if x.connected {
@@ -56,7 +58,7 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
         (cells, selected)
     });
     let widget =
-        table(&COLUMNS, &kept, visible).block(Block::default().borders(Borders::ALL).title(
+        table(&columns, &kept, visible).block(Block::default().borders(Borders::ALL).title(
             format!(" Sources: {}{} ", rows.len(), position(cursor, rows.len())),
         ));
     frame.render_widget(widget, area);

@@ -6,8 +6,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::{
-    Column, bucket_style, cluster_cell, col, completeness_style, opt, pct, table, window,
-    with_cluster,
+    Column, bucket_style, cluster_cell, col, completeness_style, cut, opt, pct, sized, table,
+    window, with_cluster,
 };
 use crate::state::State;
 
@@ -27,12 +27,14 @@ const COLUMNS: [Column; 10] = [
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
     let rows = &state.rows.topics;
     let cursor = state.selected();
-    let columns = with_cluster(state, &COLUMNS);
+    let mut columns = with_cluster(state, &COLUMNS);
+    let topic_width = sized(&mut columns, 0, state.rows.widths.topic, 40);
+    let tier_width = sized(&mut columns, 1, state.rows.widths.tier, 32);
     let (kept, shown) = window(rows, cursor, &columns, area);
     let visible = shown.map(|(selected, r)| {
         let cells = vec![
-            Cell::from(r.topic.clone()),
-            Cell::from(r.tier.clone()),
+            Cell::from(cut(&r.topic, topic_width)),
+            Cell::from(cut(&r.tier, tier_width)),
             Cell::from(r.produced.to_string()),
             Cell::from(r.consumed.to_string()),
             Cell::from(opt(r.pending)),
