@@ -127,10 +127,11 @@ impl Follower {
 pub(crate) type Parts = Arc<[Utf8Bytes]>;
 
 /// About how much of the books one WebSocket message of the feed carries
-/// (units of [`tally_audit::feed::Weigh`], about 4 MiB of JSON): well under
+/// (units of [`tally_audit::feed::Weigh`], about 1 MiB of JSON): far under
 /// tungstenite's default limits (16 MiB a frame, 64 MiB a message), and
-/// quick to encode and decode.
-pub(crate) const PART_BUDGET: usize = (4 << 20) / tally_audit::feed::BYTES_PER_UNIT;
+/// small enough that a dashboard takes each in a few ms, so that a tick
+/// that changed everything never holds its screen for long.
+pub(crate) const PART_BUDGET: usize = (1 << 20) / tally_audit::feed::BYTES_PER_UNIT;
 
 /// A feed message as the text of one WebSocket message.
 fn encode(message: &FeedMessage) -> Option<Utf8Bytes> {
@@ -288,7 +289,7 @@ mod tests {
         assert!(parts.len() >= 3, "{} parts", parts.len());
         let mut shown = None;
         for (i, text) in parts.iter().enumerate() {
-            assert!(text.len() < 8 << 20, "part {i}: {} bytes", text.len());
+            assert!(text.len() < 4 << 20, "part {i}: {} bytes", text.len());
             match serde_json::from_str(text.as_str()).unwrap() {
                 FeedMessage::Snapshot { snapshot, more } => {
                     assert!(more && i == 0);

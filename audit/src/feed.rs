@@ -50,7 +50,7 @@
 //! update per tick this way and sends the same bytes to every dashboard.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +77,33 @@ pub enum FeedMessage {
     Update(Box<Delta>),
 }
 
+/// A `snapshot` frame's fields, read without its tag.
+#[derive(Deserialize)]
+struct SnapshotFrame {
+    snapshot: Box<Snapshot>,
+    #[serde(default)]
+    more: bool,
+}
+
 impl FeedMessage {
+    /// Reads one frame of the feed. The agent writes the tag first, and such
+    /// a frame is read in one pass, the tag skipped as a field the body does
+    /// not know (serde reads an internally tagged enum by buffering the whole
+    /// frame first, which doubles the cost of a large one); any other order
+    /// is read the general way.
+    pub fn from_json(text: &str) -> serde_json::Result<FeedMessage> {
+        if text.starts_with(r#"{"type":"update","#) {
+            return serde_json::from_str::<Delta>(text).map(|d| FeedMessage::Update(Box::new(d)));
+        }
+        if text.starts_with(r#"{"type":"snapshot","#) {
+            return serde_json::from_str::<SnapshotFrame>(text).map(|f| FeedMessage::Snapshot {
+                snapshot: f.snapshot,
+                more: f.more,
+            });
+        }
+        serde_json::from_str(text)
+    }
+
     /// The frames that open a feed: `snapshot` whole where it weighs at most
     /// `budget` units ([`Weigh`]); else its scalars in a snapshot that says
     /// `more`, then its sections in the parts of [`Delta::split`].
@@ -116,6 +142,11 @@ pub trait Keyed {
     fn same_key(&self, other: &Self) -> bool {
         self.key() == other.key()
     }
+    /// Feeds the identity to `state` as `self.key().hash(state)` would,
+    /// where the item can without building the key.
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
 }
 
 impl<T: Keyed> Keyed for std::sync::Arc<T> {
@@ -126,6 +157,48 @@ impl<T: Keyed> Keyed for std::sync::Arc<T> {
     fn same_key(&self, other: &Self) -> bool {
         (**self).same_key(other)
     }
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        (**self).hash_key(state);
+    }
+}
+
+/// For each of `wanted`, the place in `items` of the item with its
+/// identity (`same` says whether two are the same), or `None`. Keys are
+/// hashed in place ([`Keyed::hash_key`]), not built: a delta's part costs
+/// a pass over the section, not a copy of every key in it.
+fn positions<T: Keyed, U: Keyed<Key = T::Key>>(
+    items: &[T],
+    wanted: &[U],
+    same: impl Fn(&U, &T) -> bool,
+) -> Vec<Option<usize>> {
+    let mut at = vec![None; wanted.len()];
+    if wanted.is_empty() {
+        return at;
+    }
+    let hasher = std::hash::RandomState::new();
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::with_capacity(wanted.len());
+    for (j, w) in wanted.iter().enumerate() {
+        let mut h = hasher.build_hasher();
+        w.hash_key(&mut h);
+        by_hash.entry(h.finish()).or_default().push(j);
+    }
+    let mut left = wanted.len();
+    for (i, item) in items.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        let mut h = hasher.build_hasher();
+        item.hash_key(&mut h);
+        if let Some(js) = by_hash.get(&h.finish()) {
+            for &j in js {
+                if at[j].is_none() && same(&wanted[j], item) {
+                    at[j] = Some(i);
+                    left -= 1;
+                }
+            }
+        }
+    }
+    at
 }
 
 /// Identity of a topic: (cluster, topic).
@@ -205,6 +278,10 @@ impl Keyed for TopicBooks {
     fn same_key(&self, other: &Self) -> bool {
         self.cluster == other.cluster && self.topic == other.topic
     }
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.cluster.hash(state);
+        self.topic.hash(state);
+    }
 }
 
 impl Keyed for TopicBuckets {
@@ -217,6 +294,10 @@ impl Keyed for TopicBuckets {
     }
     fn same_key(&self, other: &Self) -> bool {
         self.cluster == other.cluster && self.topic == other.topic
+    }
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.cluster.hash(state);
+        self.topic.hash(state);
     }
 }
 
@@ -237,6 +318,10 @@ impl Keyed for GroupHealth {
     }
     fn same_key(&self, other: &Self) -> bool {
         self.cluster == other.cluster && self.group == other.group
+    }
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.cluster.hash(state);
+        self.group.hash(state);
     }
 }
 
@@ -342,23 +427,31 @@ fn same_keys<T: Keyed>(old: &[T], new: &[T]) -> bool {
 }
 
 /// Places `upsert` in `items` (in place where the key exists, else at the
-/// end) and drops the `remove`d keys.
-fn merge<T: Keyed>(items: &mut Vec<T>, upsert: impl IntoIterator<Item = T>, remove: &[T::Key]) {
+/// end; a key upserted twice keeps the later) and drops the `remove`d keys.
+fn merge<T: Keyed>(items: &mut Vec<T>, upsert: Vec<T>, remove: &[T::Key]) {
     if !remove.is_empty() {
         let gone: HashSet<&T::Key> = remove.iter().collect();
         items.retain(|i| !gone.contains(&i.key()));
     }
-    let mut at: HashMap<T::Key, usize> = items
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.key(), i))
-        .collect();
-    for item in upsert {
-        let key = item.key();
-        match at.get(&key) {
-            Some(&i) => items[i] = item,
+    let at = positions(items, &upsert, |u, t| u.same_key(t));
+    // New keys, to find one upserted twice.
+    let hasher = std::hash::RandomState::new();
+    let hash = |t: &T| {
+        let mut h = hasher.build_hasher();
+        t.hash_key(&mut h);
+        h.finish()
+    };
+    let mut added: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (item, at) in upsert.into_iter().zip(at) {
+        let at = at.or_else(|| {
+            added
+                .get(&hash(&item))
+                .and_then(|placed| placed.iter().copied().find(|&i| items[i].same_key(&item)))
+        });
+        match at {
+            Some(i) => items[i] = item,
             None => {
-                at.insert(key, items.len());
+                added.entry(hash(&item)).or_default().push(items.len());
                 items.push(item);
             }
         }
@@ -476,6 +569,10 @@ impl Keyed for TopicBucketsDelta {
     fn same_key(&self, other: &Self) -> bool {
         self.cluster == other.cluster && self.topic == other.topic
     }
+    fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.cluster.hash(state);
+        self.topic.hash(state);
+    }
 }
 
 /// The changes to the buckets section: per topic, only the buckets that changed.
@@ -501,20 +598,34 @@ fn topic_buckets(old: Option<&TopicBuckets>, new: &TopicBuckets) -> Option<Topic
 type Names<'a> = (&'a str, &'a str);
 
 fn apply_buckets(delta: BucketsDelta, items: &mut Vec<TopicBuckets>) {
-    let mut at: HashMap<TopicKey, usize> = HashMap::new();
     if !delta.remove.is_empty() {
         let gone: HashSet<&TopicKey> = delta.remove.iter().collect();
         items.retain(|i| !gone.contains(&i.key()));
     }
-    for (i, t) in items.iter().enumerate() {
-        at.insert(t.key(), i);
-    }
-    for change in delta.upsert {
-        let key = change.key();
-        let i = match at.get(&key) {
-            Some(&i) => i,
+    let at = positions(items, &delta.upsert, |d, t| {
+        d.cluster == t.cluster && d.topic == t.topic
+    });
+    // Topics new in this delta, to find one sent twice.
+    let hasher = std::hash::RandomState::new();
+    let hash = |t: &TopicBucketsDelta| {
+        let mut h = hasher.build_hasher();
+        t.hash_key(&mut h);
+        h.finish()
+    };
+    let mut added: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (change, at) in delta.upsert.into_iter().zip(at) {
+        let found = at.or_else(|| {
+            added.get(&hash(&change)).and_then(|placed| {
+                placed
+                    .iter()
+                    .copied()
+                    .find(|&i| items[i].cluster == change.cluster && items[i].topic == change.topic)
+            })
+        });
+        let i = match found {
+            Some(i) => i,
             None => {
-                at.insert(key, items.len());
+                added.entry(hash(&change)).or_default().push(items.len());
                 items.push(TopicBuckets {
                     cluster: change.cluster,
                     topic: change.topic,
@@ -1063,6 +1174,37 @@ mod tests {
                 agent = new;
             }
         }
+    }
+
+    /// The one-pass reading gives what serde's general reading gives, for
+    /// every kind of frame and with the tag anywhere.
+    #[test]
+    fn frames_read_in_one_pass_equal_the_general_reading() {
+        let mut rng = Rng(11);
+        let first = snapshot(&mut rng, 0);
+        let second = next(&mut rng, &first, 1);
+        let mut frames = FeedMessage::opening(&first, 5);
+        frames.push(FeedMessage::Snapshot {
+            snapshot: Box::new(first.clone()),
+            more: false,
+        });
+        frames.push(FeedMessage::Update(Box::new(Delta::between(
+            &first, &second,
+        ))));
+        for frame in frames {
+            let text = serde_json::to_string(&frame).unwrap();
+            assert!(text.starts_with(r#"{"type":"#), "{text}");
+            assert_eq!(FeedMessage::from_json(&text).unwrap(), frame);
+            // The tag last: the general way.
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).unwrap();
+            let tag = v.remove("type").unwrap();
+            v.insert("type".into(), tag);
+            let moved = serde_json::to_string(&v).unwrap();
+            assert_eq!(FeedMessage::from_json(&moved).unwrap(), frame);
+        }
+        assert!(FeedMessage::from_json(r#"{"type":"update","at_ms":"x"}"#).is_err());
+        assert!(FeedMessage::from_json(r#"{"type":"nonsense"}"#).is_err());
     }
 
     /// Split into parts of a small budget, every delta and every opening

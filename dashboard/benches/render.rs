@@ -86,7 +86,9 @@ fn state(snapshot: &Snapshot) -> State {
 fn render(c: &mut Criterion) {
     let snapshot = big();
     let mut state = state(&snapshot);
+    apply(&mut state, Action::Tab(Tab::Topics));
     assert_eq!(state.rows.topics.len(), 10_000);
+    apply(&mut state, Action::Tab(Tab::Groups));
     assert_eq!(state.rows.groups.len(), 1_000);
     let mut terminal = Terminal::new(TestBackend::new(200, 60)).unwrap();
     let mut group = c.benchmark_group("dashboard_render_200x60");

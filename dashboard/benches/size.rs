@@ -111,7 +111,12 @@ fn main() {
     let mut first_frame: Option<Duration> = None;
     let mut messages = 0u64;
     let mut frames: Vec<f64> = Vec::new();
+    // The frame's parts: taking the message, and drawing (per view).
+    let mut feeds: Vec<f64> = Vec::new();
+    let mut draws: std::collections::BTreeMap<&str, Vec<f64>> = std::collections::BTreeMap::new();
     let mut keys: Vec<f64> = Vec::new();
+    let mut by_key: std::collections::BTreeMap<String, Vec<f64>> =
+        std::collections::BTreeMap::new();
     let mut rss_max = 0;
     let mut key = 0;
     let deadline = started + Duration::from_secs(seconds) + FIRST_FRAME_TARGET * 30;
@@ -138,10 +143,18 @@ fn main() {
                 state.feed(message, now_ms());
             }
         }
+        let fed_ms = t0.elapsed().as_secs_f64() * 1e3;
         terminal
             .draw(|f| tally_dashboard::view::render(&state, f))
             .unwrap();
         let frame_ms = t0.elapsed().as_secs_f64() * 1e3;
+        if first_frame.is_some() {
+            feeds.push(fed_ms);
+            draws
+                .entry(state.tab.title())
+                .or_default()
+                .push(frame_ms - fed_ms);
+        }
         if state.shown().is_none() {
             continue;
         }
@@ -168,7 +181,12 @@ fn main() {
         terminal
             .draw(|f| tally_dashboard::view::render(&state, f))
             .unwrap();
-        keys.push(t1.elapsed().as_secs_f64() * 1e3);
+        let key_ms = t1.elapsed().as_secs_f64() * 1e3;
+        keys.push(key_ms);
+        by_key
+            .entry(format!("{:?}", KEYS[(key - 1) % KEYS.len()]))
+            .or_default()
+            .push(key_ms);
         rss_max = rss_max.max(rss_kib("VmRSS:"));
         if measured_until.is_some_and(|u| Instant::now() >= u) {
             break;
@@ -189,6 +207,26 @@ fn main() {
         percentile(&mut keys, 0.99),
         percentile(&mut keys, 1.0),
     );
+    eprintln!(
+        "size: taking a message p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut feeds, 0.5),
+        percentile(&mut feeds, 0.99)
+    );
+    for (view, v) in &mut draws {
+        eprintln!(
+            "size: drawing {view}: p50 {:.2} ms, p99 {:.2} ms ({} frames)",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v.len()
+        );
+    }
+    for (k, v) in &mut by_key {
+        eprintln!(
+            "size: key {k}: p50 {:.2} ms, max {:.2} ms",
+            percentile(v, 0.5),
+            percentile(v, 1.0)
+        );
+    }
     let s = state.live.as_ref().unwrap();
     println!(
         "| what | figure | target |\n|---|---|---|\n\

@@ -199,7 +199,7 @@ async fn session(
             Some(Ok(_)) => continue,
             Some(Err(e)) => return ended(got_data, describe(&e)),
         };
-        let message: FeedMessage = match serde_json::from_str(text.as_str()) {
+        let message = match FeedMessage::from_json(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
                 return ended(

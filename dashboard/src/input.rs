@@ -188,6 +188,7 @@ pub fn apply(state: &mut State, action: Action) {
 fn switch(state: &mut State, tab: Tab) {
     state.tab = tab;
     state.drill = None;
+    state.refresh();
 }
 
 fn move_by(state: &mut State, delta: isize) {

@@ -2,7 +2,7 @@
 //! connection, and where the user is. A pure reducer: feed messages and
 //! actions go in, nothing is drawn here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use tally_audit::feed::{FeedMessage, GroupKey, Keyed, TopicKey};
 use tally_audit::snapshot::{AlertInfo, GroupHealth, SourceInfo};
@@ -173,6 +173,8 @@ pub struct TopicRow {
     pub pending: Option<u64>,
     /// Records lost to retention (group tiers).
     pub expired: Option<u64>,
+    /// How far behind its source a mirror tier is, in seconds.
+    pub mirror_lag_seconds: Option<f64>,
     /// Records before the group started reading (group tiers): outside its
     /// books, which is why consumed + pending can be less than produced.
     pub skipped: Option<u64>,
@@ -184,8 +186,9 @@ pub struct TopicRow {
     pub worst: Option<BucketStatus>,
 }
 
-/// The rows of each tab after filter and sort, rebuilt when the data, the
-/// filter or the order changes, so that drawing a frame only slices them.
+/// The rows of the tab shown after filter and sort (the other tabs' are
+/// empty), rebuilt when the data, the filter, the order or the tab changes,
+/// so that drawing a frame only slices them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rows {
     /// Topics × tiers.
@@ -457,185 +460,229 @@ impl State {
         names.iter().any(|n| n.to_lowercase().contains(&needle))
     }
 
-    /// Rebuilds the rows of every tab from the snapshot shown, the filter
-    /// and the order, and keeps the cursors inside them.
+    /// Rebuilds the rows of the tab shown (the others have none until
+    /// shown) from the snapshot shown, the filter and the order, and keeps
+    /// the cursor inside them. A frame of a large agent so costs the rows of
+    /// one view, not of all six.
     pub fn refresh(&mut self) {
         let rows = match self.shown() {
             Some(s) => self.build_rows(s),
             None => Rows::default(),
         };
         self.rows = rows;
-        let lens = [
-            0,
-            self.rows.topics.len(),
-            self.rows.buckets.len(),
-            self.rows.groups.len(),
-            self.rows.alerts.len(),
-            self.rows.sources.len(),
-        ];
-        for (cursor, len) in self.cursor.iter_mut().zip(lens) {
-            *cursor = (*cursor).min(len.saturating_sub(1));
-        }
+        let len = self.row_count();
+        let cursor = &mut self.cursor[self.tab.index()];
+        *cursor = (*cursor).min(len.saturating_sub(1));
     }
 
     fn build_rows(&self, s: &Snapshot) -> Rows {
-        let mut topics = Vec::new();
-        for t in &s.topics {
-            let produced = t
-                .reference
-                .as_ref()
-                .and_then(|r| t.tiers.get(r))
-                .map_or(0, |b| b.records);
-            if !self.in_cluster(&t.cluster) {
-                continue;
-            }
-            for (tier, b) in &t.tiers {
-                if !self.matches(&[&t.topic, tier, &t.cluster]) {
+        // Only the tab shown has rows: the others are built when shown.
+        let topics = if self.tab == Tab::Topics {
+            let mut topics = Vec::with_capacity(s.topics.iter().map(|t| t.tiers.len()).sum());
+            for t in &s.topics {
+                let produced = t
+                    .reference
+                    .as_ref()
+                    .and_then(|r| t.tiers.get(r))
+                    .map_or(0, |b| b.records);
+                if !self.in_cluster(&t.cluster) {
                     continue;
                 }
-                topics.push(TopicRow {
-                    cluster: t.cluster.clone(),
-                    topic: t.topic.clone(),
-                    tier: tier.clone(),
-                    produced,
-                    consumed: b.records,
-                    // A mirror tier's pending records: its lag less what it lost.
-                    pending: b
-                        .pending
-                        .or_else(|| b.mirror_lag.map(|m| m.records.saturating_sub(b.missing))),
-                    expired: b.expired,
-                    skipped: b.skipped,
-                    missing: b.missing,
-                    completeness: b.completeness,
-                    worst: worst_status(b.buckets.iter().map(|(s, n)| (*s, *n))),
-                });
-            }
-        }
-        let by_name = |a: &TopicRow, b: &TopicRow| {
-            (&a.cluster, &a.topic, &a.tier).cmp(&(&b.cluster, &b.topic, &b.tier))
-        };
-        match self.sort {
-            Sort::Name => topics.sort_by(by_name),
-            Sort::Worst => topics.sort_by(|a, b| {
-                a.completeness
-                    .total_cmp(&b.completeness)
-                    .then(b.missing.cmp(&a.missing))
-                    .then_with(|| by_name(a, b))
-            }),
-            Sort::Size => {
-                topics.sort_by(|a, b| b.consumed.cmp(&a.consumed).then_with(|| by_name(a, b)))
-            }
-        }
-
-        let mut buckets: Vec<usize> = (0..s.buckets.len())
-            .filter(|&i| {
-                let t = &s.buckets[i];
-                self.in_cluster(&t.cluster) && self.matches(&[&t.topic, &t.cluster])
-            })
-            .collect();
-        let worst_bucket = |i: usize| {
-            s.buckets[i]
-                .buckets
-                .iter()
-                .flat_map(|b| b.tiers.values())
-                .map(|t| t.status.severity())
-                .max()
-                .unwrap_or(0)
-        };
-        let bucket_name = |i: usize| (&s.buckets[i].cluster, &s.buckets[i].topic);
-        match self.sort {
-            Sort::Name => buckets.sort_by(|&a, &b| bucket_name(a).cmp(&bucket_name(b))),
-            Sort::Worst => buckets.sort_by(|&a, &b| {
-                worst_bucket(b)
-                    .cmp(&worst_bucket(a))
-                    .then_with(|| bucket_name(a).cmp(&bucket_name(b)))
-            }),
-            Sort::Size => buckets.sort_by(|&a, &b| {
-                s.buckets[b]
-                    .buckets
-                    .len()
-                    .cmp(&s.buckets[a].buckets.len())
-                    .then_with(|| bucket_name(a).cmp(&bucket_name(b)))
-            }),
-        }
-
-        let mut groups: Vec<usize> = (0..s.groups.len())
-            .filter(|&i| {
-                let g = &s.groups[i];
-                if !self.in_cluster(&g.cluster) {
-                    return false;
+                for (tier, b) in &t.tiers {
+                    if !self.matches(&[&t.topic, tier, &t.cluster]) {
+                        continue;
+                    }
+                    topics.push(TopicRow {
+                        cluster: t.cluster.clone(),
+                        topic: t.topic.clone(),
+                        tier: tier.clone(),
+                        produced,
+                        consumed: b.records,
+                        // A mirror tier's pending records: its lag less what it lost.
+                        pending: b
+                            .pending
+                            .or_else(|| b.mirror_lag.map(|m| m.records.saturating_sub(b.missing))),
+                        expired: b.expired,
+                        mirror_lag_seconds: b.mirror_lag.map(|m| m.seconds),
+                        skipped: b.skipped,
+                        missing: b.missing,
+                        completeness: b.completeness,
+                        worst: worst_status(b.buckets.iter().map(|(s, n)| (*s, *n))),
+                    });
                 }
-                let mut names: Vec<&str> = vec![&g.group, &g.cluster];
-                names.extend(g.partitions.iter().map(|p| p.topic.as_str()));
-                self.matches(&names)
-            })
-            .collect();
-        let group_name = |g: &GroupHealth| (g.cluster.clone(), g.group.clone());
-        match self.sort {
-            Sort::Name => groups.sort_by_key(|&i| group_name(&s.groups[i])),
-            Sort::Worst => groups.sort_by(|&a, &b| {
-                let (ga, gb) = (&s.groups[a], &s.groups[b]);
-                group_rank(gb.status)
-                    .cmp(&group_rank(ga.status))
-                    .then(gb.max_lag_seconds.total_cmp(&ga.max_lag_seconds))
-                    .then_with(|| group_name(ga).cmp(&group_name(gb)))
-            }),
-            Sort::Size => groups.sort_by(|&a, &b| {
-                let (ga, gb) = (&s.groups[a], &s.groups[b]);
-                gb.lag_records
-                    .cmp(&ga.lag_records)
-                    .then_with(|| group_name(ga).cmp(&group_name(gb)))
-            }),
-        }
-
-        let mut alerts: Vec<usize> = (0..s.alerts.len())
-            .filter(|&i| {
-                let a = &s.alerts[i];
-                // An alert about no one cluster shows under every one.
-                if a.labels.get("cluster").is_some_and(|c| !self.in_cluster(c)) {
-                    return false;
+            }
+            let by_name = |a: &TopicRow, b: &TopicRow| {
+                (&a.cluster, &a.topic, &a.tier).cmp(&(&b.cluster, &b.topic, &b.tier))
+            };
+            match self.sort {
+                Sort::Name => topics.sort_by(by_name),
+                Sort::Worst => topics.sort_by(|a, b| {
+                    a.completeness
+                        .total_cmp(&b.completeness)
+                        .then(b.missing.cmp(&a.missing))
+                        .then_with(|| by_name(a, b))
+                }),
+                Sort::Size => {
+                    topics.sort_by(|a, b| b.consumed.cmp(&a.consumed).then_with(|| by_name(a, b)))
                 }
-                let mut names: Vec<&str> = vec![&a.alertname, &a.severity, &a.state];
-                names.extend(a.labels.values().map(String::as_str));
-                self.matches(&names)
-            })
-            .collect();
-        let alert_name = |a: &AlertInfo| (a.alertname.clone(), a.labels.clone());
-        match self.sort {
-            Sort::Name => alerts.sort_by_key(|&i| alert_name(&s.alerts[i])),
-            Sort::Worst | Sort::Size => alerts.sort_by(|&a, &b| {
-                let (x, y) = (&s.alerts[a], &s.alerts[b]);
-                alert_rank(x)
-                    .cmp(&alert_rank(y))
-                    .then(x.since_ms.cmp(&y.since_ms))
-                    .then_with(|| alert_name(x).cmp(&alert_name(y)))
-            }),
-        }
+            }
+            topics
+        } else {
+            Vec::new()
+        };
 
-        let mut sources: Vec<usize> = (0..s.sources.len())
-            .filter(|&i| {
-                let x = &s.sources[i];
-                self.in_cluster(&x.cluster) && self.matches(&[&x.source, &x.cluster])
-            })
-            .collect();
-        let source_name = |x: &SourceInfo| x.source.clone();
-        match self.sort {
-            Sort::Name => sources.sort_by_key(|&i| source_name(&s.sources[i])),
-            Sort::Worst => sources.sort_by(|&a, &b| {
-                let (x, y) = (&s.sources[a], &s.sources[b]);
-                x.connected
-                    .cmp(&y.connected)
-                    .then(x.last_seen_ms.cmp(&y.last_seen_ms))
-                    .then_with(|| source_name(x).cmp(&source_name(y)))
-            }),
-            Sort::Size => sources.sort_by(|&a, &b| {
-                let total = |x: &SourceInfo| x.messages.values().sum::<u64>();
-                let (x, y) = (&s.sources[a], &s.sources[b]);
-                total(y)
-                    .cmp(&total(x))
-                    .then_with(|| source_name(x).cmp(&source_name(y)))
-            }),
-        }
+        // Only the tab shown has rows: the others are built when shown.
+        let buckets = if self.tab == Tab::Buckets {
+            let mut buckets: Vec<usize> = (0..s.buckets.len())
+                .filter(|&i| {
+                    let t = &s.buckets[i];
+                    self.in_cluster(&t.cluster) && self.matches(&[&t.topic, &t.cluster])
+                })
+                .collect();
+            // Each topic's worst bucket, once (not per comparison).
+            let worst: Vec<u8> = if self.sort == Sort::Worst {
+                s.buckets
+                    .iter()
+                    .map(|t| {
+                        t.buckets
+                            .iter()
+                            .flat_map(|b| b.tiers.values())
+                            .map(|t| t.status.severity())
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let worst_bucket = |i: usize| worst[i];
+            let bucket_name = |i: usize| (&s.buckets[i].cluster, &s.buckets[i].topic);
+            match self.sort {
+                Sort::Name => buckets.sort_by(|&a, &b| bucket_name(a).cmp(&bucket_name(b))),
+                Sort::Worst => buckets.sort_by(|&a, &b| {
+                    worst_bucket(b)
+                        .cmp(&worst_bucket(a))
+                        .then_with(|| bucket_name(a).cmp(&bucket_name(b)))
+                }),
+                Sort::Size => buckets.sort_by(|&a, &b| {
+                    s.buckets[b]
+                        .buckets
+                        .len()
+                        .cmp(&s.buckets[a].buckets.len())
+                        .then_with(|| bucket_name(a).cmp(&bucket_name(b)))
+                }),
+            }
+            buckets
+        } else {
+            Vec::new()
+        };
+
+        // Only the tab shown has rows: the others are built when shown.
+        let groups = if self.tab == Tab::Groups {
+            let mut groups: Vec<usize> = (0..s.groups.len())
+                .filter(|&i| {
+                    let g = &s.groups[i];
+                    if !self.in_cluster(&g.cluster) {
+                        return false;
+                    }
+                    let mut names: Vec<&str> = vec![&g.group, &g.cluster];
+                    names.extend(g.partitions.iter().map(|p| p.topic.as_str()));
+                    self.matches(&names)
+                })
+                .collect();
+            fn group_name(g: &GroupHealth) -> (&str, &str) {
+                (&g.cluster, &g.group)
+            }
+            match self.sort {
+                Sort::Name => {
+                    groups.sort_by(|&a, &b| group_name(&s.groups[a]).cmp(&group_name(&s.groups[b])))
+                }
+                Sort::Worst => groups.sort_by(|&a, &b| {
+                    let (ga, gb) = (&s.groups[a], &s.groups[b]);
+                    group_rank(gb.status)
+                        .cmp(&group_rank(ga.status))
+                        .then(gb.max_lag_seconds.total_cmp(&ga.max_lag_seconds))
+                        .then_with(|| group_name(ga).cmp(&group_name(gb)))
+                }),
+                Sort::Size => groups.sort_by(|&a, &b| {
+                    let (ga, gb) = (&s.groups[a], &s.groups[b]);
+                    gb.lag_records
+                        .cmp(&ga.lag_records)
+                        .then_with(|| group_name(ga).cmp(&group_name(gb)))
+                }),
+            }
+            groups
+        } else {
+            Vec::new()
+        };
+
+        // Only the tab shown has rows: the others are built when shown.
+        let alerts = if self.tab == Tab::Alerts {
+            let mut alerts: Vec<usize> = (0..s.alerts.len())
+                .filter(|&i| {
+                    let a = &s.alerts[i];
+                    // An alert about no one cluster shows under every one.
+                    if a.labels.get("cluster").is_some_and(|c| !self.in_cluster(c)) {
+                        return false;
+                    }
+                    let mut names: Vec<&str> = vec![&a.alertname, &a.severity, &a.state];
+                    names.extend(a.labels.values().map(String::as_str));
+                    self.matches(&names)
+                })
+                .collect();
+            fn alert_name(a: &AlertInfo) -> (&str, &BTreeMap<String, String>) {
+                (&a.alertname, &a.labels)
+            }
+            match self.sort {
+                Sort::Name => {
+                    alerts.sort_by(|&a, &b| alert_name(&s.alerts[a]).cmp(&alert_name(&s.alerts[b])))
+                }
+                Sort::Worst | Sort::Size => alerts.sort_by(|&a, &b| {
+                    let (x, y) = (&s.alerts[a], &s.alerts[b]);
+                    alert_rank(x)
+                        .cmp(&alert_rank(y))
+                        .then(x.since_ms.cmp(&y.since_ms))
+                        .then_with(|| alert_name(x).cmp(&alert_name(y)))
+                }),
+            }
+            alerts
+        } else {
+            Vec::new()
+        };
+
+        // Only the tab shown has rows: the others are built when shown.
+        let sources = if self.tab == Tab::Sources {
+            let mut sources: Vec<usize> = (0..s.sources.len())
+                .filter(|&i| {
+                    let x = &s.sources[i];
+                    self.in_cluster(&x.cluster) && self.matches(&[&x.source, &x.cluster])
+                })
+                .collect();
+            fn source_name(x: &SourceInfo) -> &str {
+                &x.source
+            }
+            match self.sort {
+                Sort::Name => sources
+                    .sort_by(|&a, &b| source_name(&s.sources[a]).cmp(source_name(&s.sources[b]))),
+                Sort::Worst => sources.sort_by(|&a, &b| {
+                    let (x, y) = (&s.sources[a], &s.sources[b]);
+                    x.connected
+                        .cmp(&y.connected)
+                        .then(x.last_seen_ms.cmp(&y.last_seen_ms))
+                        .then_with(|| source_name(x).cmp(source_name(y)))
+                }),
+                Sort::Size => sources.sort_by(|&a, &b| {
+                    let total = |x: &SourceInfo| x.messages.values().sum::<u64>();
+                    let (x, y) = (&s.sources[a], &s.sources[b]);
+                    total(y)
+                        .cmp(&total(x))
+                        .then_with(|| source_name(x).cmp(source_name(y)))
+                }),
+            }
+            sources
+        } else {
+            Vec::new()
+        };
 
         let clusters: std::collections::BTreeSet<&str> = s
             .topics

@@ -59,28 +59,29 @@ fn the_cluster_key_cycles_what_every_view_shows() {
         s.rows.clusters,
         ["east", "eu-central-1-production-main", "west"]
     );
-    let all = (
-        s.rows.topics.len(),
-        s.rows.groups.len(),
-        s.rows.buckets.len(),
-        s.rows.sources.len(),
-        s.rows.alerts.len(),
-    );
-    assert_eq!(all, (18, 9, 9, 6, 9));
+    // The rows of each view, as it shows them.
+    let rows = |s: &mut State| {
+        let tab = s.tab;
+        let mut n = Vec::new();
+        for t in [
+            Tab::Topics,
+            Tab::Groups,
+            Tab::Buckets,
+            Tab::Sources,
+            Tab::Alerts,
+        ] {
+            apply(s, Action::Tab(t));
+            n.push(s.row_count());
+        }
+        apply(s, Action::Tab(tab));
+        n
+    };
+    assert_eq!(rows(&mut s), [18, 9, 9, 6, 9]);
     for cluster in ["east", "eu-central-1-production-main", "west"] {
         handle_key(&mut s, KeyEvent::from(KeyCode::Char('c')));
         assert_eq!(s.cluster.as_deref(), Some(cluster));
-        assert_eq!(
-            (
-                s.rows.topics.len(),
-                s.rows.groups.len(),
-                s.rows.buckets.len(),
-                s.rows.sources.len(),
-                s.rows.alerts.len(),
-            ),
-            (6, 3, 3, 2, 3),
-            "{cluster}"
-        );
+        assert_eq!(rows(&mut s), [6, 3, 3, 2, 3], "{cluster}");
+        apply(&mut s, Action::Tab(Tab::Topics));
         assert!(s.rows.topics.iter().all(|r| r.cluster == cluster));
         apply(&mut s, Action::Tab(Tab::Groups));
         let screen = draw(&s, 120, 30);
@@ -100,7 +101,7 @@ fn the_cluster_key_cycles_what_every_view_shows() {
     // After the last cluster, all of them again.
     handle_key(&mut s, KeyEvent::from(KeyCode::Char('c')));
     assert_eq!(s.cluster, None);
-    assert_eq!(s.rows.topics.len(), 18);
+    assert_eq!(rows(&mut s), [18, 9, 9, 6, 9]);
 }
 
 #[test]
@@ -249,16 +250,22 @@ fn a_mirror_tier_is_a_topics_row_with_what_it_has_not_copied_yet_as_pending() {
         },
         AT,
     );
+    let s = on_state(s, Tab::Topics);
     let row = s
         .rows
         .topics
         .iter()
         .find(|r| r.tier == "mirror:replica")
         .expect("a row for the mirror tier");
-    // 10 behind, of which 3 lost: 7 pending, 3 missing.
+    // 10 behind, of which 3 lost: 7 pending, 3 missing; 42 s behind.
     assert_eq!((row.consumed, row.pending, row.missing), (990, Some(7), 3));
-    let screen = draw(&on_state(s, Tab::Topics), 200, 40);
-    assert!(screen.contains("mirror:replica"), "{screen}");
+    assert_eq!(row.mirror_lag_seconds, Some(42.0));
+    let screen = draw(&s, 200, 40);
+    let line = screen
+        .lines()
+        .find(|l| l.contains("mirror:replica"))
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(line.contains("42s"), "{line}");
 }
 
 fn on_state(mut s: State, tab: Tab) -> State {
@@ -427,6 +434,7 @@ fn a_snapshot_in_parts_shows_when_whole_and_an_update_in_parts_counts_once() {
     }
     assert!(!s.receiving());
     assert_eq!(s.shown(), Some(&snapshot));
+    apply(&mut s, Action::Tab(Tab::Groups));
     assert_eq!(s.rows.groups.len(), 9);
 
     // An update in parts: the lag history and the flow take one sample.

@@ -6,12 +6,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell};
 
 use super::{
-    Column, bucket_style, cluster_cell, col, completeness_style, cut, opt, pct, sized, table,
+    Column, bucket_style, cluster_cell, col, completeness_style, cut, opt, pct, sized, span, table,
     window, with_cluster,
 };
 use crate::state::State;
 
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 11] = [
     col("TOPIC", 12, true, 0),
     col("TIER", 14, true, 0),
     col("PRODUCED", 10, false, 3),
@@ -22,6 +22,7 @@ const COLUMNS: [Column; 10] = [
     col("MISSING", 8, false, 5),
     col("COMPLETE", 8, false, 0),
     col("WORST", 10, false, 6),
+    col("BEHIND", 8, false, 7),
 ];
 
 pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
@@ -48,6 +49,14 @@ pub(super) fn render(state: &State, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(r.worst.map_or_else(
                 || Span::raw("-"),
                 |w| Span::styled(w.as_str(), bucket_style(state, w)),
+            )),
+            // A mirror's lag behind its source.
+            Cell::from(r.mirror_lag_seconds.map_or_else(
+                || "-".to_owned(),
+                |secs| {
+                    #[allow(clippy::cast_possible_truncation)]
+                    span((secs * 1000.0) as i64)
+                },
             )),
             cluster_cell(&r.cluster),
         ];
