@@ -585,8 +585,16 @@ impl State {
                     if !self.in_cluster(&g.cluster) {
                         return false;
                     }
+                    if self.filter.is_empty() {
+                        return true;
+                    }
+                    // The group's topics, each once.
                     let mut names: Vec<&str> = vec![&g.group, &g.cluster];
-                    names.extend(g.partitions.iter().map(|p| p.topic.as_str()));
+                    for p in g.partitions.iter() {
+                        if names.last() != Some(&p.topic.as_str()) {
+                            names.push(&p.topic);
+                        }
+                    }
                     self.matches(&names)
                 })
                 .collect();
