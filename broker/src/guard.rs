@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 19] = [
+    pub(super) const APIS: [Api; 25] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -756,8 +756,15 @@ mod tables {
         api(19, "CreateTopics", between(2, 7), 5, &CREATE_TOPICS),
         api(20, "DeleteTopics", between(1, 6), 4, &DELETE_TOPICS),
         api(22, "InitProducerId", between(0, 5), 2, &INIT_PRODUCER_ID),
+        api(29, "DescribeAcls", between(1, 3), 2, &DESCRIBE_ACLS),
+        api(30, "CreateAcls", between(1, 3), 2, &CREATE_ACLS),
+        api(31, "DeleteAcls", between(1, 3), 2, &DELETE_ACLS),
         api(32, "DescribeConfigs", between(1, 4), 4, &DESCRIBE_CONFIGS),
+        api(35, "DescribeLogDirs", between(1, 4), 2, &DESCRIBE_LOG_DIRS),
+        api(37, "CreatePartitions", between(0, 3), 2, &CREATE_PARTITIONS),
         api(42, "DeleteGroups", between(0, 2), 2, &DELETE_GROUPS),
+        // No flexible version.
+        api(47, "OffsetDelete", between(0, 0), i16::MAX, &OFFSET_DELETE),
     ];
 
     const PRODUCE: Schema = fields(&[
@@ -1042,6 +1049,64 @@ mod tables {
     ]);
 
     const DELETE_GROUPS: Schema = fields(&[field("groups_names", Array(&Str), ALL)]);
+
+    const ACL_FILTER: Schema = fields(&[
+        field("resource_type_filter", I8, ALL),
+        field("resource_name_filter", NullableStr, ALL),
+        field("pattern_type_filter", I8, since(1)),
+        field("principal_filter", NullableStr, ALL),
+        field("host_filter", NullableStr, ALL),
+        field("operation", I8, ALL),
+        field("permission_type", I8, ALL),
+    ]);
+    const DESCRIBE_ACLS: Schema = ACL_FILTER;
+    const CREATE_ACLS: Schema = fields(&[field("creations", Array(&Struct(&ACL_CREATION)), ALL)]);
+    const ACL_CREATION: Schema = fields(&[
+        field("resource_type", I8, ALL),
+        field("resource_name", Str, ALL),
+        field("resource_pattern_type", I8, since(1)),
+        field("principal", Str, ALL),
+        field("host", Str, ALL),
+        field("operation", I8, ALL),
+        field("permission_type", I8, ALL),
+    ]);
+    const DELETE_ACLS: Schema = fields(&[field("filters", Array(&Struct(&ACL_FILTER)), ALL)]);
+
+    const DESCRIBE_LOG_DIRS: Schema = fields(&[field(
+        "topics",
+        NullableArray(&Struct(&DESCRIBE_LOG_DIRS_TOPIC)),
+        ALL,
+    )]);
+    const DESCRIBE_LOG_DIRS_TOPIC: Schema = fields(&[
+        field("topic", Str, ALL),
+        field("partitions", Array(&I32), ALL),
+    ]);
+
+    const CREATE_PARTITIONS: Schema = fields(&[
+        field("topics", Array(&Struct(&CREATE_PARTITIONS_TOPIC)), ALL),
+        field("timeout_ms", I32, ALL),
+        field("validate_only", Bool, ALL),
+    ]);
+    const CREATE_PARTITIONS_TOPIC: Schema = fields(&[
+        field("name", Str, ALL),
+        field("count", I32, ALL),
+        field(
+            "assignments",
+            NullableArray(&Struct(&CREATE_PARTITIONS_ASSIGNMENT)),
+            ALL,
+        ),
+    ]);
+    const CREATE_PARTITIONS_ASSIGNMENT: Schema = fields(&[field("broker_ids", Array(&I32), ALL)]);
+
+    const OFFSET_DELETE: Schema = fields(&[
+        field("group_id", Str, ALL),
+        field("topics", Array(&Struct(&OFFSET_DELETE_TOPIC)), ALL),
+    ]);
+    const OFFSET_DELETE_TOPIC: Schema = fields(&[
+        field("name", Str, ALL),
+        field("partitions", Array(&Struct(&OFFSET_DELETE_PARTITION)), ALL),
+    ]);
+    const OFFSET_DELETE_PARTITION: Schema = fields(&[field("partition_index", I32, ALL)]);
 }
 
 #[cfg(test)]
@@ -1234,6 +1299,7 @@ mod tests {
     fn lists_the_guarded_apis_from_its_tables() {
         assert_eq!(guarded_apis().len(), API_TABLE.len());
         assert_eq!(guarded_apis()[0], (0, 3, 13));
-        assert_eq!(guarded_apis()[18], (42, 0, 2));
+        assert_eq!(guarded_apis()[23], (42, 0, 2));
+        assert_eq!(guarded_apis()[24], (47, 0, 0));
     }
 }

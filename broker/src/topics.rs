@@ -68,7 +68,7 @@ fn collides(a: &str, b: &str) -> bool {
             .all(|(x, y)| x == y || matches!((x, y), (b'.', b'_') | (b'_', b'.')))
 }
 
-const TOPICS_DIR: &str = "topics";
+pub(crate) const TOPICS_DIR: &str = "topics";
 const DELETED_DIR: &str = "deleted";
 const META_FILE: &str = "topic.json";
 
@@ -407,6 +407,88 @@ impl Topics {
         map.insert(name.to_owned(), topic.clone());
         info!(topic = name, partitions, "topic created");
         Ok(topic)
+    }
+
+    /// Grows topic `name` to `count` partitions (CreatePartitions); the
+    /// partitions it has keep their data and books, the new ones start
+    /// empty. `validate_only` checks without growing. The new partitions'
+    /// folders are made before `topic.json` names them, so that a crash
+    /// between leaves the topic as it was (and empty folders that a later
+    /// growth reuses).
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, Refusal> {
+        let mut map = self.map.write();
+        let topic = map.get(name).cloned().ok_or_else(|| {
+            Refusal::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            )
+        })?;
+        let now = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+        if count <= now {
+            return Err(Refusal::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic \"{name}\" has {now} partitions, and partitions can only be added: ask for more than {now}, not \"{count}\""
+                ),
+            ));
+        }
+        if count > 10_000 {
+            return Err(Refusal::new(
+                ResponseError::InvalidPartitions,
+                format!("partition count \"{count}\" is out of range: expected at most 10000"),
+            ));
+        }
+        if validate_only {
+            return Ok(topic);
+        }
+        let storage = |e: Error| Refusal::new(ResponseError::KafkaStorageError, e.to_string());
+        let mut partitions = topic.partitions.clone();
+        for p in now..count {
+            let log = PartitionLog::open(&topic.dir.join(p.to_string()), topic.log_config.clone())
+                .map_err(storage)?;
+            let mut producers = ProducerStates::default();
+            producers.rebuild(&log.batches(log.start_offset()).map_err(storage)?);
+            partitions.push(Arc::new(Partition {
+                log: Mutex::new(log),
+                producers: Mutex::new(producers),
+            }));
+        }
+        sync_dir(&topic.dir).map_err(storage)?;
+        let meta = TopicMeta {
+            id: topic.id.to_string(),
+            partitions: count,
+            configs: topic.configs.clone(),
+        };
+        let text = serde_json::to_string_pretty(&meta)
+            .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
+        replace_file(&topic.dir.join(META_FILE), text.as_bytes()).map_err(storage)?;
+        if let Some(observers) = self.observers.read().as_ref() {
+            for (p, part) in partitions.iter().enumerate().skip(topic.partitions.len()) {
+                let mut log = part.log.lock();
+                let observer = observers
+                    .observer(name, p as i32, &log, true)
+                    .map_err(storage)?;
+                log.observe(observer);
+            }
+        }
+        let grown = Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            configs: topic.configs.clone(),
+            log_config: topic.log_config.clone(),
+            partitions,
+            dir: topic.dir.clone(),
+        });
+        map.insert(name.to_owned(), grown.clone());
+        drop(map);
+        self.notify_appended();
+        info!(topic = name, from = now, to = count, "partitions added");
+        Ok(grown)
     }
 
     /// Deletes a topic and its data: its folder leaves `topics/` in one

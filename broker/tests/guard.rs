@@ -9,11 +9,17 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
 use kafka_protocol::messages::fetch_request::{
     FetchPartition, FetchTopic, ForgottenTopic, ReplicaState,
 };
@@ -24,18 +30,22 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, TopicName,
-    TransactionalId,
+    ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
+    SyncGroupRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 use tally_broker::guard::{
@@ -533,6 +543,97 @@ fn delete_groups(v: i16) -> DeleteGroupsRequest {
         .with_unknown_tagged_fields(tags(v >= 2))
 }
 
+fn describe_acls(v: i16) -> DescribeAclsRequest {
+    DescribeAclsRequest::default()
+        .with_resource_type_filter(2)
+        .with_resource_name_filter(Some(text("orders")))
+        .with_pattern_type_filter(3)
+        .with_principal_filter(Some(text("User:alice")))
+        .with_host_filter(None)
+        .with_operation(3)
+        .with_permission_type(3)
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn acl_creation(v: i16) -> AclCreation {
+    AclCreation::default()
+        .with_resource_type(2)
+        .with_resource_name(text("orders"))
+        .with_resource_pattern_type(3)
+        .with_principal(text("User:alice"))
+        .with_host(text("*"))
+        .with_operation(3)
+        .with_permission_type(3)
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn create_acls(v: i16) -> CreateAclsRequest {
+    CreateAclsRequest::default()
+        .with_creations(vec![acl_creation(v), acl_creation(v)])
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn delete_acls(v: i16) -> DeleteAclsRequest {
+    let filter = DeleteAclsFilter::default()
+        .with_resource_type_filter(1)
+        .with_resource_name_filter(None)
+        .with_pattern_type_filter(1)
+        .with_principal_filter(Some(text("User:bob")))
+        .with_host_filter(Some(text("10.0.0.1")))
+        .with_operation(1)
+        .with_permission_type(1)
+        .with_unknown_tagged_fields(tags(v >= 2));
+    DeleteAclsRequest::default()
+        .with_filters(vec![filter.clone(), filter])
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn describe_log_dirs(v: i16) -> DescribeLogDirsRequest {
+    DescribeLogDirsRequest::default()
+        .with_topics(Some(vec![
+            DescribableLogDirTopic::default()
+                .with_topic(topic("orders"))
+                .with_partitions(vec![0, 1, 2])
+                .with_unknown_tagged_fields(tags(v >= 2)),
+        ]))
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn create_partitions(v: i16) -> CreatePartitionsRequest {
+    let assignment = CreatePartitionsAssignment::default()
+        .with_broker_ids(vec![BrokerId(0)])
+        .with_unknown_tagged_fields(tags(v >= 2));
+    CreatePartitionsRequest::default()
+        .with_topics(vec![
+            CreatePartitionsTopic::default()
+                .with_name(topic("orders"))
+                .with_count(5)
+                .with_assignments(Some(vec![assignment.clone(), assignment]))
+                .with_unknown_tagged_fields(tags(v >= 2)),
+            CreatePartitionsTopic::default()
+                .with_name(topic("billing"))
+                .with_count(2)
+                .with_assignments(None)
+                .with_unknown_tagged_fields(tags(v >= 2)),
+        ])
+        .with_timeout_ms(30_000)
+        .with_validate_only(true)
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn offset_delete(_v: i16) -> OffsetDeleteRequest {
+    OffsetDeleteRequest::default()
+        .with_group_id(group("billing"))
+        .with_topics(vec![
+            OffsetDeleteRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    OffsetDeleteRequestPartition::default().with_partition_index(2),
+                ]),
+        ])
+}
+
 fn encode(message: &impl Encodable, version: i16) -> Vec<u8> {
     let mut buf = BytesMut::new();
     message
@@ -562,8 +663,14 @@ macro_rules! for_request_type {
             19 => $action!(CreateTopicsRequest, create_topics),
             20 => $action!(DeleteTopicsRequest, delete_topics),
             22 => $action!(InitProducerIdRequest, init_producer_id),
+            29 => $action!(DescribeAclsRequest, describe_acls),
+            30 => $action!(CreateAclsRequest, create_acls),
+            31 => $action!(DeleteAclsRequest, delete_acls),
             32 => $action!(DescribeConfigsRequest, describe_configs),
+            35 => $action!(DescribeLogDirsRequest, describe_log_dirs),
+            37 => $action!(CreatePartitionsRequest, create_partitions),
             42 => $action!(DeleteGroupsRequest, delete_groups),
+            47 => $action!(OffsetDeleteRequest, offset_delete),
             other => panic!("no request type for api key {other}"),
         }
     };
@@ -636,7 +743,8 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
     assert_eq!(
         keys,
         [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 32, 42
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 29, 30, 31, 32, 35, 37,
+            42, 47
         ]
     );
     for &(key, min, max) in guarded_apis() {

@@ -39,7 +39,9 @@ pub(super) fn handle(
                         "topic \"{name}\" is named more than once in this request: name each topic once"
                     ))));
             }
-            let partitions = if t.num_partitions == -1 {
+            let partitions = if !t.assignments.is_empty() {
+                    i32::try_from(t.assignments.len()).unwrap_or(i32::MAX)
+                } else if t.num_partitions == -1 {
                     broker.cfg.default_partitions
                 } else {
                     t.num_partitions
@@ -55,10 +57,7 @@ pub(super) fn handle(
                     ));
                 }
                 if !t.assignments.is_empty() {
-                    return Err(Refusal::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        "manual replica assignments are not supported on a single broker",
-                    ));
+                    check_assignments(broker.cfg.node_id, &t)?;
                 }
                 let mut configs = BTreeMap::new();
                 for c in &t.configs {
@@ -101,4 +100,47 @@ pub(super) fn handle(
         })
         .collect();
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// A manual assignment, as Kafka checks it, on one broker: the partition
+/// count and replication factor left to it (-1), partitions 0 to n-1 each
+/// once, and each on this broker alone.
+fn check_assignments(
+    node: i32,
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<(), Refusal> {
+    let bad = |message: String| {
+        Err(Refusal::new(
+            ResponseError::InvalidReplicaAssignment,
+            message,
+        ))
+    };
+    if t.num_partitions != -1 || t.replication_factor != -1 {
+        return Err(Refusal::new(
+            ResponseError::InvalidRequest,
+            "a replica assignment gives the partitions and their replicas: send num_partitions and replication_factor as -1 with it",
+        ));
+    }
+    let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+    indexes.sort_unstable();
+    if !indexes
+        .iter()
+        .copied()
+        .eq(0..i32::try_from(indexes.len()).unwrap_or(i32::MAX))
+    {
+        return bad(format!(
+            "the assignment names partitions {indexes:?}: expected each of 0 to {} once",
+            indexes.len().saturating_sub(1)
+        ));
+    }
+    for a in &t.assignments {
+        let ids: Vec<i32> = a.broker_ids.iter().map(|b| b.0).collect();
+        if ids != [node] {
+            return bad(format!(
+                "partition {} is assigned to brokers {ids:?}: this single broker (id {node}) holds every partition, so each assignment must be [{node}]",
+                a.partition_index
+            ));
+        }
+    }
+    Ok(())
 }

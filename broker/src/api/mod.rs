@@ -1,12 +1,15 @@
 //! The Kafka APIs the broker serves: one file per API, one table of the
 //! versions it advertises, and one dispatch from (key, version) to handler.
 
+mod acls;
 mod api_versions;
+mod create_partitions;
 mod create_topics;
 mod delete_groups;
 mod delete_topics;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -17,6 +20,7 @@ mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
+mod offset_delete;
 mod offset_fetch;
 mod produce;
 pub(crate) mod sasl_authenticate;
@@ -27,11 +31,12 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeAclsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -59,6 +64,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The SASL APIs, served and advertised (after [`SUPPORTED`]) only when the
@@ -207,6 +218,24 @@ pub(crate) async fn dispatch(
         )?,
         ApiKey::DeleteGroups => encode(
             &delete_groups::handle(broker, decode::<DeleteGroupsRequest>(b, v)?).await,
+            v,
+        )?,
+        ApiKey::CreatePartitions => encode(
+            &create_partitions::handle(broker, decode::<CreatePartitionsRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::DescribeAcls => {
+            decode::<DescribeAclsRequest>(b, v)?;
+            encode(&acls::describe(), v)?
+        }
+        ApiKey::CreateAcls => encode(&acls::create(&decode::<CreateAclsRequest>(b, v)?), v)?,
+        ApiKey::DeleteAcls => encode(&acls::delete(&decode::<DeleteAclsRequest>(b, v)?), v)?,
+        ApiKey::DescribeLogDirs => encode(
+            &describe_log_dirs::handle(broker, &decode::<DescribeLogDirsRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::OffsetDelete => encode(
+            &offset_delete::handle(broker, decode::<OffsetDeleteRequest>(b, v)?).await,
             v,
         )?,
         other => return Err(DecodeFailure(format!("API {other:?} is not served"))),

@@ -16,6 +16,7 @@ mod offsets;
 mod starts;
 mod ties;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -570,6 +571,90 @@ impl Groups {
         }
     }
 
+    /// Deletes `group`'s committed offsets of the `asked` partitions
+    /// (OffsetDelete). A consumer group with members keeps the offsets of
+    /// the topics its members subscribe to (GROUP_SUBSCRIBED_TO_TOPIC for
+    /// those partitions); a group of another protocol with members is
+    /// refused whole (NON_EMPTY_GROUP), an unknown one is GROUP_ID_NOT_FOUND.
+    /// Returns each asked partition with its error (None: deleted, or had
+    /// no offset).
+    pub async fn delete_offsets(
+        &self,
+        group: &str,
+        asked: Vec<(String, i32)>,
+    ) -> std::result::Result<Vec<(String, i32, Option<ResponseError>)>, ResponseError> {
+        let store = self
+            .store()
+            .ok_or(ResponseError::CoordinatorLoadInProgress)?
+            .clone();
+        if group.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let summary = self.describe(group);
+        let has_offsets = store.read(|o| o.groups.contains_key(group));
+        let members = summary.as_ref().map_or(&[][..], |g| &g.members[..]);
+        if summary.is_none() && !has_offsets {
+            return Err(ResponseError::GroupIdNotFound);
+        }
+        // What the members subscribe to; None: everything (a member whose
+        // subscription cannot be read keeps every offset).
+        let subscribed: Option<HashSet<String>> = if members.is_empty() {
+            Some(HashSet::new())
+        } else if summary
+            .as_ref()
+            .is_some_and(|g| g.protocol_type != "consumer")
+        {
+            return Err(ResponseError::NonEmptyGroup);
+        } else {
+            members
+                .iter()
+                .map(|m| subscribed_topics(&m.metadata))
+                .collect::<Option<Vec<_>>>()
+                .map(|all| all.into_iter().flatten().collect())
+        };
+        let mut answers = Vec::with_capacity(asked.len());
+        let mut doomed: HashSet<(String, i32)> = HashSet::new();
+        for (topic, partition) in asked {
+            let kept = subscribed.as_ref().is_none_or(|s| s.contains(&topic));
+            if kept {
+                answers.push((
+                    topic,
+                    partition,
+                    Some(ResponseError::GroupSubscribedToTopic),
+                ));
+            } else {
+                doomed.insert((topic.clone(), partition));
+                answers.push((topic, partition, None));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(answers);
+        }
+        let name = group.to_owned();
+        let removed = tokio::task::spawn_blocking(move || {
+            store.remove(|g, t, p| g == name && doomed.contains(&(t.to_owned(), p)))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::Error::Config(format!(
+                "the offsets writer failed: {e}"
+            )))
+        });
+        match removed {
+            Ok(n) => {
+                info!(group, partitions = n, "committed offsets deleted");
+                if n > 0 {
+                    self.shared.commits.send_modify(|c| *c += 1);
+                }
+                Ok(answers)
+            }
+            Err(e) => {
+                warn!(group, "cannot delete committed offsets: {e}");
+                Err(ResponseError::KafkaStorageError)
+            }
+        }
+    }
+
     /// Expires members whose session ended and ends overdue rebalances;
     /// the broker calls it every 100 ms or so.
     pub fn tick(&self, now: Instant) {
@@ -594,5 +679,53 @@ impl Groups {
 
     pub(crate) fn coordinator(&self) -> MutexGuard<'_, Coordinator> {
         self.shared.coordinator.lock()
+    }
+}
+
+/// The topics of a consumer's subscription, read from its JoinGroup
+/// metadata (ConsumerProtocolSubscription, every version: a version, then
+/// the topic names; what follows is ignored); `None` when it is not that.
+/// Bounds are checked at each step: the bytes came from a client.
+fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut at = 2usize; // the version
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let end = at.checked_add(n)?;
+        let out = metadata.get(*at..end)?;
+        *at = end;
+        Some(out)
+    };
+    let count = i32::from_be_bytes(take(&mut at, 4)?.try_into().ok()?);
+    let count = usize::try_from(count).ok()?;
+    let mut topics = Vec::new();
+    for _ in 0..count {
+        let len = i16::from_be_bytes(take(&mut at, 2)?.try_into().ok()?);
+        let name = take(&mut at, usize::try_from(len).ok()?)?;
+        topics.push(String::from_utf8(name.to_vec()).ok()?);
+    }
+    Some(topics)
+}
+
+#[cfg(test)]
+mod subscription_tests {
+    use super::subscribed_topics;
+
+    #[test]
+    fn a_subscription_is_read_and_lying_lengths_are_not() {
+        // Version 1, topics "a" and "orders", then user data.
+        let mut m = vec![0, 1, 0, 0, 0, 2, 0, 1, b'a', 0, 6];
+        m.extend_from_slice(b"orders");
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(
+            subscribed_topics(&m),
+            Some(vec!["a".to_owned(), "orders".to_owned()])
+        );
+        // A count or a length past the end, negative ones, and nothing.
+        assert_eq!(subscribed_topics(&[0, 1, 0x7f, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            subscribed_topics(&[0, 1, 0, 0, 0, 1, 0x7f, 0xff, b'a']),
+            None
+        );
+        assert_eq!(subscribed_topics(&[0, 1, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(subscribed_topics(&[]), None);
     }
 }

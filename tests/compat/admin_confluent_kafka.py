@@ -1,0 +1,187 @@
+"""confluent-kafka's AdminClient (and kafka-python's for DescribeLogDirs) on
+the admin APIs of `tally broker`, driven by tests/admin.rs.
+
+usage: admin_confluent_kafka.py BOOTSTRAP NODE_ID
+
+Grows a topic of 2 partitions holding records to 4, produces to a new
+partition, reads the old ones back, and tries what must be refused: fewer
+partitions, an unknown topic, an assignment to another broker. Then the
+ACL calls, which answer SECURITY_DISABLED, DescribeLogDirs and OffsetDelete. Prints one
+JSON object of what each call gave.
+"""
+
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewPartitions,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
+
+bootstrap, node_id = sys.argv[1], int(sys.argv[2])
+admin = AdminClient({"bootstrap.servers": bootstrap})
+out = {}
+
+
+def error_of(future):
+    """None, or {"code", "name", "message"} of what the future raised."""
+    try:
+        future.result(timeout=15)
+        return None
+    except KafkaException as e:
+        err = e.args[0]
+        return {"code": err.code(), "name": err.name(), "message": err.str()}
+
+
+def partitions(topic):
+    md = admin.list_topics(topic=topic, timeout=10)
+    return sorted(md.topics[topic].partitions.keys())
+
+
+topic = "grown"
+error = error_of(admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic])
+assert error is None, error
+producer = Producer({"bootstrap.servers": bootstrap})
+for p in (0, 1):
+    for i in range(10):
+        producer.produce(topic, value=f"p{p}-{i}".encode(), partition=p)
+producer.flush(15)
+out["before"] = partitions(topic)
+
+out["grow"] = error_of(admin.create_partitions([NewPartitions(topic, 4)])[topic])
+out["validate_only"] = error_of(admin.create_partitions([NewPartitions(topic, 9)], validate_only=True)[topic])
+out["fewer"] = error_of(admin.create_partitions([NewPartitions(topic, 3)])[topic])
+out["unknown"] = error_of(admin.create_partitions([NewPartitions("no-such-topic", 3)])["no-such-topic"])
+out["assigned_here"] = error_of(
+    admin.create_partitions([NewPartitions(topic, 5, replica_assignment=[[node_id]])])[topic]
+)
+out["assigned_elsewhere"] = error_of(
+    admin.create_partitions([NewPartitions(topic, 6, replica_assignment=[[node_id + 7]])])[topic]
+)
+# The producer learns of the new partitions from its next metadata.
+deadline = time.monotonic() + 15
+after = partitions(topic)
+while len(after) < 5 and time.monotonic() < deadline:
+    time.sleep(0.2)
+    after = partitions(topic)
+out["after"] = after
+delivered = []
+# A producer that started before learns of new partitions at its next
+# metadata refresh; a new one knows them at once.
+producer.flush(15)
+producer = Producer({"bootstrap.servers": bootstrap})
+producer.produce(topic, value=b"new-partition", partition=4, on_delivery=lambda err, msg: delivered.append((err, msg.partition(), msg.offset())))
+producer.flush(15)
+out["delivered_to_new"] = [[str(e) if e else None, p, o] for e, p, o in delivered]
+
+# The old partitions' records, read back whole.
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "admin-read-back", "enable.auto.commit": False})
+read = {}
+for p in range(5):
+    consumer.assign([TopicPartition(topic, p, 0)])
+    got = []
+    deadline = time.monotonic() + 10
+    want = {0: 10, 1: 10, 4: 1}.get(p, 0)
+    while len(got) < want and time.monotonic() < deadline:
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m.value().decode())
+    read[str(p)] = got
+consumer.close()
+out["read"] = read
+
+# CreateTopics with a replica assignment naming this broker only.
+out["create_assigned_here"] = error_of(
+    admin.create_topics([NewTopic("assigned", num_partitions=3, replica_assignment=[[node_id], [node_id], [node_id]])])["assigned"]
+)
+out["assigned_partitions"] = partitions("assigned")
+out["create_assigned_elsewhere"] = error_of(
+    admin.create_topics([NewTopic("elsewhere", num_partitions=2, replica_assignment=[[node_id], [node_id + 1]])])["elsewhere"]
+)
+
+# ACLs: no authorizer runs.
+anything = AclBindingFilter(
+    ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY
+)
+# librdkafka reads DescribeAcls' top-level error but answers an empty list
+# without it; kafka-python hands the error over (below).
+try:
+    out["describe_acls_confluent"] = [str(b) for b in admin.describe_acls(anything).result(timeout=15)]
+except KafkaException as e:
+    out["describe_acls_confluent"] = e.args[0].name()
+binding = AclBinding(
+    ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:alice", "*", AclOperation.READ, AclPermissionType.ALLOW
+)
+out["create_acls"] = error_of(admin.create_acls([binding])[binding])
+out["delete_acls"] = error_of(admin.delete_acls([anything])[anything])
+
+# DescribeLogDirs, through kafka-python (confluent-kafka has no call for it).
+from kafka import KafkaAdminClient  # noqa: E402
+
+kp = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tally-compat-admin")
+dirs = kp.describe_log_dirs()
+out["log_dirs"] = repr(dirs)
+
+from kafka.admin import (  # noqa: E402
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePatternFilter,
+)
+from kafka.admin import ResourceType as KResourceType  # noqa: E402
+from kafka.errors import KafkaError as KafkaPythonError  # noqa: E402
+
+acl_filter = ACLFilter(
+    principal=None,
+    host="*",
+    operation=ACLOperation.ANY,
+    permission_type=ACLPermissionType.ANY,
+    resource_pattern=ResourcePatternFilter(KResourceType.TOPIC, None, ACLResourcePatternType.ANY),
+)
+try:
+    acls, error = kp.describe_acls(acl_filter)
+    out["describe_acls"] = {"name": error.__name__, "acls": len(acls)}
+except KafkaPythonError as e:
+    out["describe_acls"] = {"name": type(e).__name__, "message": str(e)}
+
+# OffsetDelete, through kafka-python: an empty group's offsets go; a live
+# group keeps those of the topic it subscribes to; no group, no offsets.
+from kafka import TopicPartition as KTP  # noqa: E402
+from kafka.errors import KafkaError as KErr  # noqa: E402
+
+idle = Consumer({"bootstrap.servers": bootstrap, "group.id": "idle-group", "enable.auto.commit": False})
+idle.commit(offsets=[TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 9)], asynchronous=False)
+idle.close()
+answer = kp.delete_group_offsets("idle-group", [KTP(topic, 0)])
+out["offset_delete_idle"] = {f"{tp.topic}/{tp.partition}": e.__name__ for tp, e in answer.items()}
+left = kp.list_group_offsets("idle-group")
+left = left.get("idle-group", left)  # kafka-python 3 answers per group
+out["idle_left"] = sorted(f"{tp.topic}/{tp.partition}={om.offset}" for tp, om in left.items())
+
+live = Consumer({"bootstrap.servers": bootstrap, "group.id": "live-group", "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+live.subscribe([topic])
+deadline = time.monotonic() + 20
+while not live.assignment() and time.monotonic() < deadline:
+    live.poll(0.2)
+live.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+answer = kp.delete_group_offsets("live-group", [KTP(topic, 0)])
+out["offset_delete_live"] = {f"{tp.topic}/{tp.partition}": e.__name__ for tp, e in answer.items()}
+live.close()
+try:
+    kp.delete_group_offsets("no-such-group", [KTP(topic, 0)])
+    out["offset_delete_unknown"] = None
+except KErr as e:
+    out["offset_delete_unknown"] = type(e).__name__
+kp.close()
+
+print(json.dumps(out))
