@@ -87,6 +87,51 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
         "{message}"
     );
 
+    // Topic configs at creation: Kafka's names accepted and described.
+    assert_eq!(out["create_configured"], Value::Null, "{out}");
+    assert_eq!(
+        out["described_at_creation"],
+        json!({
+            "compression.type": "zstd",
+            "max.message.bytes": "2000000",
+            "delete.retention.ms": "1000",
+            "min.insync.replicas": "1",
+            "retention.ms": "3600000",
+        })
+    );
+    let (name, message) = refused(&out["create_bogus_config"]);
+    assert_eq!(name, "INVALID_CONFIG", "{out}");
+    assert!(message.contains("\"no.such.config\""), "{message}");
+    // IncrementalAlterConfigs sets and deletes; AlterConfigs replaces all.
+    assert_eq!(out["incremental"], Value::Null, "{out}");
+    assert_eq!(
+        out["after_incremental"],
+        json!({"retention.ms": "7200000", "compression.type": null, "max.message.bytes": "2000000"})
+    );
+    for (call, named) in [
+        ("incremental_bogus", "\"bogus.config\""),
+        ("incremental_bad_value", "\"brotli\""),
+        ("incremental_broker", "flags"),
+    ] {
+        let (name, message) = refused(&out[call]);
+        assert_eq!(name, "INVALID_CONFIG", "{call}: {out}");
+        assert!(message.contains(named), "{call}: {message}");
+    }
+    assert_eq!(out["alter"], Value::Null, "{out}");
+    let default_retention = out["after_alter"]["retention.ms"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(out["after_alter"]["segment.ms"], "60000", "{out}");
+    assert_ne!(
+        default_retention, "7200000",
+        "AlterConfigs puts back the default: {out}"
+    );
+    assert_eq!(
+        out["after_alter"]["max.message.bytes"],
+        Value::Null,
+        "{out}"
+    );
+
     // No authorizer: every ACL call says so (librdkafka drops
     // DescribeAcls' error and shows no ACLs; kafka-python shows the error).
     assert_eq!(out["describe_acls_confluent"], json!([]), "{out}");
@@ -129,9 +174,12 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
     broker.restart();
     let run = common::run(
         Command::new(&python).arg("-c").arg(format!(
-            "from confluent_kafka.admin import AdminClient; import json; \
-             md = AdminClient({{'bootstrap.servers': '{}'}}).list_topics(topic='grown', timeout=10); \
-             print(json.dumps({{'partitions': sorted(md.topics['grown'].partitions)}}))",
+            "from confluent_kafka.admin import AdminClient, ConfigResource; import json; \
+             a = AdminClient({{'bootstrap.servers': '{}'}}); \
+             md = a.list_topics(topic='grown', timeout=10); \
+             r = ConfigResource(ConfigResource.Type.TOPIC, 'configured'); \
+             c = a.describe_configs([r])[r].result(timeout=15); \
+             print(json.dumps({{'partitions': sorted(md.topics['grown'].partitions), 'segment.ms': c['segment.ms'].value}}))",
             broker.addr()
         )),
         b"",
@@ -139,5 +187,9 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
     );
     let after = run.accept("list_topics after the restart", &broker);
     assert_eq!(after["partitions"], json!([0, 1, 2, 3, 4]));
+    assert_eq!(
+        after["segment.ms"], "60000",
+        "AlterConfigs is durable: {after}"
+    );
     broker.assert_quiet();
 }

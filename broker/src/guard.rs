@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 25] = [
+    pub(super) const APIS: [Api; 27] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -760,9 +760,17 @@ mod tables {
         api(30, "CreateAcls", between(1, 3), 2, &CREATE_ACLS),
         api(31, "DeleteAcls", between(1, 3), 2, &DELETE_ACLS),
         api(32, "DescribeConfigs", between(1, 4), 4, &DESCRIBE_CONFIGS),
+        api(33, "AlterConfigs", between(0, 2), 2, &ALTER_CONFIGS),
         api(35, "DescribeLogDirs", between(1, 4), 2, &DESCRIBE_LOG_DIRS),
         api(37, "CreatePartitions", between(0, 3), 2, &CREATE_PARTITIONS),
         api(42, "DeleteGroups", between(0, 2), 2, &DELETE_GROUPS),
+        api(
+            44,
+            "IncrementalAlterConfigs",
+            between(0, 1),
+            1,
+            &INCREMENTAL_ALTER_CONFIGS,
+        ),
         // No flexible version.
         api(47, "OffsetDelete", between(0, 0), i16::MAX, &OFFSET_DELETE),
     ];
@@ -1098,6 +1106,41 @@ mod tables {
     ]);
     const CREATE_PARTITIONS_ASSIGNMENT: Schema = fields(&[field("broker_ids", Array(&I32), ALL)]);
 
+    const ALTER_CONFIGS: Schema = fields(&[
+        field("resources", Array(&Struct(&ALTER_CONFIGS_RESOURCE)), ALL),
+        field("validate_only", Bool, ALL),
+    ]);
+    const ALTER_CONFIGS_RESOURCE: Schema = fields(&[
+        field("resource_type", I8, ALL),
+        field("resource_name", Str, ALL),
+        field("configs", Array(&Struct(&ALTER_CONFIGS_CONFIG)), ALL),
+    ]);
+    const ALTER_CONFIGS_CONFIG: Schema =
+        fields(&[field("name", Str, ALL), field("value", NullableStr, ALL)]);
+
+    const INCREMENTAL_ALTER_CONFIGS: Schema = fields(&[
+        field(
+            "resources",
+            Array(&Struct(&INCREMENTAL_ALTER_CONFIGS_RESOURCE)),
+            ALL,
+        ),
+        field("validate_only", Bool, ALL),
+    ]);
+    const INCREMENTAL_ALTER_CONFIGS_RESOURCE: Schema = fields(&[
+        field("resource_type", I8, ALL),
+        field("resource_name", Str, ALL),
+        field(
+            "configs",
+            Array(&Struct(&INCREMENTAL_ALTER_CONFIGS_CONFIG)),
+            ALL,
+        ),
+    ]);
+    const INCREMENTAL_ALTER_CONFIGS_CONFIG: Schema = fields(&[
+        field("name", Str, ALL),
+        field("config_operation", I8, ALL),
+        field("value", NullableStr, ALL),
+    ]);
+
     const OFFSET_DELETE: Schema = fields(&[
         field("group_id", Str, ALL),
         field("topics", Array(&Struct(&OFFSET_DELETE_TOPIC)), ALL),
@@ -1299,7 +1342,7 @@ mod tests {
     fn lists_the_guarded_apis_from_its_tables() {
         assert_eq!(guarded_apis().len(), API_TABLE.len());
         assert_eq!(guarded_apis()[0], (0, 3, 13));
-        assert_eq!(guarded_apis()[23], (42, 0, 2));
-        assert_eq!(guarded_apis()[24], (47, 0, 0));
+        assert_eq!(guarded_apis()[24], (42, 0, 2));
+        assert_eq!(guarded_apis()[26], (47, 0, 0));
     }
 }

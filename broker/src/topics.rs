@@ -72,7 +72,7 @@ pub(crate) const TOPICS_DIR: &str = "topics";
 const DELETED_DIR: &str = "deleted";
 const META_FILE: &str = "topic.json";
 
-/// The configs a topic keeps, as Kafka names them.
+/// The configs a topic keeps and the log honours, as Kafka names them.
 pub const TOPIC_CONFIGS: &[&str] = &[
     "cleanup.policy",
     "retention.ms",
@@ -81,6 +81,84 @@ pub const TOPIC_CONFIGS: &[&str] = &[
     "segment.ms",
     "message.timestamp.type",
 ];
+
+/// The rest of Kafka's topic-level configs: accepted (a value of the right
+/// kind), stored and reported by DescribeConfigs, with no effect on this
+/// single broker's log. Each with the check of its value.
+pub const STORED_TOPIC_CONFIGS: &[(&str, ValueKind)] = &[
+    (
+        "compression.type",
+        ValueKind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+    ),
+    ("delete.retention.ms", ValueKind::Long),
+    ("file.delete.delay.ms", ValueKind::Long),
+    ("flush.messages", ValueKind::Long),
+    ("flush.ms", ValueKind::Long),
+    ("follower.replication.throttled.replicas", ValueKind::Text),
+    ("index.interval.bytes", ValueKind::Long),
+    ("leader.replication.throttled.replicas", ValueKind::Text),
+    ("local.retention.bytes", ValueKind::Long),
+    ("local.retention.ms", ValueKind::Long),
+    ("max.compaction.lag.ms", ValueKind::Long),
+    ("max.message.bytes", ValueKind::Long),
+    ("message.downconversion.enable", ValueKind::Bool),
+    ("message.format.version", ValueKind::Text),
+    ("message.timestamp.after.max.ms", ValueKind::Long),
+    ("message.timestamp.before.max.ms", ValueKind::Long),
+    ("message.timestamp.difference.max.ms", ValueKind::Long),
+    ("min.cleanable.dirty.ratio", ValueKind::Ratio),
+    ("min.compaction.lag.ms", ValueKind::Long),
+    ("min.insync.replicas", ValueKind::Long),
+    ("preallocate", ValueKind::Bool),
+    ("remote.log.copy.disable", ValueKind::Bool),
+    ("remote.log.delete.on.disable", ValueKind::Bool),
+    ("remote.storage.enable", ValueKind::Bool),
+    ("segment.index.bytes", ValueKind::Long),
+    ("segment.jitter.ms", ValueKind::Long),
+    ("unclean.leader.election.enable", ValueKind::Bool),
+];
+
+/// What a stored topic config's value must be.
+#[derive(Clone, Copy, Debug)]
+pub enum ValueKind {
+    /// A whole number.
+    Long,
+    /// `true` or `false`.
+    Bool,
+    /// A number from 0 to 1.
+    Ratio,
+    /// Any text.
+    Text,
+    /// One of these.
+    OneOf(&'static [&'static str]),
+}
+
+impl ValueKind {
+    /// Checks `value` of config `key`: a clear refusal where it is not of this kind.
+    fn check(self, key: &str, value: &str) -> Result<(), Refusal> {
+        let ok = match self {
+            ValueKind::Long => value.parse::<i64>().is_ok(),
+            ValueKind::Bool => matches!(value, "true" | "false"),
+            ValueKind::Ratio => value.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)),
+            ValueKind::Text => true,
+            ValueKind::OneOf(choices) => choices.contains(&value),
+        };
+        if ok {
+            return Ok(());
+        }
+        let expected = match self {
+            ValueKind::Long => "a whole number".to_owned(),
+            ValueKind::Bool => "true or false".to_owned(),
+            ValueKind::Ratio => "a number from 0 to 1".to_owned(),
+            ValueKind::Text => String::new(),
+            ValueKind::OneOf(choices) => format!("one of {choices:?}"),
+        };
+        Err(Refusal::new(
+            ResponseError::InvalidConfig,
+            format!("config \"{key}\" = \"{value}\" is not valid: expected {expected}"),
+        ))
+    }
+}
 
 /// What `topic.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,12 +282,21 @@ pub fn log_config(
                     ));
                 }
             }
-            _ => {
-                return Err(Refusal::new(
-                    ResponseError::InvalidConfig,
-                    format!("config \"{key}\" is not supported: expected one of {TOPIC_CONFIGS:?}"),
-                ));
-            }
+            other => match STORED_TOPIC_CONFIGS.iter().find(|(name, _)| *name == other) {
+                Some((_, kind)) => kind.check(key, value)?,
+                None => {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidConfig,
+                        format!(
+                            "config \"{key}\" is not a topic config: expected one of {TOPIC_CONFIGS:?} (honoured) or {:?} (stored)",
+                            STORED_TOPIC_CONFIGS
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+            },
         }
     }
     Ok(cfg)
@@ -491,6 +578,55 @@ impl Topics {
         Ok(grown)
     }
 
+    /// Replaces topic `name`'s configs with `configs` (AlterConfigs; what
+    /// is not in it goes back to its default): checked, written to
+    /// `topic.json` before it takes effect, then in force in every
+    /// partition's log. `validate_only` checks without changing.
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, Refusal> {
+        let log_config = log_config(&self.defaults, &configs)?;
+        let mut map = self.map.write();
+        let topic = map.get(name).cloned().ok_or_else(|| {
+            Refusal::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            )
+        })?;
+        if validate_only || topic.configs == configs {
+            return Ok(topic);
+        }
+        let storage = |e: Error| Refusal::new(ResponseError::KafkaStorageError, e.to_string());
+        let meta = TopicMeta {
+            id: topic.id.to_string(),
+            partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+            configs: configs.clone(),
+        };
+        let text = serde_json::to_string_pretty(&meta)
+            .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
+        replace_file(&topic.dir.join(META_FILE), text.as_bytes()).map_err(storage)?;
+        for part in &topic.partitions {
+            part.log
+                .lock()
+                .set_config(log_config.clone())
+                .map_err(storage)?;
+        }
+        let altered = Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            configs,
+            log_config,
+            partitions: topic.partitions.clone(),
+            dir: topic.dir.clone(),
+        });
+        map.insert(name.to_owned(), altered.clone());
+        info!(topic = name, configs = ?altered.configs, "topic configs altered");
+        Ok(altered)
+    }
+
     /// Deletes a topic and its data: its folder leaves `topics/` in one
     /// rename, made durable before this returns, so that the topic does not
     /// come back after a crash; the files are removed in the background.
@@ -658,10 +794,26 @@ mod tests {
         let cfg = log_config(&d, &ok).unwrap();
         assert_eq!(cfg.retention_ms, 1000);
         assert!(cfg.log_append_time);
+        // Kafka's other topic configs are stored when their value fits.
+        let stored: BTreeMap<String, String> = [
+            ("flush.ms".to_owned(), "1".to_owned()),
+            ("compression.type".to_owned(), "lz4".to_owned()),
+            ("min.cleanable.dirty.ratio".to_owned(), "0.5".to_owned()),
+            ("preallocate".to_owned(), "true".to_owned()),
+        ]
+        .into();
+        assert_eq!(
+            format!("{:?}", log_config(&d, &stored).unwrap()),
+            format!("{d:?}")
+        );
         for (k, v) in [
             ("retention.ms", "soon"),
             ("cleanup.policy", "compact"),
-            ("flush.ms", "1"),
+            ("flush.ms", "often"),
+            ("compression.type", "brotli"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("preallocate", "yes"),
+            ("no.such.config", "1"),
         ] {
             let bad: BTreeMap<String, String> = [(k.to_owned(), v.to_owned())].into();
             let r = log_config(&d, &bad).unwrap_err();

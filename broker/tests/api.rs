@@ -566,7 +566,7 @@ async fn create_topics_refuses_what_a_single_broker_cannot_do() {
             creatable("replicated", 1, &[]).with_replication_factor(2),
             creatable("taken", 1, &[]),
             creatable("badconfig", 1, &[("retention.ms", "soon")]),
-            creatable("unknownconfig", 1, &[("flush.ms", "10")]),
+            creatable("unknownconfig", 1, &[("flush.millis", "10")]),
             creatable("compacted", 1, &[("cleanup.policy", "compact")]),
             creatable("nopartitions", 0, &[]),
             creatable("bad name!", 1, &[]),

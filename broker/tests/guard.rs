@@ -39,13 +39,14 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
-    SyncGroupRequest, TopicName, TransactionalId,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest,
+    TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 use tally_broker::guard::{
@@ -634,6 +635,55 @@ fn offset_delete(_v: i16) -> OffsetDeleteRequest {
         ])
 }
 
+fn alter_configs(v: i16) -> AlterConfigsRequest {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let config = |name: &'static str, value: Option<&'static str>| {
+        AlterableConfig::default()
+            .with_name(text(name))
+            .with_value(value.map(text))
+            .with_unknown_tagged_fields(tags(v >= 2))
+    };
+    AlterConfigsRequest::default()
+        .with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(text("orders"))
+                .with_configs(vec![
+                    config("retention.ms", Some("60000")),
+                    config("compression.type", None),
+                ])
+                .with_unknown_tagged_fields(tags(v >= 2)),
+        ])
+        .with_validate_only(true)
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
+fn incremental_alter_configs(v: i16) -> IncrementalAlterConfigsRequest {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let config = |name: &'static str, op: i8, value: Option<&'static str>| {
+        AlterableConfig::default()
+            .with_name(text(name))
+            .with_config_operation(op)
+            .with_value(value.map(text))
+            .with_unknown_tagged_fields(tags(v >= 1))
+    };
+    IncrementalAlterConfigsRequest::default()
+        .with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(text("orders"))
+                .with_configs(vec![
+                    config("retention.ms", 0, Some("60000")),
+                    config("segment.ms", 1, None),
+                ])
+                .with_unknown_tagged_fields(tags(v >= 1)),
+        ])
+        .with_validate_only(false)
+        .with_unknown_tagged_fields(tags(v >= 1))
+}
+
 fn encode(message: &impl Encodable, version: i16) -> Vec<u8> {
     let mut buf = BytesMut::new();
     message
@@ -667,9 +717,11 @@ macro_rules! for_request_type {
             30 => $action!(CreateAclsRequest, create_acls),
             31 => $action!(DeleteAclsRequest, delete_acls),
             32 => $action!(DescribeConfigsRequest, describe_configs),
+            33 => $action!(AlterConfigsRequest, alter_configs),
             35 => $action!(DescribeLogDirsRequest, describe_log_dirs),
             37 => $action!(CreatePartitionsRequest, create_partitions),
             42 => $action!(DeleteGroupsRequest, delete_groups),
+            44 => $action!(IncrementalAlterConfigsRequest, incremental_alter_configs),
             47 => $action!(OffsetDeleteRequest, offset_delete),
             other => panic!("no request type for api key {other}"),
         }
@@ -743,8 +795,8 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
     assert_eq!(
         keys,
         [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 29, 30, 31, 32, 35, 37,
-            42, 47
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 29, 30, 31, 32, 33, 35,
+            37, 42, 44, 47
         ]
     );
     for &(key, min, max) in guarded_apis() {

@@ -108,6 +108,67 @@ out["create_assigned_elsewhere"] = error_of(
     admin.create_topics([NewTopic("elsewhere", num_partitions=2, replica_assignment=[[node_id], [node_id + 1]])])["elsewhere"]
 )
 
+# Topic configs: those Kafka tools set at creation are accepted; the log's
+# take effect, the others are stored; all are described; an unknown name is
+# refused, naming it; AlterConfigs and IncrementalAlterConfigs change them.
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource  # noqa: E402
+
+wanted = {
+    "compression.type": "zstd",
+    "max.message.bytes": "2000000",
+    "delete.retention.ms": "1000",
+    "min.insync.replicas": "1",
+    "retention.ms": "3600000",
+}
+out["create_configured"] = error_of(
+    admin.create_topics([NewTopic("configured", num_partitions=1, config=wanted)])["configured"]
+)
+out["create_bogus_config"] = error_of(
+    admin.create_topics([NewTopic("bogus", num_partitions=1, config={"no.such.config": "1"})])["bogus"]
+)
+
+
+def described(name):
+    res = ConfigResource(ConfigResource.Type.TOPIC, name)
+    entries = admin.describe_configs([res])[res].result(timeout=15)
+    return {k: e.value for k, e in entries.items()}
+
+
+out["described_at_creation"] = {k: described("configured").get(k) for k in wanted}
+res = ConfigResource(
+    ConfigResource.Type.TOPIC,
+    "configured",
+    incremental_configs=[
+        ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("compression.type", None, incremental_operation=AlterConfigOpType.DELETE),
+    ],
+)
+out["incremental"] = error_of(admin.incremental_alter_configs([res])[res])
+after = described("configured")
+out["after_incremental"] = {k: after.get(k) for k in ("retention.ms", "compression.type", "max.message.bytes")}
+res = ConfigResource(
+    ConfigResource.Type.TOPIC,
+    "configured",
+    incremental_configs=[ConfigEntry("bogus.config", "1", incremental_operation=AlterConfigOpType.SET)],
+)
+out["incremental_bogus"] = error_of(admin.incremental_alter_configs([res])[res])
+res = ConfigResource(
+    ConfigResource.Type.TOPIC,
+    "configured",
+    incremental_configs=[ConfigEntry("compression.type", "brotli", incremental_operation=AlterConfigOpType.SET)],
+)
+out["incremental_bad_value"] = error_of(admin.incremental_alter_configs([res])[res])
+res = ConfigResource(
+    ConfigResource.Type.BROKER,
+    str(node_id),
+    incremental_configs=[ConfigEntry("log.retention.ms", "1", incremental_operation=AlterConfigOpType.SET)],
+)
+out["incremental_broker"] = error_of(admin.incremental_alter_configs([res])[res])
+res = ConfigResource(ConfigResource.Type.TOPIC, "configured", set_config={"segment.ms": "60000"})
+out["alter"] = error_of(admin.alter_configs([res])[res])
+after = described("configured")
+out["after_alter"] = {k: after.get(k) for k in ("segment.ms", "retention.ms", "max.message.bytes")}
+
 # ACLs: no authorizer runs.
 anything = AclBindingFilter(
     ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY

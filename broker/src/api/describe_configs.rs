@@ -15,7 +15,9 @@ const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
+const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 
@@ -47,17 +49,28 @@ pub(super) fn topic_entries(topic: &Topic) -> Vec<DescribeConfigsResourceResult>
             TYPE_STRING,
         ),
     ];
-    values
-        .into_iter()
-        .map(|(name, value, t)| {
-            let source = if topic.configs.contains_key(name) {
-                SOURCE_TOPIC
-            } else {
-                SOURCE_DEFAULT
+    let honoured = values.into_iter().map(|(name, value, t)| {
+        let source = if topic.configs.contains_key(name) {
+            SOURCE_TOPIC
+        } else {
+            SOURCE_DEFAULT
+        };
+        entry(name, value, source, t)
+    });
+    // The configs stored for the tools, as they were set.
+    let stored = crate::topics::STORED_TOPIC_CONFIGS
+        .iter()
+        .filter_map(|(name, kind)| {
+            let value = topic.configs.get(*name)?;
+            let t = match kind {
+                crate::topics::ValueKind::Long => TYPE_LONG,
+                crate::topics::ValueKind::Bool => TYPE_BOOLEAN,
+                crate::topics::ValueKind::Ratio => TYPE_DOUBLE,
+                _ => TYPE_STRING,
             };
-            entry(name, value, source, t)
-        })
-        .collect()
+            Some(entry(name, value.clone(), SOURCE_TOPIC, t))
+        });
+    honoured.chain(stored).collect()
 }
 
 fn broker_entries(broker: &Broker) -> Vec<DescribeConfigsResourceResult> {

@@ -2,6 +2,7 @@
 //! versions it advertises, and one dispatch from (key, version) to handler.
 
 mod acls;
+mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -31,12 +32,13 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeAclsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -70,6 +72,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The SASL APIs, served and advertised (after [`SUPPORTED`]) only when the
@@ -236,6 +240,14 @@ pub(crate) async fn dispatch(
         )?,
         ApiKey::OffsetDelete => encode(
             &offset_delete::handle(broker, decode::<OffsetDeleteRequest>(b, v)?).await,
+            v,
+        )?,
+        ApiKey::AlterConfigs => encode(
+            &alter_configs::alter(broker, &decode::<AlterConfigsRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::IncrementalAlterConfigs => encode(
+            &alter_configs::incremental(broker, &decode::<IncrementalAlterConfigsRequest>(b, v)?),
             v,
         )?,
         other => return Err(DecodeFailure(format!("API {other:?} is not served"))),

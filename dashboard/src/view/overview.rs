@@ -493,6 +493,7 @@ fn flow_graphs(state: &State, cluster: &str, frame: &mut Frame<'_>, area: Rect) 
                             i64::try_from(shown.len())
                                 .unwrap_or(0)
                                 .saturating_mul(state.feed_interval_ms)
+                                .max(1000)
                         )
                     ),
                     fg(state, Color::DarkGray),
