@@ -132,6 +132,26 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
         "{out}"
     );
 
+    // DeleteRecords moves the log start; a lower offset changes nothing; past
+    // the end is refused; a reader from 0 starts at the new start.
+    assert_eq!(out["delete_records"], json!({"low_watermark": 6}), "{out}");
+    assert_eq!(
+        out["delete_records_again_lower"],
+        json!({"low_watermark": 6}),
+        "{out}"
+    );
+    assert_eq!(
+        out["delete_records_past_end"],
+        json!({"name": "OFFSET_OUT_OF_RANGE"}),
+        "{out}"
+    );
+    assert_eq!(
+        out["trimmed_read"],
+        json!(["t-6", "t-7", "t-8", "t-9"]),
+        "{out}"
+    );
+    assert_eq!(out["trimmed_watermarks"], json!([6, 10]), "{out}");
+
     // No authorizer: every ACL call says so (librdkafka drops
     // DescribeAcls' error and shows no ACLs; kafka-python shows the error).
     assert_eq!(out["describe_acls_confluent"], json!([]), "{out}");

@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 27] = [
+    pub(super) const APIS: [Api; 28] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -755,6 +755,7 @@ mod tables {
         api(18, "ApiVersions", between(0, 4), 3, &API_VERSIONS),
         api(19, "CreateTopics", between(2, 7), 5, &CREATE_TOPICS),
         api(20, "DeleteTopics", between(1, 6), 4, &DELETE_TOPICS),
+        api(21, "DeleteRecords", between(0, 2), 2, &DELETE_RECORDS),
         api(22, "InitProducerId", between(0, 5), 2, &INIT_PRODUCER_ID),
         api(29, "DescribeAcls", between(1, 3), 2, &DESCRIBE_ACLS),
         api(30, "CreateAcls", between(1, 3), 2, &CREATE_ACLS),
@@ -1141,6 +1142,19 @@ mod tables {
         field("value", NullableStr, ALL),
     ]);
 
+    const DELETE_RECORDS: Schema = fields(&[
+        field("topics", Array(&Struct(&DELETE_RECORDS_TOPIC)), ALL),
+        field("timeout_ms", I32, ALL),
+    ]);
+    const DELETE_RECORDS_TOPIC: Schema = fields(&[
+        field("name", Str, ALL),
+        field("partitions", Array(&Struct(&DELETE_RECORDS_PARTITION)), ALL),
+    ]);
+    const DELETE_RECORDS_PARTITION: Schema = fields(&[
+        field("partition_index", I32, ALL),
+        field("offset", I64, ALL),
+    ]);
+
     const OFFSET_DELETE: Schema = fields(&[
         field("group_id", Str, ALL),
         field("topics", Array(&Struct(&OFFSET_DELETE_TOPIC)), ALL),
@@ -1342,7 +1356,7 @@ mod tests {
     fn lists_the_guarded_apis_from_its_tables() {
         assert_eq!(guarded_apis().len(), API_TABLE.len());
         assert_eq!(guarded_apis()[0], (0, 3, 13));
-        assert_eq!(guarded_apis()[24], (42, 0, 2));
-        assert_eq!(guarded_apis()[26], (47, 0, 0));
+        assert_eq!(guarded_apis()[25], (42, 0, 2));
+        assert_eq!(guarded_apis()[27], (47, 0, 0));
     }
 }

@@ -41,10 +41,10 @@ use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, DescribeLogDirsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
     OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest,
     TopicName, TransactionalId,
 };
@@ -684,6 +684,30 @@ fn incremental_alter_configs(v: i16) -> IncrementalAlterConfigsRequest {
         .with_unknown_tagged_fields(tags(v >= 1))
 }
 
+fn delete_records(v: i16) -> DeleteRecordsRequest {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    DeleteRecordsRequest::default()
+        .with_topics(vec![
+            DeleteRecordsTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![
+                    DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(42)
+                        .with_unknown_tagged_fields(tags(v >= 2)),
+                    DeleteRecordsPartition::default()
+                        .with_partition_index(1)
+                        .with_offset(-1)
+                        .with_unknown_tagged_fields(tags(v >= 2)),
+                ])
+                .with_unknown_tagged_fields(tags(v >= 2)),
+        ])
+        .with_timeout_ms(30_000)
+        .with_unknown_tagged_fields(tags(v >= 2))
+}
+
 fn encode(message: &impl Encodable, version: i16) -> Vec<u8> {
     let mut buf = BytesMut::new();
     message
@@ -712,6 +736,7 @@ macro_rules! for_request_type {
             18 => $action!(ApiVersionsRequest, api_versions),
             19 => $action!(CreateTopicsRequest, create_topics),
             20 => $action!(DeleteTopicsRequest, delete_topics),
+            21 => $action!(DeleteRecordsRequest, delete_records),
             22 => $action!(InitProducerIdRequest, init_producer_id),
             29 => $action!(DescribeAclsRequest, describe_acls),
             30 => $action!(CreateAclsRequest, create_acls),
@@ -795,8 +820,8 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
     assert_eq!(
         keys,
         [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 29, 30, 31, 32, 33, 35,
-            37, 42, 44, 47
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 29, 30, 31, 32, 33,
+            35, 37, 42, 44, 47
         ]
     );
     for &(key, min, max) in guarded_apis() {

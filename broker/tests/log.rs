@@ -930,3 +930,34 @@ fn crash_child(dir: &Path) {
         }
     });
 }
+
+#[test]
+fn delete_records_moves_the_start_deletes_whole_segments_below_it_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    let expected = fill(&mut log, 60);
+    let segments_before = files(dir.path(), "log").len();
+    assert!(segments_before > 3, "{segments_before} segments");
+    // Mid-batch: readers start there, whole segments below it are gone.
+    assert_eq!(log.delete_records(100).unwrap(), 100);
+    assert_eq!(log.start_offset(), 100);
+    assert!(
+        log.read(99, 1 << 20).is_err(),
+        "below the start is out of range"
+    );
+    assert!(files(dir.path(), "log").len() < segments_before);
+    let seen = consume(&log, 100);
+    assert_eq!(seen.first().map(|r| r.offset), Some(100));
+    assert_eq!(seen, expected[100..].to_vec());
+    // Lower than the start: nothing changes. Past the end: refused.
+    assert_eq!(log.delete_records(50).unwrap(), 100);
+    assert!(log.delete_records(181).is_err());
+    assert_eq!(log.start_offset(), 100);
+    drop(log);
+    let mut log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (100, 180));
+    // -1: everything; appends go on after it.
+    assert_eq!(log.delete_records(-1).unwrap(), 180);
+    assert_eq!(log.start_offset(), 180);
+    assert!(consume(&log, 180).is_empty());
+}

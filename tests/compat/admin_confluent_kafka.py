@@ -169,6 +169,38 @@ out["alter"] = error_of(admin.alter_configs([res])[res])
 after = described("configured")
 out["after_alter"] = {k: after.get(k) for k in ("segment.ms", "retention.ms", "max.message.bytes")}
 
+# DeleteRecords: the log start moves; readers see only what is after it.
+error = error_of(admin.create_topics([NewTopic("trimmed", num_partitions=1)])["trimmed"])
+assert error is None, error
+for i in range(10):
+    producer.produce("trimmed", value=f"t-{i}".encode(), partition=0)
+producer.flush(15)
+
+
+def delete_records(offset):
+    tp = TopicPartition("trimmed", 0, offset)
+    try:
+        return {"low_watermark": admin.delete_records([tp])[tp].result(timeout=15).low_watermark}
+    except KafkaException as e:
+        return {"name": e.args[0].name()}
+
+
+out["delete_records"] = delete_records(6)
+out["delete_records_again_lower"] = delete_records(3)
+out["delete_records_past_end"] = delete_records(99)
+reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "trimmed-reader", "auto.offset.reset": "earliest"})
+reader.assign([TopicPartition("trimmed", 0, 0)])
+got = []
+deadline = time.monotonic() + 10
+while len(got) < 4 and time.monotonic() < deadline:
+    m = reader.poll(0.5)
+    if m is not None and not m.error():
+        got.append(m.value().decode())
+low, high = reader.get_watermark_offsets(TopicPartition("trimmed", 0), timeout=10)
+reader.close()
+out["trimmed_read"] = got
+out["trimmed_watermarks"] = [low, high]
+
 # ACLs: no authorizer runs.
 anything = AclBindingFilter(
     ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY

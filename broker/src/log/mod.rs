@@ -530,6 +530,41 @@ impl PartitionLog {
         Ok(Some(new_start))
     }
 
+    /// Moves the log start offset to `offset` (DeleteRecords; -1: the end,
+    /// deleting every record): readers lose the records before it at once,
+    /// and the sealed segments wholly below it are deleted. As in
+    /// [`PartitionLog::enforce_retention`], the observer hears first and the
+    /// new start is persisted before any file goes. An offset at or before
+    /// the start changes nothing; one past the end is
+    /// [`Error::OffsetOutOfRange`]. Returns the start offset after.
+    pub fn delete_records(&mut self, offset: i64) -> Result<i64> {
+        let end = self.end_offset();
+        let offset = if offset == -1 { end } else { offset };
+        if offset < 0 || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.start_offset,
+                end,
+            });
+        }
+        if self.retired || offset <= self.start_offset {
+            return Ok(self.start_offset);
+        }
+        if let Some(observer) = &self.observer {
+            observer.start_moving(offset)?;
+        }
+        write_start_offset(&self.dir, offset)?;
+        self.start_offset = offset;
+        let sealed = self.segments.len() - 1;
+        let doomed = (0..sealed)
+            .take_while(|&i| self.segments[i + 1].base() <= offset)
+            .count();
+        for segment in self.segments.drain(..doomed) {
+            segment.delete()?;
+        }
+        Ok(offset)
+    }
+
     /// Headers of the batches holding `from` and after, in offset order
     /// (from the start when `from` is before it; empty past the end).
     pub fn batches(&self, from: i64) -> Result<Vec<BatchHeader>> {
