@@ -1518,3 +1518,75 @@ fn a_log_append_time_topic_is_bucketed_by_append_time_in_the_broker_and_the_coll
     let copied = wait_for_truth_in(&agent, "copy", &copy.log(), &truth);
     assert_balanced(&copied);
 }
+
+#[test]
+fn delete_records_expires_what_a_group_had_not_consumed() {
+    let Some((clients, _agent_dir, agent)) = setup(false) else {
+        return;
+    };
+    let broker = start_broker(&agent, &[]);
+    let mut truth = Truth::new("trimmed");
+    let b = hour_ago();
+    // 6 batches of 3 records per partition, over three buckets.
+    let batches: Vec<Value> = (0..2)
+        .flat_map(|p| {
+            (0..6).map(move |n| {
+                batch(
+                    p,
+                    if n % 2 == 0 { "none" } else { "zstd" },
+                    &[
+                        at(b, n / 2, 3 * n),
+                        at(b, n / 2, 3 * n + 1),
+                        at(b, n / 2, 3 * n + 2),
+                    ],
+                )
+            })
+        })
+        .collect();
+    let plan = json!({"create": {"partitions": 2}, "value_bytes": 50, "batches": batches});
+    truth
+        .records
+        .extend(clients.produce("confluent-kafka", &broker, "trimmed", &plan));
+    // "slow" read 4 records of partition 0 and none of partition 1; "fast"
+    // read everything.
+    clients.commit(
+        &broker,
+        &mut truth,
+        "slow",
+        &[&[(0, 0), (1, 0)], &[(0, 4)]],
+        0,
+    );
+    clients.commit(
+        &broker,
+        &mut truth,
+        "fast",
+        &[&[(0, 0), (1, 0)], &[(0, 18), (1, 18)]],
+        0,
+    );
+
+    // An admin deletes the records before offset 10 of partition 0 (mid-batch)
+    // and before 6 of partition 1.
+    let script = format!(
+        "from confluent_kafka import TopicPartition; from confluent_kafka.admin import AdminClient; import json; \
+         a = AdminClient({{'bootstrap.servers': '{}'}}); \
+         tps = [TopicPartition('trimmed', 0, 10), TopicPartition('trimmed', 1, 6)]; \
+         fs = a.delete_records(tps); \
+         print(json.dumps({{str(tp.partition): f.result(timeout=15).low_watermark for tp, f in fs.items()}}))",
+        broker.addr()
+    );
+    let run = common::run(
+        Command::new(&clients.python).arg("-c").arg(script),
+        b"",
+        common::CLIENT_TIMEOUT,
+    );
+    let moved = run.accept("delete_records", &broker);
+    assert_eq!(moved, json!({"0": 10, "1": 6}));
+    truth.start = BTreeMap::from([(0, 10), (1, 6)]);
+
+    // What "slow" had not read below the new starts expired; "fast" lost nothing.
+    let view = wait_for_truth(&agent, &broker, &truth);
+    assert_eq!(group_total(&view, "slow", "expired"), (10 - 4) + 6);
+    assert_eq!(group_total(&view, "fast", "expired"), 0);
+    assert_eq!(group_total(&view, "fast", "pending"), 0);
+    assert_balanced(&view);
+}

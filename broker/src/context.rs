@@ -175,8 +175,17 @@ impl Broker {
         }
     }
 
+    /// Takes the groups' latest commits into the audit books: called
+    /// before a log start moves.
+    pub(crate) fn audit_take_commits(&self) {
+        if let Some(audit) = &self.audit {
+            audit.take_commits(&self.groups);
+        }
+    }
+
     /// Rolls segments that are due and applies retention to every partition.
     pub fn maintain(&self, now_ms: i64) {
+        self.audit_take_commits();
         for topic in self.topics.all() {
             for (p, part) in topic.partitions.iter().enumerate() {
                 let mut log = part.log.lock();

@@ -509,12 +509,7 @@ impl Topics {
         validate_only: bool,
     ) -> Result<Arc<Topic>, Refusal> {
         let mut map = self.map.write();
-        let topic = map.get(name).cloned().ok_or_else(|| {
-            Refusal::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic \"{name}\" does not exist"),
-            )
-        })?;
+        let topic = existing(&map, name)?;
         let now = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
         if count <= now {
             return Err(Refusal::new(
@@ -546,14 +541,7 @@ impl Topics {
             }));
         }
         sync_dir(&topic.dir).map_err(storage)?;
-        let meta = TopicMeta {
-            id: topic.id.to_string(),
-            partitions: count,
-            configs: topic.configs.clone(),
-        };
-        let text = serde_json::to_string_pretty(&meta)
-            .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
-        replace_file(&topic.dir.join(META_FILE), text.as_bytes()).map_err(storage)?;
+        write_meta(&topic, count, &topic.configs)?;
         if let Some(observers) = self.observers.read().as_ref() {
             for (p, part) in partitions.iter().enumerate().skip(topic.partitions.len()) {
                 let mut log = part.log.lock();
@@ -590,24 +578,16 @@ impl Topics {
     ) -> Result<Arc<Topic>, Refusal> {
         let log_config = log_config(&self.defaults, &configs)?;
         let mut map = self.map.write();
-        let topic = map.get(name).cloned().ok_or_else(|| {
-            Refusal::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic \"{name}\" does not exist"),
-            )
-        })?;
+        let topic = existing(&map, name)?;
         if validate_only || topic.configs == configs {
             return Ok(topic);
         }
         let storage = |e: Error| Refusal::new(ResponseError::KafkaStorageError, e.to_string());
-        let meta = TopicMeta {
-            id: topic.id.to_string(),
-            partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
-            configs: configs.clone(),
-        };
-        let text = serde_json::to_string_pretty(&meta)
-            .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
-        replace_file(&topic.dir.join(META_FILE), text.as_bytes()).map_err(storage)?;
+        write_meta(
+            &topic,
+            i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+            &configs,
+        )?;
         for part in &topic.partitions {
             part.log
                 .lock()
@@ -632,12 +612,7 @@ impl Topics {
     /// come back after a crash; the files are removed in the background.
     pub fn delete(&self, name: &str) -> Result<Arc<Topic>, Refusal> {
         let mut map = self.map.write();
-        let topic = map.get(name).cloned().ok_or_else(|| {
-            Refusal::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic \"{name}\" does not exist"),
-            )
-        })?;
+        let topic = existing(&map, name)?;
         let mut gone = self.deleted.join(topic.id.simple().to_string());
         if gone.exists() {
             gone = self.deleted.join(uuid::Uuid::new_v4().simple().to_string());
@@ -751,6 +726,34 @@ fn stray_folder(path: &Path) -> Option<Refusal> {
             path.display()
         ),
     ))
+}
+
+/// The topic named `name` in `map`, or UNKNOWN_TOPIC_OR_PARTITION naming it.
+fn existing(map: &BTreeMap<String, Arc<Topic>>, name: &str) -> Result<Arc<Topic>, Refusal> {
+    map.get(name).cloned().ok_or_else(|| {
+        Refusal::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic \"{name}\" does not exist"),
+        )
+    })
+}
+
+/// Rewrites `topic`'s `topic.json` (atomically, made durable) with
+/// `partitions` and `configs`.
+fn write_meta(
+    topic: &Topic,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), Refusal> {
+    let meta = TopicMeta {
+        id: topic.id.to_string(),
+        partitions,
+        configs: configs.clone(),
+    };
+    let text = serde_json::to_string_pretty(&meta)
+        .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))?;
+    replace_file(&topic.dir.join(META_FILE), text.as_bytes())
+        .map_err(|e| Refusal::new(ResponseError::KafkaStorageError, e.to_string()))
 }
 
 fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) -> Result<Topic> {

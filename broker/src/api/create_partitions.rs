@@ -3,7 +3,7 @@
 //! producers and groups find them in the next Metadata. A replica
 //! assignment may name this broker only (one replica per partition).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -19,10 +19,7 @@ pub(super) fn handle(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     // As Kafka does, a topic named twice is refused, and grown by neither.
-    let mut times: HashMap<String, usize> = HashMap::new();
-    for t in &request.topics {
-        *times.entry(t.name.0.to_string()).or_default() += 1;
-    }
+    let twice = super::named_twice(request.topics.iter().map(|t| &*t.name.0));
     let mut answered = HashSet::new();
     let results = request
         .topics
@@ -31,7 +28,7 @@ pub(super) fn handle(
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            let outcome = if times.get(&name).is_some_and(|n| *n > 1) {
+            let outcome = if twice.contains(&name) {
                 Err(Refusal::new(
                     ResponseError::InvalidRequest,
                     format!("topic \"{name}\" is named more than once in this request: name each topic once"),

@@ -1,7 +1,7 @@
 //! CreateTopics: partitions, replication factor 1, and the topic configs
 //! the log understands.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::{
@@ -20,10 +20,7 @@ pub(super) fn handle(
     version: i16,
 ) -> CreateTopicsResponse {
     // As Kafka does, a name given twice is refused once, and created by neither.
-    let mut times: HashMap<String, usize> = HashMap::new();
-    for t in &request.topics {
-        *times.entry(t.name.0.to_string()).or_default() += 1;
-    }
+    let twice = super::named_twice(request.topics.iter().map(|t| &*t.name.0));
     let mut answered = HashSet::new();
     let results = request
         .topics
@@ -32,7 +29,7 @@ pub(super) fn handle(
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());
-            if times.get(&name).is_some_and(|n| *n > 1) {
+            if twice.contains(&name) {
                 return result
                     .with_error_code(ResponseError::InvalidRequest.code())
                     .with_error_message(Some(str_bytes(&format!(

@@ -13,6 +13,8 @@ use tracing::{info, warn};
 use crate::context::Broker;
 
 pub(super) fn handle(broker: &Broker, request: &DeleteRecordsRequest) -> DeleteRecordsResponse {
+    // What groups committed before this request counts as read.
+    broker.audit_take_commits();
     let topics = request
         .topics
         .iter()

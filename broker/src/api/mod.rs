@@ -267,6 +267,18 @@ pub(crate) fn unsupported_api_versions(sasl: bool) -> BytesMut {
     encode(&response, 0).unwrap_or_default()
 }
 
+/// The names given more than once in one request: Kafka refuses such a
+/// name once, acting on none of its entries.
+pub(crate) fn named_twice<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .filter(|n| !seen.insert(*n))
+        .map(str::to_owned)
+        .collect()
+}
+
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }

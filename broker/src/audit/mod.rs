@@ -424,6 +424,13 @@ impl Instrumentation {
             .retain(|(_, tier), _| *tier != Tier::Group(group.to_owned()));
     }
 
+    /// Takes in the groups' commits now, before a log start moves (retention,
+    /// DeleteRecords): what a group committed before the records went counts
+    /// as read, not as expired or as never read.
+    pub fn take_commits(&self, groups: &Groups) {
+        self.sync_commits(groups);
+    }
+
     /// Takes in the groups' commits since the last call, stores changed books,
     /// and hands changed counts and every group's lag to the emitter.
     pub fn tick(&self, now_ms: i64, topics: &Topics, groups: &Groups) {
