@@ -152,6 +152,38 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
     );
     assert_eq!(out["trimmed_watermarks"], json!([6, 10]), "{out}");
 
+    // DescribeCluster and DescribeTopics: this broker, and every operation.
+    assert_eq!(out["cluster"]["controller"], 3, "{out}");
+    assert_eq!(out["cluster"]["nodes"], json!([3]), "{out}");
+    assert_eq!(
+        out["cluster"]["operations"],
+        json!([
+            "ALTER",
+            "ALTER_CONFIGS",
+            "CLUSTER_ACTION",
+            "CREATE",
+            "DESCRIBE",
+            "DESCRIBE_CONFIGS",
+            "IDEMPOTENT_WRITE"
+        ]),
+        "{out}"
+    );
+    assert_eq!(
+        out["topic_operations"],
+        json!([
+            "ALTER",
+            "ALTER_CONFIGS",
+            "CREATE",
+            "DELETE",
+            "DESCRIBE",
+            "DESCRIBE_CONFIGS",
+            "READ",
+            "WRITE"
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["topic_partitions"], 5, "{out}");
+
     // No authorizer: every ACL call says so (librdkafka drops
     // DescribeAcls' error and shows no ACLs; kafka-python shows the error).
     assert_eq!(out["describe_acls_confluent"], json!([]), "{out}");

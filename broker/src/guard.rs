@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 28] = [
+    pub(super) const APIS: [Api; 29] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -774,6 +774,7 @@ mod tables {
         ),
         // No flexible version.
         api(47, "OffsetDelete", between(0, 0), i16::MAX, &OFFSET_DELETE),
+        api(60, "DescribeCluster", between(0, 2), 0, &DESCRIBE_CLUSTER),
     ];
 
     const PRODUCE: Schema = fields(&[
@@ -1155,6 +1156,12 @@ mod tables {
         field("offset", I64, ALL),
     ]);
 
+    const DESCRIBE_CLUSTER: Schema = fields(&[
+        field("include_cluster_authorized_operations", Bool, ALL),
+        field("endpoint_type", I8, since(1)),
+        field("include_fenced_brokers", Bool, since(2)),
+    ]);
+
     const OFFSET_DELETE: Schema = fields(&[
         field("group_id", Str, ALL),
         field("topics", Array(&Struct(&OFFSET_DELETE_TOPIC)), ALL),
@@ -1358,5 +1365,6 @@ mod tests {
         assert_eq!(guarded_apis()[0], (0, 3, 13));
         assert_eq!(guarded_apis()[25], (42, 0, 2));
         assert_eq!(guarded_apis()[27], (47, 0, 0));
+        assert_eq!(guarded_apis()[28], (60, 0, 2));
     }
 }

@@ -41,12 +41,13 @@ use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, DescribeLogDirsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest,
-    TopicName, TransactionalId,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest, FetchRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 use tally_broker::guard::{
@@ -708,6 +709,14 @@ fn delete_records(v: i16) -> DeleteRecordsRequest {
         .with_unknown_tagged_fields(tags(v >= 2))
 }
 
+fn describe_cluster(v: i16) -> DescribeClusterRequest {
+    DescribeClusterRequest::default()
+        .with_include_cluster_authorized_operations(true)
+        .with_endpoint_type(1)
+        .with_include_fenced_brokers(v >= 2)
+        .with_unknown_tagged_fields(tags(true))
+}
+
 fn encode(message: &impl Encodable, version: i16) -> Vec<u8> {
     let mut buf = BytesMut::new();
     message
@@ -748,6 +757,7 @@ macro_rules! for_request_type {
             42 => $action!(DeleteGroupsRequest, delete_groups),
             44 => $action!(IncrementalAlterConfigsRequest, incremental_alter_configs),
             47 => $action!(OffsetDeleteRequest, offset_delete),
+            60 => $action!(DescribeClusterRequest, describe_cluster),
             other => panic!("no request type for api key {other}"),
         }
     };
@@ -821,7 +831,7 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
         keys,
         [
             0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 29, 30, 31, 32, 33,
-            35, 37, 42, 44, 47
+            35, 37, 42, 44, 47, 60
         ]
     );
     for &(key, min, max) in guarded_apis() {

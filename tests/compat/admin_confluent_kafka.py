@@ -201,6 +201,21 @@ reader.close()
 out["trimmed_read"] = got
 out["trimmed_watermarks"] = [low, high]
 
+# DescribeCluster and DescribeTopics with authorized operations: every one,
+# since no authorizer limits any.
+from confluent_kafka import TopicCollection  # noqa: E402
+
+cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=15)
+out["cluster"] = {
+    "controller": cluster.controller.id,
+    "nodes": [n.id for n in cluster.nodes],
+    "operations": sorted(op.name for op in (cluster.authorized_operations or [])),
+}
+described_topics = admin.describe_topics(TopicCollection(["grown"]), include_authorized_operations=True)
+topic_description = described_topics["grown"].result(timeout=15)
+out["topic_operations"] = sorted(op.name for op in (topic_description.authorized_operations or []))
+out["topic_partitions"] = len(topic_description.partitions)
+
 # ACLs: no authorizer runs.
 anything = AclBindingFilter(
     ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY

@@ -12,6 +12,11 @@ use super::str_bytes;
 use crate::context::Broker;
 use crate::topics::{self, Topic};
 
+/// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS and
+/// ALTER_CONFIGS: every operation on a topic, as no authorizer limits any.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+
 fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let node = BrokerId(broker.cfg.node_id);
     MetadataResponseTopic::default()
@@ -43,7 +48,7 @@ fn failed(name: &str, error: ResponseError) -> MetadataResponseTopic {
 
 pub(super) fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {
     let (host, port) = broker.cfg.advertised();
-    let topics = match request.topics {
+    let topics: Vec<MetadataResponseTopic> = match request.topics {
         // v0 used an empty list to mean "all".
         None => broker
             .topics
@@ -112,7 +117,29 @@ pub(super) fn handle(broker: &Broker, request: MetadataRequest, version: i16) ->
             })
             .collect(),
     };
+    // Asked for (v8+), every operation: no authorizer runs.
+    let topics = if version >= 8 && request.include_topic_authorized_operations {
+        topics
+            .into_iter()
+            .map(|t| {
+                if t.error_code == 0 {
+                    t.with_topic_authorized_operations(TOPIC_OPERATIONS)
+                } else {
+                    t
+                }
+            })
+            .collect()
+    } else {
+        topics
+    };
+    let cluster_operations =
+        if (8..=10).contains(&version) && request.include_cluster_authorized_operations {
+            super::describe_cluster::CLUSTER_OPERATIONS
+        } else {
+            super::describe_cluster::NOT_ASKED
+        };
     MetadataResponse::default()
+        .with_cluster_authorized_operations(cluster_operations)
         .with_brokers(vec![
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(broker.cfg.node_id))
