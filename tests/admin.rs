@@ -99,6 +99,12 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
             "retention.ms": "3600000",
         })
     );
+    // max.message.bytes 1000: a batch of 100 B goes in, one of 5000 B is refused.
+    assert_eq!(
+        out["max_message_bytes"],
+        json!([[100, null], [5000, "MSG_SIZE_TOO_LARGE"]]),
+        "{out}"
+    );
     let (name, message) = refused(&out["create_bogus_config"]);
     assert_eq!(name, "INVALID_CONFIG", "{out}");
     assert!(message.contains("\"no.such.config\""), "{message}");
@@ -243,5 +249,16 @@ fn admin_clients_grow_a_topic_and_get_clear_answers_for_acls_and_log_dirs() {
         after["segment.ms"], "60000",
         "AlterConfigs is durable: {after}"
     );
-    broker.assert_quiet();
+    // The only warning: the batch over max.message.bytes, named.
+    let log = broker.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0]
+            .contains("5070 bytes is over topic \"small-messages\"'s max.message.bytes (1000)"),
+        "{warnings:#?}"
+    );
 }

@@ -135,6 +135,24 @@ def described(name):
 
 
 out["described_at_creation"] = {k: described("configured").get(k) for k in wanted}
+
+# max.message.bytes is enforced per batch.
+error = error_of(
+    admin.create_topics([NewTopic("small-messages", num_partitions=1, config={"max.message.bytes": "1000"})])[
+        "small-messages"
+    ]
+)
+assert error is None, error
+sized = []
+small_producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "retries": 0})
+for size in (100, 5000):
+    small_producer.produce(
+        "small-messages",
+        value=b"x" * size,
+        on_delivery=lambda err, msg: sized.append([len(msg.value()), err.name() if err else None]),
+    )
+    small_producer.flush(15)
+out["max_message_bytes"] = sized
 res = ConfigResource(
     ConfigResource.Type.TOPIC,
     "configured",

@@ -73,6 +73,9 @@ async fn check(
     })
 }
 
+/// Kafka's log overhead before a batch's `batch_length`: offset and length.
+const LOG_OVERHEAD: i64 = 12;
+
 async fn append(
     broker: &Broker,
     topic: &str,
@@ -80,12 +83,27 @@ async fn append(
     records: &Bytes,
     acks: i16,
     budget: &mut u64,
+    max_message_bytes: Option<i64>,
 ) -> Result<Outcome, Refusal> {
     let CheckedBatches {
         headers,
         timestamps,
         ..
     } = check(broker, records, budget).await?;
+    // The topic's max.message.bytes, as Kafka applies it: per batch as sent.
+    if let Some(limit) = max_message_bytes
+        && let Some(size) = headers
+            .iter()
+            .map(|h| i64::from(h.batch_length) + LOG_OVERHEAD)
+            .find(|size| *size > limit)
+    {
+        return Err(Refusal::new(
+            ResponseError::MessageTooLarge,
+            format!(
+                "a record batch of {size} bytes is over topic \"{topic}\"'s max.message.bytes ({limit})"
+            ),
+        ));
+    }
     if headers.is_empty() {
         return Err(Refusal::new(
             ResponseError::InvalidRecord,
@@ -185,7 +203,20 @@ pub(super) async fn handle(
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        append(broker, &name, part, records, acks, &mut budget).await
+                        let max_message_bytes = topic
+                            .as_ref()
+                            .and_then(|t| t.configs.get("max.message.bytes"))
+                            .and_then(|v| v.parse::<i64>().ok());
+                        append(
+                            broker,
+                            &name,
+                            part,
+                            records,
+                            acks,
+                            &mut budget,
+                            max_message_bytes,
+                        )
+                        .await
                     }
                 }
             };
