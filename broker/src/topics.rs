@@ -282,6 +282,8 @@ pub fn log_config(
                     ));
                 }
             }
+            // Checked and described with the stored configs, honoured by produce.
+            "max.message.bytes" => cfg.max_message_bytes = Some(int(value)?),
             other => match STORED_TOPIC_CONFIGS.iter().find(|(name, _)| *name == other) {
                 Some((_, kind)) => kind.check(key, value)?,
                 None => {

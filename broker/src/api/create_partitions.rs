@@ -3,8 +3,6 @@
 //! producers and groups find them in the next Metadata. A replica
 //! assignment may name this broker only (one replica per partition).
 
-use std::collections::HashSet;
-
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -19,12 +17,9 @@ pub(super) fn handle(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     // As Kafka does, a topic named twice is refused, and grown by neither.
-    let twice = super::named_twice(request.topics.iter().map(|t| &*t.name.0));
-    let mut answered = HashSet::new();
-    let results = request
-        .topics
+    let (topics, twice) = super::each_once(request.topics, |t| &t.name.0);
+    let results = topics
         .into_iter()
-        .filter(|t| answered.insert(t.name.0.to_string()))
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());

@@ -1,7 +1,7 @@
 //! CreateTopics: partitions, replication factor 1, and the topic configs
 //! the log understands.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::{
@@ -20,12 +20,9 @@ pub(super) fn handle(
     version: i16,
 ) -> CreateTopicsResponse {
     // As Kafka does, a name given twice is refused once, and created by neither.
-    let twice = super::named_twice(request.topics.iter().map(|t| &*t.name.0));
-    let mut answered = HashSet::new();
-    let results = request
-        .topics
+    let (topics, twice) = super::each_once(request.topics, |t| &t.name.0);
+    let results = topics
         .into_iter()
-        .filter(|t| answered.insert(t.name.0.to_string()))
         .map(|t| {
             let name = t.name.0.to_string();
             let result = CreatableTopicResult::default().with_name(t.name.clone());

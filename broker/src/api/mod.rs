@@ -273,16 +273,23 @@ pub(crate) fn unsupported_api_versions(sasl: bool) -> BytesMut {
     encode(&response, 0).unwrap_or_default()
 }
 
-/// The names given more than once in one request: Kafka refuses such a
-/// name once, acting on none of its entries.
-pub(crate) fn named_twice<'a>(
-    names: impl Iterator<Item = &'a str>,
-) -> std::collections::HashSet<String> {
+/// `items` with each name once (its first entry), and the names given more
+/// than once: Kafka refuses such a name once, acting on none of its entries.
+pub(crate) fn each_once<T>(
+    items: Vec<T>,
+    name: impl Fn(&T) -> &str,
+) -> (Vec<T>, std::collections::HashSet<String>) {
     let mut seen = std::collections::HashSet::new();
-    names
-        .filter(|n| !seen.insert(*n))
-        .map(str::to_owned)
-        .collect()
+    let mut twice = std::collections::HashSet::new();
+    let mut once = Vec::with_capacity(items.len());
+    for item in items {
+        if seen.insert(name(&item).to_owned()) {
+            once.push(item);
+        } else {
+            twice.insert(name(&item).to_owned());
+        }
+    }
+    (once, twice)
 }
 
 pub(crate) fn str_bytes(s: &str) -> StrBytes {

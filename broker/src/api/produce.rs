@@ -203,10 +203,8 @@ pub(super) async fn handle(
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        let max_message_bytes = topic
-                            .as_ref()
-                            .and_then(|t| t.configs.get("max.message.bytes"))
-                            .and_then(|v| v.parse::<i64>().ok());
+                        let max_message_bytes =
+                            topic.as_ref().and_then(|t| t.log_config.max_message_bytes);
                         append(
                             broker,
                             &name,

@@ -42,6 +42,9 @@ pub struct LogConfig {
     /// `message.timestamp.type=LogAppendTime`: the broker stamps every batch
     /// with its append time.
     pub log_append_time: bool,
+    /// `max.message.bytes`: the largest record batch a producer may send;
+    /// `None` for the broker's frame limit only.
+    pub max_message_bytes: Option<i64>,
 }
 
 impl Default for LogConfig {
@@ -54,6 +57,7 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             log_append_time: false,
+            max_message_bytes: None,
         }
     }
 }
