@@ -17,7 +17,9 @@
 //! = broker, pending 0); and nothing counted for the transaction markers, which
 //! carry the time they were written, not an hour ago.
 //!
-//! Only noida-db runs it. tansu 0.6.0 accepts InitProducerId with a transactional
+//! noida-db runs it, and so does tally's own broker, whose own books (cluster
+//! `local`, DESIGN §2 as amended for transactions) must equal the truth too,
+//! beside a collector's books of it (cluster `copy`). tansu 0.6.0 accepts InitProducerId with a transactional
 //! id, AddPartitionsToTxn and EndTxn, writes COMMIT and ABORT markers, and holds
 //! the last stable offset at an open transaction, but answers every read_committed
 //! Fetch (v4, v12, v16) with an empty `aborted_transactions` list: its
@@ -241,13 +243,9 @@ fn topic_totals(agent: &Agent, cluster: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn transactions_on_peer(cluster: &str, bootstrap: &str, peer_log: impl Fn() -> String) {
-    let Some(python) = common::python() else {
-        return;
-    };
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
+/// An agent in the tests' buckets.
+fn start_agent(dir: &tempfile::TempDir) -> Agent {
+    Agent::start(
         &dir.path().join("agent"),
         &[
             "--bucket-width",
@@ -259,10 +257,26 @@ fn transactions_on_peer(cluster: &str, bootstrap: &str, peer_log: impl Fn() -> S
             "--window",
             "24h",
         ],
-    );
+    )
+}
+
+/// Runs the workload on `bootstrap`, watched by a collector filing it under
+/// `cluster`; the agent's books of `cluster`, and of `also` (the broker's own
+/// books, when the cluster is tally's broker), must equal the truth.
+fn transactions_on_peer(
+    agent: &Agent,
+    cluster: &str,
+    also: Option<&str>,
+    bootstrap: &str,
+    peer_log: impl Fn() -> String,
+) {
+    let Some(python) = common::python() else {
+        return;
+    };
+    let started = Instant::now();
     // Started first: it reads while transactions are open, up to the last stable offset.
     let collector = Collector::start(
-        &agent,
+        agent,
         &[
             "--bootstrap",
             bootstrap,
@@ -311,6 +325,40 @@ fn transactions_on_peer(cluster: &str, bootstrap: &str, peer_log: impl Fn() -> S
         "bucket 2 holds aborted records only: {want:?}"
     );
 
+    for cluster in std::iter::once(cluster).chain(also) {
+        check_books(
+            agent,
+            cluster,
+            &want,
+            base,
+            &collector,
+            &peer_log,
+            (plain, committed, aborted),
+        );
+    }
+    assert!(
+        !collector.log().contains("panicked"),
+        "{}",
+        tail(&collector.log())
+    );
+    eprintln!(
+        "{cluster}: transactions booked exactly in {:.1} s (the workload took {} s)",
+        started.elapsed().as_secs_f64(),
+        result["seconds"]
+    );
+}
+
+/// The agent's books of `cluster` settle on `want`: first the records, then
+/// the aborted records apart; and they stay so.
+fn check_books(
+    agent: &Agent,
+    cluster: &str,
+    want: &Books,
+    base: i64,
+    collector: &Collector,
+    peer_log: &dyn Fn() -> String,
+    (plain, committed, aborted): (u64, u64, u64),
+) {
     let describe = |books: &Books| -> String {
         books
             .iter()
@@ -442,19 +490,9 @@ fn transactions_on_peer(cluster: &str, bootstrap: &str, peer_log: impl Fn() -> S
     let again = agent_books(&agent, cluster).map(|g| g.0);
     assert_eq!(
         again.as_ref(),
-        Some(&want),
+        Some(want),
         "{cluster}: the books moved after they were right:\n{}",
         describe(&again.clone().unwrap_or_default())
-    );
-    assert!(
-        !collector.log().contains("panicked"),
-        "{}",
-        tail(&collector.log())
-    );
-    eprintln!(
-        "{cluster}: transactions booked exactly in {:.1} s (the workload took {} s)",
-        started.elapsed().as_secs_f64(),
-        result["seconds"]
     );
 }
 
@@ -465,5 +503,23 @@ fn transactions_on_noida_db() {
         return;
     }
     let noida = Noida::start();
-    transactions_on_peer("noida", &noida.bootstrap(), || noida.log());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&dir);
+    transactions_on_peer(&agent, "noida", None, &noida.bootstrap(), || noida.log());
+}
+
+/// Tally's own broker runs the transactions: its books (cluster `local`)
+/// and a collector's of it (cluster `copy`) both equal the truth.
+#[test]
+fn transactions_on_tally_broker() {
+    if common::python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&dir);
+    let broker = common::Broker::reporting_to(agent.addr, &["--bucket-width", "60s"]);
+    transactions_on_peer(&agent, "copy", Some("local"), broker.addr(), || {
+        broker.log()
+    });
+    broker.assert_quiet();
 }

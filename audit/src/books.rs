@@ -268,6 +268,42 @@ impl PartitionBooks {
         self.mark_pending(&[bucket]);
     }
 
+    /// Counts `len` records at `offset` on, all in `bucket`: `bytes` of
+    /// batch, `no_timestamp` of them without a timestamp, the first and last
+    /// bucketed by `first_ts` and `last_ts` (-1: unknown). What a transaction
+    /// held back is counted this way once it commits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_stretch(
+        &mut self,
+        offset: i64,
+        len: u64,
+        bucket: i64,
+        bytes: u64,
+        no_timestamp: u64,
+        first_ts: i64,
+        last_ts: i64,
+    ) {
+        if len == 0 {
+            return;
+        }
+        if self.runs.is_empty() && self.start < offset {
+            self.start = offset;
+        }
+        self.extend_runs(offset, len, bucket, first_ts, last_ts);
+        let t = self.tally_mut(bucket);
+        t.records += len;
+        t.bytes += bytes;
+        t.no_timestamp += no_timestamp;
+        self.dirty_broker.insert(bucket);
+        self.mark_pending(&[bucket]);
+    }
+
+    /// The group's high-water mark here: the highest offset its commits
+    /// covered (a commit past the books' end counts up to the end only).
+    pub fn high_of(&self, group: &str) -> Option<i64> {
+        self.groups.get(group).map(|g| g.high)
+    }
+
     /// The runs holding offsets in `[from, to)`, each with the part of it
     /// inside the range as `(run, lo, hi)`.
     fn runs_between(&self, from: i64, to: i64) -> impl Iterator<Item = (&Run, i64, i64)> {

@@ -18,6 +18,7 @@ use crate::log::{Appended, Flusher};
 use crate::metrics::BrokerMetrics;
 use crate::producers::ProducerIds;
 use crate::topics::{Topic, Topics};
+use crate::txn::Transactions;
 use crate::{Error, Result};
 
 /// Milliseconds since the epoch, now.
@@ -36,6 +37,8 @@ pub struct Broker {
     pub(crate) producer_ids: ProducerIds,
     pub(crate) metrics: BrokerMetrics,
     pub(crate) groups: Groups,
+    /// The transaction coordinator.
+    pub(crate) txns: Transactions,
     pub(crate) audit: Option<Instrumentation>,
     /// Permits for checking produced batches off the async workers
     /// (decompression): one per core, so a flood of compressed batches queues
@@ -100,10 +103,12 @@ impl Broker {
         } else {
             None
         };
+        let fsync = cfg.fsync_policy()?;
         Ok(Broker {
             groups,
+            txns: Transactions::open(dir, fsync == crate::log::FsyncPolicy::Always)?,
             audit,
-            flusher: Flusher::start(cfg.fsync_policy()?),
+            flusher: Flusher::start(fsync),
             producer_ids: ProducerIds::open(dir)?,
             metrics: BrokerMetrics::new(),
             checks: Arc::new(Semaphore::new(
@@ -124,6 +129,11 @@ impl Broker {
     /// The consumer groups and their committed offsets.
     pub fn groups(&self) -> &Groups {
         &self.groups
+    }
+
+    /// The transaction coordinator.
+    pub fn transactions(&self) -> &Transactions {
+        &self.txns
     }
 
     /// The audit instrumentation, unless it is off.
@@ -194,6 +204,7 @@ impl Broker {
                 }
                 match log.enforce_retention(now_ms) {
                     Ok(Some(start)) => {
+                        part.producers.lock().forget_before(start);
                         info!(topic = %topic.name, partition = p, start, "retention moved the log start")
                     }
                     Ok(None) => {}

@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 29] = [
+    pub(super) const APIS: [Api; 35] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -757,6 +757,16 @@ mod tables {
         api(20, "DeleteTopics", between(1, 6), 4, &DELETE_TOPICS),
         api(21, "DeleteRecords", between(0, 2), 2, &DELETE_RECORDS),
         api(22, "InitProducerId", between(0, 5), 2, &INIT_PRODUCER_ID),
+        api(
+            24,
+            "AddPartitionsToTxn",
+            between(0, 5),
+            3,
+            &ADD_PARTITIONS_TO_TXN,
+        ),
+        api(25, "AddOffsetsToTxn", between(0, 4), 3, &ADD_OFFSETS_TO_TXN),
+        api(26, "EndTxn", between(0, 5), 3, &END_TXN),
+        api(28, "TxnOffsetCommit", between(0, 5), 3, &TXN_OFFSET_COMMIT),
         api(29, "DescribeAcls", between(1, 3), 2, &DESCRIBE_ACLS),
         api(30, "CreateAcls", between(1, 3), 2, &CREATE_ACLS),
         api(31, "DeleteAcls", between(1, 3), 2, &DELETE_ACLS),
@@ -775,6 +785,14 @@ mod tables {
         // No flexible version.
         api(47, "OffsetDelete", between(0, 0), i16::MAX, &OFFSET_DELETE),
         api(60, "DescribeCluster", between(0, 2), 0, &DESCRIBE_CLUSTER),
+        api(
+            65,
+            "DescribeTransactions",
+            between(0, 0),
+            0,
+            &DESCRIBE_TRANSACTIONS,
+        ),
+        api(66, "ListTransactions", between(0, 2), 0, &LIST_TRANSACTIONS),
     ];
 
     const PRODUCE: Schema = fields(&[
@@ -1171,6 +1189,81 @@ mod tables {
         field("partitions", Array(&Struct(&OFFSET_DELETE_PARTITION)), ALL),
     ]);
     const OFFSET_DELETE_PARTITION: Schema = fields(&[field("partition_index", I32, ALL)]);
+
+    const ADD_PARTITIONS_TO_TXN: Schema = fields(&[
+        field(
+            "transactions",
+            Array(&Struct(&ADD_PARTITIONS_TO_TXN_TRANSACTION)),
+            since(4),
+        ),
+        field("v3_and_below_transactional_id", Str, until(3)),
+        field("v3_and_below_producer_id", I64, until(3)),
+        field("v3_and_below_producer_epoch", I16, until(3)),
+        field(
+            "v3_and_below_topics",
+            Array(&Struct(&ADD_PARTITIONS_TO_TXN_TOPIC)),
+            until(3),
+        ),
+    ]);
+    const ADD_PARTITIONS_TO_TXN_TRANSACTION: Schema = fields(&[
+        field("transactional_id", Str, ALL),
+        field("producer_id", I64, ALL),
+        field("producer_epoch", I16, ALL),
+        field("verify_only", Bool, ALL),
+        field("topics", Array(&Struct(&ADD_PARTITIONS_TO_TXN_TOPIC)), ALL),
+    ]);
+    const ADD_PARTITIONS_TO_TXN_TOPIC: Schema = fields(&[
+        field("name", Str, ALL),
+        field("partitions", Array(&I32), ALL),
+    ]);
+
+    const ADD_OFFSETS_TO_TXN: Schema = fields(&[
+        field("transactional_id", Str, ALL),
+        field("producer_id", I64, ALL),
+        field("producer_epoch", I16, ALL),
+        field("group_id", Str, ALL),
+    ]);
+
+    const END_TXN: Schema = fields(&[
+        field("transactional_id", Str, ALL),
+        field("producer_id", I64, ALL),
+        field("producer_epoch", I16, ALL),
+        field("committed", Bool, ALL),
+    ]);
+
+    const TXN_OFFSET_COMMIT: Schema = fields(&[
+        field("transactional_id", Str, ALL),
+        field("group_id", Str, ALL),
+        field("producer_id", I64, ALL),
+        field("producer_epoch", I16, ALL),
+        field("generation_id", I32, since(3)),
+        field("member_id", Str, since(3)),
+        field("group_instance_id", NullableStr, since(3)),
+        field("topics", Array(&Struct(&TXN_OFFSET_COMMIT_TOPIC)), ALL),
+    ]);
+    const TXN_OFFSET_COMMIT_TOPIC: Schema = fields(&[
+        field("name", Str, ALL),
+        field(
+            "partitions",
+            Array(&Struct(&TXN_OFFSET_COMMIT_PARTITION)),
+            ALL,
+        ),
+    ]);
+    const TXN_OFFSET_COMMIT_PARTITION: Schema = fields(&[
+        field("partition_index", I32, ALL),
+        field("committed_offset", I64, ALL),
+        field("committed_leader_epoch", I32, since(2)),
+        field("committed_metadata", NullableStr, ALL),
+    ]);
+
+    const DESCRIBE_TRANSACTIONS: Schema = fields(&[field("transactional_ids", Array(&Str), ALL)]);
+
+    const LIST_TRANSACTIONS: Schema = fields(&[
+        field("state_filters", Array(&Str), ALL),
+        field("producer_id_filters", Array(&I64), ALL),
+        field("duration_filter", I64, since(1)),
+        field("transactional_id_pattern", NullableStr, since(2)),
+    ]);
 }
 
 #[cfg(test)]
@@ -1363,8 +1456,10 @@ mod tests {
     fn lists_the_guarded_apis_from_its_tables() {
         assert_eq!(guarded_apis().len(), API_TABLE.len());
         assert_eq!(guarded_apis()[0], (0, 3, 13));
-        assert_eq!(guarded_apis()[25], (42, 0, 2));
-        assert_eq!(guarded_apis()[27], (47, 0, 0));
-        assert_eq!(guarded_apis()[28], (60, 0, 2));
+        assert_eq!(guarded_apis()[18], (24, 0, 5));
+        assert_eq!(guarded_apis()[29], (42, 0, 2));
+        assert_eq!(guarded_apis()[31], (47, 0, 0));
+        assert_eq!(guarded_apis()[32], (60, 0, 2));
+        assert_eq!(guarded_apis()[34], (66, 0, 2));
     }
 }

@@ -15,6 +15,7 @@ mod metrics;
 pub mod producers;
 pub mod server;
 pub mod topics;
+pub mod txn;
 
 pub use api::{SASL_SUPPORTED, SUPPORTED};
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
-//! Idempotent producers: the ids the broker hands out (InitProducerId) and,
-//! per partition, each producer's epoch and recent batches, against which a
-//! produced batch is checked for order and recognised as a retry.
+//! Idempotent and transactional producers: the ids the broker hands out
+//! (InitProducerId) and, per partition, each producer's epoch and recent
+//! batches, against which a produced batch is checked for order and
+//! recognised as a retry, and the partition's open and aborted transactions,
+//! which give its last stable offset and the aborted list of a Fetch.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -8,7 +10,8 @@ use std::path::{Path, PathBuf};
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
 
-use crate::batch::BatchHeader;
+use crate::batch::{BatchHeader, Marker};
+use crate::log::PartitionLog;
 use crate::topics::Refusal;
 use crate::{Error, Result};
 
@@ -90,17 +93,99 @@ pub enum Sequence {
     Duplicate(i64),
 }
 
-/// Idempotent producers of one partition: producer id → epoch and recent batches.
+/// A transaction that was aborted on a partition: its records, from
+/// `first_offset` to the marker at `last_offset`, are not to be read by a
+/// `read_committed` consumer (Fetch's aborted transactions list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbortedTxn {
+    /// The producer whose transaction it was.
+    pub producer_id: i64,
+    /// The offset of its first record on the partition.
+    pub first_offset: i64,
+    /// The offset of its abort marker.
+    pub last_offset: i64,
+}
+
+/// Producers of one partition: producer id → epoch and recent batches, and
+/// the partition's open and aborted transactions.
 #[derive(Debug, Default)]
 pub struct ProducerStates {
     producers: HashMap<i64, Producer>,
+    /// Open transactions: producer id → the offset of its first record here.
+    ongoing: HashMap<i64, i64>,
+    /// Aborted transactions still in the log, in marker order.
+    aborted: VecDeque<AbortedTxn>,
 }
 
 impl ProducerStates {
-    /// Rebuilds the state from the log's batch headers (after a restart).
-    pub fn rebuild(&mut self, batches: &[BatchHeader]) {
-        for b in batches {
-            self.record(b);
+    /// Rebuilds the state from the log (after a restart): every batch's
+    /// header, and the marker of every control batch.
+    pub fn rebuild(&mut self, log: &PartitionLog) -> crate::Result<()> {
+        for b in log.batches(log.start_offset())? {
+            if b.is_control() {
+                if let Some(marker) = crate::batch::control_marker(&log.read_batch(b.base_offset)?)
+                {
+                    self.record_marker(b.base_offset, marker);
+                }
+            } else {
+                self.record(&b);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last stable offset of a log that ends at `end`: the first offset
+    /// of the oldest open transaction, or `end`.
+    pub fn stable_offset(&self, end: i64) -> i64 {
+        self.ongoing.values().copied().fold(end, i64::min)
+    }
+
+    /// The producer's epoch as this partition last saw it (0 if never).
+    pub fn epoch_of(&self, producer_id: i64) -> i16 {
+        self.producers.get(&producer_id).map_or(0, |p| p.epoch)
+    }
+
+    /// The producers with a transaction open on this partition.
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.ongoing.iter().map(|(p, o)| (*p, *o))
+    }
+
+    /// The aborted transactions a `read_committed` reader of `[from, to)`
+    /// must know of: those whose marker is at or after `from` and whose first
+    /// record is before `to`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below a new log start.
+    pub fn forget_before(&mut self, start: i64) {
+        while self.aborted.front().is_some_and(|a| a.last_offset < start) {
+            self.aborted.pop_front();
+        }
+    }
+
+    /// A transaction marker was appended at `offset`: the producer's
+    /// transaction on this partition ends (an abort is listed), and a marker
+    /// of a newer epoch fences the older one.
+    pub fn record_marker(&mut self, offset: i64, marker: Marker) {
+        if let Some(first) = self.ongoing.remove(&marker.producer_id)
+            && !marker.commit
+        {
+            self.aborted.push_back(AbortedTxn {
+                producer_id: marker.producer_id,
+                first_offset: first,
+                last_offset: offset,
+            });
+        }
+        if let Some(p) = self.producers.get_mut(&marker.producer_id)
+            && marker.producer_epoch > p.epoch
+        {
+            p.epoch = marker.producer_epoch;
+            p.recent.clear();
         }
     }
 
@@ -171,6 +256,9 @@ impl ProducerStates {
 
     /// Records a batch that was appended.
     pub fn record(&mut self, b: &BatchHeader) {
+        if b.is_transactional() && !b.is_control() && b.producer_id >= 0 {
+            self.ongoing.entry(b.producer_id).or_insert(b.base_offset);
+        }
         if b.producer_id < 0 || b.base_sequence < 0 {
             return;
         }

@@ -286,6 +286,20 @@ async fn accept_loop(
             }
         })
     };
+    // Transactions a stop interrupted are finished once the offsets are
+    // loaded; open ones past their timeout are aborted.
+    let txn_clock = {
+        let b = broker.clone();
+        tokio::spawn(async move {
+            crate::txn::recover(&b).await;
+            let mut tick = tokio::time::interval(TXN_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::txn::tick(&b).await;
+            }
+        })
+    };
     let audit_clock = {
         let b = broker.clone();
         if let Some(audit) = b.audit() {
@@ -351,6 +365,8 @@ async fn accept_loop(
         }
     }
     groups_clock.abort();
+    txn_clock.abort();
+    broker.txns.sync();
     audit_clock.abort();
     if let Some(audit) = broker.audit() {
         let b = broker.clone();
@@ -365,6 +381,8 @@ async fn accept_loop(
     }
 }
 
+/// How often transaction timeouts are checked and the coordinator's state fsynced.
+const TXN_TICK: Duration = Duration::from_millis(200);
 /// How often group sessions and rebalance deadlines are checked.
 const GROUPS_TICK: Duration = Duration::from_millis(100);
 /// How often counts and lag go to the agent.

@@ -536,7 +536,7 @@ impl Topics {
             let log = PartitionLog::open(&topic.dir.join(p.to_string()), topic.log_config.clone())
                 .map_err(storage)?;
             let mut producers = ProducerStates::default();
-            producers.rebuild(&log.batches(log.start_offset()).map_err(storage)?);
+            producers.rebuild(&log).map_err(storage)?;
             partitions.push(Arc::new(Partition {
                 log: Mutex::new(log),
                 producers: Mutex::new(producers),
@@ -765,7 +765,7 @@ fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) 
     for p in 0..meta.partitions {
         let log = PartitionLog::open(&path.join(p.to_string()), log_config.clone())?;
         let mut producers = ProducerStates::default();
-        producers.rebuild(&log.batches(log.start_offset())?);
+        producers.rebuild(&log)?;
         partitions.push(Arc::new(Partition {
             log: Mutex::new(log),
             producers: Mutex::new(producers),

@@ -39,6 +39,10 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    ListTransactionsRequest, TxnOffsetCommitRequest,
+};
+use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreateAclsRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
     DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeClusterRequest,
@@ -685,6 +689,113 @@ fn incremental_alter_configs(v: i16) -> IncrementalAlterConfigsRequest {
         .with_unknown_tagged_fields(tags(v >= 1))
 }
 
+fn add_partitions_to_txn(v: i16) -> AddPartitionsToTxnRequest {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    let f = v >= 4;
+    let topics = vec![
+        AddPartitionsToTxnTopic::default()
+            .with_name(topic("orders"))
+            .with_partitions(vec![0, 3])
+            .with_unknown_tagged_fields(tags(f)),
+    ];
+    let r = AddPartitionsToTxnRequest::default().with_unknown_tagged_fields(tags(f));
+    if v >= 4 {
+        r.with_transactions(vec![
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(TransactionalId(text("txn-1")))
+                .with_producer_id(7.into())
+                .with_producer_epoch(1)
+                .with_verify_only(true)
+                .with_topics(topics)
+                .with_unknown_tagged_fields(tags(f)),
+        ])
+    } else {
+        r.with_v3_and_below_transactional_id(TransactionalId(text("txn-1")))
+            .with_v3_and_below_producer_id(7.into())
+            .with_v3_and_below_producer_epoch(1)
+            .with_v3_and_below_topics(topics)
+    }
+}
+
+fn add_offsets_to_txn(v: i16) -> AddOffsetsToTxnRequest {
+    AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(text("txn-1")))
+        .with_producer_id(7.into())
+        .with_producer_epoch(1)
+        .with_group_id(group("billing"))
+        .with_unknown_tagged_fields(tags(v >= 3))
+}
+
+fn end_txn(v: i16) -> EndTxnRequest {
+    EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(text("txn-1")))
+        .with_producer_id(7.into())
+        .with_producer_epoch(1)
+        .with_committed(true)
+        .with_unknown_tagged_fields(tags(v >= 3))
+}
+
+fn txn_offset_commit(v: i16) -> TxnOffsetCommitRequest {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let f = v >= 3;
+    let r = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(text("txn-1")))
+        .with_group_id(group("billing"))
+        .with_producer_id(7.into())
+        .with_producer_epoch(1)
+        .with_topics(vec![
+            TxnOffsetCommitRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![
+                    TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(2)
+                        .with_committed_offset(99)
+                        .with_committed_leader_epoch(if v >= 2 { 4 } else { -1 })
+                        .with_committed_metadata(Some(text("m")))
+                        .with_unknown_tagged_fields(tags(f)),
+                ])
+                .with_unknown_tagged_fields(tags(f)),
+        ])
+        .with_unknown_tagged_fields(tags(f));
+    if v >= 3 {
+        r.with_generation_id(5)
+            .with_member_id(text("member-1"))
+            .with_group_instance_id(Some(text("static-1")))
+    } else {
+        r
+    }
+}
+
+fn describe_transactions(_v: i16) -> DescribeTransactionsRequest {
+    DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![
+            TransactionalId(text("txn-1")),
+            TransactionalId(text("txn-2")),
+        ])
+        .with_unknown_tagged_fields(tags(true))
+}
+
+fn list_transactions(v: i16) -> ListTransactionsRequest {
+    let r = ListTransactionsRequest::default()
+        .with_state_filters(vec![text("Ongoing")])
+        .with_producer_id_filters(vec![7.into(), 9.into()])
+        .with_unknown_tagged_fields(tags(true));
+    let r = if v >= 1 {
+        r.with_duration_filter(5_000)
+    } else {
+        r
+    };
+    if v >= 2 {
+        r.with_transactional_id_pattern(Some(text("txn-.*")))
+    } else {
+        r
+    }
+}
+
 fn delete_records(v: i16) -> DeleteRecordsRequest {
     use kafka_protocol::messages::delete_records_request::{
         DeleteRecordsPartition, DeleteRecordsTopic,
@@ -758,6 +869,12 @@ macro_rules! for_request_type {
             44 => $action!(IncrementalAlterConfigsRequest, incremental_alter_configs),
             47 => $action!(OffsetDeleteRequest, offset_delete),
             60 => $action!(DescribeClusterRequest, describe_cluster),
+            24 => $action!(AddPartitionsToTxnRequest, add_partitions_to_txn),
+            25 => $action!(AddOffsetsToTxnRequest, add_offsets_to_txn),
+            26 => $action!(EndTxnRequest, end_txn),
+            28 => $action!(TxnOffsetCommitRequest, txn_offset_commit),
+            65 => $action!(DescribeTransactionsRequest, describe_transactions),
+            66 => $action!(ListTransactionsRequest, list_transactions),
             other => panic!("no request type for api key {other}"),
         }
     };
@@ -830,8 +947,8 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
     assert_eq!(
         keys,
         [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 29, 30, 31, 32, 33,
-            35, 37, 42, 44, 47, 60
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 24, 25, 26, 28, 29,
+            30, 31, 32, 33, 35, 37, 42, 44, 47, 60, 65, 66
         ]
     );
     for &(key, min, max) in guarded_apis() {

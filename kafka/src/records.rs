@@ -863,6 +863,84 @@ fn describe_io(error: &io::Error) -> String {
     }
 }
 
+/// A transaction marker: the one control record of a control batch, written
+/// by the broker to end a producer's transaction on a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The producer whose transaction it ends.
+    pub producer_id: i64,
+    /// The producer's epoch.
+    pub producer_epoch: i16,
+    /// Commit (true) or abort (false).
+    pub commit: bool,
+}
+
+/// A control batch holding one transaction marker (Kafka's EndTransactionMarker:
+/// key version 0 and type, 0 abort or 1 commit; value version 0 and the
+/// coordinator epoch), stamped `timestamp`, at base offset 0.
+pub fn control_batch(marker: Marker, coordinator_epoch: i32, timestamp: i64) -> Vec<u8> {
+    // The record: attributes, timestamp delta, offset delta, key, value, no headers.
+    let mut record = vec![0u8, 0, 0];
+    record.push(8); // key length 4, zigzag
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&i16::from(marker.commit).to_be_bytes());
+    record.push(12); // value length 6, zigzag
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    record.push(0); // no headers
+    let mut batch = Vec::with_capacity(BATCH_OVERHEAD + record.len() + 1);
+    batch.extend_from_slice(&0i64.to_be_bytes());
+    let length = BATCH_OVERHEAD - LOG_OVERHEAD + 1 + record.len();
+    batch.extend_from_slice(&(length as i32).to_be_bytes());
+    batch.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    batch.push(2);
+    batch.extend_from_slice(&[0; 4]); // CRC, set below
+    batch.extend_from_slice(&(TRANSACTIONAL_BIT | CONTROL_BIT).to_be_bytes());
+    batch.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    batch.extend_from_slice(&timestamp.to_be_bytes());
+    batch.extend_from_slice(&timestamp.to_be_bytes());
+    batch.extend_from_slice(&marker.producer_id.to_be_bytes());
+    batch.extend_from_slice(&marker.producer_epoch.to_be_bytes());
+    batch.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    batch.extend_from_slice(&1i32.to_be_bytes()); // one record
+    batch.push((record.len() as u8) << 1);
+    batch.extend_from_slice(&record);
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// The transaction marker of the control batch at the start of `batch`;
+/// `None` when it is not a control batch or its first record is not a
+/// marker Kafka defines (type 0 abort or 1 commit).
+pub fn control_marker(batch: &[u8]) -> Option<Marker> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() || header.compression().ok()? != Compression::None {
+        return None;
+    }
+    let mut r = batch.get(BATCH_OVERHEAD..header.size().min(batch.len()))?;
+    read_varint(&mut r).ok()?; // record length
+    let mut attributes = [0u8; 1];
+    r.read_exact(&mut attributes).ok()?;
+    read_varlong(&mut r).ok()?; // timestamp delta
+    read_varint(&mut r).ok()?; // offset delta
+    if read_varint(&mut r).ok()? < 4 {
+        return None;
+    }
+    let mut key = [0u8; 4];
+    r.read_exact(&mut key).ok()?;
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    Some(Marker {
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        commit,
+    })
+}
+
 /// Kafka's zigzag varint, at most 5 bytes.
 fn read_varint(r: &mut impl Read) -> io::Result<i32> {
     let raw = read_unsigned_varint(r, 5)?;
@@ -1477,5 +1555,37 @@ mod tests {
         input.extend_from_slice(&[0; 8]);
         let err = io::copy(&mut XerialSnappy::new(&input), &mut io::sink()).unwrap_err();
         assert!(err.to_string().contains("decompress to more than"), "{err}");
+    }
+
+    #[test]
+    fn control_batches_are_valid_markers_that_kafka_protocol_reads() {
+        for commit in [true, false] {
+            let marker = Marker {
+                producer_id: 42,
+                producer_epoch: 3,
+                commit,
+            };
+            let batch = control_batch(marker, 7, 1_700_000_000_000);
+            let headers = validate_batches(&batch).unwrap();
+            assert_eq!(headers.len(), 1);
+            let h = headers[0];
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.record_count),
+                (42, 3, 1)
+            );
+            assert_eq!(control_marker(&batch), Some(marker));
+            // An independent reader sees the same marker.
+            let mut bytes = Bytes::from(batch);
+            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+            let record = &set.records[0];
+            assert!(record.control && record.transactional);
+            let key = record.key.as_ref().unwrap();
+            assert_eq!(key.as_ref(), &[0, 0, 0, u8::from(commit)]);
+            let value = record.value.as_ref().unwrap();
+            assert_eq!(value.as_ref(), &[0, 0, 0, 0, 0, 7]);
+        }
+        // A data batch is no marker.
+        assert_eq!(control_marker(&[0u8; 10]), None);
     }
 }

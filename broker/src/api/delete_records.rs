@@ -34,6 +34,7 @@ pub(super) fn handle(broker: &Broker, request: &DeleteRecordsRequest) -> DeleteR
                     let moved = part.log.lock().delete_records(p.offset);
                     match moved {
                         Ok(start) => {
+                            part.producers.lock().forget_before(start);
                             info!(topic = %t.name.0, partition = p.partition_index, start, "records deleted by DeleteRecords");
                             result.with_low_watermark(start)
                         }

@@ -1,5 +1,7 @@
 //! Fetch (v4+): whole batches from each partition's log, honouring
 //! max_bytes, partition_max_bytes, min_bytes and max_wait_ms (long polling).
+//! A `read_committed` fetch reads up to the last stable offset and is told
+//! the aborted transactions among what it read.
 //! Fetch sessions are not kept: the answer's session id is always 0, which
 //! tells clients to send full fetches.
 
@@ -8,12 +10,41 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 
 use super::Caller;
 use crate::Error;
+use crate::batch::BatchHeader;
 use crate::context::Broker;
+
+/// The whole batches of `bytes` (read from a log) that start before `upper`.
+fn below(bytes: Bytes, upper: i64) -> Bytes {
+    let mut at = 0;
+    while let Ok(h) = BatchHeader::parse(&bytes[at..]) {
+        if h.base_offset >= upper || at + h.size() > bytes.len() {
+            break;
+        }
+        at += h.size();
+    }
+    bytes.slice(..at)
+}
+
+/// The offset after the last batch of `bytes`, if it holds one.
+fn last_batch_end(bytes: &Bytes) -> Option<i64> {
+    let mut at = 0;
+    let mut end = None;
+    while let Ok(h) = BatchHeader::parse(&bytes[at..]) {
+        if at + h.size() > bytes.len() {
+            break;
+        }
+        end = Some(h.next_offset());
+        at += h.size();
+    }
+    end
+}
 
 /// The partitions' answers, the bytes read, and whether a partition failed.
 ///
@@ -29,6 +60,7 @@ fn read_all(
     request: &FetchRequest,
     version: i16,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let committed_only = request.isolation_level == 1;
     let mut budget = usize::try_from(request.max_bytes.max(0))
         .unwrap_or(usize::MAX)
         .min(broker.cfg.fetch_max_bytes);
@@ -68,7 +100,13 @@ fn read_all(
             };
             let log = part.log.lock();
             let (start, end) = (log.start_offset(), log.end_offset());
-            let answer = answer.with_high_watermark(end).with_last_stable_offset(end);
+            let stable = part.producers.lock().stable_offset(end);
+            // A read_committed reader gets nothing at or past the last
+            // stable offset: an open transaction's records wait there.
+            let upper = if committed_only { stable } else { end };
+            let answer = answer
+                .with_high_watermark(end)
+                .with_last_stable_offset(stable);
             // log_start_offset exists from v5 on.
             let answer = if version >= 5 {
                 answer.with_log_start_offset(start)
@@ -84,10 +122,13 @@ fn read_all(
                 .unwrap_or(0)
                 .min(budget)
                 .max(1);
-            let records = if (budget == 0 && !first) || p.fetch_offset == end {
+            let records = if (budget == 0 && !first)
+                || p.fetch_offset == end
+                || (p.fetch_offset >= upper && p.fetch_offset <= end)
+            {
                 Ok(Bytes::new())
             } else {
-                log.read(p.fetch_offset, limit)
+                log.read(p.fetch_offset, limit).map(|b| below(b, upper))
             };
             match records {
                 Ok(bytes) => {
@@ -100,6 +141,25 @@ fn read_all(
                     };
                     total += bytes.len();
                     budget = budget.saturating_sub(bytes.len());
+                    // Which of the records returned a read_committed reader
+                    // must drop: those of aborted transactions.
+                    let answer = match last_batch_end(&bytes) {
+                        Some(to) if committed_only => {
+                            let aborted = part
+                                .producers
+                                .lock()
+                                .aborted_between(p.fetch_offset, to)
+                                .into_iter()
+                                .map(|a| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(a.producer_id))
+                                        .with_first_offset(a.first_offset)
+                                })
+                                .collect();
+                            answer.with_aborted_transactions(Some(aborted))
+                        }
+                        _ => answer,
+                    };
                     partitions.push(answer.with_records(Some(bytes)));
                 }
                 Err(Error::OffsetOutOfRange { .. }) => {

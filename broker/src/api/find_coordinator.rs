@@ -1,4 +1,5 @@
-//! FindCoordinator: this broker coordinates every group (key type 0); one
+//! FindCoordinator: this broker coordinates every group (key type 0) and
+//! every transactional id (key type 1); one
 //! key before v4, a batch of keys from v4.
 
 use kafka_protocol::error::ResponseError;
@@ -17,7 +18,7 @@ fn locate(
     key_type: i8,
 ) -> Result<(BrokerId, String, i32), (ResponseError, String)> {
     match key_type {
-        GROUP => match broker.groups.unavailable() {
+        GROUP | TRANSACTION => match broker.groups.unavailable() {
             None => {
                 let (host, port) = broker.cfg.advertised();
                 Ok((BrokerId(broker.cfg.node_id), host, port))
@@ -27,13 +28,9 @@ fn locate(
                 "the committed offsets are still loading".to_owned(),
             )),
         },
-        TRANSACTION => Err((
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not supported by this broker".to_owned(),
-        )),
         other => Err((
             ResponseError::InvalidRequest,
-            format!("key type \"{other}\" is not supported: expected 0 (group)"),
+            format!("key type \"{other}\" is not supported: expected 0 (group) or 1 (transaction)"),
         )),
     }
 }

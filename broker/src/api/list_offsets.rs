@@ -1,5 +1,5 @@
-//! ListOffsets: earliest, latest, max timestamp, and by timestamp through
-//! the time index.
+//! ListOffsets: earliest, latest (the last stable offset for
+//! read_committed), max timestamp, and by timestamp through the time index.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{
@@ -18,6 +18,7 @@ pub(super) fn handle(
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    let committed_only = request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -38,6 +39,10 @@ pub(super) fn handle(
                     };
                     let log = part.log.lock();
                     let (timestamp, offset) = match p.timestamp {
+                        // A read_committed reader's latest is the last stable offset.
+                        LATEST if committed_only => {
+                            (-1, part.producers.lock().stable_offset(log.end_offset()))
+                        }
                         LATEST => (-1, log.end_offset()),
                         EARLIEST => (-1, log.start_offset()),
                         MAX_TIMESTAMP => log.max_timestamp().unwrap_or((-1, -1)),

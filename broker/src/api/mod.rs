@@ -29,10 +29,15 @@ mod produce;
 pub(crate) mod sasl_authenticate;
 pub(crate) mod sasl_handshake;
 mod sync_group;
+mod txn;
 
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    ListTransactionsRequest, TxnOffsetCommitRequest,
+};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateAclsRequest, CreatePartitionsRequest,
     CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
@@ -78,6 +83,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The SASL APIs, served and advertised (after [`SUPPORTED`]) only when the
@@ -181,7 +192,7 @@ pub(crate) async fn dispatch(
             v,
         )?,
         ApiKey::InitProducerId => encode(
-            &init_producer_id::handle(broker, decode::<InitProducerIdRequest>(b, v)?),
+            &init_producer_id::handle(broker, decode::<InitProducerIdRequest>(b, v)?).await,
             v,
         )?,
         ApiKey::DescribeConfigs => encode(
@@ -260,6 +271,27 @@ pub(crate) async fn dispatch(
         )?,
         ApiKey::DescribeCluster => encode(
             &describe_cluster::handle(broker, &decode::<DescribeClusterRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::AddPartitionsToTxn => encode(
+            &txn::add_partitions(broker, &decode::<AddPartitionsToTxnRequest>(b, v)?, v),
+            v,
+        )?,
+        ApiKey::AddOffsetsToTxn => encode(
+            &txn::add_offsets(broker, &decode::<AddOffsetsToTxnRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::EndTxn => encode(&txn::end(broker, &decode::<EndTxnRequest>(b, v)?).await, v)?,
+        ApiKey::TxnOffsetCommit => encode(
+            &txn::offset_commit(broker, decode::<TxnOffsetCommitRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::DescribeTransactions => encode(
+            &txn::describe(broker, &decode::<DescribeTransactionsRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::ListTransactions => encode(
+            &txn::list(broker, &decode::<ListTransactionsRequest>(b, v)?),
             v,
         )?,
         other => return Err(DecodeFailure(format!("API {other:?} is not served"))),

@@ -1,5 +1,6 @@
 //! Produce: validates each partition's v2 batches, checks idempotent
-//! producers' sequences, appends, and answers once the fsync policy is met
+//! producers' sequences and that a transactional batch's transaction added
+//! its partition, appends, and answers once the fsync policy is met
 //! (never for acks=0).
 
 use kafka_protocol::error::ResponseError;
@@ -14,7 +15,7 @@ use crate::Error;
 use crate::batch::{self, CheckedBatches, RecordsError};
 use crate::context::{Broker, now_ms};
 use crate::producers::Sequence;
-use crate::topics::{Partition, Refusal};
+use crate::topics::{Partition, Refusal, Topic};
 
 struct Outcome {
     base_offset: i64,
@@ -78,13 +79,15 @@ const LOG_OVERHEAD: i64 = 12;
 
 async fn append(
     broker: &Broker,
-    topic: &str,
+    topic: &Topic,
+    partition: i32,
     part: &Partition,
     records: &Bytes,
     acks: i16,
     budget: &mut u64,
-    max_message_bytes: Option<i64>,
 ) -> Result<Outcome, Refusal> {
+    let max_message_bytes = topic.log_config.max_message_bytes;
+    let topic = topic.name.as_str();
     let CheckedBatches {
         headers,
         timestamps,
@@ -117,11 +120,11 @@ async fn append(
             "a control batch (attribute bit 0x20) was sent: only the broker writes control records",
         ));
     }
-    if headers.iter().any(|h| h.is_transactional()) {
-        return Err(Refusal::new(
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactional batches are not supported by this broker",
-        ));
+    // A transactional batch goes only to a partition its open transaction added.
+    for h in headers.iter().filter(|h| h.is_transactional()) {
+        broker
+            .txns
+            .check_produce(h.producer_id, h.producer_epoch, topic, partition)?;
     }
     let (outcome, sync) = {
         let mut log = part.log.lock();
@@ -186,7 +189,9 @@ pub(super) async fn handle(
         let mut partitions = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
             let answer = PartitionProduceResponse::default().with_index(p.index);
-            let part = topic.as_ref().and_then(|t| t.partition(p.index));
+            let part = topic
+                .as_ref()
+                .and_then(|t| Some(t).zip(t.partition(p.index)));
             let result = match (part, &p.records) {
                 (None, _) => Err(Refusal::new(
                     ResponseError::UnknownTopicOrPartition,
@@ -196,25 +201,14 @@ pub(super) async fn handle(
                     ResponseError::InvalidRecord,
                     "records are null",
                 )),
-                (Some(part), Some(records)) => {
+                (Some((topic, part)), Some(records)) => {
                     if ![-1, 0, 1].contains(&acks) {
                         Err(Refusal::new(
                             ResponseError::InvalidRequiredAcks,
                             format!("acks \"{acks}\" is not valid: expected -1, 0 or 1"),
                         ))
                     } else {
-                        let max_message_bytes =
-                            topic.as_ref().and_then(|t| t.log_config.max_message_bytes);
-                        append(
-                            broker,
-                            &name,
-                            part,
-                            records,
-                            acks,
-                            &mut budget,
-                            max_message_bytes,
-                        )
-                        .await
+                        append(broker, topic, p.index, part, records, acks, &mut budget).await
                     }
                 }
             };

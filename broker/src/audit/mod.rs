@@ -49,18 +49,84 @@ pub struct AuditConfig {
 }
 
 /// What the durable state of one partition holds beyond its books: append
-/// times of batches without timestamps, which the log does not keep.
+/// times of batches without timestamps, which the log does not keep, and the
+/// records of aborted transactions that retention deleted, per bucket.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct DurablePartition {
     books: DurableBooks,
     #[serde(default)]
     append_times: BTreeMap<i64, i64>,
+    #[serde(default)]
+    retired_aborted: BTreeMap<i64, u64>,
 }
+
+/// Records of one bucket in a held batch, in offset order.
+#[derive(Clone, Copy, Debug)]
+struct Stretch {
+    bucket: i64,
+    len: u64,
+    no_timestamp: u64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+/// A batch held back from the books: a transaction's records count only
+/// once it commits (an abort counts them apart), and the records after an
+/// open transaction's first wait with it, so that the books, like a
+/// `read_committed` reader, stop at the last stable offset.
+#[derive(Debug)]
+struct Held {
+    offset: i64,
+    producer_id: i64,
+    transactional: bool,
+    /// Commit (true) or abort, once the transaction's marker came.
+    outcome: Option<bool>,
+    bytes: u64,
+    stretches: Vec<Stretch>,
+}
+
+/// The records of `buckets` (one per record, as [`record_buckets`] gives
+/// them) as stretches of one bucket each.
+fn stretches(buckets: &[i64], no_ts: &[bool], timestamps: &[i64]) -> Vec<Stretch> {
+    let mut out: Vec<Stretch> = Vec::new();
+    for (i, b) in buckets.iter().enumerate() {
+        let ts = timestamps.get(i).copied().unwrap_or(-1);
+        let no = u64::from(no_ts.get(i).copied().unwrap_or(false));
+        match out.last_mut() {
+            Some(s) if s.bucket == *b => {
+                s.len += 1;
+                s.no_timestamp += no;
+                s.last_ts = if s.first_ts < 0 || ts < 0 { -1 } else { ts };
+                if ts < 0 {
+                    s.first_ts = -1;
+                }
+            }
+            _ => out.push(Stretch {
+                bucket: *b,
+                len: 1,
+                no_timestamp: no,
+                first_ts: ts,
+                last_ts: ts,
+            }),
+        }
+    }
+    out
+}
+
+/// (group, topic, partition).
+type CommitKey = (String, String, i32);
 
 #[derive(Default)]
 struct Partition {
     books: PartitionBooks,
     append_times: BTreeMap<i64, i64>,
+    /// Batches waiting for their transaction, or for one before them, to end.
+    held: std::collections::VecDeque<Held>,
+    /// Aborted records still in the log: (the offset after them, bucket, count).
+    aborted_live: Vec<(i64, i64, u64)>,
+    /// Aborted records retention deleted, per bucket (durable: the log no
+    /// longer tells them).
+    retired_aborted: BTreeMap<i64, u64>,
     /// Changed beyond what the dirty buckets say (commits, append times).
     changed: bool,
     /// Broker-tier latency of the appends since the last tick.
@@ -106,6 +172,7 @@ impl PartitionAudit {
             DurablePartition {
                 books: part.books.durable_state(),
                 append_times: part.append_times.clone(),
+                retired_aborted: part.retired_aborted.clone(),
             }
         };
         let path = &self.path;
@@ -128,6 +195,90 @@ impl PartitionAudit {
     }
 }
 
+impl Partition {
+    /// Takes a batch that is transactional, a marker, or follows a held
+    /// one: it is held until what is before it and its own transaction end.
+    fn hold(
+        &mut self,
+        width: BucketWidth,
+        h: &BatchHeader,
+        batch: &[u8],
+        known: Option<&[i64]>,
+        append_ms: i64,
+        now_ms: i64,
+    ) {
+        if h.is_control() {
+            if let Some(m) = crate::batch::control_marker(batch) {
+                for held in self.held.iter_mut().filter(|x| {
+                    x.transactional && x.outcome.is_none() && x.producer_id == m.producer_id
+                }) {
+                    held.outcome = Some(m.commit);
+                }
+            }
+            self.drain(now_ms);
+            return;
+        }
+        let (buckets, no_ts, timestamps) = record_buckets(width, h, batch, append_ms, known);
+        if no_ts.iter().any(|b| *b) && !self.append_times.contains_key(&h.base_offset) {
+            self.append_times.insert(h.base_offset, append_ms);
+            self.changed = true;
+        }
+        self.held.push_back(Held {
+            offset: h.base_offset,
+            producer_id: h.producer_id,
+            transactional: h.is_transactional(),
+            outcome: None,
+            bytes: h.size() as u64,
+            stretches: stretches(&buckets, &no_ts, &timestamps),
+        });
+        self.drain(now_ms);
+    }
+
+    /// Counts the held batches whose transactions ended, in offset order,
+    /// up to the first one still open.
+    fn drain(&mut self, now_ms: i64) {
+        while let Some(front) = self.held.front() {
+            let commit = match (front.transactional, front.outcome) {
+                (false, _) => true,
+                (true, Some(c)) => c,
+                (true, None) => break,
+            };
+            let Some(held) = self.held.pop_front() else {
+                break;
+            };
+            let n: u64 = held.stretches.iter().map(|s| s.len).sum();
+            let mut extra = held.bytes % n.max(1);
+            let share = held.bytes / n.max(1);
+            let mut offset = held.offset;
+            for s in &held.stretches {
+                if commit {
+                    let bonus = extra.min(s.len);
+                    extra -= bonus;
+                    self.books.append_stretch(
+                        offset,
+                        s.len,
+                        s.bucket,
+                        share * s.len + bonus,
+                        s.no_timestamp,
+                        s.first_ts,
+                        s.last_ts,
+                    );
+                    if s.first_ts >= 0 && s.last_ts >= 0 && s.no_timestamp == 0 {
+                        let mid = s.first_ts + (s.last_ts - s.first_ts) / 2;
+                        self.latency
+                            .record(now_ms.saturating_sub(mid).max(0) as u64, s.len);
+                    }
+                } else {
+                    self.books.count_aborted(s.bucket, s.len);
+                    self.aborted_live
+                        .push((offset + s.len as i64, s.bucket, s.len));
+                }
+                offset += s.len as i64;
+            }
+        }
+    }
+}
+
 impl LogObserver for PartitionAudit {
     fn appended(&self, written: &[BatchHeader], bytes: &[u8], known: &[Vec<i64>], now_ms: i64) {
         let width = self.width;
@@ -138,6 +289,11 @@ impl LogObserver for PartitionAudit {
             let size = h.size();
             let batch = bytes.get(at..at + size).unwrap_or(&[]);
             at += size;
+            if h.is_control() || h.is_transactional() || !part.held.is_empty() {
+                let known = known.get(i).filter(|ts| !ts.is_empty()).map(Vec::as_slice);
+                part.hold(width, h, batch, known, now_ms, now_ms);
+                continue;
+            }
             // The produce path read the records' timestamps while validating
             // them (LogAppendTime batches too: they give the count).
             let read_here;
@@ -189,9 +345,17 @@ impl LogObserver for PartitionAudit {
     /// are stored before the log lets go of them.
     fn start_moving(&self, new_start: i64) -> Result<()> {
         {
-            let mut part = self.state.lock();
+            let mut guard = self.state.lock();
+            let part = &mut *guard;
             part.books.retain_from(new_start);
             part.append_times = part.append_times.split_off(&new_start);
+            let retired = &mut part.retired_aborted;
+            part.aborted_live.retain(|&(end, bucket, n)| {
+                if end <= new_start {
+                    *retired.entry(bucket).or_default() += n;
+                }
+                end > new_start
+            });
         }
         self.store(true)
     }
@@ -270,8 +434,10 @@ pub struct Instrumentation {
     cfg: AuditConfig,
     dir: PathBuf,
     books: Arc<AllBooks>,
-    /// The last commit time seen per (group, topic, partition).
-    seen: Mutex<HashMap<(String, String, i32), i64>>,
+    /// The last commit time seen per (group, topic, partition), and whether
+    /// that commit reached past the books' end (records held back for a
+    /// transaction), to be taken again once they are counted.
+    seen: Mutex<HashMap<CommitKey, (i64, bool)>>,
     /// Per (topic, tier): latency since this process started.
     latency: Mutex<BTreeMap<(String, Tier), LatencyBook>>,
     emitter: Mutex<Option<Emitter>>,
@@ -471,6 +637,8 @@ impl Instrumentation {
                 }
                 if let Some(from) = accepts_from {
                     part.books.prune_before(from);
+                    part.retired_aborted.retain(|b, _| *b >= from);
+                    part.aborted_live.retain(|(_, b, _)| *b >= from);
                 }
                 part.changed = false;
                 drop(part);
@@ -524,8 +692,8 @@ impl Instrumentation {
         let mut latency = self.latency.lock();
         for c in groups.all_committed() {
             let key = (c.group.clone(), c.topic.clone(), c.partition);
-            let last = seen.get(&key).copied().unwrap_or(i64::MIN);
-            if c.committed.commit_time_ms <= last {
+            let (last, short) = seen.get(&key).copied().unwrap_or((i64::MIN, false));
+            if c.committed.commit_time_ms <= last && !short {
                 continue;
             }
             let Some(audit) = self.books.get(&c.topic, c.partition) else {
@@ -562,7 +730,12 @@ impl Instrumentation {
                 }
             }
             part.changed = true;
-            seen.insert(key, c.committed.commit_time_ms);
+            let short = !part.held.is_empty()
+                && part
+                    .books
+                    .high_of(&c.group)
+                    .is_some_and(|high| high < c.committed.offset);
+            seen.insert(key, (c.committed.commit_time_ms, short));
         }
     }
 
@@ -576,7 +749,15 @@ impl Instrumentation {
                 continue;
             };
             let log = part.log.lock();
-            let (start, end) = (log.start_offset(), log.end_offset());
+            let (start, log_end) = (log.start_offset(), log.end_offset());
+            let stable = part.producers.lock().stable_offset(log_end);
+            // A read_committed group cannot read past the last stable offset:
+            // its lag is measured to there.
+            let end = if groups.is_read_committed(&c.group) {
+                stable
+            } else {
+                log_end
+            };
             let committed = c.committed.offset;
             let next = committed.max(start);
             let lag_records = u64::try_from(end - committed.min(end)).unwrap_or(0);
@@ -600,14 +781,14 @@ impl Instrumentation {
                 topic: c.topic,
                 partition: c.partition,
                 committed,
-                end_offset: end,
+                end_offset: log_end,
                 start_offset: start,
                 lag_records,
                 lag_seconds,
                 commit_at_ms: c.committed.commit_time_ms,
                 // The broker reads every record it lags behind from its own
                 // log: nothing is estimated.
-                stable_offset: None,
+                stable_offset: (stable < log_end).then_some(stable),
                 estimated: false,
             });
         }
@@ -677,13 +858,19 @@ fn load_state(path: &Path) -> Result<DurablePartition> {
 
 /// Books from the stored state plus the log's batches beyond it.
 fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> Result<Partition> {
-    let mut books = PartitionBooks::restore(state.books);
-    let mut append_times = state.append_times;
-    let mut changed = false;
-    books.retain_from(log.start_offset());
-    let from = books.end().max(log.start_offset());
+    let mut part = Partition {
+        books: PartitionBooks::restore(state.books),
+        append_times: state.append_times,
+        retired_aborted: state.retired_aborted,
+        ..Partition::default()
+    };
+    for (bucket, n) in &part.retired_aborted {
+        part.books.count_aborted(*bucket, *n);
+    }
+    part.books.retain_from(log.start_offset());
+    let from = part.books.end().max(log.start_offset());
     for h in log.batches(from)? {
-        if h.base_offset < books.end() {
+        if h.base_offset < part.books.end() {
             continue;
         }
         let batch = log.read_batch(h.base_offset)?;
@@ -691,18 +878,24 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
         // crash within a tick of the append) is placed at the time of this
         // rebuild, and that is stored: never in 1970, and the same every
         // time after.
-        let append_ms = match append_times.get(&h.base_offset) {
+        let append_ms = match part.append_times.get(&h.base_offset) {
             Some(t) => *t,
-            None if h.max_timestamp < 0 && !h.log_append_time() => {
+            None if h.max_timestamp < 0 && !h.log_append_time() && !h.is_control() => {
                 let now = crate::context::now_ms();
-                append_times.insert(h.base_offset, now);
-                changed = true;
+                part.append_times.insert(h.base_offset, now);
+                part.changed = true;
                 now
             }
             None => h.max_timestamp,
         };
+        // Transactions are replayed as they were written: held until their
+        // markers, committed records counted, aborted ones apart.
+        if h.is_control() || h.is_transactional() || !part.held.is_empty() {
+            part.hold(width, &h, &batch, None, append_ms, append_ms);
+            continue;
+        }
         let (buckets, no_ts, timestamps) = record_buckets(width, &h, &batch, append_ms, None);
-        books.append(
+        part.books.append(
             h.base_offset,
             &buckets,
             h.size() as u64,
@@ -710,13 +903,10 @@ fn rebuild(width: BucketWidth, state: DurablePartition, log: &PartitionLog) -> R
             &timestamps,
         );
     }
-    books.mark_all_dirty();
-    Ok(Partition {
-        books,
-        append_times,
-        changed,
-        ..Partition::default()
-    })
+    // Latency is not rebuilt (see the module documentation).
+    part.latency = LatencyBook::default();
+    part.books.mark_all_dirty();
+    Ok(part)
 }
 
 #[cfg(test)]

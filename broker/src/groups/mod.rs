@@ -409,7 +409,10 @@ impl Groups {
                 .iter()
                 .map(move |p| (&*t.topic.0, p.partition, p.fetch_offset))
         });
-        self.shared.ties.open_ties(client_id, host, fetched, |tie| {
+        let read_committed = request.isolation_level == 1;
+        self.shared
+            .ties
+            .open_ties(client_id, host, read_committed, fetched, |tie| {
             let key = (tie.topic.clone(), tie.partition);
             let committed = store.read(|o| {
                 o.groups
@@ -430,6 +433,12 @@ impl Groups {
                 Err(e) => warn!("the start offsets writer failed: {e}"),
             }
         }
+    }
+
+    /// Whether the group reads committed records only (its latest fetch
+    /// tied to it was `read_committed`).
+    pub fn is_read_committed(&self, group: &str) -> bool {
+        self.shared.ties.is_read_committed(group)
     }
 
     /// A counter that moves on every accepted commit: the audit waits on it.

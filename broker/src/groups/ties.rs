@@ -168,6 +168,9 @@ pub(crate) struct OpenTie {
 #[derive(Default)]
 pub(crate) struct Ties {
     index: RwLock<Index>,
+    /// Whether each group's tied fetches read committed records only (the
+    /// latest fetch decides): its lag is then measured to the last stable offset.
+    read_committed: RwLock<HashMap<Arc<str>, bool>>,
 }
 
 impl Ties {
@@ -181,6 +184,16 @@ impl Ties {
     /// Takes `group` out of the index.
     pub(crate) fn forget(&self, group: &str) {
         self.index.write().remove(group);
+        self.read_committed.write().remove(group);
+    }
+
+    /// Whether the group's latest tied fetch was `read_committed`.
+    pub(crate) fn is_read_committed(&self, group: &str) -> bool {
+        self.read_committed
+            .read()
+            .get(group)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The fetched `(topic, partition, offset)`s from `client_id` at `host`
@@ -191,6 +204,7 @@ impl Ties {
         &self,
         client_id: &str,
         host: IpAddr,
+        read_committed: bool,
         fetched: impl IntoIterator<Item = (&'a str, i32, i64)>,
         mut settle: impl FnMut(&OpenTie) -> bool,
     ) {
@@ -211,6 +225,11 @@ impl Ties {
             let [owner] = owners.as_slice() else {
                 continue;
             };
+            if self.read_committed.read().get(&owner.group) != Some(&read_committed) {
+                self.read_committed
+                    .write()
+                    .insert(owner.group.clone(), read_committed);
+            }
             if !owner.open.load(Ordering::Acquire) {
                 continue;
             }
@@ -330,6 +349,7 @@ mod tests {
         ties.open_ties(
             client,
             host.parse().unwrap(),
+            false,
             fetched.iter().copied(),
             |t| {
                 out.push(t.clone());
@@ -387,7 +407,7 @@ mod tests {
         ties.set("a", vec![assigned("c", "::1", "t", 0)]);
         let mut seen = 0;
         for _ in 0..2 {
-            ties.open_ties("c", "::1".parse().unwrap(), [("t", 0, 3)], |_| {
+            ties.open_ties("c", "::1".parse().unwrap(), false, [("t", 0, 3)], |_| {
                 seen += 1;
                 false
             });
