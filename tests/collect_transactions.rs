@@ -376,9 +376,9 @@ fn check_books(
     let settle = |within: Duration, shown: fn(&Books) -> Books| {
         let deadline = Instant::now() + within;
         loop {
-            let got = agent_books(&agent, cluster);
+            let got = agent_books(agent, cluster);
             if let Some((books, view)) = &got
-                && shown(books) == shown(&want)
+                && shown(books) == shown(want)
             {
                 return Ok((books.clone(), view.clone()));
             }
@@ -394,7 +394,7 @@ fn check_books(
             "{cluster}: {what}\n(cells as (records, pending, expired, skipped, aborted))\n\
              agent:\n{}\ntruth:\n{}\n\nview: {view}\n\ncollector log:\n{}\n\npeer log:\n{}",
             describe(&books),
-            describe(&want),
+            describe(want),
             tail(&collector.log()),
             tail(&peer_log()),
         )
@@ -431,7 +431,7 @@ fn check_books(
             "bucket {bucket}: {group} consumed every committed record: {view}"
         );
     }
-    let t = topic_totals(&agent, cluster);
+    let t = topic_totals(agent, cluster);
     let field = |t: &Value, tier: &str, f: &str| t["tiers"][tier][f].as_u64();
     assert_eq!(
         field(&t, "broker", "records"),
@@ -475,7 +475,7 @@ fn check_books(
             )
         )
     });
-    let t = topic_totals(&agent, cluster);
+    let t = topic_totals(agent, cluster);
     assert_eq!(
         (
             field(&t, "broker", "records"),
@@ -487,7 +487,7 @@ fn check_books(
 
     // And they stay so: nothing read again, no marker counted late.
     std::thread::sleep(Duration::from_secs(3));
-    let again = agent_books(&agent, cluster).map(|g| g.0);
+    let again = agent_books(agent, cluster).map(|g| g.0);
     assert_eq!(
         again.as_ref(),
         Some(want),
