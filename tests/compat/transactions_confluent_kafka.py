@@ -10,23 +10,32 @@ usage:
       transaction of 4 records is left open (flushed, not committed). Prints
       one JSON object.
   transactions_confluent_kafka.py hold BOOTSTRAP TOPIC TXN_ID TIMEOUT_MS
-      Opens a transaction of 5 records on TOPIC, flushes, prints "open", then
+      Writes one plain record to TOPIC (1 partition), then opens a
+      transaction of 5 records on it, flushes, prints "open", then
       reads a line from stdin: "commit" commits (retrying through a broker
       restart), "exit" leaves without ending it. Prints a JSON result last.
-  transactions_confluent_kafka.py read BOOTSTRAP TOPIC ISOLATION
+  transactions_confluent_kafka.py read BOOTSTRAP TOPIC ISOLATION [GROUP]
       Prints the values of every record of TOPIC readable at ISOLATION
-      (read_committed or read_uncommitted), as JSON.
-  transactions_confluent_kafka.py eos BOOTSTRAP IN OUT N
+      (read_committed or read_uncommitted) and the positions reached, as JSON;
+      with GROUP, as a subscribed member of it that commits them.
+  transactions_confluent_kafka.py fill BOOTSTRAP TOPIC N
+      Creates TOPIC (2 partitions) and writes N plain records "r-0".. to it.
+  transactions_confluent_kafka.py eos BOOTSTRAP IN OUT N [PAUSE_AT]
       A consume-transform-produce loop: reads IN in group "eos" (read_committed),
       writes each value upper-cased to OUT and commits its offsets with
       send_offsets_to_transaction, in transactions of up to 7 records, until N
-      records of IN were committed. Prints progress lines "done K" and recovers
+      records of IN were committed. With PAUSE_AT, the first transaction after
+      PAUSE_AT records were committed stops once its records are written,
+      prints "open" and waits for a line on stdin (the broker is killed and
+      restarted meanwhile). Prints progress lines "done K" and recovers
       from a broker that goes away (aborts, rewinds, or starts over with a new
       producer) as an exactly-once application must.
 """
 
 import json
+import os
 import sys
+import threading
 import time
 
 from confluent_kafka import (
@@ -37,6 +46,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+
+
+class Stuck(Exception):
+    """A librdkafka call that did not return within its timeout."""
 
 
 def create(bootstrap, topic, partitions):
@@ -141,6 +154,9 @@ def basic(bootstrap, topic, ts):
 
 def hold(bootstrap, topic, txn_id, timeout_ms):
     create(bootstrap, topic, 1)
+    plain = Producer({"bootstrap.servers": bootstrap})
+    plain.produce(topic, value=b"before", partition=0)
+    plain.flush(15)
     p = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -174,7 +190,7 @@ def hold(bootstrap, topic, txn_id, timeout_ms):
     print(json.dumps(result), flush=True)
 
 
-def eos(bootstrap, topic_in, topic_out, n):
+def eos(bootstrap, topic_in, topic_out, n, pause_at=None):
     """The classic exactly-once loop, recovering as the documentation says."""
 
     def consumer():
@@ -196,6 +212,7 @@ def eos(bootstrap, topic_in, topic_out, n):
                 "bootstrap.servers": bootstrap,
                 "transactional.id": "eos-app",
                 "transaction.timeout.ms": 20000,
+                **({"debug": "eos,protocol"} if os.environ.get("TALLY_CLIENT_DEBUG") else {}),
             }
         )
         deadline = time.time() + 90
@@ -209,10 +226,37 @@ def eos(bootstrap, topic_in, topic_out, n):
                     continue
                 raise
 
+    def send_offsets(p, positions, metadata):
+        # librdkafka 2.12's send_offsets_to_transaction can block past its
+        # timeout when the group coordinator it cached went away (librdkafka
+        # issues 5456 and 5511): a watchdog gives up on such a producer,
+        # which the next one fences.
+        outcome = {}
+
+        def call():
+            try:
+                p.send_offsets_to_transaction(positions, metadata, 15)
+                outcome["ok"] = True
+            except KafkaException as e:
+                outcome["error"] = e
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(20)
+        if "error" in outcome:
+            raise outcome["error"]
+        if "ok" not in outcome:
+            raise Stuck()
+
+    def report(err, msg):
+        if err is not None:
+            print(f"delivery failed: {err}", file=sys.stderr, flush=True)
+
     def committed_count(c):
         parts = c.committed([TopicPartition(topic_in, p) for p in range(2)], timeout=15)
         return sum(max(tp.offset, 0) for tp in parts)
 
+    create(bootstrap, topic_out, 2)
     c, p = consumer(), producer()
     done = 0
     deadline = time.time() + 240
@@ -229,14 +273,30 @@ def eos(bootstrap, topic_in, topic_out, n):
         try:
             p.begin_transaction()
             for m in msgs:
-                p.produce(topic_out, value=m.value().upper(), key=m.key(), partition=m.partition())
-            p.send_offsets_to_transaction(
-                c.position(c.assignment()), c.consumer_group_metadata(), 15
-            )
+                p.produce(
+                    topic_out,
+                    value=m.value().upper(),
+                    key=m.key(),
+                    partition=m.partition(),
+                    on_delivery=report,
+                )
+            if pause_at is not None and done >= pause_at:
+                # Mid-transaction: its records are in the log, uncommitted.
+                pause_at = None
+                p.flush(15)
+                print("open", flush=True)
+                sys.stdin.readline()
+            send_offsets(p, c.position(c.assignment()), c.consumer_group_metadata())
             p.commit_transaction(15)
             done = committed_count(c)
             print(f"done {done}", flush=True)
             time.sleep(0.05)
+        except Stuck:
+            restarts += 1
+            print("send_offsets_to_transaction is stuck: a new producer", file=sys.stderr, flush=True)
+            p = producer()
+            c.close()
+            c = consumer()
         except KafkaException as e:
             err = e.args[0]
             restarts += 1
@@ -253,6 +313,8 @@ def eos(bootstrap, topic_in, topic_out, n):
             c.close()
             c = consumer()
     print(json.dumps({"done": done, "restarts": restarts}), flush=True)
+    # A producer left stuck in librdkafka would hold the exit.
+    os._exit(0)
 
 
 mode = sys.argv[1]
@@ -261,9 +323,23 @@ if mode == "basic":
 elif mode == "hold":
     hold(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
 elif mode == "read":
-    values, _ = read_all(sys.argv[2], sys.argv[3], sys.argv[4])
-    print(json.dumps(values))
+    group = sys.argv[5] if len(sys.argv) > 5 else None
+    values, positions = read_all(sys.argv[2], sys.argv[3], sys.argv[4], group=group, commit=bool(group))
+    print(json.dumps({"values": values, "positions": positions}))
+elif mode == "fill":
+    create(sys.argv[2], sys.argv[3], 2)
+    p = Producer({"bootstrap.servers": sys.argv[2]})
+    for i in range(int(sys.argv[4])):
+        p.produce(sys.argv[3], value=f"r-{i}".encode(), key=str(i).encode(), partition=i % 2)
+    p.flush(15)
+    print(json.dumps({"written": int(sys.argv[4])}))
 elif mode == "eos":
-    eos(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    eos(
+        sys.argv[2],
+        sys.argv[3],
+        sys.argv[4],
+        int(sys.argv[5]),
+        int(sys.argv[6]) if len(sys.argv) > 6 else None,
+    )
 else:
     sys.exit(f"unknown mode {mode!r}")
