@@ -413,3 +413,34 @@ fn exactly_once_loop_across_a_kill9_of_the_broker() {
         );
     }
 }
+
+#[test]
+fn kafkajs_commits_aborts_and_sends_offsets_in_a_transaction() {
+    let Some(node) = common::node() else {
+        return;
+    };
+    let broker = Broker::start(&[]);
+    let run = common::run(
+        Command::new(node)
+            .current_dir(client_scripts())
+            .arg("transactions_kafkajs.js")
+            .args([broker.addr(), "kjs"]),
+        b"",
+        common::CLIENT_TIMEOUT,
+    );
+    run.assert_success("transactions_kafkajs.js", &broker);
+    let out = run.json();
+    let names = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    };
+    assert_eq!(out["committed"], json!(names("kc", 6)), "{out}");
+    assert_eq!(
+        out["uncommitted"],
+        json!([names("ka", 4), names("kc", 6)].concat()),
+        "{out}"
+    );
+    assert_eq!(out["output"], json!(names("KC", 6)), "{out}");
+    // The offsets went with the transaction: 3 records on each partition.
+    assert_eq!(out["group_offsets"], json!({"0": "3", "1": "3"}), "{out}");
+    broker.assert_quiet();
+}
