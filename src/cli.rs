@@ -372,6 +372,9 @@ pub(crate) struct BrokerArgs {
     /// How often retention and segment rolling are checked [default: 30s].
     #[arg(long, env = "TALLY_BROKER_RETENTION_CHECK", value_name = "DURATION", value_parser = duration)]
     pub(crate) retention_check: Option<Duration>,
+    /// How long a consumer group that was empty waits for more members before its first generation (Kafka's group.initial.rebalance.delay.ms) [default: 3s].
+    #[arg(long, env = "TALLY_BROKER_GROUP_INITIAL_REBALANCE_DELAY", value_name = "DURATION", value_parser = duration)]
+    pub(crate) group_initial_rebalance_delay: Option<Duration>,
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -413,7 +416,8 @@ impl BrokerArgs {
             request_timeout,
             idle_timeout,
             fetch_max_bytes,
-            max_decompressed_bytes
+            max_decompressed_bytes,
+            group_initial_rebalance_delay
         );
         if self.agent_token.is_some() {
             cfg.agent_token = self.agent_token.clone();

@@ -54,6 +54,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agent: ingest.clone(),
         bucket_width: args.bucket_width,
         retention_check: Duration::from_secs(2),
+        // The demo's groups start at once: nobody else is joining them.
+        group_initial_rebalance_delay: Duration::ZERO,
         ..BrokerConfig::default()
     };
     let broker = tally_broker::server::start(broker_cfg).await?;
@@ -66,6 +68,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agent: ingest.clone(),
         cluster: "replica".to_owned(),
         bucket_width: args.bucket_width,
+        group_initial_rebalance_delay: Duration::ZERO,
         ..BrokerConfig::default()
     };
     let replica = tally_broker::server::start(replica_cfg)

@@ -95,6 +95,10 @@ pub struct BrokerConfig {
     /// How often retention and segment rolling are checked.
     #[serde(with = "humantime_serde")]
     pub retention_check: Duration,
+    /// How long a consumer group that was empty waits for more members
+    /// before its first generation (Kafka's `group.initial.rebalance.delay.ms`).
+    #[serde(with = "humantime_serde")]
+    pub group_initial_rebalance_delay: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -130,6 +134,7 @@ impl Default for BrokerConfig {
             retention: Some(Duration::from_millis(log.retention_ms as u64)),
             retention_bytes: None,
             retention_check: Duration::from_secs(30),
+            group_initial_rebalance_delay: Duration::from_secs(3),
         }
     }
 }

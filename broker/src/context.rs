@@ -89,7 +89,13 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "log recovered"
         );
-        let groups = Groups::open(dir, GroupsConfig::default())?;
+        let groups = Groups::open(
+            dir,
+            GroupsConfig {
+                initial_rebalance_delay: cfg.group_initial_rebalance_delay,
+                ..GroupsConfig::default()
+            },
+        )?;
         let audit = if cfg.instrumentation {
             let audit_cfg = AuditConfig {
                 width: cfg.width()?,

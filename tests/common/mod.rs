@@ -336,14 +336,32 @@ impl Broker {
     /// Starts `tally broker` with `extra` flags and no agent to report to
     /// (the data path alone), and waits until it accepts connections.
     pub fn start(extra: &[&str]) -> Broker {
-        Broker::with_flags(&["--no-metrics", "--agent", ""], extra)
+        Broker::with_flags(
+            &[
+                "--no-metrics",
+                "--agent",
+                "",
+                Self::QUICK[0],
+                Self::QUICK[1],
+            ],
+            extra,
+        )
     }
+
+    /// The flags every test broker gets (unless started with exactly its
+    /// own): groups start at once, without Kafka's initial rebalance delay,
+    /// so that a test's first join does not wait 3 s.
+    const QUICK: [&'static str; 2] = ["--group-initial-rebalance-delay", "0s"];
 
     /// Starts `tally broker` with `extra` flags, reporting to the agent at
     /// `agent`, and waits until it accepts connections.
     pub fn reporting_to(agent: SocketAddr, extra: &[&str]) -> Broker {
         let ingest = format!("ws://{agent}/api/v1/ingest");
-        Broker::with_flags(&["--no-metrics", "--agent", &ingest], extra)
+        let flags: Vec<&str> = ["--no-metrics", "--agent", &ingest]
+            .into_iter()
+            .chain(Self::QUICK)
+            .collect();
+        Broker::with_flags(&flags, extra)
     }
 
     /// Starts `tally broker` with exactly `flags` (the agent and how to
