@@ -736,7 +736,7 @@ mod tables {
         field("client_id", NullableStr, ALL),
     ]);
 
-    pub(super) const APIS: [Api; 35] = [
+    pub(super) const APIS: [Api; 37] = [
         api(0, "Produce", between(3, 13), 9, &PRODUCE),
         api(1, "Fetch", between(4, 18), 12, &FETCH),
         api(2, "ListOffsets", between(1, 10), 6, &LIST_OFFSETS),
@@ -793,6 +793,20 @@ mod tables {
             &DESCRIBE_TRANSACTIONS,
         ),
         api(66, "ListTransactions", between(0, 2), 0, &LIST_TRANSACTIONS),
+        api(
+            68,
+            "ConsumerGroupHeartbeat",
+            between(0, 1),
+            0,
+            &CONSUMER_GROUP_HEARTBEAT,
+        ),
+        api(
+            69,
+            "ConsumerGroupDescribe",
+            between(0, 1),
+            0,
+            &CONSUMER_GROUP_DESCRIBE,
+        ),
     ];
 
     const PRODUCE: Schema = fields(&[
@@ -1264,6 +1278,32 @@ mod tables {
         field("duration_filter", I64, since(1)),
         field("transactional_id_pattern", NullableStr, since(2)),
     ]);
+
+    const CONSUMER_GROUP_HEARTBEAT: Schema = fields(&[
+        field("group_id", Str, ALL),
+        field("member_id", Str, ALL),
+        field("member_epoch", I32, ALL),
+        field("instance_id", NullableStr, ALL),
+        field("rack_id", NullableStr, ALL),
+        field("rebalance_timeout_ms", I32, ALL),
+        field("subscribed_topic_names", NullableArray(&Str), ALL),
+        field("subscribed_topic_regex", NullableStr, since(1)),
+        field("server_assignor", NullableStr, ALL),
+        field(
+            "topic_partitions",
+            NullableArray(&Struct(&CONSUMER_GROUP_HEARTBEAT_TOPIC)),
+            ALL,
+        ),
+    ]);
+    const CONSUMER_GROUP_HEARTBEAT_TOPIC: Schema = fields(&[
+        field("topic_id", Uuid, ALL),
+        field("partitions", Array(&I32), ALL),
+    ]);
+
+    const CONSUMER_GROUP_DESCRIBE: Schema = fields(&[
+        field("group_ids", Array(&Str), ALL),
+        field("include_authorized_operations", Bool, ALL),
+    ]);
 }
 
 #[cfg(test)]
@@ -1461,5 +1501,6 @@ mod tests {
         assert_eq!(guarded_apis()[31], (47, 0, 0));
         assert_eq!(guarded_apis()[32], (60, 0, 2));
         assert_eq!(guarded_apis()[34], (66, 0, 2));
+        assert_eq!(guarded_apis()[36], (69, 0, 1));
     }
 }

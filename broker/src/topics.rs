@@ -781,6 +781,24 @@ fn open_topic(path: &Path, name: &str, meta: &TopicMeta, log_config: LogConfig) 
     })
 }
 
+impl crate::groups::consumer::Catalog for Topics {
+    fn topic(&self, name: &str) -> Option<(uuid::Uuid, i32)> {
+        self.get(name)
+            .map(|t| (t.id, i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)))
+    }
+
+    fn name_of(&self, id: uuid::Uuid) -> Option<String> {
+        self.all()
+            .into_iter()
+            .find(|t| t.id == id)
+            .map(|t| t.name.clone())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.all().into_iter().map(|t| t.name.clone()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

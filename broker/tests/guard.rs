@@ -39,7 +39,8 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ConsumerGroupDescribeRequest,
+    ConsumerGroupHeartbeatRequest, DescribeTransactionsRequest, EndTxnRequest,
     ListTransactionsRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::{
@@ -796,6 +797,38 @@ fn list_transactions(v: i16) -> ListTransactionsRequest {
     }
 }
 
+fn consumer_group_heartbeat(v: i16) -> ConsumerGroupHeartbeatRequest {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    let r = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(group("billing"))
+        .with_member_id(text("member-1"))
+        .with_member_epoch(3)
+        .with_instance_id(Some(text("static-1")))
+        .with_rack_id(Some(text("rack-a")))
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![topic("orders"), topic("audit")]))
+        .with_server_assignor(Some(text("uniform")))
+        .with_topic_partitions(Some(vec![
+            TopicPartitions::default()
+                .with_topic_id(TOPIC_ID)
+                .with_partitions(vec![0, 2])
+                .with_unknown_tagged_fields(tags(true)),
+        ]))
+        .with_unknown_tagged_fields(tags(true));
+    if v >= 1 {
+        r.with_subscribed_topic_regex(Some(text("ord.*")))
+    } else {
+        r
+    }
+}
+
+fn consumer_group_describe(_v: i16) -> ConsumerGroupDescribeRequest {
+    ConsumerGroupDescribeRequest::default()
+        .with_group_ids(vec![group("billing"), group("audit")])
+        .with_include_authorized_operations(true)
+        .with_unknown_tagged_fields(tags(true))
+}
+
 fn delete_records(v: i16) -> DeleteRecordsRequest {
     use kafka_protocol::messages::delete_records_request::{
         DeleteRecordsPartition, DeleteRecordsTopic,
@@ -875,6 +908,8 @@ macro_rules! for_request_type {
             28 => $action!(TxnOffsetCommitRequest, txn_offset_commit),
             65 => $action!(DescribeTransactionsRequest, describe_transactions),
             66 => $action!(ListTransactionsRequest, list_transactions),
+            68 => $action!(ConsumerGroupHeartbeatRequest, consumer_group_heartbeat),
+            69 => $action!(ConsumerGroupDescribeRequest, consumer_group_describe),
             other => panic!("no request type for api key {other}"),
         }
     };
@@ -948,7 +983,7 @@ fn guards_exactly_the_brokers_apis_over_what_kafka_protocol_decodes() {
         keys,
         [
             0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 24, 25, 26, 28, 29,
-            30, 31, 32, 33, 35, 37, 42, 44, 47, 60, 65, 66
+            30, 31, 32, 33, 35, 37, 42, 44, 47, 60, 65, 66, 68, 69
         ]
     );
     for &(key, min, max) in guarded_apis() {

@@ -1,5 +1,5 @@
-//! ListGroups: every group, filtered by state (v4+) and type (v5+; all of
-//! this broker's groups are "classic").
+//! ListGroups: every group, filtered by state (v4+) and type (v5+:
+//! "classic", or "consumer" for the KIP-848 protocol).
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
@@ -20,19 +20,19 @@ pub(super) fn handle(
         .iter()
         .map(|s| s.to_ascii_lowercase())
         .collect();
-    let classic_wanted = version < 5
-        || request.types_filter.is_empty()
-        || request
-            .types_filter
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("classic"));
-    if !classic_wanted {
-        return ListGroupsResponse::default();
-    }
+    let wanted = |group_type: &str| {
+        version < 5
+            || request.types_filter.is_empty()
+            || request
+                .types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(group_type))
+    };
     let groups = broker
         .groups
         .list()
         .into_iter()
+        .filter(|g| wanted(g.group_type))
         .filter(|g| {
             version < 4
                 || states.is_empty()
@@ -48,7 +48,7 @@ pub(super) fn handle(
                 listed
             };
             if version >= 5 {
-                listed.with_group_type(str_bytes("classic"))
+                listed.with_group_type(str_bytes(g.group_type))
             } else {
                 listed
             }

@@ -4,6 +4,7 @@
 mod acls;
 mod alter_configs;
 mod api_versions;
+mod consumer_group;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
@@ -35,7 +36,8 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ConsumerGroupDescribeRequest,
+    ConsumerGroupHeartbeatRequest, DescribeTransactionsRequest, EndTxnRequest,
     ListTransactionsRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::{
@@ -89,6 +91,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// The SASL APIs, served and advertised (after [`SUPPORTED`]) only when the
@@ -292,6 +296,18 @@ pub(crate) async fn dispatch(
         )?,
         ApiKey::ListTransactions => encode(
             &txn::list(broker, &decode::<ListTransactionsRequest>(b, v)?),
+            v,
+        )?,
+        ApiKey::ConsumerGroupHeartbeat => encode(
+            &consumer_group::heartbeat(
+                broker,
+                decode::<ConsumerGroupHeartbeatRequest>(b, v)?,
+                caller,
+            ),
+            v,
+        )?,
+        ApiKey::ConsumerGroupDescribe => encode(
+            &consumer_group::describe(broker, &decode::<ConsumerGroupDescribeRequest>(b, v)?),
             v,
         )?,
         other => return Err(DecodeFailure(format!("API {other:?} is not served"))),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 
+use super::consumer::{Beat, Catalog, ConsumerGroup, DescribedConsumerGroup, Heartbeat};
 use super::ties::{Assigned, Ties, assigned_partitions, host_ip};
 use super::{GroupListing, GroupState, GroupSummary, GroupsConfig, MemberSummary};
 
@@ -369,7 +370,7 @@ impl Group {
                 self.try_complete_join(now, config);
             }
             GroupState::PreparingRebalance => self.try_complete_join(now, config),
-            GroupState::Empty | GroupState::Dead => {}
+            GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {}
         }
     }
 
@@ -539,6 +540,7 @@ impl Group {
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
+            group_type: "classic",
         }
     }
 }
@@ -547,6 +549,8 @@ impl Group {
 pub(crate) struct Coordinator {
     config: GroupsConfig,
     groups: HashMap<String, Group>,
+    /// Groups of the KIP-848 consumer protocol.
+    consumers: HashMap<String, ConsumerGroup>,
     next_seq: u64,
     ties: Arc<Ties>,
 }
@@ -556,9 +560,64 @@ impl Coordinator {
         Coordinator {
             config,
             groups: HashMap::new(),
+            consumers: HashMap::new(),
             next_seq: 0,
             ties: Arc::new(Ties::default()),
         }
+    }
+
+    /// A ConsumerGroupHeartbeat (KIP-848). A classic group of the same id
+    /// is taken over while it has no members, and refused while it has.
+    pub(crate) fn consumer_heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        catalog: &dyn Catalog,
+        now: Instant,
+    ) -> Beat {
+        let group_id = hb.group_id.clone();
+        if group_id.is_empty() {
+            return Beat {
+                error: Some((
+                    ResponseError::InvalidGroupId,
+                    "the group id is empty".into(),
+                )),
+                member_id: hb.member_id,
+                member_epoch: hb.member_epoch,
+                assignment: None,
+            };
+        }
+        if let Some(classic) = self.groups.get(&group_id) {
+            if !classic.members.is_empty() || !classic.pending.is_empty() {
+                return Beat {
+                    error: Some((
+                        ResponseError::InconsistentGroupProtocol,
+                        format!(
+                            "group \"{group_id}\" has members of the classic protocol: it cannot take consumer-protocol members too"
+                        ),
+                    )),
+                    member_id: hb.member_id,
+                    member_epoch: hb.member_epoch,
+                    assignment: None,
+                };
+            }
+            self.groups.remove(&group_id);
+        }
+        let max = self.config.max_group_size;
+        let group = self
+            .consumers
+            .entry(group_id.clone())
+            .or_insert_with(|| ConsumerGroup::new(&group_id, now));
+        let beat = group.heartbeat(hb, catalog, now, max);
+        if group.ties_dirty {
+            group.ties_dirty = false;
+            self.ties.set(&group_id, group.assigned());
+        }
+        beat
+    }
+
+    /// ConsumerGroupDescribe: `None` when the id is no consumer-protocol group.
+    pub(crate) fn describe_consumer(&self, group_id: &str) -> Option<DescribedConsumerGroup> {
+        self.consumers.get(group_id).map(ConsumerGroup::described)
     }
 
     /// The fetch ties this coordinator keeps current.
@@ -592,6 +651,13 @@ impl Coordinator {
         let fail = |e| Reply::Now(JoinOutcome::failed(e, &req.member_id));
         if req.group_id.is_empty() {
             return fail(ResponseError::InvalidGroupId);
+        }
+        // A consumer-protocol group is taken over only while it is empty.
+        if let Some(c) = self.consumers.get(&req.group_id) {
+            if !c.is_empty() {
+                return fail(ResponseError::InconsistentGroupProtocol);
+            }
+            self.consumers.remove(&req.group_id);
         }
         let session = req.session_timeout_ms;
         if session < 0
@@ -672,7 +738,9 @@ impl Coordinator {
             assignment,
         };
         match group.state {
-            GroupState::Empty | GroupState::Dead => fail(ResponseError::UnknownMemberId),
+            GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {
+                fail(ResponseError::UnknownMemberId)
+            }
             GroupState::PreparingRebalance => fail(ResponseError::RebalanceInProgress),
             GroupState::Stable => {
                 let Some(m) = group.members.get_mut(&req.member_id) else {
@@ -731,7 +799,9 @@ impl Coordinator {
         m.keep_alive(now);
         match state {
             GroupState::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
-            GroupState::Empty | GroupState::Dead => Some(ResponseError::UnknownMemberId),
+            GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {
+                Some(ResponseError::UnknownMemberId)
+            }
             GroupState::CompletingRebalance | GroupState::Stable => None,
         }
     }
@@ -800,6 +870,9 @@ impl Coordinator {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
+        if let Some(c) = self.consumers.get(group_id) {
+            return c.check_commit(member_id, generation_id);
+        }
         let Some(group) = self.groups.get_mut(group_id) else {
             if generation_id < 0 {
                 self.groups
@@ -833,13 +906,19 @@ impl Coordinator {
 
     /// Makes sure a group known only from its committed offsets is listed.
     pub(crate) fn ensure_group(&mut self, group_id: &str) {
+        if self.consumers.contains_key(group_id) {
+            return;
+        }
         self.groups
             .entry(group_id.to_owned())
             .or_insert_with(|| Group::new(group_id, Instant::now()));
     }
 
     pub(crate) fn describe(&self, group_id: &str) -> Option<GroupSummary> {
-        self.groups.get(group_id).map(Group::summary)
+        self.groups
+            .get(group_id)
+            .map(Group::summary)
+            .or_else(|| self.consumers.get(group_id).map(ConsumerGroup::summary))
     }
 
     pub(crate) fn list(&self) -> Vec<GroupListing> {
@@ -850,7 +929,9 @@ impl Coordinator {
                 group: g.id.clone(),
                 state: g.state,
                 protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                group_type: "classic",
             })
+            .chain(self.consumers.values().map(ConsumerGroup::listing))
             .collect();
         all.sort_by(|a, b| a.group.cmp(&b.group));
         all
@@ -858,6 +939,14 @@ impl Coordinator {
 
     /// Forgets an empty group; `GroupIdNotFound` when there is none.
     pub(crate) fn delete(&mut self, group_id: &str) -> Result<(), ResponseError> {
+        if let Some(c) = self.consumers.get(group_id) {
+            if !c.is_empty() {
+                return Err(ResponseError::NonEmptyGroup);
+            }
+            self.consumers.remove(group_id);
+            self.ties.forget(group_id);
+            return Ok(());
+        }
         match self.groups.get(group_id) {
             None => Err(ResponseError::GroupIdNotFound),
             Some(g) if g.state != GroupState::Empty || !g.members.is_empty() => {
@@ -880,6 +969,13 @@ impl Coordinator {
                 self.ties.set(&g.id, g.assigned());
             }
         }
+        for (id, g) in &mut self.consumers {
+            g.tick(now);
+            if g.ties_dirty {
+                g.ties_dirty = false;
+                self.ties.set(id, g.assigned());
+            }
+        }
     }
 
     /// Forgets groups that have been empty for `empty_group_retention` and
@@ -897,6 +993,14 @@ impl Coordinator {
                 && g.members.is_empty()
                 && g.pending.is_empty()
                 && g.emptied_at.is_some_and(|t| now >= t + retention);
+            let keep = !idle || has_offsets(id);
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
+        });
+        self.consumers.retain(|id, g| {
+            let idle = g.is_empty() && g.emptied_at.is_some_and(|t| now >= t + retention);
             let keep = !idle || has_offsets(id);
             if !keep {
                 gone.push(id.clone());
@@ -1073,7 +1177,9 @@ fn join_known(
         rx
     };
     match state {
-        GroupState::Empty | GroupState::Dead => fail(ResponseError::UnknownMemberId),
+        GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {
+            fail(ResponseError::UnknownMemberId)
+        }
         GroupState::PreparingRebalance => {
             member.protocols = req.protocols;
             let rx = wait(member);

@@ -10,6 +10,7 @@
 //! until it is, group requests are answered with COORDINATOR_NOT_AVAILABLE
 //! (FindCoordinator) or COORDINATOR_LOAD_IN_PROGRESS.
 
+pub(crate) mod consumer;
 mod coordinator;
 mod cursor;
 mod offsets;
@@ -98,16 +99,19 @@ pub enum GroupState {
     Stable,
     /// The group does not exist (any more).
     Dead,
+    /// KIP-848: members are moving to a new target assignment.
+    Reconciling,
 }
 
 impl GroupState {
     /// Every state.
-    pub const ALL: [GroupState; 5] = [
+    pub const ALL: [GroupState; 6] = [
         GroupState::Empty,
         GroupState::PreparingRebalance,
         GroupState::CompletingRebalance,
         GroupState::Stable,
         GroupState::Dead,
+        GroupState::Reconciling,
     ];
 
     /// The name Kafka's ListGroups and DescribeGroups use.
@@ -118,6 +122,7 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
+            GroupState::Reconciling => "Reconciling",
         }
     }
 }
@@ -188,6 +193,8 @@ pub struct GroupSummary {
     pub leader: Option<String>,
     /// The members, longest-standing first.
     pub members: Vec<MemberSummary>,
+    /// `classic`, or `consumer` for a KIP-848 group.
+    pub group_type: &'static str,
 }
 
 /// A group as ListGroups shows it.
@@ -199,6 +206,8 @@ pub struct GroupListing {
     pub state: GroupState,
     /// The protocol type, empty if unknown.
     pub protocol_type: String,
+    /// `classic`, or `consumer` for a KIP-848 group.
+    pub group_type: &'static str,
 }
 
 struct Shared {
@@ -444,6 +453,26 @@ impl Groups {
     /// A counter that moves on every accepted commit: the audit waits on it.
     pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
         self.shared.commits.subscribe()
+    }
+
+    /// A ConsumerGroupHeartbeat of the KIP-848 protocol.
+    pub(crate) fn consumer_heartbeat(
+        &self,
+        hb: consumer::Heartbeat,
+        catalog: &dyn consumer::Catalog,
+    ) -> consumer::Beat {
+        self.shared
+            .coordinator
+            .lock()
+            .consumer_heartbeat(hb, catalog, Instant::now())
+    }
+
+    /// A consumer-protocol group as ConsumerGroupDescribe shows it.
+    pub(crate) fn describe_consumer(
+        &self,
+        group: &str,
+    ) -> Option<consumer::DescribedConsumerGroup> {
+        self.shared.coordinator.lock().describe_consumer(group)
     }
 
     /// The group's members and state; `None` when there is no such group.
