@@ -35,7 +35,7 @@ fn refusal_of(e: &Error) -> Refusal {
 
 /// Requests this small whose batches are all uncompressed are checked on the
 /// async worker; anything else goes to the bounded checking pool.
-const INLINE_CHECK_BYTES: usize = 64 * 1024;
+const INLINE_CHECK_BYTES: usize = 256 * 1024;
 
 /// Checks every batch down to its last record, decompressing within
 /// `budget` (what is left of the request's max_decompressed_bytes), off the
