@@ -126,6 +126,27 @@ pub struct Ending {
     pub offsets: BTreeMap<String, Vec<Staged>>,
 }
 
+impl Ending {
+    /// The end of `t`'s open transaction: its markers at its epoch, and on
+    /// commit its staged offsets.
+    fn of(t: &Txn, commit: bool) -> Ending {
+        Ending {
+            id: t.id.clone(),
+            marker: Marker {
+                producer_id: t.producer_id,
+                producer_epoch: t.epoch,
+                commit,
+            },
+            partitions: t.partitions.iter().cloned().collect(),
+            offsets: if commit {
+                t.offsets.clone()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+}
+
 /// What InitProducerId gets from the coordinator.
 #[derive(Debug)]
 pub enum Init {
@@ -560,20 +581,7 @@ impl Transactions {
         t: Txn,
         commit: bool,
     ) -> std::result::Result<Ending, ResponseError> {
-        let ending = Ending {
-            id: t.id.clone(),
-            marker: Marker {
-                producer_id: t.producer_id,
-                producer_epoch: t.epoch,
-                commit,
-            },
-            partitions: t.partitions.iter().cloned().collect(),
-            offsets: if commit {
-                t.offsets.clone()
-            } else {
-                BTreeMap::new()
-            },
-        };
+        let ending = Ending::of(&t, commit);
         let prepared = Txn {
             state: if commit {
                 State::PrepareCommit
@@ -639,23 +647,7 @@ impl Transactions {
             .txns
             .values()
             .filter(|t| t.state.ending())
-            .map(|t| {
-                let commit = t.state == State::PrepareCommit;
-                Ending {
-                    id: t.id.clone(),
-                    marker: Marker {
-                        producer_id: t.producer_id,
-                        producer_epoch: t.epoch,
-                        commit,
-                    },
-                    partitions: t.partitions.iter().cloned().collect(),
-                    offsets: if commit {
-                        t.offsets.clone()
-                    } else {
-                        BTreeMap::new()
-                    },
-                }
-            })
+            .map(|t| Ending::of(t, t.state == State::PrepareCommit))
             .collect()
     }
 

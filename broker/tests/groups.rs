@@ -62,6 +62,8 @@ fn config(dir: &Path) -> BrokerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
         data_dir: dir.to_path_buf(),
+        // The protocol's steps, not Kafka's 3 s wait for more members.
+        group_initial_rebalance_delay: std::time::Duration::ZERO,
         ..BrokerConfig::default()
     }
 }

@@ -617,6 +617,28 @@ fn member_topics(m: &Member, names: &[String]) -> BTreeSet<String> {
     out
 }
 
+/// An empty assignment for every member.
+fn nothing_yet(
+    subscriptions: &BTreeMap<String, BTreeSet<String>>,
+) -> HashMap<String, BTreeSet<Tp>> {
+    subscriptions
+        .keys()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect()
+}
+
+/// The members subscribed to `topic`, in member id order.
+fn takers<'a>(
+    subscriptions: &'a BTreeMap<String, BTreeSet<String>>,
+    topic: &str,
+) -> Vec<&'a String> {
+    subscriptions
+        .iter()
+        .filter(|(_, t)| t.contains(topic))
+        .map(|(m, _)| m)
+        .collect()
+}
+
 /// The uniform assignor: every subscribed partition, in (topic, partition)
 /// order, dealt to the members subscribed to its topic, each time to the one
 /// with the fewest so far (by member id on ties).
@@ -624,19 +646,9 @@ fn uniform(
     subscriptions: &BTreeMap<String, BTreeSet<String>>,
     partitions: &BTreeMap<String, i32>,
 ) -> HashMap<String, BTreeSet<Tp>> {
-    let mut out: HashMap<String, BTreeSet<Tp>> = subscriptions
-        .keys()
-        .map(|m| (m.clone(), BTreeSet::new()))
-        .collect();
+    let mut out = nothing_yet(subscriptions);
     for (topic, n) in partitions {
-        let takers: Vec<&String> = subscriptions
-            .iter()
-            .filter(|(_, t)| t.contains(topic))
-            .map(|(m, _)| m)
-            .collect();
-        if takers.is_empty() {
-            continue;
-        }
+        let takers = takers(subscriptions, topic);
         for p in 0..*n {
             let m = takers
                 .iter()
@@ -657,16 +669,9 @@ fn range(
     subscriptions: &BTreeMap<String, BTreeSet<String>>,
     partitions: &BTreeMap<String, i32>,
 ) -> HashMap<String, BTreeSet<Tp>> {
-    let mut out: HashMap<String, BTreeSet<Tp>> = subscriptions
-        .keys()
-        .map(|m| (m.clone(), BTreeSet::new()))
-        .collect();
+    let mut out = nothing_yet(subscriptions);
     for (topic, n) in partitions {
-        let takers: Vec<&String> = subscriptions
-            .iter()
-            .filter(|(_, t)| t.contains(topic))
-            .map(|(m, _)| m)
-            .collect();
+        let takers = takers(subscriptions, topic);
         if takers.is_empty() {
             continue;
         }
