@@ -38,6 +38,10 @@ use crate::{Error, Result};
 /// producer may ask for.
 pub const MAX_TIMEOUT_MS: i32 = 900_000;
 
+/// Kafka's `transactional.id.expiration.ms` default: an id with no
+/// transaction open is forgotten after this long without a change.
+pub const ID_EXPIRY_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Where a transactional id's transaction is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -172,6 +176,8 @@ pub struct Transactions {
     path: PathBuf,
     sync_always: bool,
     inner: Mutex<Inner>,
+    /// When idle ids were last looked for (epoch ms).
+    swept_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The largest record the log may hold: a state names its partitions and
@@ -256,6 +262,7 @@ impl Transactions {
                 records: count,
                 dirty: false,
             }),
+            swept_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -640,6 +647,45 @@ impl Transactions {
         out
     }
 
+    /// Forgets the ids with no transaction open that did not change for
+    /// [`ID_EXPIRY_MS`] (the file is rewritten without them); looks at most
+    /// once a minute. Returns how many went.
+    pub fn forget_idle(&self, now_ms: i64) -> usize {
+        use std::sync::atomic::Ordering;
+        if now_ms - self.swept_ms.load(Ordering::Relaxed) < 60_000 {
+            return 0;
+        }
+        self.swept_ms.store(now_ms, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        let idle: Vec<String> = inner
+            .txns
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    State::Empty | State::CompleteCommit | State::CompleteAbort
+                ) && now_ms.saturating_sub(t.updated_ms) > ID_EXPIRY_MS
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        if idle.is_empty() {
+            return 0;
+        }
+        for id in &idle {
+            if let Some(t) = inner.txns.remove(id) {
+                inner.by_producer.remove(&t.producer_id);
+            }
+        }
+        if let Err(e) = self.compact(&mut inner) {
+            warn!("cannot rewrite the transaction log without the expired ids: {e}");
+        }
+        info!(
+            ids = idle.len(),
+            "transactional ids expired after 7 days without a transaction"
+        );
+        idle.len()
+    }
+
     /// Transactions decided before a stop whose markers may be missing.
     pub fn prepared(&self) -> Vec<Ending> {
         let inner = self.inner.lock();
@@ -817,6 +863,7 @@ pub async fn tick(broker: &Broker) {
             warn!(transactional_id = %ending.id, "cannot abort the timed-out transaction: {e:?}");
         }
     }
+    broker.txns.forget_idle(now_ms());
     broker.txns.sync();
 }
 
@@ -932,6 +979,33 @@ mod tests {
             txns.init("t", MAX_TIMEOUT_MS + 1, None, ids()).unwrap_err(),
             ResponseError::InvalidTransactionTimeout
         );
+    }
+
+    #[test]
+    fn idle_ids_expire_after_a_week_and_stay_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let txns = Transactions::open(dir.path(), false).unwrap();
+        let Init::Ready(pid, e) = txns.init("old", 60_000, None, ids()).unwrap() else {
+            panic!()
+        };
+        let Init::Ready(busy, b) = txns.init("busy", 60_000, None, ids()).unwrap() else {
+            panic!()
+        };
+        txns.add_partitions("busy", busy, b, &[("o".into(), 0)])
+            .unwrap();
+        let later = now_ms() + ID_EXPIRY_MS + 1;
+        // An open transaction keeps its id; the idle one goes, on disk too.
+        assert_eq!(txns.forget_idle(later), 1);
+        assert!(txns.describe("old").is_none() && txns.describe("busy").is_some());
+        assert_eq!(
+            txns.check_produce(pid, e, "o", 0).unwrap_err().error,
+            ResponseError::InvalidProducerIdMapping
+        );
+        let reopened = Transactions::open(dir.path(), false).unwrap();
+        assert!(reopened.describe("old").is_none());
+        assert!(reopened.describe("busy").is_some());
+        // At most one look a minute.
+        assert_eq!(txns.forget_idle(later + 1), 0);
     }
 
     #[test]
