@@ -534,7 +534,7 @@ impl ConsumerGroup {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: format!("/{}", m.host),
-                    metadata: bytes::Bytes::new(),
+                    metadata: classic_subscription(&m.topics),
                     assignment: classic_assignment(&m.assigned),
                 })
                 .collect(),
@@ -707,6 +707,20 @@ fn by_topic_id(parts: &BTreeSet<Tp>, catalog: &dyn Catalog) -> Vec<(uuid::Uuid, 
         }
     }
     out
+}
+
+/// A member's topics as the classic protocol's subscription bytes
+/// (ConsumerProtocolSubscription v0), for DescribeGroups and OffsetDelete.
+fn classic_subscription(topics: &[String]) -> bytes::Bytes {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for t in topics {
+        out.extend_from_slice(&(t.len() as i16).to_be_bytes());
+        out.extend_from_slice(t.as_bytes());
+    }
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    bytes::Bytes::from(out)
 }
 
 /// A member's partitions as the classic protocol's assignment bytes
