@@ -37,16 +37,21 @@ def topic(name):
     return name
 
 
+def send(p, name):
+    """One record, waiting while the client's queue is full."""
+    while True:
+        try:
+            p.produce(name, value, partition=0)
+            return
+        except BufferError:
+            p.poll(0.001)
+
+
 def idempotent(name):
     p = Producer(common)
     start = time.perf_counter()
     for _ in range(count):
-        while True:
-            try:
-                p.produce(name, value, partition=0)
-                break
-            except BufferError:
-                p.poll(0.001)
+        send(p, name)
     p.flush(120)
     return time.perf_counter() - start
 
@@ -60,12 +65,7 @@ def transactional(name, rep):
         n = min(txn_size, left)
         p.begin_transaction()
         for _ in range(n):
-            while True:
-                try:
-                    p.produce(name, value, partition=0)
-                    break
-                except BufferError:
-                    p.poll(0.001)
+            send(p, name)
         p.commit_transaction(60)
         left -= n
     return time.perf_counter() - start

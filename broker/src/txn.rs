@@ -130,6 +130,24 @@ pub struct Ending {
     pub offsets: BTreeMap<String, Vec<Staged>>,
 }
 
+impl Txn {
+    /// The state of an id with no transaction open (`Empty`).
+    fn idle(id: &str, producer_id: i64, epoch: i16, timeout_ms: i32, now: i64) -> Txn {
+        Txn {
+            id: id.to_owned(),
+            producer_id,
+            epoch,
+            timeout_ms,
+            state: State::Empty,
+            partitions: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            offsets: BTreeMap::new(),
+            started_ms: -1,
+            updated_ms: now,
+        }
+    }
+}
+
 impl Ending {
     /// The end of `t`'s open transaction: its markers at its epoch, and on
     /// commit its staged offsets.
@@ -381,18 +399,7 @@ impl Transactions {
                     warn!("cannot allocate a producer id: {e}");
                     ResponseError::KafkaStorageError
                 })?;
-                Txn {
-                    id: id.to_owned(),
-                    producer_id: pid,
-                    epoch: 0,
-                    timeout_ms,
-                    state: State::Empty,
-                    partitions: BTreeSet::new(),
-                    groups: BTreeSet::new(),
-                    offsets: BTreeMap::new(),
-                    started_ms: -1,
-                    updated_ms: now,
-                }
+                Txn::idle(id, pid, 0, timeout_ms, now)
             }
             Some(t) => {
                 if let Some((pid, epoch)) = claimed
@@ -433,18 +440,7 @@ impl Transactions {
                     self.stored(&mut inner, prepared)?;
                     return Ok(Init::AbortFirst(ending));
                 }
-                Txn {
-                    producer_id,
-                    epoch,
-                    timeout_ms,
-                    state: State::Empty,
-                    partitions: BTreeSet::new(),
-                    groups: BTreeSet::new(),
-                    offsets: BTreeMap::new(),
-                    started_ms: -1,
-                    updated_ms: now,
-                    ..t
-                }
+                Txn::idle(&t.id, producer_id, epoch, timeout_ms, now)
             }
         };
         let answer = Init::Ready(next.producer_id, next.epoch);
@@ -614,12 +610,7 @@ impl Transactions {
             } else {
                 State::CompleteAbort
             },
-            partitions: BTreeSet::new(),
-            groups: BTreeSet::new(),
-            offsets: BTreeMap::new(),
-            started_ms: -1,
-            updated_ms: now_ms(),
-            ..t
+            ..Txn::idle(&t.id, t.producer_id, t.epoch, t.timeout_ms, now_ms())
         };
         self.stored(&mut inner, done)
     }
