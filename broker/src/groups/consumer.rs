@@ -98,6 +98,9 @@ struct Member {
     sent: Option<BTreeSet<Tp>>,
     expires: Instant,
     seq: u64,
+    /// A static member that left with epoch -2: it keeps its place and its
+    /// partitions until its session timeout, for its instance to come back.
+    left: bool,
 }
 
 /// A consumer group of the KIP-848 protocol.
@@ -192,7 +195,7 @@ impl ConsumerGroup {
         self.target = if self.assignor == "range" {
             range(&subscriptions, &partitions)
         } else {
-            uniform(&subscriptions, &partitions)
+            uniform(&subscriptions, &partitions, &self.target)
         };
         self.seen = partitions;
         self.assignment_epoch = self.epoch;
@@ -266,7 +269,13 @@ impl ConsumerGroup {
         // Leaving: -1 for good, -2 for a static member that comes back.
         if hb.member_epoch < 0 {
             if hb.member_epoch == -1 || hb.member_epoch == -2 {
-                self.remove(&hb.member_id, now);
+                match self.members.get_mut(&hb.member_id) {
+                    Some(m) if hb.member_epoch == -2 && m.instance_id.is_some() => {
+                        m.left = true;
+                        m.sent = None;
+                    }
+                    _ => self.remove(&hb.member_id, now),
+                }
                 self.refresh(catalog);
                 return Beat {
                     member_id: hb.member_id,
@@ -320,8 +329,8 @@ impl ConsumerGroup {
             }
             Some(m)
                 if hb.member_epoch != 0
-                    && hb.member_epoch != m.epoch
-                    && hb.member_epoch != m.previous_epoch =>
+                    && (m.left
+                        || hb.member_epoch != m.epoch && hb.member_epoch != m.previous_epoch) =>
             {
                 return Beat::failed(
                     ResponseError::FencedMemberEpoch,
@@ -348,13 +357,29 @@ impl ConsumerGroup {
                 );
             }
             // A static member that comes back takes the place of its old
-            // self, with its assignment, without a new epoch.
-            let old = hb.instance_id.as_ref().and_then(|i| {
+            // self, with its assignment, without a new epoch; while the old
+            // one is still there, the instance id is not free.
+            let holder = hb.instance_id.as_ref().and_then(|i| {
                 self.members
                     .values()
                     .find(|m| m.instance_id.as_ref() == Some(i))
-                    .map(|m| m.id.clone())
             });
+            if let Some(h) = holder
+                && !h.left
+            {
+                return Beat::failed(
+                    ResponseError::UnreleasedInstanceId,
+                    format!(
+                        "instance id \"{}\" is in use by member \"{}\" of group \"{}\"",
+                        h.instance_id.as_deref().unwrap_or_default(),
+                        h.id,
+                        self.id
+                    ),
+                    &member_id,
+                    0,
+                );
+            }
+            let old = holder.map(|m| m.id.clone());
             let seq = self.next_seq;
             self.next_seq += 1;
             let mut member = Member {
@@ -372,6 +397,7 @@ impl ConsumerGroup {
                 sent: None,
                 expires: now + SESSION_TIMEOUT,
                 seq,
+                left: false,
             };
             fresh = true;
             match old.and_then(|o| self.members.remove(&o).map(|m| (o, m))) {
@@ -639,23 +665,82 @@ fn takers<'a>(
         .collect()
 }
 
-/// The uniform assignor: every subscribed partition, in (topic, partition)
-/// order, dealt to the members subscribed to its topic, each time to the one
-/// with the fewest so far (by member id on ties).
+/// The uniform assignor, sticky: each member has a share of the subscribed
+/// partitions (as even as the count allows, the larger shares going to the
+/// members that held the most), keeps what it held of its previous target
+/// up to that share, and the rest is dealt in (topic, partition) order to
+/// the members subscribed to its topic, each time to the one with the
+/// fewest so far among those still short of their share (by member id on
+/// ties). So a new member takes partitions from the others and nothing else
+/// moves.
 fn uniform(
     subscriptions: &BTreeMap<String, BTreeSet<String>>,
     partitions: &BTreeMap<String, i32>,
+    previous: &HashMap<String, BTreeSet<Tp>>,
 ) -> HashMap<String, BTreeSet<Tp>> {
     let mut out = nothing_yet(subscriptions);
+    let valid = |m: &str, (topic, p): &Tp| {
+        subscriptions.get(m).is_some_and(|t| t.contains(topic))
+            && partitions.get(topic).is_some_and(|n| p < n)
+    };
+    // What each member held and may keep, each partition kept once.
+    let mut taken: BTreeSet<Tp> = BTreeSet::new();
+    let mut held: BTreeMap<&String, Vec<Tp>> = BTreeMap::new();
+    for m in subscriptions.keys() {
+        let mine: Vec<Tp> = previous
+            .get(m)
+            .into_iter()
+            .flatten()
+            .filter(|tp| valid(m, tp) && !taken.contains(*tp))
+            .cloned()
+            .collect();
+        taken.extend(mine.iter().cloned());
+        held.insert(m, mine);
+    }
+    let total: usize = partitions
+        .iter()
+        .filter(|(t, _)| subscriptions.values().any(|s| s.contains(*t)))
+        .map(|(_, n)| (*n).max(0) as usize)
+        .sum();
+    let sharing: Vec<&String> = subscriptions
+        .iter()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(m, _)| m)
+        .collect();
+    let mut quota: HashMap<&String, usize> = HashMap::new();
+    if !sharing.is_empty() {
+        let (base, extra) = (total / sharing.len(), total % sharing.len());
+        let mut by_held = sharing.clone();
+        by_held.sort_by_key(|m| (std::cmp::Reverse(held[*m].len()), *m));
+        for (i, m) in by_held.into_iter().enumerate() {
+            quota.insert(m, base + usize::from(i < extra));
+        }
+    }
+    let mut placed: BTreeSet<Tp> = BTreeSet::new();
+    for (m, mine) in held {
+        let share = quota.get(m).copied().unwrap_or(0);
+        for tp in mine.into_iter().take(share) {
+            placed.insert(tp.clone());
+            out.entry(m.clone()).or_default().insert(tp);
+        }
+    }
     for (topic, n) in partitions {
         let takers = takers(subscriptions, topic);
         for p in 0..*n {
+            let tp = (topic.clone(), p);
+            if placed.contains(&tp) {
+                continue;
+            }
             let m = takers
                 .iter()
-                .min_by_key(|m| (out.get(**m).map_or(0, BTreeSet::len), **m))
+                .min_by_key(|m| {
+                    let load = out.get(**m).map_or(0, BTreeSet::len);
+                    let full = load >= quota.get(**m).copied().unwrap_or(0);
+                    (full, load, **m)
+                })
                 .copied();
             if let Some(m) = m {
-                out.entry(m.clone()).or_default().insert((topic.clone(), p));
+                out.entry(m.clone()).or_default().insert(tp);
             }
         }
     }
@@ -832,6 +917,81 @@ mod tests {
     }
 
     #[test]
+    fn uniform_keeps_what_members_held_and_moves_only_the_new_share() {
+        let subs = |ms: &[&str]| -> BTreeMap<String, BTreeSet<String>> {
+            ms.iter()
+                .map(|m| ((*m).to_owned(), BTreeSet::from(["t".to_owned()])))
+                .collect()
+        };
+        let parts = BTreeMap::from([("t".to_owned(), 6)]);
+        let tps = |ps: &[i32]| -> BTreeSet<Tp> { ps.iter().map(|p| ("t".into(), *p)).collect() };
+        // b joins a, which held all six: a keeps 0-2, b takes 3-5 (Kafka's split).
+        let alone = uniform(&subs(&["b"]), &parts, &HashMap::new());
+        assert_eq!(alone["b"], tps(&[0, 1, 2, 3, 4, 5]));
+        let two = uniform(&subs(&["a", "b"]), &parts, &alone);
+        assert_eq!((&two["a"], &two["b"]), (&tps(&[3, 4, 5]), &tps(&[0, 1, 2])));
+        // c joins: each of a and b gives up one, nothing else moves.
+        let three = uniform(&subs(&["a", "b", "c"]), &parts, &two);
+        assert!(three["a"].is_subset(&two["a"]) && three["b"].is_subset(&two["b"]));
+        assert_eq!(
+            [three["a"].len(), three["b"].len(), three["c"].len()],
+            [2, 2, 2]
+        );
+        // b leaves: its partitions go to a and c, who keep theirs.
+        let after = uniform(&subs(&["a", "c"]), &parts, &three);
+        assert!(three["a"].is_subset(&after["a"]) && three["c"].is_subset(&after["c"]));
+        assert_eq!([after["a"].len(), after["c"].len()], [3, 3]);
+        // 7 partitions: the member that held 4 keeps 4.
+        let seven = BTreeMap::from([("t".to_owned(), 7)]);
+        let held = HashMap::from([
+            ("b".to_owned(), tps(&[0, 1, 2, 3])),
+            ("a".to_owned(), tps(&[4, 5, 6])),
+        ]);
+        let again = uniform(&subs(&["a", "b"]), &seven, &held);
+        assert_eq!(again, held);
+    }
+
+    #[test]
+    fn a_static_instance_id_is_taken_until_released_with_epoch_minus_2() {
+        let topics = Topics(BTreeMap::from([(
+            "t".to_owned(),
+            (uuid::Uuid::new_v4(), 4),
+        )]));
+        let mut g = ConsumerGroup::new("g", Instant::now());
+        let now = Instant::now();
+        let statik = |member: &str, epoch: i32, instance: &str| Heartbeat {
+            instance_id: Some(instance.to_owned()),
+            ..beat(member, epoch, None)
+        };
+        let a = g.heartbeat(statik("a", 0, "host-a"), &topics, now, 10);
+        assert_eq!(count(&a), 4);
+        // Another member with a's instance id while a is there: refused.
+        let dup = g.heartbeat(statik("a2", 0, "host-a"), &topics, now, 10);
+        let (code, message) = dup.error.expect("the instance id is in use");
+        assert_eq!(code, ResponseError::UnreleasedInstanceId);
+        assert!(message.contains("host-a"), "{message}");
+        // a leaves as a static member: it keeps its place and partitions...
+        let left = g.heartbeat(statik("a", -2, "host-a"), &topics, now, 10);
+        assert_eq!((left.error, left.member_epoch), (None, -2));
+        assert!(!g.is_empty());
+        // ...and its old member id is fenced, ...
+        let stale = g.heartbeat(statik("a", 1, "host-a"), &topics, now, 10);
+        assert_eq!(stale.error.unwrap().0, ResponseError::FencedMemberEpoch);
+        // ...until its instance comes back under a new member id, with the
+        // same epoch and partitions: no rebalance.
+        let back = g.heartbeat(statik("a3", 0, "host-a"), &topics, now, 10);
+        assert_eq!(
+            (&back.error, back.member_epoch, count(&back)),
+            (&None, 1, 4)
+        );
+        // An expired static member frees its instance id.
+        g.heartbeat(statik("a3", -2, "host-a"), &topics, now, 10);
+        assert_eq!(g.tick(now + SESSION_TIMEOUT).len(), 1);
+        let fresh = g.heartbeat(statik("a4", 0, "host-a"), &topics, now, 10);
+        assert_eq!((fresh.error, fresh.member_epoch), (None, 3));
+    }
+
+    #[test]
     fn the_assignors_split_as_documented() {
         let subs: BTreeMap<String, BTreeSet<String>> = ["m1", "m2", "m3"]
             .iter()
@@ -849,7 +1009,7 @@ mod tests {
             BTreeSet::from([("t".into(), 0), ("t".into(), 1), ("u".into(), 0)])
         );
         assert_eq!(r["m3"], BTreeSet::from([("t".into(), 3)]));
-        let u = uniform(&subs, &parts);
+        let u = uniform(&subs, &parts, &HashMap::new());
         let sizes: Vec<usize> = ["m1", "m2", "m3"].iter().map(|m| u[*m].len()).collect();
         assert_eq!(sizes, [2, 2, 2]);
         let all: BTreeSet<Tp> = u.values().flatten().cloned().collect();

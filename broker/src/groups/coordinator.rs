@@ -938,7 +938,10 @@ impl Coordinator {
     }
 
     /// Forgets an empty group; `GroupIdNotFound` when there is none.
+    /// Members past their session timeout are out first, rather than at the
+    /// next tick: a client that waits out the timeout finds the group empty.
     pub(crate) fn delete(&mut self, group_id: &str) -> Result<(), ResponseError> {
+        self.tick_group(group_id, Instant::now());
         if let Some(c) = self.consumers.get(group_id) {
             if !c.is_empty() {
                 return Err(ResponseError::NonEmptyGroup);
@@ -963,18 +966,20 @@ impl Coordinator {
     /// Expires members, pending ids, rebalance and sync deadlines.
     pub(crate) fn tick(&mut self, now: Instant) {
         for g in self.groups.values_mut() {
-            g.tick(now, &self.config);
-            if g.ties_dirty {
-                g.ties_dirty = false;
-                self.ties.set(&g.id, g.assigned());
-            }
+            tick_classic(g, now, &self.config, &self.ties);
         }
         for (id, g) in &mut self.consumers {
-            g.tick(now);
-            if g.ties_dirty {
-                g.ties_dirty = false;
-                self.ties.set(id, g.assigned());
-            }
+            tick_consumer(id, g, now, &self.ties);
+        }
+    }
+
+    /// `tick` for one group.
+    fn tick_group(&mut self, group_id: &str, now: Instant) {
+        if let Some(g) = self.groups.get_mut(group_id) {
+            tick_classic(g, now, &self.config, &self.ties);
+        }
+        if let Some(g) = self.consumers.get_mut(group_id) {
+            tick_consumer(group_id, g, now, &self.ties);
         }
     }
 
@@ -1011,6 +1016,22 @@ impl Coordinator {
             self.ties.forget(id);
         }
         gone
+    }
+}
+
+fn tick_classic(g: &mut Group, now: Instant, config: &GroupsConfig, ties: &Ties) {
+    g.tick(now, config);
+    if g.ties_dirty {
+        g.ties_dirty = false;
+        ties.set(&g.id, g.assigned());
+    }
+}
+
+fn tick_consumer(id: &str, g: &mut ConsumerGroup, now: Instant, ties: &Ties) {
+    g.tick(now);
+    if g.ties_dirty {
+        g.ties_dirty = false;
+        ties.set(id, g.assigned());
     }
 }
 
@@ -1323,6 +1344,30 @@ mod tests {
         assert_eq!(summary.state, GroupState::Stable);
         assert_eq!(summary.members.len(), 1);
         assert_eq!(summary.members[0].assignment, Bytes::from_static(b"p0"));
+    }
+
+    #[test]
+    fn a_group_whose_members_timed_out_can_be_deleted_before_the_next_tick() {
+        let mut c = Coordinator::new(config());
+        // The member's last sign of life was 5 s ago, its session is 1 s.
+        let t = Instant::now() - Duration::from_secs(5);
+        let a = now_answer(c.join(join("g", "", &[("range", b"")]), t));
+        now_answer(c.sync(
+            SyncRequest {
+                group_id: "g".into(),
+                generation_id: a.generation_id,
+                member_id: a.member_id.clone(),
+                instance_id: None,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: vec![(a.member_id.clone(), Bytes::from_static(b"p0"))],
+            },
+            t,
+        ));
+        assert_eq!(c.describe("g").unwrap().members.len(), 1, "no tick yet");
+        assert_eq!(c.delete("g"), Ok(()));
+        assert!(c.describe("g").is_none());
+        assert_eq!(c.delete("g"), Err(ResponseError::GroupIdNotFound));
     }
 
     #[test]
