@@ -5,14 +5,15 @@
 # Workload (bench/broker/transactions.py, confluent-kafka with its bundled
 # librdkafka): COUNT records of 100 B to a topic of one partition, once by an
 # idempotent producer and once by a transactional one in transactions of
-# TXN_SIZE records, both acks=all, linger.ms=5; REPS repetitions alternating
+# TXN_SIZE records, both acks=all, linger.ms=LINGER_MS (default 5,
+# librdkafka's); REPS repetitions alternating
 # the order, on one broker started here with an empty data folder and the
 # audit counting (--agent "": nothing is sent). Prints each phase and the
 # medians with their ratio.
 #
 # Usage: bench/transactions.sh [COUNT] [REPS] [TXN_SIZE]   (defaults: 1000000 5 1000)
 # Environment: TALLY_BIN (a tally binary; default: cargo build --release),
-#   TALLY_PORT (default 39192), FSYNC (the broker's --fsync, default interval:1000),
+#   TALLY_PORT (default 39192), LINGER_MS (both producers' linger.ms, default 5), FSYNC (the broker's --fsync, default interval:1000),
 #   KEEP=1 keeps the work folder.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ REPS=${2:-5}
 TXN_SIZE=${3:-1000}
 TALLY_PORT=${TALLY_PORT:-39192}
 FSYNC=${FSYNC:-interval:1000}
+LINGER_MS=${LINGER_MS:-5}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -60,9 +62,9 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 
-echo "transactions-bench: $COUNT records of 100 B, transactions of $TXN_SIZE, $REPS repetitions, fsync $FSYNC" >&2
+echo "transactions-bench: $COUNT records of 100 B, transactions of $TXN_SIZE, $REPS repetitions, linger.ms $LINGER_MS, fsync $FSYNC" >&2
 results="$out/transactions-$(date +%Y%m%dT%H%M%S).jsonl"
-"$venv/bin/python" bench/broker/transactions.py "127.0.0.1:$TALLY_PORT" "$COUNT" "$REPS" "$TXN_SIZE" | tee "$results"
+"$venv/bin/python" bench/broker/transactions.py "127.0.0.1:$TALLY_PORT" "$COUNT" "$REPS" "$TXN_SIZE" "$LINGER_MS" | tee "$results"
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

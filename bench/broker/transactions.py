@@ -1,10 +1,11 @@
 """Transactional against idempotent produce throughput on one broker, for
 bench/transactions.sh.
 
-usage: transactions.py BOOTSTRAP COUNT REPS TXN_SIZE
+usage: transactions.py BOOTSTRAP COUNT REPS TXN_SIZE [LINGER_MS]
 
 Per repetition, on a fresh topic of one partition each: an idempotent
-producer (enable.idempotence, acks=all, linger.ms=5) writes COUNT records of
+producer (enable.idempotence, acks=all, linger.ms=LINGER_MS, default 5:
+librdkafka's) writes COUNT records of
 100 B and flushes; a transactional producer (the same settings and a
 transactional.id) writes COUNT records in transactions of TXN_SIZE records
 (begin, produce, commit). The order of the two alternates between
@@ -20,12 +21,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, count, reps, txn_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+linger_ms = int(sys.argv[5]) if len(sys.argv) > 5 else 5
 value = b"x" * 100
 common = {
     "bootstrap.servers": bootstrap,
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 5,
+    "linger.ms": linger_ms,
     "queue.buffering.max.messages": 1_000_000,
 }
 
