@@ -273,6 +273,7 @@ impl ConsumerGroup {
                     Some(m) if hb.member_epoch == -2 && m.instance_id.is_some() => {
                         m.left = true;
                         m.sent = None;
+                        m.expires = now + SESSION_TIMEOUT;
                     }
                     _ => self.remove(&hb.member_id, now),
                 }
@@ -672,7 +673,8 @@ fn takers<'a>(
 /// the members subscribed to its topic, each time to the one with the
 /// fewest so far among those still short of their share (by member id on
 /// ties). So a new member takes partitions from the others and nothing else
-/// moves.
+/// moves. The shares split all subscribed partitions evenly, exact when the
+/// members subscribe alike; with unlike subscriptions they only guide.
 fn uniform(
     subscriptions: &BTreeMap<String, BTreeSet<String>>,
     partitions: &BTreeMap<String, i32>,
