@@ -111,6 +111,16 @@ fn three_members_share_a_topic_and_one_leaving_moves_its_partitions() {
             "{out}"
         );
     }
+    // The uniform assignor is sticky: when m3 leaves, only its partitions
+    // move; m1 and m2 keep theirs.
+    let three = covering(&uniform, "three", &["m1", "m2", "m3"]);
+    let two = covering(&uniform, "two", &["m1", "m2"]);
+    for (before, after) in three.iter().zip(&two) {
+        assert!(
+            before.iter().all(|p| after.contains(p)),
+            "a member that stayed lost a partition: {three:?} then {two:?}"
+        );
+    }
     // The range assignor gives each member one contiguous stretch.
     for m in covering(&range, "three", &["m1", "m2", "m3"]) {
         assert!(
